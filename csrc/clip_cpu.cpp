@@ -1,0 +1,67 @@
+// Global-norm gradient clipping on the CPU (declared in pylstm.h; called by bind_cpu.cpp).
+// The norm is a double-precision sum over fixed-size chunks whose partial sums are added in
+// order, so it is bit-identical for any thread count; scaling is a plain in-place multiply.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "pylstm.h"
+#include "threads.h"
+
+namespace pylstm {
+
+namespace {
+constexpr int64_t kChunk = 1 << 15;  // elements per partial sum
+}
+
+template <class T>
+double global_norm_cpu(const std::vector<Span<T>>& arrays) {
+  // Flatten the list into (array, chunk) tasks with one partial sum each.
+  std::vector<int64_t> first;  // index of each array's first task
+  int64_t ntasks = 0;
+  for (const auto& a : arrays) {
+    first.push_back(ntasks);
+    ntasks += (a.size + kChunk - 1) / kChunk;
+  }
+  std::vector<double> partial(ntasks, 0.0);
+  std::vector<int> owner(ntasks);
+  for (size_t k = 0; k < arrays.size(); ++k) {
+    const int64_t nc = (arrays[k].size + kChunk - 1) / kChunk;
+    for (int64_t c = 0; c < nc; ++c) owner[first[k] + c] = int(k);
+  }
+  parallel_chunks(ntasks, 1, 2, [&](int64_t lo, int64_t hi) {
+    for (int64_t task = lo; task < hi; ++task) {
+      const auto& a = arrays[owner[task]];
+      const int64_t begin = (task - first[owner[task]]) * kChunk;
+      const int64_t end = std::min(a.size, begin + kChunk);
+      double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = begin; i < end; ++i) {
+        const double v = double(a.data[i]);
+        acc += v * v;
+      }
+      partial[task] = acc;
+    }
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return std::sqrt(total);
+}
+
+template <class T>
+void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate) {
+  const T r = T(rate);
+  for (const auto& a : arrays) {
+    parallel_chunks(a.size, kChunk, 2 * kChunk, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) a.data[i] *= r;
+    });
+  }
+}
+
+template double global_norm_cpu<float>(const std::vector<Span<float>>&);
+template double global_norm_cpu<double>(const std::vector<Span<double>>&);
+template void scale_arrays_cpu<float>(const std::vector<Span<float>>&, double);
+template void scale_arrays_cpu<double>(const std::vector<Span<double>>&, double);
+
+}  // namespace pylstm

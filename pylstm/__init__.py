@@ -1,0 +1,33 @@
+"""pylstm: fused LSTM sequence kernels for Python, and a DLfS2-style LSTM language-model stack.
+
+The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, ``clip_grads``,
+``global_norm``) runs on the compiled CPU kernels or on the NumPy reference
+(``pylstm.reference``), which is the specification the kernels are tested against.
+"""
+
+from .functional import (
+    LSTMCache,
+    available_backends,
+    clip_grads,
+    get_num_threads,
+    global_norm,
+    lstm_backward,
+    lstm_forward,
+    lstm_inference,
+    set_num_threads,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTMCache",
+    "available_backends",
+    "clip_grads",
+    "get_num_threads",
+    "global_norm",
+    "lstm_backward",
+    "lstm_forward",
+    "lstm_inference",
+    "set_num_threads",
+    "__version__",
+]

@@ -1,0 +1,49 @@
+"""The one place that imports pylstm's extension modules.
+
+``cpu`` is the compiled module ``pylstm._cpu`` (or None with the reason in ``cpu_error``);
+``numpy`` (the reference) is always available. ``default_num_threads()`` reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+try:
+    from . import _cpu as cpu
+
+    cpu_error = None
+except ImportError as exc:  # a broken or missing build: say why when the backend is asked for
+    cpu = None
+    cpu_error = exc
+
+
+def default_num_threads() -> int:
+    """Thread count from PYLSTM_NUM_THREADS, OMP_NUM_THREADS or OPENBLAS_NUM_THREADS (first set
+    wins), else the number of CPUs this process may run on."""
+    for var in ("PYLSTM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                n = int(value.split(",")[0])
+            except ValueError:
+                continue
+            if n >= 1:
+                return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def require_cpu():
+    """The compiled CPU module, or ImportError explaining why it is missing."""
+    if cpu is None:
+        raise ImportError(
+            f"the pylstm CPU extension (pylstm._cpu) failed to import: {cpu_error}; "
+            "reinstall pylstm (pip install .) or use backend='numpy'"
+        )
+    return cpu
+
+
+if cpu is not None:
+    cpu.set_num_threads(default_num_threads())

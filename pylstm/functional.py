@@ -1,0 +1,254 @@
+"""The functional API: fused LSTM forward/backward and global-norm clipping, dispatched to a
+backend ("cpu": the compiled kernels; "numpy": the reference in ``pylstm.reference``).
+
+Every function validates its arguments the same way for every backend and raises ``TypeError``
+(wrong type or dtype) or ``ValueError`` (rank, shape, contiguity, writability, empty sizes) with
+a message that starts with the argument's name. Nothing is cast or copied silently.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import _backend
+from . import reference as ref
+
+__all__ = [
+    "LSTMCache",
+    "lstm_forward",
+    "lstm_inference",
+    "lstm_backward",
+    "global_norm",
+    "clip_grads",
+    "available_backends",
+    "set_num_threads",
+    "get_num_threads",
+]
+
+_BACKENDS = ("auto", "cpu", "numpy")
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def available_backends() -> list:
+    """Names of the backends usable in this process, best first."""
+    names = []
+    if _backend.cpu is not None:
+        names.append("cpu")
+    names.append("numpy")
+    return names
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads used by the CPU kernels (BLAS GEMMs and the pointwise passes)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _backend.require_cpu().set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Threads used by the CPU kernels."""
+    return _backend.require_cpu().get_num_threads()
+
+
+def _resolve_backend(backend: str) -> str:
+    if not isinstance(backend, str) or backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "cpu" if _backend.cpu is not None else "numpy"
+    if backend == "cpu":
+        _backend.require_cpu()
+    return backend
+
+
+def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str = "xs"):
+    """Checks type, dtype, rank, extents (None = any) and C-contiguity of one argument."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the dtype of {dtype_owner}), got {a.dtype}")
+    if a.ndim != len(shape):
+        raise ValueError(f"{name} must have rank {len(shape)}, got rank {a.ndim} with shape {a.shape}")
+    if any(want is not None and got != want for got, want in zip(a.shape, shape)):
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(
+            f"{name} must be C-contiguous (use numpy.ascontiguousarray), got strides {a.strides}"
+        )
+
+
+def _check_lstm_args(xs, Wx, Wh, b, h0, c0):
+    """Validates forward arguments; returns (N, T, D, H)."""
+    if not isinstance(xs, np.ndarray):
+        raise TypeError(f"xs must be a numpy.ndarray, got {type(xs).__name__}")
+    if xs.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"xs must have dtype float32 or float64, got {xs.dtype}")
+    if xs.ndim != 3:
+        raise ValueError(f"xs must have rank 3 (N, T, D), got rank {xs.ndim} with shape {xs.shape}")
+    if not isinstance(Wh, np.ndarray):
+        raise TypeError(f"Wh must be a numpy.ndarray, got {type(Wh).__name__}")
+    if Wh.ndim != 2:
+        raise ValueError(f"Wh must have rank 2 (H, 4H), got rank {Wh.ndim} with shape {Wh.shape}")
+    N, T, D = xs.shape
+    H = Wh.shape[0]
+    for value, what, name, arr in ((N, "N (batch size)", "xs", xs), (T, "T (time steps)", "xs", xs),
+                                   (D, "D (input size)", "xs", xs), (H, "H (hidden size)", "Wh", Wh)):
+        if value < 1:
+            raise ValueError(f"{name}: {what} must be >= 1, got shape {arr.shape}")
+    dt = xs.dtype
+    _check_array(xs, "xs", dt, (N, T, D))
+    _check_array(Wh, "Wh", dt, (H, 4 * H))
+    _check_array(Wx, "Wx", dt, (D, 4 * H))
+    _check_array(b, "b", dt, (4 * H,))
+    if h0 is not None:
+        _check_array(h0, "h0", dt, (N, H))
+    if c0 is not None:
+        _check_array(c0, "c0", dt, (N, H))
+    return N, T, D, H
+
+
+class LSTMCache:
+    """Opaque state saved by ``lstm_forward`` for ``lstm_backward``.
+
+    Holds references to the inputs (not copies: do not modify them in place between forward and
+    backward) and the saved activated gates (N, T, 4H) and cell states (N, T, H).
+    """
+
+    __slots__ = ("backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs")
+
+    def __init__(self, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs):
+        self.backend = backend
+        self.xs, self.h0, self.c0, self.Wx, self.Wh, self.b = xs, h0, c0, Wx, Wh, b
+        self.hs, self.gates, self.cs = hs, gates, cs
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes saved for backward beyond the inputs and hs: gates and cell states."""
+        return self.gates.nbytes + self.cs.nbytes
+
+
+def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
+    """Fused LSTM forward over a whole sequence, saving what backward needs.
+
+    Parameters
+    ----------
+    xs : (N, T, D) float32 or float64, C-contiguous.
+    Wx : (D, 4H); Wh : (H, 4H); b : (4H,), gate blocks f, g, i, o; same dtype as xs.
+    h0, c0 : (N, H) initial states, or None for zeros.
+    backend : "auto" | "cpu" | "numpy".
+
+    Returns
+    -------
+    hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCache for ``lstm_backward``.
+    """
+    _check_lstm_args(xs, Wx, Wh, b, h0, c0)
+    name = _resolve_backend(backend)
+    if name == "numpy":
+        hs, hT, cT, rc = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
+        return hs, hT, cT, LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, rc.gates, rc.cs)
+    hs, hT, cT, gates, cs = _backend.cpu.lstm_forward(xs, Wx, Wh, b, h0, c0, True)
+    return hs, hT, cT, LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, gates, cs)
+
+
+def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
+    """Forward-only LSTM: like ``lstm_forward`` but saves nothing for backward.
+
+    Returns
+    -------
+    hs : (N, T, H); hT : (N, H); cT : (N, H)
+    """
+    _check_lstm_args(xs, Wx, Wh, b, h0, c0)
+    name = _resolve_backend(backend)
+    if name == "numpy":
+        hs, hT, cT, _ = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
+        return hs, hT, cT
+    hs, hT, cT, _, _ = _backend.cpu.lstm_forward(xs, Wx, Wh, b, h0, c0, False)
+    return hs, hT, cT
+
+
+def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
+    """Fused LSTM backward over a whole sequence.
+
+    Parameters
+    ----------
+    dhs : (N, T, H) gradient of the loss with respect to hs.
+    cache : the LSTMCache returned by ``lstm_forward`` (may be used more than once).
+    dhT, dcT : (N, H) gradients with respect to hT and cT, or None for zeros.
+
+    Returns
+    -------
+    dxs (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)
+    """
+    if not isinstance(cache, LSTMCache):
+        raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
+    N, T, D = cache.xs.shape
+    H = cache.Wh.shape[0]
+    dt = cache.xs.dtype
+    _check_array(dhs, "dhs", dt, (N, T, H))
+    if dhT is not None:
+        _check_array(dhT, "dhT", dt, (N, H))
+    if dcT is not None:
+        _check_array(dcT, "dcT", dt, (N, H))
+    if cache.backend == "numpy":
+        rc = ref.LSTMCacheRef(
+            cache.xs,
+            np.zeros((N, H), dt) if cache.h0 is None else cache.h0,
+            np.zeros((N, H), dt) if cache.c0 is None else cache.c0,
+            cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs,
+        )
+        return ref.lstm_backward_ref(dhs, rc, dhT, dcT)
+    return _backend.cpu.lstm_backward(
+        cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
+        cache.cs, dhs, dhT, dcT,
+    )
+
+
+def _check_grads(grads, writable: bool):
+    if not isinstance(grads, (list, tuple)):
+        raise TypeError(f"grads must be a list or tuple of numpy arrays, got {type(grads).__name__}")
+    first = None
+    for k, g in enumerate(grads):
+        name = f"grads[{k}]"
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
+        if g.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {g.dtype}")
+        if first is None:
+            first = g.dtype
+        elif g.dtype != first:
+            raise TypeError(
+                f"{name} has dtype {g.dtype} but grads[0] has {first}: all arrays in grads must "
+                "share one dtype"
+            )
+        if not g.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous, got strides {g.strides}")
+        if writable and not g.flags.writeable:
+            raise ValueError(f"{name} must be writable (clipping scales it in place), got a read-only array")
+
+
+def global_norm(grads: Sequence[np.ndarray], backend: str = "auto") -> float:
+    """sqrt(sum of squares of every element of every array), accumulated in float64."""
+    _check_grads(grads, writable=False)
+    if _resolve_backend(backend) == "numpy":
+        return ref.global_norm_ref(grads)
+    return _backend.cpu.global_norm(list(grads))
+
+
+def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite: bool = True,
+               backend: str = "auto") -> float:
+    """Global-norm clipping in place (DLfS2 semantics); returns the norm before clipping.
+
+    If the norm is NaN or inf, raises ``FloatingPointError`` and scales nothing; with
+    ``error_if_nonfinite=False`` it scales nothing and returns the non-finite norm.
+    """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer, np.floating)):
+        raise TypeError(f"max_norm must be a number, got {type(max_norm).__name__}")
+    if not (np.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
+    _check_grads(grads, writable=True)
+    if _resolve_backend(backend) == "numpy":
+        return ref.clip_grads_ref(grads, float(max_norm), error_if_nonfinite)
+    return _backend.cpu.clip_grads(list(grads), float(max_norm), bool(error_if_nonfinite))

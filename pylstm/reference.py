@@ -1,0 +1,209 @@
+"""The pure-NumPy reference: the written specification every pylstm kernel is tested against.
+
+Shapes (letters used everywhere in pylstm): N batch, T time steps, D input size, H hidden size.
+Arrays are batch-major: ``xs (N, T, D)``, ``hs (N, T, H)``. Weights follow DLfS2:
+``Wx (D, 4H)``, ``Wh (H, 4H)``, ``b (4H,)``, and a projection is ``x @ W + b``.
+
+Gate order inside the 4H axis is **f, g, i, o** (columns ``[0:H]`` forget, ``[H:2H]`` candidate,
+``[2H:3H]`` input, ``[3H:4H]`` output), the order of "Deep Learning from Scratch 2".
+
+Forward, for t = 0 .. T-1, with ``h_{-1} = h0`` and ``c_{-1} = c0`` (zeros when absent)::
+
+    a_t = x_t @ Wx + h_{t-1} @ Wh + b                       (N, 4H)
+    f = sigmoid(a_t[:, 0:H])      g = tanh(a_t[:, H:2H])
+    i = sigmoid(a_t[:, 2H:3H])    o = sigmoid(a_t[:, 3H:4H])
+    c_t = f * c_{t-1} + g * i
+    h_t = o * tanh(c_t)
+
+Outputs: ``hs = [h_0 .. h_{T-1}]``, ``hT = h_{T-1}``, ``cT = c_{T-1}``.
+
+Backward, for t = T-1 .. 0, with upstream gradients ``dhs`` (N, T, H), ``dhT`` and ``dcT``
+(N, H; zeros when absent; ``dhT`` adds to the last step's ``dh``)::
+
+    dh = dhs[:, t] + dh_next            (dh_next starts as dhT)
+    dc = dc_next                        (dc_next starts as dcT)
+    ds = dc + dh * o * (1 - tanh(c_t)^2)
+    df = ds * c_{t-1};  dg = ds * i;  di = ds * g;  do = dh * tanh(c_t)
+    da_t = [df * f(1-f), dg * (1-g^2), di * i(1-i), do * o(1-o)]
+    dc_next = ds * f
+    dh_next = da_t @ Wh^T
+    dWx += x_t^T da_t;  dWh += h_{t-1}^T da_t;  db += sum over rows of da_t;  dx_t = da_t @ Wx^T
+
+and finally ``dh0 = dh_next``, ``dc0 = dc_next``.
+
+Global-norm clipping (DLfS2 semantics)::
+
+    total = sqrt(sum over every array g, every element e of e^2)     (accumulated in float64)
+    rate  = max_norm / (total + 1e-6)
+    if rate < 1: every g *= rate   (in place)
+    return total
+
+A non-finite total raises ``FloatingPointError`` unless ``error_if_nonfinite=False`` (then
+nothing is scaled and the total is returned).
+
+Every function works in the dtype of its inputs (float32 or float64).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "LSTMCacheRef",
+    "sigmoid_ref",
+    "lstm_forward_ref",
+    "lstm_backward_ref",
+    "global_norm_ref",
+    "clip_grads_ref",
+]
+
+
+def sigmoid_ref(x: np.ndarray) -> np.ndarray:
+    """Logistic sigmoid ``1 / (1 + exp(-x))`` without overflow warnings, in x's dtype."""
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+class LSTMCacheRef(NamedTuple):
+    """What ``lstm_backward_ref`` needs from the forward pass."""
+
+    xs: np.ndarray  # (N, T, D)
+    h0: np.ndarray  # (N, H)
+    c0: np.ndarray  # (N, H)
+    Wx: np.ndarray  # (D, 4H)
+    Wh: np.ndarray  # (H, 4H)
+    hs: np.ndarray  # (N, T, H)
+    gates: np.ndarray  # (N, T, 4H) activated f, g, i, o
+    cs: np.ndarray  # (N, T, H) cell states
+
+
+def lstm_forward_ref(
+    xs: np.ndarray,
+    h0: Optional[np.ndarray],
+    c0: Optional[np.ndarray],
+    Wx: np.ndarray,
+    Wh: np.ndarray,
+    b: np.ndarray,
+):
+    """Reference LSTM forward over a whole sequence.
+
+    Parameters
+    ----------
+    xs : (N, T, D) inputs.
+    h0, c0 : (N, H) initial states, or None for zeros.
+    Wx : (D, 4H); Wh : (H, 4H); b : (4H,), gate blocks f, g, i, o.
+
+    Returns
+    -------
+    hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCacheRef
+    """
+    N, T, D = xs.shape
+    H = Wh.shape[0]
+    dt = xs.dtype
+    h = np.zeros((N, H), dt) if h0 is None else h0
+    c = np.zeros((N, H), dt) if c0 is None else c0
+    h0_, c0_ = h, c
+    hs = np.empty((N, T, H), dt)
+    cs = np.empty((N, T, H), dt)
+    gates = np.empty((N, T, 4 * H), dt)
+    for t in range(T):
+        a = xs[:, t] @ Wx + h @ Wh + b
+        f = sigmoid_ref(a[:, :H])
+        g = np.tanh(a[:, H : 2 * H])
+        i = sigmoid_ref(a[:, 2 * H : 3 * H])
+        o = sigmoid_ref(a[:, 3 * H :])
+        c = f * c + g * i
+        h = o * np.tanh(c)
+        gates[:, t] = np.concatenate([f, g, i, o], axis=1)
+        cs[:, t] = c
+        hs[:, t] = h
+    cache = LSTMCacheRef(xs, h0_, c0_, Wx, Wh, hs, gates, cs)
+    return hs, h.copy(), c.copy(), cache
+
+
+def lstm_backward_ref(
+    dhs: np.ndarray,
+    cache: LSTMCacheRef,
+    dhT: Optional[np.ndarray] = None,
+    dcT: Optional[np.ndarray] = None,
+):
+    """Reference LSTM backward over a whole sequence.
+
+    Parameters
+    ----------
+    dhs : (N, T, H) gradient with respect to hs.
+    cache : from ``lstm_forward_ref``.
+    dhT, dcT : (N, H) gradients with respect to hT and cT, or None for zeros.
+
+    Returns
+    -------
+    dxs (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)
+    """
+    xs, h0, c0, Wx, Wh, hs, gates, cs = cache
+    N, T, D = xs.shape
+    H = Wh.shape[0]
+    dt = xs.dtype
+    dh_next = np.zeros((N, H), dt) if dhT is None else dhT.astype(dt, copy=True)
+    dc_next = np.zeros((N, H), dt) if dcT is None else dcT.astype(dt, copy=True)
+    dxs = np.empty((N, T, D), dt)
+    dWx = np.zeros_like(Wx)
+    dWh = np.zeros_like(Wh)
+    db = np.zeros(4 * H, dt)
+    for t in reversed(range(T)):
+        f = gates[:, t, :H]
+        g = gates[:, t, H : 2 * H]
+        i = gates[:, t, 2 * H : 3 * H]
+        o = gates[:, t, 3 * H :]
+        c = cs[:, t]
+        c_prev = cs[:, t - 1] if t > 0 else c0
+        h_prev = hs[:, t - 1] if t > 0 else h0
+        dh = dhs[:, t] + dh_next
+        tc = np.tanh(c)
+        ds = dc_next + dh * o * (1 - tc * tc)
+        da = np.concatenate(
+            [
+                ds * c_prev * f * (1 - f),
+                ds * i * (1 - g * g),
+                ds * g * i * (1 - i),
+                dh * tc * o * (1 - o),
+            ],
+            axis=1,
+        )
+        dc_next = ds * f
+        dh_next = da @ Wh.T
+        dWx += xs[:, t].T @ da
+        dWh += h_prev.T @ da
+        db += da.sum(axis=0)
+        dxs[:, t] = da @ Wx.T
+    return dxs, dh_next, dc_next, dWx, dWh, db
+
+
+def global_norm_ref(grads: Sequence[np.ndarray]) -> float:
+    """sqrt of the sum of squares of every element of every array, accumulated in float64."""
+    total = 0.0
+    for g in grads:
+        g64 = np.asarray(g, dtype=np.float64).ravel()
+        total += float(g64 @ g64)
+    return float(np.sqrt(total))
+
+
+def clip_grads_ref(grads: Sequence[np.ndarray], max_norm: float,
+                   error_if_nonfinite: bool = True) -> float:
+    """DLfS2's ``clip_grads``: scale every array in place by ``max_norm / (total + 1e-6)`` when
+    that rate is below 1. Returns the total norm before clipping."""
+    total = global_norm_ref(grads)
+    if not np.isfinite(total):
+        if error_if_nonfinite:
+            raise FloatingPointError(f"grads: the global norm is {total}; nothing was scaled")
+        return total
+    rate = max_norm / (total + 1e-6)
+    if rate < 1:
+        for g in grads:
+            g *= g.dtype.type(rate)
+    return total
