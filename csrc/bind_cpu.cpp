@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "lstm_cell.h"
 #include "pylstm.h"
 
 namespace py = pybind11;
@@ -335,6 +336,24 @@ double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfin
   return total;
 }
 
+// Test hook: applies the kernels' own sigmoid or tanh (lstm_cell.h) elementwise, so the tests
+// can measure their error in ulp against numpy.
+template <class T>
+py::array cell_math(const py::array& x, bool use_tanh) {
+  py::array out = empty<T>({x.size()});
+  const T* src = static_cast<const T*>(x.data());
+  T* dst = mptr<T>(out);
+  for (py::ssize_t k = 0; k < x.size(); ++k) dst[k] = use_tanh ? tanh_fast(src[k]) : sigmoid(src[k]);
+  return out;
+}
+
+py::array cell_math_any(const py::object& x_o, bool use_tanh) {
+  py::array x = as_array(x_o, "x");
+  const int is = float_itemsize(x, "x");
+  check_array(x, "x", is, {-1}, false, "x");
+  return is == 4 ? cell_math<float>(x, use_tanh) : cell_math<double>(x, use_tanh);
+}
+
 }  // namespace
 }  // namespace pylstm
 
@@ -357,6 +376,8 @@ PYBIND11_MODULE(_cpu, m) {
     set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("_sigmoid", [](const py::object& x) { return cell_math_any(x, false); }, py::arg("x"));
+  m.def("_tanh", [](const py::object& x) { return cell_math_any(x, true); }, py::arg("x"));
   m.def("blas_info", []() {
     return py::make_tuple(std::string(scipy_openblas_get_config()),
                           std::string(scipy_openblas_get_corename()));

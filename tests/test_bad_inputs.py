@@ -1,0 +1,188 @@
+"""One test per rejected input: the exception type, and a message that starts with the argument's
+name. Each forward case runs through the public API for every backend and, for the compiled
+backend, straight into the binding (which must check on its own, never crash)."""
+
+import re
+
+import numpy as np
+import pytest
+
+import pylstm
+from pylstm import _backend
+
+from helpers import make_lstm_inputs
+
+N, T, D, H = 2, 3, 4, 5
+
+
+def _args(dtype=np.float32):
+    d = make_lstm_inputs((N, T, D, H), dtype, seed=0)
+    return {k: d[k] for k in ("xs", "Wx", "Wh", "b", "h0", "c0")}
+
+
+def _noncontig(a):
+    big = np.repeat(a, 2, axis=-1)
+    v = big[..., ::2]
+    assert not v.flags.c_contiguous
+    return v
+
+
+# name of the argument the message must start with, exception, and how to break the arguments
+FORWARD_CASES = {
+    "xs_list": ("xs", TypeError, lambda a: a.update(xs=a["xs"].tolist())),
+    "xs_int": ("xs", TypeError, lambda a: a.update(xs=a["xs"].astype(np.int32))),
+    "xs_float16": ("xs", TypeError, lambda a: a.update(xs=a["xs"].astype(np.float16))),
+    "xs_complex": ("xs", TypeError, lambda a: a.update(xs=a["xs"].astype(np.complex64))),
+    "xs_big_endian": ("xs", TypeError, lambda a: a.update(xs=a["xs"].astype(">f4"))),
+    "xs_rank2": ("xs", ValueError, lambda a: a.update(xs=a["xs"][0])),
+    "xs_rank4": ("xs", ValueError, lambda a: a.update(xs=a["xs"][None])),
+    "xs_noncontig": ("xs", ValueError, lambda a: a.update(xs=_noncontig(a["xs"]))),
+    "xs_T0": ("xs", ValueError, lambda a: a.update(xs=a["xs"][:, :0])),
+    "xs_N0": ("xs", ValueError, lambda a: a.update(xs=a["xs"][:0], h0=None, c0=None)),
+    "xs_D0": ("xs", ValueError, lambda a: a.update(xs=a["xs"][:, :, :0])),
+    "Wx_mixed_dtype": ("Wx", TypeError, lambda a: a.update(Wx=a["Wx"].astype(np.float64))),
+    "Wx_wrong_D": ("Wx", ValueError, lambda a: a.update(Wx=np.zeros((D + 1, 4 * H), np.float32))),
+    "Wx_wrong_4H": ("Wx", ValueError, lambda a: a.update(Wx=np.zeros((D, 4 * H + 4), np.float32))),
+    "Wx_noncontig": ("Wx", ValueError, lambda a: a.update(Wx=np.asfortranarray(a["Wx"]))),
+    "Wx_none": ("Wx", TypeError, lambda a: a.update(Wx=None)),
+    "Wh_not_4H": ("Wh", ValueError, lambda a: a.update(Wh=np.zeros((H, 3 * H), np.float32))),
+    "Wh_rank1": ("Wh", ValueError, lambda a: a.update(Wh=np.zeros(4 * H, np.float32))),
+    "Wh_H0": ("Wh", ValueError, lambda a: a.update(Wh=np.zeros((0, 0), np.float32))),
+    "Wh_mixed_dtype": ("Wh", TypeError, lambda a: a.update(Wh=a["Wh"].astype(np.float64))),
+    "b_wrong_len": ("b", ValueError, lambda a: a.update(b=np.zeros(4 * H - 1, np.float32))),
+    "b_rank2": ("b", ValueError, lambda a: a.update(b=a["b"][None])),
+    "b_int": ("b", TypeError, lambda a: a.update(b=a["b"].astype(np.int64))),
+    "h0_wrong_N": ("h0", ValueError, lambda a: a.update(h0=np.zeros((N + 1, H), np.float32))),
+    "h0_wrong_H": ("h0", ValueError, lambda a: a.update(h0=np.zeros((N, H + 1), np.float32))),
+    "h0_mixed_dtype": ("h0", TypeError, lambda a: a.update(h0=a["h0"].astype(np.float64))),
+    "h0_noncontig": ("h0", ValueError, lambda a: a.update(h0=_noncontig(a["h0"]))),
+    "c0_wrong_H": ("c0", ValueError, lambda a: a.update(c0=np.zeros((N, H - 1), np.float32))),
+    "c0_list": ("c0", TypeError, lambda a: a.update(c0=[[0.0] * H] * N)),
+}
+
+
+def _call_public(a, backend):
+    return pylstm.lstm_forward(a["xs"], a["Wx"], a["Wh"], a["b"], a["h0"], a["c0"], backend=backend)
+
+
+def _call_inference(a, backend):
+    return pylstm.lstm_inference(a["xs"], a["Wx"], a["Wh"], a["b"], a["h0"], a["c0"], backend=backend)
+
+
+def _call_binding(a, backend):
+    return _backend.cpu.lstm_forward(a["xs"], a["Wx"], a["Wh"], a["b"], a["h0"], a["c0"], True)
+
+
+CALLERS = [(f, b) for f in (_call_public, _call_inference) for b in pylstm.available_backends()]
+if _backend.cpu is not None:
+    CALLERS.append((_call_binding, "cpu"))
+
+
+@pytest.mark.parametrize("caller,backend", CALLERS, ids=lambda x: getattr(x, "__name__", x))
+@pytest.mark.parametrize("case", sorted(FORWARD_CASES))
+def test_forward_rejects(case, caller, backend):
+    name, exc, breaker = FORWARD_CASES[case]
+    a = _args()
+    breaker(a)
+    with pytest.raises(exc, match=rf"^{name}\b"):
+        caller(a, backend)
+
+
+def _cache(backend):
+    a = _args()
+    return _call_public(a, backend)[3]
+
+
+BACKWARD_CASES = {
+    "dhs_wrong_shape": ("dhs", ValueError, lambda d: d.update(dhs=np.zeros((N, T + 1, H), np.float32))),
+    "dhs_mixed_dtype": ("dhs", TypeError, lambda d: d.update(dhs=np.zeros((N, T, H), np.float64))),
+    "dhs_noncontig": ("dhs", ValueError, lambda d: d.update(dhs=_noncontig(np.zeros((N, T, H), np.float32)))),
+    "dhs_none": ("dhs", TypeError, lambda d: d.update(dhs=None)),
+    "dhT_wrong_shape": ("dhT", ValueError, lambda d: d.update(dhT=np.zeros((N, H + 1), np.float32))),
+    "dcT_mixed_dtype": ("dcT", TypeError, lambda d: d.update(dcT=np.zeros((N, H), np.float64))),
+    "dcT_noncontig": ("dcT", ValueError, lambda d: d.update(dcT=np.zeros((H, N), np.float32).T)),
+    "cache_wrong_type": ("cache", TypeError, lambda d: d.update(cache=("not", "a", "cache"))),
+}
+
+
+@pytest.mark.parametrize("backend", pylstm.available_backends())
+@pytest.mark.parametrize("case", sorted(BACKWARD_CASES))
+def test_backward_rejects(case, backend):
+    name, exc, breaker = BACKWARD_CASES[case]
+    d = {"dhs": np.ones((N, T, H), np.float32), "cache": _cache(backend), "dhT": None, "dcT": None}
+    breaker(d)
+    with pytest.raises(exc, match=rf"^{name}\b"):
+        pylstm.lstm_backward(d["dhs"], d["cache"], d["dhT"], d["dcT"])
+
+
+@pytest.mark.skipif(_backend.cpu is None, reason="no CPU backend")
+@pytest.mark.parametrize("field,exc", [("gates", ValueError), ("cs", TypeError), ("hs", ValueError)])
+def test_binding_backward_checks_saved_state(field, exc):
+    a = _args()
+    hs, hT, cT, gates, cs = _backend.cpu.lstm_forward(a["xs"], a["Wx"], a["Wh"], a["b"], None, None, True)
+    state = {"hs": hs, "gates": gates, "cs": cs}
+    state[field] = state[field][:, :1].copy() if exc is ValueError else state[field].astype(np.float64)
+    with pytest.raises(exc, match=rf"^{field}\b"):
+        _backend.cpu.lstm_backward(a["xs"], None, None, a["Wx"], a["Wh"], a["b"], state["hs"],
+                                   state["gates"], state["cs"], np.zeros((N, T, H), np.float32),
+                                   None, None)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="^backend"):
+        _call_public(_args(), "gpu")
+
+
+def _ro(a):
+    a.setflags(write=False)
+    return a
+
+
+CLIP_CASES = {
+    "grads_not_list": ("grads", TypeError, lambda: (np.zeros(3, np.float32), 1.0)),
+    "grads_item_not_array": ("grads[1]", TypeError, lambda: ([np.zeros(3), [1.0, 2.0]], 1.0)),
+    "grads_mixed_dtypes": ("grads[1]", TypeError, lambda: ([np.zeros(3), np.zeros(3, np.float32)], 1.0)),
+    "grads_int": ("grads[0]", TypeError, lambda: ([np.zeros(3, np.int64)], 1.0)),
+    "grads_float16": ("grads[0]", TypeError, lambda: ([np.zeros(3, np.float16)], 1.0)),
+    "grads_read_only": ("grads[1]", ValueError, lambda: ([np.ones(3), _ro(np.ones(3))], 1.0)),
+    "grads_noncontig": ("grads[0]", ValueError, lambda: ([np.ones((4, 4))[:, ::2]], 1.0)),
+    "max_norm_zero": ("max_norm", ValueError, lambda: ([np.ones(3)], 0.0)),
+    "max_norm_negative": ("max_norm", ValueError, lambda: ([np.ones(3)], -1.0)),
+    "max_norm_nan": ("max_norm", ValueError, lambda: ([np.ones(3)], float("nan"))),
+    "max_norm_inf": ("max_norm", ValueError, lambda: ([np.ones(3)], float("inf"))),
+    "max_norm_str": ("max_norm", TypeError, lambda: ([np.ones(3)], "1.0")),
+}
+
+
+@pytest.mark.parametrize("backend", pylstm.available_backends())
+@pytest.mark.parametrize("case", sorted(CLIP_CASES))
+def test_clip_rejects(case, backend):
+    name, exc, make = CLIP_CASES[case]
+    grads, max_norm = make()
+    before = [np.array(g, copy=True) for g in grads] if isinstance(grads, list) else None
+    with pytest.raises(exc, match="^" + re.escape(name)):
+        pylstm.clip_grads(grads, max_norm, backend=backend)
+    if before is not None:  # nothing was written before the error
+        for g, b in zip(grads, before):
+            np.testing.assert_array_equal(np.asarray(g), b)
+
+
+@pytest.mark.skipif(_backend.cpu is None, reason="no CPU backend")
+@pytest.mark.parametrize("case", ["grads_not_list", "grads_item_not_array", "grads_mixed_dtypes",
+                                  "grads_int", "grads_read_only", "grads_noncontig", "max_norm_zero"])
+def test_clip_binding_rejects(case):
+    name, exc, make = CLIP_CASES[case]
+    grads, max_norm = make()
+    with pytest.raises(exc, match="^" + re.escape(name)):
+        _backend.cpu.clip_grads(grads, max_norm, True)
+
+
+def test_global_norm_rejects_mixed_dtypes():
+    with pytest.raises(TypeError, match=r"^grads\[1\]"):
+        pylstm.global_norm([np.zeros(2), np.zeros(2, np.float32)])
+
+
+@pytest.mark.parametrize("n,exc", [(0, ValueError), (-3, ValueError), ("2", TypeError), (2.0, TypeError)])
+def test_set_num_threads_rejects(n, exc):
+    with pytest.raises(exc, match="^n "):
+        pylstm.set_num_threads(n)
