@@ -1,20 +1,143 @@
-// The one thread-count knob: it sets OpenBLAS's thread count (GEMMs) and the OpenMP team size
-// of the pointwise passes and clipping. Called by pylstm.set_num_threads through the bindings.
+// The thread pool behind parallel_run (threads.h) and the one thread-count knob. Workers spin
+// for a short while after each run (back-to-back kernel calls stay cheap), then sleep on a
+// condition variable so that they do not compete with NumPy's or PyTorch's threads between
+// calls. OpenBLAS is set to one thread: the pool's threads call it on their own slices.
 #include <cblas.h>
+#include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "pylstm.h"
 #include "threads.h"
 
 namespace pylstm {
 
-static std::atomic<int> g_num_threads{1};
+namespace {
+
+// How long an idle worker spins before sleeping: long enough to bridge the Python glue between
+// a forward and a backward call, short enough to give the cores back soon after.
+constexpr std::chrono::microseconds kSpinTime(200);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+class Pool {
+ public:
+  void run(int threads, const std::function<void(const Team&)>& fn) {
+    std::lock_guard<std::mutex> run_lock(run_mu_);
+    while (int(workers_) < threads - 1) {
+      // The worker starts from the current generation, so it runs the task published below.
+      std::thread(&Pool::worker, this, int(workers_) + 1, gen_.load()).detach();
+      ++workers_;
+    }
+    task_ = &fn;
+    task_size_ = threads;
+    arrived_.store(0, std::memory_order_relaxed);
+    remaining_.store(threads - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      gen_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
+    fn(Team(0, threads, &arrived_, &phase_));
+    while (remaining_.load(std::memory_order_acquire) != 0) cpu_relax();
+  }
+
+ private:
+  void worker(int wid, uint64_t seen) {
+    for (;;) {
+      uint64_t g = gen_.load(std::memory_order_acquire);
+      const auto start = std::chrono::steady_clock::now();
+      for (int spins = 0; g == seen; ++spins) {
+        cpu_relax();
+        if ((spins & 63) == 63 && std::chrono::steady_clock::now() - start > kSpinTime) {
+          std::unique_lock<std::mutex> lk(mu_);
+          cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen; });
+        }
+        g = gen_.load(std::memory_order_acquire);
+      }
+      seen = g;
+      if (wid < task_size_) {
+        (*task_)(Team(wid, task_size_, &arrived_, &phase_));
+        remaining_.fetch_sub(1, std::memory_order_release);
+      }
+    }
+  }
+
+  std::mutex run_mu_;  // one run at a time
+  std::mutex mu_;      // guards sleeping on cv_
+  std::condition_variable cv_;
+  std::atomic<uint64_t> gen_{0};
+  std::atomic<int> remaining_{0};
+  std::atomic<int> arrived_{0};
+  std::atomic<int> phase_{0};
+  const std::function<void(const Team&)>* task_ = nullptr;
+  int task_size_ = 0;
+  size_t workers_ = 0;
+};
+
+// Leaked on purpose: worker threads are detached and may outlive static destructors.
+Pool* g_pool = nullptr;
+std::once_flag g_pool_once;
+std::atomic<int> g_num_threads{1};
+
+// A forked child has none of the parent's workers: give it a fresh pool.
+void after_fork_in_child() { g_pool = new Pool(); }
+
+Pool& pool() {
+  std::call_once(g_pool_once, [] {
+    g_pool = new Pool();
+    pthread_atfork(nullptr, nullptr, after_fork_in_child);
+  });
+  return *g_pool;
+}
+
+thread_local bool t_in_run = false;
+
+}  // namespace
+
+void Team::barrier() const {
+  if (size_ <= 1) return;
+  const int ph = phase_->load(std::memory_order_acquire);
+  if (arrived_->fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
+    arrived_->store(0, std::memory_order_relaxed);
+    phase_->store(ph + 1, std::memory_order_release);
+  } else {
+    while (phase_->load(std::memory_order_acquire) == ph) cpu_relax();
+  }
+}
+
+void Team::split(int64_t n, int64_t align, int64_t& begin, int64_t& end) const {
+  const int64_t units = (n + align - 1) / align;
+  const int64_t u0 = units * tid_ / size_, u1 = units * (tid_ + 1) / size_;
+  begin = std::min(n, u0 * align);
+  end = std::min(n, u1 * align);
+}
+
+void parallel_run(int threads, const std::function<void(const Team&)>& fn) {
+  std::atomic<int> arrived{0}, phase{0};
+  if (threads <= 1 || t_in_run) {  // serial, or a nested call from inside a run
+    fn(Team(0, 1, &arrived, &phase));
+    return;
+  }
+  t_in_run = true;
+  pool().run(threads, fn);
+  t_in_run = false;
+}
 
 void set_num_threads(int n) {
   if (n < 1) n = 1;
   g_num_threads.store(n);
-  scipy_openblas_set_num_threads(n);
+  scipy_openblas_set_num_threads(1);
 }
 
 int get_num_threads() { return g_num_threads.load(); }

@@ -1,32 +1,62 @@
-// A deterministic parallel-for over [0, n) in fixed chunks on the OpenMP team of size
-// get_num_threads(); runs serially when the work is too small to pay for waking threads.
-// Used by the pointwise passes in lstm_cpu.cpp and by clip_cpu.cpp.
+// pylstm's one thread pool (threads.cpp). All CPU kernels run their parallel work here, with
+// OpenBLAS kept single-threaded and called from inside the pool's threads: two pools spinning
+// on the same cores (OpenBLAS's and OpenMP's) cost 5x on the 2-core machines we measured.
+// Used by lstm_cpu.cpp and clip_cpu.cpp.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "pylstm.h"
 
 namespace pylstm {
 
-// Calls body(begin, end) for consecutive chunks covering [0, n). Which thread runs which chunk
-// may vary; the chunk boundaries do not, so per-chunk results are reproducible.
+// The context of one parallel run: thread id, thread count, and a spin barrier among them.
+class Team {
+ public:
+  Team(int tid, int size, std::atomic<int>* arrived, std::atomic<int>* phase)
+      : tid_(tid), size_(size), arrived_(arrived), phase_(phase) {}
+  int tid() const { return tid_; }
+  int size() const { return size_; }
+  // Waits until every thread of the run has reached the barrier (memory is synchronized).
+  void barrier() const;
+  // The [begin, end) part of [0, n) this thread owns when n is split in multiples of `align`.
+  void split(int64_t n, int64_t align, int64_t& begin, int64_t& end) const;
+
+ private:
+  int tid_, size_;
+  std::atomic<int>* arrived_;
+  std::atomic<int>* phase_;
+};
+
+// Runs fn(team) on `threads` threads (the caller is thread 0) and returns when all are done.
+// Calls from several host threads at once are serialized. threads <= 1 runs fn on the caller.
+void parallel_run(int threads, const std::function<void(const Team&)>& fn);
+
+// Calls body(begin, end) for fixed chunks covering [0, n) on the pool. Chunk boundaries do not
+// depend on the thread count, so per-chunk results are reproducible; serial below min_parallel.
 template <class F>
 void parallel_chunks(int64_t n, int64_t chunk, int64_t min_parallel, F&& body) {
   const int64_t nchunks = (n + chunk - 1) / chunk;
-  const int nt = get_num_threads();
-  if (nt <= 1 || nchunks <= 1 || n < min_parallel) {
-    for (int64_t c = 0; c < nchunks; ++c) {
+  int nt = get_num_threads();
+  if (n < min_parallel || nchunks <= 1) nt = 1;
+  if (nt > nchunks) nt = int(nchunks);
+  auto run_chunks = [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
       const int64_t lo = c * chunk;
       body(lo, lo + chunk < n ? lo + chunk : n);
     }
+  };
+  if (nt <= 1) {
+    run_chunks(0, nchunks);
     return;
   }
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t c = 0; c < nchunks; ++c) {
-    const int64_t lo = c * chunk;
-    body(lo, lo + chunk < n ? lo + chunk : n);
-  }
+  parallel_run(nt, [&](const Team& team) {
+    int64_t c0, c1;
+    team.split(nchunks, 1, c0, c1);
+    run_chunks(c0, c1);
+  });
 }
 
 }  // namespace pylstm

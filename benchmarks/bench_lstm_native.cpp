@@ -1,0 +1,93 @@
+// Native benchmark (no Python): times the CPU kernels of pylstm.h and the GEMMs they are made
+// of, for profiling without the interpreter (perf, callgrind). Build with
+//   cmake -S . -B build/native -DPYLSTM_NATIVE_BENCH=ON && cmake --build build/native
+// and run build/native/bench_lstm_native [threads] [N T D H]...
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "blas.h"
+#include "pylstm.h"
+
+using namespace pylstm;
+using Clock = std::chrono::steady_clock;
+
+template <class F>
+static double best_ms(F&& fn, int reps) {
+  fn();  // warm up
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  return best;
+}
+
+static std::vector<float> randn(size_t n, float scale, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+static void gemm_rate(int M, int N, int K, int reps) {
+  std::mt19937 rng(1);
+  auto A = randn(size_t(M) * K, 1.f, rng), B = randn(size_t(K) * N, 1.f, rng);
+  std::vector<float> C(size_t(M) * N);
+  const double ms = best_ms([&] {
+    gemm(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C.data(), N);
+  }, reps);
+  std::printf("  sgemm 1 thread %5d x %5d x %5d: %8.3f ms  %6.1f GFLOP/s\n", M, N, K, ms,
+              2.0 * M * N * K / ms / 1e6);
+}
+
+static void lstm_rate(const LstmShape& s, int reps) {
+  std::mt19937 rng(2);
+  const int64_t N = s.N, T = s.T, D = s.D, H = s.H;
+  auto xs = randn(N * T * D, 1.f, rng), Wx = randn(D * 4 * H, 0.04f, rng),
+       Wh = randn(H * 4 * H, 0.04f, rng), b = randn(4 * H, 0.1f, rng), dhs = randn(N * T * H, 1.f, rng);
+  std::vector<float> hs(N * T * H), hT(N * H), cT(N * H), gates(N * T * 4 * H), cs(N * T * H);
+  std::vector<float> dxs(N * T * D), dh0(N * H), dc0(N * H), dW((D + H) * 4 * H), db(4 * H);
+  std::vector<float> wf(lstm_forward_workspace_size(s, false) + 1), wb(lstm_backward_workspace_size(s));
+  const double fwd = best_ms([&] {
+    lstm_forward_cpu<float>(s, xs.data(), nullptr, nullptr, Wx.data(), Wh.data(), b.data(), hs.data(),
+                            hT.data(), cT.data(), gates.data(), cs.data(), nullptr);
+  }, reps);
+  const double bwd = best_ms([&] {
+    lstm_backward_cpu<float>(s, xs.data(), nullptr, nullptr, Wx.data(), Wh.data(), hs.data(), gates.data(),
+                             cs.data(), dhs.data(), nullptr, nullptr, dxs.data(), dh0.data(), dc0.data(),
+                             dW.data(), db.data(), wb.data());
+  }, reps);
+  const double inf = best_ms([&] {
+    lstm_forward_cpu<float>(s, xs.data(), nullptr, nullptr, Wx.data(), Wh.data(), b.data(), hs.data(),
+                            hT.data(), cT.data(), nullptr, nullptr, wf.data());
+  }, reps);
+  const double flops = 24.0 * N * T * H * (D + H);
+  std::printf("lstm %ld,%ld,%ld,%ld float32 %d threads: fwd %.2f ms  bwd %.2f ms  train %.2f ms "
+              "(%.1f GFLOP/s)  infer %.2f ms\n", long(N), long(T), long(D), long(H), get_num_threads(),
+              fwd, bwd, fwd + bwd, flops / (fwd + bwd) / 1e6, inf);
+}
+
+int main(int argc, char** argv) {
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
+  set_num_threads(threads);
+  std::vector<LstmShape> shapes;
+  for (int k = 2; k + 3 < argc; k += 4) {
+    shapes.push_back({std::atol(argv[k]), std::atol(argv[k + 1]), std::atol(argv[k + 2]), std::atol(argv[k + 3])});
+  }
+  if (shapes.empty()) shapes = {{20, 35, 650, 650}, {64, 100, 256, 256}, {1, 200, 128, 128}, {32, 35, 1024, 1024}};
+  std::printf("single-thread GEMM pieces:\n");
+  gemm_rate(2048, 2048, 2048, 3);
+  for (const auto& s : shapes) {
+    const int hs = int((s.H / threads + 15) / 16 * 16);
+    gemm_rate(int(s.N * s.T), hs, int(s.D), 5);      // input projection, one gate block of a slice
+    gemm_rate(int(s.N), hs, int(s.H), 50);           // recurrent step, one gate block of a slice
+    gemm_rate(int(s.N), int(4 * s.H), int(s.H), 50); // recurrent step, all gates, one thread
+  }
+  for (const auto& s : shapes) lstm_rate(s, 5);
+  return 0;
+}
