@@ -30,6 +30,92 @@ int threads_for(const LstmShape& s) {
   return int(std::min<int64_t>(nt, slices));
 }
 
+
+// --- Pointwise rows -----------------------------------------------------------------------
+// One row n of one step over a slice of hsz hidden units. The bodies are templates inlined
+// into per-ISA clones (AVX-512, AVX2+FMA, baseline x86-64) picked at load time, so the gate
+// math vectorizes to the widest registers the CPU has without building for one machine.
+//   a: the slice's first column in the A row (gate k at a[k*H + jj]); z: the recurrent GEMM
+//   result for the slice, gate k at z[k*hsz + jj] (zeros at t = 0 without h0); b: bias at the
+//   slice start (gate k at b[k*H + jj]); cp: c_{t-1}; c_out, h_out: outputs. cp may equal c_out.
+template <class T>
+__attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, T* a, const T* z,
+                                                        const T* b, const T* cp, T* c_out,
+                                                        T* h_out, bool save) {
+  if (save) {
+#pragma omp simd
+    for (int64_t jj = 0; jj < hsz; ++jj) {
+      T f, g, i, o, c, h;
+      lstm_cell_forward(a[jj] + z[jj] + b[jj], a[H + jj] + z[hsz + jj] + b[H + jj],
+                        a[2 * H + jj] + z[2 * hsz + jj] + b[2 * H + jj],
+                        a[3 * H + jj] + z[3 * hsz + jj] + b[3 * H + jj], cp[jj], f, g, i, o, c, h);
+      a[jj] = f;
+      a[H + jj] = g;
+      a[2 * H + jj] = i;
+      a[3 * H + jj] = o;
+      c_out[jj] = c;
+      h_out[jj] = h;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t jj = 0; jj < hsz; ++jj) {
+      T f, g, i, o, c, h;
+      lstm_cell_forward(a[jj] + z[jj] + b[jj], a[H + jj] + z[hsz + jj] + b[H + jj],
+                        a[2 * H + jj] + z[2 * hsz + jj] + b[2 * H + jj],
+                        a[3 * H + jj] + z[3 * hsz + jj] + b[3 * H + jj], cp[jj], f, g, i, o, c, h);
+      c_out[jj] = c;
+      h_out[jj] = h;
+    }
+  }
+}
+
+//   gt: saved gates at the slice start (gate k at gt[k*H + jj]); c, cp: c_t and c_{t-1};
+//   dh_up: dhs row; dhc, dcc: carried dh (read) and dc (read, then overwritten with dc_{t-1});
+//   da: dA row at the slice start (gate k at da[k*H + jj]).
+template <class T>
+__attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, const T* gt,
+                                                        const T* c, const T* cp, const T* dh_up,
+                                                        const T* dhc, T* dcc, T* da) {
+#pragma omp simd
+  for (int64_t jj = 0; jj < hsz; ++jj) {
+    T daf, dag, dai, dao, dcp;
+    lstm_cell_backward(gt[jj], gt[H + jj], gt[2 * H + jj], gt[3 * H + jj], c[jj], cp[jj],
+                       dh_up[jj] + dhc[jj], dcc[jj], daf, dag, dai, dao, dcp);
+    da[jj] = daf;
+    da[H + jj] = dag;
+    da[2 * H + jj] = dai;
+    da[3 * H + jj] = dao;
+    dcc[jj] = dcp;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYLSTM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PYLSTM_CLONES
+#endif
+
+#define PYLSTM_ROW_FUNCS(T)                                                                     \
+  PYLSTM_CLONES void fwd_row(int64_t H, int64_t hsz, T* a, const T* z, const T* b, const T* cp, \
+                             T* c_out, T* h_out, bool save) {                                   \
+    fwd_row_body<T>(H, hsz, a, z, b, cp, c_out, h_out, save);                                   \
+  }                                                                                             \
+  PYLSTM_CLONES void bwd_row(int64_t H, int64_t hsz, const T* gt, const T* c, const T* cp,      \
+                             const T* dh_up, const T* dhc, T* dcc, T* da) {                     \
+    bwd_row_body<T>(H, hsz, gt, c, cp, dh_up, dhc, dcc, da);                                    \
+  }
+PYLSTM_ROW_FUNCS(float)
+PYLSTM_ROW_FUNCS(double)
+#undef PYLSTM_ROW_FUNCS
+
+// Per-thread scratch reused across calls (the pool's threads live as long as the process).
+template <class T>
+T* thread_scratch(size_t n) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 }  // namespace
 
 int64_t lstm_forward_workspace_size(const LstmShape& s, bool save_for_backward) {
@@ -63,6 +149,18 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
       gemm(false, false, int(N * Tn), int(hsz), int(D), T(1), xs, int(D), Wx + k * H + j0, int(G),
            T(0), A + k * H + j0, int(G));
     }
+    // The slice's columns of Wh packed side by side, (H, 4*hsz), so each step is one GEMM into
+    // the contiguous Z (N, 4*hsz); plus zeros standing in for absent h0 / c0. Thread-local.
+    T* scratch = thread_scratch<T>(size_t(H * 4 * hsz + N * 4 * hsz + 4 * hsz));
+    T* Whp = scratch;
+    T* Z = Whp + H * 4 * hsz;
+    T* zeros = Z + N * 4 * hsz;
+    std::fill(zeros, zeros + 4 * hsz, T(0));
+    for (int64_t r = 0; r < H; ++r) {
+      for (int k = 0; k < 4; ++k) {
+        std::memcpy(Whp + r * 4 * hsz + k * hsz, Wh + r * G + k * H + j0, sizeof(T) * hsz);
+      }
+    }
     if (!save) {
       for (int64_t n = 0; n < N; ++n) {
         for (int64_t j = j0; j < j1; ++j) c_run[n * H + j] = c0 ? c0[n * H + j] : T(0);
@@ -70,42 +168,27 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
     }
     for (int64_t t = 0; t < Tn; ++t) {
       T* A_t = A + t * G;  // rows n at stride T*4H
-      // 2a. Recurrent GEMM for this slice: A_t += h_{t-1} @ Wh (skipped at t = 0 if h0 = 0).
+      // 2a. Recurrent GEMM for this slice: Z = h_{t-1} @ Wh[:, slice] (none at t = 0 if h0 = 0).
       const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
       const int ld_h = t > 0 ? int(Tn * H) : int(H);
       if (h_prev) {
-        for (int k = 0; k < 4; ++k) {
-          gemm(false, false, int(N), int(hsz), int(H), T(1), h_prev, ld_h, Wh + k * H + j0,
-               int(G), T(1), A_t + k * H + j0, int(Tn * G));
-        }
+        gemm(false, false, int(N), int(4 * hsz), int(H), T(1), h_prev, ld_h, Whp, int(4 * hsz),
+             T(0), Z, int(4 * hsz));
       }
       // 2b. Fused pointwise pass over the slice: activations, c and h.
       for (int64_t n = 0; n < N; ++n) {
-        T* a = A_t + n * Tn * G;
-        T* h_out = hs + (n * Tn + t) * H;
+        T* h_out = hs + (n * Tn + t) * H + j0;
         const T* cp;
         T* c_out;
         if (save) {
-          c_out = cs + (n * Tn + t) * H;
-          cp = t > 0 ? c_out - H : (c0 ? c0 + n * H : nullptr);
+          c_out = cs + (n * Tn + t) * H + j0;
+          cp = t > 0 ? c_out - H : (c0 ? c0 + n * H + j0 : zeros);
         } else {
-          c_out = c_run + n * H;
+          c_out = c_run + n * H + j0;
           cp = c_out;  // updated in place, element by element
         }
-#pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) {
-          T f, g, i, o, c, h;
-          lstm_cell_forward(a[j] + b[j], a[H + j] + b[H + j], a[2 * H + j] + b[2 * H + j],
-                            a[3 * H + j] + b[3 * H + j], cp ? cp[j] : T(0), f, g, i, o, c, h);
-          if (save) {
-            a[j] = f;
-            a[H + j] = g;
-            a[2 * H + j] = i;
-            a[3 * H + j] = o;
-          }
-          c_out[j] = c;
-          h_out[j] = h;
-        }
+        fwd_row(H, hsz, A_t + n * Tn * G + j0, h_prev ? Z + n * 4 * hsz : zeros, b + j0, cp,
+                c_out, h_out, save);
       }
       team.barrier();  // h_t complete before any thread's GEMM of step t+1 reads it
     }
@@ -132,6 +215,8 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     int64_t j0, j1;
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
+    T* zeros = thread_scratch<T>(size_t(hsz + 1));  // stands in for an absent c0
+    std::fill(zeros, zeros + hsz, T(0));
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t j = j0; j < j1; ++j) {
         dh_carry[n * H + j] = dhT ? dhT[n * H + j] : T(0);
@@ -143,25 +228,10 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
       //    dh_t = dhs[:, t] + carried dh.
       for (int64_t n = 0; n < N; ++n) {
         const int64_t row = n * Tn + t;
-        const T* gt = gates + row * G;
-        const T* c = cs + row * H;
-        const T* cp = t > 0 ? c - H : (c0 ? c0 + n * H : nullptr);
-        const T* dh_up = dhs + row * H;
-        T* dhc = dh_carry + n * H;
-        T* dcc = dc_carry + n * H;
-        T* da = dA + row * G;
-#pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) {
-          T daf, dag, dai, dao, dcp;
-          lstm_cell_backward(gt[j], gt[H + j], gt[2 * H + j], gt[3 * H + j], c[j],
-                             cp ? cp[j] : T(0), dh_up[j] + dhc[j], dcc[j], daf, dag, dai, dao,
-                             dcp);
-          da[j] = daf;
-          da[H + j] = dag;
-          da[2 * H + j] = dai;
-          da[3 * H + j] = dao;
-          dcc[j] = dcp;
-        }
+        const T* c = cs + row * H + j0;
+        const T* cp = t > 0 ? c - H : (c0 ? c0 + n * H + j0 : zeros);
+        bwd_row(H, hsz, gates + row * G + j0, c, cp, dhs + row * H + j0, dh_carry + n * H + j0,
+                dc_carry + n * H + j0, dA + row * G + j0);
       }
       team.barrier();  // all of dA_t written before the GEMM reads every column
       // 2. dh_{t-1}[:, slice] = dA_t @ Wh[slice, :]^T  (at t = 0 this is dh0).

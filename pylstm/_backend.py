@@ -8,9 +8,29 @@ from __future__ import annotations
 
 import os
 
-try:
-    from . import _cpu as cpu
+import numpy  # noqa: F401  (NumPy's own OpenBLAS loads first, under the caller's environment)
 
+
+def _import_cpu():
+    # The module's private OpenBLAS (scipy-openblas32) is only ever called from pylstm's own
+    # thread pool, one thread per call; loading it with OPENBLAS_NUM_THREADS=1 keeps it from
+    # starting idle server threads that would spin on the cores the pool uses. The variable is
+    # restored at once: NumPy's OpenBLAS (a different library) was loaded before and is not
+    # affected, and neither is anything loaded later.
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        from . import _cpu
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+    return _cpu
+
+
+try:
+    cpu = _import_cpu()
     cpu_error = None
 except ImportError as exc:  # a broken or missing build: say why when the backend is asked for
     cpu = None
