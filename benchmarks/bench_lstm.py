@@ -146,7 +146,7 @@ def check(cand, want, tol):
                              f"(tolerance {tol:.0e})")
 
 
-def bench_shape(shape, dtype, repeats, with_torch, with_numpy):
+def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2):
     d = make_inputs(shape, dtype)
     d64 = {k: v.astype(np.float64) for k, v in d.items()}
     hs, _, _, rc = ref.lstm_forward_ref(d64["xs"], d64["h0"], d64["c0"], d64["Wx"], d64["Wh"], d64["b"])
@@ -167,6 +167,9 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy):
         for c in cands:
             if c.name == "pylstm-numpy" and r > min(repeats, 3):
                 continue  # the reference is slow; 3 timed rounds are plenty
+            # Let the previous candidate's thread pool (OpenMP, OpenBLAS) go idle first: a pool
+            # still spinning on these 2 cores would slow whoever runs next.
+            time.sleep(settle)
             tf = _timeit(c.forward)
             tb = _timeit(c.backward)
             ti = _timeit(c.inference)
