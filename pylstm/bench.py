@@ -1,0 +1,254 @@
+"""Times pylstm's fused LSTM against the NumPy reference (the book's algorithm) and PyTorch's CPU
+nn.LSTM (oneDNN), side by side in one run, after checking every candidate against the float64
+reference. Run: pylstm bench, or python -m pylstm.bench [--shapes N,T,D,H ...] [--json out.json]
+
+Rows: median (and min) ms for forward (saving for backward), backward, the training step
+(forward + backward), and forward-only inference; GFLOP/s of the training step
+(24*N*T*H*(D+H)); speedups of pylstm against each other candidate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import pylstm
+from pylstm import convert
+from pylstm import reference as ref
+
+DEFAULT_SHAPES = [(20, 35, 650, 650), (64, 100, 256, 256), (1, 200, 128, 128), (32, 35, 1024, 1024),
+                  (8, 35, 64, 128)]
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.check_output(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+                                       stderr=subprocess.DEVNULL, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def sgemm_ceiling(n=2048, reps=5) -> float:
+    """numpy float32 matmul n^3 GFLOP/s (best of reps), the machine's BLAS ceiling."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timeit(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timeit(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def make_inputs(shape, dtype, seed=0):
+    N, T, D, H = shape
+    rng = np.random.default_rng(seed)
+    return {
+        "xs": rng.standard_normal((N, T, D)).astype(dtype),
+        "Wx": (rng.standard_normal((D, 4 * H)) / np.sqrt(D)).astype(dtype),
+        "Wh": (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(dtype),
+        "b": (rng.standard_normal(4 * H) * 0.1).astype(dtype),
+        "h0": (rng.standard_normal((N, H)) * 0.5).astype(dtype),
+        "c0": (rng.standard_normal((N, H)) * 0.5).astype(dtype),
+        "dhs": rng.standard_normal((N, T, H)).astype(dtype),
+    }
+
+
+class PylstmCand:
+    """pylstm's functional API on one backend."""
+
+    def __init__(self, d, backend):
+        self.d, self.backend, self.name = d, backend, f"pylstm-{backend}"
+
+    def forward(self):
+        d = self.d
+        self.out = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=self.backend)
+
+    def backward(self):
+        self.grads = pylstm.lstm_backward(self.d["dhs"], self.out[3])
+
+    def inference(self):
+        d = self.d
+        return pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=self.backend)
+
+    def results(self):
+        return {"hs": self.out[0], "dxs": self.grads[0], "dWx": self.grads[3], "dWh": self.grads[4],
+                "db": self.grads[5], "dh0": self.grads[1]}
+
+
+class TorchCand:
+    """torch.nn.LSTM (batch_first) with the same weights, computing the same gradients
+    (inputs, initial states, weights, biases)."""
+
+    def __init__(self, d, torch):
+        self.torch, self.name = torch, "torch"
+        N, T, D = d["xs"].shape
+        H = d["Wh"].shape[0]
+        self.lstm = torch.nn.LSTM(D, H, batch_first=True)
+        with torch.no_grad():
+            for n, v in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
+                            convert.to_torch(d["Wx"], d["Wh"], d["b"])):
+                getattr(self.lstm, n).copy_(torch.from_numpy(v))
+        self.x = torch.from_numpy(d["xs"]).requires_grad_()
+        self.h0 = torch.from_numpy(d["h0"])[None].requires_grad_()
+        self.c0 = torch.from_numpy(d["c0"])[None].requires_grad_()
+        self.dhs = torch.from_numpy(d["dhs"])
+
+    def forward(self):
+        self.out = self.lstm(self.x, (self.h0, self.c0))[0]
+
+    def backward(self):
+        for p in (self.x, self.h0, self.c0, *self.lstm.parameters()):
+            p.grad = None
+        self.out.backward(self.dhs)
+
+    def inference(self):
+        with self.torch.no_grad():
+            return self.lstm(self.x, (self.h0, self.c0))
+
+    def results(self):
+        w = [getattr(self.lstm, n).grad.numpy() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0")]
+        dWx, dWh, db = convert.from_torch(w[0], w[1], w[2])
+        return {"hs": self.out.detach().numpy(), "dxs": self.x.grad.numpy(), "dWx": dWx, "dWh": dWh,
+                "db": db, "dh0": self.h0.grad[0].numpy()}
+
+
+def check(cand, want, tol):
+    cand.forward()
+    cand.backward()
+    got = cand.results()
+    for k, w in want.items():
+        err = np.abs(got[k].astype(np.float64) - w).max() / max(np.abs(w).max(), 1e-30)
+        if not err <= tol:
+            raise SystemExit(f"refusing to time {cand.name}: {k} differs from the reference by {err:.2e} "
+                             f"(tolerance {tol:.0e})")
+
+
+def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2):
+    d = make_inputs(shape, dtype)
+    d64 = {k: v.astype(np.float64) for k, v in d.items()}
+    hs, _, _, rc = ref.lstm_forward_ref(d64["xs"], d64["h0"], d64["c0"], d64["Wx"], d64["Wh"], d64["b"])
+    dxs, dh0, _, dWx, dWh, db = ref.lstm_backward_ref(d64["dhs"], rc)
+    want = {"hs": hs, "dxs": dxs, "dWx": dWx, "dWh": dWh, "db": db, "dh0": dh0}
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+
+    cands = [PylstmCand(d, "cpu")]
+    if with_numpy:
+        cands.append(PylstmCand(d, "numpy"))
+    if with_torch is not None:
+        cands.append(TorchCand(d, with_torch))
+    for c in cands:
+        check(c, want, tol)
+
+    times = {c.name: {"fwd": [], "bwd": [], "train": [], "infer": []} for c in cands}
+    for r in range(repeats + 1):  # round 0 warms up
+        for c in cands:
+            if c.name == "pylstm-numpy" and r > min(repeats, 3):
+                continue  # the reference is slow; 3 timed rounds are plenty
+            # Let the previous candidate's thread pool (OpenMP, OpenBLAS) go idle first: a pool
+            # still spinning on these 2 cores would slow whoever runs next.
+            time.sleep(settle)
+            tf = _timeit(c.forward)
+            tb = _timeit(c.backward)
+            ti = _timeit(c.inference)
+            if r:
+                t = times[c.name]
+                t["fwd"].append(tf)
+                t["bwd"].append(tb)
+                t["train"].append(tf + tb)
+                t["infer"].append(ti)
+    N, T, D, H = shape
+    flops = 24 * N * T * H * (D + H)
+    row = {"shape": list(shape), "flops_train": flops, "candidates": {}}
+    for name, t in times.items():
+        row["candidates"][name] = {k: {"median_ms": 1e3 * float(np.median(v)), "min_ms": 1e3 * float(np.min(v))}
+                                   for k, v in t.items()}
+        row["candidates"][name]["gflops_train"] = flops / float(np.median(t["train"])) / 1e9
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="*", help="N,T,D,H (default: the issue's grid)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--threads", type=int, default=None, help="threads for pylstm and torch")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-numpy", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    a = p.parse_args(argv)
+
+    shapes = [tuple(int(v) for v in s.split(",")) for s in a.shapes] if a.shapes else DEFAULT_SHAPES
+    dtype = np.dtype(a.dtype).type
+    if a.threads:
+        pylstm.set_num_threads(a.threads)
+    threads = pylstm.get_num_threads()
+    torch = None
+    if not a.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            torch = None
+    ceiling = sgemm_ceiling()
+    from pylstm import _backend
+    corename = _backend.cpu.blas_info()[1] if _backend.cpu else "-"
+    header = {
+        "pylstm": pylstm.__version__, "commit": git_commit(), "cpu": cpu_name(), "threads": threads,
+        "dtype": a.dtype, "python": platform.python_version(), "numpy": np.__version__,
+        "torch": torch.__version__ if torch else None, "openblas_core": corename,
+        "sgemm_2048_gflops": ceiling, "date": time.strftime("%Y-%m-%d"),
+    }
+    print(f"# pylstm {header['pylstm']} ({header['commit']}) | {header['cpu']} | {threads} threads | "
+          f"{a.dtype} | numpy {np.__version__} sgemm 2048^3: {ceiling:.0f} GFLOP/s | OpenBLAS core "
+          f"{corename} | torch {header['torch'] or 'not installed'} | {header['date']}")
+    cols = "| N,T,D,H | candidate | fwd ms | bwd ms | train ms (min) | infer ms | train GFLOP/s | % ceiling |"
+    print(cols)
+    print("|" + "---|" * (cols.count("|") - 1))
+    rows = []
+    for shape in shapes:
+        row = bench_shape(shape, dtype, a.repeats, torch, not a.no_numpy)
+        rows.append(row)
+        ours = row["candidates"]["pylstm-cpu"]
+        for name, c in row["candidates"].items():
+            print(f"| {','.join(map(str, shape))} | {name} | {c['fwd']['median_ms']:.2f} | "
+                  f"{c['bwd']['median_ms']:.2f} | {c['train']['median_ms']:.2f} ({c['train']['min_ms']:.2f}) | "
+                  f"{c['infer']['median_ms']:.2f} | {c['gflops_train']:.1f} | "
+                  f"{100 * c['gflops_train'] / ceiling:.0f}% |")
+        for name, c in row["candidates"].items():
+            if name == "pylstm-cpu":
+                continue
+            r_train = c["train"]["median_ms"] / ours["train"]["median_ms"]
+            r_infer = c["infer"]["median_ms"] / ours["infer"]["median_ms"]
+            row.setdefault("speedup", {})[name] = {"train": r_train, "infer": r_infer}
+            print(f"|   | pylstm-cpu vs {name} | | | **{r_train:.2f}x** | **{r_infer:.2f}x** | | |")
+        sys.stdout.flush()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"header": header, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

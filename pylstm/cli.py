@@ -1,0 +1,290 @@
+"""The ``pylstm`` command line: train, generate, eval, bench.
+
+``pylstm train`` with no arguments trains a character-level LSTM on the corpus embedded in the
+package (offline), shows progress and perplexities, evaluates on held-out text against a
+unigram baseline, saves a checkpoint and a perplexity plot, and prints a generated sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _positive_int(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _positive_float(s):
+    v = float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+def _ratio(s):
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+def _build_parser():
+    p = argparse.ArgumentParser(prog="pylstm", description="Fused LSTM kernels and LSTM language models.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a language model (default: the embedded corpus)")
+    t.add_argument("--corpus", default="embedded", help="'embedded' (tiny-shakespeare, in the package), "
+                   "'ptb' (Penn Treebank; see PYLSTM_DATA_DIR), or a path to a UTF-8 text file")
+    t.add_argument("--level", choices=["char", "word"], default=None,
+                   help="tokens (default: char for text, word for ptb)")
+    t.add_argument("--wordvec", type=_positive_int, default=None, help="embedding size D")
+    t.add_argument("--hidden", type=_positive_int, default=None, help="LSTM hidden size H")
+    t.add_argument("--layers", type=_positive_int, default=1, help="LSTM layers")
+    t.add_argument("--dropout", type=_ratio, default=0.0, help="dropout ratio")
+    t.add_argument("--tie", action="store_true", help="tie embedding and output weights (D == H)")
+    t.add_argument("--epochs", type=_positive_int, default=None)
+    t.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"], default=None)
+    t.add_argument("--lr", type=_positive_float, default=None)
+    t.add_argument("--clip", type=_positive_float, default=None, help="global-norm gradient clip")
+    t.add_argument("--batch", type=_positive_int, default=None, help="batch size (parallel streams)")
+    t.add_argument("--time", type=_positive_int, default=None, help="truncated-BPTT length")
+    t.add_argument("--eval-interval", type=_positive_int, default=None)
+    t.add_argument("--backend", choices=["auto", "cpu", "numpy"], default="auto")
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--threads", type=_positive_int, default=None)
+    t.add_argument("--out", default="pylstm-run", help="output directory (checkpoint, plot, sample)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    t.add_argument("--sample-length", type=_positive_int, default=None)
+    t.add_argument("--temperature", type=_positive_float, default=0.8)
+    t.add_argument("--max-chars", type=_positive_int, default=None,
+                   help="use only the first MAX_CHARS tokens of a text corpus (quick runs)")
+    t.add_argument("--no-progress", action="store_true")
+
+    g = sub.add_parser("generate", help="sample text from a checkpoint")
+    g.add_argument("checkpoint")
+    g.add_argument("--length", type=_positive_int, default=300)
+    g.add_argument("--temperature", type=_positive_float, default=0.8)
+    g.add_argument("--top-k", type=_positive_int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--prompt", default=None, help="text to start from (default: a newline / <eos>)")
+
+    e = sub.add_parser("eval", help="perplexity of a checkpoint on a corpus split")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    e.add_argument("--batch", type=_positive_int, default=10)
+    e.add_argument("--time", type=_positive_int, default=35)
+
+    b = sub.add_parser("bench", help="run the kernel benchmark (pylstm vs NumPy reference vs torch)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark (see pylstm bench -- -h)")
+    return p
+
+
+# --- data ---------------------------------------------------------------------------------
+def _load_corpus(corpus: str, level: str, max_chars=None):
+    """Returns (train, val, test, vocab_list, level)."""
+    from .datasets import ptb, text
+
+    if corpus == "ptb":
+        if level == "char":
+            raise ValueError("--level char is not available for --corpus ptb (a word-level corpus)")
+        train, w2i, i2w = ptb.load_data("train")
+        val, _, _ = ptb.load_data("val")
+        test, _, _ = ptb.load_data("test")
+        return train, val, test, [i2w[i] for i in range(len(i2w))], "word"
+    level = level or "char"
+    if corpus == "embedded":
+        data, vocab = text.load_embedded(level=level)
+    else:
+        data, vocab = text.load_text(corpus, level=level)
+    if max_chars:
+        data = data[:max_chars]
+    tr, va, te = text.split(data)
+    return tr, va, te, vocab.to_list(), level
+
+
+def _unigram_perplexity(train, test, V):
+    counts = np.bincount(train, minlength=V).astype(np.float64) + 1.0  # add-one smoothing
+    logp = np.log(counts / counts.sum())
+    return float(np.exp(-logp[test].mean()))
+
+
+def _defaults(a):
+    word = a.level == "word" or a.corpus == "ptb"
+    d = dict(wordvec=100 if word else 48, hidden=100 if word else 256,
+             epochs=4 if word else 3, optimizer="sgd" if word else "adam",
+             lr=20.0 if word else 0.004, clip=0.25 if word else 5.0, batch=20 if word else 32,
+             time=35 if word else 64, eval_interval=20 if word else 50,
+             sample_length=60 if word else 400)
+    for k, v in d.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+
+
+def _decode(ids, vocab, level):
+    toks = [vocab[i] for i in ids]
+    if level == "char":
+        return "".join(toks)
+    return " ".join(toks).replace(" <eos> ", "\n").replace("<eos>", "\n")
+
+
+def _cmd_train(a):
+    import pylstm
+    from .models import LstmLM
+    from .optimizers import OPTIMIZERS
+    from .trainer import RnnlmTrainer, eval_perplexity
+
+    _defaults(a)
+    if a.threads:
+        pylstm.set_num_threads(a.threads)
+    train, val, test, vocab, level = _load_corpus(a.corpus, a.level, a.max_chars)
+    V = len(vocab)
+    need = a.batch * a.time + 1
+    for name, part in (("train", train), ("validation", val), ("test", test)):
+        if len(part) < need:
+            raise ValueError(f"the {name} part of the corpus has {len(part)} tokens; --batch x --time "
+                             f"needs at least {need} (use a longer corpus or smaller --batch/--time)")
+    model = LstmLM(V, a.wordvec, a.hidden, num_layers=a.layers, dropout_ratio=a.dropout,
+                   tie_weights=a.tie, backend=a.backend, seed=a.seed)
+    opt = OPTIMIZERS[a.optimizer](lr=a.lr)
+    os.makedirs(a.out, exist_ok=True)
+    ckpt = os.path.join(a.out, "checkpoint.npz")
+    trainer = RnnlmTrainer(model, opt)
+    if a.resume:
+        if not os.path.exists(ckpt):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        trainer.resume(ckpt)
+        print(f"resumed from {ckpt} at epoch {trainer.current_epoch}")
+    n_params = sum(p.size for p in _unique(model.params))
+    print(f"pylstm {pylstm.__version__} | backend {a.backend} -> {pylstm.available_backends()[0]} | "
+          f"threads {pylstm.get_num_threads()}")
+    print(f"corpus {a.corpus} ({level} level): train {len(train)}, val {len(val)}, test {len(test)} tokens, "
+          f"vocabulary {V}")
+    print(f"model: {a.layers} x LSTM(D={a.wordvec}, H={a.hidden}), {n_params} parameters | {a.optimizer} "
+          f"lr {a.lr} | clip {a.clip} | batch {a.batch} x time {a.time} | {a.epochs} epochs")
+    trainer.meta = {"vocab": vocab, "level": level,
+                    "corpus": a.corpus if a.corpus in ("embedded", "ptb") else os.path.abspath(a.corpus),
+                    "max_chars": a.max_chars}
+    t0 = time.time()
+    try:
+        trainer.fit(train[:-1], train[1:], max_epoch=a.epochs, batch_size=a.batch, time_size=a.time, max_grad=a.clip,
+                    eval_interval=a.eval_interval, val_corpus=val, checkpoint=ckpt,
+                    progress=not a.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last complete epoch's checkpoint is kept at {ckpt}" if os.path.exists(ckpt)
+              else "\ninterrupted before the first epoch ended: no checkpoint written", file=sys.stderr)
+        return 130
+    elapsed = time.time() - t0
+    test_ppl = eval_perplexity(model, test, batch_size=min(10, a.batch), time_size=a.time)
+    uni = _unigram_perplexity(train, test, V)
+    print(f"trained in {elapsed:.1f} s")
+    print(f"held-out (test) perplexity: {test_ppl:.2f} | unigram baseline on the same split: {uni:.2f}")
+    try:
+        plot = trainer.plot(os.path.join(a.out, "perplexity.png"))
+        print(f"plot: {plot}")
+    except ImportError as exc:
+        print(f"plot skipped: {exc}")
+    start = vocab.index("\n") if level == "char" and "\n" in vocab else (
+        vocab.index("<eos>") if "<eos>" in vocab else 0)
+    ids = model.generate(start, sample_size=a.sample_length, temperature=a.temperature, seed=a.seed,
+                         skip_ids=[vocab.index("<unk>")] if "<unk>" in vocab else None)
+    sample = _decode(ids, vocab, level)
+    with open(os.path.join(a.out, "sample.txt"), "w", encoding="utf-8") as f:
+        f.write(sample)
+    print(f"checkpoint: {ckpt}\n--- sample (temperature {a.temperature}) ---\n{sample}\n---")
+    return 0
+
+
+def _unique(params):
+    from .models import unique_params
+
+    return unique_params(params, params)[0]
+
+
+def _load(path):
+    from .models import load_checkpoint
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint: no such file {path!r}")
+    model, extra = load_checkpoint(path)
+    if "vocab" not in extra:
+        raise ValueError(f"{path}: checkpoint has no vocabulary (not written by pylstm train)")
+    return model, extra
+
+
+def _cmd_generate(a):
+    model, extra = _load(a.checkpoint)
+    vocab, level = extra["vocab"], extra["level"]
+    w2i = {w: i for i, w in enumerate(vocab)}
+    if a.prompt is None:
+        prompt = ["\n"] if level == "char" and "\n" in w2i else (["<eos>"] if "<eos>" in w2i else [vocab[0]])
+    else:
+        prompt = list(a.prompt) if level == "char" else a.prompt.split()
+    missing = [t for t in prompt if t not in w2i]
+    if missing:
+        raise ValueError(f"--prompt: {len(missing)} token(s) not in the model's vocabulary: "
+                         + ", ".join(repr(t) for t in missing[:5]))
+    if a.top_k is not None and a.top_k > len(vocab):
+        raise ValueError(f"--top-k must be <= the vocabulary size {len(vocab)}, got {a.top_k}")
+    ids = model.generate([w2i[t] for t in prompt], sample_size=max(a.length, len(prompt)),
+                         temperature=a.temperature, top_k=a.top_k, seed=a.seed,
+                         skip_ids=[w2i["<unk>"]] if "<unk>" in w2i else None)
+    print(_decode(ids, vocab, level))
+    return 0
+
+
+def _cmd_eval(a):
+    from .datasets import text
+    from .trainer import eval_perplexity
+
+    model, extra = _load(a.checkpoint)
+    vocab, level, corpus = extra["vocab"], extra["level"], extra.get("corpus", "embedded")
+    if corpus == "ptb":
+        from .datasets import ptb
+
+        data, _, _ = ptb.load_data(a.split)
+    else:
+        raw = text.embedded_text() if corpus == "embedded" else open(corpus, encoding="utf-8").read()
+        v = text.Vocab(vocab, level)
+        ids = v.encode(text.tokenize(raw, level))
+        if extra.get("max_chars"):
+            ids = ids[: int(extra["max_chars"])]
+        parts = dict(zip(("train", "val", "test"), text.split(ids)))
+        data = parts[a.split]
+    ppl = eval_perplexity(model, data, batch_size=a.batch, time_size=a.time)
+    print(f"{a.split} perplexity: {ppl:.2f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = _build_parser()
+    a = parser.parse_args(argv)
+    if a.command is None:
+        parser.print_help()
+        return 2
+    if a.command == "bench":
+        from .bench import main as bench_main
+
+        args = a.args[1:] if a.args[:1] == ["--"] else a.args
+        bench_main(args)
+        return 0
+    handler = {"train": _cmd_train, "generate": _cmd_generate, "eval": _cmd_eval}[a.command]
+    try:
+        return handler(a)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"pylstm {a.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""LSTM language models in the style of DLfS2 ch. 6: ``Rnnlm`` and ``BetterRnnlm``, generalized
+to any number of LSTM layers and optional weight tying, with generation and checkpoints.
+
+Parameter order is the book's, so the book's trained weight files load position by position:
+``[embed_W, (Wx, Wh, b) per layer, affine_W, affine_b]``; with tying, ``affine_W`` is
+``embed_W.T`` (a view: the same memory, updated once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeSoftmaxWithLoss, softmax
+
+__all__ = ["LstmLM", "Rnnlm", "BetterRnnlm", "unique_params", "load_checkpoint", "CheckpointError"]
+
+CHECKPOINT_FORMAT = "pylstm-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is corrupt, truncated, foreign, or for another architecture."""
+
+
+def _tied_to(p: np.ndarray, q: np.ndarray) -> bool:
+    """True if p is q's transpose view (how tying is built here): identity of memory, not values."""
+    return p.base is q and p.shape == q.T.shape and p.strides == q.T.strides
+
+
+def unique_params(params: Sequence[np.ndarray], grads: Sequence[np.ndarray]):
+    """Merges tied parameters by identity: an array that appears again (the same object, or its
+    transpose view) keeps its first position and the gradients are summed. Returns new lists."""
+    out_p, out_g = [], []
+    for p, g in zip(params, grads):
+        for k, q in enumerate(out_p):
+            if p is q:
+                out_g[k] = out_g[k] + g
+                break
+            if _tied_to(p, q):
+                out_g[k] = np.ascontiguousarray(out_g[k] + g.T)
+                break
+        else:
+            out_p.append(p)
+            out_g.append(g)
+    return out_p, out_g
+
+
+class LstmLM:
+    """Embedding -> [dropout] -> (LSTM -> [dropout]) x num_layers -> Affine -> softmax loss.
+
+    Parameters
+    ----------
+    vocab_size, wordvec_size, hidden_size : V, D, H.
+    num_layers : LSTM layers (>= 1).
+    dropout_ratio : dropout before the first LSTM and after each (0 disables).
+    tie_weights : use ``embed_W.T`` as the output projection (needs D == H).
+    backend : LSTM backend, "auto" | "cpu" | "numpy".
+    seed : initialization and dropout seed (None: fresh randomness).
+    init : "book" (the book's scaled normal init) or a float a: uniform(-a, a) everywhere
+           (Zaremba et al.).
+    """
+
+    def __init__(self, vocab_size=10000, wordvec_size=100, hidden_size=100, num_layers=1,
+                 dropout_ratio=0.0, tie_weights=False, backend="auto", seed=None, init="book"):
+        V, D, H = int(vocab_size), int(wordvec_size), int(hidden_size)
+        for name, v in (("vocab_size", V), ("wordvec_size", D), ("hidden_size", H), ("num_layers", num_layers)):
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if tie_weights and D != H:
+            raise ValueError(f"tie_weights needs wordvec_size == hidden_size, got {D} and {H}")
+        self.config = dict(vocab_size=V, wordvec_size=D, hidden_size=H, num_layers=int(num_layers),
+                           dropout_ratio=float(dropout_ratio), tie_weights=bool(tie_weights),
+                           init=init)
+        rng = np.random.default_rng(seed)
+        f32 = np.float32
+        if init == "book":
+            def rn(*shape, scale):
+                return (rng.standard_normal(shape) * scale).astype(f32)
+            embed_W = rn(V, D, scale=0.01)
+            lstm_params = []
+            for layer in range(num_layers):
+                In = D if layer == 0 else H
+                lstm_params.append((rn(In, 4 * H, scale=1 / np.sqrt(In)), rn(H, 4 * H, scale=1 / np.sqrt(H)),
+                                    np.zeros(4 * H, f32)))
+            affine_W = None if tie_weights else rn(H, V, scale=1 / np.sqrt(H))
+        else:
+            a = float(init)
+
+            def un(*shape):
+                return rng.uniform(-a, a, shape).astype(f32)
+            embed_W = un(V, D)
+            lstm_params = [(un(D if layer == 0 else H, 4 * H), un(H, 4 * H), un(4 * H))
+                           for layer in range(num_layers)]
+            affine_W = None if tie_weights else un(H, V)
+        affine_b = np.zeros(V, f32)
+        if tie_weights:
+            affine_W = embed_W.T
+
+        drop_rng = np.random.default_rng(rng.integers(2**63))
+        self.layers = [TimeEmbedding(embed_W)]
+        self.drop_layers = []
+        if dropout_ratio > 0:
+            self.layers.append(TimeDropout(dropout_ratio, drop_rng))
+        self.lstm_layers = []
+        for Wx, Wh, b in lstm_params:
+            lstm = TimeLSTM(Wx, Wh, b, stateful=True, backend=backend)
+            self.layers.append(lstm)
+            self.lstm_layers.append(lstm)
+            if dropout_ratio > 0:
+                self.layers.append(TimeDropout(dropout_ratio, drop_rng))
+        self.layers.append(TimeAffine(affine_W, affine_b))
+        self.drop_layers = [layer for layer in self.layers if isinstance(layer, TimeDropout)]
+        self.loss_layer = TimeSoftmaxWithLoss()
+        self.params, self.grads = [], []
+        for layer in self.layers:
+            self.params += layer.params
+            self.grads += layer.grads
+
+    # --- the book's interface -------------------------------------------------------------
+    def predict(self, xs: np.ndarray, train_flg: bool = False) -> np.ndarray:
+        for layer in self.drop_layers:
+            layer.train_flg = train_flg
+        for layer in self.layers:
+            xs = layer.forward(xs)
+        return xs
+
+    def forward(self, xs: np.ndarray, ts: np.ndarray, train_flg: bool = True) -> float:
+        score = self.predict(xs, train_flg)
+        return self.loss_layer.forward(score, ts)
+
+    def backward(self, dout: float = 1.0):
+        dout = self.loss_layer.backward(dout)
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def reset_state(self) -> None:
+        for layer in self.lstm_layers:
+            layer.reset_state()
+
+    # --- generation ---------------------------------------------------------------------
+    def generate(self, start_id, skip_ids: Optional[Iterable[int]] = None, sample_size: int = 100,
+                 temperature: float = 1.0, top_k: Optional[int] = None, seed=None) -> list:
+        """Sample ids. ``start_id`` is an id or a list of ids (a prompt, fed first); returns the
+        prompt followed by sampled ids, ``sample_size`` ids in all. ``skip_ids`` are never
+        sampled. The training state of the LSTM layers is saved and restored around the call."""
+        V = self.config["vocab_size"]
+        prompt = [int(start_id)] if np.ndim(start_id) == 0 else [int(i) for i in start_id]
+        if not prompt:
+            raise ValueError("start_id must be an id or a non-empty list of ids")
+        bad = [i for i in prompt if not 0 <= i < V]
+        if bad:
+            raise ValueError(f"start_id: ids {bad[:5]} are outside the vocabulary [0, {V})")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None and not 1 <= int(top_k) <= V:
+            raise ValueError(f"top_k must be in [1, {V}], got {top_k}")
+        if sample_size < len(prompt):
+            raise ValueError(f"sample_size ({sample_size}) must be >= the prompt length ({len(prompt)})")
+        banned = np.zeros(V, bool)
+        for i in skip_ids or ():
+            if 0 <= int(i) < V:
+                banned[int(i)] = True
+        rng = np.random.default_rng(seed)
+        saved = [(layer.h, layer.c) for layer in self.lstm_layers]
+        self.reset_state()
+        try:
+            ids = list(prompt)
+            score = self.predict(np.array(prompt, dtype=np.int32)[None])[0, -1]
+            while len(ids) < sample_size:
+                logits = score.astype(np.float64) / temperature
+                logits[banned] = -np.inf
+                if top_k is not None:
+                    kth = np.partition(logits, V - int(top_k))[V - int(top_k)]
+                    logits[logits < kth] = -np.inf
+                if not np.isfinite(logits).any():
+                    raise ValueError("skip_ids excludes every id that could be sampled")
+                p = softmax(logits[None])[0]
+                nxt = int(rng.choice(V, p=p))
+                ids.append(nxt)
+                score = self.predict(np.array([[nxt]], dtype=np.int32))[0, -1]
+            return ids
+        finally:
+            for layer, (h, c) in zip(self.lstm_layers, saved):
+                layer.h, layer.c = h, c
+
+    # --- checkpoints --------------------------------------------------------------------
+    def _own_params(self):
+        """Positions of params that own their memory (tied views are rebuilt, not stored)."""
+        own = []
+        for i, p in enumerate(self.params):
+            if any(p is q or _tied_to(p, q) for q in self.params[:i]):
+                continue
+            own.append(i)
+        return own
+
+    def save(self, path: str, extra: Optional[dict] = None) -> None:
+        """Write a versioned .npz checkpoint atomically (temporary file + rename): the path holds
+        either the previous file or the complete new one, never a partial write. ``extra`` maps
+        names to arrays or JSON-able values stored beside the parameters."""
+        meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "model": type(self).__name__, "config": self.config}
+        arrays = {f"param_{i}": self.params[i] for i in self._own_params()}
+        extra_json = {}
+        for k, v in (extra or {}).items():
+            if isinstance(v, np.ndarray):
+                arrays[f"extra_{k}"] = v
+            else:
+                extra_json[k] = v
+        meta["extra"] = extra_json
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load_params(self, path: str) -> dict:
+        """Load a checkpoint's parameters into this model (same architecture and sizes).
+        Returns its ``extra`` (arrays and JSON values)."""
+        meta, arrays = _read_checkpoint(path)
+        if meta["config"] != self.config:
+            raise CheckpointError(f"{path}: checkpoint is for {meta['model']} {meta['config']}, "
+                                  f"this model is {type(self).__name__} {self.config}")
+        for i in self._own_params():
+            a = arrays.get(f"param_{i}")
+            if a is None or a.shape != self.params[i].shape:
+                raise CheckpointError(f"{path}: parameter {i} missing or of shape "
+                                      f"{None if a is None else a.shape}, expected {self.params[i].shape}")
+            self.params[i][...] = a
+        extra = dict(meta.get("extra", {}))
+        extra.update({k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")})
+        self.reset_state()
+        return extra
+
+    def load_book_params(self, path: str) -> None:
+        """Load a DLfS2 ``.pkl`` weight file (a list of float16 arrays in the book's params order)."""
+        try:
+            with open(path, "rb") as f:
+                loaded = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            raise CheckpointError(f"{path}: not a readable DLfS2 parameter file ({exc})") from exc
+        if not isinstance(loaded, (list, tuple)) or len(loaded) != len(self.params):
+            raise CheckpointError(f"{path}: expected a list of {len(self.params)} arrays in the book's "
+                                  f"order, got {type(loaded).__name__} of length {len(loaded) if hasattr(loaded, '__len__') else '?'}")
+        for i, (p, a) in enumerate(zip(self.params, loaded)):
+            a = np.asarray(a)
+            if a.shape != p.shape:
+                raise CheckpointError(f"{path}: array {i} has shape {a.shape}, expected {p.shape}")
+            p[...] = a.astype(p.dtype)
+        self.reset_state()
+
+
+def _read_checkpoint(path: str):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, OSError, ...
+        raise CheckpointError(f"{path}: not a readable pylstm checkpoint ({type(exc).__name__}: {exc})") from exc
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except Exception as exc:
+        raise CheckpointError(f"{path}: no pylstm metadata ({exc})") from exc
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a pylstm checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')}, this pylstm reads "
+                              f"version {CHECKPOINT_VERSION}")
+    return meta, arrays
+
+
+def load_checkpoint(path: str, backend: str = "auto"):
+    """Build the model a checkpoint describes and load it. Returns (model, extra)."""
+    meta, _ = _read_checkpoint(path)
+    cls = {"Rnnlm": Rnnlm, "BetterRnnlm": BetterRnnlm, "LstmLM": LstmLM}.get(meta["model"])
+    if cls is None:
+        raise CheckpointError(f"{path}: unknown model class {meta['model']!r}")
+    model = LstmLM.__new__(cls)
+    LstmLM.__init__(model, backend=backend, **meta["config"])
+    return model, model.load_params(path)
+
+
+class Rnnlm(LstmLM):
+    """DLfS2's Rnnlm: Embedding -> stateful TimeLSTM -> TimeAffine -> softmax loss."""
+
+    def __init__(self, vocab_size=10000, wordvec_size=100, hidden_size=100, num_layers=1,
+                 backend="auto", seed=None):
+        super().__init__(vocab_size, wordvec_size, hidden_size, num_layers=num_layers,
+                         dropout_ratio=0.0, tie_weights=False, backend=backend, seed=seed)
+
+
+class BetterRnnlm(LstmLM):
+    """DLfS2's BetterRnnlm: two LSTM layers, dropout around them, and tied embedding/output
+    weights (generalized: any number of layers, tying optional)."""
+
+    def __init__(self, vocab_size=10000, wordvec_size=650, hidden_size=650, dropout_ratio=0.5,
+                 num_layers=2, tie_weights=True, backend="auto", seed=None):
+        super().__init__(vocab_size, wordvec_size, hidden_size, num_layers=num_layers,
+                         dropout_ratio=dropout_ratio, tie_weights=tie_weights, backend=backend,
+                         seed=seed)

@@ -1,0 +1,149 @@
+"""Optimizers with the book's update rules: ``update(params, grads)`` changes params in place.
+
+Pass the lists from ``models.unique_params`` (the trainer does) so that a tied parameter is
+updated once. State (velocities, moments) is kept per position and can be saved/restored with
+``state_dict`` / ``load_state_dict`` for exact resumption.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS"]
+
+
+class _Optimizer:
+    _state_names: tuple = ()
+
+    def __init__(self, lr):
+        if not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr}")
+        self.lr = lr
+
+    def _init_state(self, params):
+        for name in self._state_names:
+            if getattr(self, name) is None:
+                setattr(self, name, [np.zeros_like(p) for p in params])
+
+    def state_dict(self) -> dict:
+        out = {"lr": self.lr}
+        for name in self._state_names:
+            state = getattr(self, name)
+            if state is not None:
+                for k, a in enumerate(state):
+                    out[f"{name}_{k}"] = a
+        for name in ("iter",):
+            if hasattr(self, name):
+                out[name] = getattr(self, name)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr = float(state["lr"])
+        for name in self._state_names:
+            keys = sorted((k for k in state if k.startswith(name + "_") and k[len(name) + 1:].isdigit()),
+                          key=lambda k: int(k[len(name) + 1:]))
+            setattr(self, name, [np.array(state[k]) for k in keys] if keys else None)
+        if hasattr(self, "iter") and "iter" in state:
+            self.iter = int(state["iter"])
+
+
+class SGD(_Optimizer):
+    """p -= lr * g"""
+
+    def update(self, params, grads):
+        for p, g in zip(params, grads):
+            p -= self.lr * g
+
+
+class Momentum(_Optimizer):
+    """v = momentum * v - lr * g;  p += v"""
+
+    _state_names = ("v",)
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__(lr)
+        self.momentum, self.v = momentum, None
+
+    def update(self, params, grads):
+        self._init_state(params)
+        for p, g, v in zip(params, grads, self.v):
+            v *= self.momentum
+            v -= self.lr * g
+            p += v
+
+
+class Nesterov(_Optimizer):
+    """The book's Nesterov form: v = m*v - lr*g;  p += m*m*v - (1+m)*lr*g"""
+
+    _state_names = ("v",)
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__(lr)
+        self.momentum, self.v = momentum, None
+
+    def update(self, params, grads):
+        self._init_state(params)
+        m = self.momentum
+        for p, g, v in zip(params, grads, self.v):
+            v *= m
+            v -= self.lr * g
+            p += m * m * v
+            p -= (1 + m) * self.lr * g
+
+
+class AdaGrad(_Optimizer):
+    """h += g*g;  p -= lr * g / (sqrt(h) + 1e-7)"""
+
+    _state_names = ("h",)
+
+    def __init__(self, lr=0.01):
+        super().__init__(lr)
+        self.h = None
+
+    def update(self, params, grads):
+        self._init_state(params)
+        for p, g, h in zip(params, grads, self.h):
+            h += g * g
+            p -= self.lr * g / (np.sqrt(h) + 1e-7)
+
+
+class RMSprop(_Optimizer):
+    """h = decay*h + (1-decay)*g*g;  p -= lr * g / (sqrt(h) + 1e-7)"""
+
+    _state_names = ("h",)
+
+    def __init__(self, lr=0.01, decay_rate=0.99):
+        super().__init__(lr)
+        self.decay_rate, self.h = decay_rate, None
+
+    def update(self, params, grads):
+        self._init_state(params)
+        for p, g, h in zip(params, grads, self.h):
+            h *= self.decay_rate
+            h += (1 - self.decay_rate) * g * g
+            p -= self.lr * g / (np.sqrt(h) + 1e-7)
+
+
+class Adam(_Optimizer):
+    """The book's Adam: lr_t = lr*sqrt(1-b2^t)/(1-b1^t); m += (1-b1)(g-m); v += (1-b2)(g^2-v);
+    p -= lr_t * m / (sqrt(v) + 1e-7)"""
+
+    _state_names = ("m", "v")
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
+        super().__init__(lr)
+        self.beta1, self.beta2 = beta1, beta2
+        self.iter, self.m, self.v = 0, None, None
+
+    def update(self, params, grads):
+        self._init_state(params)
+        self.iter += 1
+        lr_t = self.lr * np.sqrt(1.0 - self.beta2 ** self.iter) / (1.0 - self.beta1 ** self.iter)
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m += (1 - self.beta1) * (g - m)
+            v += (1 - self.beta2) * (g * g - v)
+            p -= (lr_t * m / (np.sqrt(v) + 1e-7)).astype(p.dtype, copy=False)
+
+
+OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad,
+              "rmsprop": RMSprop, "adam": Adam}

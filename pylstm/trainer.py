@@ -1,0 +1,242 @@
+"""Truncated-BPTT training of LSTM language models, as in DLfS2 (``RnnlmTrainer``), plus
+perplexity evaluation, learning-rate decay, per-epoch checkpoints and exact resumption.
+
+Batching (the book's): the corpus is read by ``batch_size`` cursors spaced
+``jump = len // batch_size`` apart; each iteration takes the next ``time_size`` ids from every
+cursor, and the LSTM state carries over between iterations.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from .functional import clip_grads
+from .models import LstmLM, unique_params
+
+__all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices"]
+
+
+def batch_indices(data_size: int, batch_size: int, time_size: int, time_idx: int) -> np.ndarray:
+    """(batch_size, time_size) corpus positions of the book's get_batch at cursor ``time_idx``."""
+    jump = data_size // batch_size
+    offsets = np.arange(batch_size)[:, None] * jump
+    return (offsets + time_idx + np.arange(time_size)[None, :]) % data_size
+
+
+def _check_corpus(name, corpus, min_len):
+    corpus = np.asarray(corpus)
+    if corpus.ndim != 1 or corpus.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be a 1-D integer array of ids, got {corpus.dtype} with shape {corpus.shape}")
+    if corpus.size < min_len:
+        raise ValueError(f"{name} has {corpus.size} ids; at least {min_len} are needed")
+    return corpus
+
+
+def eval_perplexity(model: LstmLM, corpus, batch_size: int = 10, time_size: int = 35,
+                    verbose: bool = False) -> float:
+    """The book's eval_perplexity: exp(mean loss) over the corpus read as batch_size streams.
+    The model's state is reset before and after."""
+    corpus = _check_corpus("corpus", corpus, batch_size * time_size + 1)
+    n = corpus.size
+    max_iters = (n - 1) // (batch_size * time_size)
+    jump = (n - 1) // batch_size
+    model.reset_state()
+    total = 0.0
+    offsets = np.arange(batch_size)[:, None] * jump + np.arange(time_size)[None, :]
+    for it in range(max_iters):
+        pos = offsets + it * time_size
+        xs = corpus[pos % n].astype(np.int32)
+        ts = corpus[(pos + 1) % n].astype(np.int32)
+        total += model.forward(xs, ts, train_flg=False)
+        if verbose:
+            sys.stderr.write(f"\reval {it + 1}/{max_iters}")
+    if verbose:
+        sys.stderr.write("\n")
+    model.reset_state()
+    return float(math.exp(total / max_iters))
+
+
+class _Progress:
+    """tqdm when available and attached to a terminal; otherwise nothing."""
+
+    def __init__(self, total, desc, enabled):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def update(self, n=1, **postfix):
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(**postfix, refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class RnnlmTrainer:
+    """Trains a language model with truncated BPTT (the book's RnnlmTrainer, extended).
+
+    ``fit(xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval)`` as in the book;
+    optional: validation corpus with lr decay when its perplexity stops improving, a checkpoint
+    path written atomically after every epoch, and ``resume`` from such a checkpoint.
+    """
+
+    def __init__(self, model: LstmLM, optimizer, log: Callable[[str], None] = print):
+        self.model = model
+        self.optimizer = optimizer
+        self.time_idx = 0
+        self.ppl_list: list = []
+        self.val_ppl_list: list = []
+        self.eval_interval = None
+        self.current_epoch = 0
+        self.log = log
+        self.meta: dict = {}  # JSON-able values saved in every checkpoint (e.g. the vocabulary)
+
+    def get_batch(self, xs, ts, batch_size, time_size):
+        idx = batch_indices(len(xs), batch_size, time_size, self.time_idx)
+        self.time_idx += time_size
+        return xs[idx].astype(np.int32), ts[idx].astype(np.int32)
+
+    def _state(self) -> dict:
+        st = dict(self.meta)
+        st.update({"time_idx": self.time_idx, "epoch": self.current_epoch,
+              "ppl_list": list(self.ppl_list), "val_ppl_list": list(self.val_ppl_list),
+              "rng": _rng_states(self.model)})
+        for k, v in self.optimizer.state_dict().items():
+            st[f"opt_{k}"] = v if isinstance(v, np.ndarray) else float(v)
+        for i, layer in enumerate(self.model.lstm_layers):
+            if layer.h is not None:
+                st[f"lstm{i}_h"], st[f"lstm{i}_c"] = layer.h, layer.c
+        return st
+
+    def save_checkpoint(self, path: str) -> None:
+        self.model.save(path, extra=self._state())
+
+    def resume(self, path: str) -> None:
+        """Load a checkpoint written by ``fit`` (model, optimizer, cursors, LSTM states, RNG):
+        the next ``fit`` continues exactly where the saved run stopped."""
+        extra = self.model.load_params(path)
+        self.time_idx = int(extra["time_idx"])
+        self.current_epoch = int(extra["epoch"])
+        self.ppl_list = list(extra["ppl_list"])
+        self.val_ppl_list = list(extra["val_ppl_list"])
+        opt = {k[4:]: v for k, v in extra.items() if k.startswith("opt_")}
+        self.optimizer.load_state_dict(opt)
+        for i, layer in enumerate(self.model.lstm_layers):
+            if f"lstm{i}_h" in extra:
+                layer.h = np.ascontiguousarray(extra[f"lstm{i}_h"])
+                layer.c = np.ascontiguousarray(extra[f"lstm{i}_c"])
+        _set_rng_states(self.model, extra["rng"])
+
+    def fit(self, xs, ts, max_epoch: int = 10, batch_size: int = 20, time_size: int = 35,
+            max_grad: Optional[float] = None, eval_interval: Optional[int] = 20,
+            val_corpus=None, lr_decay: float = 0.25, checkpoint: Optional[str] = None,
+            progress: bool = True, lr_schedule: Optional[Callable[[int], float]] = None):
+        """Train for epochs ``current_epoch .. max_epoch - 1``.
+
+        ``val_corpus``: evaluated after each epoch; when its perplexity does not improve, the
+        lr is multiplied by ``lr_decay``. ``lr_schedule(epoch) -> lr`` overrides that.
+        ``checkpoint``: path written atomically after each epoch (and on Ctrl-C, the last
+        complete epoch's file is kept). Returns the list of training perplexities.
+        """
+        xs = _check_corpus("xs", xs, batch_size * time_size)
+        ts = _check_corpus("ts", ts, batch_size * time_size)
+        if len(xs) != len(ts):
+            raise ValueError(f"xs and ts must have the same length, got {len(xs)} and {len(ts)}")
+        for name, v in (("max_epoch", max_epoch), ("batch_size", batch_size), ("time_size", time_size)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if max_grad is not None and not max_grad > 0:
+            raise ValueError(f"max_grad must be > 0 or None, got {max_grad}")
+        model, optimizer = self.model, self.optimizer
+        max_iters = len(xs) // (batch_size * time_size)
+        self.eval_interval = eval_interval
+        total_loss, loss_count = 0.0, 0
+        start = time.time()
+        best_val = min(self.val_ppl_list) if self.val_ppl_list else float("inf")
+        for epoch in range(self.current_epoch, max_epoch):
+            if lr_schedule is not None:
+                optimizer.lr = float(lr_schedule(epoch))
+            bar = _Progress(max_iters, f"epoch {epoch + 1}/{max_epoch}", progress)
+            try:
+                for it in range(max_iters):
+                    bx, bt = self.get_batch(xs, ts, batch_size, time_size)
+                    loss = model.forward(bx, bt)
+                    model.backward()
+                    params, grads = unique_params(model.params, model.grads)
+                    if max_grad is not None:
+                        clip_grads(grads, max_grad)
+                    optimizer.update(params, grads)
+                    total_loss += loss
+                    loss_count += 1
+                    bar.update(1, loss=f"{loss:.3f}")
+                    if eval_interval and it % eval_interval == 0:
+                        ppl = math.exp(total_loss / loss_count)
+                        self.log(f"| epoch {epoch + 1} |  iter {it + 1} / {max_iters} | time "
+                                 f"{int(time.time() - start)}[s] | perplexity {ppl:.2f}")
+                        self.ppl_list.append(float(ppl))
+                        total_loss, loss_count = 0.0, 0
+            finally:
+                bar.close()
+            self.current_epoch = epoch + 1
+            if val_corpus is not None:
+                saved = [(layer.h, layer.c) for layer in model.lstm_layers]
+                val = eval_perplexity(model, val_corpus, batch_size=min(10, batch_size), time_size=time_size)
+                for layer, (h, c) in zip(model.lstm_layers, saved):
+                    layer.h, layer.c = h, c
+                self.val_ppl_list.append(val)
+                self.log(f"| epoch {epoch + 1} | valid perplexity {val:.2f} | lr {optimizer.lr:.4g}")
+                if lr_schedule is None:
+                    if val < best_val:
+                        best_val = val
+                    else:
+                        optimizer.lr *= lr_decay
+            if checkpoint:
+                self.save_checkpoint(checkpoint)
+        return self.ppl_list
+
+    def plot(self, path: str, ylim=None) -> str:
+        """Write the perplexity history as a PNG (needs matplotlib: pip install pylstm[plot])."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("plot() needs matplotlib: pip install 'pylstm[plot]'") from exc
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        ax.plot(np.arange(len(self.ppl_list)), self.ppl_list, label="train")
+        ax.set_xlabel(f"iterations (x{self.eval_interval or 1})")
+        ax.set_ylabel("perplexity")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_title("pylstm training perplexity")
+        ax.legend()
+        fig.tight_layout()
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+
+def _rng_states(model) -> list:
+    return [layer.rng.bit_generator.state for layer in model.drop_layers]
+
+
+def _set_rng_states(model, states) -> None:
+    for layer, st in zip(model.drop_layers, states):
+        layer.rng.bit_generator.state = st
