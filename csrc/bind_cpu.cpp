@@ -94,6 +94,25 @@ void check_array(const py::array& a, const char* name, int itemsize,
   }
 }
 
+void check_array_shape_only(const py::array& a, const char* name, std::initializer_list<int64_t> shape) {
+  if (a.ndim() != py::ssize_t(shape.size())) {
+    throw py::value_error(std::string(name) + " must have rank " + std::to_string(shape.size()) +
+                          ", got shape " + shape_str(a));
+  }
+  int k = 0;
+  for (int64_t e : shape) {
+    if (e >= 0 && a.shape(k) != e) {
+      throw py::value_error(std::string(name) + " must have " + std::to_string(e) +
+                            " elements along axis " + std::to_string(k) + ", got shape " +
+                            shape_str(a));
+    }
+    ++k;
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  }
+}
+
 int float_itemsize(const py::array& a, const char* name) {
   if (is_float_dtype(a, 4)) return 4;
   if (is_float_dtype(a, 8)) return 8;
@@ -354,6 +373,127 @@ py::array cell_math_any(const py::object& x_o, bool use_tanh) {
   return is == 4 ? cell_math<float>(x, use_tanh) : cell_math<double>(x, use_tanh);
 }
 
+// --- Dense helpers for the layers ---------------------------------------------------------
+// A 2-D float array that is C-contiguous (used as is) or F-contiguous (used as the transpose
+// of a C-contiguous array): returns the BLAS transpose flag and leading dimension.
+struct Mat {
+  py::array a;
+  bool trans;
+  int64_t rows, cols, ld;
+};
+
+Mat as_matrix(const py::object& o, const char* name, int itemsize, const char* owner) {
+  py::array a = as_array(o, name);
+  if (a.ndim() != 2) {
+    throw py::value_error(std::string(name) + " must have rank 2, got rank " +
+                          std::to_string(a.ndim()) + " with shape " + shape_str(a));
+  }
+  if (!is_float_dtype(a, itemsize)) {
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         (itemsize == 4 ? "float32" : "float64") + " (the dtype of " + owner +
+                         "), got " + dtype_str(a));
+  }
+  const int64_t r = a.shape(0), c = a.shape(1);
+  if (a.flags() & py::array::c_style) return {a, false, r, c, std::max<int64_t>(c, 1)};
+  if (a.flags() & py::array::f_style) return {a, true, r, c, std::max<int64_t>(r, 1)};
+  throw py::value_error(std::string(name) + " must be C- or F-contiguous, got strides " +
+                        py::str(a.attr("strides")).cast<std::string>());
+}
+
+template <class T>
+void matmul_impl(const Mat& A, const Mat& B, py::array& out) {
+  const T* a = static_cast<const T*>(A.a.data());
+  const T* b = static_cast<const T*>(B.a.data());
+  T* c = mptr<T>(out);
+  py::gil_scoped_release nogil;
+  matmul_cpu<T>(A.trans, B.trans, A.rows, B.cols, A.cols, a, A.ld, b, B.ld, T(0), c,
+                std::max<int64_t>(B.cols, 1));
+}
+
+py::array matmul(const py::object& a_o, const py::object& b_o, const py::object& out_o) {
+  py::array a0 = as_array(a_o, "a");
+  const int is = float_itemsize(a0, "a");
+  Mat A = as_matrix(a_o, "a", is, "a"), B = as_matrix(b_o, "b", is, "a");
+  if (A.cols != B.rows) {
+    throw py::value_error("b must have " + std::to_string(A.cols) + " rows (a is " +
+                          shape_str(A.a) + "), got shape " + shape_str(B.a));
+  }
+  if (A.rows < 1 || A.cols < 1 || B.cols < 1) {
+    throw py::value_error("a, b: every dimension must be >= 1, got " + shape_str(A.a) + " and " +
+                          shape_str(B.a));
+  }
+  if (A.rows * A.cols > INT_MAX || B.rows * B.cols > INT_MAX || A.rows * B.cols > INT_MAX) {
+    throw py::value_error("a, b: too large for 32-bit BLAS indexing");
+  }
+  py::array out;
+  if (out_o.is_none()) {
+    out = is == 4 ? empty<float>({A.rows, B.cols}) : empty<double>({A.rows, B.cols});
+  } else {
+    out = as_array(out_o, "out");
+    check_array(out, "out", is, {A.rows, B.cols}, true, "a");
+    if (py::module_::import("numpy").attr("shares_memory")(out, A.a).cast<bool>() ||
+        py::module_::import("numpy").attr("shares_memory")(out, B.a).cast<bool>()) {
+      throw py::value_error("out must not overlap a or b");
+    }
+  }
+  if (is == 4) matmul_impl<float>(A, B, out);
+  else matmul_impl<double>(A, B, out);
+  return out;
+}
+
+template <class T>
+py::tuple softmax_xent_impl(const py::array& s, const py::array& lab, int32_t ignore,
+                            bool want_grad, double grad_scale) {
+  const int64_t M = s.shape(0), V = s.shape(1);
+  py::array lse = empty<double>({M});
+  py::object d = py::none();
+  T* dp = nullptr;
+  if (want_grad) {
+    py::array g = empty<T>({M, V});
+    dp = mptr<T>(g);
+    d = g;
+  }
+  const T* sp = static_cast<const T*>(s.data());
+  const int32_t* lp = static_cast<const int32_t*>(lab.data());
+  double* lsep = static_cast<double*>(py::array(lse).mutable_data());
+  int64_t count = 0;
+  double total;
+  {
+    py::gil_scoped_release nogil;
+    total = softmax_xent_cpu<T>(M, V, sp, lp, ignore, lsep, dp, grad_scale, &count);
+  }
+  return py::make_tuple(total, count, d);
+}
+
+py::tuple softmax_xent(const py::object& scores_o, const py::object& labels_o, int ignore_label,
+                       const py::object& grad_scale) {
+  py::array s = as_array(scores_o, "scores");
+  const int is = float_itemsize(s, "scores");
+  if (s.ndim() != 2 || s.shape(0) < 1 || s.shape(1) < 1) {
+    throw py::value_error("scores must have shape (M, V) with M, V >= 1, got " + shape_str(s));
+  }
+  check_array(s, "scores", is, {-1, -1}, false, "scores");
+  py::array lab = as_array(labels_o, "labels");
+  const py::dtype ldt = lab.dtype();
+  if (!(ldt.kind() == 'i' && ldt.itemsize() == 4)) {
+    throw py::type_error("labels must have dtype int32, got " + dtype_str(lab));
+  }
+  check_array_shape_only(lab, "labels", {s.shape(0)});
+  const int64_t V = s.shape(1);
+  const int32_t* lp = static_cast<const int32_t*>(lab.data());
+  for (py::ssize_t r = 0; r < lab.size(); ++r) {
+    if (lp[r] != ignore_label && (lp[r] < 0 || lp[r] >= V)) {
+      throw py::value_error("labels[" + std::to_string(r) + "] = " + std::to_string(lp[r]) +
+                            " is outside [0, " + std::to_string(V) + ") and not ignore_label (" +
+                            std::to_string(ignore_label) + ")");
+    }
+  }
+  const bool want = !grad_scale.is_none();
+  const double gs = want ? grad_scale.cast<double>() : 0.0;
+  return is == 4 ? softmax_xent_impl<float>(s, lab, ignore_label, want, gs)
+                 : softmax_xent_impl<double>(s, lab, ignore_label, want, gs);
+}
+
 }  // namespace
 }  // namespace pylstm
 
@@ -376,6 +516,11 @@ PYBIND11_MODULE(_cpu, m) {
     set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out").none(true) = py::none(),
+        "a @ b on pylstm's thread pool; a and b may be C- or F-contiguous (transposed views).");
+  m.def("softmax_xent", &softmax_xent, py::arg("scores"), py::arg("labels"),
+        py::arg("ignore_label"), py::arg("grad_scale").none(true),
+        "Softmax cross-entropy. Returns (loss_sum, count, dscores or None).");
   m.def("_sigmoid", [](const py::object& x) { return cell_math_any(x, false); }, py::arg("x"));
   m.def("_tanh", [](const py::object& x) { return cell_math_any(x, true); }, py::arg("x"));
   m.def("blas_info", []() {

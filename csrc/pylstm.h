@@ -71,6 +71,23 @@ double global_norm_cpu(const std::vector<Span<T>>& arrays);
 template <class T>
 void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate);
 
+// C (M, N, ldc) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major, on the thread pool (the
+// output split by columns or rows, one single-threaded BLAS call per thread). op = transpose
+// when trans_*; lda/ldb are the leading dimensions of A and B as stored.
+template <class T>
+void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
+                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// Softmax cross-entropy over M rows of V scores (row-major), labels in [0, V) or ignore_label.
+//   lse      (M,)   out: log-sum-exp of each row
+//   dscores  (M, V) out, or nullptr: grad_scale * (softmax - onehot), zero rows where ignored
+//   count    out: rows whose label is not ignore_label
+// Returns the sum of -log softmax[label] over those rows (a double, summed in row order).
+template <class T>
+double softmax_xent_cpu(int64_t M, int64_t V, const T* scores, const int32_t* labels,
+                        int32_t ignore_label, double* lse, T* dscores, double grad_scale,
+                        int64_t* count);
+
 // Thread count used by the kernels (BLAS and the pointwise passes). n >= 1.
 void set_num_threads(int n);
 int get_num_threads();

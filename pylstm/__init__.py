@@ -14,7 +14,9 @@ from .functional import (
     lstm_backward,
     lstm_forward,
     lstm_inference,
+    matmul,
     set_num_threads,
+    softmax_cross_entropy,
 )
 
 __version__ = "0.1.0"
@@ -28,6 +30,8 @@ __all__ = [
     "lstm_backward",
     "lstm_forward",
     "lstm_inference",
+    "matmul",
     "set_num_threads",
+    "softmax_cross_entropy",
     "__version__",
 ]

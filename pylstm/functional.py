@@ -22,6 +22,8 @@ __all__ = [
     "lstm_backward",
     "global_norm",
     "clip_grads",
+    "matmul",
+    "softmax_cross_entropy",
     "available_backends",
     "set_num_threads",
     "get_num_threads",
@@ -252,3 +254,60 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
     if _resolve_backend(backend) == "numpy":
         return ref.clip_grads_ref(grads, float(max_norm), error_if_nonfinite)
     return _backend.cpu.clip_grads(list(grads), float(max_norm), bool(error_if_nonfinite))
+
+
+def matmul(a, b, out=None, backend: str = "auto"):
+    """``a @ b`` for 2-D float arrays on pylstm's thread pool ("cpu"), or NumPy ("numpy").
+
+    a, b may be C- or F-contiguous (a transposed view such as ``W.T`` costs nothing); ``out``,
+    when given, must be writable, C- or F-contiguous, of shape (M, N), and not overlap a or b.
+    """
+    name = _resolve_backend(backend)
+    if name == "numpy":
+        return np.matmul(a, b, out=out)
+    if out is not None and isinstance(out, np.ndarray) and out.ndim == 2 and not out.flags.c_contiguous \
+            and out.flags.f_contiguous and isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        # out^T = b^T @ a^T, written through the C-contiguous transpose view
+        _backend.cpu.matmul(b.T, a.T, out.T)
+        return out
+    return _backend.cpu.matmul(a, b, out)
+
+
+def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: bool = True,
+                          backend: str = "auto"):
+    """Softmax cross-entropy averaged over the rows whose label is not ``ignore_label``.
+
+    Parameters
+    ----------
+    scores : (M, V) float32 or float64, C-contiguous.
+    labels : (M,) integer labels in [0, V) or ``ignore_label``.
+    need_grad : also return the gradient with respect to scores.
+
+    Returns
+    -------
+    loss : float; dscores : (M, V) array, or None when ``need_grad`` is False.
+    """
+    if not isinstance(scores, np.ndarray):
+        raise TypeError(f"scores must be a numpy.ndarray, got {type(scores).__name__}")
+    if scores.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"scores must have dtype float32 or float64, got {scores.dtype}")
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have rank 2 (M, V), got shape {scores.shape}")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.shape != scores.shape[:1]:
+        raise ValueError(f"labels must have shape {scores.shape[:1]}, got {labels.shape}")
+    M, V = scores.shape
+    bad = (labels != ignore_label) & ((labels < 0) | (labels >= V))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"labels[{k}] = {labels[k]} is outside [0, {V}) and not ignore_label ({ignore_label})")
+    name = _resolve_backend(backend)
+    if name == "numpy":
+        return ref.softmax_cross_entropy_ref(scores, labels, ignore_label, need_grad)
+    count = int((labels != ignore_label).sum())
+    total, _, d = _backend.cpu.softmax_xent(
+        np.ascontiguousarray(scores), np.ascontiguousarray(labels, dtype=np.int32), int(ignore_label),
+        (1.0 / max(count, 1)) if need_grad else None)
+    return total / max(count, 1), d

@@ -77,28 +77,31 @@ class TimeEmbedding(Embedding):
 
 
 class Affine:
-    """``x @ W + b``. W: (D, V), b: (V,). Works on (N, D) and, reshaped, on (N, T, D)."""
+    """``x @ W + b``. W: (D, V), b: (V,). Works on (N, D) and, reshaped, on (N, T, D).
+    W may be a transposed view (``embed_W.T`` for tied weights). The products run on pylstm's
+    thread pool (``backend``), like the LSTM kernels."""
 
-    def __init__(self, W: np.ndarray, b: np.ndarray):
+    def __init__(self, W: np.ndarray, b: np.ndarray, backend: str = "auto"):
         self.params = [W, b]
         self.grads = [np.zeros_like(W), np.zeros_like(b)]
+        self.backend = backend
         self.x = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         W, b = self.params
-        self.x = x
+        self.x = x = np.ascontiguousarray(x)
         lead = x.shape[:-1]
-        out = x.reshape(-1, x.shape[-1]) @ W
+        out = F.matmul(x.reshape(-1, x.shape[-1]), W, backend=self.backend)
         out += b
         return out.reshape(*lead, W.shape[1])
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         W, _ = self.params
         x2 = self.x.reshape(-1, self.x.shape[-1])
-        d2 = dout.reshape(-1, dout.shape[-1])
-        np.matmul(x2.T, d2, out=self.grads[0])
+        d2 = np.ascontiguousarray(dout).reshape(-1, dout.shape[-1])
+        F.matmul(x2.T, d2, out=self.grads[0], backend=self.backend)
         d2.sum(axis=0, out=self.grads[1])
-        return (d2 @ W.T).reshape(self.x.shape)
+        return F.matmul(d2, W.T, backend=self.backend).reshape(self.x.shape)
 
 
 class TimeAffine(Affine):
@@ -214,12 +217,15 @@ class SoftmaxWithLoss:
 
 class TimeSoftmaxWithLoss:
     """Softmax + cross-entropy averaged over every (n, t) whose label is not ``ignore_label``.
-    xs: (N, T, V) scores; ts: (N, T) integer labels."""
+    xs: (N, T, V) scores; ts: (N, T) integer labels (or (N, T, V) one-hot). The gradient is
+    computed in the same pass as the loss unless ``need_grad`` is False (evaluation)."""
 
-    def __init__(self, ignore_label: int = -1):
+    def __init__(self, ignore_label: int = -1, backend: str = "auto"):
         self.params, self.grads = [], []
-        self.cache = None
         self.ignore_label = ignore_label
+        self.backend = backend
+        self.need_grad = True
+        self.dx = None
 
     def forward(self, xs: np.ndarray, ts: np.ndarray) -> float:
         N, T, V = xs.shape
@@ -227,27 +233,12 @@ class TimeSoftmaxWithLoss:
             ts = ts.argmax(axis=2)
         if ts.shape != (N, T):
             raise ValueError(f"ts must have shape {(N, T)}, got {ts.shape}")
-        mask = ts.reshape(-1) != self.ignore_label
-        t = ts.reshape(-1)
-        if np.any(mask & ((t < 0) | (t >= V))):
-            raise ValueError(f"ts must hold labels in [0, {V}) or ignore_label={self.ignore_label}")
-        x = xs.reshape(N * T, V)
-        # log-softmax: stable and without a full extra (N*T, V) exp for the loss
-        m = x.max(axis=1, keepdims=True)
-        y = np.exp(x - m)
-        s = y.sum(axis=1, keepdims=True)
-        tt = np.where(mask, t, 0)
-        logp = (x[np.arange(N * T), tt] - m[:, 0]) - np.log(s[:, 0])
-        count = max(int(mask.sum()), 1)
-        loss = -float((logp * mask).sum()) / count
-        y /= s
-        self.cache = (tt, y, mask, count, (N, T, V))
+        loss, d = F.softmax_cross_entropy(np.ascontiguousarray(xs).reshape(N * T, V), ts.reshape(-1),
+                                          self.ignore_label, self.need_grad, backend=self.backend)
+        self.dx = None if d is None else d.reshape(N, T, V)
         return loss
 
     def backward(self, dout: float = 1.0) -> np.ndarray:
-        tt, y, mask, count, (N, T, V) = self.cache
-        dx = y  # reused in place: forward's probabilities are not needed again
-        dx[np.arange(N * T), tt] -= 1
-        dx *= (mask * (dout / count)).astype(dx.dtype)[:, None]
-        self.cache = None
-        return dx.reshape(N, T, V)
+        if self.dx is None:
+            raise RuntimeError("backward needs a forward with need_grad=True first")
+        return self.dx if dout == 1 else self.dx * self.dx.dtype.type(dout)

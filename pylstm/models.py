@@ -114,9 +114,9 @@ class LstmLM:
             self.lstm_layers.append(lstm)
             if dropout_ratio > 0:
                 self.layers.append(TimeDropout(dropout_ratio, drop_rng))
-        self.layers.append(TimeAffine(affine_W, affine_b))
+        self.layers.append(TimeAffine(affine_W, affine_b, backend=backend))
         self.drop_layers = [layer for layer in self.layers if isinstance(layer, TimeDropout)]
-        self.loss_layer = TimeSoftmaxWithLoss()
+        self.loss_layer = TimeSoftmaxWithLoss(backend=backend)
         self.params, self.grads = [], []
         for layer in self.layers:
             self.params += layer.params
@@ -132,6 +132,7 @@ class LstmLM:
 
     def forward(self, xs: np.ndarray, ts: np.ndarray, train_flg: bool = True) -> float:
         score = self.predict(xs, train_flg)
+        self.loss_layer.need_grad = train_flg
         return self.loss_layer.forward(score, ts)
 
     def backward(self, dout: float = 1.0):
@@ -266,13 +267,12 @@ class LstmLM:
 
 
 def _read_checkpoint(path: str):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, OSError, ...
-        raise CheckpointError(f"{path}: not a readable pylstm checkpoint ({type(exc).__name__}: {exc})") from exc
+    with open(path, "rb") as f:  # FileNotFoundError passes through as it is
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, OSError, ...
+            raise CheckpointError(f"{path}: not a readable pylstm checkpoint ({type(exc).__name__}: {exc})") from exc
     try:
         meta = json.loads(arrays.pop("meta").tobytes().decode())
     except Exception as exc:

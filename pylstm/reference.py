@@ -57,6 +57,7 @@ __all__ = [
     "lstm_backward_ref",
     "global_norm_ref",
     "clip_grads_ref",
+    "softmax_cross_entropy_ref",
 ]
 
 
@@ -204,3 +205,25 @@ def clip_grads_ref(grads: Sequence[np.ndarray], max_norm: float,
         for g in grads:
             g *= g.dtype.type(rate)
     return total
+
+
+def softmax_cross_entropy_ref(scores: np.ndarray, labels: np.ndarray, ignore_label: int = -1,
+                              need_grad: bool = True):
+    """Mean of ``-log softmax(scores[m])[labels[m]]`` over rows whose label is not
+    ``ignore_label`` (0 when there are none), and its gradient with respect to scores:
+    ``(softmax - onehot) / count`` on those rows, 0 on ignored rows. scores: (M, V)."""
+    M, V = scores.shape
+    use = labels != ignore_label
+    count = int(use.sum())
+    t = np.where(use, labels, 0)
+    m = scores.max(axis=1, keepdims=True)
+    e = np.exp(scores.astype(np.float64) - m)
+    s = e.sum(axis=1, keepdims=True)
+    lse = np.log(s[:, 0]) + m[:, 0]
+    loss = float(((lse - scores[np.arange(M), t]) * use).sum() / max(count, 1))
+    if not need_grad:
+        return loss, None
+    d = e / s
+    d[np.arange(M), t] -= 1.0
+    d *= (use / max(count, 1))[:, None]
+    return loss, d.astype(scores.dtype)

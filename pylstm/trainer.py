@@ -103,6 +103,7 @@ class RnnlmTrainer:
         self.eval_interval = None
         self.current_epoch = 0
         self.log = log
+        self.loss_sum, self.loss_count = 0.0, 0  # losses since the last perplexity line
         self.meta: dict = {}  # JSON-able values saved in every checkpoint (e.g. the vocabulary)
 
     def get_batch(self, xs, ts, batch_size, time_size):
@@ -113,6 +114,7 @@ class RnnlmTrainer:
     def _state(self) -> dict:
         st = dict(self.meta)
         st.update({"time_idx": self.time_idx, "epoch": self.current_epoch,
+                   "loss_sum": self.loss_sum, "loss_count": self.loss_count,
               "ppl_list": list(self.ppl_list), "val_ppl_list": list(self.val_ppl_list),
               "rng": _rng_states(self.model)})
         for k, v in self.optimizer.state_dict().items():
@@ -131,6 +133,7 @@ class RnnlmTrainer:
         extra = self.model.load_params(path)
         self.time_idx = int(extra["time_idx"])
         self.current_epoch = int(extra["epoch"])
+        self.loss_sum, self.loss_count = float(extra["loss_sum"]), int(extra["loss_count"])
         self.ppl_list = list(extra["ppl_list"])
         self.val_ppl_list = list(extra["val_ppl_list"])
         opt = {k[4:]: v for k, v in extra.items() if k.startswith("opt_")}
@@ -164,7 +167,6 @@ class RnnlmTrainer:
         model, optimizer = self.model, self.optimizer
         max_iters = len(xs) // (batch_size * time_size)
         self.eval_interval = eval_interval
-        total_loss, loss_count = 0.0, 0
         start = time.time()
         best_val = min(self.val_ppl_list) if self.val_ppl_list else float("inf")
         for epoch in range(self.current_epoch, max_epoch):
@@ -180,15 +182,15 @@ class RnnlmTrainer:
                     if max_grad is not None:
                         clip_grads(grads, max_grad)
                     optimizer.update(params, grads)
-                    total_loss += loss
-                    loss_count += 1
+                    self.loss_sum += loss
+                    self.loss_count += 1
                     bar.update(1, loss=f"{loss:.3f}")
                     if eval_interval and it % eval_interval == 0:
-                        ppl = math.exp(total_loss / loss_count)
+                        ppl = math.exp(self.loss_sum / self.loss_count)
                         self.log(f"| epoch {epoch + 1} |  iter {it + 1} / {max_iters} | time "
                                  f"{int(time.time() - start)}[s] | perplexity {ppl:.2f}")
                         self.ppl_list.append(float(ppl))
-                        total_loss, loss_count = 0.0, 0
+                        self.loss_sum, self.loss_count = 0.0, 0
             finally:
                 bar.close()
             self.current_epoch = epoch + 1

@@ -1,0 +1,94 @@
+"""The command line, run as a user would (a subprocess), on small settings."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    env = dict(os.environ, PYTHONWARNINGS="error")
+    return subprocess.run([sys.executable, "-m", "pylstm", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+QUICK = ["--max-chars", "60000", "--hidden", "32", "--wordvec", "16", "--epochs", "1", "--batch", "8",
+         "--time", "16", "--eval-interval", "100", "--sample-length", "80", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    r = run("train", "--out", str(out), *QUICK)
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_train_writes_checkpoint_plot_sample(trained):
+    out, r = trained
+    assert "held-out (test) perplexity" in r.stdout and "unigram baseline" in r.stdout
+    assert "| epoch 1 |  iter 1 /" in r.stdout
+    assert (out / "checkpoint.npz").exists() and (out / "sample.txt").stat().st_size > 0
+    ppl = float(r.stdout.split("held-out (test) perplexity: ")[1].split()[0])
+    uni = float(r.stdout.split("unigram baseline on the same split: ")[1].split()[0])
+    assert ppl < uni
+    if "plot skipped" not in r.stdout:
+        assert (out / "perplexity.png").exists()
+
+
+def test_generate_and_eval(trained):
+    out, _ = trained
+    r = run("generate", str(out / "checkpoint.npz"), "--length", "50", "--seed", "3", "--prompt", "KING")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("KING") and len(r.stdout.rstrip("\n")) >= 50
+    r2 = run("generate", str(out / "checkpoint.npz"), "--length", "50", "--seed", "3", "--prompt", "KING")
+    assert r2.stdout == r.stdout
+    e = run("eval", str(out / "checkpoint.npz"), "--split", "val", "--batch", "4", "--time", "16")
+    assert e.returncode == 0, e.stderr
+    assert "val perplexity" in e.stdout
+
+
+def test_resume_continues(trained, tmp_path):
+    out, _ = trained
+    args = list(QUICK)
+    args[args.index("--epochs") + 1] = "2"
+    r = run("train", "--out", str(out), "--resume", *args)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and "| epoch 2 |" in r.stdout and "| epoch 1 |  iter" not in r.stdout
+
+
+def test_generate_rejects_unknown_characters(trained):
+    out, _ = trained
+    r = run("generate", str(out / "checkpoint.npz"), "--prompt", "caf\u00e9 \u2603")
+    assert r.returncode == 1 and "--prompt" in r.stderr and "not in the model's vocabulary" in r.stderr
+
+
+def test_corrupt_checkpoint(tmp_path):
+    p = tmp_path / "bad.npz"
+    p.write_bytes(b"garbage")
+    r = run("generate", str(p))
+    assert r.returncode == 1 and "not a readable pylstm checkpoint" in r.stderr
+    r = run("eval", str(tmp_path / "missing.npz"))
+    assert r.returncode == 1 and "no such file" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["train", "--lr", "-1"], ["train", "--dropout", "1.5"], ["train", "--level", "byte"],
+                                  ["train", "--batch", "0"], ["frobnicate"]])
+def test_invalid_options_exit_2(args):
+    r = run(*args)
+    assert r.returncode == 2 and "error" in r.stderr
+
+
+def test_corpus_too_short(tmp_path):
+    p = tmp_path / "short.txt"
+    p.write_text("hello world\n" * 20, encoding="utf-8")
+    r = run("train", "--corpus", str(p), "--out", str(tmp_path / "o"), "--no-progress")
+    assert r.returncode == 1 and "--batch" in r.stderr
+
+
+def test_empty_corpus(tmp_path):
+    p = tmp_path / "empty.txt"
+    p.write_text("", encoding="utf-8")
+    r = run("train", "--corpus", str(p), "--out", str(tmp_path / "o"), "--no-progress")
+    assert r.returncode == 1 and "empty" in r.stderr

@@ -1,0 +1,246 @@
+"""Every layer's backward against central finite differences (float64), on every backend, and
+the dense helpers (matmul, softmax cross-entropy) against NumPy / the reference."""
+
+import numpy as np
+import pytest
+
+import pylstm
+from pylstm import layers as L
+from pylstm import reference as ref
+
+from helpers import assert_close
+
+BACKENDS = pylstm.available_backends()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """Central differences of the scalar f() with respect to every element of x (in place)."""
+    g = np.zeros_like(x, dtype=np.float64)
+    for idx in np.ndindex(x.shape):
+        keep = x[idx]
+        x[idx] = keep + eps
+        up = f()
+        x[idx] = keep - eps
+        down = f()
+        x[idx] = keep
+        g[idx] = (up - down) / (2 * eps)
+    return g
+
+
+# Central differences (eps 1e-6, O(1) values) are accurate to ~1e-9 relative; 1e-6 is safe
+# yet catches any missing or wrong term.
+FD_RTOL = 1e-6
+
+
+def test_embedding_backward_accumulates_repeated_ids():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((7, 3))
+    layer = L.TimeEmbedding(W)
+    idx = np.array([[1, 3, 1], [6, 1, 0]])
+    R = rng.standard_normal((2, 3, 3))
+    layer.forward(idx)
+    layer.backward(R)
+    num = numeric_grad(lambda: float((layer.forward(idx) * R).sum()), W)
+    assert_close("dW", layer.grads[0], num, FD_RTOL)
+
+
+def test_embedding_rejects_out_of_range_ids():
+    layer = L.Embedding(np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="^idx"):
+        layer.forward(np.array([0, 5]))
+    with pytest.raises(TypeError, match="^idx"):
+        layer.forward(np.array([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_time_affine_gradients(backend, tied):
+    rng = np.random.default_rng(1)
+    E = rng.standard_normal((6, 4))           # (V, H): W = E.T when tied (an F-contiguous view)
+    W = E.T if tied else rng.standard_normal((4, 6))
+    b = rng.standard_normal(6)
+    layer = L.TimeAffine(W, b, backend=backend)
+    x = rng.standard_normal((2, 3, 4))
+    R = rng.standard_normal((2, 3, 6))
+    layer.forward(x)
+    dx = layer.backward(R)
+
+    def loss():
+        return float((layer.forward(x) * R).sum())
+    assert_close("dx", dx, numeric_grad(loss, x), FD_RTOL)
+    assert_close("dW", layer.grads[0], numeric_grad(loss, W), FD_RTOL)
+    assert_close("db", layer.grads[1], numeric_grad(loss, b), FD_RTOL)
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_time_lstm_gradients(backend, stateful):
+    rng = np.random.default_rng(2)
+    D, H = 3, 4
+    Wx = rng.standard_normal((D, 4 * H)) / np.sqrt(D)
+    Wh = rng.standard_normal((H, 4 * H)) / np.sqrt(H)
+    b = rng.standard_normal(4 * H) * 0.1
+    layer = L.TimeLSTM(Wx, Wh, b, stateful=stateful, backend=backend)
+    xs = rng.standard_normal((2, 5, D))
+    R = rng.standard_normal((2, 5, H))
+    h0 = rng.standard_normal((2, H))
+
+    def loss():
+        if stateful:
+            layer.set_state(h0)
+        return float((layer.forward(xs) * R).sum())
+    loss()
+    dxs = layer.backward(R)
+    grads = [g.copy() for g in layer.grads]
+    dh = layer.dh.copy()
+    assert_close("dxs", dxs, numeric_grad(loss, xs), FD_RTOL)
+    for name, g, p in zip(("dWx", "dWh", "db"), grads, (Wx, Wh, b)):
+        assert_close(name, g, numeric_grad(loss, p), FD_RTOL)
+    if stateful:
+        assert_close("dh", dh, numeric_grad(loss, h0), FD_RTOL)
+        assert layer.h is not None and layer.h.shape == (2, H)
+        layer.reset_state()
+        assert layer.h is None
+
+
+def test_time_lstm_stateful_carries_state_like_one_long_sequence(backend):
+    rng = np.random.default_rng(3)
+    Wx, Wh, b = rng.standard_normal((3, 16)), rng.standard_normal((4, 16)) * 0.5, np.zeros(16)
+    xs = rng.standard_normal((2, 6, 3))
+    whole = L.TimeLSTM(Wx, Wh, b, backend=backend).forward(xs)
+    layer = L.TimeLSTM(Wx, Wh, b, stateful=True, backend=backend)
+    parts = np.concatenate([layer.forward(xs[:, :2]), layer.forward(xs[:, 2:])], axis=1)
+    assert_close("hs", parts, whole, 1e-12)
+
+
+def test_time_lstm_stateful_batch_change_is_an_error():
+    layer = L.TimeLSTM(np.zeros((2, 8)), np.zeros((2, 8)), np.zeros(8), stateful=True)
+    layer.forward(np.zeros((3, 1, 2)))
+    with pytest.raises(ValueError, match="^xs"):
+        layer.forward(np.zeros((4, 1, 2)))
+
+
+def test_time_dropout_train_and_eval():
+    layer = L.TimeDropout(0.5, np.random.default_rng(4))
+    x = np.ones((50, 40, 3), np.float32)
+    y = layer.forward(x)
+    kept = y != 0
+    assert 0.4 < kept.mean() < 0.6
+    np.testing.assert_array_equal(y[kept], 2.0)
+    dx = layer.backward(np.full_like(x, 3.0))
+    np.testing.assert_array_equal(dx, np.where(kept, 6.0, 0.0))
+    layer.train_flg = False
+    np.testing.assert_array_equal(layer.forward(x), x)
+    with pytest.raises(ValueError, match="^dropout_ratio"):
+        L.TimeDropout(1.0)
+
+
+def test_time_softmax_with_loss_gradient_and_ignore_label(backend):
+    rng = np.random.default_rng(5)
+    xs = rng.standard_normal((3, 4, 7))
+    ts = rng.integers(0, 7, (3, 4))
+    ts[0, 1] = ts[2, 3] = -1
+    layer = L.TimeSoftmaxWithLoss(backend=backend)
+    loss = layer.forward(xs, ts)
+    dx = layer.backward()
+    want, _ = ref.softmax_cross_entropy_ref(xs.reshape(12, 7), ts.reshape(-1))
+    assert loss == pytest.approx(want, rel=1e-12)
+    num = numeric_grad(lambda: layer.forward(xs, ts), xs)
+    assert_close("dx", dx, num, FD_RTOL)
+    assert not dx[0, 1].any() and not dx[2, 3].any()
+
+
+def test_softmax_with_loss_gradient():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 4))
+    t = np.array([0, 3, 1, 1, 2])
+    layer = L.SoftmaxWithLoss()
+    layer.forward(x, t)
+    dx = layer.backward()
+    assert_close("dx", dx, numeric_grad(lambda: layer.forward(x, t), x), FD_RTOL)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_matches_numpy(backend, dtype, ta, tb):
+    rng = np.random.default_rng(7)
+    M, K, N = 37, 29, 53
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+    a = a.T if ta else a
+    b = b.T if tb else b
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    got = pylstm.matmul(a, b, backend=backend)
+    assert got.dtype == dtype
+    assert_close("a@b", got, want, 1e-5 if dtype == np.float32 else 1e-13)
+    out = np.empty((M, N), dtype, order="F")
+    assert pylstm.matmul(a, b, out=out, backend=backend) is out
+    assert_close("out", out, want, 1e-5 if dtype == np.float32 else 1e-13)
+
+
+def test_matmul_large_split_over_threads():
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((300, 200)).astype(np.float32)
+    b = rng.standard_normal((200, 500)).astype(np.float32)
+    assert_close("a@b", pylstm.matmul(a, b), a.astype(np.float64) @ b, 1e-5)
+    assert_close("a@b", pylstm.matmul(a, b[:, :40].copy()), a.astype(np.float64) @ b[:, :40], 1e-5)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="no CPU backend")
+@pytest.mark.parametrize("case,exc,name", [
+    ("rank", ValueError, "a"), ("inner", ValueError, "b"), ("dtype", TypeError, "b"),
+    ("noncontig", ValueError, "a"), ("out_shape", ValueError, "out"), ("out_overlap", ValueError, "out"),
+])
+def test_matmul_rejects(case, exc, name):
+    a = np.ones((4, 3), np.float32)
+    b = np.ones((3, 5), np.float32)
+    out = None
+    if case == "rank":
+        a = np.ones(3, np.float32)
+    elif case == "inner":
+        b = np.ones((4, 5), np.float32)
+    elif case == "dtype":
+        b = b.astype(np.float64)
+    elif case == "noncontig":
+        a = np.ones((4, 6), np.float32)[:, ::2]
+    elif case == "out_shape":
+        out = np.empty((4, 4), np.float32)
+    elif case == "out_overlap":
+        a = np.ones((5, 5), np.float32)
+        b = a
+        out = a
+    with pytest.raises(exc, match=f"^{name}"):
+        pylstm.matmul(a, b, out=out, backend="cpu")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_matches_reference(backend, dtype):
+    rng = np.random.default_rng(9)
+    s = (rng.standard_normal((64, 300)) * 5).astype(dtype)
+    t = rng.integers(0, 300, 64)
+    t[::7] = -1
+    loss, d = pylstm.softmax_cross_entropy(s, t, backend=backend)
+    want_loss, want_d = ref.softmax_cross_entropy_ref(s.astype(np.float64), t)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert loss == pytest.approx(want_loss, rel=tol)
+    assert d.dtype == dtype
+    assert_close("dscores", d, want_d, tol)
+    loss2, d2 = pylstm.softmax_cross_entropy(s, t, need_grad=False, backend=backend)
+    assert loss2 == loss and d2 is None
+
+
+def test_softmax_cross_entropy_extreme_scores(backend):
+    s = np.array([[1000.0, -1000.0, 0.0], [-1e4, -1e4, -1e4]])
+    loss, d = pylstm.softmax_cross_entropy(s, np.array([0, 2]), backend=backend)
+    assert np.isfinite(loss) and np.all(np.isfinite(d))
+    assert loss == pytest.approx(np.log(3) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("labels,exc", [(np.array([0, 3]), ValueError), (np.array([0, -2]), ValueError),
+                                        (np.array([0.0, 1.0]), TypeError), (np.array([0]), ValueError)])
+def test_softmax_cross_entropy_rejects_labels(backend, labels, exc):
+    with pytest.raises(exc, match="^labels"):
+        pylstm.softmax_cross_entropy(np.zeros((2, 3)), labels, backend=backend)

@@ -1,0 +1,189 @@
+"""Models: the book's parameter order, tying by identity, whole-model gradients, generation,
+checkpoints (atomic, versioned, corrupt/foreign files rejected) and the book's pickle format."""
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pylstm.models import BetterRnnlm, CheckpointError, LstmLM, Rnnlm, load_checkpoint, unique_params
+
+from helpers import assert_close
+
+
+def test_rnnlm_book_parameter_order_and_init():
+    m = Rnnlm(vocab_size=50, wordvec_size=8, hidden_size=6, seed=0)
+    shapes = [p.shape for p in m.params]
+    assert shapes == [(50, 8), (8, 24), (6, 24), (24,), (6, 50), (50,)]
+    assert all(p.dtype == np.float32 for p in m.params)
+    assert not m.params[3].any() and not m.params[5].any()
+    assert 0.005 < m.params[0].std() < 0.02  # the book's randn / 100
+    assert [g.shape for g in m.grads] == shapes
+
+
+def test_better_rnnlm_ties_by_identity():
+    m = BetterRnnlm(vocab_size=30, wordvec_size=8, hidden_size=8, seed=0)
+    shapes = [p.shape for p in m.params]
+    assert shapes == [(30, 8), (8, 32), (8, 32), (32,), (8, 32), (8, 32), (32,), (8, 30), (30,)]
+    assert m.params[7].base is m.params[0]
+    p, g = unique_params(m.params, m.grads)
+    assert len(p) == 8 and p[0] is m.params[0]
+    # Equal values are not a tie: an untied model whose output weights happen to equal embed.T
+    u = LstmLM(30, 8, 8, num_layers=2, seed=0)
+    u.params[-2][...] = u.params[0].T
+    assert len(unique_params(u.params, u.grads)[0]) == len(u.params)
+
+
+def test_tied_gradient_is_the_sum():
+    m = BetterRnnlm(vocab_size=20, wordvec_size=6, hidden_size=6, dropout_ratio=0.0, seed=1)
+    rng = np.random.default_rng(0)
+    xs = rng.integers(0, 20, (2, 5)).astype(np.int32)
+    ts = rng.integers(0, 20, (2, 5)).astype(np.int32)
+    m.forward(xs, ts)
+    m.backward()
+    _, g = unique_params(m.params, m.grads)
+    assert_close("tied grad", g[0], m.grads[0] + m.grads[7].T, 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_whole_model_gradient_matches_finite_differences(backend):
+    m = LstmLM(11, 5, 4, num_layers=2, tie_weights=False, backend=backend, seed=2)
+    for i, p in enumerate(m.params):  # float64 copies for a precise check
+        m.params[i] = p.astype(np.float64)
+    # rebuild layers' references to the float64 arrays
+    k = 0
+    for layer in m.layers:
+        for j in range(len(layer.params)):
+            layer.params[j] = m.params[k]
+            layer.grads[j] = np.zeros_like(m.params[k])
+            k += 1
+    m.grads = [g for layer in m.layers for g in layer.grads]
+    rng = np.random.default_rng(3)
+    xs = rng.integers(0, 11, (3, 4)).astype(np.int32)
+    ts = rng.integers(0, 11, (3, 4)).astype(np.int32)
+
+    def loss():
+        m.reset_state()
+        return m.forward(xs, ts)
+    loss()
+    m.backward()
+    for i in (0, 1, 2, 3, 5, 7, 8):
+        p = m.params[i]
+        g = m.grads[i].copy()
+        num = np.zeros_like(p)
+        for idx in list(np.ndindex(p.shape))[:12]:
+            keep = p[idx]
+            p[idx] = keep + 1e-5
+            up = loss()
+            p[idx] = keep - 1e-5
+            down = loss()
+            p[idx] = keep
+            num[idx] = (up - down) / 2e-5
+        sel = tuple(np.array(list(np.ndindex(p.shape))[:12]).T)
+        # Gradients here are ~1e-4 (the book's small embedding init) on a loss of ~2.4:
+        # rounding in the differences is ~2.4e-16/1e-5 ~ 3e-11, so 1e-5 relative is safe.
+        assert_close(f"grad[{i}]", g[sel], num[sel], 1e-5)
+
+
+def test_generate_is_seeded_respects_skip_and_top_k():
+    m = Rnnlm(vocab_size=12, wordvec_size=4, hidden_size=5, seed=3)
+    a = m.generate(1, sample_size=30, seed=7)
+    b = m.generate(1, sample_size=30, seed=7)
+    assert a == b and len(a) == 30 and a[0] == 1
+    s = m.generate([1, 2, 3], skip_ids=[4, 5], sample_size=200, seed=1)
+    assert s[:3] == [1, 2, 3] and 4 not in s[3:] and 5 not in s[3:]
+    greedy = m.generate(2, sample_size=10, top_k=1, seed=0)
+    m.reset_state()
+    ids = [2]
+    for _ in range(9):
+        score = m.predict(np.array([ids], np.int32))[0, -1]
+        ids.append(int(np.argmax(score)))
+        m.reset_state()
+    assert greedy == ids
+
+
+def test_generate_preserves_training_state_and_rejects_bad_ids():
+    m = Rnnlm(vocab_size=12, wordvec_size=4, hidden_size=5, seed=3)
+    m.predict(np.zeros((3, 2), np.int32))
+    h = m.lstm_layers[0].h.copy()
+    m.generate(0, sample_size=5, seed=0)
+    np.testing.assert_array_equal(m.lstm_layers[0].h, h)
+    with pytest.raises(ValueError, match="^start_id"):
+        m.generate(12)
+    with pytest.raises(ValueError, match="^skip_ids"):
+        m.generate(0, skip_ids=range(12))
+    with pytest.raises(ValueError, match="^temperature"):
+        m.generate(0, temperature=0)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = BetterRnnlm(vocab_size=20, wordvec_size=6, hidden_size=6, seed=4)
+    path = str(tmp_path / "m.npz")
+    m.save(path, extra={"note": "x", "arr": np.arange(3)})
+    assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
+    m2, extra = load_checkpoint(path)
+    assert type(m2) is BetterRnnlm and extra["note"] == "x"
+    np.testing.assert_array_equal(extra["arr"], np.arange(3))
+    for a, b in zip(m.params, m2.params):
+        np.testing.assert_array_equal(a, b)
+    assert m2.params[7].base is m2.params[0]  # the tie survives loading
+
+
+def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch):
+    m = Rnnlm(vocab_size=10, wordvec_size=3, hidden_size=3, seed=5)
+    path = str(tmp_path / "m.npz")
+    m.save(path)
+    before = Path(path).read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(KeyboardInterrupt):
+        m.save(path)
+    assert Path(path).read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_corrupt_truncated_foreign_and_mismatched_checkpoints(tmp_path):
+    m = Rnnlm(vocab_size=10, wordvec_size=3, hidden_size=3, seed=5)
+    good = str(tmp_path / "good.npz")
+    m.save(good)
+    data = Path(good).read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
+    for name in ("trunc.npz", "junk.npz", "foreign.npz"):
+        with pytest.raises(CheckpointError):
+            load_checkpoint(str(tmp_path / name))
+    other = Rnnlm(vocab_size=11, wordvec_size=3, hidden_size=3)
+    with pytest.raises(CheckpointError, match="checkpoint is for"):
+        other.load_params(good)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(str(tmp_path / "missing.npz"))
+
+
+def test_book_pickle_loads_position_by_position(tmp_path):
+    m = BetterRnnlm(vocab_size=20, wordvec_size=6, hidden_size=6, seed=6)
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(p.shape).astype(np.float16) for p in m.params]
+    arrays[7] = arrays[0].T  # the book saves the tied view too
+    path = tmp_path / "BetterRnnlm.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(arrays, f)
+    m.load_book_params(str(path))
+    for p, a in zip(m.params, arrays):
+        np.testing.assert_array_equal(p, a.astype(np.float32))
+    with open(path, "wb") as f:
+        pickle.dump(arrays[:-1], f)
+    with pytest.raises(CheckpointError):
+        m.load_book_params(str(path))
+
+
+def test_bad_model_sizes():
+    with pytest.raises(ValueError, match="^tie_weights"):
+        LstmLM(10, 4, 5, tie_weights=True)
+    with pytest.raises(ValueError, match="^hidden_size"):
+        LstmLM(10, 4, 0)
