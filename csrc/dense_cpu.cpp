@@ -25,9 +25,9 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   int nt = get_num_threads();
   if (M * N * K < (int64_t(1) << 18)) nt = 1;  // too small to split
-  // Split the output by columns when it is wide enough, otherwise by rows. Each thread runs a
-  // single-threaded BLAS call on its block.
-  const bool by_cols = N >= kColAlign * nt * 2 || N >= M;
+  // Split the output along its longer side (each thread then keeps a wide block for the BLAS
+  // micro-kernel); each thread runs a single-threaded BLAS call on its block.
+  const bool by_cols = N >= M;
   parallel_run(nt, [&](const Team& team) {
     int64_t lo, hi;
     if (by_cols) {
