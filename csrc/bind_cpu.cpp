@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "gemm_small_m.h"
 #include "lstm_cell.h"
 #include "pylstm.h"
 
@@ -521,6 +522,9 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("softmax_xent", &softmax_xent, py::arg("scores"), py::arg("labels"),
         py::arg("ignore_label"), py::arg("grad_scale").none(true),
         "Softmax cross-entropy. Returns (loss_sum, count, dscores or None).");
+  m.def("_set_small_m_kernel", &set_small_m_kernel, py::arg("on"),
+        "Test hook: enable/disable the AVX-512 recurrent-step kernel; returns the old setting.");
+  m.def("_small_m_kernel_enabled", &small_m_kernel_enabled);
   m.def("_sigmoid", [](const py::object& x) { return cell_math_any(x, false); }, py::arg("x"));
   m.def("_tanh", [](const py::object& x) { return cell_math_any(x, true); }, py::arg("x"));
   m.def("blas_info", []() {

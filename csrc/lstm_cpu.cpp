@@ -4,9 +4,11 @@
 // one GEMM per step, then one merged weight-gradient GEMM, one dX GEMM and db as a column sum.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "blas.h"
+#include "gemm_small_m.h"
 #include "lstm_cell.h"
 #include "pylstm.h"
 #include "threads.h"
@@ -38,34 +40,24 @@ int threads_for(const LstmShape& s) {
 //   a: the slice's first column in the A row (gate k at a[k*H + jj]); z: the recurrent GEMM
 //   result for the slice, gate k at z[k*hsz + jj] (zeros at t = 0 without h0); b: bias at the
 //   slice start (gate k at b[k*H + jj]); cp: c_{t-1}; c_out, h_out: outputs. cp may equal c_out.
-template <class T>
+template <class T, bool kSave>
 __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, T* a, const T* z,
                                                         const T* b, const T* cp, T* c_out,
-                                                        T* h_out, bool save) {
-  if (save) {
+                                                        T* h_out) {
 #pragma omp simd
-    for (int64_t jj = 0; jj < hsz; ++jj) {
-      T f, g, i, o, c, h;
-      lstm_cell_forward(a[jj] + z[jj] + b[jj], a[H + jj] + z[hsz + jj] + b[H + jj],
-                        a[2 * H + jj] + z[2 * hsz + jj] + b[2 * H + jj],
-                        a[3 * H + jj] + z[3 * hsz + jj] + b[3 * H + jj], cp[jj], f, g, i, o, c, h);
+  for (int64_t jj = 0; jj < hsz; ++jj) {
+    T f, g, i, o, c, h;
+    lstm_cell_forward(a[jj] + z[jj] + b[jj], a[H + jj] + z[hsz + jj] + b[H + jj],
+                      a[2 * H + jj] + z[2 * hsz + jj] + b[2 * H + jj],
+                      a[3 * H + jj] + z[3 * hsz + jj] + b[3 * H + jj], cp[jj], f, g, i, o, c, h);
+    if constexpr (kSave) {  // training: keep the activated gates for backward
       a[jj] = f;
       a[H + jj] = g;
       a[2 * H + jj] = i;
       a[3 * H + jj] = o;
-      c_out[jj] = c;
-      h_out[jj] = h;
     }
-  } else {
-#pragma omp simd
-    for (int64_t jj = 0; jj < hsz; ++jj) {
-      T f, g, i, o, c, h;
-      lstm_cell_forward(a[jj] + z[jj] + b[jj], a[H + jj] + z[hsz + jj] + b[H + jj],
-                        a[2 * H + jj] + z[2 * hsz + jj] + b[2 * H + jj],
-                        a[3 * H + jj] + z[3 * hsz + jj] + b[3 * H + jj], cp[jj], f, g, i, o, c, h);
-      c_out[jj] = c;
-      h_out[jj] = h;
-    }
+    c_out[jj] = c;
+    h_out[jj] = h;
   }
 }
 
@@ -98,7 +90,8 @@ __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, 
 #define PYLSTM_ROW_FUNCS(T)                                                                     \
   PYLSTM_CLONES void fwd_row(int64_t H, int64_t hsz, T* a, const T* z, const T* b, const T* cp, \
                              T* c_out, T* h_out, bool save) {                                   \
-    fwd_row_body<T>(H, hsz, a, z, b, cp, c_out, h_out, save);                                   \
+    if (save) fwd_row_body<T, true>(H, hsz, a, z, b, cp, c_out, h_out);                         \
+    else fwd_row_body<T, false>(H, hsz, a, z, b, cp, c_out, h_out);                             \
   }                                                                                             \
   PYLSTM_CLONES void bwd_row(int64_t H, int64_t hsz, const T* gt, const T* c, const T* cp,      \
                              const T* dh_up, const T* dhc, T* dcc, T* da) {                     \
@@ -149,16 +142,26 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
       gemm(false, false, int(N * Tn), int(hsz), int(D), T(1), xs, int(D), Wx + k * H + j0, int(G),
            T(0), A + k * H + j0, int(G));
     }
-    // The slice's columns of Wh packed side by side, (H, 4*hsz), so each step is one GEMM into
-    // the contiguous Z (N, 4*hsz); plus zeros standing in for absent h0 / c0. Thread-local.
-    T* scratch = thread_scratch<T>(size_t(H * 4 * hsz + N * 4 * hsz + 4 * hsz));
+    // The slice's columns of Wh side by side, (H, 4*hsz), so each step is one GEMM into the
+    // contiguous Z (N, 4*hsz): packed into 16-column panels for the AVX-512 small-M kernel
+    // (float), else row-major for BLAS. Plus zeros standing in for absent h0 / c0.
+    const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
+    const int64_t wsize = packed ? packed_b_size(H, 4 * hsz) : H * 4 * hsz;
+    T* scratch = thread_scratch<T>(size_t(wsize + N * 4 * hsz + 4 * hsz));
     T* Whp = scratch;
-    T* Z = Whp + H * 4 * hsz;
+    T* Z = Whp + wsize;
     T* zeros = Z + N * 4 * hsz;
     std::fill(zeros, zeros + 4 * hsz, T(0));
-    for (int64_t r = 0; r < H; ++r) {
-      for (int k = 0; k < 4; ++k) {
-        std::memcpy(Whp + r * 4 * hsz + k * hsz, Wh + r * G + k * H + j0, sizeof(T) * hsz);
+    if constexpr (std::is_same<T, float>::value) {
+      if (packed) {
+        pack_b(H, 4 * hsz, [&](int64_t n) { return Wh + (n / hsz) * H + j0 + n % hsz; }, G, Whp);
+      }
+    }
+    if (!packed) {
+      for (int64_t r = 0; r < H; ++r) {
+        for (int k = 0; k < 4; ++k) {
+          std::memcpy(Whp + r * 4 * hsz + k * hsz, Wh + r * G + k * H + j0, sizeof(T) * hsz);
+        }
       }
     }
     if (!save) {
@@ -172,8 +175,13 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
       const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
       const int ld_h = t > 0 ? int(Tn * H) : int(H);
       if (h_prev) {
-        gemm(false, false, int(N), int(4 * hsz), int(H), T(1), h_prev, ld_h, Whp, int(4 * hsz),
-             T(0), Z, int(4 * hsz));
+        if constexpr (std::is_same<T, float>::value) {
+          if (packed) gemm_packed_b(N, 4 * hsz, H, h_prev, ld_h, Whp, Z, 4 * hsz);
+        }
+        if (!packed) {
+          gemm(false, false, int(N), int(4 * hsz), int(H), T(1), h_prev, ld_h, Whp, int(4 * hsz),
+               T(0), Z, int(4 * hsz));
+        }
       }
       // 2b. Fused pointwise pass over the slice: activations, c and h.
       for (int64_t n = 0; n < N; ++n) {
@@ -215,8 +223,17 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     int64_t j0, j1;
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
-    T* zeros = thread_scratch<T>(size_t(hsz + 1));  // stands in for an absent c0
+    // Wh[slice, :]^T, (4H, hsz), packed for the small-M kernel (float); zeros stand in for an
+    // absent c0.
+    const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled() && hsz > 0;
+    const int64_t wsize = packed ? packed_b_size(G, hsz) : 0;
+    T* scratch = thread_scratch<T>(size_t(wsize + hsz + 1));
+    T* WhTp = scratch;
+    T* zeros = scratch + wsize;
     std::fill(zeros, zeros + hsz, T(0));
+    if constexpr (std::is_same<T, float>::value) {
+      if (packed) pack_b(G, hsz, [&](int64_t n) { return Wh + (j0 + n) * G; }, 1, WhTp);
+    }
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t j = j0; j < j1; ++j) {
         dh_carry[n * H + j] = dhT ? dhT[n * H + j] : T(0);
@@ -235,7 +252,10 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
       }
       team.barrier();  // all of dA_t written before the GEMM reads every column
       // 2. dh_{t-1}[:, slice] = dA_t @ Wh[slice, :]^T  (at t = 0 this is dh0).
-      if (hsz > 0) {
+      if constexpr (std::is_same<T, float>::value) {
+        if (packed) gemm_packed_b(N, hsz, G, dA + t * G, Tn * G, WhTp, dh_carry + j0, H);
+      }
+      if (hsz > 0 && !packed) {
         gemm(false, true, int(N), int(hsz), int(G), T(1), dA + t * G, int(Tn * G), Wh + j0 * G,
              int(G), T(0), dh_carry + j0, int(H));
       }

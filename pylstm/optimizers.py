@@ -72,14 +72,8 @@ class Momentum(_Optimizer):
             p += v
 
 
-class Nesterov(_Optimizer):
+class Nesterov(Momentum):
     """The book's Nesterov form: v = m*v - lr*g;  p += m*m*v - (1+m)*lr*g"""
-
-    _state_names = ("v",)
-
-    def __init__(self, lr=0.01, momentum=0.9):
-        super().__init__(lr)
-        self.momentum, self.v = momentum, None
 
     def update(self, params, grads):
         self._init_state(params)

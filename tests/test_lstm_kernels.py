@@ -30,13 +30,25 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(params=["small-m-kernel", "blas"])
+def step_gemm(request):
+    """Runs a test with the AVX-512 recurrent-step kernel (when the CPU has it) and with BLAS."""
+    from pylstm import _backend
+
+    if _backend.cpu is None:
+        pytest.skip("no CPU backend")
+    old = _backend.cpu._set_small_m_kernel(request.param == "small-m-kernel")
+    yield request.param
+    _backend.cpu._set_small_m_kernel(old)
+
+
 def test_cpu_backend_is_built():
     assert "cpu" in pylstm.available_backends()
 
 
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float64_matches_reference(backend, shape, with_state):
+def test_float64_matches_reference(backend, step_gemm, shape, with_state):
     d = make_lstm_inputs(shape, np.float64, seed=3, with_state=with_state)
     got = _run(d, backend)
     want = _reference64(d)
@@ -48,7 +60,7 @@ def test_float64_matches_reference(backend, shape, with_state):
 
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float32_within_twice_naive_error(backend, shape, with_state):
+def test_float32_within_twice_naive_error(backend, step_gemm, shape, with_state):
     d32 = make_lstm_inputs(shape, np.float32, seed=4, with_state=with_state)
     want = _reference64(d32)          # exact answer for these float32 inputs
     naive = _run(d32, "numpy")        # the reference run in float32
