@@ -136,6 +136,19 @@ py::array empty(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);
 }
 
+// Scratch memory for the kernels, kept per calling thread between calls and only grown: a
+// fresh multi-megabyte allocation per call costs its page faults every time (measured: ~25 ms
+// of an 85 ms backward at N,T,D,H = 64,100,256,256). Stays allocated until the thread exits.
+template <class T>
+T* cached_workspace(int64_t n) {
+  thread_local std::vector<T> buf;
+  if (int64_t(buf.size()) < n) {
+    std::vector<T>().swap(buf);  // free the old block before allocating the larger one
+    buf.resize(size_t(n));
+  }
+  return buf.data();
+}
+
 // Sizes of an LSTM call, read from xs and Wh and checked for consistency.
 struct Dims {
   LstmShape s;
@@ -202,14 +215,14 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
     gates = g;
     cs = c;
   }
-  std::unique_ptr<T[]> work(new T[size_t(lstm_forward_workspace_size(s, save)) + 1]);
+  T* work = cached_workspace<T>(lstm_forward_workspace_size(s, save) + 1);
   const T *xs_p = cptr<T>(xs), *Wx_p = cptr<T>(Wx), *Wh_p = cptr<T>(Wh), *b_p = cptr<T>(b),
           *h0_p = cptr<T>(h0), *c0_p = cptr<T>(c0);
   T *hs_p = mptr<T>(hs), *hT_p = mptr<T>(hT), *cT_p = mptr<T>(cT);
   {
     py::gil_scoped_release nogil;
     lstm_forward_cpu<T>(s, xs_p, h0_p, c0_p, Wx_p, Wh_p, b_p, hs_p, hT_p, cT_p, g_ptr, cs_ptr,
-                        work.get());
+                        work);
   }
   return py::make_tuple(hs, hT, cT, gates, cs);
 }
@@ -233,7 +246,7 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
   py::array dc0 = empty<T>({s.N, s.H});
   py::array dW = empty<T>({s.D + s.H, 4 * s.H});
   py::array db = empty<T>({4 * s.H});
-  std::unique_ptr<T[]> work(new T[size_t(lstm_backward_workspace_size(s))]);
+  T* work = cached_workspace<T>(lstm_backward_workspace_size(s));
   const T *xs_p = cptr<T>(xs), *h0_p = cptr<T>(h0), *c0_p = cptr<T>(c0), *Wx_p = cptr<T>(Wx),
           *Wh_p = cptr<T>(Wh), *hs_p = cptr<T>(hs), *g_p = cptr<T>(gates), *cs_p = cptr<T>(cs),
           *dhs_p = cptr<T>(dhs), *dhT_p = cptr<T>(dhT), *dcT_p = cptr<T>(dcT);
@@ -242,7 +255,7 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
   {
     py::gil_scoped_release nogil;
     lstm_backward_cpu<T>(s, xs_p, h0_p, c0_p, Wx_p, Wh_p, hs_p, g_p, cs_p, dhs_p, dhT_p, dcT_p,
-                         dxs_p, dh0_p, dc0_p, dW_p, db_p, work.get());
+                         dxs_p, dh0_p, dc0_p, dW_p, db_p, work);
   }
   // dWx and dWh are C-contiguous views of the merged (D+H, 4H) result.
   py::object slice = py::module_::import("builtins").attr("slice");
