@@ -121,7 +121,7 @@ def _unigram_perplexity(train, test, V):
 
 def _defaults(a):
     word = a.level == "word" or a.corpus == "ptb"
-    d = dict(wordvec=100 if word else 48, hidden=100 if word else 256,
+    d = dict(wordvec=100 if word else 48, hidden=100 if word else 384,
              epochs=4 if word else 3, optimizer="sgd" if word else "adam",
              lr=20.0 if word else 0.004, clip=0.25 if word else 5.0, batch=20 if word else 32,
              time=35 if word else 64, eval_interval=20 if word else 50,
