@@ -3,14 +3,17 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 
-def run(*args, cwd=None):
+def run(*args):
+    # From a neutral folder: `python -m` puts the working directory first on sys.path, and in a
+    # checkout that would import the source tree instead of the installed package.
     env = dict(os.environ, PYTHONWARNINGS="error")
     return subprocess.run([sys.executable, "-m", "pylstm", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+                          cwd=tempfile.gettempdir(), env=env, timeout=300)
 
 
 QUICK = ["--max-chars", "60000", "--hidden", "32", "--wordvec", "16", "--epochs", "1", "--batch", "8",
