@@ -163,6 +163,11 @@ def _cmd_train(a):
     if a.resume:
         if not os.path.exists(ckpt):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        saved = _checkpoint_extra(ckpt)
+        if saved.get("vocab") != vocab or saved.get("level") != level:
+            raise ValueError(f"--resume: {ckpt} was trained on another vocabulary or level "
+                             f"({saved.get('level')}, {len(saved.get('vocab') or [])} tokens); this run has "
+                             f"{level}, {V} tokens")
         trainer.resume(ckpt)
         print(f"resumed from {ckpt} at epoch {trainer.current_epoch}")
     n_params = sum(p.size for p in _unique(model.params))
@@ -209,6 +214,13 @@ def _unique(params):
     from .models import unique_params
 
     return unique_params(params, params)[0]
+
+
+def _checkpoint_extra(path):
+    from .models import _read_checkpoint
+
+    meta, _ = _read_checkpoint(path)
+    return meta.get("extra", {})
 
 
 def _load(path):

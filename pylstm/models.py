@@ -191,6 +191,45 @@ class LstmLM:
             for layer, (h, c) in zip(self.lstm_layers, saved):
                 layer.h, layer.c = h, c
 
+    # --- PyTorch interchange ------------------------------------------------------------
+    def lstm_state_dict_torch(self) -> dict:
+        """The LSTM layers as a ``torch.nn.LSTM(D, H, num_layers, batch_first=True)`` state dict
+        (NumPy arrays: wrap with ``torch.from_numpy``). Gate blocks reordered to i, f, g, o; the
+        bias goes to ``bias_ih_l{k}`` and ``bias_hh_l{k}`` is zeros."""
+        from .convert import to_torch
+
+        out = {}
+        for k, layer in enumerate(self.lstm_layers):
+            for name, a in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), to_torch(*layer.params)):
+                out[f"{name}_l{k}"] = a
+        return out
+
+    def load_lstm_state_dict_torch(self, state: dict) -> None:
+        """Load ``torch.nn.LSTM`` weights (a state dict of tensors or arrays, same sizes and
+        layer count) into the LSTM layers; the two biases are summed."""
+        from .convert import from_torch
+
+        def arr(key):
+            if key not in state:
+                raise KeyError(f"state: missing {key!r} (expected a torch.nn.LSTM with "
+                               f"{len(self.lstm_layers)} layer(s))")
+            v = state[key]
+            v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            return v
+
+        new = []
+        for k, layer in enumerate(self.lstm_layers):
+            Wx, Wh, b = from_torch(arr(f"weight_ih_l{k}"), arr(f"weight_hh_l{k}"),
+                                   arr(f"bias_ih_l{k}") if f"bias_ih_l{k}" in state else None,
+                                   arr(f"bias_hh_l{k}") if f"bias_hh_l{k}" in state else None)
+            for name, p, v in zip(("Wx", "Wh", "b"), layer.params, (Wx, Wh, b)):
+                if p.shape != v.shape:
+                    raise ValueError(f"state: layer {k} {name} has shape {v.shape}, this model needs {p.shape}")
+            new.append((Wx, Wh, b))
+        for layer, vals in zip(self.lstm_layers, new):  # nothing is written unless all layers fit
+            for p, v in zip(layer.params, vals):
+                p[...] = v
+
     # --- checkpoints --------------------------------------------------------------------
     def _own_params(self):
         """Positions of params that own their memory (tied views are rebuilt, not stored)."""

@@ -95,3 +95,44 @@ def test_empty_corpus(tmp_path):
     p.write_text("", encoding="utf-8")
     r = run("train", "--corpus", str(p), "--out", str(tmp_path / "o"), "--no-progress")
     assert r.returncode == 1 and "empty" in r.stderr
+
+
+def test_resume_with_another_vocabulary_is_refused(trained, tmp_path):
+    out, _ = trained
+    p = tmp_path / "other.txt"
+    p.write_text("xyz " * 20000, encoding="utf-8")
+    r = run("train", "--out", str(out), "--resume", "--corpus", str(p), *QUICK)
+    assert r.returncode == 1 and "another vocabulary" in r.stderr
+
+
+def test_ctrl_c_keeps_the_last_checkpoint(tmp_path):
+    import signal
+    import time
+
+    from pylstm.models import load_checkpoint
+
+    out = tmp_path / "run"
+    args = list(QUICK)
+    args[args.index("--epochs") + 1] = "1000"
+    proc = subprocess.Popen([sys.executable, "-m", "pylstm", "train", "--out", str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tempfile.gettempdir())
+    ckpt = out / "checkpoint.npz"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint after the first epoch"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    model, extra = load_checkpoint(str(ckpt))
+    assert extra["epoch"] >= 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_bench_runs():
+    r = run("bench", "--", "--shapes", "2,3,8,16", "--repeats", "1", "--no-torch")
+    assert r.returncode == 0, r.stderr
+    assert "pylstm-cpu vs pylstm-numpy" in r.stdout and "GFLOP/s" in r.stdout

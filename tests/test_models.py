@@ -187,3 +187,39 @@ def test_bad_model_sizes():
         LstmLM(10, 4, 5, tie_weights=True)
     with pytest.raises(ValueError, match="^hidden_size"):
         LstmLM(10, 4, 0)
+
+
+def test_torch_state_dict_round_trip_and_errors():
+    m = LstmLM(15, 6, 7, num_layers=2, seed=8)
+    state = m.lstm_state_dict_torch()
+    assert sorted(state) == sorted(f"{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                                   for k in (0, 1))
+    assert state["weight_ih_l1"].shape == (28, 7)
+    m2 = LstmLM(15, 6, 7, num_layers=2, seed=9)
+    m2.load_lstm_state_dict_torch(state)
+    for a, b in zip(m.lstm_layers, m2.lstm_layers):
+        for p, q in zip(a.params, b.params):
+            np.testing.assert_array_equal(p, q)
+    with pytest.raises(KeyError, match="weight_ih_l1"):
+        m2.load_lstm_state_dict_torch({k: v for k, v in state.items() if not k.endswith("l1")})
+    small = LstmLM(15, 6, 5, num_layers=2).lstm_state_dict_torch()
+    before = m2.lstm_layers[0].params[0].copy()
+    with pytest.raises(ValueError):
+        m2.load_lstm_state_dict_torch(small)
+    np.testing.assert_array_equal(m2.lstm_layers[0].params[0], before)
+
+
+def test_torch_nn_lstm_matches_the_model_layers():
+    torch = pytest.importorskip("torch")
+    m = LstmLM(15, 6, 7, num_layers=2, seed=10)
+    lstm = torch.nn.LSTM(6, 7, num_layers=2, batch_first=True)
+    lstm.load_state_dict({k: torch.from_numpy(v) for k, v in m.lstm_state_dict_torch().items()})
+    xs = np.random.default_rng(0).integers(0, 15, (3, 5)).astype(np.int32)
+    emb = m.layers[0].forward(xs)
+    hs = m.lstm_layers[1].forward(m.lstm_layers[0].forward(emb))
+    with torch.no_grad():
+        out, _ = lstm(torch.from_numpy(emb))
+    assert_close("hs", out.numpy(), hs, 1e-5)
+    m2 = LstmLM(15, 6, 7, num_layers=2, seed=11)
+    m2.load_lstm_state_dict_torch(lstm.state_dict())
+    assert_close("Wh", m2.lstm_layers[1].params[1], m.lstm_layers[1].params[1], 1e-7)
