@@ -1,7 +1,9 @@
 // Native benchmark (no Python): times the CPU kernels of pylstm.h and the GEMMs they are made
 // of, for profiling without the interpreter (perf, callgrind). Build with
 //   cmake -S . -B build/native -DPYLSTM_NATIVE_BENCH=ON && cmake --build build/native
-// and run build/native/bench_lstm_native [threads] [N T D H]...
+// and run OPENBLAS_NUM_THREADS=1 build/native/bench_lstm_native [threads] [N T D H]...
+// (OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from starting idle server threads, as pylstm's Python
+// module does when it loads.)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -10,6 +12,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "gemm_small_m.h"
 #include "pylstm.h"
 
 using namespace pylstm;
@@ -42,6 +45,18 @@ static void gemm_rate(int M, int N, int K, int reps) {
     gemm(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C.data(), N);
   }, reps);
   std::printf("  sgemm 1 thread %5d x %5d x %5d: %8.3f ms  %6.1f GFLOP/s\n", M, N, K, ms,
+              2.0 * M * N * K / ms / 1e6);
+}
+
+// The AVX-512 small-M kernel of the recurrent step on one thread, B packed once.
+static void packed_rate(int M, int N, int K, int reps) {
+  if (!small_m_kernel_enabled()) return;
+  std::mt19937 rng(3);
+  auto A = randn(size_t(M) * K, 1.f, rng), B = randn(size_t(K) * N, 1.f, rng);
+  std::vector<float> Bp(packed_b_size(K, N)), C(size_t(M) * N);
+  pack_b(K, N, [&](int64_t n) { return B.data() + n; }, N, Bp.data());
+  const double ms = best_ms([&] { gemm_packed_b(M, N, K, A.data(), K, Bp.data(), C.data(), N); }, reps);
+  std::printf("  small-M kernel 1 thread %5d x %5d x %5d: %8.3f ms  %6.1f GFLOP/s\n", M, N, K, ms,
               2.0 * M * N * K / ms / 1e6);
 }
 
@@ -87,6 +102,8 @@ int main(int argc, char** argv) {
     gemm_rate(int(s.N * s.T), hs, int(s.D), 5);      // input projection, one gate block of a slice
     gemm_rate(int(s.N), hs, int(s.H), 50);           // recurrent step, one gate block of a slice
     gemm_rate(int(s.N), int(4 * s.H), int(s.H), 50); // recurrent step, all gates, one thread
+    packed_rate(int(s.N), 4 * hs, int(s.H), 50);      // forward step on a slice, own kernel
+    packed_rate(int(s.N), hs, int(4 * s.H), 50);      // backward step on a slice, own kernel
   }
   for (const auto& s : shapes) lstm_rate(s, 5);
   return 0;

@@ -39,53 +39,97 @@ namespace {
 constexpr int kMR = 8;  // rows per micro-tile
 constexpr int kNP = 3;  // 16-column panels per micro-tile
 
-// acc[r][p] += A[r][k] * Bp[p][k] over k; then C = acc (masked on the last panel).
-template <int MR, int NP>
+// acc[r][p] += A[r][k] * B[k][16p .. 16p+15] over k; then C = acc, or C += acc when
+// accumulating (masked on the last panel). B's panel p, row k is at B + p*pstride + k*kstride:
+// packed panels (pstride = K*16, kstride = 16) or a row-major matrix (pstride = 16,
+// kstride = ldb; the masked load keeps the last panel inside the matrix). A is row-major
+// (A[r*lda + k]) or, with TA, stored transposed (A[k*lda + r]).
+template <int MR, int NP, bool TA, bool PACKED>
 __attribute__((target("avx512f"))) void micro_kernel(int64_t K, const float* A, int64_t lda,
-                                                     const float* Bp, int64_t panel_stride,
-                                                     float* C, int64_t ldc, __mmask16 last_mask) {
+                                                     const float* B, int64_t pstride,
+                                                     int64_t kstride, float* C, int64_t ldc,
+                                                     __mmask16 last_mask, bool accumulate) {
   __m512 acc[MR][NP];
   for (int r = 0; r < MR; ++r)
     for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  if constexpr (PACKED) kstride = 16;  // a compile-time stride keeps the loop tight
   for (int64_t k = 0; k < K; ++k) {
     __m512 b[NP];
-    for (int p = 0; p < NP; ++p) b[p] = _mm512_loadu_ps(Bp + p * panel_stride + k * 16);
+    const float* bk = B + k * kstride;
+    for (int p = 0; p < NP - 1; ++p) b[p] = _mm512_loadu_ps(bk + p * pstride);
+    if constexpr (PACKED) {  // padded with zeros: no mask needed
+      b[NP - 1] = _mm512_loadu_ps(bk + (NP - 1) * pstride);
+    } else {
+      b[NP - 1] = _mm512_maskz_loadu_ps(last_mask, bk + (NP - 1) * pstride);
+    }
     for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      const __m512 a = _mm512_set1_ps(TA ? A[k * lda + r] : A[r * lda + k]);
       for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a, b[p], acc[r][p]);
     }
   }
   for (int r = 0; r < MR; ++r) {
     for (int p = 0; p < NP; ++p) {
       float* dst = C + r * ldc + p * 16;
-      if (p == NP - 1) _mm512_mask_storeu_ps(dst, last_mask, acc[r][p]);
-      else _mm512_storeu_ps(dst, acc[r][p]);
+      const __mmask16 m = p == NP - 1 ? last_mask : __mmask16(0xFFFF);
+      __m512 v = acc[r][p];
+      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst));
+      _mm512_mask_storeu_ps(dst, m, v);
     }
   }
 }
 
-using MicroFn = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t,
-                         __mmask16);
+using MicroFn = void (*)(int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
+                         int64_t, __mmask16, bool);
 
-template <int MR>
+template <int MR, bool TA, bool PK>
 MicroFn pick_np(int np) {
   switch (np) {
-    case 1: return &micro_kernel<MR, 1>;
-    case 2: return &micro_kernel<MR, 2>;
-    default: return &micro_kernel<MR, 3>;
+    case 1: return &micro_kernel<MR, 1, TA, PK>;
+    case 2: return &micro_kernel<MR, 2, TA, PK>;
+    default: return &micro_kernel<MR, 3, TA, PK>;
   }
 }
 
+template <bool TA, bool PK>
 MicroFn pick(int mr, int np) {
   switch (mr) {
-    case 1: return pick_np<1>(np);
-    case 2: return pick_np<2>(np);
-    case 3: return pick_np<3>(np);
-    case 4: return pick_np<4>(np);
-    case 5: return pick_np<5>(np);
-    case 6: return pick_np<6>(np);
-    case 7: return pick_np<7>(np);
-    default: return pick_np<8>(np);
+    case 1: return pick_np<1, TA, PK>(np);
+    case 2: return pick_np<2, TA, PK>(np);
+    case 3: return pick_np<3, TA, PK>(np);
+    case 4: return pick_np<4, TA, PK>(np);
+    case 5: return pick_np<5, TA, PK>(np);
+    case 6: return pick_np<6, TA, PK>(np);
+    case 7: return pick_np<7, TA, PK>(np);
+    default: return pick_np<8, TA, PK>(np);
+  }
+}
+
+// C (M x N) = op(A) @ B with the blocking described below; see micro_kernel for the layouts.
+template <bool TA, bool PK>
+void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                 int64_t pstride, int64_t kstride, float* C, int64_t ldc) {
+  const int64_t panels = (N + 15) / 16;
+  // Blocking for the caches: K in blocks of kKC (a 48-column slab of B, kKC x 48 floats = 192 KB,
+  // stays in L2 while a row chunk passes), rows in chunks of kMC (an A block of kMC x kKC
+  // floats = 384 KB stays in L2 while every slab passes). The recurrent step (M = batch,
+  // K = H or 4H) is one or a few blocks; the later K blocks accumulate into C.
+  constexpr int64_t kKC = 1024, kMC = 96;
+  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+    const int64_t kc = std::min(kKC, K - k0);
+    for (int64_t m0 = 0; m0 < M; m0 += kMC) {
+      const int64_t m1 = std::min(M, m0 + kMC);
+      for (int64_t p0 = 0; p0 < panels; p0 += kNP) {
+        const int np = int(std::min<int64_t>(kNP, panels - p0));
+        const int64_t last_cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
+        const __mmask16 last_mask = __mmask16((1u << last_cols) - 1u);
+        for (int64_t r0 = m0; r0 < m1; r0 += kMR) {
+          const int mr = int(std::min<int64_t>(kMR, m1 - r0));
+          const float* a = TA ? A + k0 * lda + r0 : A + r0 * lda + k0;
+          pick<TA, PK>(mr, np)(kc, a, lda, B + p0 * pstride + k0 * kstride, pstride, kstride,
+                           C + r0 * ldc + p0 * 16, ldc, last_mask, k0 > 0);
+        }
+      }
+    }
   }
 }
 
@@ -93,24 +137,20 @@ MicroFn pick(int mr, int np) {
 
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
                    float* C, int64_t ldc) {
-  const int64_t panels = (N + 15) / 16;
-  const int64_t panel_stride = K * 16;
-  for (int64_t p0 = 0; p0 < panels; p0 += kNP) {
-    const int np = int(std::min<int64_t>(kNP, panels - p0));
-    const int64_t last_cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
-    const __mmask16 last_mask = __mmask16((1u << last_cols) - 1u);
-    for (int64_t r0 = 0; r0 < M; r0 += kMR) {
-      const int mr = int(std::min<int64_t>(kMR, M - r0));
-      pick(mr, np)(K, A + r0 * lda, lda, Bp + p0 * panel_stride, panel_stride,
-                   C + r0 * ldc + p0 * 16, ldc, last_mask);
-    }
-  }
+  gemm_driver<false, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc);
+}
+
+void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                      const float* Bp, float* C, int64_t ldc) {
+  gemm_driver<true, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc);
 }
 
 #else
 
 void gemm_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
                    int64_t) {}
+void gemm_at_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
+                      int64_t) {}
 
 #endif
 

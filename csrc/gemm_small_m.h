@@ -1,9 +1,14 @@
-// A GEMM specialized for the LSTM's per-step recurrent products (called by lstm_cpu.cpp): few
-// rows (M = the batch), a weight matrix B packed once per sequence into 16-column panels, and
-// an AVX-512 register-blocked micro-kernel. It exists because the BLAS call per step re-packs
-// the weights every step and, on machines that pin OpenBLAS to AVX2, runs at half the FMA
-// width; the benchmark (benchmarks/RESULTS.md) shows the gain. float only; callers fall back
-// to BLAS for double or when the CPU has no AVX-512.
+// The packed-weight GEMM kernel of the LSTM (called by lstm_cpu.cpp): an AVX-512
+// register-blocked micro-kernel over a B matrix packed into 16-column panels (the weights,
+// packed once per call, or dA for the weight gradient). Used for every float32 GEMM of the
+// LSTM forward and backward: the per-step recurrent products (few rows, M = batch), and, with
+// cache blocking, the input projection, dX and [dWx; dWh].
+// Why not BLAS (DESIGN.md asks for BLAS GEMMs; this is the measured exception): per step, a
+// BLAS call re-packs the weights every time, and on machines that pin OpenBLAS to AVX2
+// (OPENBLAS_CORETYPE=Haswell here) the library runs at half the FMA width. Measured on one
+// core: this kernel 230-240 GFLOP/s on the LSTM's shapes, OpenBLAS 100-120 (Haswell) or
+// 130-210 (SkylakeX); benchmarks/RESULTS.md has the end-to-end numbers. float only; callers
+// fall back to BLAS for double, on CPUs without AVX-512, or when disabled (test hook).
 #pragma once
 
 #include <cstdint>
@@ -42,5 +47,24 @@ void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
 // C (M x N, ldc) = A (M x K, lda) @ B, with B packed by pack_b. C is overwritten.
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
                    float* C, int64_t ldc);
+
+// C (M x N, ldc) = A^T @ B with A stored as a row-major K x M matrix (lda) and B packed by
+// pack_b; C is overwritten. Used for the weight gradient [X | H_prev]^T dA.
+void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                      const float* Bp, float* C, int64_t ldc);
+
+// pack_b for a row-major source (row k of B at B + k*ldb): copies 16-float runs.
+inline void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out) {
+  const int64_t panels = (N + 15) / 16;
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t c0 = p * 16, w = N - c0 < 16 ? N - c0 : 16;
+    float* dst = out + p * K * 16;
+    for (int64_t k = 0; k < K; ++k) {
+      const float* src = B + k * ldb + c0;
+      for (int64_t c = 0; c < w; ++c) dst[k * 16 + c] = src[c];
+      for (int64_t c = w; c < 16; ++c) dst[k * 16 + c] = 0.0f;
+    }
+  }
+}
 
 }  // namespace pylstm

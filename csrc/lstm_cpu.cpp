@@ -136,25 +136,34 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
       for (int64_t t = 0; t < Tn; ++t) team.barrier();
       return;
     }
-    // 1. Input projection of all N*T rows for this slice's four gate column blocks (the bias
-    //    is added in the pointwise pass).
-    for (int k = 0; k < 4; ++k) {
-      gemm(false, false, int(N * Tn), int(hsz), int(D), T(1), xs, int(D), Wx + k * H + j0, int(G),
-           T(0), A + k * H + j0, int(G));
-    }
     // The slice's columns of Wh side by side, (H, 4*hsz), so each step is one GEMM into the
-    // contiguous Z (N, 4*hsz): packed into 16-column panels for the AVX-512 small-M kernel
-    // (float), else row-major for BLAS. Plus zeros standing in for absent h0 / c0.
+    // contiguous Z (N, 4*hsz): packed into 16-column panels for the AVX-512 packed-weight
+    // kernel (float), else row-major for BLAS. With the kernel, the slice's four column blocks
+    // of Wx are packed too. Plus zeros standing in for absent h0 / c0.
     const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
     const int64_t wsize = packed ? packed_b_size(H, 4 * hsz) : H * 4 * hsz;
-    T* scratch = thread_scratch<T>(size_t(wsize + N * 4 * hsz + 4 * hsz));
+    const int64_t xblock = packed ? packed_b_size(D, hsz) : 0;
+    T* scratch = thread_scratch<T>(size_t(wsize + 4 * xblock + N * 4 * hsz + 4 * hsz));
     T* Whp = scratch;
-    T* Z = Whp + wsize;
+    T* Wxp = Whp + wsize;
+    T* Z = Wxp + 4 * xblock;
     T* zeros = Z + N * 4 * hsz;
     std::fill(zeros, zeros + 4 * hsz, T(0));
+    // 1. Input projection of all N*T rows for this slice's four gate column blocks (the bias
+    //    is added in the pointwise pass).
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
         pack_b(H, 4 * hsz, [&](int64_t n) { return Wh + (n / hsz) * H + j0 + n % hsz; }, G, Whp);
+        for (int k = 0; k < 4; ++k) {
+          pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp + k * xblock);
+          gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp + k * xblock, A + k * H + j0, G);
+        }
+      }
+    }
+    if (!packed) {
+      for (int k = 0; k < 4; ++k) {
+        gemm(false, false, int(N * Tn), int(hsz), int(D), T(1), xs, int(D), Wx + k * H + j0,
+             int(G), T(0), A + k * H + j0, int(G));
       }
     }
     if (!packed) {
@@ -223,16 +232,25 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     int64_t j0, j1;
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
-    // Wh[slice, :]^T, (4H, hsz), packed for the small-M kernel (float); zeros stand in for an
-    // absent c0.
-    const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled() && hsz > 0;
+    // Wh[slice, :]^T, (4H, hsz), and Wx^T, (4H, D), packed for the packed-weight kernel
+    // (float); zeros stand in for an absent c0.
+    const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
+    int64_t c0_, c1_;  // this thread's columns of dW and db (step 4)
+    team.split(G, kSliceAlign, c0_, c1_);
     const int64_t wsize = packed ? packed_b_size(G, hsz) : 0;
-    T* scratch = thread_scratch<T>(size_t(wsize + hsz + 1));
+    const int64_t xsize = packed ? packed_b_size(G, D) : 0;
+    const int64_t asize = packed ? packed_b_size(R, c1_ - c0_) : 0;
+    T* scratch = thread_scratch<T>(size_t(wsize + xsize + asize + hsz + 1));
     T* WhTp = scratch;
-    T* zeros = scratch + wsize;
+    T* WxTp = scratch + wsize;
+    T* dAp = WxTp + xsize;  // this thread's columns of dA, packed for step 4
+    T* zeros = dAp + asize;
     std::fill(zeros, zeros + hsz, T(0));
     if constexpr (std::is_same<T, float>::value) {
-      if (packed) pack_b(G, hsz, [&](int64_t n) { return Wh + (j0 + n) * G; }, 1, WhTp);
+      if (packed) {
+        pack_b(G, hsz, [&](int64_t n) { return Wh + (j0 + n) * G; }, 1, WhTp);
+        pack_b(G, D, [&](int64_t n) { return Wx + n * G; }, 1, WxTp);
+      }
     }
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t j = j0; j < j1; ++j) {
@@ -253,7 +271,7 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
       team.barrier();  // all of dA_t written before the GEMM reads every column
       // 2. dh_{t-1}[:, slice] = dA_t @ Wh[slice, :]^T  (at t = 0 this is dh0).
       if constexpr (std::is_same<T, float>::value) {
-        if (packed) gemm_packed_b(N, hsz, G, dA + t * G, Tn * G, WhTp, dh_carry + j0, H);
+        if (packed && hsz > 0) gemm_packed_b(N, hsz, G, dA + t * G, Tn * G, WhTp, dh_carry + j0, H);
       }
       if (hsz > 0 && !packed) {
         gemm(false, true, int(N), int(hsz), int(G), T(1), dA + t * G, int(Tn * G), Wh + j0 * G,
@@ -263,7 +281,10 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     // 3. dX = dA @ Wx^T, and the [X | H_prev] rows, split by rows.
     int64_t r0, r1;
     team.split(R, 8, r0, r1);
-    if (r1 > r0) {
+    if constexpr (std::is_same<T, float>::value) {
+      if (packed && r1 > r0) gemm_packed_b(r1 - r0, D, G, dA + r0 * G, G, WxTp, dxs + r0 * D, D);
+    }
+    if (!packed && r1 > r0) {
       gemm(false, true, int(r1 - r0), int(D), int(G), T(1), dA + r0 * G, int(G), Wx, int(G), T(0),
            dxs + r0 * D, int(D));
     }
@@ -278,11 +299,17 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     team.barrier();  // XH complete
     // 4. [dWx; dWh] = [X | H_prev]^T dA in one GEMM, split by output columns; 5. db = column
     //    sums of dA, rows added in order (deterministic).
-    int64_t c0_, c1_;
-    team.split(G, kSliceAlign, c0_, c1_);
     if (c1_ > c0_) {
-      gemm(true, false, int(DH), int(c1_ - c0_), int(R), T(1), XH, int(DH), dA + c0_, int(G), T(0),
-           dW + c0_, int(G));
+      if constexpr (std::is_same<T, float>::value) {
+        if (packed) {
+          pack_b_rows(R, c1_ - c0_, dA + c0_, G, dAp);
+          gemm_at_packed_b(DH, c1_ - c0_, R, XH, DH, dAp, dW + c0_, G);
+        }
+      }
+      if (!packed) {
+        gemm(true, false, int(DH), int(c1_ - c0_), int(R), T(1), XH, int(DH), dA + c0_, int(G),
+             T(0), dW + c0_, int(G));
+      }
       for (int64_t j = c0_; j < c1_; ++j) db[j] = T(0);
       for (int64_t r = 0; r < R; ++r) {
         const T* da = dA + r * G;
