@@ -81,6 +81,13 @@ class _Progress:
             if postfix:
                 self.bar.set_postfix(**postfix, refresh=False)
 
+    def write(self, msg, log):
+        """Print above the bar (tqdm.write) when the log is plain print, else through log."""
+        if self.bar is not None and log is print:
+            self.bar.write(msg)
+        else:
+            log(msg)
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
@@ -187,8 +194,8 @@ class RnnlmTrainer:
                     bar.update(1, loss=f"{loss:.3f}")
                     if eval_interval and it % eval_interval == 0:
                         ppl = math.exp(self.loss_sum / self.loss_count)
-                        self.log(f"| epoch {epoch + 1} |  iter {it + 1} / {max_iters} | time "
-                                 f"{int(time.time() - start)}[s] | perplexity {ppl:.2f}")
+                        bar.write(f"| epoch {epoch + 1} |  iter {it + 1} / {max_iters} | time "
+                                  f"{int(time.time() - start)}[s] | perplexity {ppl:.2f}", self.log)
                         self.ppl_list.append(float(ppl))
                         self.loss_sum, self.loss_count = 0.0, 0
             finally:
