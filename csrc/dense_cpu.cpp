@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "blas.h"
+#include "gemm_small_m.h"
 #include "lstm_cell.h"
 #include "pylstm.h"
 #include "threads.h"
@@ -20,29 +22,53 @@ constexpr int64_t kColAlign = 16;
 constexpr int64_t kRowAlign = 8;
 }  // namespace
 
+namespace {
+
+// One thread's block of C = op(A) op(B) on the packed-weight kernel (float32, AVX-512): its
+// columns [c0, c1) and rows [r0, r1) of C; B's block is packed into thread-local panels first
+// (the Affine layers' weights change every step, so they are packed per call; the packing is
+// one pass over the block, against K passes of the multiply).
+void packed_block(bool trans_a, bool trans_b, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                  int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                  int64_t ldc) {
+  thread_local std::vector<float> buf;
+  const int64_t n = c1 - c0;
+  const size_t need = size_t(packed_b_size(K, n));
+  if (buf.size() < need) buf.resize(need);
+  if (trans_b) pack_b(K, n, [&](int64_t j) { return B + (c0 + j) * ldb; }, 1, buf.data());
+  else pack_b_rows(K, n, B + c0, ldb, buf.data());
+  if (trans_a) gemm_at_packed_b(r1 - r0, n, K, A + r0, lda, buf.data(), C + r0 * ldc + c0, ldc);
+  else gemm_packed_b(r1 - r0, n, K, A + r0 * lda, lda, buf.data(), C + r0 * ldc + c0, ldc);
+}
+
+}  // namespace
+
 template <class T>
 void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   int nt = get_num_threads();
   if (M * N * K < (int64_t(1) << 18)) nt = 1;  // too small to split
-  // Split the output along its longer side (each thread then keeps a wide block for the BLAS
-  // micro-kernel); each thread runs a single-threaded BLAS call on its block.
+  // float32 with beta = 0 runs on the packed-weight kernel (gemm_small_m.h says why); the rest
+  // on BLAS. Split the output along its longer side, so each thread keeps a wide block.
+  const bool packed = std::is_same<T, float>::value && beta == T(0) && small_m_kernel_enabled();
   const bool by_cols = N >= M;
   parallel_run(nt, [&](const Team& team) {
     int64_t lo, hi;
-    if (by_cols) {
-      team.split(N, kColAlign, lo, hi);
-      if (hi <= lo) return;
-      const T* Bp = trans_b ? B + lo * ldb : B + lo;
-      gemm(trans_a, trans_b, int(M), int(hi - lo), int(K), T(1), A, int(lda), Bp, int(ldb), beta,
-           C + lo, int(ldc));
-    } else {
-      team.split(M, kRowAlign, lo, hi);
-      if (hi <= lo) return;
-      const T* Ap = trans_a ? A + lo : A + lo * lda;
-      gemm(trans_a, trans_b, int(hi - lo), int(N), int(K), T(1), Ap, int(lda), B, int(ldb), beta,
-           C + lo * ldc, int(ldc));
+    if (by_cols) team.split(N, kColAlign, lo, hi);
+    else team.split(M, kRowAlign, lo, hi);
+    if (hi <= lo) return;
+    const int64_t r0 = by_cols ? 0 : lo, r1 = by_cols ? M : hi;
+    const int64_t c0 = by_cols ? lo : 0, c1 = by_cols ? hi : N;
+    if constexpr (std::is_same<T, float>::value) {
+      if (packed) {
+        packed_block(trans_a, trans_b, r0, r1, c0, c1, K, A, lda, B, ldb, C, ldc);
+        return;
+      }
     }
+    const T* Ap = trans_a ? A + r0 : A + r0 * lda;
+    const T* Bp = trans_b ? B + c0 * ldb : B + c0;
+    gemm(trans_a, trans_b, int(r1 - r0), int(c1 - c0), int(K), T(1), Ap, int(lda), Bp, int(ldb),
+         beta, C + r0 * ldc + c0, int(ldc));
   });
 }
 
