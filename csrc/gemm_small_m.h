@@ -32,14 +32,15 @@ void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
   const int64_t panels = (N + 15) / 16;
   for (int64_t p = 0; p < panels; ++p) {
     float* dst = out + p * K * 16;
-    for (int c = 0; c < 16; ++c) {
-      const int64_t n = p * 16 + c;
-      if (n < N) {
-        const float* src = col(n);
-        for (int64_t k = 0; k < K; ++k) dst[k * 16 + c] = src[k * row_stride];
-      } else {
-        for (int64_t k = 0; k < K; ++k) dst[k * 16 + c] = 0.0f;
-      }
+    const float* src[16];
+    int w = 0;
+    for (; w < 16 && p * 16 + w < N; ++w) src[w] = col(p * 16 + w);
+    // k outer: consecutive k reuse the cache lines of the previous one in either layout
+    // (row_stride 1: 16 source rows read in step; row_stride > 1: one source row per k).
+    for (int64_t k = 0; k < K; ++k) {
+      float* d = dst + k * 16;
+      for (int c = 0; c < w; ++c) d[c] = src[c][k * row_stride];
+      for (int c = w; c < 16; ++c) d[c] = 0.0f;
     }
   }
 }
