@@ -168,8 +168,13 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2):
             if c.name == "pylstm-numpy" and r > min(repeats, 3):
                 continue  # the reference is slow; 3 timed rounds are plenty
             # Let the previous candidate's thread pool (OpenMP, OpenBLAS) go idle first: a pool
-            # still spinning on these 2 cores would slow whoever runs next.
+            # still spinning on these 2 cores would slow whoever runs next. Then one untimed step
+            # of this candidate, so that its own threads (and the idle vCPUs of a VM, which can
+            # take milliseconds to wake) are running again: the timed step is a steady-state one,
+            # as in a training loop.
             time.sleep(settle)
+            c.forward()
+            c.backward()
             tf = _timeit(c.forward)
             tb = _timeit(c.backward)
             ti = _timeit(c.inference)
