@@ -18,6 +18,7 @@
 
 #include "gemm_small_m.h"
 #include "lstm_cell.h"
+#include "bind_common.h"
 #include "pylstm.h"
 
 namespace py = pybind11;
@@ -25,261 +26,23 @@ namespace py = pybind11;
 namespace pylstm {
 namespace {
 
-std::string shape_str(const py::array& a) {
-  std::ostringstream os;
-  os << "(";
-  for (py::ssize_t k = 0; k < a.ndim(); ++k) os << (k ? ", " : "") << a.shape(k);
-  os << (a.ndim() == 1 ? ",)" : ")");
-  return os.str();
-}
+using namespace bind;  // NOLINT: the shared checking helpers
 
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-// Returns obj as an ndarray, or raises TypeError naming the argument.
-py::array as_array(const py::handle& obj, const char* name) {
-  if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
-                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+// The CPU kernels for the shared LSTM entry points of bind_common.h.
+struct CpuKernels {
+  static int64_t forward_workspace(const LstmShape& s, bool save) {
+    return lstm_forward_workspace_size(s, save);
   }
-  return py::reinterpret_borrow<py::array>(obj);
-}
-
-bool is_float_dtype(const py::array& a, int itemsize) {
-  const py::dtype dt = a.dtype();
-  const char bo = dt.byteorder();
-  return dt.kind() == 'f' && dt.itemsize() == itemsize && (bo == '=' || bo == '|' ||
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-                                                            bo == '<'
-#else
-                                                            bo == '>'
-#endif
-                                                           );
-}
-
-// Full check of one array argument: dtype (the reference dtype's itemsize), rank, each extent
-// (-1 = any), C-contiguity, and writability when the kernel writes into it.
-void check_array(const py::array& a, const char* name, int itemsize,
-                 std::initializer_list<int64_t> shape, bool writable = false,
-                 const char* dtype_owner = "xs") {
-  if (!is_float_dtype(a, itemsize)) {
-    std::string want = itemsize == 4 ? "float32" : "float64";
-    throw py::type_error(std::string(name) + " must have dtype " + want + " (the dtype of " +
-                         dtype_owner + "), got " + dtype_str(a));
+  static int64_t backward_workspace(const LstmShape& s) { return lstm_backward_workspace_size(s); }
+  template <class T, class... A>
+  static void forward(A... a) {
+    lstm_forward_cpu<T>(a...);
   }
-  if (a.ndim() != py::ssize_t(shape.size())) {
-    throw py::value_error(std::string(name) + " must have rank " + std::to_string(shape.size()) +
-                          ", got rank " + std::to_string(a.ndim()) + " with shape " +
-                          shape_str(a));
+  template <class T, class... A>
+  static void backward(A... a) {
+    lstm_backward_cpu<T>(a...);
   }
-  std::ostringstream want;
-  want << "(";
-  bool ok = true;
-  int k = 0;
-  for (int64_t e : shape) {
-    want << (k ? ", " : "") << e;
-    if (e >= 0 && a.shape(k) != e) ok = false;
-    ++k;
-  }
-  want << (shape.size() == 1 ? ",)" : ")");
-  if (!ok) {
-    throw py::value_error(std::string(name) + " must have shape " + want.str() + ", got " +
-                          shape_str(a));
-  }
-  if (!(a.flags() & py::array::c_style)) {
-    throw py::value_error(std::string(name) +
-                          " must be C-contiguous (use numpy.ascontiguousarray), got strides " +
-                          py::str(a.attr("strides")).cast<std::string>());
-  }
-  if (writable && !a.writeable()) {
-    throw py::value_error(std::string(name) + " must be writable, got a read-only array");
-  }
-}
-
-void check_array_shape_only(const py::array& a, const char* name, std::initializer_list<int64_t> shape) {
-  if (a.ndim() != py::ssize_t(shape.size())) {
-    throw py::value_error(std::string(name) + " must have rank " + std::to_string(shape.size()) +
-                          ", got shape " + shape_str(a));
-  }
-  int k = 0;
-  for (int64_t e : shape) {
-    if (e >= 0 && a.shape(k) != e) {
-      throw py::value_error(std::string(name) + " must have " + std::to_string(e) +
-                            " elements along axis " + std::to_string(k) + ", got shape " +
-                            shape_str(a));
-    }
-    ++k;
-  }
-  if (!(a.flags() & py::array::c_style)) {
-    throw py::value_error(std::string(name) + " must be C-contiguous");
-  }
-}
-
-int float_itemsize(const py::array& a, const char* name) {
-  if (is_float_dtype(a, 4)) return 4;
-  if (is_float_dtype(a, 8)) return 8;
-  throw py::type_error(std::string(name) + " must have dtype float32 or float64, got " +
-                       dtype_str(a));
-}
-
-template <class T>
-const T* cptr(const py::object& o) {
-  return o.is_none() ? nullptr : static_cast<const T*>(py::reinterpret_borrow<py::array>(o).data());
-}
-
-template <class T>
-T* mptr(py::array& a) {
-  return static_cast<T*>(a.mutable_data());
-}
-
-template <class T>
-py::array empty(std::vector<py::ssize_t> shape) {
-  return py::array_t<T>(shape);
-}
-
-// Scratch memory for the kernels, kept per calling thread between calls and only grown: a
-// fresh multi-megabyte allocation per call costs its page faults every time (measured: ~25 ms
-// of an 85 ms backward at N,T,D,H = 64,100,256,256). Stays allocated until the thread exits.
-template <class T>
-T* cached_workspace(int64_t n) {
-  thread_local std::vector<T> buf;
-  if (int64_t(buf.size()) < n) {
-    std::vector<T>().swap(buf);  // free the old block before allocating the larger one
-    buf.resize(size_t(n));
-  }
-  return buf.data();
-}
-
-// Sizes of an LSTM call, read from xs and Wh and checked for consistency.
-struct Dims {
-  LstmShape s;
-  int itemsize;
 };
-
-void check_positive(int64_t v, const char* what, const char* name, const py::array& a) {
-  if (v < 1) {
-    throw py::value_error(std::string(name) + ": " + what + " must be >= 1, got shape " +
-                          shape_str(a));
-  }
-}
-
-Dims read_dims(const py::object& xs_o, const py::object& Wx_o, const py::object& Wh_o,
-               const py::object& b_o, const py::object& h0_o, const py::object& c0_o) {
-  py::array xs = as_array(xs_o, "xs");
-  const int is = float_itemsize(xs, "xs");
-  if (xs.ndim() != 3) {
-    throw py::value_error("xs must have rank 3 (N, T, D), got rank " + std::to_string(xs.ndim()) +
-                          " with shape " + shape_str(xs));
-  }
-  py::array Wh = as_array(Wh_o, "Wh");
-  if (Wh.ndim() != 2) {
-    throw py::value_error("Wh must have rank 2 (H, 4H), got rank " + std::to_string(Wh.ndim()) +
-                          " with shape " + shape_str(Wh));
-  }
-  Dims d{{xs.shape(0), xs.shape(1), xs.shape(2), Wh.shape(0)}, is};
-  check_positive(d.s.N, "N (batch size)", "xs", xs);
-  check_positive(d.s.T, "T (time steps)", "xs", xs);
-  check_positive(d.s.D, "D (input size)", "xs", xs);
-  check_positive(d.s.H, "H (hidden size)", "Wh", Wh);
-  const int64_t N = d.s.N, T = d.s.T, D = d.s.D, H = d.s.H;
-  check_array(xs, "xs", is, {N, T, D});
-  check_array(Wh, "Wh", is, {H, 4 * H});
-  check_array(as_array(Wx_o, "Wx"), "Wx", is, {D, 4 * H});
-  check_array(as_array(b_o, "b"), "b", is, {4 * H});
-  if (!h0_o.is_none()) check_array(as_array(h0_o, "h0"), "h0", is, {N, H});
-  if (!c0_o.is_none()) check_array(as_array(c0_o, "c0"), "c0", is, {N, H});
-  // BLAS takes 32-bit sizes and leading dimensions.
-  const int64_t biggest = N * T * std::max(4 * H, D + H);
-  if (biggest > INT_MAX || T * 4 * H > INT_MAX) {
-    throw py::value_error("xs: N*T*max(4H, D+H) = " + std::to_string(biggest) +
-                          " is too large for 32-bit BLAS indexing");
-  }
-  return d;
-}
-
-template <class T>
-py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx,
-                       const py::object& Wh, const py::object& b, const py::object& h0,
-                       const py::object& c0, bool save) {
-  const auto& s = d.s;
-  py::array hs = empty<T>({s.N, s.T, s.H});
-  py::array hT = empty<T>({s.N, s.H});
-  py::array cT = empty<T>({s.N, s.H});
-  py::object gates = py::none(), cs = py::none();
-  T* g_ptr = nullptr;
-  T* cs_ptr = nullptr;
-  if (save) {
-    py::array g = empty<T>({s.N, s.T, 4 * s.H});
-    py::array c = empty<T>({s.N, s.T, s.H});
-    g_ptr = mptr<T>(g);
-    cs_ptr = mptr<T>(c);
-    gates = g;
-    cs = c;
-  }
-  T* work = cached_workspace<T>(lstm_forward_workspace_size(s, save) + 1);
-  const T *xs_p = cptr<T>(xs), *Wx_p = cptr<T>(Wx), *Wh_p = cptr<T>(Wh), *b_p = cptr<T>(b),
-          *h0_p = cptr<T>(h0), *c0_p = cptr<T>(c0);
-  T *hs_p = mptr<T>(hs), *hT_p = mptr<T>(hT), *cT_p = mptr<T>(cT);
-  {
-    py::gil_scoped_release nogil;
-    lstm_forward_cpu<T>(s, xs_p, h0_p, c0_p, Wx_p, Wh_p, b_p, hs_p, hT_p, cT_p, g_ptr, cs_ptr,
-                        work);
-  }
-  return py::make_tuple(hs, hT, cT, gates, cs);
-}
-
-py::tuple lstm_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
-                       const py::object& b, const py::object& h0, const py::object& c0,
-                       bool save_for_backward) {
-  const Dims d = read_dims(xs, Wx, Wh, b, h0, c0);
-  if (d.itemsize == 4) return forward_impl<float>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
-  return forward_impl<double>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
-}
-
-template <class T>
-py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h0,
-                        const py::object& c0, const py::object& Wx, const py::object& Wh,
-                        const py::object& hs, const py::object& gates, const py::object& cs,
-                        const py::object& dhs, const py::object& dhT, const py::object& dcT) {
-  const auto& s = d.s;
-  py::array dxs = empty<T>({s.N, s.T, s.D});
-  py::array dh0 = empty<T>({s.N, s.H});
-  py::array dc0 = empty<T>({s.N, s.H});
-  py::array dW = empty<T>({s.D + s.H, 4 * s.H});
-  py::array db = empty<T>({4 * s.H});
-  T* work = cached_workspace<T>(lstm_backward_workspace_size(s));
-  const T *xs_p = cptr<T>(xs), *h0_p = cptr<T>(h0), *c0_p = cptr<T>(c0), *Wx_p = cptr<T>(Wx),
-          *Wh_p = cptr<T>(Wh), *hs_p = cptr<T>(hs), *g_p = cptr<T>(gates), *cs_p = cptr<T>(cs),
-          *dhs_p = cptr<T>(dhs), *dhT_p = cptr<T>(dhT), *dcT_p = cptr<T>(dcT);
-  T *dxs_p = mptr<T>(dxs), *dh0_p = mptr<T>(dh0), *dc0_p = mptr<T>(dc0), *dW_p = mptr<T>(dW),
-    *db_p = mptr<T>(db);
-  {
-    py::gil_scoped_release nogil;
-    lstm_backward_cpu<T>(s, xs_p, h0_p, c0_p, Wx_p, Wh_p, hs_p, g_p, cs_p, dhs_p, dhT_p, dcT_p,
-                         dxs_p, dh0_p, dc0_p, dW_p, db_p, work);
-  }
-  // dWx and dWh are C-contiguous views of the merged (D+H, 4H) result.
-  py::object slice = py::module_::import("builtins").attr("slice");
-  py::object dWx = dW[slice(py::none(), s.D, py::none())];
-  py::object dWh = dW[slice(s.D, py::none(), py::none())];
-  return py::make_tuple(dxs, dh0, dc0, dWx, dWh, db);
-}
-
-py::tuple lstm_backward(const py::object& xs, const py::object& h0, const py::object& c0,
-                        const py::object& Wx, const py::object& Wh, const py::object& b,
-                        const py::object& hs, const py::object& gates, const py::object& cs,
-                        const py::object& dhs, const py::object& dhT, const py::object& dcT) {
-  const Dims d = read_dims(xs, Wx, Wh, b, h0, c0);
-  const auto& s = d.s;
-  const int is = d.itemsize;
-  check_array(as_array(hs, "hs"), "hs", is, {s.N, s.T, s.H});
-  check_array(as_array(gates, "gates"), "gates", is, {s.N, s.T, 4 * s.H});
-  check_array(as_array(cs, "cs"), "cs", is, {s.N, s.T, s.H});
-  check_array(as_array(dhs, "dhs"), "dhs", is, {s.N, s.T, s.H});
-  if (!dhT.is_none()) check_array(as_array(dhT, "dhT"), "dhT", is, {s.N, s.H});
-  if (!dcT.is_none()) check_array(as_array(dcT, "dcT"), "dcT", is, {s.N, s.H});
-  if (is == 4) return backward_impl<float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
-  return backward_impl<double>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
-}
 
 // Checks a gradient list: a list/tuple of writable (when scaling) C-contiguous arrays of one
 // float dtype. Returns the itemsize (0 for an empty list).
@@ -514,11 +277,11 @@ py::tuple softmax_xent(const py::object& scores_o, const py::object& labels_o, i
 PYBIND11_MODULE(_cpu, m) {
   using namespace pylstm;
   m.doc() = "pylstm CPU kernels (private: use the functions in pylstm)";
-  m.def("lstm_forward", &lstm_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
+  m.def("lstm_forward", &lstm_forward<CpuKernels>, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
         py::arg("h0").none(true), py::arg("c0").none(true), py::arg("save_for_backward"),
         "Fused LSTM forward. Returns (hs, hT, cT, gates, cs); gates and cs are None when "
         "save_for_backward is False.");
-  m.def("lstm_backward", &lstm_backward, py::arg("xs"), py::arg("h0").none(true),
+  m.def("lstm_backward", &lstm_backward<CpuKernels>, py::arg("xs"), py::arg("h0").none(true),
         py::arg("c0").none(true), py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"),
         py::arg("gates"), py::arg("cs"), py::arg("dhs"), py::arg("dhT").none(true),
         py::arg("dcT").none(true), "Fused LSTM backward. Returns (dxs, dh0, dc0, dWx, dWh, db).");

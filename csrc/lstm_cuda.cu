@@ -1,0 +1,202 @@
+// The LSTM sequence kernels and global-norm clipping for the GPU (issue 4), written once for two
+// builds: nvcc (the CUDA module; GEMMs through cuBLAS) and the emulation build, which compiles
+// this file as host C++ against cuda_emu.h (GEMMs through CPU BLAS) so that every commit runs
+// it against the NumPy reference without a GPU. Structure as DESIGN.md: one input-projection
+// GEMM, per step one recurrent GEMM and one pointwise launch; backward one pointwise launch and
+// one GEMM per step, then dX and the merged [dWx; dWh] GEMMs and db as a per-column sum.
+// The functions run on the caller's stream, allocate nothing (the caller passes outputs and
+// scratch) and never synchronize the host. Every thread's work is independent of the others in
+// its launch (no shared memory, no __syncthreads), which the emulation requires.
+#include "cuda_emu.h"
+#include "lstm_cell.h"
+#include "lstm_cuda.h"
+
+#if !defined(__CUDACC__)
+#include "blas.h"
+#endif
+
+namespace pylstm {
+
+namespace {
+
+constexpr unsigned kBlock = 256;
+
+inline unsigned blocks_for(int64_t n) { return unsigned((n + kBlock - 1) / kBlock); }
+
+// Row-major C = alpha op(A) op(B) + beta C on the context's stream.
+template <class T>
+void dev_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha,
+              const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+#if defined(__CUDACC__)
+  gpu_gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);  // cuBLAS (lstm_cuda.h)
+#else
+  (void)ctx;
+  gemm(ta, tb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+#endif
+}
+
+// One thread per (n, j): activations, c and h for step t. A_t rows at stride T*4H.
+template <class T>
+__global__ void lstm_fwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
+                                          const T* c_prev, int64_t cp_ld, T* c_out, int64_t c_ld,
+                                          T* h_out, bool save) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= N * H) return;
+  const int64_t n = idx / H, j = idx % H;
+  T* a = A_t + n * Tn * 4 * H;
+  T f, g, i, o, c, h;
+  lstm_cell_forward(a[j] + b[j], a[H + j] + b[H + j], a[2 * H + j] + b[2 * H + j],
+                    a[3 * H + j] + b[3 * H + j], c_prev ? c_prev[n * cp_ld + j] : T(0), f, g, i,
+                    o, c, h);
+  if (save) {
+    a[j] = f;
+    a[H + j] = g;
+    a[2 * H + j] = i;
+    a[3 * H + j] = o;
+  }
+  c_out[n * c_ld + j] = c;
+  h_out[n * Tn * H + j] = h;
+}
+
+// One thread per (n, j): dA_t and dc_{t-1} from dh_t = dhs[:, t] + carried dh.
+template <class T>
+__global__ void lstm_bwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t,
+                                          const T* gates, const T* cs, const T* c0, const T* dhs,
+                                          const T* dh_carry, T* dc_carry, T* dA) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= N * H) return;
+  const int64_t n = idx / H, j = idx % H, row = n * Tn + t, G = 4 * H;
+  const T* gt = gates + row * G;
+  const T cp = t > 0 ? cs[(row - 1) * H + j] : (c0 ? c0[n * H + j] : T(0));
+  T daf, dag, dai, dao, dcp;
+  lstm_cell_backward(gt[j], gt[H + j], gt[2 * H + j], gt[3 * H + j], cs[row * H + j], cp,
+                     dhs[row * H + j] + dh_carry[n * H + j], dc_carry[n * H + j], daf, dag, dai,
+                     dao, dcp);
+  T* da = dA + row * G;
+  da[j] = daf;
+  da[H + j] = dag;
+  da[2 * H + j] = dai;
+  da[3 * H + j] = dao;
+  dc_carry[n * H + j] = dcp;
+}
+
+// dst[n, :] = src[n, :] for N rows of H (strided source), or zeros when src is null.
+template <class T>
+__global__ void copy_rows_kernel(int64_t N, int64_t H, const T* src, int64_t src_ld, T* dst) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= N * H) return;
+  const int64_t n = idx / H, j = idx % H;
+  dst[idx] = src ? src[n * src_ld + j] : T(0);
+}
+
+// XH[r] = [x_r | h_{t-1}] for every row r = n*T + t (one thread per element).
+template <class T>
+__global__ void build_xh_kernel(int64_t R, int64_t Tn, int64_t D, int64_t H, const T* xs,
+                                const T* hs, const T* h0, T* XH) {
+  const int64_t DH = D + H;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= R * DH) return;
+  const int64_t r = idx / DH, k = idx % DH;
+  T v;
+  if (k < D) {
+    v = xs[r * D + k];
+  } else {
+    const int64_t n = r / Tn, t = r % Tn, j = k - D;
+    v = t > 0 ? hs[(r - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+  }
+  XH[idx] = v;
+}
+
+// db[j] = sum over rows of dA[:, j], rows added in order (one thread per column: deterministic).
+template <class T>
+__global__ void column_sum_kernel(int64_t R, int64_t G, const T* dA, T* db) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= G) return;
+  T acc = T(0);
+  for (int64_t r = 0; r < R; ++r) acc += dA[r * G + j];
+  db[j] = acc;
+}
+
+}  // namespace
+
+int64_t lstm_forward_workspace_size_cuda(const LstmShape& s, bool save_for_backward) {
+  return save_for_backward ? 0 : s.N * s.T * 4 * s.H + s.N * s.H;
+}
+
+int64_t lstm_backward_workspace_size_cuda(const LstmShape& s) {
+  return s.N * s.T * 4 * s.H + s.N * s.T * (s.D + s.H);
+}
+
+template <class T>
+void lstm_forward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
+                       const T* c0, const T* Wx, const T* Wh, const T* b, T* hs, T* hT, T* cT,
+                       T* gates, T* cs, T* work) {
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = 4 * H;
+  const bool save = gates != nullptr;
+  T* A = save ? gates : work;
+  T* c_run = save ? nullptr : work + N * Tn * G;
+  cudaStream_t st = ctx.stream;
+  if (!save) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, c0, H, c_run);
+  dev_gemm<T>(ctx, false, false, N * Tn, G, D, T(1), xs, D, Wx, G, T(0), A, G);
+  for (int64_t t = 0; t < Tn; ++t) {
+    T* A_t = A + t * G;
+    const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
+    const int64_t ld_h = t > 0 ? Tn * H : H;
+    if (h_prev) dev_gemm<T>(ctx, false, false, N, G, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * G);
+    const T* cp;
+    int64_t cp_ld, c_ld;
+    T* c_out;
+    if (save) {
+      c_out = cs + t * H;
+      c_ld = Tn * H;
+      cp = t > 0 ? cs + (t - 1) * H : c0;
+      cp_ld = t > 0 ? Tn * H : H;
+    } else {
+      c_out = c_run;
+      c_ld = H;
+      cp = c_run;
+      cp_ld = H;
+    }
+    PYLSTM_LAUNCH(lstm_fwd_pointwise_kernel<T>, blocks_for(N * H), kBlock, st, N, H, Tn, A_t, b, cp,
+                  cp_ld, c_out, c_ld, hs + t * H, save);
+  }
+  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, hs + (Tn - 1) * H, Tn * H, hT);
+  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H,
+                save ? cs + (Tn - 1) * H : c_run, save ? Tn * H : H, cT);
+}
+
+template <class T>
+void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
+                        const T* c0, const T* Wx, const T* Wh, const T* hs, const T* gates,
+                        const T* cs, const T* dhs, const T* dhT, const T* dcT, T* dxs, T* dh0,
+                        T* dc0, T* dW, T* db, T* work) {
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = 4 * H, R = N * Tn;
+  T* dA = work;
+  T* XH = work + R * G;
+  cudaStream_t st = ctx.stream;
+  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, dhT, H, dh0);
+  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, dcT, H, dc0);
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    PYLSTM_LAUNCH(lstm_bwd_pointwise_kernel<T>, blocks_for(N * H), kBlock, st, N, H, Tn, t, gates, cs,
+                  c0, dhs, dh0, dc0, dA);
+    dev_gemm<T>(ctx, false, true, N, H, G, T(1), dA + t * G, Tn * G, Wh, G, T(0), dh0, H);
+  }
+  dev_gemm<T>(ctx, false, true, R, D, G, T(1), dA, G, Wx, G, T(0), dxs, D);
+  PYLSTM_LAUNCH(build_xh_kernel<T>, blocks_for(R * (D + H)), kBlock, st, R, Tn, D, H, xs, hs, h0, XH);
+  dev_gemm<T>(ctx, true, false, D + H, G, R, T(1), XH, D + H, dA, G, T(0), dW, G);
+  PYLSTM_LAUNCH(column_sum_kernel<T>, blocks_for(G), kBlock, st, R, G, dA, db);
+}
+
+#define PYLSTM_INSTANTIATE_CUDA(T)                                                               \
+  template void lstm_forward_cuda<T>(const GpuContext&, const LstmShape&, const T*, const T*,   \
+                                     const T*, const T*, const T*, const T*, T*, T*, T*, T*, T*, \
+                                     T*);                                                        \
+  template void lstm_backward_cuda<T>(const GpuContext&, const LstmShape&, const T*, const T*,  \
+                                      const T*, const T*, const T*, const T*, const T*,         \
+                                      const T*, const T*, const T*, const T*, T*, T*, T*, T*,   \
+                                      T*, T*);
+PYLSTM_INSTANTIATE_CUDA(float)
+PYLSTM_INSTANTIATE_CUDA(double)
+#undef PYLSTM_INSTANTIATE_CUDA
+
+}  // namespace pylstm

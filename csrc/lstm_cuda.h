@@ -1,0 +1,44 @@
+// The GPU sequence kernels' API (lstm_cuda.cu), the CUDA counterpart of pylstm.h. Pointers are
+// device memory in the CUDA build and host memory in the emulation build (cuda_emu.h); arguments
+// are as for lstm_forward_cpu / lstm_backward_cpu in pylstm.h, plus the context.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda_emu.h"
+#include "pylstm.h"
+
+namespace pylstm {
+
+// Where a call runs: the caller's stream and the cuBLAS handle cached for its device (unused in
+// the emulation build).
+struct GpuContext {
+  cudaStream_t stream = nullptr;
+  void* blas_handle = nullptr;
+};
+
+int64_t lstm_forward_workspace_size_cuda(const LstmShape& s, bool save_for_backward);
+int64_t lstm_backward_workspace_size_cuda(const LstmShape& s);
+
+template <class T>
+void lstm_forward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
+                       const T* c0, const T* Wx, const T* Wh, const T* b, T* hs, T* hT, T* cT,
+                       T* gates, T* cs, T* work);
+
+template <class T>
+void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
+                        const T* c0, const T* Wx, const T* Wh, const T* hs, const T* gates,
+                        const T* cs, const T* dhs, const T* dhT, const T* dcT, T* dxs, T* dh0,
+                        T* dc0, T* dW, T* db, T* work);
+
+#if defined(__CUDACC__)
+// Row-major GEMM through cuBLAS on ctx's stream (defined with the CUDA module's cuBLAS glue).
+void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+              float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+              float* C, int64_t ldc);
+void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+              double alpha, const double* A, int64_t lda, const double* B, int64_t ldb,
+              double beta, double* C, int64_t ldc);
+#endif
+
+}  // namespace pylstm
