@@ -37,6 +37,12 @@ except ImportError as exc:  # a broken or missing build: say why when the backen
     cpu_error = exc
 
 
+try:  # the CUDA sources run on the CPU through the emulation shim: a test-only backend
+    from . import _cuda_emu as cuda_emu
+except ImportError:
+    cuda_emu = None
+
+
 def default_num_threads() -> int:
     """Thread count from PYLSTM_NUM_THREADS, OMP_NUM_THREADS or OPENBLAS_NUM_THREADS (first set
     wins), else the number of CPUs this process may run on."""

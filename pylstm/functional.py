@@ -57,6 +57,8 @@ def get_num_threads() -> int:
 
 
 def _resolve_backend(backend: str) -> str:
+    if backend == "cuda-emu" and _backend.cuda_emu is not None:
+        return backend  # test-only: the CUDA sources emulated on the CPU (LSTM functions only)
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -64,6 +66,10 @@ def _resolve_backend(backend: str) -> str:
     if backend == "cpu":
         _backend.require_cpu()
     return backend
+
+
+def _lstm_module(name: str):
+    return _backend.cuda_emu if name == "cuda-emu" else _backend.cpu
 
 
 def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str = "xs"):
@@ -151,7 +157,7 @@ def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     if name == "numpy":
         hs, hT, cT, rc = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
         return hs, hT, cT, LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, rc.gates, rc.cs)
-    hs, hT, cT, gates, cs = _backend.cpu.lstm_forward(xs, Wx, Wh, b, h0, c0, True)
+    hs, hT, cT, gates, cs = _lstm_module(name).lstm_forward(xs, Wx, Wh, b, h0, c0, True)
     return hs, hT, cT, LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, gates, cs)
 
 
@@ -167,7 +173,7 @@ def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     if name == "numpy":
         hs, hT, cT, _ = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
         return hs, hT, cT
-    hs, hT, cT, _, _ = _backend.cpu.lstm_forward(xs, Wx, Wh, b, h0, c0, False)
+    hs, hT, cT, _, _ = _lstm_module(name).lstm_forward(xs, Wx, Wh, b, h0, c0, False)
     return hs, hT, cT
 
 
@@ -202,7 +208,7 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
             cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs,
         )
         return ref.lstm_backward_ref(dhs, rc, dhT, dcT)
-    return _backend.cpu.lstm_backward(
+    return _lstm_module(cache.backend).lstm_backward(
         cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
         cache.cs, dhs, dhT, dcT,
     )

@@ -73,9 +73,15 @@ def _call_binding(a, backend):
     return _backend.cpu.lstm_forward(a["xs"], a["Wx"], a["Wh"], a["b"], a["h0"], a["c0"], True)
 
 
+def _call_emu_binding(a, backend):
+    return _backend.cuda_emu.lstm_forward(a["xs"], a["Wx"], a["Wh"], a["b"], a["h0"], a["c0"], True)
+
+
 CALLERS = [(f, b) for f in (_call_public, _call_inference) for b in pylstm.available_backends()]
 if _backend.cpu is not None:
     CALLERS.append((_call_binding, "cpu"))
+if _backend.cuda_emu is not None:
+    CALLERS.append((_call_emu_binding, "cuda-emu"))
 
 
 @pytest.mark.parametrize("caller,backend", CALLERS, ids=lambda x: getattr(x, "__name__", x))

@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 
 import pylstm
+from pylstm import _backend
 from pylstm import reference as ref
 
 from helpers import SHAPES, assert_close, make_lstm_inputs, max_rel_error
 
 KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
+# The CUDA sources, run on the CPU through the emulation shim (csrc/cuda_emu.h).
+if _backend.cuda_emu is not None:
+    KERNEL_BACKENDS.append("cuda-emu")
 NAMES_FWD = ("hs", "hT", "cT")
 NAMES_BWD = ("dxs", "dh0", "dc0", "dWx", "dWh", "db")
 
