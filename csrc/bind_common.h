@@ -21,6 +21,15 @@ namespace bind {
 
 namespace py = pybind11;
 
+// Scratch sizes, the same for every kernel family; a Kernels type K derives from this and adds
+// static forward<T>(...) / backward<T>(...) with the arguments of pylstm.h.
+struct KernelsBase {
+  static int64_t forward_workspace(const LstmShape& s, bool save) {
+    return lstm_forward_workspace_size(s, save);
+  }
+  static int64_t backward_workspace(const LstmShape& s) { return lstm_backward_workspace_size(s); }
+};
+
 inline std::string shape_str(const py::array& a) {
   std::ostringstream os;
   os << "(";

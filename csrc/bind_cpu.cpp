@@ -29,11 +29,7 @@ namespace {
 using namespace bind;  // NOLINT: the shared checking helpers
 
 // The CPU kernels for the shared LSTM entry points of bind_common.h.
-struct CpuKernels {
-  static int64_t forward_workspace(const LstmShape& s, bool save) {
-    return lstm_forward_workspace_size(s, save);
-  }
-  static int64_t backward_workspace(const LstmShape& s) { return lstm_backward_workspace_size(s); }
+struct CpuKernels : KernelsBase {
   template <class T, class... A>
   static void forward(A... a) {
     lstm_forward_cpu<T>(a...);

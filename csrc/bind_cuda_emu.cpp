@@ -15,13 +15,7 @@ namespace {
 
 using namespace bind;  // NOLINT: the shared checking helpers
 
-struct EmuKernels {
-  static int64_t forward_workspace(const LstmShape& s, bool save) {
-    return lstm_forward_workspace_size_cuda(s, save);
-  }
-  static int64_t backward_workspace(const LstmShape& s) {
-    return lstm_backward_workspace_size_cuda(s);
-  }
+struct EmuKernels : KernelsBase {
   template <class T, class... A>
   static void forward(A... a) {
     lstm_forward_cuda<T>(GpuContext{}, a...);

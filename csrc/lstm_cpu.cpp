@@ -112,14 +112,6 @@ T* thread_scratch(size_t n) {
 
 }  // namespace
 
-int64_t lstm_forward_workspace_size(const LstmShape& s, bool save_for_backward) {
-  return save_for_backward ? 0 : s.N * s.T * 4 * s.H + s.N * s.H;
-}
-
-int64_t lstm_backward_workspace_size(const LstmShape& s) {
-  return s.N * s.T * 4 * s.H + s.N * s.T * (s.D + s.H);
-}
-
 template <class T>
 void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0, const T* Wx,
                       const T* Wh, const T* b, T* hs, T* hT, T* cT, T* gates, T* cs, T* work) {

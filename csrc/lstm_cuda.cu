@@ -119,14 +119,6 @@ __global__ void column_sum_kernel(int64_t R, int64_t G, const T* dA, T* db) {
 
 }  // namespace
 
-int64_t lstm_forward_workspace_size_cuda(const LstmShape& s, bool save_for_backward) {
-  return save_for_backward ? 0 : s.N * s.T * 4 * s.H + s.N * s.H;
-}
-
-int64_t lstm_backward_workspace_size_cuda(const LstmShape& s) {
-  return s.N * s.T * 4 * s.H + s.N * s.T * (s.D + s.H);
-}
-
 template <class T>
 void lstm_forward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
                        const T* c0, const T* Wx, const T* Wh, const T* b, T* hs, T* hT, T* cT,

@@ -17,8 +17,7 @@ struct GpuContext {
   void* blas_handle = nullptr;
 };
 
-int64_t lstm_forward_workspace_size_cuda(const LstmShape& s, bool save_for_backward);
-int64_t lstm_backward_workspace_size_cuda(const LstmShape& s);
+// Scratch sizes: lstm_forward_workspace_size / lstm_backward_workspace_size of pylstm.h.
 
 template <class T>
 void lstm_forward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,

@@ -20,8 +20,13 @@ struct LstmShape {
 //   forward with saving for backward: none (gates and cs are the saved state);
 //   forward-only: N*T*4H (input projection) + N*H (running c);
 //   backward: N*T*4H (dA) + N*T*(D+H) ([X | H_prev] rows for the merged weight-gradient GEMM).
-int64_t lstm_forward_workspace_size(const LstmShape& s, bool save_for_backward);
-int64_t lstm_backward_workspace_size(const LstmShape& s);
+// The same sizes hold for the CUDA kernels (lstm_cuda.h).
+inline int64_t lstm_forward_workspace_size(const LstmShape& s, bool save_for_backward) {
+  return save_for_backward ? 0 : s.N * s.T * 4 * s.H + s.N * s.H;
+}
+inline int64_t lstm_backward_workspace_size(const LstmShape& s) {
+  return s.N * s.T * 4 * s.H + s.N * s.T * (s.D + s.H);
+}
 
 // Forward pass over the whole sequence.
 //   xs    (N, T, D)  in
