@@ -21,7 +21,6 @@ import json
 import os
 import time
 
-import numpy as np
 
 import pylstm
 from pylstm.datasets import ptb

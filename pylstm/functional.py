@@ -8,7 +8,7 @@ a message that starts with the argument's name. Nothing is cast or copied silent
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -2,7 +2,6 @@
 where files are looked for, offline errors, checksum verification; text corpora."""
 
 import io
-import os
 import urllib.error
 from pathlib import Path
 
