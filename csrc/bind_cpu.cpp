@@ -40,50 +40,6 @@ struct CpuKernels : KernelsBase {
   }
 };
 
-// Checks a gradient list: a list/tuple of writable (when scaling) C-contiguous arrays of one
-// float dtype. Returns the itemsize (0 for an empty list).
-int check_grad_list(const py::object& grads, bool writable) {
-  if (!py::isinstance<py::list>(grads) && !py::isinstance<py::tuple>(grads)) {
-    throw py::type_error("grads must be a list or tuple of numpy arrays, got " +
-                         py::str(py::type::of(grads).attr("__name__")).cast<std::string>());
-  }
-  int is = 0;
-  std::string first_dtype;
-  py::ssize_t k = 0;
-  for (const py::handle& h : grads) {
-    const std::string name = "grads[" + std::to_string(k) + "]";
-    py::array a = as_array(h, name.c_str());
-    const int this_is = float_itemsize(a, name.c_str());
-    if (is == 0) {
-      is = this_is;
-      first_dtype = dtype_str(a);
-    } else if (this_is != is) {
-      throw py::type_error(name + " has dtype " + dtype_str(a) + " but grads[0] has " +
-                           first_dtype + ": all arrays in grads must share one dtype");
-    }
-    if (!(a.flags() & py::array::c_style)) {
-      throw py::value_error(name + " must be C-contiguous, got strides " +
-                            py::str(a.attr("strides")).cast<std::string>());
-    }
-    if (writable && !a.writeable()) {
-      throw py::value_error(name + " must be writable (clipping scales it in place), got a "
-                                   "read-only array");
-    }
-    ++k;
-  }
-  return is;
-}
-
-template <class T>
-std::vector<Span<T>> spans(const py::object& grads) {
-  std::vector<Span<T>> out;
-  for (const py::handle& h : grads) {
-    py::array a = py::reinterpret_borrow<py::array>(h);
-    out.push_back({static_cast<T*>(a.mutable_data()), int64_t(a.size())});
-  }
-  return out;
-}
-
 template <class T>
 double norm_of(const py::object& grads) {
   auto sp = spans<T>(grads);

@@ -5,6 +5,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
 #include "bind_common.h"
 #include "lstm_cuda.h"
 
@@ -26,6 +31,47 @@ struct EmuKernels : KernelsBase {
   }
 };
 
+// Clipping through the CUDA kernels: the chunk table, partials and result live in host memory
+// here (device memory in the CUDA module). Returns the norm; raises on a non-finite one.
+template <class T>
+double clip_emu(const py::object& grads, double max_norm, bool error_if_nonfinite) {
+  std::vector<ClipChunk<T>> table;
+  for (const auto& sp : spans<T>(grads)) {
+    for (int64_t off = 0; off < sp.size; off += kClipChunk) {
+      table.push_back({sp.data + off, std::min<int64_t>(kClipChunk, sp.size - off)});
+    }
+  }
+  std::vector<double> partials(table.size() * kClipThreads + 1), out(3);
+  {
+    py::gil_scoped_release nogil;
+    clip_grads_cuda<T>(GpuContext{}, table.data(), int64_t(table.size()), max_norm,
+                       partials.data(), out.data());
+  }
+  if (out[2] == 0.0 && error_if_nonfinite) {
+    const std::string msg = "grads: the global norm is " + std::to_string(out[0]) +
+                            " (NaN or inf in the gradients); nothing was scaled";
+    PyErr_SetString(PyExc_FloatingPointError, msg.c_str());
+    throw py::error_already_set();
+  }
+  return out[0];
+}
+
+double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfinite) {
+  if (!(max_norm > 0.0) || !std::isfinite(max_norm)) {
+    throw py::value_error("max_norm must be a finite number > 0, got " + std::to_string(max_norm));
+  }
+  const int is = check_grad_list(grads, true);
+  if (is == 0) return 0.0;
+  return is == 4 ? clip_emu<float>(grads, max_norm, error_if_nonfinite)
+                 : clip_emu<double>(grads, max_norm, error_if_nonfinite);
+}
+
+double global_norm(const py::object& grads) {
+  const int is = check_grad_list(grads, false);
+  if (is == 0) return 0.0;
+  return is == 4 ? clip_emu<float>(grads, 0.0, false) : clip_emu<double>(grads, 0.0, false);
+}
+
 }  // namespace
 }  // namespace pylstm
 
@@ -39,4 +85,7 @@ PYBIND11_MODULE(_cuda_emu, m) {
         py::arg("c0").none(true), py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"),
         py::arg("gates"), py::arg("cs"), py::arg("dhs"), py::arg("dhT").none(true),
         py::arg("dcT").none(true));
+  m.def("global_norm", &global_norm, py::arg("grads"));
+  m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"),
+        py::arg("error_if_nonfinite") = true);
 }

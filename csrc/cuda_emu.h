@@ -41,7 +41,7 @@ using cudaStream_t = void*;
 #define PYLSTM_LAUNCH(kernel, grid, block, stream, ...)                                \
   do {                                                                                 \
     (void)(stream);                                                                    \
-    const dim3 g_(grid), b_(block);                                                    \
+    const dim3 g_{grid}, b_{block};                                                    \
     pylstm_emu::gridDim = g_;                                                          \
     pylstm_emu::blockDim = b_;                                                         \
     for (unsigned bz_ = 0; bz_ < g_.z; ++bz_)                                          \

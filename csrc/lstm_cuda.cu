@@ -7,12 +7,15 @@
 // The functions run on the caller's stream, allocate nothing (the caller passes outputs and
 // scratch) and never synchronize the host. Every thread's work is independent of the others in
 // its launch (no shared memory, no __syncthreads), which the emulation requires.
+#include <cmath>
+
 #include "cuda_emu.h"
 #include "lstm_cell.h"
 #include "lstm_cuda.h"
 
 #if !defined(__CUDACC__)
 #include "blas.h"
+using std::sqrt;
 #endif
 
 namespace pylstm {
@@ -178,6 +181,66 @@ void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, 
   dev_gemm<T>(ctx, true, false, D + H, G, R, T(1), XH, D + H, dA, G, T(0), dW, G);
   PYLSTM_LAUNCH(column_sum_kernel<T>, blocks_for(G), kBlock, st, R, G, dA, db);
 }
+
+// --- Global-norm clipping over a list of arrays (multi-tensor) ---------------------------------
+// The arrays are cut into chunks of at most kClipChunk elements (the caller's table). Launch 1:
+// block b sums squares of chunk b, thread t taking elements t, t + blockDim, ... (coalesced)
+// into its own double partial; launch 2: one thread adds the partials in order and decides the
+// rate; launch 3: block b scales chunk b when the rate is finite and below 1. The assignment of
+// elements to partials is fixed, so the norm is the same on every run and device.
+namespace {
+
+template <class T>
+__global__ void norm_partials_kernel(const ClipChunk<T>* table, double* partials) {
+  const ClipChunk<T> c = table[blockIdx.x];
+  double acc = 0.0;
+  for (int64_t i = threadIdx.x; i < c.size; i += blockDim.x) {
+    const double v = double(c.data[i]);
+    acc += v * v;
+  }
+  partials[int64_t(blockIdx.x) * blockDim.x + threadIdx.x] = acc;
+}
+
+__global__ void norm_finalize_kernel(const double* partials, int64_t count, double max_norm,
+                                     double* out) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double total = 0.0;
+  for (int64_t i = 0; i < count; ++i) total += partials[i];
+  total = sqrt(total);
+  const bool finite = total == total && total <= 1.7976931348623157e308;
+  const double rate = max_norm / (total + 1e-6);
+  out[0] = total;
+  out[1] = finite && max_norm > 0.0 && rate < 1.0 ? rate : 1.0;
+  out[2] = finite ? 1.0 : 0.0;
+}
+
+template <class T>
+__global__ void scale_kernel(const ClipChunk<T>* table, const double* out) {
+  const double rate = out[1];
+  if (rate >= 1.0) return;
+  const ClipChunk<T> c = table[blockIdx.x];
+  for (int64_t i = threadIdx.x; i < c.size; i += blockDim.x) c.data[i] = T(double(c.data[i]) * rate);
+}
+
+}  // namespace
+
+template <class T>
+void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* table, int64_t nchunks,
+                     double max_norm, double* partials, double* out) {
+  cudaStream_t st = ctx.stream;
+  if (nchunks == 0) {
+    PYLSTM_LAUNCH(norm_finalize_kernel, 1, 1, st, partials, int64_t(0), max_norm, out);
+    return;
+  }
+  PYLSTM_LAUNCH(norm_partials_kernel<T>, unsigned(nchunks), kClipThreads, st, table, partials);
+  PYLSTM_LAUNCH(norm_finalize_kernel, 1, 1, st, partials, nchunks * kClipThreads, max_norm, out);
+  if (max_norm > 0.0) PYLSTM_LAUNCH(scale_kernel<T>, unsigned(nchunks), kClipThreads, st, table, out);
+}
+
+template void clip_grads_cuda<float>(const GpuContext&, const ClipChunk<float>*, int64_t, double,
+                                     double*, double*);
+template void clip_grads_cuda<double>(const GpuContext&, const ClipChunk<double>*, int64_t, double,
+                                      double*, double*);
 
 #define PYLSTM_INSTANTIATE_CUDA(T)                                                               \
   template void lstm_forward_cuda<T>(const GpuContext&, const LstmShape&, const T*, const T*,   \

@@ -30,6 +30,25 @@ void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, 
                         const T* cs, const T* dhs, const T* dhT, const T* dcT, T* dxs, T* dh0,
                         T* dc0, T* dW, T* db, T* work);
 
+// Clipping (lstm_cuda.cu): one table entry per chunk of at most kClipChunk elements of one array.
+constexpr int64_t kClipChunk = 1 << 16;
+constexpr unsigned kClipThreads = 256;
+template <class T>
+struct ClipChunk {
+  T* data;
+  int64_t size;
+};
+
+// Global norm of every element of every chunk, accumulated in double in a fixed order:
+//   table     (nchunks,) in, device memory
+//   partials  (nchunks * kClipThreads,) doubles, scratch
+//   out       (3,) doubles out: [norm, rate applied (1 when none), 1 if the norm is finite else 0]
+// When max_norm > 0 and the norm is finite and above max_norm, every element is scaled by
+// max_norm / (norm + 1e-6) in place; max_norm <= 0 only measures. Never syncs the host.
+template <class T>
+void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* table, int64_t nchunks,
+                     double max_norm, double* partials, double* out);
+
 #if defined(__CUDACC__)
 // Row-major GEMM through cuBLAS on ctx's stream (defined with the CUDA module's cuBLAS glue).
 void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,

@@ -58,7 +58,7 @@ def get_num_threads() -> int:
 
 def _resolve_backend(backend: str) -> str:
     if backend == "cuda-emu" and _backend.cuda_emu is not None:
-        return backend  # test-only: the CUDA sources emulated on the CPU (LSTM functions only)
+        return backend  # test-only: the CUDA sources emulated on the CPU (LSTM and clipping)
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -240,9 +240,10 @@ def _check_grads(grads, writable: bool):
 def global_norm(grads: Sequence[np.ndarray], backend: str = "auto") -> float:
     """sqrt(sum of squares of every element of every array), accumulated in float64."""
     _check_grads(grads, writable=False)
-    if _resolve_backend(backend) == "numpy":
+    name = _resolve_backend(backend)
+    if name == "numpy":
         return ref.global_norm_ref(grads)
-    return _backend.cpu.global_norm(list(grads))
+    return _lstm_module(name).global_norm(list(grads))
 
 
 def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite: bool = True,
@@ -257,9 +258,10 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
     if not (np.isfinite(max_norm) and max_norm > 0):
         raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
     _check_grads(grads, writable=True)
-    if _resolve_backend(backend) == "numpy":
+    name = _resolve_backend(backend)
+    if name == "numpy":
         return ref.clip_grads_ref(grads, float(max_norm), error_if_nonfinite)
-    return _backend.cpu.clip_grads(list(grads), float(max_norm), bool(error_if_nonfinite))
+    return _lstm_module(name).clip_grads(list(grads), float(max_norm), bool(error_if_nonfinite))
 
 
 def matmul(a, b, out=None, backend: str = "auto"):

@@ -6,7 +6,12 @@ import pytest
 import pylstm
 from pylstm import reference as ref
 
+from pylstm import _backend
+
 BACKENDS = pylstm.available_backends()
+# The CUDA clipping kernels, run on the CPU through the emulation shim (csrc/cuda_emu.h).
+if _backend.cuda_emu is not None:
+    BACKENDS = BACKENDS + ["cuda-emu"]
 
 
 @pytest.fixture(params=BACKENDS)
