@@ -1,7 +1,8 @@
-// pybind11 module pylstm._cpu: validates every argument (rank, shapes, dtype, byte order,
-// contiguity, writability), allocates outputs and scratch, releases the GIL and calls the CPU
-// kernels of pylstm.h. Imported only by pylstm/_backend.py. Errors are TypeError / ValueError
-// whose message starts with the argument's name.
+// pybind11 module pylstm._cpu: the CPU kernels of pylstm.h behind the shared checks of
+// bind_common.h (LSTM entry points), plus clipping, matmul, softmax cross-entropy, the thread
+// knob and test hooks, each validating its arguments the same way. Imported only by
+// pylstm/_backend.py. Errors are TypeError / ValueError whose message starts with the
+// argument's name.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
