@@ -163,9 +163,22 @@ def test_softmax_with_loss_gradient():
     assert_close("dx", dx, numeric_grad(lambda: layer.forward(x, t), x), FD_RTOL)
 
 
+@pytest.fixture(params=["packed-kernel", "blas"])
+def kernel_path(request):
+    """float32 products run on the packed-weight kernel (AVX-512 CPUs) or on BLAS: test both."""
+    from pylstm import _backend
+
+    if _backend.cpu is None:
+        yield request.param
+        return
+    old = _backend.cpu._set_small_m_kernel(request.param == "packed-kernel")
+    yield request.param
+    _backend.cpu._set_small_m_kernel(old)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
-def test_matmul_matches_numpy(backend, dtype, ta, tb):
+def test_matmul_matches_numpy(backend, kernel_path, dtype, ta, tb):
     rng = np.random.default_rng(7)
     M, K, N = 37, 29, 53
     a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
@@ -181,7 +194,7 @@ def test_matmul_matches_numpy(backend, dtype, ta, tb):
     assert_close("out", out, want, 1e-5 if dtype == np.float32 else 1e-13)
 
 
-def test_matmul_large_split_over_threads():
+def test_matmul_large_split_over_threads(kernel_path):
     rng = np.random.default_rng(8)
     a = rng.standard_normal((300, 200)).astype(np.float32)
     b = rng.standard_normal((200, 500)).astype(np.float32)
