@@ -93,7 +93,7 @@ double softmax_xent_cpu(int64_t M, int64_t V, const T* scores, const int32_t* la
                         int32_t ignore_label, double* lse, T* dscores, double grad_scale,
                         int64_t* count);
 
-// Thread count used by the kernels (BLAS and the pointwise passes). n >= 1.
+// Thread count used by the kernels; n is capped at the CPUs this process may run on.
 void set_num_threads(int n);
 int get_num_threads();
 

@@ -4,6 +4,7 @@
 // calls. OpenBLAS is set to one thread: the pool's threads call it on their own slices.
 #include <cblas.h>
 #include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -112,7 +113,13 @@ void Team::barrier() const {
     arrived_->store(0, std::memory_order_relaxed);
     phase_->store(ph + 1, std::memory_order_release);
   } else {
-    while (phase_->load(std::memory_order_acquire) == ph) cpu_relax();
+    // Spin briefly (the usual wait is a few microseconds), then yield the core: when other
+    // work shares the cores, a thread that only spins keeps the late thread from running
+    // (measured: 3 threads on 2 cores without yielding took 322 ms instead of 38 ms).
+    for (int spins = 0; phase_->load(std::memory_order_acquire) == ph; ++spins) {
+      if (spins < 4096) cpu_relax();
+      else std::this_thread::yield();
+    }
   }
 }
 
@@ -134,8 +141,17 @@ void parallel_run(int threads, const std::function<void(const Team&)>& fn) {
   t_in_run = false;
 }
 
+// CPUs this process may run on.
+static int available_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
 void set_num_threads(int n) {
-  if (n < 1) n = 1;
+  // More threads than CPUs never helps a pool that synchronizes every time step; it only makes
+  // threads wait for descheduled ones. The request is capped (get_num_threads tells).
+  n = std::min(std::max(n, 1), available_cpus());
   g_num_threads.store(n);
   scipy_openblas_set_num_threads(1);
 }

@@ -43,7 +43,9 @@ def available_backends() -> list:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the threads used by the CPU kernels (BLAS GEMMs and the pointwise passes)."""
+    """Set the threads used by the CPU kernels. Capped at the CPUs this process may run on
+    (``get_num_threads`` returns the count in use): the kernels synchronize every time step, and
+    threads beyond the cores only wait for each other."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 1:

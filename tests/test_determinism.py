@@ -42,8 +42,13 @@ def test_global_norm_independent_of_thread_count(threads):
     assert norms[0] == norms[1] == norms[2]
 
 
-def test_set_num_threads_round_trip(threads):
+def test_set_num_threads_round_trip_and_cap(threads):
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
     pylstm.set_num_threads(1)
     assert pylstm.get_num_threads() == 1
     pylstm.set_num_threads(2)
-    assert pylstm.get_num_threads() == 2
+    assert pylstm.get_num_threads() == min(2, cpus)
+    pylstm.set_num_threads(cpus + 7)
+    assert pylstm.get_num_threads() == cpus
