@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -333,6 +334,12 @@ std::vector<Span<T>> spans(const py::object& grads) {
   return out;
 }
 
+
+inline void check_max_norm(double max_norm) {
+  if (!(max_norm > 0.0) || !std::isfinite(max_norm)) {
+    throw py::value_error("max_norm must be a finite number > 0, got " + std::to_string(max_norm));
+  }
+}
 
 }  // namespace bind
 }  // namespace pylstm

@@ -55,9 +55,7 @@ double global_norm(const py::object& grads) {
 }
 
 double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfinite) {
-  if (!(max_norm > 0.0) || !std::isfinite(max_norm)) {
-    throw py::value_error("max_norm must be a finite number > 0, got " + std::to_string(max_norm));
-  }
+  check_max_norm(max_norm);
   const int is = check_grad_list(grads, true);
   if (is == 0) return 0.0;
   const double total = is == 4 ? norm_of<float>(grads) : norm_of<double>(grads);

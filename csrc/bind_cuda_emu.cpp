@@ -57,9 +57,7 @@ double clip_emu(const py::object& grads, double max_norm, bool error_if_nonfinit
 }
 
 double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfinite) {
-  if (!(max_norm > 0.0) || !std::isfinite(max_norm)) {
-    throw py::value_error("max_norm must be a finite number > 0, got " + std::to_string(max_norm));
-  }
+  check_max_norm(max_norm);
   const int is = check_grad_list(grads, true);
   if (is == 0) return 0.0;
   return is == 4 ? clip_emu<float>(grads, max_norm, error_if_nonfinite)

@@ -97,12 +97,6 @@ __attribute__((always_inline)) inline void row_grad(const T* s, T* d, int64_t V,
   for (int64_t v = 0; v < V; ++v) d[v] = exp_nonpos<T>(s[v] - m) * inv_sum * scale;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYLSTM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PYLSTM_CLONES
-#endif
-
 #define PYLSTM_SOFTMAX_ROWS(T)                                                                   \
   PYLSTM_CLONES double sum_exp_row(const T* s, int64_t V, T m) { return row_sum_exp<T>(s, V, m); } \
   PYLSTM_CLONES void grad_row(const T* s, T* d, int64_t V, T m, T inv_sum, T scale) {           \

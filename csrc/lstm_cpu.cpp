@@ -82,12 +82,6 @@ __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, 
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYLSTM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PYLSTM_CLONES
-#endif
-
 #define PYLSTM_ROW_FUNCS(T)                                                                     \
   PYLSTM_CLONES void fwd_row(int64_t H, int64_t hsz, T* a, const T* z, const T* b, const T* cp, \
                              T* c_out, T* h_out, bool save) {                                   \

@@ -10,6 +10,15 @@
 
 #include "pylstm.h"
 
+// Marks a CPU function to be compiled for AVX-512, AVX2+FMA and baseline x86-64, the best one
+// picked at load time: the pointwise loops vectorize to the widest registers the CPU has
+// without building for one machine (used by lstm_cpu.cpp and dense_cpu.cpp).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYLSTM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PYLSTM_CLONES
+#endif
+
 namespace pylstm {
 
 // The context of one parallel run: thread id, thread count, and a spin barrier among them.
