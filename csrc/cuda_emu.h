@@ -1,22 +1,34 @@
 // The few CUDA names pylstm's .cu sources use, for two builds of the same source:
-//  - under nvcc: the real ones, and PYLSTM_LAUNCH is a <<<grid, block, 0, stream>>> launch;
+//  - under nvcc: the real ones; PYLSTM_LAUNCH and PYLSTM_LAUNCH_SYNC are <<<grid, block, 0,
+//    stream>>> launches followed by a launch-error check (pylstm::check_launch, lstm_cuda.h);
 //  - under a host C++ compiler (the emulation build, tested on every commit without a GPU):
 //    dim3, thread-local threadIdx/blockIdx/blockDim/gridDim, empty qualifiers, and
-//    PYLSTM_LAUNCH runs the kernel body once per (block, thread), sequentially.
-// Kernels written for both therefore never use __syncthreads or shared memory; each thread's
-// work is independent within a launch (see lstm_cuda.cu).
+//      PYLSTM_LAUNCH       runs the kernel body once per (block, thread), sequentially: for
+//                          kernels whose threads are independent (no barrier, no __shared__);
+//      PYLSTM_LAUNCH_SYNC  runs the threads of each block as cooperative fibers (ucontext), so
+//                          __syncthreads() really is a barrier and __shared__ memory is shared
+//                          by the block: for the block reductions. A barrier reached by some
+//                          threads of a block while others have returned is reported as an
+//                          error (undefined behaviour on a GPU).
+//    __syncthreads() inside a PYLSTM_LAUNCH kernel is an error in the emulation too.
 #pragma once
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(PYLSTM_REAL_CUDA)
+// PYLSTM_REAL_CUDA: host C++ files of the real CUDA module (bindings, cuBLAS glue).
 
 #include <cuda_runtime.h>
 
-#define PYLSTM_LAUNCH(kernel, grid, block, stream, ...) \
-  kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#define PYLSTM_LAUNCH(kernel, grid, block, stream, ...)            \
+  do {                                                             \
+    kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__);         \
+    ::pylstm::check_launch(#kernel);                               \
+  } while (0)
+#define PYLSTM_LAUNCH_SYNC PYLSTM_LAUNCH
 
 #else
 
 #include <cstdint>
+#include <functional>
 
 struct dim3 {
   unsigned x, y, z;
@@ -25,6 +37,19 @@ struct dim3 {
 
 namespace pylstm_emu {
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+// Runs body once per thread of every block of the grid; block threads as fibers when `fibers`
+// (cuda_emu.cpp). Throws std::logic_error on a misused barrier.
+void launch(const dim3& grid, const dim3& block, bool fibers, const std::function<void()>& body);
+void syncthreads();  // the barrier of a fiber launch
+
+// Atomics and fences: the emulation runs one thread at a time.
+template <class T>
+inline T atomic_add(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
 }  // namespace pylstm_emu
 using pylstm_emu::blockDim;
 using pylstm_emu::blockIdx;
@@ -37,24 +62,21 @@ using cudaStream_t = void*;
 #define __device__
 #define __host__
 #define __forceinline__ inline
+// One copy per OS thread: the fibers of a block (one OS thread) share it, as a block does.
+#define __shared__ static thread_local
+#define __syncthreads() ::pylstm_emu::syncthreads()
+#define __threadfence() ((void)0)
+#define atomicAdd(p, v) ::pylstm_emu::atomic_add((p), (v))
 
-#define PYLSTM_LAUNCH(kernel, grid, block, stream, ...)                                \
-  do {                                                                                 \
-    (void)(stream);                                                                    \
-    const dim3 g_{grid}, b_{block};                                                    \
-    pylstm_emu::gridDim = g_;                                                          \
-    pylstm_emu::blockDim = b_;                                                         \
-    for (unsigned bz_ = 0; bz_ < g_.z; ++bz_)                                          \
-      for (unsigned by_ = 0; by_ < g_.y; ++by_)                                        \
-        for (unsigned bx_ = 0; bx_ < g_.x; ++bx_) {                                    \
-          pylstm_emu::blockIdx = dim3(bx_, by_, bz_);                                  \
-          for (unsigned tz_ = 0; tz_ < b_.z; ++tz_)                                    \
-            for (unsigned ty_ = 0; ty_ < b_.y; ++ty_)                                  \
-              for (unsigned tx_ = 0; tx_ < b_.x; ++tx_) {                              \
-                pylstm_emu::threadIdx = dim3(tx_, ty_, tz_);                           \
-                kernel(__VA_ARGS__);                                                   \
-              }                                                                        \
-        }                                                                              \
+#define PYLSTM_LAUNCH(kernel, grid, block, stream, ...)                                   \
+  do {                                                                                    \
+    (void)(stream);                                                                       \
+    ::pylstm_emu::launch(dim3(grid), dim3(block), false, [&] { kernel(__VA_ARGS__); });   \
+  } while (0)
+#define PYLSTM_LAUNCH_SYNC(kernel, grid, block, stream, ...)                              \
+  do {                                                                                    \
+    (void)(stream);                                                                       \
+    ::pylstm_emu::launch(dim3(grid), dim3(block), true, [&] { kernel(__VA_ARGS__); });    \
   } while (0)
 
 #endif

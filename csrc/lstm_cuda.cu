@@ -5,8 +5,9 @@
 // GEMM, per step one recurrent GEMM and one pointwise launch; backward one pointwise launch and
 // one GEMM per step, then dX and the merged [dWx; dWh] GEMMs and db as a per-column sum.
 // The functions run on the caller's stream, allocate nothing (the caller passes outputs and
-// scratch) and never synchronize the host. Every thread's work is independent of the others in
-// its launch (no shared memory, no __syncthreads), which the emulation requires.
+// scratch) and never synchronize the host. The LSTM kernels' threads are independent within a
+// launch (PYLSTM_LAUNCH); the clipping reduction uses block barriers and shared memory
+// (PYLSTM_LAUNCH_SYNC, which the emulation runs as fibers: see cuda_emu.h).
 #include <cmath>
 
 #include "cuda_emu.h"
@@ -182,65 +183,122 @@ void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, 
   PYLSTM_LAUNCH(column_sum_kernel<T>, blocks_for(G), kBlock, st, R, G, dA, db);
 }
 
-// --- Global-norm clipping over a list of arrays (multi-tensor) ---------------------------------
-// The arrays are cut into chunks of at most kClipChunk elements (the caller's table). Launch 1:
-// block b sums squares of chunk b, thread t taking elements t, t + blockDim, ... (coalesced)
-// into its own double partial; launch 2: one thread adds the partials in order and decides the
-// rate; launch 3: block b scales chunk b when the rate is finite and below 1. The assignment of
-// elements to partials is fixed, so the norm is the same on every run and device.
+// --- Global-norm clipping over a list of arrays (multi-tensor), two launches --------------------
+// Launch 1, block b: thread t sums the squares of elements t, t + B, t + 2B, ... of chunk b
+// (coalesced; four loads in flight), the block adds its threads' sums in a fixed tree, and its
+// thread 0 stores the chunk's partial, then takes a ticket from the counter: the block holding
+// the last ticket adds all partials (strided per thread, then the same tree), computes the norm
+// and the rate, and resets the counter. Launch 2 scales. Every addition happens in an order
+// fixed by the chunk table, so the norm is the same on every run.
 namespace {
 
-template <class T>
-__global__ void norm_partials_kernel(const ClipChunk<T>* table, double* partials) {
-  const ClipChunk<T> c = table[blockIdx.x];
-  double acc = 0.0;
-  for (int64_t i = threadIdx.x; i < c.size; i += blockDim.x) {
-    const double v = double(c.data[i]);
-    acc += v * v;
+// Sum of red[0 .. blockDim.x) into red[0]; blockDim.x is a power of two; all threads call it.
+__device__ inline void block_tree_sum(double* red) {
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
   }
-  partials[int64_t(blockIdx.x) * blockDim.x + threadIdx.x] = acc;
-}
-
-__global__ void norm_finalize_kernel(const double* partials, int64_t count, double max_norm,
-                                     double* out) {
-  if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  double total = 0.0;
-  for (int64_t i = 0; i < count; ++i) total += partials[i];
-  total = sqrt(total);
-  const bool finite = total == total && total <= 1.7976931348623157e308;
-  const double rate = max_norm / (total + 1e-6);
-  out[0] = total;
-  out[1] = finite && max_norm > 0.0 && rate < 1.0 ? rate : 1.0;
-  out[2] = finite ? 1.0 : 0.0;
 }
 
 template <class T>
-__global__ void scale_kernel(const ClipChunk<T>* table, const double* out) {
+__global__ void clip_norm_kernel(ClipTable<T> tab, int64_t total_blocks, double max_norm,
+                                 double* partials, unsigned* counter, double* out) {
+  __shared__ double red[kClipThreads];
+  __shared__ bool last;
+  const ClipChunk<T> c = tab.chunk[blockIdx.x];
+  const int64_t B = blockDim.x;
+  double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+  int64_t i = threadIdx.x;
+  for (; i + 3 * B < c.size; i += 4 * B) {
+    const double v0 = double(c.data[i]), v1 = double(c.data[i + B]);
+    const double v2 = double(c.data[i + 2 * B]), v3 = double(c.data[i + 3 * B]);
+    a0 += v0 * v0;
+    a1 += v1 * v1;
+    a2 += v2 * v2;
+    a3 += v3 * v3;
+  }
+  for (; i < c.size; i += B) {
+    const double v = double(c.data[i]);
+    a0 += v * v;
+  }
+  red[threadIdx.x] = (a0 + a1) + (a2 + a3);
+  __syncthreads();
+  block_tree_sum(red);
+  if (threadIdx.x == 0) {
+    partials[tab.first_block + blockIdx.x] = red[0];
+    __threadfence();  // the partial is visible before the ticket is taken
+    last = atomicAdd(counter, 1u) == unsigned(total_blocks - 1);
+  }
+  __syncthreads();
+  if (!last) return;  // uniform across the block
+  __threadfence();
+  double acc = 0.0;
+  for (int64_t k = threadIdx.x; k < total_blocks; k += B) acc += static_cast<volatile double*>(partials)[k];
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  block_tree_sum(red);
+  if (threadIdx.x == 0) {
+    const double total = sqrt(red[0]);
+    const bool finite = total == total && total <= 1.7976931348623157e308;
+    const double rate = max_norm / (total + 1e-6);
+    out[0] = total;
+    out[1] = finite && max_norm > 0.0 && rate < 1.0 ? rate : 1.0;
+    out[2] = finite ? 1.0 : 0.0;
+    *counter = 0u;
+  }
+}
+
+template <class T>
+__global__ void clip_scale_kernel(ClipTable<T> tab, const double* out) {
   const double rate = out[1];
   if (rate >= 1.0) return;
-  const ClipChunk<T> c = table[blockIdx.x];
+  const ClipChunk<T> c = tab.chunk[blockIdx.x];
   for (int64_t i = threadIdx.x; i < c.size; i += blockDim.x) c.data[i] = T(double(c.data[i]) * rate);
+}
+
+__global__ void clip_empty_kernel(double* out) {
+  out[0] = 0.0;
+  out[1] = 1.0;
+  out[2] = 1.0;
+}
+
+template <class T>
+ClipTable<T> table_slice(const ClipChunk<T>* chunks, int64_t first, int64_t count) {
+  ClipTable<T> tab{};
+  tab.count = count;
+  tab.first_block = first;
+  for (int64_t k = 0; k < count; ++k) tab.chunk[k] = chunks[first + k];
+  return tab;
 }
 
 }  // namespace
 
 template <class T>
-void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* table, int64_t nchunks,
-                     double max_norm, double* partials, double* out) {
+void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* chunks, int64_t nchunks,
+                     double max_norm, double* partials, unsigned* counter, double* out) {
   cudaStream_t st = ctx.stream;
   if (nchunks == 0) {
-    PYLSTM_LAUNCH(norm_finalize_kernel, 1, 1, st, partials, int64_t(0), max_norm, out);
+    PYLSTM_LAUNCH(clip_empty_kernel, 1, 1, st, out);
     return;
   }
-  PYLSTM_LAUNCH(norm_partials_kernel<T>, unsigned(nchunks), kClipThreads, st, table, partials);
-  PYLSTM_LAUNCH(norm_finalize_kernel, 1, 1, st, partials, nchunks * kClipThreads, max_norm, out);
-  if (max_norm > 0.0) PYLSTM_LAUNCH(scale_kernel<T>, unsigned(nchunks), kClipThreads, st, table, out);
+  for (int64_t first = 0; first < nchunks; first += kClipMaxChunks) {
+    const int64_t count = nchunks - first < kClipMaxChunks ? nchunks - first : kClipMaxChunks;
+    PYLSTM_LAUNCH_SYNC(clip_norm_kernel<T>, unsigned(count), kClipThreads, st,
+                       table_slice(chunks, first, count), nchunks, max_norm, partials, counter,
+                       out);
+  }
+  if (max_norm <= 0.0) return;
+  for (int64_t first = 0; first < nchunks; first += kClipMaxChunks) {
+    const int64_t count = nchunks - first < kClipMaxChunks ? nchunks - first : kClipMaxChunks;
+    PYLSTM_LAUNCH(clip_scale_kernel<T>, unsigned(count), kClipThreads, st,
+                  table_slice(chunks, first, count), out);
+  }
 }
 
 template void clip_grads_cuda<float>(const GpuContext&, const ClipChunk<float>*, int64_t, double,
-                                     double*, double*);
-template void clip_grads_cuda<double>(const GpuContext&, const ClipChunk<double>*, int64_t, double,
-                                      double*, double*);
+                                     double*, unsigned*, double*);
+template void clip_grads_cuda<double>(const GpuContext&, const ClipChunk<double>*, int64_t,
+                                      double, double*, unsigned*, double*);
 
 #define PYLSTM_INSTANTIATE_CUDA(T)                                                               \
   template void lstm_forward_cuda<T>(const GpuContext&, const LstmShape&, const T*, const T*,   \

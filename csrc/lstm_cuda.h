@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "cuda_emu.h"
 #include "pylstm.h"
@@ -30,26 +31,61 @@ void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, 
                         const T* cs, const T* dhs, const T* dhT, const T* dcT, T* dxs, T* dh0,
                         T* dc0, T* dW, T* db, T* work);
 
-// Clipping (lstm_cuda.cu): one table entry per chunk of at most kClipChunk elements of one array.
-constexpr int64_t kClipChunk = 1 << 16;
-constexpr unsigned kClipThreads = 256;
+// Clipping (lstm_cuda.cu). The arrays are cut into chunks, each one block's work; the chunk
+// table travels by value as a kernel parameter (at most kClipMaxChunks entries, under the 4 KB
+// parameter limit), so nothing is copied to the device and the host never waits.
+constexpr unsigned kClipThreads = 512;
+constexpr int kClipMaxChunks = 250;
+constexpr int64_t kClipMinChunk = 1 << 14;
 template <class T>
 struct ClipChunk {
   T* data;
   int64_t size;
 };
-
-// Global norm of every element of every chunk, accumulated in double in a fixed order:
-//   table     (nchunks,) in, device memory
-//   partials  (nchunks * kClipThreads,) doubles, scratch
-//   out       (3,) doubles out: [norm, rate applied (1 when none), 1 if the norm is finite else 0]
-// When max_norm > 0 and the norm is finite and above max_norm, every element is scaled by
-// max_norm / (norm + 1e-6) in place; max_norm <= 0 only measures. Never syncs the host.
 template <class T>
-void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* table, int64_t nchunks,
-                     double max_norm, double* partials, double* out);
+struct ClipTable {
+  int64_t count;        // chunks in this launch
+  int64_t first_block;  // index of chunk[0] in the whole list (its partial's slot)
+  ClipChunk<T> chunk[kClipMaxChunks];
+};
 
-#if defined(__CUDACC__)
+// Cuts arrays (device pointers, element counts) into chunks of one size, chosen so that the
+// whole list takes one launch when it has fewer than kClipMaxChunks arrays: 2 launches in all.
+template <class T>
+std::vector<ClipChunk<T>> plan_clip_chunks(const std::vector<Span<T>>& arrays) {
+  int64_t total = 0, nonempty = 0;
+  for (const auto& a : arrays) {
+    total += a.size;
+    nonempty += a.size > 0;
+  }
+  const int64_t room = nonempty < kClipMaxChunks ? kClipMaxChunks - nonempty : 1;
+  int64_t chunk = (total + room - 1) / room;
+  chunk = chunk < kClipMinChunk ? kClipMinChunk : (chunk + 1023) / 1024 * 1024;
+  std::vector<ClipChunk<T>> out;
+  for (const auto& a : arrays)
+    for (int64_t off = 0; off < a.size; off += chunk)
+      out.push_back({a.data + off, a.size - off < chunk ? a.size - off : chunk});
+  return out;
+}
+
+// Global norm of every element of every chunk, accumulated in double in a fixed order (no float
+// atomics): launch 1 writes one partial per chunk (block tree reduction) and its last block to
+// finish (an integer counter) adds the partials in order and decides the rate; launch 2 scales
+// every chunk in place when max_norm > 0, the norm is finite and above max_norm (rate =
+// max_norm / (norm + 1e-6)); max_norm <= 0 only measures. Lists of more than kClipMaxChunks
+// chunks take ceil(n / kClipMaxChunks) launches of each kind.
+//   chunks    host memory, nchunks entries (plan_clip_chunks)
+//   partials  (nchunks,) doubles, device scratch
+//   counter   one unsigned, device memory, 0 on entry and left 0
+//   out       (3,) doubles, device memory: [norm, rate applied (1 when none), 1 if finite else 0]
+// Never syncs the host.
+template <class T>
+void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* chunks, int64_t nchunks,
+                     double max_norm, double* partials, unsigned* counter, double* out);
+
+#if defined(__CUDACC__) || defined(PYLSTM_REAL_CUDA)
+// Raises std::runtime_error naming the kernel when its launch failed (cuda_glue.cpp).
+void check_launch(const char* kernel);
 // Row-major GEMM through cuBLAS on ctx's stream (defined with the CUDA module's cuBLAS glue).
 void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
               float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,

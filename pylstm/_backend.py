@@ -1,6 +1,7 @@
 """The one place that imports pylstm's extension modules.
 
 ``cpu`` is the compiled module ``pylstm._cpu`` (or None with the reason in ``cpu_error``);
+``cuda`` is ``pylstm._cuda`` when it was built and imports (else None, ``cuda_error`` says why);
 ``numpy`` (the reference) is always available. ``default_num_threads()`` reads the environment.
 """
 
@@ -41,6 +42,41 @@ try:  # the CUDA sources run on the CPU through the emulation shim: a test-only 
     from . import _cuda_emu as cuda_emu
 except ImportError:
     cuda_emu = None
+
+try:
+    from . import _cuda as cuda
+
+    cuda_error = None
+except ImportError as exc:
+    cuda = None
+    if "No module named" in str(exc):
+        cuda_error = (
+            "pylstm was built without its CUDA module (the build found no nvcc or no cuBLAS); "
+            "rebuild with PYLSTM_CUDA=ON pip install . (or CMAKE_ARGS=-DPYLSTM_CUDA=ON)"
+        )
+    else:
+        cuda_error = (
+            f"pylstm._cuda failed to import: {exc}; install the CUDA runtime libraries with "
+            "pip install nvidia-cublas (or pip install 'pylstm[cuda]')"
+        )
+
+
+def cuda_status() -> tuple:
+    """(number of usable GPUs, reason when there are none)."""
+    if cuda is None:
+        return 0, cuda_error
+    n, why = cuda.status()
+    if n == 0:
+        return 0, f"pylstm's CUDA module is built but no GPU is visible ({why})"
+    return n, ""
+
+
+def require_cuda():
+    """The compiled CUDA module with at least one GPU, or RuntimeError saying why not."""
+    n, why = cuda_status()
+    if n == 0:
+        raise RuntimeError(f"backend 'cuda' is not available: {why}")
+    return cuda
 
 
 def default_num_threads() -> int:

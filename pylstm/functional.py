@@ -1,5 +1,7 @@
 """The functional API: fused LSTM forward/backward and global-norm clipping, dispatched to a
-backend ("cpu": the compiled kernels; "numpy": the reference in ``pylstm.reference``).
+backend ("cpu": the compiled kernels; "cuda": the CUDA kernels on device arrays; "numpy": the
+reference in ``pylstm.reference``). "auto" picks "cuda" for device arrays (anything with
+``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors, Numba) and "cpu" for NumPy arrays.
 
 Every function validates its arguments the same way for every backend and raises ``TypeError``
 (wrong type or dtype) or ``ValueError`` (rank, shape, contiguity, writability, empty sizes) with
@@ -13,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from . import _backend
+from . import _devices
 from . import reference as ref
 
 __all__ = [
@@ -29,13 +32,16 @@ __all__ = [
     "get_num_threads",
 ]
 
-_BACKENDS = ("auto", "cpu", "numpy")
+_BACKENDS = ("auto", "cpu", "cuda", "numpy")
+_DEVICE_BACKENDS = ("cuda", "cuda-emu")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def available_backends() -> list:
     """Names of the backends usable in this process, best first."""
     names = []
+    if _backend.cuda_status()[0] > 0:
+        names.append("cuda")
     if _backend.cpu is not None:
         names.append("cpu")
     names.append("numpy")
@@ -58,12 +64,15 @@ def get_num_threads() -> int:
     return _backend.require_cpu().get_num_threads()
 
 
-def _resolve_backend(backend: str) -> str:
+def _resolve_backend(backend: str, probe=None) -> str:
+    """The backend to run: `probe` (the first array argument) decides "auto"."""
     if backend == "cuda-emu" and _backend.cuda_emu is not None:
         return backend  # test-only: the CUDA sources emulated on the CPU (LSTM and clipping)
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
+        if _devices.is_device_array(probe):
+            return "cuda"
         return "cpu" if _backend.cpu is not None else "numpy"
     if backend == "cpu":
         _backend.require_cpu()
@@ -74,10 +83,34 @@ def _lstm_module(name: str):
     return _backend.cuda_emu if name == "cuda-emu" else _backend.cpu
 
 
+def _device_target(name: str, probe):
+    """(module, array library or None) for a device call; the library is None when it must be
+    chosen from the arrays' device (real GPU arrays)."""
+    if name == "cuda-emu" or isinstance(probe, _devices.EmuDeviceArray):
+        if _backend.cuda_emu is None:
+            raise RuntimeError("the emulated CUDA module (pylstm._cuda_emu) was not built")
+        return _backend.cuda_emu, _devices.EmuLib(host_io=name == "cuda-emu")
+    return _backend.require_cuda(), None
+
+
+def _type_desc(a) -> str:
+    t = type(a)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _require_ndarray(a, name: str):
+    if not isinstance(a, np.ndarray):
+        if _devices.is_device_array(a):
+            raise TypeError(
+                f"{name} is a device array ({_type_desc(a)}) but the other arrays are on the host: "
+                "pass all arrays on one device (backend 'cuda') or all as numpy arrays"
+            )
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+
+
 def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str = "xs"):
     """Checks type, dtype, rank, extents (None = any) and C-contiguity of one argument."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    _require_ndarray(a, name)
     if a.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (the dtype of {dtype_owner}), got {a.dtype}")
     if a.ndim != len(shape):
@@ -92,14 +125,12 @@ def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str =
 
 def _check_lstm_args(xs, Wx, Wh, b, h0, c0):
     """Validates forward arguments; returns (N, T, D, H)."""
-    if not isinstance(xs, np.ndarray):
-        raise TypeError(f"xs must be a numpy.ndarray, got {type(xs).__name__}")
+    _require_ndarray(xs, "xs")
     if xs.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"xs must have dtype float32 or float64, got {xs.dtype}")
     if xs.ndim != 3:
         raise ValueError(f"xs must have rank 3 (N, T, D), got rank {xs.ndim} with shape {xs.shape}")
-    if not isinstance(Wh, np.ndarray):
-        raise TypeError(f"Wh must be a numpy.ndarray, got {type(Wh).__name__}")
+    _require_ndarray(Wh, "Wh")
     if Wh.ndim != 2:
         raise ValueError(f"Wh must have rank 2 (H, 4H), got rank {Wh.ndim} with shape {Wh.shape}")
     N, T, D = xs.shape
@@ -127,12 +158,13 @@ class LSTMCache:
     backward) and the saved activated gates (N, T, 4H) and cell states (N, T, H).
     """
 
-    __slots__ = ("backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs")
+    __slots__ = ("backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device")
 
-    def __init__(self, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs):
+    def __init__(self, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs, device=None):
         self.backend = backend
         self.xs, self.h0, self.c0, self.Wx, self.Wh, self.b = xs, h0, c0, Wx, Wh, b
         self.hs, self.gates, self.cs = hs, gates, cs
+        self.device = device  # (module, array library, (N, T, D, H), dtype) for device calls
 
     @property
     def nbytes(self) -> int:
@@ -140,22 +172,46 @@ class LSTMCache:
         return self.gates.nbytes + self.cs.nbytes
 
 
+def _device_forward(name, xs, Wx, Wh, b, h0, c0, save):
+    """lstm_forward / lstm_inference on device arrays: the binding checks every argument, the
+    outputs come from the inputs' array library, the kernels run on its current stream."""
+    mod, lib = _device_target(name, xs)
+    w = lib.wrap if lib is not None else (lambda a: a)
+    N, T, D, H, itemsize, dev = mod.forward_check(w(xs), w(Wx), w(Wh), w(b), w(h0), w(c0))
+    if lib is None:
+        lib = _devices.library_of(xs, dev)
+    dt = np.dtype(np.float32 if itemsize == 4 else np.float64)
+    hs, hT, cT = lib.empty((N, T, H), dt), lib.empty((N, H), dt), lib.empty((N, H), dt)
+    gates = lib.empty((N, T, 4 * H), dt) if save else None
+    cs = lib.empty((N, T, H), dt) if save else None
+    size = mod.forward_workspace_size(N, T, D, H, save)
+    work = lib.empty((size,), dt) if size else None
+    mod.lstm_forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
+                     lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
+                     lib.wrap(cs), lib.wrap(work), lib.stream())
+    cache = LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, (mod, lib, (N, T, D, H), dt)) if save else None
+    return hs, hT, cT, cache
+
+
 def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     """Fused LSTM forward over a whole sequence, saving what backward needs.
 
     Parameters
     ----------
-    xs : (N, T, D) float32 or float64, C-contiguous.
+    xs : (N, T, D) float32 or float64, C-contiguous: NumPy arrays, or device arrays
+        (CuPy, PyTorch CUDA tensors, Numba) for the CUDA backend, all on one device.
     Wx : (D, 4H); Wh : (H, 4H); b : (4H,), gate blocks f, g, i, o; same dtype as xs.
     h0, c0 : (N, H) initial states, or None for zeros.
-    backend : "auto" | "cpu" | "numpy".
+    backend : "auto" | "cpu" | "cuda" | "numpy".
 
     Returns
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCache for ``lstm_backward``.
     """
+    name = _resolve_backend(backend, xs)
+    if name in _DEVICE_BACKENDS:
+        return _device_forward(name, xs, Wx, Wh, b, h0, c0, True)
     _check_lstm_args(xs, Wx, Wh, b, h0, c0)
-    name = _resolve_backend(backend)
     if name == "numpy":
         hs, hT, cT, rc = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
         return hs, hT, cT, LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, rc.gates, rc.cs)
@@ -170,8 +226,10 @@ def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H)
     """
+    name = _resolve_backend(backend, xs)
+    if name in _DEVICE_BACKENDS:
+        return _device_forward(name, xs, Wx, Wh, b, h0, c0, False)[:3]
     _check_lstm_args(xs, Wx, Wh, b, h0, c0)
-    name = _resolve_backend(backend)
     if name == "numpy":
         hs, hT, cT, _ = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
         return hs, hT, cT
@@ -194,6 +252,8 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
     """
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
+    if cache.device is not None:
+        return _device_backward(dhs, cache, dhT, dcT)
     N, T, D = cache.xs.shape
     H = cache.Wh.shape[0]
     dt = cache.xs.dtype
@@ -216,6 +276,42 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
     )
 
 
+def _device_backward(dhs, cache, dhT, dcT):
+    mod, lib, (N, T, D, H), dt = cache.device
+    w = lib.wrap
+    dxs, dh0, dc0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt), lib.empty((N, H), dt)
+    dW, db = lib.empty((D + H, 4 * H), dt), lib.empty((4 * H,), dt)
+    work = lib.empty((mod.backward_workspace_size(N, T, D, H),), dt)
+    mod.lstm_backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
+                      w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
+                      w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream())
+    dWx, dWh = lib.split_rows(dW, D)
+    return dxs, dh0, dc0, dWx, dWh, db
+
+
+def _device_clip(name, grads, max_norm: float, error_if_nonfinite: bool):
+    """Clipping (max_norm > 0) or the norm (max_norm = 0) of device arrays: two launches, no
+    host synchronization unless error_if_nonfinite (which reads the finite flag back)."""
+    if not isinstance(grads, (list, tuple)):
+        raise TypeError(f"grads must be a list or tuple of device arrays, got {type(grads).__name__}")
+    mod, lib = _device_target(name, grads[0] if grads else None)
+    if not grads:
+        return 0.0
+    w = lib.wrap if lib is not None else (lambda a: a)
+    wrapped = [w(g) for g in grads]
+    size, dev = mod.clip_plan(wrapped)
+    if lib is None:
+        lib = _devices.library_of(grads[0], dev, "grads[0]")
+    work = lib.zeros((size,), np.float64)
+    mod.clip_grads(wrapped, max_norm, lib.wrap(work), lib.stream())
+    if error_if_nonfinite and float(lib.scalar(work, 2)) == 0.0:  # a host synchronization
+        raise FloatingPointError(
+            f"grads: the global norm is {float(lib.scalar(work, 0))} (NaN or inf in the gradients); "
+            "nothing was scaled"
+        )
+    return lib.scalar(work, 0)
+
+
 def _check_grads(grads, writable: bool):
     if not isinstance(grads, (list, tuple)):
         raise TypeError(f"grads must be a list or tuple of numpy arrays, got {type(grads).__name__}")
@@ -223,6 +319,9 @@ def _check_grads(grads, writable: bool):
     for k, g in enumerate(grads):
         name = f"grads[{k}]"
         if not isinstance(g, np.ndarray):
+            if _devices.is_device_array(g):
+                raise TypeError(f"{name} is a device array ({_type_desc(g)}) but grads[0] is not: "
+                                "all arrays must be on one device")
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
         if g.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{name} must have dtype float32 or float64, got {g.dtype}")
@@ -240,9 +339,13 @@ def _check_grads(grads, writable: bool):
 
 
 def global_norm(grads: Sequence[np.ndarray], backend: str = "auto") -> float:
-    """sqrt(sum of squares of every element of every array), accumulated in float64."""
+    """sqrt(sum of squares of every element of every array), accumulated in float64.
+
+    For device arrays the result is a 0-d float64 device array (reading it synchronizes)."""
+    name = _resolve_backend(backend, grads[0] if isinstance(grads, (list, tuple)) and grads else None)
+    if name in _DEVICE_BACKENDS:
+        return _device_clip(name, grads, 0.0, False)
     _check_grads(grads, writable=False)
-    name = _resolve_backend(backend)
     if name == "numpy":
         return ref.global_norm_ref(grads)
     return _lstm_module(name).global_norm(list(grads))
@@ -254,13 +357,20 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
 
     If the norm is NaN or inf, raises ``FloatingPointError`` and scales nothing; with
     ``error_if_nonfinite=False`` it scales nothing and returns the non-finite norm.
+
+    For device arrays ("cuda"), the whole list is clipped in two kernel launches on the current
+    stream and the norm is returned as a 0-d float64 device array; ``error_if_nonfinite=True``
+    then costs one host synchronization (pass False in a training loop and check the norm when
+    logging).
     """
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer, np.floating)):
         raise TypeError(f"max_norm must be a number, got {type(max_norm).__name__}")
     if not (np.isfinite(max_norm) and max_norm > 0):
         raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
+    name = _resolve_backend(backend, grads[0] if isinstance(grads, (list, tuple)) and grads else None)
+    if name in _DEVICE_BACKENDS:
+        return _device_clip(name, grads, float(max_norm), bool(error_if_nonfinite))
     _check_grads(grads, writable=True)
-    name = _resolve_backend(backend)
     if name == "numpy":
         return ref.clip_grads_ref(grads, float(max_norm), error_if_nonfinite)
     return _lstm_module(name).clip_grads(list(grads), float(max_norm), bool(error_if_nonfinite))

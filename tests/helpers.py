@@ -51,3 +51,19 @@ def assert_close(name, got, want, rtol):
             f"{name}: max rel error {rel:.3e} > {rtol:.1e}; max abs error {diff[idx]:.3e} at "
             f"index {idx} (got {g[idx]!r}, expected {w[idx]!r})"
         )
+
+
+def to_device(a):
+    """A host array copied to the GPU with CuPy (the tests' device library), None stays None."""
+    import cupy
+
+    return None if a is None else cupy.asarray(a)
+
+
+def to_host(a):
+    """A device array (CuPy) copied back to NumPy; NumPy arrays and scalars pass through."""
+    if a is None or isinstance(a, (np.ndarray, np.generic, float)):
+        return a
+    import cupy
+
+    return cupy.asnumpy(a)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import pylstm
-from pylstm import _backend
+from pylstm import _backend, _devices
 
 from helpers import make_lstm_inputs
 
@@ -73,15 +73,28 @@ def _call_binding(a, backend):
     return _backend.cpu.lstm_forward(a["xs"], a["Wx"], a["Wh"], a["b"], a["h0"], a["c0"], True)
 
 
+def _device(a):
+    """The arguments as device arrays (host memory behind __cuda_array_interface__)."""
+    return {k: _devices.EmuDeviceArray(v) if isinstance(v, np.ndarray) else v for k, v in a.items()}
+
+
 def _call_emu_binding(a, backend):
-    return _backend.cuda_emu.lstm_forward(a["xs"], a["Wx"], a["Wh"], a["b"], a["h0"], a["c0"], True)
+    d = _device(a)
+    return _backend.cuda_emu.forward_check(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"])
 
 
-CALLERS = [(f, b) for f in (_call_public, _call_inference) for b in pylstm.available_backends()]
+def _call_device_public(a, backend):
+    d = _device(a)  # "auto" picks the device path for device arrays
+    return pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"])
+
+
+BACKENDS = pylstm.available_backends() + (["cuda-emu"] if _backend.cuda_emu is not None else [])
+CALLERS = [(f, b) for f in (_call_public, _call_inference) for b in BACKENDS]
 if _backend.cpu is not None:
     CALLERS.append((_call_binding, "cpu"))
 if _backend.cuda_emu is not None:
     CALLERS.append((_call_emu_binding, "cuda-emu"))
+    CALLERS.append((_call_device_public, "cuda-emu"))
 
 
 @pytest.mark.parametrize("caller,backend", CALLERS, ids=lambda x: getattr(x, "__name__", x))
@@ -111,7 +124,7 @@ BACKWARD_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", pylstm.available_backends())
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", sorted(BACKWARD_CASES))
 def test_backward_rejects(case, backend):
     name, exc, breaker = BACKWARD_CASES[case]
@@ -160,7 +173,7 @@ CLIP_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", pylstm.available_backends())
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", sorted(CLIP_CASES))
 def test_clip_rejects(case, backend):
     name, exc, make = CLIP_CASES[case]

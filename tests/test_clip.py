@@ -8,10 +8,30 @@ from pylstm import reference as ref
 
 from pylstm import _backend
 
+from helpers import to_device, to_host
+
 BACKENDS = pylstm.available_backends()
 # The CUDA clipping kernels, run on the CPU through the emulation shim (csrc/cuda_emu.h).
 if _backend.cuda_emu is not None:
     BACKENDS = BACKENDS + ["cuda-emu"]
+
+
+def clip_grads(grads, max_norm, backend, **kw):
+    """pylstm.clip_grads; for "cuda" on CuPy copies of grads, written back in place."""
+    if backend != "cuda":
+        return pylstm.clip_grads(grads, max_norm, backend=backend, **kw)
+    dev = [to_device(g) for g in grads]
+    try:
+        return float(pylstm.clip_grads(dev, max_norm, backend=backend, **kw))
+    finally:
+        for g, d in zip(grads, dev):
+            g[...] = to_host(d)
+
+
+def global_norm(grads, backend):
+    if backend != "cuda":
+        return pylstm.global_norm(grads, backend=backend)
+    return float(pylstm.global_norm([to_device(g) for g in grads], backend=backend))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -29,18 +49,18 @@ def test_above_threshold_scales_every_array(backend, dtype):
     grads = _grads(dtype, [(7, 13), (100,), (3, 4, 5), (1,)], seed=1)
     expect = [g.copy() for g in grads]
     want_total = ref.clip_grads_ref(expect, 1.5)
-    total = pylstm.clip_grads(grads, 1.5, backend=backend)
+    total = clip_grads(grads, 1.5, backend=backend)
     assert total == pytest.approx(want_total, rel=1e-12)
     for g, e in zip(grads, expect):
         np.testing.assert_allclose(g, e, rtol=4 * np.finfo(dtype).eps)
-    assert pylstm.global_norm(grads, backend=backend) == pytest.approx(1.5, rel=1e-5)
+    assert global_norm(grads, backend=backend) == pytest.approx(1.5, rel=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_below_threshold_leaves_arrays_untouched(backend, dtype):
     grads = _grads(dtype, [(5, 6), (11,)], seed=2, scale=0.01)
     before = [g.copy() for g in grads]
-    total = pylstm.clip_grads(grads, 10.0, backend=backend)
+    total = clip_grads(grads, 10.0, backend=backend)
     assert total == pytest.approx(ref.global_norm_ref(before), rel=1e-12)
     for g, b in zip(grads, before):
         np.testing.assert_array_equal(g, b)
@@ -48,13 +68,13 @@ def test_below_threshold_leaves_arrays_untouched(backend, dtype):
 
 def test_all_zero_grads(backend):
     grads = [np.zeros((4, 4), np.float32), np.zeros(9, np.float32)]
-    assert pylstm.clip_grads(grads, 1.0, backend=backend) == 0.0
+    assert clip_grads(grads, 1.0, backend=backend) == 0.0
     assert all((g == 0).all() for g in grads)
 
 
 def test_empty_list_and_empty_arrays(backend):
-    assert pylstm.clip_grads([], 1.0, backend=backend) == 0.0
-    assert pylstm.global_norm([np.zeros(0), np.ones(4)], backend=backend) == 2.0
+    assert clip_grads([], 1.0, backend=backend) == 0.0
+    assert global_norm([np.zeros(0), np.ones(4)], backend=backend) == 2.0
 
 
 def test_one_huge_array(backend):
@@ -63,8 +83,8 @@ def test_one_huge_array(backend):
     rng = np.random.default_rng(3)
     g = rng.standard_normal(3_000_000).astype(np.float32)
     want = ref.global_norm_ref([g])
-    assert pylstm.global_norm([g], backend=backend) == pytest.approx(want, rel=1e-12)
-    total = pylstm.clip_grads([g], 1.0, backend=backend)
+    assert global_norm([g], backend=backend) == pytest.approx(want, rel=1e-12)
+    total = clip_grads([g], 1.0, backend=backend)
     assert total == pytest.approx(want, rel=1e-12)
     assert ref.global_norm_ref([g]) == pytest.approx(1.0, rel=1e-5)
 
@@ -73,7 +93,7 @@ def test_many_tiny_arrays(backend):
     grads = _grads(np.float64, [(1,)] * 500 + [(2, 1)] * 300, seed=4)
     want = [g.copy() for g in grads]
     want_total = ref.clip_grads_ref(want, 0.5)
-    assert pylstm.clip_grads(grads, 0.5, backend=backend) == pytest.approx(want_total, rel=1e-12)
+    assert clip_grads(grads, 0.5, backend=backend) == pytest.approx(want_total, rel=1e-12)
     for g, w in zip(grads, want):
         np.testing.assert_allclose(g, w, rtol=1e-15)
 
@@ -84,10 +104,10 @@ def test_nonfinite_raises_and_scales_nothing(backend, bad):
     grads[1][2, 1] = bad
     before = [g.copy() for g in grads]
     with pytest.raises(FloatingPointError, match="^grads"):
-        pylstm.clip_grads(grads, 1.0, backend=backend)
+        clip_grads(grads, 1.0, backend=backend)
     for g, b in zip(grads, before):
         np.testing.assert_array_equal(g, b)
-    total = pylstm.clip_grads(grads, 1.0, error_if_nonfinite=False, backend=backend)
+    total = clip_grads(grads, 1.0, error_if_nonfinite=False, backend=backend)
     assert not np.isfinite(total)
     for g, b in zip(grads, before):
         np.testing.assert_array_equal(g, b)
@@ -96,10 +116,10 @@ def test_nonfinite_raises_and_scales_nothing(backend, bad):
 def test_float32_overflow_in_squares_is_not_inf(backend):
     # 1e20^2 overflows float32 but not the float64 accumulator.
     g = np.full(4, 1e20, np.float32)
-    assert pylstm.global_norm([g], backend=backend) == pytest.approx(2e20, rel=1e-6)
+    assert global_norm([g], backend=backend) == pytest.approx(2e20, rel=1e-6)
 
 
 def test_tuple_of_arrays_accepted(backend):
     grads = tuple(_grads(np.float64, [(3,), (4,)], seed=6, scale=10.0))
-    pylstm.clip_grads(grads, 1.0, backend=backend)
+    clip_grads(grads, 1.0, backend=backend)
     assert ref.global_norm_ref(grads) == pytest.approx(1.0, rel=1e-6)

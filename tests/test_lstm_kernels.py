@@ -7,10 +7,11 @@ import pylstm
 from pylstm import _backend
 from pylstm import reference as ref
 
-from helpers import SHAPES, assert_close, make_lstm_inputs, max_rel_error
+from helpers import SHAPES, assert_close, make_lstm_inputs, max_rel_error, to_device, to_host
 
 KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
-# The CUDA sources, run on the CPU through the emulation shim (csrc/cuda_emu.h).
+# The CUDA sources, run on the CPU through the emulation shim (csrc/cuda_emu.h); "cuda" (a real
+# GPU, CuPy arrays) is in available_backends() when one is visible.
 if _backend.cuda_emu is not None:
     KERNEL_BACKENDS.append("cuda-emu")
 NAMES_FWD = ("hs", "hT", "cT")
@@ -18,6 +19,13 @@ NAMES_BWD = ("dxs", "dh0", "dc0", "dWx", "dWh", "db")
 
 
 def _run(d, backend):
+    if backend == "cuda":  # a real GPU: the same inputs as CuPy arrays, results copied back
+        dd = {k: to_device(v) for k, v in d.items()}
+        return {k: to_host(v) for k, v in _run_on(dd, backend).items()}
+    return _run_on(d, backend)
+
+
+def _run_on(d, backend):
     hs, hT, cT, cache = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"],
                                             backend=backend)
     grads = pylstm.lstm_backward(d["dhs"], cache, d["dhT"], d["dcT"])

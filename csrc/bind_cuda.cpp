@@ -1,0 +1,498 @@
+// pybind11 module pylstm._cuda (built with nvcc and cuBLAS, PYLSTM_REAL_CUDA) and, from the same
+// source, pylstm._cuda_emu (the emulation runtime of cuda_emu.cpp: host memory stands for the
+// device, so CI runs these bindings and the CUDA kernels without a GPU).
+//
+// Arrays are any objects with __cuda_array_interface__ (CuPy, PyTorch CUDA tensors, Numba device
+// arrays). The kernels allocate nothing: the caller passes outputs and scratch (pylstm's Python
+// layer allocates them with the inputs' array library) and the stream, as an integer handle.
+// Every argument is checked before anything runs: type (a device array; host arrays are named as
+// such), dtype, rank, shape, C-contiguity, writability of outputs, one device for all, and no
+// output overlapping another argument. Errors: TypeError / ValueError naming the argument;
+// RuntimeError for a failed CUDA or cuBLAS call (never left pending for the next call).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gpu_runtime.h"
+#include "lstm_cuda.h"
+
+#if defined(PYLSTM_REAL_CUDA)
+#define PYLSTM_CUDA_MODULE _cuda
+#else
+#define PYLSTM_CUDA_MODULE _cuda_emu
+#endif
+
+namespace py = pybind11;
+
+namespace pylstm {
+namespace {
+
+// One argument's __cuda_array_interface__, read and kept with its name.
+struct DevArray {
+  std::string name;
+  std::uintptr_t ptr = 0;
+  std::vector<int64_t> shape;
+  std::string typestr;
+  int64_t size = 1;
+  int itemsize = 0;
+  bool readonly = false;
+  bool c_contiguous = true;
+  std::string strides;
+  int device = -1;
+  bool present() const { return !name.empty(); }
+  std::uintptr_t end() const { return ptr + std::uintptr_t(size) * std::uintptr_t(itemsize); }
+};
+
+std::string type_name(const py::handle& o) {
+  const py::handle t = py::type::of(o);
+  std::string mod = py::hasattr(t, "__module__") ? py::str(t.attr("__module__")).cast<std::string>() : "";
+  const std::string qn = py::str(t.attr("__qualname__")).cast<std::string>();
+  return mod.empty() || mod == "builtins" ? qn : mod + "." + qn;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t k = 0; k < s.size(); ++k) os << (k ? ", " : "") << s[k];
+  os << (s.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+// "<f4" -> "float32", "<i8" -> "int64", ... (NumPy's names, for messages).
+std::string dtype_name(const std::string& ts) {
+  if (ts.size() < 3) return ts;
+  const int bits = 8 * std::atoi(ts.c_str() + 2);
+  switch (ts[1]) {
+    case 'f': return "float" + std::to_string(bits);
+    case 'i': return "int" + std::to_string(bits);
+    case 'u': return "uint" + std::to_string(bits);
+    case 'c': return "complex" + std::to_string(bits);
+    case 'b': return "bool";
+    default: return ts;
+  }
+}
+
+DevArray parse(const py::handle& obj, const char* name) {
+  if (!py::hasattr(obj, "__cuda_array_interface__")) {
+    if (py::isinstance<py::array>(obj)) {
+      throw py::type_error(std::string(name) +
+                           " is a host array (numpy.ndarray); the CUDA backend takes device arrays "
+                           "(CuPy, PyTorch CUDA tensors, Numba): move it to the GPU first, e.g. "
+                           "cupy.asarray(" + name + "), or use backend='cpu'");
+    }
+    throw py::type_error(std::string(name) +
+                         " must be a device array exposing __cuda_array_interface__, got " +
+                         type_name(obj));
+  }
+  const py::object cai = obj.attr("__cuda_array_interface__");
+  if (!py::isinstance<py::dict>(cai)) {
+    throw py::type_error(std::string(name) + ".__cuda_array_interface__ must be a dict");
+  }
+  const py::dict d = py::reinterpret_borrow<py::dict>(cai);
+  DevArray a;
+  a.name = name;
+  try {
+    for (const py::handle& e : d["shape"]) a.shape.push_back(e.cast<int64_t>());
+    a.typestr = d["typestr"].cast<std::string>();
+    const py::tuple data = d["data"].cast<py::tuple>();
+    a.ptr = data[0].cast<std::uintptr_t>();
+    a.readonly = data[1].cast<bool>();
+  } catch (const py::error_already_set&) {
+    throw py::type_error(std::string(name) + ": malformed __cuda_array_interface__");
+  } catch (const py::cast_error&) {
+    throw py::type_error(std::string(name) + ": malformed __cuda_array_interface__");
+  }
+  if (d.contains("mask") && !d["mask"].is_none()) {
+    throw py::value_error(std::string(name) + ": masked device arrays are not supported");
+  }
+  a.itemsize = a.typestr.size() >= 3 ? std::atoi(a.typestr.c_str() + 2) : 0;
+  for (int64_t e : a.shape) a.size *= e;
+  if (d.contains("strides") && !d["strides"].is_none()) {
+    std::vector<int64_t> st;
+    for (const py::handle& e : d["strides"]) st.push_back(e.cast<int64_t>());
+    a.strides = shape_str(st);
+    int64_t want = a.itemsize;
+    for (size_t k = st.size(); k-- > 0;) {
+      if (a.shape[k] != 1 && st[k] != want) a.c_contiguous = false;
+      want *= a.shape[k];
+    }
+    if (a.size == 0) a.c_contiguous = true;
+  }
+  return a;
+}
+
+// Parses obj, or returns an absent DevArray for None.
+DevArray parse_opt(const py::object& obj, const char* name) {
+  return obj.is_none() ? DevArray{} : parse(obj, name);
+}
+
+bool is_float(const DevArray& a, int itemsize) {
+  return a.typestr.size() >= 3 && (a.typestr[0] == '<' || a.typestr[0] == '=') &&
+         a.typestr[1] == 'f' && a.itemsize == itemsize;
+}
+
+int float_itemsize(const DevArray& a) {
+  if (is_float(a, 4)) return 4;
+  if (is_float(a, 8)) return 8;
+  throw py::type_error(std::string(a.name) + " must have dtype float32 or float64, got " +
+                       dtype_name(a.typestr));
+}
+
+void check(const DevArray& a, int itemsize, std::vector<int64_t> shape, bool writable = false,
+           const char* dtype_owner = "xs") {
+  if (!is_float(a, itemsize)) {
+    throw py::type_error(std::string(a.name) + " must have dtype " +
+                         (itemsize == 4 ? "float32" : "float64") + " (the dtype of " +
+                         dtype_owner + "), got " + dtype_name(a.typestr));
+  }
+  if (a.shape.size() != shape.size()) {
+    throw py::value_error(std::string(a.name) + " must have rank " + std::to_string(shape.size()) +
+                          ", got rank " + std::to_string(a.shape.size()) + " with shape " +
+                          shape_str(a.shape));
+  }
+  for (size_t k = 0; k < shape.size(); ++k) {
+    if (shape[k] >= 0 && a.shape[k] != shape[k]) {
+      throw py::value_error(std::string(a.name) + " must have shape " + shape_str(shape) +
+                            ", got " + shape_str(a.shape));
+    }
+  }
+  if (!a.c_contiguous) {
+    throw py::value_error(std::string(a.name) + " must be C-contiguous, got strides " + a.strides);
+  }
+  if (writable && a.readonly) {
+    throw py::value_error(std::string(a.name) + " must be writable, got a read-only array");
+  }
+}
+
+// One device for every argument (the first one's), and no output overlapping any other
+// argument. Returns the device.
+int check_devices(const std::vector<const DevArray*>& all, size_t first_output) {
+  int dev = -1;
+  const DevArray* ref = nullptr;
+  for (const DevArray* a : all) {
+    if (!a->present() || a->size == 0) continue;
+    const int d = gpu::pointer_device(reinterpret_cast<const void*>(a->ptr), a->name.c_str());
+    if (ref == nullptr) {
+      dev = d;
+      ref = a;
+    } else if (d != dev) {
+      throw py::value_error(std::string(a->name) + " is on device " + std::to_string(d) + " but " +
+                            ref->name + " is on device " + std::to_string(dev) +
+                            ": all arrays must be on one device");
+    }
+  }
+  for (size_t i = first_output; i < all.size(); ++i) {
+    const DevArray* o = all[i];
+    if (!o->present() || o->size == 0) continue;
+    for (size_t j = 0; j < all.size(); ++j) {
+      const DevArray* x = all[j];
+      if (j == i || !x->present() || x->size == 0) continue;
+      if (o->ptr < x->end() && x->ptr < o->end()) {
+        throw py::value_error(std::string(o->name) + " overlaps " + x->name +
+                              ": outputs must not share memory with other arguments");
+      }
+    }
+  }
+  return dev;
+}
+
+template <class T>
+T* mut(const DevArray& a) {
+  return a.present() ? reinterpret_cast<T*>(a.ptr) : nullptr;
+}
+template <class T>
+const T* in(const DevArray& a) {
+  return a.present() ? reinterpret_cast<const T*>(a.ptr) : nullptr;
+}
+
+// The inputs of an LSTM call, parsed and checked; sizes read from xs and Wh.
+struct LstmArgs {
+  DevArray xs, Wx, Wh, b, h0, c0;
+  LstmShape s{};
+  int itemsize = 0;
+};
+
+LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::object& Wh,
+                     const py::object& b, const py::object& h0, const py::object& c0) {
+  LstmArgs a;
+  a.xs = parse(xs, "xs");
+  a.itemsize = float_itemsize(a.xs);
+  if (a.xs.shape.size() != 3) {
+    throw py::value_error("xs must have rank 3 (N, T, D), got rank " +
+                          std::to_string(a.xs.shape.size()) + " with shape " + shape_str(a.xs.shape));
+  }
+  a.Wh = parse(Wh, "Wh");
+  if (a.Wh.shape.size() != 2) {
+    throw py::value_error("Wh must have rank 2 (H, 4H), got rank " +
+                          std::to_string(a.Wh.shape.size()) + " with shape " + shape_str(a.Wh.shape));
+  }
+  a.s = {a.xs.shape[0], a.xs.shape[1], a.xs.shape[2], a.Wh.shape[0]};
+  const char* what[4] = {"N (batch size)", "T (time steps)", "D (input size)", "H (hidden size)"};
+  const int64_t val[4] = {a.s.N, a.s.T, a.s.D, a.s.H};
+  for (int k = 0; k < 4; ++k) {
+    if (val[k] < 1) {
+      const DevArray& owner = k < 3 ? a.xs : a.Wh;
+      throw py::value_error(std::string(owner.name) + ": " + what[k] + " must be >= 1, got shape " +
+                            shape_str(owner.shape));
+    }
+  }
+  const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, is = a.itemsize;
+  check(a.xs, is, {N, T, D});
+  check(a.Wh, is, {H, 4 * H});
+  a.Wx = parse(Wx, "Wx");
+  check(a.Wx, is, {D, 4 * H});
+  a.b = parse(b, "b");
+  check(a.b, is, {4 * H});
+  a.h0 = parse_opt(h0, "h0");
+  if (a.h0.present()) check(a.h0, is, {N, H});
+  a.c0 = parse_opt(c0, "c0");
+  if (a.c0.present()) check(a.c0, is, {N, H});
+  const int64_t biggest = N * T * std::max<int64_t>(4 * H, D + H);
+  if (biggest > INT_MAX || T * 4 * H > INT_MAX) {
+    throw py::value_error("xs: N*T*max(4H, D+H) = " + std::to_string(biggest) +
+                          " is too large for 32-bit cuBLAS indexing");
+  }
+  return a;
+}
+
+void check_work(const DevArray& w, int itemsize, int64_t need) {
+  check(w, itemsize, {-1}, true);
+  if (w.size < need) {
+    throw py::value_error(std::string(w.name) + " must have at least " + std::to_string(need) +
+                          " elements (the workspace size), got " + std::to_string(w.size));
+  }
+}
+
+// forward_check(xs, Wx, Wh, b, h0, c0) -> (N, T, D, H, itemsize, device): the checks of
+// lstm_forward's inputs, for the caller to allocate outputs.
+py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::object& Wh,
+                        const py::object& b, const py::object& h0, const py::object& c0) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0);
+  const int dev = check_devices({&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0}, 6);
+  return py::make_tuple(a.s.N, a.s.T, a.s.D, a.s.H, a.itemsize, dev);
+}
+
+template <class T>
+void run_forward(const GpuContext& ctx, const LstmArgs& a, const DevArray& hs, const DevArray& hT,
+                 const DevArray& cT, const DevArray& gates, const DevArray& cs, const DevArray& work) {
+  lstm_forward_cuda<T>(ctx, a.s, in<T>(a.xs), in<T>(a.h0), in<T>(a.c0), in<T>(a.Wx), in<T>(a.Wh),
+                       in<T>(a.b), mut<T>(hs), mut<T>(hT), mut<T>(cT), mut<T>(gates), mut<T>(cs),
+                       mut<T>(work));
+}
+
+void lstm_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
+                  const py::object& b, const py::object& h0, const py::object& c0,
+                  const py::object& hs_o, const py::object& hT_o, const py::object& cT_o,
+                  const py::object& gates_o, const py::object& cs_o, const py::object& work_o,
+                  std::uintptr_t stream) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0);
+  const int64_t N = a.s.N, T = a.s.T, H = a.s.H;
+  const int is = a.itemsize;
+  const DevArray hs = parse(hs_o, "hs"), hT = parse(hT_o, "hT"), cT = parse(cT_o, "cT");
+  check(hs, is, {N, T, H}, true);
+  check(hT, is, {N, H}, true);
+  check(cT, is, {N, H}, true);
+  const DevArray gates = parse_opt(gates_o, "gates"), cs = parse_opt(cs_o, "cs");
+  if (gates.present() != cs.present()) {
+    throw py::value_error("gates and cs must both be given (training) or both be None (inference)");
+  }
+  const bool save = gates.present();
+  if (save) {
+    check(gates, is, {N, T, 4 * H}, true);
+    check(cs, is, {N, T, H}, true);
+  }
+  const int64_t need = lstm_forward_workspace_size(a.s, save);
+  const DevArray work = parse_opt(work_o, "work");
+  if (need > 0 && !work.present()) {
+    throw py::value_error("work must be a device array of at least " + std::to_string(need) +
+                          " elements (forward_workspace_size) for inference, got None");
+  }
+  if (work.present()) check_work(work, is, need);
+  const int dev = check_devices({&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0, &hs, &hT, &cT, &gates,
+                                 &cs, &work}, 6);
+  py::gil_scoped_release nogil;
+  gpu::DeviceGuard guard(dev);
+  const GpuContext ctx = gpu::context(dev, stream);
+  if (is == 4) run_forward<float>(ctx, a, hs, hT, cT, gates, cs, work);
+  else run_forward<double>(ctx, a, hs, hT, cT, gates, cs, work);
+}
+
+template <class T>
+void run_backward(const GpuContext& ctx, const LstmArgs& a, const DevArray* v) {
+  // v: hs, gates, cs, dhs, dhT, dcT, dxs, dh0, dc0, dW, db, work
+  lstm_backward_cuda<T>(ctx, a.s, in<T>(a.xs), in<T>(a.h0), in<T>(a.c0), in<T>(a.Wx),
+                        in<T>(a.Wh), in<T>(v[0]), in<T>(v[1]), in<T>(v[2]), in<T>(v[3]),
+                        in<T>(v[4]), in<T>(v[5]), mut<T>(v[6]), mut<T>(v[7]), mut<T>(v[8]),
+                        mut<T>(v[9]), mut<T>(v[10]), mut<T>(v[11]));
+}
+
+void lstm_backward(const py::object& xs, const py::object& h0, const py::object& c0,
+                   const py::object& Wx, const py::object& Wh, const py::object& b,
+                   const py::object& hs_o, const py::object& gates_o, const py::object& cs_o,
+                   const py::object& dhs_o, const py::object& dhT_o, const py::object& dcT_o,
+                   const py::object& dxs_o, const py::object& dh0_o, const py::object& dc0_o,
+                   const py::object& dW_o, const py::object& db_o, const py::object& work_o,
+                   std::uintptr_t stream) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0);
+  const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H;
+  const int is = a.itemsize;
+  DevArray v[12] = {parse(hs_o, "hs"),   parse(gates_o, "gates"), parse(cs_o, "cs"),
+                    parse(dhs_o, "dhs"), parse_opt(dhT_o, "dhT"), parse_opt(dcT_o, "dcT"),
+                    parse(dxs_o, "dxs"), parse(dh0_o, "dh0"),     parse(dc0_o, "dc0"),
+                    parse(dW_o, "dW"),   parse(db_o, "db"),       parse(work_o, "work")};
+  check(v[0], is, {N, T, H});
+  check(v[1], is, {N, T, 4 * H});
+  check(v[2], is, {N, T, H});
+  check(v[3], is, {N, T, H});
+  if (v[4].present()) check(v[4], is, {N, H});
+  if (v[5].present()) check(v[5], is, {N, H});
+  check(v[6], is, {N, T, D}, true);
+  check(v[7], is, {N, H}, true);
+  check(v[8], is, {N, H}, true);
+  check(v[9], is, {D + H, 4 * H}, true);
+  check(v[10], is, {4 * H}, true);
+  check_work(v[11], is, lstm_backward_workspace_size(a.s));
+  std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0};
+  for (const DevArray& x : v) all.push_back(&x);
+  const int dev = check_devices(all, 12);
+  py::gil_scoped_release nogil;
+  gpu::DeviceGuard guard(dev);
+  const GpuContext ctx = gpu::context(dev, stream);
+  if (is == 4) run_backward<float>(ctx, a, v);
+  else run_backward<double>(ctx, a, v);
+}
+
+// --- clipping ---------------------------------------------------------------------------------
+std::vector<DevArray> read_grads(const py::object& grads, bool writable) {
+  if (!py::isinstance<py::list>(grads) && !py::isinstance<py::tuple>(grads)) {
+    throw py::type_error("grads must be a list or tuple of device arrays, got " + type_name(grads));
+  }
+  std::vector<DevArray> out;
+  size_t k = 0;
+  for (const py::handle& h : grads) {
+    const std::string name = "grads[" + std::to_string(k++) + "]";
+    DevArray g = parse(h, name.c_str());
+    const int is = float_itemsize(g);
+    if (!out.empty() && is != out[0].itemsize) {
+      throw py::type_error(name + " has dtype " + dtype_name(g.typestr) +
+                           " but grads[0] has " + dtype_name(out[0].typestr) +
+                           ": all arrays in grads must share one dtype");
+    }
+    if (!g.c_contiguous) {
+      throw py::value_error(name + " must be C-contiguous, got strides " + g.strides);
+    }
+    if (writable && g.readonly) {
+      throw py::value_error(name +
+                            " must be writable (clipping scales it in place), got a read-only array");
+    }
+    out.push_back(g);
+  }
+  return out;
+}
+
+template <class T>
+std::vector<ClipChunk<T>> plan(const std::vector<DevArray>& g) {
+  std::vector<Span<T>> spans;
+  for (const DevArray& a : g) spans.push_back({reinterpret_cast<T*>(a.ptr), a.size});
+  return plan_clip_chunks(spans);
+}
+
+// clip_plan(grads) -> (doubles of `work` clip_grads needs, device): work holds [norm, rate,
+// finite flag, counter, one partial per chunk]; device is -1 for an empty list.
+py::tuple clip_plan(const py::object& grads) {
+  const std::vector<DevArray> g = read_grads(grads, false);
+  if (g.empty()) return py::make_tuple(int64_t(4), -1);
+  const size_t chunks = g[0].itemsize == 4 ? plan<float>(g).size() : plan<double>(g).size();
+  std::vector<const DevArray*> all;
+  for (const DevArray& a : g) all.push_back(&a);
+  const int dev = check_devices(all, all.size());
+  return py::make_tuple(4 + int64_t(chunks), dev);
+}
+
+// Measures (max_norm <= 0) or clips in place; results in work[0..3) (see above). work must be
+// float64 with work[3] == 0 on the first call (the kernels leave it 0).
+void clip_grads(const py::object& grads, double max_norm, const py::object& work_o,
+                std::uintptr_t stream) {
+  if (!std::isfinite(max_norm)) {
+    throw py::value_error("max_norm must be a finite number, got " + std::to_string(max_norm));
+  }
+  const std::vector<DevArray> g = read_grads(grads, max_norm > 0.0);
+  DevArray work = parse(work_o, "work");
+  check(work, 8, {-1}, true, "the clipping workspace");
+  std::vector<ClipChunk<float>> cf;
+  std::vector<ClipChunk<double>> cd;
+  const bool f32 = !g.empty() && g[0].itemsize == 4;
+  if (f32) cf = plan<float>(g);
+  else if (!g.empty()) cd = plan<double>(g);
+  const int64_t nchunks = f32 ? int64_t(cf.size()) : int64_t(cd.size());
+  if (work.size < 4 + nchunks) {
+    throw py::value_error("work must have at least " + std::to_string(4 + nchunks) +
+                          " elements (clip_plan(grads)[0]), got " + std::to_string(work.size));
+  }
+  std::vector<const DevArray*> all = {&work};
+  for (const DevArray& a : g) all.push_back(&a);
+  const int dev = check_devices(all, 1);
+  double* w = reinterpret_cast<double*>(work.ptr);
+  unsigned* counter = reinterpret_cast<unsigned*>(w + 3);
+  py::gil_scoped_release nogil;
+  gpu::DeviceGuard guard(dev);
+  const GpuContext ctx = gpu::context(dev, stream);
+  if (f32) clip_grads_cuda<float>(ctx, cf.data(), nchunks, max_norm, w + 4, counter, w);
+  else clip_grads_cuda<double>(ctx, cd.data(), nchunks, max_norm, w + 4, counter, w);
+}
+
+py::tuple status() {
+  std::string why;
+  const int n = gpu::device_count(&why);
+  return py::make_tuple(n, why);
+}
+
+}  // namespace
+}  // namespace pylstm
+
+PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
+  using namespace pylstm;
+#if defined(PYLSTM_REAL_CUDA)
+  m.doc() = "pylstm's CUDA kernels (cuBLAS GEMMs); arrays via __cuda_array_interface__";
+  m.attr("emulated") = false;
+#else
+  m.doc() = "pylstm's CUDA kernels run on the CPU through the emulation shim (tests only); "
+            "host memory wrapped in __cuda_array_interface__ stands for device memory";
+  m.attr("emulated") = true;
+#endif
+  m.def("status", &status, "(device count, reason when 0)");
+  m.def("forward_check", &forward_check, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
+        py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none());
+  m.def("forward_workspace_size",
+        [](int64_t N, int64_t T, int64_t D, int64_t H, bool save) {
+          return lstm_forward_workspace_size(LstmShape{N, T, D, H}, save);
+        },
+        py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save_for_backward"));
+  m.def("backward_workspace_size",
+        [](int64_t N, int64_t T, int64_t D, int64_t H) {
+          return lstm_backward_workspace_size(LstmShape{N, T, D, H});
+        },
+        py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"));
+  m.def("lstm_forward", &lstm_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
+        py::arg("h0").none(true), py::arg("c0").none(true), py::arg("hs"), py::arg("hT"),
+        py::arg("cT"), py::arg("gates").none(true), py::arg("cs").none(true),
+        py::arg("work").none(true), py::arg("stream") = 0);
+  m.def("lstm_backward", &lstm_backward, py::arg("xs"), py::arg("h0").none(true),
+        py::arg("c0").none(true), py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"),
+        py::arg("gates"), py::arg("cs"), py::arg("dhs"), py::arg("dhT").none(true),
+        py::arg("dcT").none(true), py::arg("dxs"), py::arg("dh0"), py::arg("dc0"), py::arg("dW"),
+        py::arg("db"), py::arg("work"), py::arg("stream") = 0);
+  m.def("clip_plan", &clip_plan, py::arg("grads"));
+  m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"), py::arg("work"),
+        py::arg("stream") = 0);
+  m.def("set_allow_tf32", &gpu::set_allow_tf32, py::arg("on"));
+  m.def("get_allow_tf32", &gpu::get_allow_tf32);
+}

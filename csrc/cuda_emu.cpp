@@ -1,0 +1,154 @@
+// The emulation build's launcher (cuda_emu.h): kernels run on the calling CPU thread, blocks
+// one after the other. A plain launch calls the body once per thread in order; a fiber launch
+// gives every thread of a block its own stack (ucontext) and runs them round-robin, each until
+// its next __syncthreads() or its return, so a barrier holds exactly as on a GPU: no thread of
+// the block passes it before all have reached it.
+#include <ucontext.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda_emu.h"
+#include "gpu_runtime.h"
+
+namespace pylstm_emu {
+namespace {
+
+constexpr size_t kFiberStack = 64 * 1024;
+
+struct FiberBlock {
+  ucontext_t scheduler;
+  std::vector<ucontext_t> ctx;
+  std::vector<std::unique_ptr<char[]>> stacks;
+  std::vector<char> done;
+  unsigned current = 0;
+  dim3 block;
+  const std::function<void()>* body = nullptr;
+};
+
+thread_local FiberBlock* active = nullptr;  // the fiber launch running on this OS thread
+thread_local bool in_plain_launch = false;
+
+dim3 thread_index(unsigned linear, const dim3& b) {
+  return dim3(linear % b.x, (linear / b.x) % b.y, linear / (b.x * b.y));
+}
+
+void fiber_main() {
+  FiberBlock* fb = active;
+  (*fb->body)();
+  fb->done[fb->current] = 1;
+  // returning ends the fiber: uc_link goes back to the scheduler
+}
+
+// getcontext/swapcontext "return twice"; kept out of the scheduler's loops (-Wclobbered).
+__attribute__((noinline)) void init_fiber(FiberBlock& fb, unsigned t) {
+  getcontext(&fb.ctx[t]);
+  fb.ctx[t].uc_stack.ss_sp = fb.stacks[t].get();
+  fb.ctx[t].uc_stack.ss_size = kFiberStack;
+  fb.ctx[t].uc_link = &fb.scheduler;
+  makecontext(&fb.ctx[t], fiber_main, 0);
+  fb.done[t] = 0;
+}
+
+__attribute__((noinline)) void resume_fiber(FiberBlock& fb, unsigned t) {
+  fb.current = t;
+  swapcontext(&fb.scheduler, &fb.ctx[t]);
+}
+
+}  // namespace
+
+void syncthreads() {
+  if (active == nullptr) {
+    throw std::logic_error(
+        in_plain_launch ? "__syncthreads() in a kernel launched with PYLSTM_LAUNCH: use "
+                          "PYLSTM_LAUNCH_SYNC for kernels with block barriers"
+                        : "__syncthreads() outside a kernel");
+  }
+  FiberBlock* fb = active;
+  swapcontext(&fb->ctx[fb->current], &fb->scheduler);
+}
+
+void launch(const dim3& grid, const dim3& block, bool fibers, const std::function<void()>& body) {
+  gridDim = grid;
+  blockDim = block;
+  const unsigned nthreads = block.x * block.y * block.z;
+  if (!fibers) {
+    in_plain_launch = true;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+          blockIdx = dim3(bx, by, bz);
+          for (unsigned t = 0; t < nthreads; ++t) {
+            threadIdx = thread_index(t, block);
+            body();
+          }
+        }
+    in_plain_launch = false;
+    return;
+  }
+  if (active != nullptr) throw std::logic_error("nested fiber launch");
+  FiberBlock fb;
+  fb.block = block;
+  fb.body = &body;
+  fb.ctx.resize(nthreads);
+  fb.done.resize(nthreads);
+  for (unsigned t = 0; t < nthreads; ++t) fb.stacks.emplace_back(new char[kFiberStack]);
+  active = &fb;
+  struct Reset {
+    ~Reset() { active = nullptr; }
+  } reset;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = dim3(bx, by, bz);
+        for (unsigned t = 0; t < nthreads; ++t) init_fiber(fb, t);
+        // Rounds: every live thread runs to its next barrier or its end.
+        for (;;) {
+          unsigned finished = 0;
+          for (unsigned t = 0; t < nthreads; ++t) {
+            if (fb.done[t]) continue;
+            threadIdx = thread_index(t, block);
+            resume_fiber(fb, t);
+            finished += fb.done[t];
+          }
+          unsigned live = 0;
+          for (unsigned t = 0; t < nthreads; ++t) live += !fb.done[t];
+          if (live == 0) break;
+          if (finished != 0) {
+            throw std::logic_error("block (" + std::to_string(bx) + ", " + std::to_string(by) +
+                                   ", " + std::to_string(bz) + "): " + std::to_string(live) +
+                                   " threads wait at __syncthreads() while " +
+                                   std::to_string(finished) + " returned (divergent barrier)");
+          }
+        }
+      }
+}
+
+}  // namespace pylstm_emu
+
+// The device runtime of the emulation build (gpu_runtime.h): host memory is "device 0".
+namespace pylstm {
+namespace gpu {
+namespace {
+bool emu_tf32 = false;
+}
+
+int device_count(std::string* why) {
+  if (why) why->clear();
+  return 1;
+}
+int pointer_device(const void*, const char*) { return 0; }
+DeviceGuard::DeviceGuard(int dev) : prev_(dev) {}
+DeviceGuard::~DeviceGuard() = default;
+GpuContext context(int, std::uintptr_t stream) {
+  GpuContext ctx;
+  ctx.stream = reinterpret_cast<cudaStream_t>(stream);
+  return ctx;
+}
+void set_allow_tf32(bool on) { emu_tf32 = on; }
+bool get_allow_tf32() { return emu_tf32; }
+
+}  // namespace gpu
+}  // namespace pylstm

@@ -1,0 +1,159 @@
+// The real device runtime for pylstm._cuda (gpu_runtime.h): device queries, pointer ownership,
+// the per-thread, per-device cuBLAS handle cache, launch checks and the row-major GEMM that
+// lstm_cuda.cu calls. Every CUDA and cuBLAS call is checked; a failed call raises with the
+// call's name and the library's message.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gpu_runtime.h"
+#include "lstm_cuda.h"
+
+namespace pylstm {
+
+namespace {
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear a non-sticky error so that it does not fail the next call
+    throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorName(err) + " (" +
+                             cudaGetErrorString(err) + ")");
+  }
+}
+
+const char* cublas_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "CUBLAS_STATUS_UNKNOWN";
+  }
+}
+
+void check_cublas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    cudaGetLastError();
+    throw std::runtime_error(std::string(what) + " failed: " + cublas_name(s));
+  }
+}
+
+std::atomic<bool> allow_tf32{false};
+
+// One handle per (host thread, device): a cuBLAS handle must not be used by two threads at
+// once, and binding it to the caller's stream per call is then race-free. Handles are never
+// destroyed: destroying them from thread-exit or process-exit destructors can run after the
+// CUDA runtime has shut down; the driver reclaims them with the process.
+struct HandleSlot {
+  cublasHandle_t handle = nullptr;
+  bool tf32 = false;
+};
+thread_local std::vector<HandleSlot> handles;
+
+}  // namespace
+
+void check_launch(const char* kernel) {
+  check_cuda(cudaGetLastError(), (std::string("launch of ") + kernel).c_str());
+}
+
+namespace gpu {
+
+int device_count(std::string* why) {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    if (why) *why = std::string("cudaGetDeviceCount: ") + cudaGetErrorName(err) + " (" +
+                    cudaGetErrorString(err) + ")";
+    return 0;
+  }
+  if (n == 0 && why) *why = "cudaGetDeviceCount: no CUDA device";
+  return n;
+}
+
+int pointer_device(const void* p, const char* name) {
+  std::string why;
+  if (device_count(&why) == 0) {
+    throw std::runtime_error(std::string(name) + ": no CUDA GPU is visible to pylstm (" + why +
+                             ")");
+  }
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, p);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw std::invalid_argument(std::string(name) + ": its pointer is not CUDA memory (" +
+                                cudaGetErrorName(err) + ")");
+  }
+  if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) return attr.device;
+  throw std::invalid_argument(std::string(name) +
+                              " points to host memory; the CUDA backend takes device arrays");
+}
+
+DeviceGuard::DeviceGuard(int dev) {
+  check_cuda(cudaGetDevice(&prev_), "cudaGetDevice");
+  if (prev_ != dev) check_cuda(cudaSetDevice(dev), "cudaSetDevice");
+}
+
+DeviceGuard::~DeviceGuard() {
+  int cur = -1;
+  if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_ && prev_ >= 0) cudaSetDevice(prev_);
+  cudaGetLastError();
+}
+
+GpuContext context(int dev, std::uintptr_t stream) {
+  if (dev < 0) throw std::invalid_argument("device index must be >= 0");
+  if (handles.size() <= size_t(dev)) handles.resize(size_t(dev) + 1);
+  HandleSlot& slot = handles[size_t(dev)];
+  if (slot.handle == nullptr) {
+    check_cublas(cublasCreate(&slot.handle), "cublasCreate");
+    check_cublas(cublasSetMathMode(slot.handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    slot.tf32 = false;
+  }
+  const bool want_tf32 = allow_tf32.load();
+  if (slot.tf32 != want_tf32) {
+    check_cublas(cublasSetMathMode(slot.handle, want_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                          : CUBLAS_DEFAULT_MATH),
+                 "cublasSetMathMode");
+    slot.tf32 = want_tf32;
+  }
+  GpuContext ctx;
+  ctx.stream = reinterpret_cast<cudaStream_t>(stream);
+  ctx.blas_handle = slot.handle;
+  check_cublas(cublasSetStream(slot.handle, ctx.stream), "cublasSetStream");
+  return ctx;
+}
+
+void set_allow_tf32(bool on) { allow_tf32.store(on); }
+bool get_allow_tf32() { return allow_tf32.load(); }
+
+}  // namespace gpu
+
+// Row-major C (M x N) = alpha op(A) op(B) + beta C through column-major cuBLAS: the row-major C
+// is C^T in column-major order, and C^T = op(B)^T op(A)^T, so the operands swap places.
+void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+              float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+              float* C, int64_t ldc) {
+  check_cublas(cublasSgemm(static_cast<cublasHandle_t>(ctx.blas_handle), tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M), int(K), &alpha, B,
+                           int(ldb), A, int(lda), &beta, C, int(ldc)),
+               "cublasSgemm");
+}
+
+void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+              double alpha, const double* A, int64_t lda, const double* B, int64_t ldb,
+              double beta, double* C, int64_t ldc) {
+  check_cublas(cublasDgemm(static_cast<cublasHandle_t>(ctx.blas_handle), tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M), int(K), &alpha, B,
+                           int(ldb), A, int(lda), &beta, C, int(ldc)),
+               "cublasDgemm");
+}
+
+}  // namespace pylstm

@@ -1,0 +1,45 @@
+// What the CUDA bindings (bind_cuda.cpp) need from the device runtime, implemented twice:
+// cuda_glue.cpp (the real CUDA runtime and cuBLAS, for pylstm._cuda) and cuda_emu.cpp (host
+// memory stands for device 0, for pylstm._cuda_emu). Errors are C++ exceptions that pybind11
+// turns into Python ones: std::invalid_argument -> ValueError, std::runtime_error ->
+// RuntimeError; messages name the argument.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "lstm_cuda.h"
+
+namespace pylstm {
+namespace gpu {
+
+// Number of visible GPUs; 0 when none, with the reason in *why (the CUDA error, e.g. no driver).
+int device_count(std::string* why);
+
+// The device holding the memory at p (device or managed memory). Raises std::invalid_argument
+// naming `name` for host memory, and std::runtime_error when no GPU is usable (the CUDA error
+// is cleared first, so nothing sticks to the next call).
+int pointer_device(const void* p, const char* name);
+
+// Makes dev current for the guard's lifetime (restores the previous device).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int dev);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
+// The context for a call on `stream` of the current device: the cuBLAS handle cached for this
+// host thread and device (created on first use).
+GpuContext context(int dev, std::uintptr_t stream);
+
+// TF32 tensor-core math for float32 GEMMs (off by default: strict fp32).
+void set_allow_tf32(bool on);
+bool get_allow_tf32();
+
+}  // namespace gpu
+}  // namespace pylstm

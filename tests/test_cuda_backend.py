@@ -1,0 +1,223 @@
+"""The CUDA backend's device-array path without a GPU: the bindings (pylstm._cuda_emu, the same
+source as pylstm._cuda) on host memory behind __cuda_array_interface__, the functional API's
+dispatch and allocation, host/device mixes, output checks, and the real CUDA module's behaviour
+on a machine with no GPU (import works, a clear error, nothing sticky). GPU-only checks carry
+the `cuda` marker."""
+
+import re
+
+import numpy as np
+import pytest
+
+import pylstm
+from pylstm import _backend, _devices
+from pylstm import reference as ref
+
+from helpers import assert_close, make_lstm_inputs
+
+emu = _backend.cuda_emu
+needs_emu = pytest.mark.skipif(emu is None, reason="pylstm._cuda_emu not built")
+Dev = _devices.EmuDeviceArray
+N, T, D, H = 3, 4, 5, 6
+
+
+def _inputs(dtype=np.float64):
+    return make_lstm_inputs((N, T, D, H), dtype, seed=11)
+
+
+def _outputs(dtype, save=True):
+    out = {"hs": np.zeros((N, T, H), dtype), "hT": np.zeros((N, H), dtype), "cT": np.zeros((N, H), dtype)}
+    if save:
+        out["gates"] = np.zeros((N, T, 4 * H), dtype)
+        out["cs"] = np.zeros((N, T, H), dtype)
+    return out
+
+
+def _forward_binding(d, out, work=None, **override):
+    args = {k: d[k] for k in ("xs", "Wx", "Wh", "b", "h0", "c0")}
+    args.update({k: out.get(k) for k in ("hs", "hT", "cT", "gates", "cs")})
+    args["work"] = work
+    args.update(override)
+    wrapped = {k: Dev(v) if isinstance(v, np.ndarray) else v for k, v in args.items()}
+    return emu.lstm_forward(**wrapped)
+
+
+@needs_emu
+def test_device_arrays_through_auto_match_reference():
+    d = _inputs()
+    dev = {k: None if v is None else Dev(v) for k, v in d.items()}
+    hs, hT, cT, cache = pylstm.lstm_forward(dev["xs"], dev["Wx"], dev["Wh"], dev["b"], dev["h0"], dev["c0"])
+    assert cache.backend == "cuda"  # "auto" chose the device path
+    grads = pylstm.lstm_backward(dev["dhs"], cache, dev["dhT"], dev["dcT"])
+    want_hs, want_hT, want_cT, rc = ref.lstm_forward_ref(d["xs"], d["h0"], d["c0"], d["Wx"], d["Wh"], d["b"])
+    want = ref.lstm_backward_ref(d["dhs"], rc, d["dhT"], d["dcT"])
+    for name, g, w in zip(("hs", "hT", "cT"), (hs, hT, cT), (want_hs, want_hT, want_cT)):
+        assert isinstance(g, Dev)  # device arrays in, device arrays out
+        assert_close(name, g.array, w, 1e-12)
+    for name, g, w in zip(("dxs", "dh0", "dc0", "dWx", "dWh", "db"), grads, want):
+        assert isinstance(g, Dev)
+        assert_close(name, g.array, w, 1e-12)
+    hs2, _, _ = pylstm.lstm_inference(dev["xs"], dev["Wx"], dev["Wh"], dev["b"], dev["h0"], dev["c0"])
+    np.testing.assert_array_equal(hs2.array, hs.array)
+    # outputs feed further device calls (hs as the next layer's input)
+    Wx2 = Dev(np.ascontiguousarray(d["Wx"][:H] if H <= D else np.resize(d["Wx"], (H, 4 * H))))
+    pylstm.lstm_forward(hs, Wx2, dev["Wh"], dev["b"])
+
+
+@needs_emu
+def test_host_device_mix_is_rejected_both_ways():
+    d = _inputs()
+    # device xs, host Wx: the binding names Wx as a host array
+    with pytest.raises(TypeError, match=r"^Wx is a host array"):
+        pylstm.lstm_forward(Dev(d["xs"]), d["Wx"], Dev(d["Wh"]), Dev(d["b"]))
+    # host xs, device Wh: the host path names Wh as a device array
+    with pytest.raises(TypeError, match=r"^Wh is a device array"):
+        pylstm.lstm_forward(d["xs"], d["Wx"], Dev(d["Wh"]), d["b"])
+    with pytest.raises(TypeError, match=r"^grads\[1\] is a device array"):
+        pylstm.clip_grads([np.ones(3), Dev(np.ones(3))], 1.0)
+    with pytest.raises(TypeError, match=r"^grads\[1\] is a host array"):
+        pylstm.clip_grads([Dev(np.ones(3)), np.ones(3)], 1.0)
+
+
+@needs_emu
+@pytest.mark.parametrize("case", ["hs_readonly", "hT_wrong_shape", "cT_noncontig", "gates_without_cs",
+                                  "work_too_small", "work_missing", "hs_overlaps_xs", "gates_overlaps_cs",
+                                  "hs_mixed_dtype"])
+def test_forward_binding_rejects_bad_outputs(case):
+    d = _inputs(np.float32)
+    out = _outputs(np.float32)
+    kw, name, exc = {}, case.split("_")[0], ValueError
+    if case == "hs_readonly":
+        out["hs"].setflags(write=False)
+    elif case == "hT_wrong_shape":
+        out["hT"] = np.zeros((N, H + 1), np.float32)
+    elif case == "cT_noncontig":
+        out["cT"] = np.zeros((H, N), np.float32).T
+    elif case == "gates_without_cs":
+        out["cs"] = None
+    elif case == "work_too_small":
+        del out["gates"], out["cs"]
+        kw["work"] = Dev(np.zeros(10, np.float32))
+    elif case == "work_missing":
+        del out["gates"], out["cs"]
+    elif case == "hs_overlaps_xs":
+        buf = np.zeros(N * T * max(D, H) * 2, np.float32)
+        d["xs"] = buf[: N * T * D].reshape(N, T, D)
+        out["hs"] = buf[N * T * D - 1 : N * T * D - 1 + N * T * H].reshape(N, T, H)
+    elif case == "gates_overlaps_cs":
+        buf = np.zeros(N * T * 5 * H, np.float32)
+        out["gates"] = buf[: N * T * 4 * H].reshape(N, T, 4 * H)
+        out["cs"] = buf[N * T * 4 * H - 1 : N * T * 5 * H - 1].reshape(N, T, H)
+    elif case == "hs_mixed_dtype":
+        out["hs"] = np.zeros((N, T, H), np.float64)
+        exc = TypeError
+    before = {k: None if v is None else v.copy() for k, v in out.items()}
+    with pytest.raises(exc, match=rf"^{name}\b"):
+        _forward_binding(d, out, **kw)
+    for k, v in out.items():  # nothing was written
+        if v is not None:
+            np.testing.assert_array_equal(v, before[k])
+
+
+@needs_emu
+def test_malformed_interfaces():
+    class NoDict:
+        __cuda_array_interface__ = 3
+
+    class Masked:
+        def __init__(self, a):
+            self.a = a
+
+        @property
+        def __cuda_array_interface__(self):
+            return dict(Dev(self.a).__cuda_array_interface__, mask=object())
+
+    d = _inputs()
+    with pytest.raises(TypeError, match=r"^xs\.__cuda_array_interface__ must be a dict"):
+        emu.forward_check(NoDict(), Dev(d["Wx"]), Dev(d["Wh"]), Dev(d["b"]))
+    with pytest.raises(ValueError, match=r"^Wx: masked"):
+        emu.forward_check(Dev(d["xs"]), Masked(d["Wx"]), Dev(d["Wh"]), Dev(d["b"]))
+
+
+@needs_emu
+def test_clip_workspace_is_reusable_and_counter_left_zero():
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in [(70_000,), (300,), (5, 7)]]
+    want = ref.global_norm_ref(grads)
+    size, dev = emu.clip_plan([Dev(g) for g in grads])
+    assert dev == 0 and size >= 4 + 3
+    work = np.zeros(size, np.float64)
+    for _ in range(3):
+        emu.clip_grads([Dev(g) for g in grads], 0.0, Dev(work))
+        assert work[0] == pytest.approx(want, rel=1e-12)
+        assert work[1] == 1.0 and work[2] == 1.0
+        assert work.view(np.uint64)[3] == 0  # the finishing block reset the ticket counter
+    with pytest.raises(ValueError, match=r"^work must have at least"):
+        emu.clip_grads([Dev(g) for g in grads], 1.0, Dev(np.zeros(4, np.float64)))
+
+
+@needs_emu
+def test_device_clip_returns_device_scalar_without_raising_when_asked():
+    g = [np.array([3.0, 4.0]), np.array([np.nan])]
+    norm = pylstm.clip_grads([Dev(x) for x in g], 1.0, error_if_nonfinite=False)
+    assert np.isnan(norm)
+    np.testing.assert_array_equal(g[0], [3.0, 4.0])
+    with pytest.raises(FloatingPointError, match="^grads"):
+        pylstm.clip_grads([Dev(x) for x in g], 1.0)
+
+
+@needs_emu
+def test_unknown_device_array_library():
+    class Foreign:  # a device array of a library pylstm cannot allocate with
+        def __init__(self, a):
+            self.a = a
+
+        @property
+        def __cuda_array_interface__(self):
+            return Dev(self.a).__cuda_array_interface__
+
+    with pytest.raises(TypeError, match=r"^xs: pylstm allocates"):
+        _devices.library_of(Foreign(_inputs()["xs"]), 0)
+
+
+@pytest.mark.skipif(_backend.cuda_status()[0] > 0, reason="a GPU is visible")
+def test_no_gpu_gives_a_clear_error_and_nothing_sticks():
+    d = _inputs()
+    assert "cuda" not in pylstm.available_backends()
+    for _ in range(2):  # the same clean error twice: no CUDA error left behind
+        with pytest.raises(RuntimeError, match=r"backend 'cuda' is not available: .*(no GPU|without its CUDA module|failed to import)"):
+            pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], backend="cuda")
+    if _backend.cuda is not None:  # the real module imports without a driver and says why
+        n, why = _backend.cuda.status()
+        assert n == 0 and why
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match=r"^xs: no CUDA GPU is visible"):
+                _backend.cuda.forward_check(Dev(d["xs"]), Dev(d["Wx"]), Dev(d["Wh"]), Dev(d["b"]))
+        with pytest.raises(TypeError, match=r"^xs is a host array"):
+            _backend.cuda.forward_check(d["xs"], d["Wx"], d["Wh"], d["b"])
+
+
+@pytest.mark.cuda
+def test_gpu_results_stay_on_the_device_and_match_cpu():
+    cupy = pytest.importorskip("cupy")
+    d = make_lstm_inputs((4, 6, 8, 16), np.float64, seed=2)
+    dev = {k: None if v is None else cupy.asarray(v) for k, v in d.items()}
+    hs, hT, cT, cache = pylstm.lstm_forward(dev["xs"], dev["Wx"], dev["Wh"], dev["b"], dev["h0"], dev["c0"])
+    assert isinstance(hs, cupy.ndarray) and cache.backend == "cuda"
+    grads = pylstm.lstm_backward(dev["dhs"], cache, dev["dhT"], dev["dcT"])
+    want = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend="numpy")
+    assert_close("hs", cupy.asnumpy(hs), want[0], 1e-12)
+    wg = pylstm.lstm_backward(d["dhs"], want[3], d["dhT"], d["dcT"])
+    for name, g, w in zip(("dxs", "dh0", "dc0", "dWx", "dWh", "db"), grads, wg):
+        assert isinstance(g, cupy.ndarray)
+        assert_close(name, cupy.asnumpy(g), w, 1e-12)
+    norm = pylstm.clip_grads(list(grads), 0.1, error_if_nonfinite=False)
+    assert isinstance(norm, cupy.ndarray) and norm.shape == ()
+    assert float(norm) == pytest.approx(ref.global_norm_ref(list(wg)), rel=1e-12)
+
+
+def test_emulated_module_says_so():
+    if emu is None:
+        pytest.skip("pylstm._cuda_emu not built")
+    assert emu.emulated is True
+    assert re.search("emulation", emu.__doc__)
