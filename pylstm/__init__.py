@@ -1,9 +1,12 @@
 """pylstm: fused LSTM sequence kernels for Python, and a DLfS2-style LSTM language-model stack.
 
 The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, ``clip_grads``,
-``global_norm``) runs on the compiled CPU kernels or on the NumPy reference
-(``pylstm.reference``), which is the specification the kernels are tested against.
+``global_norm``) runs on the compiled CPU kernels, on the CUDA kernels for device arrays
+(CuPy, PyTorch, Numba; ``backend="cuda"``), or on the NumPy reference (``pylstm.reference``),
+which is the specification the kernels are tested against.
 """
+
+from ._backend import DeviceUnavailableError, cuda_status
 
 from .functional import (
     LSTMCache,
@@ -22,7 +25,9 @@ from .functional import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeviceUnavailableError",
     "LSTMCache",
+    "cuda_status",
     "available_backends",
     "clip_grads",
     "get_num_threads",

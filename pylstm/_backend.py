@@ -61,6 +61,10 @@ except ImportError as exc:
         )
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The CUDA backend or a GPU was asked for and is not there (the message says why)."""
+
+
 def cuda_status() -> tuple:
     """(number of usable GPUs, reason when there are none)."""
     if cuda is None:
@@ -75,7 +79,7 @@ def require_cuda():
     """The compiled CUDA module with at least one GPU, or RuntimeError saying why not."""
     n, why = cuda_status()
     if n == 0:
-        raise RuntimeError(f"backend 'cuda' is not available: {why}")
+        raise DeviceUnavailableError(f"backend 'cuda' is not available: {why}")
     return cuda
 
 

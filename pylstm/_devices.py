@@ -204,3 +204,51 @@ def library_of(a, device: int, name: str = "xs") -> ArrayLib:
         f"{type(a).__module__}.{type(a).__qualname__} is none of these; convert it (e.g. "
         f"cupy.asarray({name}))"
     )
+
+
+# --- the Python layers' array library: NumPy on the host, CuPy on the GPU ----------------------
+def array_module(a):
+    """numpy, or cupy for CuPy arrays."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_host(a):
+    """A NumPy copy of a CuPy array; NumPy arrays (and None) pass through."""
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return np.asarray(a)
+
+
+def to_module(a, xp):
+    """`a` in array library xp (numpy or cupy), copied only when it lives elsewhere."""
+    if a is None:
+        return None
+    if xp is np:
+        return to_host(a)
+    return xp.asarray(a)
+
+
+def device_module(device: str):
+    """The array library for ``model.to(device)``: numpy for "cpu", cupy for "cuda" (needs CuPy,
+    pylstm's CUDA module and a visible GPU; the error says which is missing)."""
+    if device == "cpu":
+        return np
+    if device != "cuda":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    from . import _backend
+
+    n, why = _backend.cuda_status()
+    if n == 0:
+        raise _backend.DeviceUnavailableError(f"device 'cuda' is not available: {why}")
+    try:
+        import cupy
+    except ImportError as exc:
+        raise _backend.DeviceUnavailableError("device 'cuda' trains on CuPy arrays: pip install 'pylstm[cuda]' "
+                           f"(cupy-cuda13x); importing cupy failed: {exc}") from exc
+    return cupy

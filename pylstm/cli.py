@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from ._backend import DeviceUnavailableError
+
 __all__ = ["main"]
 
 
@@ -61,6 +63,8 @@ def _build_parser():
     t.add_argument("--time", type=_positive_int, default=None, help="truncated-BPTT length")
     t.add_argument("--eval-interval", type=_positive_int, default=None)
     t.add_argument("--backend", choices=["auto", "cpu", "numpy"], default="auto")
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="train on the CPU (NumPy) or the GPU (CuPy; pip install 'pylstm[cuda]')")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--threads", type=_positive_int, default=None)
     t.add_argument("--out", default="pylstm-run", help="output directory (checkpoint, plot, sample)")
@@ -156,6 +160,8 @@ def _cmd_train(a):
                              f"needs at least {need} (use a longer corpus or smaller --batch/--time)")
     model = LstmLM(V, a.wordvec, a.hidden, num_layers=a.layers, dropout_ratio=a.dropout,
                    tie_weights=a.tie, backend=a.backend, seed=a.seed)
+    if a.device != "cpu":
+        model.to(a.device)  # before resume: the checkpoint loads into the device arrays
     opt = OPTIMIZERS[a.optimizer](lr=a.lr)
     os.makedirs(a.out, exist_ok=True)
     ckpt = os.path.join(a.out, "checkpoint.npz")
@@ -293,7 +299,7 @@ def main(argv=None) -> int:
     handler = {"train": _cmd_train, "generate": _cmd_generate, "eval": _cmd_eval}[a.command]
     try:
         return handler(a)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, DeviceUnavailableError) as exc:
         print(f"pylstm {a.command}: error: {exc}", file=sys.stderr)
         return 1
 

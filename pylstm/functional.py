@@ -382,7 +382,13 @@ def matmul(a, b, out=None, backend: str = "auto"):
     a, b may be C- or F-contiguous (a transposed view such as ``W.T`` costs nothing); ``out``,
     when given, must be writable, C- or F-contiguous, of shape (M, N), and not overlap a or b.
     """
-    name = _resolve_backend(backend)
+    name = _resolve_backend(backend, a)
+    if name in _DEVICE_BACKENDS and _devices.is_device_array(a):  # CuPy: its own cuBLAS matmul
+        r = a @ b
+        if out is None:
+            return r
+        out[...] = r
+        return out
     if name == "numpy":
         return np.matmul(a, b, out=out)
     if out is not None and isinstance(out, np.ndarray) and out.ndim == 2 and not out.flags.c_contiguous \
@@ -393,8 +399,36 @@ def matmul(a, b, out=None, backend: str = "auto"):
     return _backend.cpu.matmul(a, b, out)
 
 
+def _softmax_cross_entropy_xp(xp, scores, labels, ignore_label, need_grad, check_labels):
+    """The device version (CuPy): the loss stays a 0-d device array, so a training step does not
+    wait for the GPU; ``check_labels`` (one host synchronization) can be turned off by callers
+    that validated their labels once."""
+    if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
+        raise ValueError(f"labels must have shape {scores.shape[:1]}, got {labels.shape}")
+    M, V = scores.shape
+    valid = labels != ignore_label
+    if check_labels and bool(xp.any(valid & ((labels < 0) | (labels >= V)))):
+        k = int(xp.argmax(valid & ((labels < 0) | (labels >= V))))
+        raise ValueError(f"labels[{k}] = {int(labels[k])} is outside [0, {V}) and not ignore_label ({ignore_label})")
+    safe = xp.where(valid, labels, 0)
+    m = scores.max(axis=1, keepdims=True)
+    e = xp.exp(scores - m)
+    s = e.sum(axis=1, keepdims=True)
+    lse = (xp.log(s) + m)[:, 0]
+    rows = xp.arange(M)
+    count = xp.maximum(valid.sum(), 1)
+    nll = xp.where(valid, lse - scores[rows, safe], 0).astype(np.float64)
+    loss = nll.sum() / count
+    if not need_grad:
+        return loss, None
+    d = e / s
+    d[rows, safe] -= 1
+    d *= (valid[:, None] / count).astype(scores.dtype)
+    return loss, d
+
+
 def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: bool = True,
-                          backend: str = "auto"):
+                          backend: str = "auto", check_labels: bool = True):
     """Softmax cross-entropy averaged over the rows whose label is not ``ignore_label``.
 
     Parameters
@@ -405,8 +439,14 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
 
     Returns
     -------
-    loss : float; dscores : (M, V) array, or None when ``need_grad`` is False.
+    loss : float (a 0-d device array for device scores); dscores : (M, V) array, or None when
+    ``need_grad`` is False.
     """
+    if _devices.is_device_array(scores) and backend in ("auto", "cuda"):
+        xp = _devices.array_module(scores)
+        if xp is np:
+            raise TypeError(f"scores: the device path of the layers needs CuPy arrays, got {_type_desc(scores)}")
+        return _softmax_cross_entropy_xp(xp, scores, xp.asarray(labels), ignore_label, need_grad, check_labels)
     if not isinstance(scores, np.ndarray):
         raise TypeError(f"scores must be a numpy.ndarray, got {type(scores).__name__}")
     if scores.dtype not in _FLOAT_DTYPES:

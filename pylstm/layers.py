@@ -1,5 +1,8 @@
 """Layers in the style of "Deep Learning from Scratch 2" (chapter 6), on pylstm's kernels.
 
+Every layer works on NumPy arrays or, after ``model.to("cuda")``, on CuPy arrays (the array
+library is taken from the parameters; the LSTM runs on pylstm's CUDA kernels there).
+
 Contract (the book's, made explicit): every layer has ``params`` and ``grads`` lists of arrays
 with the same shapes; ``forward`` computes and keeps what ``backward`` needs; ``backward``
 writes the parameter gradients into ``grads`` in place (``g[...] = ...``) and returns the
@@ -13,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from . import functional as F
+from ._devices import array_module as _xp
 
 __all__ = [
     "Embedding",
@@ -30,7 +34,7 @@ __all__ = [
 def softmax(x: np.ndarray) -> np.ndarray:
     """Row-wise softmax over the last axis (max-subtracted, in x's dtype)."""
     x = x - x.max(axis=-1, keepdims=True)
-    np.exp(x, out=x)
+    _xp(x).exp(x, out=x)
     x /= x.sum(axis=-1, keepdims=True)
     return x
 
@@ -39,6 +43,11 @@ def _scatter_add_rows(dW: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> None
     """dW[idx[k]] += rows[k] for every k (repeated indices accumulate), without np.add.at's
     per-element overhead: sort the indices once, then add each run with one reduceat."""
     if idx.size == 0:
+        return
+    if _xp(dW) is not np:  # CuPy: an atomic scatter-add on the device
+        import cupyx
+
+        cupyx.scatter_add(dW, idx, rows)
         return
     order = np.argsort(idx, kind="stable")
     sidx = idx[order]
@@ -51,15 +60,18 @@ class Embedding:
 
     def __init__(self, W: np.ndarray):
         self.params = [W]
-        self.grads = [np.zeros_like(W)]
+        self.grads = [_xp(W).zeros_like(W)]
         self.idx = None
+        # Range check of the ids on every forward. On the GPU it costs a host synchronization;
+        # the trainer checks its corpus once and turns it off there.
+        self.check_ids = True
 
     def forward(self, idx: np.ndarray) -> np.ndarray:
         W = self.params[0]
-        idx = np.asarray(idx)
+        idx = _xp(W).asarray(idx)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"idx must be an integer array, got dtype {idx.dtype}")
-        if idx.size and (idx.min() < 0 or idx.max() >= W.shape[0]):
+        if self.check_ids and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= W.shape[0]):
             raise ValueError(f"idx must be in [0, {W.shape[0]}), got values in [{idx.min()}, {idx.max()}]")
         self.idx = idx
         return W[idx]
@@ -83,13 +95,13 @@ class Affine:
 
     def __init__(self, W: np.ndarray, b: np.ndarray, backend: str = "auto"):
         self.params = [W, b]
-        self.grads = [np.zeros_like(W), np.zeros_like(b)]
+        self.grads = [_xp(W).zeros_like(W), _xp(b).zeros_like(b)]
         self.backend = backend
         self.x = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         W, b = self.params
-        self.x = x = np.ascontiguousarray(x)
+        self.x = x = _xp(W).ascontiguousarray(x)
         lead = x.shape[:-1]
         out = F.matmul(x.reshape(-1, x.shape[-1]), W, backend=self.backend)
         out += b
@@ -98,7 +110,7 @@ class Affine:
     def backward(self, dout: np.ndarray) -> np.ndarray:
         W, _ = self.params
         x2 = self.x.reshape(-1, self.x.shape[-1])
-        d2 = np.ascontiguousarray(dout).reshape(-1, dout.shape[-1])
+        d2 = _xp(W).ascontiguousarray(dout).reshape(-1, dout.shape[-1])
         F.matmul(x2.T, d2, out=self.grads[0], backend=self.backend)
         d2.sum(axis=0, out=self.grads[1])
         return F.matmul(d2, W.T, backend=self.backend).reshape(self.x.shape)
@@ -123,7 +135,8 @@ class TimeLSTM:
 
     def __init__(self, Wx, Wh, b, stateful: bool = False, backend: str = "auto"):
         self.params = [Wx, Wh, b]
-        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        xp = _xp(Wx)
+        self.grads = [xp.zeros_like(Wx), xp.zeros_like(Wh), xp.zeros_like(b)]
         self.stateful = stateful
         self.backend = backend
         self.h: Optional[np.ndarray] = None
@@ -134,7 +147,7 @@ class TimeLSTM:
 
     def forward(self, xs: np.ndarray) -> np.ndarray:
         Wx, Wh, b = self.params
-        xs = np.ascontiguousarray(xs)
+        xs = _xp(Wx).ascontiguousarray(xs)
         N = xs.shape[0] if xs.ndim == 3 else None
         h0 = c0 = None
         if self.stateful:
@@ -150,7 +163,7 @@ class TimeLSTM:
     def backward(self, dhs: np.ndarray) -> np.ndarray:
         if self.cache is None:
             raise RuntimeError("backward called before forward")
-        dxs, dh0, dc0, dWx, dWh, db = F.lstm_backward(np.ascontiguousarray(dhs), self.cache)
+        dxs, dh0, dc0, dWx, dWh, db = F.lstm_backward(_xp(dhs).ascontiguousarray(dhs), self.cache)
         self.grads[0][...] = dWx
         self.grads[1][...] = dWh
         self.grads[2][...] = db
@@ -160,8 +173,9 @@ class TimeLSTM:
     def set_state(self, h: np.ndarray, c: Optional[np.ndarray] = None) -> None:
         """Set the state used by the next forward call (stateful layers). c defaults to zeros."""
         dt = self.params[0].dtype
-        self.h = np.ascontiguousarray(h, dtype=dt)
-        self.c = np.zeros_like(self.h) if c is None else np.ascontiguousarray(c, dtype=dt)
+        xp = _xp(self.params[0])
+        self.h = xp.ascontiguousarray(xp.asarray(h), dtype=dt)
+        self.c = xp.zeros_like(self.h) if c is None else xp.ascontiguousarray(xp.asarray(c), dtype=dt)
 
     def reset_state(self) -> None:
         self.h, self.c = None, None
@@ -179,10 +193,19 @@ class TimeDropout:
         self.mask = None
         self.train_flg = True
         self.rng = rng if rng is not None else np.random.default_rng()
+        self._device_rng = None  # CuPy's generator, seeded from rng on first use on the GPU
+
+    def _random(self, xs):
+        xp = _xp(xs)
+        if xp is np:
+            return self.rng.random(xs.shape, dtype=np.float32)
+        if self._device_rng is None:
+            self._device_rng = xp.random.default_rng(int(self.rng.integers(2**63)))
+        return self._device_rng.random(xs.shape, dtype=np.float32)
 
     def forward(self, xs: np.ndarray) -> np.ndarray:
         if self.train_flg and self.dropout_ratio > 0:
-            keep = self.rng.random(xs.shape, dtype=np.float32) > self.dropout_ratio
+            keep = self._random(xs) > self.dropout_ratio
             self.mask = keep.astype(xs.dtype) * xs.dtype.type(1.0 / (1.0 - self.dropout_ratio))
             return xs * self.mask
         self.mask = None
@@ -201,16 +224,17 @@ class SoftmaxWithLoss:
         self.t = None
 
     def forward(self, x: np.ndarray, t: np.ndarray) -> float:
-        self.t = np.argmax(t, axis=1) if t.ndim == x.ndim else t
+        xp = _xp(x)
+        self.t = xp.argmax(t, axis=1) if t.ndim == x.ndim else t
         self.y = softmax(x.astype(x.dtype, copy=True))
         N = x.shape[0]
-        p = self.y[np.arange(N), self.t]
-        return float(-np.log(np.maximum(p, 1e-7)).mean())
+        p = self.y[xp.arange(N), self.t]
+        return float(-xp.log(xp.maximum(p, 1e-7)).mean())
 
     def backward(self, dout: float = 1.0) -> np.ndarray:
         N = self.t.shape[0]
         dx = self.y.copy()
-        dx[np.arange(N), self.t] -= 1
+        dx[_xp(dx).arange(N), self.t] -= 1
         dx *= dout / N
         return dx
 
@@ -225,6 +249,7 @@ class TimeSoftmaxWithLoss:
         self.ignore_label = ignore_label
         self.backend = backend
         self.need_grad = True
+        self.check_labels = True  # on the GPU a host synchronization (see Embedding.check_ids)
         self.dx = None
 
     def forward(self, xs: np.ndarray, ts: np.ndarray) -> float:
@@ -233,8 +258,9 @@ class TimeSoftmaxWithLoss:
             ts = ts.argmax(axis=2)
         if ts.shape != (N, T):
             raise ValueError(f"ts must have shape {(N, T)}, got {ts.shape}")
-        loss, d = F.softmax_cross_entropy(np.ascontiguousarray(xs).reshape(N * T, V), ts.reshape(-1),
-                                          self.ignore_label, self.need_grad, backend=self.backend)
+        loss, d = F.softmax_cross_entropy(_xp(xs).ascontiguousarray(xs).reshape(N * T, V), ts.reshape(-1),
+                                          self.ignore_label, self.need_grad, backend=self.backend,
+                                          check_labels=self.check_labels)
         self.dx = None if d is None else d.reshape(N, T, V)
         return loss
 

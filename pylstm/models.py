@@ -16,6 +16,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from ._devices import array_module, device_module, to_host, to_module
 from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeSoftmaxWithLoss, softmax
 
 __all__ = ["LstmLM", "Rnnlm", "BetterRnnlm", "unique_params", "load_checkpoint", "CheckpointError"]
@@ -43,7 +44,7 @@ def unique_params(params: Sequence[np.ndarray], grads: Sequence[np.ndarray]):
                 out_g[k] = out_g[k] + g
                 break
             if _tied_to(p, q):
-                out_g[k] = np.ascontiguousarray(out_g[k] + g.T)
+                out_g[k] = array_module(g).ascontiguousarray(out_g[k] + g.T)
                 break
         else:
             out_p.append(p)
@@ -117,10 +118,45 @@ class LstmLM:
         self.layers.append(TimeAffine(affine_W, affine_b, backend=backend))
         self.drop_layers = [layer for layer in self.layers if isinstance(layer, TimeDropout)]
         self.loss_layer = TimeSoftmaxWithLoss(backend=backend)
+        self.device = "cpu"
+        self._collect()
+
+    def _collect(self) -> None:
         self.params, self.grads = [], []
         for layer in self.layers:
             self.params += layer.params
             self.grads += layer.grads
+
+    # --- devices ------------------------------------------------------------------------
+    def to(self, device: str) -> "LstmLM":
+        """Move the model to "cuda" (CuPy arrays; the LSTM runs on pylstm's CUDA kernels) or
+        back to "cpu" (NumPy). Parameters are copied once, tying is kept (the output projection
+        is again a view of the new embedding), gradients are re-created, LSTM states move with
+        the model. Optimizer state follows on the optimizer's next update. Returns self."""
+        xp = device_module(device)
+        new = []
+        for i, p in enumerate(self.params):
+            for j in range(i):
+                if p is self.params[j]:
+                    new.append(new[j])
+                    break
+                if _tied_to(p, self.params[j]):
+                    new.append(new[j].T)
+                    break
+            else:
+                new.append(to_module(p, xp))
+        k = 0
+        for layer in self.layers:
+            n = len(layer.params)
+            layer.params[:] = new[k:k + n]
+            layer.grads[:] = [xp.zeros_like(q) for q in layer.params]
+            k += n
+            if isinstance(layer, TimeLSTM):
+                layer.h, layer.c = to_module(layer.h, xp), to_module(layer.c, xp)
+                layer.cache = None
+        self.device = device
+        self._collect()
+        return self
 
     # --- the book's interface -------------------------------------------------------------
     def predict(self, xs: np.ndarray, train_flg: bool = False) -> np.ndarray:
@@ -173,7 +209,7 @@ class LstmLM:
         self.reset_state()
         try:
             ids = list(prompt)
-            score = self.predict(np.array(prompt, dtype=np.int32)[None])[0, -1]
+            score = to_host(self.predict(np.array(prompt, dtype=np.int32)[None])[0, -1])
             while len(ids) < sample_size:
                 logits = score.astype(np.float64) / temperature
                 logits[banned] = -np.inf
@@ -185,7 +221,7 @@ class LstmLM:
                 p = softmax(logits[None])[0]
                 nxt = int(rng.choice(V, p=p))
                 ids.append(nxt)
-                score = self.predict(np.array([[nxt]], dtype=np.int32))[0, -1]
+                score = to_host(self.predict(np.array([[nxt]], dtype=np.int32))[0, -1])
             return ids
         finally:
             for layer, (h, c) in zip(self.lstm_layers, saved):
@@ -200,7 +236,8 @@ class LstmLM:
 
         out = {}
         for k, layer in enumerate(self.lstm_layers):
-            for name, a in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), to_torch(*layer.params)):
+            host = [to_host(q) for q in layer.params]
+            for name, a in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), to_torch(*host)):
                 out[f"{name}_l{k}"] = a
         return out
 
@@ -228,7 +265,7 @@ class LstmLM:
             new.append((Wx, Wh, b))
         for layer, vals in zip(self.lstm_layers, new):  # nothing is written unless all layers fit
             for p, v in zip(layer.params, vals):
-                p[...] = v
+                p[...] = to_module(v, array_module(p))
 
     # --- checkpoints --------------------------------------------------------------------
     def _own_params(self):
@@ -246,7 +283,7 @@ class LstmLM:
         names to arrays or JSON-able values stored beside the parameters."""
         meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                 "model": type(self).__name__, "config": self.config}
-        arrays = {f"param_{i}": self.params[i] for i in self._own_params()}
+        arrays = {f"param_{i}": to_host(self.params[i]) for i in self._own_params()}
         extra_json = {}
         for k, v in (extra or {}).items():
             if isinstance(v, np.ndarray):
@@ -281,7 +318,7 @@ class LstmLM:
             if a is None or a.shape != self.params[i].shape:
                 raise CheckpointError(f"{path}: parameter {i} missing or of shape "
                                       f"{None if a is None else a.shape}, expected {self.params[i].shape}")
-            self.params[i][...] = a
+            self.params[i][...] = to_module(a, array_module(self.params[i]))
         extra = dict(meta.get("extra", {}))
         extra.update({k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")})
         self.reset_state()
@@ -301,7 +338,7 @@ class LstmLM:
             a = np.asarray(a)
             if a.shape != p.shape:
                 raise CheckpointError(f"{path}: array {i} has shape {a.shape}, expected {p.shape}")
-            p[...] = a.astype(p.dtype)
+            p[...] = to_module(a.astype(p.dtype), array_module(p))
         self.reset_state()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._devices import array_module, to_host, to_module
+
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS"]
 
 
@@ -21,9 +23,13 @@ class _Optimizer:
         self.lr = lr
 
     def _init_state(self, params):
+        xp = array_module(params[0]) if params else np
         for name in self._state_names:
-            if getattr(self, name) is None:
-                setattr(self, name, [np.zeros_like(p) for p in params])
+            state = getattr(self, name)
+            if state is None:
+                setattr(self, name, [xp.zeros_like(p) for p in params])
+            elif state and array_module(state[0]) is not xp:  # the model moved (model.to)
+                setattr(self, name, [to_module(a, xp) for a in state])
 
     def state_dict(self) -> dict:
         out = {"lr": self.lr}
@@ -31,7 +37,7 @@ class _Optimizer:
             state = getattr(self, name)
             if state is not None:
                 for k, a in enumerate(state):
-                    out[f"{name}_{k}"] = a
+                    out[f"{name}_{k}"] = to_host(a)
         for name in ("iter",):
             if hasattr(self, name):
                 out[name] = getattr(self, name)
@@ -98,7 +104,7 @@ class AdaGrad(_Optimizer):
         self._init_state(params)
         for p, g, h in zip(params, grads, self.h):
             h += g * g
-            p -= self.lr * g / (np.sqrt(h) + 1e-7)
+            p -= self.lr * g / (array_module(h).sqrt(h) + 1e-7)
 
 
 class RMSprop(_Optimizer):
@@ -115,7 +121,7 @@ class RMSprop(_Optimizer):
         for p, g, h in zip(params, grads, self.h):
             h *= self.decay_rate
             h += (1 - self.decay_rate) * g * g
-            p -= self.lr * g / (np.sqrt(h) + 1e-7)
+            p -= self.lr * g / (array_module(h).sqrt(h) + 1e-7)
 
 
 class Adam(_Optimizer):
@@ -136,7 +142,7 @@ class Adam(_Optimizer):
         for p, g, m, v in zip(params, grads, self.m, self.v):
             m += (1 - self.beta1) * (g - m)
             v += (1 - self.beta2) * (g * g - v)
-            p -= (lr_t * m / (np.sqrt(v) + 1e-7)).astype(p.dtype, copy=False)
+            p -= (lr_t * m / (array_module(v).sqrt(v) + 1e-7)).astype(p.dtype, copy=False)
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad,

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .functional import clip_grads
+from ._devices import array_module, to_host, to_module
 from .models import LstmLM, unique_params
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices"]
@@ -48,18 +49,20 @@ def eval_perplexity(model: LstmLM, corpus, batch_size: int = 10, time_size: int 
     jump = (n - 1) // batch_size
     model.reset_state()
     total = 0.0
-    offsets = np.arange(batch_size)[:, None] * jump + np.arange(time_size)[None, :]
+    xp = array_module(model.params[0])
+    corpus = to_module(corpus.astype(np.int32), xp)  # on the GPU: moved once
+    offsets = to_module(np.arange(batch_size)[:, None] * jump + np.arange(time_size)[None, :], xp)
     for it in range(max_iters):
         pos = offsets + it * time_size
-        xs = corpus[pos % n].astype(np.int32)
-        ts = corpus[(pos + 1) % n].astype(np.int32)
-        total += model.forward(xs, ts, train_flg=False)
+        xs = corpus[pos % n]
+        ts = corpus[(pos + 1) % n]
+        total += model.forward(xs, ts, train_flg=False)  # a device scalar on the GPU: no wait
         if verbose:
             sys.stderr.write(f"\reval {it + 1}/{max_iters}")
     if verbose:
         sys.stderr.write("\n")
     model.reset_state()
-    return float(math.exp(total / max_iters))
+    return float(math.exp(float(total) / max_iters))
 
 
 class _Progress:
@@ -121,14 +124,14 @@ class RnnlmTrainer:
     def _state(self) -> dict:
         st = dict(self.meta)
         st.update({"time_idx": self.time_idx, "epoch": self.current_epoch,
-                   "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+                   "loss_sum": float(self.loss_sum), "loss_count": self.loss_count,
               "ppl_list": list(self.ppl_list), "val_ppl_list": list(self.val_ppl_list),
               "rng": _rng_states(self.model)})
         for k, v in self.optimizer.state_dict().items():
             st[f"opt_{k}"] = v if isinstance(v, np.ndarray) else float(v)
         for i, layer in enumerate(self.model.lstm_layers):
             if layer.h is not None:
-                st[f"lstm{i}_h"], st[f"lstm{i}_c"] = layer.h, layer.c
+                st[f"lstm{i}_h"], st[f"lstm{i}_c"] = to_host(layer.h), to_host(layer.c)
         return st
 
     def save_checkpoint(self, path: str) -> None:
@@ -147,8 +150,9 @@ class RnnlmTrainer:
         self.optimizer.load_state_dict(opt)
         for i, layer in enumerate(self.model.lstm_layers):
             if f"lstm{i}_h" in extra:
-                layer.h = np.ascontiguousarray(extra[f"lstm{i}_h"])
-                layer.c = np.ascontiguousarray(extra[f"lstm{i}_c"])
+                xp = array_module(layer.params[0])
+                layer.h = to_module(np.ascontiguousarray(extra[f"lstm{i}_h"]), xp)
+                layer.c = to_module(np.ascontiguousarray(extra[f"lstm{i}_c"]), xp)
         _set_rng_states(self.model, extra["rng"])
 
     def fit(self, xs, ts, max_epoch: int = 10, batch_size: int = 20, time_size: int = 35,
@@ -173,6 +177,19 @@ class RnnlmTrainer:
             raise ValueError(f"max_grad must be > 0 or None, got {max_grad}")
         model, optimizer = self.model, self.optimizer
         max_iters = len(xs) // (batch_size * time_size)
+        xp = array_module(model.params[0])
+        on_device = xp is not np
+        saved_checks = (model.layers[0].check_ids, model.loss_layer.check_labels)
+        if on_device:
+            # The corpus is checked and moved to the GPU once; batches are gathered there, the
+            # loss and the non-finite-gradient flag stay there until a perplexity line.
+            V = model.config["vocab_size"]
+            for name, c in (("xs", xs), ("ts", ts)):
+                if c.min() < 0 or c.max() >= V:
+                    raise ValueError(f"{name}: ids must be in [0, {V}), got values in [{c.min()}, {c.max()}]")
+            xs_dev, ts_dev = xp.asarray(xs.astype(np.int32)), xp.asarray(ts.astype(np.int32))
+            base = xp.asarray(batch_indices(len(xs), batch_size, time_size, 0))
+            nonfinite = xp.zeros((), np.int32)
         self.eval_interval = eval_interval
         start = time.time()
         best_val = min(self.val_ppl_list) if self.val_ppl_list else float("inf")
@@ -180,26 +197,43 @@ class RnnlmTrainer:
             if lr_schedule is not None:
                 optimizer.lr = float(lr_schedule(epoch))
             bar = _Progress(max_iters, f"epoch {epoch + 1}/{max_epoch}", progress)
+            if on_device:  # checked once above; per-step checks would wait for the GPU
+                model.layers[0].check_ids = model.loss_layer.check_labels = False
             try:
                 for it in range(max_iters):
-                    bx, bt = self.get_batch(xs, ts, batch_size, time_size)
+                    if on_device:
+                        idx = (base + self.time_idx) % len(xs)
+                        self.time_idx += time_size
+                        bx, bt = xs_dev[idx], ts_dev[idx]
+                    else:
+                        bx, bt = self.get_batch(xs, ts, batch_size, time_size)
                     loss = model.forward(bx, bt)
                     model.backward()
                     params, grads = unique_params(model.params, model.grads)
                     if max_grad is not None:
-                        clip_grads(grads, max_grad)
+                        norm = clip_grads(grads, max_grad, error_if_nonfinite=not on_device)
+                        if on_device:
+                            nonfinite += ~xp.isfinite(norm)
                     optimizer.update(params, grads)
                     self.loss_sum += loss
                     self.loss_count += 1
-                    bar.update(1, loss=f"{loss:.3f}")
+                    if on_device:
+                        bar.update(1)
+                    else:
+                        bar.update(1, loss=f"{loss:.3f}")
                     if eval_interval and it % eval_interval == 0:
-                        ppl = math.exp(self.loss_sum / self.loss_count)
+                        if on_device and int(nonfinite):
+                            raise FloatingPointError(
+                                "grads: the global gradient norm was NaN or inf at a step since the "
+                                "last perplexity line (on the GPU this is reported here, not at once)")
+                        ppl = math.exp(float(self.loss_sum) / self.loss_count)
                         bar.write(f"| epoch {epoch + 1} |  iter {it + 1} / {max_iters} | time "
                                   f"{int(time.time() - start)}[s] | perplexity {ppl:.2f}", self.log)
                         self.ppl_list.append(float(ppl))
                         self.loss_sum, self.loss_count = 0.0, 0
             finally:
                 bar.close()
+                model.layers[0].check_ids, model.loss_layer.check_labels = saved_checks
             self.current_epoch = epoch + 1
             if val_corpus is not None:
                 saved = [(layer.h, layer.c) for layer in model.lstm_layers]

@@ -136,3 +136,13 @@ def test_bench_runs():
     r = run("bench", "--", "--shapes", "2,3,8,16", "--repeats", "1", "--no-torch")
     assert r.returncode == 0, r.stderr
     assert "pylstm-cpu vs pylstm-numpy" in r.stdout and "GFLOP/s" in r.stdout
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    from pylstm import _backend
+
+    if _backend.cuda_status()[0] > 0:
+        pytest.skip("a GPU is visible")
+    r = run("train", "--device", "cuda", "--out", str(tmp_path / "o"), *QUICK)
+    assert r.returncode == 1 and "device 'cuda' is not available" in r.stderr
+    assert "Traceback" not in r.stderr
