@@ -1,0 +1,145 @@
+"""GPU benchmark (issue 4): pylstm's CUDA kernels against torch.nn.LSTM on cuDNN (strict fp32,
+TF32 off), in one run, plus global-norm clipping bandwidth.
+
+    python benchmarks/bench_cuda.py [--repeats 20] [--json out.json]
+
+Needs a GPU, CuPy and a CUDA build of PyTorch. Every candidate is first checked against the
+NumPy reference (float32, the issue's tolerance); then forward-only and training step (forward +
+backward) are timed with CUDA events on the grid of the core issue and at N = 1, 4, 8.
+Written without a GPU (session 2): not yet run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+GRID = [(20, 35, 650, 650), (64, 100, 256, 256), (1, 200, 128, 128), (32, 35, 1024, 1024),
+        (1, 35, 650, 650), (4, 35, 650, 650), (8, 35, 650, 650)]
+
+
+def _time(fn, repeats, cupy):
+    """Median milliseconds of fn() over `repeats` runs, timed with CUDA events."""
+    for _ in range(3):
+        fn()
+    cupy.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop))
+    return float(np.median(times))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--clip-elements", type=int, default=50_000_000)
+    a = ap.parse_args(argv)
+
+    import cupy
+    import torch
+
+    import pylstm
+    from pylstm import convert
+    from pylstm import reference as ref
+
+    if "cuda" not in pylstm.available_backends():
+        sys.exit(f"no CUDA backend: {pylstm.cuda_status()[1]}")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.device("cuda")
+    # torch and CuPy on one stream: CuPy's current stream is the legacy default stream, and so
+    # is torch's unless told otherwise.
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    print(f"device: {name}; torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}; "
+          f"cupy {cupy.__version__}")
+    rows = []
+    for (N, T, D, H) in GRID:
+        rng = np.random.default_rng(0)
+        xs = rng.standard_normal((N, T, D)).astype(np.float32)
+        Wx = (rng.standard_normal((D, 4 * H)) / np.sqrt(D)).astype(np.float32)
+        Wh = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
+        b = (rng.standard_normal(4 * H) * 0.1).astype(np.float32)
+        dhs = rng.standard_normal((N, T, H)).astype(np.float32)
+        g = {k: cupy.asarray(v) for k, v in dict(xs=xs, Wx=Wx, Wh=Wh, b=b, dhs=dhs).items()}
+
+        # correctness first (hs and dWh against the float64 reference)
+        hs, _, _, cache = pylstm.lstm_forward(g["xs"], g["Wx"], g["Wh"], g["b"])
+        grads = pylstm.lstm_backward(g["dhs"], cache)
+        want = ref.lstm_forward_ref(xs.astype(np.float64), None, None, Wx.astype(np.float64),
+                                    Wh.astype(np.float64), b.astype(np.float64))
+        err = float(np.abs(cupy.asnumpy(hs) - want[0]).max() / np.abs(want[0]).max())
+        wb = ref.lstm_backward_ref(dhs.astype(np.float64), want[3])
+        err_dwh = float(np.abs(cupy.asnumpy(grads[4]) - wb[4]).max() / np.abs(wb[4]).max())
+        assert err < 1e-4 and err_dwh < 1e-4, f"{(N, T, D, H)}: pylstm cuda error {err:.2e} / {err_dwh:.2e}"
+
+        def ours_fwd():
+            pylstm.lstm_inference(g["xs"], g["Wx"], g["Wh"], g["b"])
+
+        def ours_train():
+            _, _, _, c = pylstm.lstm_forward(g["xs"], g["Wx"], g["Wh"], g["b"])
+            pylstm.lstm_backward(g["dhs"], c)
+
+        lstm = torch.nn.LSTM(D, H, batch_first=True).to(dev)
+        w_ih, w_hh, b_ih, b_hh = convert.to_torch(Wx, Wh, b)
+        with torch.no_grad():
+            lstm.weight_ih_l0.copy_(torch.from_numpy(w_ih))
+            lstm.weight_hh_l0.copy_(torch.from_numpy(w_hh))
+            lstm.bias_ih_l0.copy_(torch.from_numpy(b_ih))
+            lstm.bias_hh_l0.copy_(torch.from_numpy(b_hh))
+        tx = torch.from_numpy(xs).to(dev).requires_grad_(True)
+        tdh = torch.from_numpy(dhs).to(dev)
+        out = lstm(tx)[0]
+        terr = float((out.detach().cpu().numpy() - want[0]).__abs__().max() / np.abs(want[0]).max())
+
+        def torch_fwd():
+            with torch.no_grad():
+                lstm(tx)
+
+        def torch_train():
+            lstm.zero_grad(set_to_none=True)
+            o = lstm(tx)[0]
+            o.backward(tdh)
+
+        r = {"shape": [N, T, D, H], "err_hs": err, "err_dWh": err_dwh, "torch_err_hs": terr,
+             "fwd_ms": _time(ours_fwd, a.repeats, cupy), "train_ms": _time(ours_train, a.repeats, cupy),
+             "torch_fwd_ms": _time(torch_fwd, a.repeats, cupy),
+             "torch_train_ms": _time(torch_train, a.repeats, cupy)}
+        flops = 24 * N * T * H * (D + H)
+        r["train_tflops"] = flops / r["train_ms"] / 1e9
+        r["train_speedup"] = r["torch_train_ms"] / r["train_ms"]
+        r["fwd_speedup"] = r["torch_fwd_ms"] / r["fwd_ms"]
+        rows.append(r)
+        print(f"{str((N, T, D, H)):>22}  train {r['train_ms']:8.3f} ms ({r['train_tflops']:6.2f} TFLOP/s)"
+              f"  cuDNN {r['torch_train_ms']:8.3f} ms  x{r['train_speedup']:.2f}  |  fwd {r['fwd_ms']:7.3f}"
+              f"  cuDNN {r['torch_fwd_ms']:7.3f}  x{r['fwd_speedup']:.2f}  | err {err:.1e}")
+
+    # clipping: 50M float32 elements in 100 arrays; bytes = read (norm) + read and write (scale)
+    n_arr = 100
+    per = a.clip_elements // n_arr
+    arrays = [cupy.random.standard_normal(per, dtype=cupy.float32) for _ in range(n_arr)]
+    ms = _time(lambda: pylstm.clip_grads(arrays, 1e30, error_if_nonfinite=False), a.repeats, cupy)
+    ms_scale = _time(lambda: pylstm.clip_grads(arrays, 1e-3, error_if_nonfinite=False), a.repeats, cupy)
+    peak = 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8 / 1e9  # GB/s
+    gbs_norm = per * n_arr * 4 / ms / 1e6
+    gbs_clip = per * n_arr * 12 / ms_scale / 1e6
+    print(f"clip {per * n_arr / 1e6:.0f}M float32 in {n_arr} arrays: norm only {ms:.3f} ms = {gbs_norm:.0f} GB/s; "
+          f"norm + scale {ms_scale:.3f} ms = {gbs_clip:.0f} GB/s; theoretical peak {peak:.0f} GB/s "
+          f"({100 * gbs_clip / peak:.0f}%)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": name, "rows": rows, "clip": {"norm_ms": ms, "clip_ms": ms_scale,
+                       "norm_GBs": gbs_norm, "clip_GBs": gbs_clip, "peak_GBs": peak}}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
