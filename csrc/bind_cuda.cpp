@@ -11,6 +11,7 @@
 // RuntimeError for a failed CUDA or cuBLAS call (never left pending for the next call).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <climits>
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -449,6 +451,40 @@ void clip_grads(const py::object& grads, double max_norm, const py::object& work
   else clip_grads_cuda<double>(ctx, cd.data(), nchunks, max_norm, w + 4, counter, w);
 }
 
+#if !defined(PYLSTM_REAL_CUDA)
+// Self-checks of the emulator itself (tests only): a block tree sum that needs its barriers to
+// be real, a barrier some threads skip, and a barrier in a plain launch.
+__global__ void emu_block_sum_kernel(const double* in, double* out, bool diverge) {
+  __shared__ double red[64];
+  red[threadIdx.x] = in[blockIdx.x * blockDim.x + threadIdx.x];
+  if (diverge && threadIdx.x == 3) return;  // misses the barriers below
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = red[0];
+}
+
+// mode 0: per-block sums of `values` (blocks of 64) with PYLSTM_LAUNCH_SYNC; 1: the same with
+// a divergent barrier; 2: the barrier kernel under PYLSTM_LAUNCH. Errors become RuntimeError.
+std::vector<double> emu_selftest(const std::vector<double>& values, int mode) {
+  const unsigned blocks = unsigned(values.size() / 64);
+  std::vector<double> out(blocks, 0.0);
+  try {
+    if (mode == 2) {
+      PYLSTM_LAUNCH(emu_block_sum_kernel, blocks, 64, nullptr, values.data(), out.data(), false);
+    } else {
+      PYLSTM_LAUNCH_SYNC(emu_block_sum_kernel, blocks, 64, nullptr, values.data(), out.data(),
+                         mode == 1);
+    }
+  } catch (const std::logic_error& e) {
+    throw std::runtime_error(e.what());
+  }
+  return out;
+}
+#endif
+
 py::tuple status() {
   std::string why;
   const int n = gpu::device_count(&why);
@@ -494,5 +530,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"), py::arg("work"),
         py::arg("stream") = 0);
   m.def("set_allow_tf32", &gpu::set_allow_tf32, py::arg("on"));
+#if !defined(PYLSTM_REAL_CUDA)
+  m.def("_emu_selftest", &emu_selftest, py::arg("values"), py::arg("mode"));
+#endif
   m.def("get_allow_tf32", &gpu::get_allow_tf32);
 }

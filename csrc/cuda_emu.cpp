@@ -76,6 +76,9 @@ void launch(const dim3& grid, const dim3& block, bool fibers, const std::functio
   const unsigned nthreads = block.x * block.y * block.z;
   if (!fibers) {
     in_plain_launch = true;
+    struct Clear {
+      ~Clear() { in_plain_launch = false; }
+    } clear;  // also when the kernel throws
     for (unsigned bz = 0; bz < grid.z; ++bz)
       for (unsigned by = 0; by < grid.y; ++by)
         for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -85,7 +88,6 @@ void launch(const dim3& grid, const dim3& block, bool fibers, const std::functio
             body();
           }
         }
-    in_plain_launch = false;
     return;
   }
   if (active != nullptr) throw std::logic_error("nested fiber launch");

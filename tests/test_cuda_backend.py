@@ -221,3 +221,17 @@ def test_emulated_module_says_so():
         pytest.skip("pylstm._cuda_emu not built")
     assert emu.emulated is True
     assert re.search("emulation", emu.__doc__)
+
+
+@needs_emu
+def test_emulator_barriers_are_real_and_misuse_is_caught():
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal(64 * 3)
+    # a tree sum reads other threads' shared memory after each barrier: right only if the
+    # barriers hold (sequential threads without fibers would read unfinished partial sums)
+    got = emu._emu_selftest(v.tolist(), 0)
+    np.testing.assert_allclose(got, v.reshape(3, 64).sum(axis=1), rtol=1e-12)
+    with pytest.raises(RuntimeError, match="divergent barrier"):
+        emu._emu_selftest(v.tolist(), 1)
+    with pytest.raises(RuntimeError, match="PYLSTM_LAUNCH_SYNC"):
+        emu._emu_selftest(v.tolist(), 2)
