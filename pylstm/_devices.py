@@ -58,7 +58,6 @@ class EmuDeviceArray:
 class ArrayLib:
     """Allocation on one device with one array library, and its current stream."""
 
-    name = "?"
 
     def empty(self, shape, dtype):
         raise NotImplementedError
@@ -71,10 +70,6 @@ class ArrayLib:
 
     def wrap(self, a):
         """What the binding receives for an array of this library."""
-        return a
-
-    def unwrap(self, a):
-        """What the caller gets back."""
         return a
 
     def split_rows(self, a, k):
@@ -92,7 +87,6 @@ class EmuLib(ArrayLib):
     (EmuDeviceArray arguments) arguments pass as they are, so a NumPy array among them is a
     host array to the binding, and results are EmuDeviceArrays."""
 
-    name = "emulated"
 
     def __init__(self, host_io: bool):
         self.host_io = host_io
@@ -122,7 +116,6 @@ class EmuLib(ArrayLib):
 
 
 class CupyLib(ArrayLib):
-    name = "cupy"
 
     def __init__(self, device: int):
         import cupy
@@ -144,7 +137,6 @@ class CupyLib(ArrayLib):
 
 
 class TorchLib(ArrayLib):
-    name = "torch"
 
     def __init__(self, device: int):
         import torch
@@ -153,8 +145,7 @@ class TorchLib(ArrayLib):
         self.device = torch.device("cuda", device)
 
     def _dtype(self, dtype):
-        return {np.dtype(np.float32): self.torch.float32, np.dtype(np.float64): self.torch.float64,
-                np.dtype(np.uint32): self.torch.int32}[np.dtype(dtype)]
+        return {np.dtype(np.float32): self.torch.float32, np.dtype(np.float64): self.torch.float64}[np.dtype(dtype)]
 
     def empty(self, shape, dtype):
         return self.torch.empty(shape, dtype=self._dtype(dtype), device=self.device)
@@ -167,7 +158,6 @@ class TorchLib(ArrayLib):
 
 
 class NumbaLib(ArrayLib):
-    name = "numba"
 
     def __init__(self, device: int):
         from numba import cuda
