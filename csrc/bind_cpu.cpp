@@ -252,6 +252,18 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("_set_small_m_kernel", &set_small_m_kernel, py::arg("on"),
         "Test hook: enable/disable the AVX-512 recurrent-step kernel; returns the old setting.");
   m.def("_small_m_kernel_enabled", &small_m_kernel_enabled);
+  m.def("_set_forward_schedule", [](const std::string& mode) {
+    ForwardSchedule s;
+    if (mode == "auto") s = ForwardSchedule::kAuto;
+    else if (mode == "projection-first") s = ForwardSchedule::kProjectionFirst;
+    else if (mode == "step-projection") s = ForwardSchedule::kStepProjection;
+    else throw py::value_error("mode must be 'auto', 'projection-first' or 'step-projection', got '" + mode + "'");
+    const ForwardSchedule old = set_forward_schedule(s);
+    return std::string(old == ForwardSchedule::kAuto ? "auto"
+                       : old == ForwardSchedule::kProjectionFirst ? "projection-first"
+                                                                  : "step-projection");
+  }, py::arg("mode"),
+        "Test hook: the float32 forward schedule of the packed-weight kernel; returns the old one.");
   m.def("_sigmoid", [](const py::object& x) { return cell_math_any(x, false); }, py::arg("x"));
   m.def("_tanh", [](const py::object& x) { return cell_math_any(x, true); }, py::arg("x"));
   m.def("blas_info", []() {

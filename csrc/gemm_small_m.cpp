@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -105,29 +107,62 @@ MicroFn pick(int mr, int np) {
   }
 }
 
+// Copies rows [m0, m1) x columns [k0, k0 + kc) of A^T (A stored (K, M), lda) into 8-row
+// tiles, tile t holding A^T[m0 + 8t + r][k0 + k] at out[t*kc*8 + k*8 + r] (a short last tile
+// holds only its mr rows: its kernel reads no others). That is the transposed layout with
+// lda = 8, so the micro-kernel's broadcasts walk one contiguous stream.
+__attribute__((target("avx512f"))) void pack_at(int64_t m0, int64_t m1, int64_t k0, int64_t kc,
+                                                const float* A, int64_t lda, float* out) {
+  for (int64_t r0 = m0; r0 < m1; r0 += kMR) {
+    const __mmask16 m = __mmask16((1u << std::min<int64_t>(kMR, m1 - r0)) - 1u);
+    float* dst = out + (r0 - m0) * kc;
+    for (int64_t k = 0; k < kc; ++k) {
+      _mm512_mask_storeu_ps(dst + k * kMR, m, _mm512_maskz_loadu_ps(m, A + (k0 + k) * lda + r0));
+    }
+  }
+}
+
 // C (M x N) = op(A) @ B with the blocking described below; see micro_kernel for the layouts.
 template <bool TA, bool PK>
 void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-                 int64_t pstride, int64_t kstride, float* C, int64_t ldc) {
+                 int64_t pstride, int64_t kstride, float* C, int64_t ldc, bool accumulate) {
   const int64_t panels = (N + 15) / 16;
   // Blocking for the caches: K in blocks of kKC (a 48-column slab of B, kKC x 48 floats = 192 KB,
   // stays in L2 while a row chunk passes), rows in chunks of kMC (an A block of kMC x kKC
   // floats = 384 KB stays in L2 while every slab passes). The recurrent step (M = batch,
   // K = H or 4H) is one or a few blocks; the later K blocks accumulate into C.
   constexpr int64_t kKC = 1024, kMC = 96;
+  // The transposed A of the weight gradient ([X | H_prev]^T, stored (K, M)) is copied into
+  // 8-row tiles first when its stored rows lie a multiple of 4 KB apart (D + H a multiple of
+  // 1024): the kc rows a block's broadcasts walk would all map to the same L1 sets. Measured
+  // on one core (GFLOP/s, as is -> tiles): M=N=1024 K=1120 lda 1024: 158-165 -> 184;
+  // M=N=2048 K=1120 lda 2048: 168-171 -> 191-202; M=4096 N=1024 K=700: 140-198 -> 214-216.
+  // Not at other strides: lda 512 185 -> 185, lda 1300 199-207 -> 191-196; nor for row-major
+  // A (M=6400 N=256 K=1024: 222 -> 196: the scalar copy costs more than it saves).
+  const bool pack = TA && M >= 128 && lda % 1024 == 0;
+  thread_local std::vector<float> abuf;
+  if (pack && abuf.size() < size_t(kMC * kKC)) abuf.resize(size_t(kMC * kKC));
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0);
     for (int64_t m0 = 0; m0 < M; m0 += kMC) {
       const int64_t m1 = std::min(M, m0 + kMC);
+      if (pack) pack_at(m0, m1, k0, kc, A, lda, abuf.data());
       for (int64_t p0 = 0; p0 < panels; p0 += kNP) {
         const int np = int(std::min<int64_t>(kNP, panels - p0));
         const int64_t last_cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
         const __mmask16 last_mask = __mmask16((1u << last_cols) - 1u);
         for (int64_t r0 = m0; r0 < m1; r0 += kMR) {
           const int mr = int(std::min<int64_t>(kMR, m1 - r0));
-          const float* a = TA ? A + k0 * lda + r0 : A + r0 * lda + k0;
-          pick<TA, PK>(mr, np)(kc, a, lda, B + p0 * pstride + k0 * kstride, pstride, kstride,
-                           C + r0 * ldc + p0 * 16, ldc, last_mask, k0 > 0);
+          const float* b = B + p0 * pstride + k0 * kstride;
+          float* c = C + r0 * ldc + p0 * 16;
+          const bool acc = accumulate || k0 > 0;
+          if (pack) {
+            pick<true, PK>(mr, np)(kc, abuf.data() + (r0 - m0) * kc, kMR, b, pstride, kstride, c,
+                                   ldc, last_mask, acc);
+          } else {
+            const float* a = TA ? A + k0 * lda + r0 : A + r0 * lda + k0;
+            pick<TA, PK>(mr, np)(kc, a, lda, b, pstride, kstride, c, ldc, last_mask, acc);
+          }
         }
       }
     }
@@ -137,19 +172,68 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
 }  // namespace
 
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
-                   float* C, int64_t ldc) {
-  gemm_driver<false, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc);
+                   float* C, int64_t ldc, bool accumulate) {
+  gemm_driver<false, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, accumulate);
 }
 
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                       const float* Bp, float* C, int64_t ldc) {
-  gemm_driver<true, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc);
+  gemm_driver<true, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, false);
 }
 
-#else
+namespace {
+// One pass over the rows (k outer: the source is read row by row, each panel's destination is
+// written sequentially), AVX-512 copies; the column sums accumulate in `sums` (16 per panel).
+__attribute__((target("avx512f"))) void pack_rows_avx512(int64_t K, int64_t N, const float* B,
+                                                         int64_t ldb, float* out, float* sums) {
+  const int64_t panels = (N + 15) / 16;
+  const int64_t full = N / 16;
+  const __mmask16 tail = __mmask16((1u << (N - full * 16)) - 1u);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* src = B + k * ldb;
+    float* dst = out + k * 16;
+    for (int64_t p = 0; p < panels; ++p) {
+      const __m512 v = p < full ? _mm512_loadu_ps(src + p * 16)
+                                : _mm512_maskz_loadu_ps(tail, src + p * 16);
+      _mm512_storeu_ps(dst + p * K * 16, v);
+      if (sums) _mm512_storeu_ps(sums + p * 16, _mm512_add_ps(_mm512_loadu_ps(sums + p * 16), v));
+    }
+  }
+}
+}  // namespace
+
+#endif
+
+void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out, float* colsum) {
+  const int64_t panels = (N + 15) / 16;
+  std::vector<float> sums(colsum ? size_t(panels * 16) : 0, 0.0f);
+  float* s = colsum ? sums.data() : nullptr;
+#if defined(PYLSTM_HAVE_AVX512_KERNEL)
+  if (cpu_has_avx512()) {
+    pack_rows_avx512(K, N, B, ldb, out, s);
+    if (colsum) std::copy(sums.begin(), sums.begin() + N, colsum);
+    return;
+  }
+#endif
+  for (int64_t k = 0; k < K; ++k) {
+    const float* src = B + k * ldb;
+    for (int64_t p = 0; p < panels; ++p) {
+      float* dst = out + p * K * 16 + k * 16;
+      const int64_t w = std::min<int64_t>(16, N - p * 16);
+      for (int64_t c = 0; c < 16; ++c) {
+        const float v = c < w ? src[p * 16 + c] : 0.0f;
+        dst[c] = v;
+        if (s) s[p * 16 + c] += v;
+      }
+    }
+  }
+  if (colsum) std::copy(sums.begin(), sums.begin() + N, colsum);
+}
+
+#if !defined(PYLSTM_HAVE_AVX512_KERNEL)
 
 void gemm_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
-                   int64_t) {}
+                   int64_t, bool) {}
 void gemm_at_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
                       int64_t) {}
 

@@ -45,27 +45,20 @@ void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
   }
 }
 
-// C (M x N, ldc) = A (M x K, lda) @ B, with B packed by pack_b. C is overwritten.
+// C (M x N, ldc) = A (M x K, lda) @ B, with B packed by pack_b. C is overwritten, or with
+// accumulate, C += A @ B.
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
-                   float* C, int64_t ldc);
+                   float* C, int64_t ldc, bool accumulate = false);
 
 // C (M x N, ldc) = A^T @ B with A stored as a row-major K x M matrix (lda) and B packed by
 // pack_b; C is overwritten. Used for the weight gradient [X | H_prev]^T dA.
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                       const float* Bp, float* C, int64_t ldc);
 
-// pack_b for a row-major source (row k of B at B + k*ldb): copies 16-float runs.
-inline void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out) {
-  const int64_t panels = (N + 15) / 16;
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t c0 = p * 16, w = N - c0 < 16 ? N - c0 : 16;
-    float* dst = out + p * K * 16;
-    for (int64_t k = 0; k < K; ++k) {
-      const float* src = B + k * ldb + c0;
-      for (int64_t c = 0; c < w; ++c) dst[k * 16 + c] = src[c];
-      for (int64_t c = w; c < 16; ++c) dst[k * 16 + c] = 0.0f;
-    }
-  }
-}
+// pack_b for a row-major source (row k of B at B + k*ldb), walking the rows once in order. With
+// colsum, also colsum[c] = sum over k of B[k][c], the rows added in order k = 0, 1, ... (the
+// same rounding at any thread count): the LSTM's db comes out of the pass that packs dA.
+void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out,
+                 float* colsum = nullptr);
 
 }  // namespace pylstm

@@ -3,6 +3,10 @@
 // per step one recurrent GEMM and one fused pointwise pass; backward with one pointwise pass and
 // one GEMM per step, then one merged weight-gradient GEMM, one dX GEMM and db as a column sum.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <string>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -34,28 +38,73 @@ int threads_for(const LstmShape& s) {
 }
 
 
+std::atomic<int> g_schedule{int(ForwardSchedule::kAuto)};
+
+// Size of the last-level cache from sysfs (cpuid-based sysconf reports the host's total in some
+// virtual machines: 384 MB on the 32 MB machine we measured); 16 MB when unknown.
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t best = 0;
+    for (int i = 0; i < 8; ++i) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i);
+      std::ifstream level(dir + "/level"), size(dir + "/size");
+      int lv = 0;
+      std::string sz;
+      if (!(level >> lv) || !(size >> sz) || lv < 2 || sz.empty()) continue;
+      int64_t v = std::atoll(sz.c_str());
+      if (sz.back() == 'K') v <<= 10;
+      if (sz.back() == 'M') v <<= 20;
+      best = std::max(best, v);
+    }
+    return best > 0 ? best : int64_t(16) << 20;
+  }();
+  return bytes;
+}
+
+// The forward pass's two schedules for the packed-weight kernel (lstm_forward_cpu). The step
+// projection keeps the (N, T, 4H) pre-activations out of memory, paid for by reading each
+// thread's packed Wx slice once per step instead of once per call. Measured on the 2-core
+// Zen 5 (32 MB L3), forward-only ms, projection first / step projection, same binary
+// alternating: (64,100,256,256) 20.6 / 18.0, (20,35,512,512) 8.5 / 7.7, (20,35,580,580)
+// 11.4 / 10.0, (20,35,650,650) 13.6-13.8 / 13.0-15.2, (32,35,1024,1024) 50.1 / 66.8,
+// (8,35,64,128) 0.35 / 0.26, (4,35,256,256) 0.48 / 0.55, (1,200,128,128) 0.58 / 0.71. So:
+// with at least 8 rows per step, and while the packed [Wx; Wh] (all threads' slices) takes at
+// most 40% of the last-level cache.
+bool step_projection(const LstmShape& s) {
+  const int mode = g_schedule.load();
+  if (mode != int(ForwardSchedule::kAuto)) return mode == int(ForwardSchedule::kStepProjection);
+  const int64_t weight_bytes = (s.D + s.H) * 4 * s.H * int64_t(sizeof(float));
+  return s.N >= 8 && weight_bytes * 5 <= last_level_cache_bytes() * 2;
+}
+
 // --- Pointwise rows -----------------------------------------------------------------------
 // One row n of one step over a slice of hsz hidden units. The bodies are templates inlined
 // into per-ISA clones (AVX-512, AVX2+FMA, baseline x86-64) picked at load time, so the gate
 // math vectorizes to the widest registers the CPU has without building for one machine.
-//   a: the slice's first column in the A row (gate k at a[k*H + jj]); z: the recurrent GEMM
-//   result for the slice, gate k at z[k*hsz + jj] (zeros at t = 0 without h0); b: bias at the
-//   slice start (gate k at b[k*H + jj]); cp: c_{t-1}; c_out, h_out: outputs. cp may equal c_out.
-template <class T, bool kSave>
-__attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, T* a, const T* z,
-                                                        const T* b, const T* cp, T* c_out,
-                                                        T* h_out) {
+//   The pre-activation of gate k, unit jj is p[k*ps + jj] (+ z[k*hsz + jj] when z is given)
+//   + b[k*H + jj]: p is the slice's part of a projection row (A, gate stride H) or of the
+//   step's GEMM result (Z, gate stride hsz); z the recurrent GEMM result of the BLAS path.
+//   cp: c_{t-1}; c_out, h_out: outputs (cp may equal c_out); g: where the activated gates go
+//   when training (gate stride H; may equal p).
+template <class T, bool kSave, bool kZ>
+__attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, const T* p,
+                                                        int64_t ps, const T* z, const T* b,
+                                                        const T* cp, T* c_out, T* h_out, T* g) {
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
-    T f, g, i, o, c, h;
-    lstm_cell_forward(a[jj] + z[jj] + b[jj], a[H + jj] + z[hsz + jj] + b[H + jj],
-                      a[2 * H + jj] + z[2 * hsz + jj] + b[2 * H + jj],
-                      a[3 * H + jj] + z[3 * hsz + jj] + b[3 * H + jj], cp[jj], f, g, i, o, c, h);
+    T pre[4];
+    for (int k = 0; k < 4; ++k) {  // (x-part + h-part) + bias in both schedules: same bits
+      pre[k] = p[k * ps + jj];
+      if constexpr (kZ) pre[k] += z[k * hsz + jj];
+      pre[k] += b[k * H + jj];
+    }
+    T f, gg, i, o, c, h;
+    lstm_cell_forward(pre[0], pre[1], pre[2], pre[3], cp[jj], f, gg, i, o, c, h);
     if constexpr (kSave) {  // training: keep the activated gates for backward
-      a[jj] = f;
-      a[H + jj] = g;
-      a[2 * H + jj] = i;
-      a[3 * H + jj] = o;
+      g[jj] = f;
+      g[H + jj] = gg;
+      g[2 * H + jj] = i;
+      g[3 * H + jj] = o;
     }
     c_out[jj] = c;
     h_out[jj] = h;
@@ -83,10 +132,12 @@ __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, 
 }
 
 #define PYLSTM_ROW_FUNCS(T)                                                                     \
-  PYLSTM_CLONES void fwd_row(int64_t H, int64_t hsz, T* a, const T* z, const T* b, const T* cp, \
-                             T* c_out, T* h_out, bool save) {                                   \
-    if (save) fwd_row_body<T, true>(H, hsz, a, z, b, cp, c_out, h_out);                         \
-    else fwd_row_body<T, false>(H, hsz, a, z, b, cp, c_out, h_out);                             \
+  PYLSTM_CLONES void fwd_row(int64_t H, int64_t hsz, const T* p, int64_t ps, const T* z,       \
+                             const T* b, const T* cp, T* c_out, T* h_out, T* g) {               \
+    if (g && z) fwd_row_body<T, true, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);          \
+    else if (g) fwd_row_body<T, true, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);         \
+    else if (z) fwd_row_body<T, false, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);         \
+    else fwd_row_body<T, false, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);               \
   }                                                                                             \
   PYLSTM_CLONES void bwd_row(int64_t H, int64_t hsz, const T* gt, const T* c, const T* cp,      \
                              const T* dh_up, const T* dhc, T* dcc, T* da) {                     \
@@ -106,13 +157,25 @@ T* thread_scratch(size_t n) {
 
 }  // namespace
 
+ForwardSchedule set_forward_schedule(ForwardSchedule mode) {
+  return ForwardSchedule(g_schedule.exchange(int(mode)));
+}
+
 template <class T>
 void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0, const T* Wx,
                       const T* Wh, const T* b, T* hs, T* hT, T* cT, T* gates, T* cs, T* work) {
   const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = 4 * H;
   const bool save = gates != nullptr;
-  // A holds the pre-activations (N, T, 4H); when saving, they are activated in place and kept.
-  T* A = save ? gates : work;
+  // GEMMs on the packed-weight kernel (float with AVX-512) or BLAS (double, older CPUs).
+  const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
+  // Two schedules of the same GEMMs (see step_projection):
+  //  - projection first: one GEMM over all N*T rows into A (the gates buffer when saving, else
+  //    the workspace), then per step Z = h_{t-1} @ Wh[:, slice] and a pointwise pass that adds
+  //    A, Z and b;
+  //  - step projection: per step Z = x_t @ Wx[:, slice] before the step's barrier, then
+  //    Z += h_{t-1} @ Wh[:, slice]; the (N, T, 4H) pre-activations never exist.
+  const bool step_proj = packed && step_projection(s);
+  T* A = step_proj ? nullptr : save ? gates : work;
   T* c_run = save ? nullptr : work + N * Tn * G;  // forward-only: running c, (N, H)
 
   parallel_run(threads_for(s), [&](const Team& team) {
@@ -120,43 +183,46 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
     if (hsz == 0) {
-      for (int64_t t = 0; t < Tn; ++t) team.barrier();
+      for (int64_t t = 1; t < Tn; ++t) team.barrier();  // the loop's barriers
       return;
     }
-    // The slice's columns of Wh side by side, (H, 4*hsz), so each step is one GEMM into the
-    // contiguous Z (N, 4*hsz): packed into 16-column panels for the AVX-512 packed-weight
-    // kernel (float), else row-major for BLAS. With the kernel, the slice's four column blocks
-    // of Wx are packed too. Plus zeros standing in for absent h0 / c0.
-    const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
-    const int64_t wsize = packed ? packed_b_size(H, 4 * hsz) : H * 4 * hsz;
-    const int64_t xblock = packed ? packed_b_size(D, hsz) : 0;
-    T* scratch = thread_scratch<T>(size_t(wsize + 4 * xblock + N * 4 * hsz + 4 * hsz));
+    // The slice's columns of Wh (and, for the step projection, of Wx) side by side, (H,
+    // 4*hsz), so each step is one GEMM into the contiguous Z (N, 4*hsz): packed into 16-column
+    // panels for the kernel, else row-major for BLAS. Plus zeros standing in for absent h0/c0.
+    const int64_t hw = 4 * hsz;
+    const int64_t wsize = packed ? packed_b_size(H, hw) : H * hw;
+    const int64_t xsize = packed ? (step_proj ? packed_b_size(D, hw) : 4 * packed_b_size(D, hsz)) : 0;
+    T* scratch = thread_scratch<T>(size_t(wsize + xsize + N * hw + hw));
     T* Whp = scratch;
     T* Wxp = Whp + wsize;
-    T* Z = Wxp + 4 * xblock;
-    T* zeros = Z + N * 4 * hsz;
-    std::fill(zeros, zeros + 4 * hsz, T(0));
-    // 1. Input projection of all N*T rows for this slice's four gate column blocks (the bias
-    //    is added in the pointwise pass).
+    T* Z = Wxp + xsize;
+    T* zeros = Z + N * hw;
+    std::fill(zeros, zeros + hw, T(0));
+    auto slice_col = [&](const T* W, int64_t n) { return W + (n / hsz) * H + j0 + n % hsz; };
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
-        pack_b(H, 4 * hsz, [&](int64_t n) { return Wh + (n / hsz) * H + j0 + n % hsz; }, G, Whp);
-        for (int k = 0; k < 4; ++k) {
-          pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp + k * xblock);
-          gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp + k * xblock, A + k * H + j0, G);
+        pack_b(H, hw, [&](int64_t n) { return slice_col(Wh, n); }, G, Whp);
+        if (step_proj) {
+          pack_b(D, hw, [&](int64_t n) { return slice_col(Wx, n); }, G, Wxp);
+        } else {
+          // 1. Input projection of all N*T rows for this slice's four gate column blocks (the
+          //    bias is added in the pointwise pass).
+          const int64_t xblock = packed_b_size(D, hsz);
+          for (int k = 0; k < 4; ++k) {
+            pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp + k * xblock);
+            gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp + k * xblock, A + k * H + j0, G);
+          }
         }
       }
     }
     if (!packed) {
-      for (int k = 0; k < 4; ++k) {
+      for (int k = 0; k < 4; ++k) {  // 1., on BLAS
         gemm(false, false, int(N * Tn), int(hsz), int(D), T(1), xs, int(D), Wx + k * H + j0,
              int(G), T(0), A + k * H + j0, int(G));
       }
-    }
-    if (!packed) {
       for (int64_t r = 0; r < H; ++r) {
         for (int k = 0; k < 4; ++k) {
-          std::memcpy(Whp + r * 4 * hsz + k * hsz, Wh + r * G + k * H + j0, sizeof(T) * hsz);
+          std::memcpy(Whp + r * hw + k * hsz, Wh + r * G + k * H + j0, sizeof(T) * hsz);
         }
       }
     }
@@ -166,35 +232,45 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
       }
     }
     for (int64_t t = 0; t < Tn; ++t) {
-      T* A_t = A + t * G;  // rows n at stride T*4H
-      // 2a. Recurrent GEMM for this slice: Z = h_{t-1} @ Wh[:, slice] (none at t = 0 if h0 = 0).
       const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
-      const int ld_h = t > 0 ? int(Tn * H) : int(H);
+      const int64_t ld_h = t > 0 ? Tn * H : H;
+      if constexpr (std::is_same<T, float>::value) {
+        // Z = x_t @ Wx[:, slice] (rows n of x_t at stride T*D) needs no other thread's work.
+        if (step_proj) gemm_packed_b(N, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
+      }
+      if (t > 0) team.barrier();  // h_{t-1} complete before this step's GEMM reads it
+      // 2a. Recurrent GEMM for this slice: Z (+)= h_{t-1} @ Wh[:, slice] (none at t = 0 if
+      //     h0 = 0).
       if (h_prev) {
         if constexpr (std::is_same<T, float>::value) {
-          if (packed) gemm_packed_b(N, 4 * hsz, H, h_prev, ld_h, Whp, Z, 4 * hsz);
+          if (packed) gemm_packed_b(N, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/step_proj);
         }
         if (!packed) {
-          gemm(false, false, int(N), int(4 * hsz), int(H), T(1), h_prev, ld_h, Whp, int(4 * hsz),
-               T(0), Z, int(4 * hsz));
+          gemm(false, false, int(N), int(hw), int(H), T(1), h_prev, int(ld_h), Whp, int(hw),
+               T(0), Z, int(hw));
         }
       }
       // 2b. Fused pointwise pass over the slice: activations, c and h.
       for (int64_t n = 0; n < N; ++n) {
-        T* h_out = hs + (n * Tn + t) * H + j0;
+        const int64_t row = n * Tn + t;
+        T* h_out = hs + row * H + j0;
         const T* cp;
         T* c_out;
         if (save) {
-          c_out = cs + (n * Tn + t) * H + j0;
+          c_out = cs + row * H + j0;
           cp = t > 0 ? c_out - H : (c0 ? c0 + n * H + j0 : zeros);
         } else {
           c_out = c_run + n * H + j0;
           cp = c_out;  // updated in place, element by element
         }
-        fwd_row(H, hsz, A_t + n * Tn * G + j0, h_prev ? Z + n * 4 * hsz : zeros, b + j0, cp,
-                c_out, h_out, save);
+        T* g = save ? gates + row * G + j0 : nullptr;
+        if (step_proj) {
+          fwd_row(H, hsz, Z + n * hw, hsz, nullptr, b + j0, cp, c_out, h_out, g);
+        } else {
+          fwd_row(H, hsz, A + row * G + j0, H, h_prev ? Z + n * hw : zeros, b + j0, cp, c_out,
+                  h_out, g);
+        }
       }
-      team.barrier();  // h_t complete before any thread's GEMM of step t+1 reads it
     }
     for (int64_t n = 0; n < N; ++n) {
       const T* c_last = save ? cs + (n * Tn + Tn - 1) * H : c_run + n * H;
@@ -289,19 +365,19 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     if (c1_ > c0_) {
       if constexpr (std::is_same<T, float>::value) {
         if (packed) {
-          pack_b_rows(R, c1_ - c0_, dA + c0_, G, dAp);
+          pack_b_rows(R, c1_ - c0_, dA + c0_, G, dAp, db + c0_);  // and db
           gemm_at_packed_b(DH, c1_ - c0_, R, XH, DH, dAp, dW + c0_, G);
         }
       }
       if (!packed) {
         gemm(true, false, int(DH), int(c1_ - c0_), int(R), T(1), XH, int(DH), dA + c0_, int(G),
              T(0), dW + c0_, int(G));
-      }
-      for (int64_t j = c0_; j < c1_; ++j) db[j] = T(0);
-      for (int64_t r = 0; r < R; ++r) {
-        const T* da = dA + r * G;
+        for (int64_t j = c0_; j < c1_; ++j) db[j] = T(0);
+        for (int64_t r = 0; r < R; ++r) {
+          const T* da = dA + r * G;
 #pragma omp simd
-        for (int64_t j = c0_; j < c1_; ++j) db[j] += da[j];
+          for (int64_t j = c0_; j < c1_; ++j) db[j] += da[j];
+        }
       }
     }
   });

@@ -93,6 +93,12 @@ double softmax_xent_cpu(int64_t M, int64_t V, const T* scores, const int32_t* la
                         int32_t ignore_label, double* lse, T* dscores, double grad_scale,
                         int64_t* count);
 
+// Which schedule lstm_forward_cpu uses for its float32 packed-weight path (lstm_cpu.cpp,
+// step_projection): kAuto picks by shape; the others force one (a test hook, so that every
+// kernel test runs both). Returns the previous setting.
+enum class ForwardSchedule : int { kAuto = 0, kProjectionFirst = 1, kStepProjection = 2 };
+ForwardSchedule set_forward_schedule(ForwardSchedule s);
+
 // Thread count used by the kernels; n is capped at the CPUs this process may run on.
 void set_num_threads(int n);
 int get_num_threads();

@@ -200,6 +200,10 @@ def test_matmul_large_split_over_threads(kernel_path):
     b = rng.standard_normal((200, 500)).astype(np.float32)
     assert_close("a@b", pylstm.matmul(a, b), a.astype(np.float64) @ b, 1e-5)
     assert_close("a@b", pylstm.matmul(a, b[:, :40].copy()), a.astype(np.float64) @ b[:, :40], 1e-5)
+    # a transposed view whose stored rows are 4 KB apart (lda 1024): A^T is copied into tiles
+    at = rng.standard_normal((70, 1024)).astype(np.float32)
+    b2 = rng.standard_normal((70, 40)).astype(np.float32)
+    assert_close("a.T@b", pylstm.matmul(at.T, b2), at.T.astype(np.float64) @ b2, 1e-5)
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="no CPU backend")

@@ -54,6 +54,23 @@ def step_gemm(request):
     _backend.cpu._set_small_m_kernel(old)
 
 
+@pytest.fixture(params=["small-m-kernel", "small-m-kernel+projection-first",
+                        "small-m-kernel+step-projection", "blas"])
+def cpu_path(request):
+    """step_gemm, and for the packed-weight kernel each float32 forward schedule forced (auto
+    picks by shape, so some shapes would otherwise only ever run one of them)."""
+    from pylstm import _backend
+
+    if _backend.cpu is None:
+        pytest.skip("no CPU backend")
+    kernel, _, schedule = request.param.partition("+")
+    old = _backend.cpu._set_small_m_kernel(kernel == "small-m-kernel")
+    old_schedule = _backend.cpu._set_forward_schedule(schedule or "auto")
+    yield request.param
+    _backend.cpu._set_small_m_kernel(old)
+    _backend.cpu._set_forward_schedule(old_schedule)
+
+
 def test_cpu_backend_is_built():
     assert "cpu" in pylstm.available_backends()
 
@@ -72,7 +89,7 @@ def test_float64_matches_reference(backend, step_gemm, shape, with_state):
 
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float32_within_twice_naive_error(backend, step_gemm, shape, with_state):
+def test_float32_within_twice_naive_error(backend, cpu_path, shape, with_state):
     d32 = make_lstm_inputs(shape, np.float32, seed=4, with_state=with_state)
     want = _reference64(d32)          # exact answer for these float32 inputs
     naive = _run(d32, "numpy")        # the reference run in float32
@@ -97,8 +114,38 @@ def test_hT_is_last_hidden_state(backend):
     np.testing.assert_array_equal(cT, cache.cs[:, -1])
 
 
+@pytest.mark.parametrize("shape", [(4, 9, 40, 24), (9, 6, 33, 40), (16, 5, 20, 70)])
+def test_forward_schedules_agree_bitwise(shape):
+    """The float32 packed-weight forward's two schedules add the same products in the same
+    order ((x-part + h-part) + bias), so they agree to the bit, training and inference."""
+    cpu = _backend.cpu
+    if cpu is None or not cpu._small_m_kernel_enabled():
+        pytest.skip("needs the AVX-512 packed-weight kernel")
+    d = make_lstm_inputs(shape, np.float32, seed=8)
+    out = {}
+    old = cpu._set_forward_schedule("auto")
+    try:
+        for mode in ("projection-first", "step-projection"):
+            cpu._set_forward_schedule(mode)
+            out[mode] = (pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"],
+                                             backend="cpu")[:3]
+                         + pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"],
+                                                 d["c0"], backend="cpu"))
+    finally:
+        cpu._set_forward_schedule(old)
+    for name, a, b in zip(NAMES_FWD * 2, out["projection-first"], out["step-projection"]):
+        assert np.array_equal(a, b), f"{name}: the two forward schedules differ"
+
+
+def test_forward_schedule_hook_rejects_unknown_mode():
+    if _backend.cpu is None:
+        pytest.skip("no CPU backend")
+    with pytest.raises(ValueError, match="mode"):
+        _backend.cpu._set_forward_schedule("fastest")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_inference_equals_training_forward(backend, dtype):
+def test_inference_equals_training_forward(backend, cpu_path, dtype):
     d = make_lstm_inputs((4, 9, 40, 24), dtype, seed=6)
     train = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=backend)
     infer = pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=backend)
