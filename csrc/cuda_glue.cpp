@@ -97,14 +97,52 @@ int pointer_device(const void* p, const char* name) {
                               " points to host memory; the CUDA backend takes device arrays");
 }
 
+namespace {
+// cuCtxGetCurrent / cuCtxSetCurrent through the runtime's driver entry points (no link to
+// libcuda, so the module still imports where there is no driver); null if unavailable.
+using CtxGetFn = int (*)(void**);
+using CtxSetFn = int (*)(void*);
+struct CtxApi {
+  CtxGetFn get = nullptr;
+  CtxSetFn set = nullptr;
+};
+
+const CtxApi& ctx_api() {
+  static const CtxApi api = [] {
+    CtxApi a;
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &f, 4000, cudaEnableDefault, &q) ==
+            cudaSuccess && q == cudaDriverEntryPointSuccess) {
+      a.get = reinterpret_cast<CtxGetFn>(f);
+    }
+    f = nullptr;
+    if (cudaGetDriverEntryPointByVersion("cuCtxSetCurrent", &f, 4000, cudaEnableDefault, &q) ==
+            cudaSuccess && q == cudaDriverEntryPointSuccess) {
+      a.set = reinterpret_cast<CtxSetFn>(f);
+    }
+    cudaGetLastError();
+    if (!a.get || !a.set) a = CtxApi{};
+    return a;
+  }();
+  return api;
+}
+}  // namespace
+
 DeviceGuard::DeviceGuard(int dev) {
+  const CtxApi& api = ctx_api();
+  have_ctx_ = api.get != nullptr && api.get(&prev_ctx_) == 0;  // CUDA_SUCCESS
   check_cuda(cudaGetDevice(&prev_), "cudaGetDevice");
   if (prev_ != dev) check_cuda(cudaSetDevice(dev), "cudaSetDevice");
 }
 
 DeviceGuard::~DeviceGuard() {
-  int cur = -1;
-  if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_ && prev_ >= 0) cudaSetDevice(prev_);
+  if (have_ctx_) {
+    ctx_api().set(prev_ctx_);  // the previous context, or none
+  } else {
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_ && prev_ >= 0) cudaSetDevice(prev_);
+  }
   cudaGetLastError();
 }
 

@@ -51,14 +51,15 @@ void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                    float* C, int64_t ldc, bool accumulate = false);
 
 // C (M x N, ldc) = A^T @ B with A stored as a row-major K x M matrix (lda) and B packed by
-// pack_b; C is overwritten. Used for the weight gradient [X | H_prev]^T dA.
+// pack_b; C is overwritten, or with accumulate, C += A^T @ B. Used for the weight gradient [X | H_prev]^T dA.
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                      const float* Bp, float* C, int64_t ldc);
+                      const float* Bp, float* C, int64_t ldc, bool accumulate = false);
 
 // pack_b for a row-major source (row k of B at B + k*ldb), walking the rows once in order. With
-// colsum, also colsum[c] = sum over k of B[k][c], the rows added in order k = 0, 1, ... (the
-// same rounding at any thread count): the LSTM's db comes out of the pass that packs dA.
+// colsum, also colsum[c] += B[k][c] for k = 0, 1, ... in order, in double (the same rounding at
+// any thread count, and no float32 error growing with K): the LSTM's db comes out of the
+// passes that pack dA.
 void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out,
-                 float* colsum = nullptr);
+                 double* colsum = nullptr);
 
 }  // namespace pylstm

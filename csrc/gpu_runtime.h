@@ -21,7 +21,9 @@ int device_count(std::string* why);
 // is cleared first, so nothing sticks to the next call).
 int pointer_device(const void* p, const char* name);
 
-// Makes dev current for the guard's lifetime (restores the previous device).
+// Makes dev current for the guard's lifetime, then restores the thread's previous CUDA context
+// exactly, none included: "restoring" device 0 with cudaSetDevice on a thread that had no
+// context would create a primary context (hundreds of MB) on GPU 0 for a call on GPU 1.
 class DeviceGuard {
  public:
   explicit DeviceGuard(int dev);
@@ -31,6 +33,8 @@ class DeviceGuard {
 
  private:
   int prev_ = -1;
+  void* prev_ctx_ = nullptr;  // the driver's CUcontext, when the driver entry points were found
+  bool have_ctx_ = false;
 };
 
 // The context for a call on `stream` of the current device: the cuBLAS handle cached for this

@@ -25,6 +25,10 @@ namespace {
 // elements (one 64-byte line of floats) so that the GEMM column blocks start on cache lines.
 constexpr int64_t kSliceAlign = 16;
 
+// Rows of dA packed at a time for the weight-gradient GEMM (lstm_backward_cpu): the kernel's
+// own K block (gemm_small_m.cpp), so the chunked GEMM rounds exactly as one call over all rows.
+constexpr int64_t kPackRows = 1024;
+
 // Below this much work per step (N*H*(D+H) multiply-adds; measured: (1,200,128,128) at 32768
 // is 1.65x faster on 2 threads) waking a second thread costs more
 // than it saves; those calls run on the caller alone.
@@ -302,7 +306,7 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     team.split(G, kSliceAlign, c0_, c1_);
     const int64_t wsize = packed ? packed_b_size(G, hsz) : 0;
     const int64_t xsize = packed ? packed_b_size(G, D) : 0;
-    const int64_t asize = packed ? packed_b_size(R, c1_ - c0_) : 0;
+    const int64_t asize = packed ? packed_b_size(std::min(R, kPackRows), c1_ - c0_) : 0;
     T* scratch = thread_scratch<T>(size_t(wsize + xsize + asize + hsz + 1));
     T* WhTp = scratch;
     T* WxTp = scratch + wsize;
@@ -361,24 +365,33 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     }
     team.barrier();  // XH complete
     // 4. [dWx; dWh] = [X | H_prev]^T dA in one GEMM, split by output columns; 5. db = column
-    //    sums of dA, rows added in order (deterministic).
+    //    sums of dA, rows added in order in double (deterministic).
     if (c1_ > c0_) {
+      // db in double whatever T: a float sum over N*T rows drifts (N*T = 1200: 10x the error
+      // of numpy's pairwise float32 sum).
+      std::vector<double> dbsum_buf(size_t(c1_ - c0_), 0.0);
+      double* dbsum = dbsum_buf.data();
       if constexpr (std::is_same<T, float>::value) {
         if (packed) {
-          pack_b_rows(R, c1_ - c0_, dA + c0_, G, dAp, db + c0_);  // and db
-          gemm_at_packed_b(DH, c1_ - c0_, R, XH, DH, dAp, dW + c0_, G);
+          // In row chunks: each chunk of dA is packed (and added to db) just before the GEMM
+          // reads it, so it is still in cache, and the packed copy is one chunk, not all rows.
+          for (int64_t k0 = 0; k0 < R; k0 += kPackRows) {
+            const int64_t kb = std::min(kPackRows, R - k0);
+            pack_b_rows(kb, c1_ - c0_, dA + k0 * G + c0_, G, dAp, dbsum);
+            gemm_at_packed_b(DH, c1_ - c0_, kb, XH + k0 * DH, DH, dAp, dW + c0_, G, k0 > 0);
+          }
         }
       }
       if (!packed) {
         gemm(true, false, int(DH), int(c1_ - c0_), int(R), T(1), XH, int(DH), dA + c0_, int(G),
              T(0), dW + c0_, int(G));
-        for (int64_t j = c0_; j < c1_; ++j) db[j] = T(0);
         for (int64_t r = 0; r < R; ++r) {
-          const T* da = dA + r * G;
+          const T* da = dA + r * G + c0_;
 #pragma omp simd
-          for (int64_t j = c0_; j < c1_; ++j) db[j] += da[j];
+          for (int64_t j = 0; j < c1_ - c0_; ++j) dbsum[j] += da[j];
         }
       }
+      for (int64_t j = c0_; j < c1_; ++j) db[j] = T(dbsum[j - c0_]);
     }
   });
 }

@@ -8,6 +8,7 @@
 // scratch) and never synchronize the host. The LSTM kernels' threads are independent within a
 // launch (PYLSTM_LAUNCH); the clipping reduction uses block barriers and shared memory
 // (PYLSTM_LAUNCH_SYNC, which the emulation runs as fibers: see cuda_emu.h).
+#include <algorithm>
 #include <cmath>
 
 #include "cuda_emu.h"
@@ -111,14 +112,24 @@ __global__ void build_xh_kernel(int64_t R, int64_t Tn, int64_t D, int64_t H, con
   XH[idx] = v;
 }
 
-// db[j] = sum over rows of dA[:, j], rows added in order (one thread per column: deterministic).
+// db[j] = sum over rows of dA[:, j], rows added in order (one thread per column: deterministic),
+// in double whatever T: a float sum over N*T rows drifts well past NumPy's pairwise sum.
 template <class T>
 __global__ void column_sum_kernel(int64_t R, int64_t G, const T* dA, T* db) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= G) return;
-  T acc = T(0);
-  for (int64_t r = 0; r < R; ++r) acc += dA[r * G + j];
-  db[j] = acc;
+  double acc = 0.0;
+  for (int64_t r = 0; r < R; ++r) acc += double(dA[r * G + j]);
+  db[j] = T(acc);
+}
+
+// Rows per weight-gradient GEMM (lstm_backward_cuda): [dWx; dWh] sums over all N*T rows, and
+// one GEMM's sequential sum over them has a float32 error growing with N*T, where NumPy's
+// per-step products sum N rows and then T steps. So the GEMM runs in row chunks accumulating
+// into dW (beta = 1): chunks of at least 128 rows, at most 16 GEMMs.
+inline int64_t weight_grad_chunk(int64_t R) {
+  const int64_t per = (R + 15) / 16;
+  return std::max<int64_t>(128, (per + 127) / 128 * 128);
 }
 
 }  // namespace
@@ -179,7 +190,11 @@ void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, 
   }
   dev_gemm<T>(ctx, false, true, R, D, G, T(1), dA, G, Wx, G, T(0), dxs, D);
   PYLSTM_LAUNCH(build_xh_kernel<T>, blocks_for(R * (D + H)), kBlock, st, R, Tn, D, H, xs, hs, h0, XH);
-  dev_gemm<T>(ctx, true, false, D + H, G, R, T(1), XH, D + H, dA, G, T(0), dW, G);
+  const int64_t kc = weight_grad_chunk(R);
+  for (int64_t k0 = 0; k0 < R; k0 += kc) {
+    dev_gemm<T>(ctx, true, false, D + H, G, std::min(kc, R - k0), T(1), XH + k0 * (D + H), D + H,
+                dA + k0 * G, G, k0 > 0 ? T(1) : T(0), dW, G);
+  }
   PYLSTM_LAUNCH(column_sum_kernel<T>, blocks_for(G), kBlock, st, R, G, dA, db);
 }
 
@@ -226,12 +241,12 @@ __global__ void clip_norm_kernel(ClipTable<T> tab, int64_t total_blocks, double 
   block_tree_sum(red);
   if (threadIdx.x == 0) {
     partials[tab.first_block + blockIdx.x] = red[0];
-    __threadfence();  // the partial is visible before the ticket is taken
+    __threadfence();  // release: the partial is visible before the ticket is taken
     last = atomicAdd(counter, 1u) == unsigned(total_blocks - 1);
+    __threadfence();  // acquire, by the thread that took the ticket, before the barrier
   }
   __syncthreads();
   if (!last) return;  // uniform across the block
-  __threadfence();
   double acc = 0.0;
   for (int64_t k = threadIdx.x; k < total_blocks; k += B) acc += static_cast<volatile double*>(partials)[k];
   red[threadIdx.x] = acc;

@@ -80,6 +80,10 @@ class ArrayLib:
         """work[index] as a 0-d array of this library (no host synchronization)."""
         return work[index]
 
+    def to_float(self, work, index) -> float:
+        """work[index] as a Python float (a host synchronization)."""
+        return float(work[index])
+
 
 class EmuLib(ArrayLib):
     """Host memory for pylstm._cuda_emu. With ``host_io`` (the test backend "cuda-emu" on NumPy
@@ -113,6 +117,9 @@ class EmuLib(ArrayLib):
     def scalar(self, work, index):
         host = work.array if isinstance(work, EmuDeviceArray) else work
         return np.float64(host[index])
+
+    def to_float(self, work, index) -> float:
+        return float(self.scalar(work, index))
 
 
 class CupyLib(ArrayLib):
@@ -175,7 +182,10 @@ class NumbaLib(ArrayLib):
         return a
 
     def scalar(self, work, index):
-        return work[index : index + 1]
+        return work[index : index + 1]  # a 1-element device array: Numba has no 0-d views
+
+    # to_float: the inherited float(work[index]) (Numba copies an indexed element to the host;
+    # its one-element arrays have no __float__).
 
 
 def library_of(a, device: int, name: str = "xs") -> ArrayLib:

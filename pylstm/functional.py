@@ -301,12 +301,14 @@ def _device_clip(name, grads, max_norm: float, error_if_nonfinite: bool):
     wrapped = [w(g) for g in grads]
     size, dev = mod.clip_plan(wrapped)
     if lib is None:
+        if dev < 0:  # every array is empty: nothing on any device to read or scale
+            return 0.0
         lib = _devices.library_of(grads[0], dev, "grads[0]")
     work = lib.zeros((size,), np.float64)
     mod.clip_grads(wrapped, max_norm, lib.wrap(work), lib.stream())
-    if error_if_nonfinite and float(lib.scalar(work, 2)) == 0.0:  # a host synchronization
+    if error_if_nonfinite and lib.to_float(work, 2) == 0.0:  # a host synchronization
         raise FloatingPointError(
-            f"grads: the global norm is {float(lib.scalar(work, 0))} (NaN or inf in the gradients); "
+            f"grads: the global norm is {lib.to_float(work, 0)} (NaN or inf in the gradients); "
             "nothing was scaled"
         )
     return lib.scalar(work, 0)

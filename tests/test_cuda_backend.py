@@ -157,6 +157,14 @@ def test_clip_workspace_is_reusable_and_counter_left_zero():
 
 
 @needs_emu
+def test_device_clip_of_only_empty_arrays_is_zero():
+    # clip_plan reports no device (-1) when every array is empty: nothing to allocate or scale
+    assert emu.clip_plan([Dev(np.zeros(0, np.float32))])[1] == -1
+    for fn in (pylstm.global_norm, lambda g: pylstm.clip_grads(g, 1.0)):
+        assert float(fn([Dev(np.zeros(0, np.float32)), Dev(np.zeros((0, 3), np.float32))])) == 0.0
+
+
+@needs_emu
 def test_device_clip_returns_device_scalar_without_raising_when_asked():
     g = [np.array([3.0, 4.0]), np.array([np.nan])]
     norm = pylstm.clip_grads([Dev(x) for x in g], 1.0, error_if_nonfinite=False)
