@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 namespace pylstm {
 
@@ -35,6 +36,12 @@ void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
     const float* src[16];
     int w = 0;
     for (; w < 16 && p * 16 + w < N; ++w) src[w] = col(p * 16 + w);
+    bool contiguous = w == 16;  // the panel's 16 columns side by side in every source row
+    for (int c = 1; c < w && contiguous; ++c) contiguous = src[c] == src[0] + c;
+    if (contiguous) {  // one 64-byte copy per k (the forward's weight slices)
+      for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * 16, src[0] + k * row_stride, 64);
+      continue;
+    }
     // k outer: consecutive k reuse the cache lines of the previous one in either layout
     // (row_stride 1: 16 source rows read in step; row_stride > 1: one source row per k).
     for (int64_t k = 0; k < K; ++k) {

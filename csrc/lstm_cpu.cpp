@@ -151,8 +151,9 @@ PYLSTM_ROW_FUNCS(float)
 PYLSTM_ROW_FUNCS(double)
 #undef PYLSTM_ROW_FUNCS
 
-// Per-thread scratch reused across calls (the pool's threads live as long as the process).
-template <class T>
+// Per-thread scratch reused across calls (the pool's threads live as long as the process);
+// kTag tells apart buffers one thread holds at once.
+template <class T, int kTag = 0>
 T* thread_scratch(size_t n) {
   thread_local std::vector<T> buf;
   if (buf.size() < n) buf.resize(n);
@@ -294,29 +295,35 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
   // dh0 / dc0 double as the carried gradients while walking back in time.
   T* dh_carry = dh0;
   T* dc_carry = dc0;
+  const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
+  // Wx^T, (4H, D), packed once for every thread's dX rows (step 3): the threads pack
+  // a share of its panels each, all done by the step loop's first barrier.
+  T* WxTp = packed ? thread_scratch<T, 1>(size_t(packed_b_size(G, D))) : nullptr;
 
   parallel_run(threads_for(s), [&](const Team& team) {
     int64_t j0, j1;
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
-    // Wh[slice, :]^T, (4H, hsz), and Wx^T, (4H, D), packed for the packed-weight kernel
-    // (float); zeros stand in for an absent c0.
-    const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
+    // Wh[slice, :]^T, (4H, hsz), packed for the packed-weight kernel (float); zeros stand in
+    // for an absent c0.
     int64_t c0_, c1_;  // this thread's columns of dW and db (step 4)
     team.split(G, kSliceAlign, c0_, c1_);
     const int64_t wsize = packed ? packed_b_size(G, hsz) : 0;
-    const int64_t xsize = packed ? packed_b_size(G, D) : 0;
     const int64_t asize = packed ? packed_b_size(std::min(R, kPackRows), c1_ - c0_) : 0;
-    T* scratch = thread_scratch<T>(size_t(wsize + xsize + asize + hsz + 1));
+    T* scratch = thread_scratch<T>(size_t(wsize + asize + hsz + 1));
     T* WhTp = scratch;
-    T* WxTp = scratch + wsize;
-    T* dAp = WxTp + xsize;  // this thread's columns of dA, packed for step 4
+    T* dAp = WhTp + wsize;  // this thread's columns of dA, packed for step 4
     T* zeros = dAp + asize;
     std::fill(zeros, zeros + hsz, T(0));
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
         pack_b(G, hsz, [&](int64_t n) { return Wh + (j0 + n) * G; }, 1, WhTp);
-        pack_b(G, D, [&](int64_t n) { return Wx + n * G; }, 1, WxTp);
+        int64_t p0, p1;  // this thread's 16-column panels of Wx^T
+        team.split((D + 15) / 16, 1, p0, p1);
+        if (p1 > p0) {
+          pack_b(G, std::min(D, p1 * 16) - p0 * 16,
+                 [&](int64_t n) { return Wx + (p0 * 16 + n) * G; }, 1, WxTp + p0 * G * 16);
+        }
       }
     }
     for (int64_t n = 0; n < N; ++n) {
