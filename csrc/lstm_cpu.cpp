@@ -188,7 +188,7 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
     if (hsz == 0) {
-      for (int64_t t = 1; t < Tn; ++t) team.barrier();  // the loop's barriers
+      for (int64_t t = 1; t < Tn; ++t) team.barrier();  // the loop's arrive/wait pairs
       return;
     }
     // The slice's columns of Wh (and, for the step projection, of Wx) side by side, (H,
@@ -236,14 +236,17 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
         for (int64_t j = j0; j < j1; ++j) c_run[n * H + j] = c0 ? c0[n * H + j] : T(0);
       }
     }
+    int token = 0;
     for (int64_t t = 0; t < Tn; ++t) {
       const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
       const int64_t ld_h = t > 0 ? Tn * H : H;
       if constexpr (std::is_same<T, float>::value) {
-        // Z = x_t @ Wx[:, slice] (rows n of x_t at stride T*D) needs no other thread's work.
+        // Z = x_t @ Wx[:, slice] (rows n of x_t at stride T*D) needs no other thread's work:
+        // it runs between this thread's arrival (its h_{t-1} written) and the wait, so a
+        // thread that is early does it while the other catches up.
         if (step_proj) gemm_packed_b(N, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
       }
-      if (t > 0) team.barrier();  // h_{t-1} complete before this step's GEMM reads it
+      if (t > 0) team.wait(token);  // h_{t-1} complete before this step's GEMM reads it
       // 2a. Recurrent GEMM for this slice: Z (+)= h_{t-1} @ Wh[:, slice] (none at t = 0 if
       //     h0 = 0).
       if (h_prev) {
@@ -276,6 +279,7 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
                   h_out, g);
         }
       }
+      if (t + 1 < Tn) token = team.arrive();  // this thread's part of h_t is written
     }
     for (int64_t n = 0; n < N; ++n) {
       const T* c_last = save ? cs + (n * Tn + Tn - 1) * H : c_run + n * H;

@@ -30,6 +30,12 @@ class Team {
   int size() const { return size_; }
   // Waits until every thread of the run has reached the barrier (memory is synchronized).
   void barrier() const;
+  // The barrier in two halves: arrive() says this thread's writes are done and returns a
+  // token; wait(token) returns once every thread has arrived (and their writes are visible).
+  // Work between the two overlaps the other threads' lateness. Every thread must arrive
+  // exactly once per phase, and wait before arriving again.
+  int arrive() const;
+  void wait(int token) const;
   // The [begin, end) part of [0, n) this thread owns when n is split in multiples of `align`.
   void split(int64_t n, int64_t align, int64_t& begin, int64_t& end) const;
 
