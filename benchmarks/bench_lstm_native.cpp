@@ -60,6 +60,45 @@ static void packed_rate(int M, int N, int K, int reps) {
               2.0 * M * N * K / ms / 1e6);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#include <thread>
+// The machine's FMA ceiling: 16 independent chains of AVX-512 FMAs (no memory traffic), the
+// most any float32 kernel can reach. Returns GFLOP/s of one thread.
+__attribute__((target("avx512f"))) static double fma_loop(long iters) {
+  const __m512 m = _mm512_set1_ps(1.0000001f), c = _mm512_set1_ps(1e-7f);
+  __m512 a[16];
+  for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ps(float(i));
+  const auto t0 = Clock::now();
+  for (long k = 0; k < iters; ++k) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ps(a[i], m, c);
+  }
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  float sum = 0.f;
+  for (int i = 0; i < 16; ++i) sum += _mm512_reduce_add_ps(a[i]);
+  if (sum == 42.f) std::printf(" ");  // keeps the chains alive
+  return 16.0 * 32.0 * double(iters) / s / 1e9;
+}
+
+static void fma_peak(int threads) {
+  if (!__builtin_cpu_supports("avx512f")) return;
+  const long iters = 50000000;
+  double one = 0.0;
+  for (int r = 0; r < 3; ++r) one = std::max(one, fma_loop(iters));
+  std::vector<double> rate(size_t(threads), 0.0);
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back([&, t] { rate[size_t(t)] = fma_loop(iters); });
+  rate[0] = fma_loop(iters);
+  for (auto& th : pool) th.join();
+  double all = 0.0;
+  for (double r : rate) all += r;
+  std::printf("  AVX-512 FMA peak: 1 thread %.1f GFLOP/s, %d threads %.1f GFLOP/s\n", one, threads, all);
+}
+#else
+static void fma_peak(int) {}
+#endif
+
 static void lstm_rate(const LstmShape& s, int reps) {
   std::mt19937 rng(2);
   const int64_t N = s.N, T = s.T, D = s.D, H = s.H;
@@ -95,6 +134,7 @@ int main(int argc, char** argv) {
     shapes.push_back({std::atol(argv[k]), std::atol(argv[k + 1]), std::atol(argv[k + 2]), std::atol(argv[k + 3])});
   }
   if (shapes.empty()) shapes = {{20, 35, 650, 650}, {64, 100, 256, 256}, {1, 200, 128, 128}, {32, 35, 1024, 1024}};
+  fma_peak(threads);
   std::printf("single-thread GEMM pieces:\n");
   gemm_rate(2048, 2048, 2048, 3);
   for (const auto& s : shapes) {
