@@ -49,6 +49,8 @@ struct DevArray {
   bool c_contiguous = true;
   std::string strides;
   int device = -1;
+  // The interface's `stream` (version 3): work on it must be waited for; -1 when absent/None.
+  int64_t stream = -1;
   bool present() const { return !name.empty(); }
   std::uintptr_t end() const { return ptr + std::uintptr_t(size) * std::uintptr_t(itemsize); }
 };
@@ -112,6 +114,20 @@ DevArray parse(const py::handle& obj, const char* name) {
   } catch (const py::cast_error&) {
     throw py::type_error(std::string(name) + ": malformed __cuda_array_interface__");
   }
+  if (d.contains("stream") && !d["stream"].is_none()) {
+    try {
+      a.stream = d["stream"].cast<int64_t>();
+    } catch (const py::cast_error&) {
+      throw py::type_error(std::string(name) +
+                           ": __cuda_array_interface__['stream'] must be an integer or None");
+    }
+    if (a.stream <= 0) {
+      throw py::value_error(std::string(name) + ": __cuda_array_interface__['stream'] is " +
+                            std::to_string(a.stream) +
+                            "; the interface disallows 0 (ambiguous): 1 is the legacy default "
+                            "stream, 2 the per-thread default stream, other values a cudaStream_t");
+    }
+  }
   if (d.contains("mask") && !d["mask"].is_none()) {
     throw py::value_error(std::string(name) + ": masked device arrays are not supported");
   }
@@ -129,6 +145,18 @@ DevArray parse(const py::handle& obj, const char* name) {
     if (a.size == 0) a.c_contiguous = true;
   }
   return a;
+}
+
+// The distinct producer streams of the given arrays (absent arrays and those without a stream
+// contribute none), for gpu::wait_for_producers.
+std::vector<std::uintptr_t> producer_streams(const std::vector<const DevArray*>& arrays) {
+  std::vector<std::uintptr_t> out;
+  for (const DevArray* a : arrays) {
+    if (!a->present() || a->stream < 0) continue;
+    const auto s = std::uintptr_t(a->stream);
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+  }
+  return out;
 }
 
 // Parses obj, or returns an absent DevArray for None.
@@ -318,11 +346,14 @@ void lstm_forward(const py::object& xs, const py::object& Wx, const py::object& 
                           " elements (forward_workspace_size) for inference, got None");
   }
   if (work.present()) check_work(work, is, need);
-  const int dev = check_devices({&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0, &hs, &hT, &cT, &gates,
-                                 &cs, &work}, 6);
+  const std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0,
+                                            &hs,   &hT,   &cT,   &gates, &cs, &work};
+  const int dev = check_devices(all, 6);
+  const std::vector<std::uintptr_t> producers = producer_streams(all);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   const GpuContext ctx = gpu::context(dev, stream);
+  gpu::wait_for_producers(producers, stream);
   if (is == 4) run_forward<float>(ctx, a, hs, hT, cT, gates, cs, work);
   else run_forward<double>(ctx, a, hs, hT, cT, gates, cs, work);
 }
@@ -365,9 +396,11 @@ void lstm_backward(const py::object& xs, const py::object& h0, const py::object&
   std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0};
   for (const DevArray& x : v) all.push_back(&x);
   const int dev = check_devices(all, 12);
+  const std::vector<std::uintptr_t> producers = producer_streams(all);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   const GpuContext ctx = gpu::context(dev, stream);
+  gpu::wait_for_producers(producers, stream);
   if (is == 4) run_backward<float>(ctx, a, v);
   else run_backward<double>(ctx, a, v);
 }
@@ -442,11 +475,13 @@ void clip_grads(const py::object& grads, double max_norm, const py::object& work
   std::vector<const DevArray*> all = {&work};
   for (const DevArray& a : g) all.push_back(&a);
   const int dev = check_devices(all, 1);
+  const std::vector<std::uintptr_t> producers = producer_streams(all);
   double* w = reinterpret_cast<double*>(work.ptr);
   unsigned* counter = reinterpret_cast<unsigned*>(w + 3);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   const GpuContext ctx = gpu::context(dev, stream);
+  gpu::wait_for_producers(producers, stream);
   if (f32) clip_grads_cuda<float>(ctx, cf.data(), nchunks, max_norm, w + 4, counter, w);
   else clip_grads_cuda<double>(ctx, cd.data(), nchunks, max_norm, w + 4, counter, w);
 }

@@ -149,6 +149,8 @@ GpuContext context(int, std::uintptr_t stream) {
   ctx.stream = reinterpret_cast<cudaStream_t>(stream);
   return ctx;
 }
+// One host thread runs every emulated launch in order: nothing to wait for.
+void wait_for_producers(const std::vector<std::uintptr_t>&, std::uintptr_t) {}
 void set_allow_tf32(bool on) { emu_tf32 = on; }
 bool get_allow_tf32() { return emu_tf32; }
 

@@ -169,6 +169,40 @@ GpuContext context(int dev, std::uintptr_t stream) {
   return ctx;
 }
 
+namespace {
+cudaStream_t stream_of(std::uintptr_t h) {
+  if (h == 0 || h == 1) return cudaStreamLegacy;
+  if (h == 2) return cudaStreamPerThread;
+  return reinterpret_cast<cudaStream_t>(h);
+}
+
+// One reusable event per host thread and device (recorded and waited on in stream order, so
+// reusing it between calls is safe); never destroyed, like the cuBLAS handles.
+thread_local std::vector<cudaEvent_t> sync_events;
+}  // namespace
+
+void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer) {
+  const cudaStream_t to = stream_of(consumer);
+  int dev = 0;
+  bool have_dev = false;
+  for (const std::uintptr_t p : producers) {
+    const cudaStream_t from = stream_of(p);
+    if (from == to) continue;
+    if (!have_dev) {
+      check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+      have_dev = true;
+      if (sync_events.size() <= size_t(dev)) sync_events.resize(size_t(dev) + 1, nullptr);
+      if (sync_events[size_t(dev)] == nullptr) {
+        check_cuda(cudaEventCreateWithFlags(&sync_events[size_t(dev)], cudaEventDisableTiming),
+                   "cudaEventCreateWithFlags");
+      }
+    }
+    check_cuda(cudaEventRecord(sync_events[size_t(dev)], from),
+               "cudaEventRecord on an input array's stream");
+    check_cuda(cudaStreamWaitEvent(to, sync_events[size_t(dev)], 0), "cudaStreamWaitEvent");
+  }
+}
+
 void set_allow_tf32(bool on) { allow_tf32.store(on); }
 bool get_allow_tf32() { return allow_tf32.load(); }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "lstm_cuda.h"
 
@@ -40,6 +41,14 @@ class DeviceGuard {
 // The context for a call on `stream` of the current device: the cuBLAS handle cached for this
 // host thread and device (created on first use).
 GpuContext context(int dev, std::uintptr_t stream);
+
+// Makes `consumer` (the stream the kernels run on) wait for the work already queued on each
+// producer stream (the `stream` entries of the arrays' __cuda_array_interface__, version 3),
+// without blocking the host: an event recorded on the producer, waited on by the consumer.
+// Handles as the interface gives them: 1 = the legacy default stream (also 0 as a consumer),
+// 2 = the per-thread default stream, else a cudaStream_t. Streams equal to the consumer are
+// skipped. Call with the arrays' device current.
+void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer);
 
 // TF32 tensor-core math for float32 GEMMs (off by default: strict fp32).
 void set_allow_tf32(bool on);

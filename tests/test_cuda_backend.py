@@ -139,6 +139,48 @@ def test_malformed_interfaces():
         emu.forward_check(Dev(d["xs"]), Masked(d["Wx"]), Dev(d["Wh"]), Dev(d["b"]))
 
 
+class OnStream:
+    """A device array whose interface names the stream it was produced on (interface v3)."""
+
+    def __init__(self, a, stream):
+        self.a, self.stream = a, stream
+
+    @property
+    def __cuda_array_interface__(self):
+        return dict(Dev(self.a).__cuda_array_interface__, stream=self.stream)
+
+
+@needs_emu
+@pytest.mark.parametrize("stream", [1, 2, 0x7F00DEAD, None])
+def test_interface_streams_are_accepted(stream):
+    # Emulated launches run in order on one thread, so the wait itself is a no-op here; the
+    # binding must accept every valid value on inputs, outputs and clipping lists alike.
+    d = _inputs()
+    want = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], backend="numpy")[0]
+    hs = np.empty_like(want)
+    N, T, D, H = d["xs"].shape + (d["Wh"].shape[0],)
+    emu.lstm_forward(OnStream(d["xs"], stream), Dev(d["Wx"]), OnStream(d["Wh"], stream), Dev(d["b"]),
+                     None, None, OnStream(hs, stream), Dev(np.empty((N, H))), Dev(np.empty((N, H))),
+                     Dev(np.empty((N, T, 4 * H))), Dev(np.empty((N, T, H))), None)
+    np.testing.assert_allclose(hs, want, rtol=1e-12)
+    g = [np.array([3.0, 4.0])]
+    work = np.zeros(emu.clip_plan([Dev(g[0])])[0])
+    emu.clip_grads([OnStream(g[0], stream)], 1.0, Dev(work))
+    assert work[0] == 5.0
+
+
+@needs_emu
+@pytest.mark.parametrize("stream,exc,match", [
+    (0, ValueError, r"^Wh: __cuda_array_interface__\['stream'\] is 0; the interface disallows 0"),
+    (-3, ValueError, r"^Wh: __cuda_array_interface__\['stream'\] is -3"),
+    ("s", TypeError, r"^Wh: __cuda_array_interface__\['stream'\] must be an integer or None"),
+])
+def test_bad_interface_streams_are_rejected(stream, exc, match):
+    d = _inputs()
+    with pytest.raises(exc, match=match):
+        emu.forward_check(Dev(d["xs"]), Dev(d["Wx"]), OnStream(d["Wh"], stream), Dev(d["b"]))
+
+
 @needs_emu
 def test_clip_workspace_is_reusable_and_counter_left_zero():
     rng = np.random.default_rng(0)
