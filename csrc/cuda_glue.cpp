@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -48,15 +49,57 @@ void check_cublas(cublasStatus_t s, const char* what) {
 
 std::atomic<bool> allow_tf32{false};
 
-// One handle per (host thread, device): a cuBLAS handle must not be used by two threads at
-// once, and binding it to the caller's stream per call is then race-free. Handles are never
-// destroyed: destroying them from thread-exit or process-exit destructors can run after the
-// CUDA runtime has shut down; the driver reclaims them with the process.
+// One handle per (host thread, device) at a time: a cuBLAS handle must not be used by two
+// threads at once, and binding it to the caller's stream per call is then race-free. A thread
+// that exits hands its handles to a process-wide pool, where the next thread that needs one on
+// that device takes it (short-lived threads would otherwise leave a handle and its cuBLAS
+// workspace behind each). Handles are never destroyed: destroying them from thread-exit or
+// process-exit destructors can run after the CUDA runtime has shut down; the driver reclaims
+// them with the process.
 struct HandleSlot {
   cublasHandle_t handle = nullptr;
   bool tf32 = false;
 };
-thread_local std::vector<HandleSlot> handles;
+
+struct HandlePool {
+  std::mutex mutex;
+  std::vector<std::vector<HandleSlot>> free;  // per device
+};
+HandlePool& handle_pool() {
+  static HandlePool* pool = new HandlePool;  // never destroyed (see above)
+  return *pool;
+}
+
+struct ThreadHandles {
+  std::vector<HandleSlot> slots;  // per device
+  ~ThreadHandles() {
+    HandlePool& pool = handle_pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    for (size_t dev = 0; dev < slots.size(); ++dev) {
+      if (slots[dev].handle == nullptr) continue;
+      if (pool.free.size() <= dev) pool.free.resize(dev + 1);
+      pool.free[dev].push_back(slots[dev]);
+    }
+  }
+};
+thread_local ThreadHandles handles;
+
+// A handle for this thread on `dev`: a pooled one if some exited thread left one, else new.
+HandleSlot take_handle(int dev) {
+  {
+    HandlePool& pool = handle_pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    if (pool.free.size() > size_t(dev) && !pool.free[size_t(dev)].empty()) {
+      const HandleSlot slot = pool.free[size_t(dev)].back();
+      pool.free[size_t(dev)].pop_back();
+      return slot;
+    }
+  }
+  HandleSlot slot;
+  check_cublas(cublasCreate(&slot.handle), "cublasCreate");
+  check_cublas(cublasSetMathMode(slot.handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+  return slot;
+}
 
 }  // namespace
 
@@ -148,13 +191,10 @@ DeviceGuard::~DeviceGuard() {
 
 GpuContext context(int dev, std::uintptr_t stream) {
   if (dev < 0) throw std::invalid_argument("device index must be >= 0");
-  if (handles.size() <= size_t(dev)) handles.resize(size_t(dev) + 1);
-  HandleSlot& slot = handles[size_t(dev)];
-  if (slot.handle == nullptr) {
-    check_cublas(cublasCreate(&slot.handle), "cublasCreate");
-    check_cublas(cublasSetMathMode(slot.handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
-    slot.tf32 = false;
-  }
+  std::vector<HandleSlot>& slots = handles.slots;
+  if (slots.size() <= size_t(dev)) slots.resize(size_t(dev) + 1);
+  HandleSlot& slot = slots[size_t(dev)];
+  if (slot.handle == nullptr) slot = take_handle(dev);
   const bool want_tf32 = allow_tf32.load();
   if (slot.tf32 != want_tf32) {
     check_cublas(cublasSetMathMode(slot.handle, want_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
