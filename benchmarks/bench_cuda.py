@@ -5,8 +5,8 @@ TF32 off), in one run, plus global-norm clipping bandwidth.
 
 Needs a GPU, CuPy and a CUDA build of PyTorch. Every candidate is first checked against the
 NumPy reference (float32, the issue's tolerance); then forward-only and training step (forward +
-backward) are timed with CUDA events on the grid of the core issue and at N = 1, 4, 8.
-Written without a GPU (session 2): not yet run.
+backward) are timed with CUDA events on the grid of the core issue and at N = 1, 4, 8, without
+and with CUDA graphs (pylstm.set_cuda_graphs). Written without a GPU (sessions 2-3): not yet run.
 """
 
 from __future__ import annotations
@@ -114,6 +114,17 @@ def main(argv=None):
              "fwd_ms": _time(ours_fwd, a.repeats, cupy), "train_ms": _time(ours_train, a.repeats, cupy),
              "torch_fwd_ms": _time(torch_fwd, a.repeats, cupy),
              "torch_train_ms": _time(torch_train, a.repeats, cupy)}
+        # The same calls as CUDA graphs (pylstm.set_cuda_graphs): CuPy's pool hands the same
+        # blocks back each call, so after the first call every call should be a replay.
+        pylstm.set_cuda_graphs(True)
+        pylstm._backend.cuda._clear_graphs()
+        hs_g = cupy.asnumpy(pylstm.lstm_inference(g["xs"], g["Wx"], g["Wh"], g["b"])[0])
+        assert np.array_equal(hs_g, cupy.asnumpy(pylstm.lstm_inference(g["xs"], g["Wx"], g["Wh"], g["b"])[0]))
+        r["fwd_graph_ms"] = _time(ours_fwd, a.repeats, cupy)
+        r["train_graph_ms"] = _time(ours_train, a.repeats, cupy)
+        r["graph_replays"], r["graph_captures"] = pylstm._backend.cuda._graph_stats()
+        pylstm.set_cuda_graphs(False)
+        pylstm._backend.cuda._clear_graphs()
         flops = 24 * N * T * H * (D + H)
         r["train_tflops"] = flops / r["train_ms"] / 1e9
         r["train_speedup"] = r["torch_train_ms"] / r["train_ms"]
@@ -122,6 +133,10 @@ def main(argv=None):
         print(f"{str((N, T, D, H)):>22}  train {r['train_ms']:8.3f} ms ({r['train_tflops']:6.2f} TFLOP/s)"
               f"  cuDNN {r['torch_train_ms']:8.3f} ms  x{r['train_speedup']:.2f}  |  fwd {r['fwd_ms']:7.3f}"
               f"  cuDNN {r['torch_fwd_ms']:7.3f}  x{r['fwd_speedup']:.2f}  | err {err:.1e}")
+        print(f"{'':>22}  with CUDA graphs: train {r['train_graph_ms']:8.3f} ms "
+              f"(x{r['train_ms'] / r['train_graph_ms']:.2f} over no graphs), fwd {r['fwd_graph_ms']:7.3f} ms "
+              f"(x{r['fwd_ms'] / r['fwd_graph_ms']:.2f}); replays {r['graph_replays']}, "
+              f"captures {r['graph_captures']}")
 
     # clipping: 50M float32 elements in 100 arrays; bytes = read (norm) + read and write (scale)
     n_arr = 100

@@ -310,6 +310,17 @@ py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::ob
   return py::make_tuple(a.s.N, a.s.T, a.s.D, a.s.H, a.itemsize, dev);
 }
 
+// What a cached CUDA graph of an LSTM call depends on (gpu::run_maybe_graphed): which call, the
+// dtype, the shape and every array's address (0 for an absent one).
+std::vector<std::uint64_t> graph_key(int kind, const LstmArgs& a,
+                                     const std::vector<const DevArray*>& arrays) {
+  std::vector<std::uint64_t> key = {std::uint64_t(kind), std::uint64_t(a.itemsize),
+                                    std::uint64_t(a.s.N), std::uint64_t(a.s.T),
+                                    std::uint64_t(a.s.D), std::uint64_t(a.s.H)};
+  for (const DevArray* x : arrays) key.push_back(x->present() ? std::uint64_t(x->ptr) : 0u);
+  return key;
+}
+
 template <class T>
 void run_forward(const GpuContext& ctx, const LstmArgs& a, const DevArray& hs, const DevArray& hT,
                  const DevArray& cT, const DevArray& gates, const DevArray& cs, const DevArray& work) {
@@ -350,12 +361,14 @@ void lstm_forward(const py::object& xs, const py::object& Wx, const py::object& 
                                             &hs,   &hT,   &cT,   &gates, &cs, &work};
   const int dev = check_devices(all, 6);
   const std::vector<std::uintptr_t> producers = producer_streams(all);
+  const std::vector<std::uint64_t> key = graph_key(1, a, all);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
-  const GpuContext ctx = gpu::context(dev, stream);
   gpu::wait_for_producers(producers, stream);
-  if (is == 4) run_forward<float>(ctx, a, hs, hT, cT, gates, cs, work);
-  else run_forward<double>(ctx, a, hs, hT, cT, gates, cs, work);
+  gpu::run_maybe_graphed(dev, stream, key, [&](const GpuContext& ctx) {
+    if (is == 4) run_forward<float>(ctx, a, hs, hT, cT, gates, cs, work);
+    else run_forward<double>(ctx, a, hs, hT, cT, gates, cs, work);
+  });
 }
 
 template <class T>
@@ -397,12 +410,14 @@ void lstm_backward(const py::object& xs, const py::object& h0, const py::object&
   for (const DevArray& x : v) all.push_back(&x);
   const int dev = check_devices(all, 12);
   const std::vector<std::uintptr_t> producers = producer_streams(all);
+  const std::vector<std::uint64_t> key = graph_key(2, a, all);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
-  const GpuContext ctx = gpu::context(dev, stream);
   gpu::wait_for_producers(producers, stream);
-  if (is == 4) run_backward<float>(ctx, a, v);
-  else run_backward<double>(ctx, a, v);
+  gpu::run_maybe_graphed(dev, stream, key, [&](const GpuContext& ctx) {
+    if (is == 4) run_backward<float>(ctx, a, v);
+    else run_backward<double>(ctx, a, v);
+  });
 }
 
 // --- clipping ---------------------------------------------------------------------------------
@@ -506,12 +521,14 @@ __global__ void emu_block_sum_kernel(const double* in, double* out, bool diverge
 std::vector<double> emu_selftest(const std::vector<double>& values, int mode) {
   const unsigned blocks = unsigned(values.size() / 64);
   std::vector<double> out(blocks, 0.0);
+  const double* in = values.data();
+  double* res = out.data();
+  const bool diverge = mode == 1;
   try {
     if (mode == 2) {
-      PYLSTM_LAUNCH(emu_block_sum_kernel, blocks, 64, nullptr, values.data(), out.data(), false);
+      PYLSTM_LAUNCH(emu_block_sum_kernel, blocks, 64, nullptr, in, res, false);
     } else {
-      PYLSTM_LAUNCH_SYNC(emu_block_sum_kernel, blocks, 64, nullptr, values.data(), out.data(),
-                         mode == 1);
+      PYLSTM_LAUNCH_SYNC(emu_block_sum_kernel, blocks, 64, nullptr, in, res, diverge);
     }
   } catch (const std::logic_error& e) {
     throw std::runtime_error(e.what());
@@ -565,6 +582,14 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"), py::arg("work"),
         py::arg("stream") = 0);
   m.def("set_allow_tf32", &gpu::set_allow_tf32, py::arg("on"));
+  m.def("set_cuda_graphs", [](bool on) {
+    const bool old = gpu::get_use_graphs();
+    gpu::set_use_graphs(on);
+    return old;
+  }, py::arg("on"), "Run each LSTM forward/backward as a cached CUDA graph; returns the old setting.");
+  m.def("get_cuda_graphs", &gpu::get_use_graphs);
+  m.def("_graph_stats", &gpu::graph_stats, "This thread's (graph replays, graph captures).");
+  m.def("_clear_graphs", &gpu::clear_graphs);
 #if !defined(PYLSTM_REAL_CUDA)
   m.def("_emu_selftest", &emu_selftest, py::arg("values"), py::arg("mode"));
 #endif

@@ -5,6 +5,9 @@
 // the block passes it before all have reached it.
 #include <ucontext.h>
 
+#include <algorithm>
+#include <atomic>
+#include <list>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -70,7 +73,26 @@ void syncthreads() {
   swapcontext(&fb->ctx[fb->current], &fb->scheduler);
 }
 
+namespace {
+thread_local std::vector<std::function<void()>>* recording = nullptr;  // see gpu::run_maybe_graphed
+}  // namespace
+
+void enqueue(const std::function<void()>& work) {
+  if (recording != nullptr) recording->push_back(work);
+  else work();
+}
+
+void launch_now(const dim3& grid, const dim3& block, bool fibers, const std::function<void()>& body);
+
 void launch(const dim3& grid, const dim3& block, bool fibers, const std::function<void()>& body) {
+  if (recording != nullptr) {
+    recording->push_back([grid, block, fibers, body] { launch_now(grid, block, fibers, body); });
+    return;
+  }
+  launch_now(grid, block, fibers, body);
+}
+
+void launch_now(const dim3& grid, const dim3& block, bool fibers, const std::function<void()>& body) {
   gridDim = grid;
   blockDim = block;
   const unsigned nthreads = block.x * block.y * block.z;
@@ -149,6 +171,63 @@ GpuContext context(int, std::uintptr_t stream) {
   ctx.stream = reinterpret_cast<cudaStream_t>(stream);
   return ctx;
 }
+// Emulated graphs: a capture records the launches and GEMMs fn enqueues (cuda_emu.h), a replay
+// runs the recording. The cache and its keys behave as in the CUDA build (cuda_glue.cpp).
+namespace {
+std::atomic<bool> emu_graphs{false};
+struct EmuGraph {
+  std::vector<std::uint64_t> key;
+  std::vector<std::function<void()>> work;
+};
+struct EmuGraphCache {
+  std::list<EmuGraph> lru;  // most recently used first
+  std::int64_t replays = 0, captures = 0;
+};
+thread_local EmuGraphCache emu_cache;
+constexpr size_t kMaxGraphs = 8;
+}  // namespace
+
+void set_use_graphs(bool on) { emu_graphs.store(on); }
+bool get_use_graphs() { return emu_graphs.load(); }
+
+void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& key,
+                       const std::function<void(const GpuContext&)>& fn) {
+  const GpuContext ctx = context(dev, stream);
+  if (!emu_graphs.load() || pylstm_emu::recording != nullptr) {
+    fn(ctx);
+    return;
+  }
+  std::vector<std::uint64_t> full = key;
+  full.push_back(std::uint64_t(dev));
+  full.push_back(get_allow_tf32() ? 1u : 0u);
+  auto it = std::find_if(emu_cache.lru.begin(), emu_cache.lru.end(),
+                         [&](const EmuGraph& g) { return g.key == full; });
+  if (it != emu_cache.lru.end()) {
+    emu_cache.lru.splice(emu_cache.lru.begin(), emu_cache.lru, it);
+    ++emu_cache.replays;
+  } else {
+    EmuGraph g;
+    g.key = full;
+    pylstm_emu::recording = &g.work;
+    try {
+      fn(ctx);
+    } catch (...) {
+      pylstm_emu::recording = nullptr;
+      throw;
+    }
+    pylstm_emu::recording = nullptr;
+    emu_cache.lru.push_front(std::move(g));
+    if (emu_cache.lru.size() > kMaxGraphs) emu_cache.lru.pop_back();
+    ++emu_cache.captures;
+  }
+  for (const auto& w : emu_cache.lru.front().work) w();
+}
+
+std::pair<std::int64_t, std::int64_t> graph_stats() {
+  return {emu_cache.replays, emu_cache.captures};
+}
+void clear_graphs() { emu_cache = EmuGraphCache{}; }
+
 // One host thread runs every emulated launch in order: nothing to wait for.
 void wait_for_producers(const std::vector<std::uintptr_t>&, std::uintptr_t) {}
 void set_allow_tf32(bool on) { emu_tf32 = on; }

@@ -11,6 +11,8 @@
 //                          threads of a block while others have returned is reported as an
 //                          error (undefined behaviour on a GPU).
 //    __syncthreads() inside a PYLSTM_LAUNCH kernel is an error in the emulation too.
+//    The launch bodies capture the kernel's arguments by value, so that a launch recorded into
+//    an emulated graph can run later.
 #pragma once
 
 #if defined(__CUDACC__) || defined(PYLSTM_REAL_CUDA)
@@ -39,8 +41,12 @@ namespace pylstm_emu {
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 // Runs body once per thread of every block of the grid; block threads as fibers when `fibers`
-// (cuda_emu.cpp). Throws std::logic_error on a misused barrier.
+// (cuda_emu.cpp). Throws std::logic_error on a misused barrier. While this thread records a
+// graph (gpu::run_maybe_graphed), the launch is recorded instead, to run at each replay.
 void launch(const dim3& grid, const dim3& block, bool fibers, const std::function<void()>& body);
+// Stream-ordered host work that is not a kernel (the emulated cuBLAS GEMMs): runs now, or is
+// recorded like a launch while a graph is being recorded.
+void enqueue(const std::function<void()>& work);
 void syncthreads();  // the barrier of a fiber launch
 
 // Atomics and fences: the emulation runs one thread at a time.
@@ -71,12 +77,12 @@ using cudaStream_t = void*;
 #define PYLSTM_LAUNCH(kernel, grid, block, stream, ...)                                   \
   do {                                                                                    \
     (void)(stream);                                                                       \
-    ::pylstm_emu::launch(dim3(grid), dim3(block), false, [&] { kernel(__VA_ARGS__); });   \
+    ::pylstm_emu::launch(dim3(grid), dim3(block), false, [=] { kernel(__VA_ARGS__); });   \
   } while (0)
 #define PYLSTM_LAUNCH_SYNC(kernel, grid, block, stream, ...)                              \
   do {                                                                                    \
     (void)(stream);                                                                       \
-    ::pylstm_emu::launch(dim3(grid), dim3(block), true, [&] { kernel(__VA_ARGS__); });    \
+    ::pylstm_emu::launch(dim3(grid), dim3(block), true, [=] { kernel(__VA_ARGS__); });    \
   } while (0)
 
 #endif

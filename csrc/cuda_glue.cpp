@@ -5,7 +5,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
+#include <list>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -241,6 +243,118 @@ void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintp
                "cudaEventRecord on an input array's stream");
     check_cuda(cudaStreamWaitEvent(to, sync_events[size_t(dev)], 0), "cudaStreamWaitEvent");
   }
+}
+
+// --- CUDA graphs (gpu_runtime.h: run_maybe_graphed) ------------------------------------------
+namespace {
+std::atomic<bool> use_graphs{false};
+constexpr size_t kMaxGraphs = 8;
+
+struct CachedGraph {
+  std::vector<std::uint64_t> key;
+  cudaGraphExec_t exec = nullptr;
+};
+
+// Per host thread: the private stream and the two join events of each device (never destroyed,
+// like the handles), and the graphs, most recently used first.
+struct ThreadGraphs {
+  struct PerDevice {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t in = nullptr, out = nullptr;
+  };
+  std::vector<PerDevice> dev;
+  std::list<CachedGraph> lru;
+  std::int64_t replays = 0, captures = 0;
+};
+thread_local ThreadGraphs thread_graphs;
+
+ThreadGraphs::PerDevice& graph_device(int dev) {
+  std::vector<ThreadGraphs::PerDevice>& v = thread_graphs.dev;
+  if (v.size() <= size_t(dev)) v.resize(size_t(dev) + 1);
+  ThreadGraphs::PerDevice& d = v[size_t(dev)];
+  if (d.stream == nullptr) {
+    check_cuda(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    check_cuda(cudaEventCreateWithFlags(&d.in, cudaEventDisableTiming), "cudaEventCreate");
+    check_cuda(cudaEventCreateWithFlags(&d.out, cudaEventDisableTiming), "cudaEventCreate");
+  }
+  return d;
+}
+
+// Captures fn's work on `stream` into an executable graph. On any failure the capture is ended
+// and discarded (the stream leaves capture mode) before the error propagates.
+cudaGraphExec_t capture(cudaStream_t stream, const GpuContext& ctx,
+                        const std::function<void(const GpuContext&)>& fn) {
+  check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
+             "cudaStreamBeginCapture");
+  cudaGraph_t graph = nullptr;
+  try {
+    fn(ctx);
+  } catch (...) {
+    cudaStreamEndCapture(stream, &graph);
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  check_cuda(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check_cuda(err, "cudaGraphInstantiate");
+  return exec;
+}
+}  // namespace
+
+void set_use_graphs(bool on) { use_graphs.store(on); }
+bool get_use_graphs() { return use_graphs.load(); }
+
+void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& key,
+                       const std::function<void(const GpuContext&)>& fn) {
+  const cudaStream_t caller = stream_of(stream);
+  if (!use_graphs.load()) {
+    fn(context(dev, stream));
+    return;
+  }
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(caller, &status), "cudaStreamIsCapturing");
+  if (status != cudaStreamCaptureStatusNone) {  // part of the caller's own graph
+    fn(context(dev, stream));
+    return;
+  }
+  ThreadGraphs::PerDevice& d = graph_device(dev);
+  std::vector<std::uint64_t> full = key;
+  full.push_back(std::uint64_t(dev));
+  full.push_back(allow_tf32.load() ? 1u : 0u);
+  std::list<CachedGraph>& lru = thread_graphs.lru;
+  auto it = std::find_if(lru.begin(), lru.end(), [&](const CachedGraph& g) { return g.key == full; });
+  if (it != lru.end()) {
+    lru.splice(lru.begin(), lru, it);
+    ++thread_graphs.replays;
+  } else {
+    CachedGraph g;
+    g.key = full;
+    g.exec = capture(d.stream, context(dev, reinterpret_cast<std::uintptr_t>(d.stream)), fn);
+    lru.push_front(std::move(g));
+    if (lru.size() > kMaxGraphs) {
+      cudaGraphExecDestroy(lru.back().exec);  // freed when its last launch completes
+      lru.pop_back();
+    }
+    ++thread_graphs.captures;
+  }
+  check_cuda(cudaEventRecord(d.in, caller), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(d.stream, d.in, 0), "cudaStreamWaitEvent");
+  check_cuda(cudaGraphLaunch(lru.front().exec, d.stream), "cudaGraphLaunch");
+  check_cuda(cudaEventRecord(d.out, d.stream), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(caller, d.out, 0), "cudaStreamWaitEvent");
+}
+
+std::pair<std::int64_t, std::int64_t> graph_stats() {
+  return {thread_graphs.replays, thread_graphs.captures};
+}
+
+void clear_graphs() {
+  for (CachedGraph& g : thread_graphs.lru) cudaGraphExecDestroy(g.exec);
+  thread_graphs.lru.clear();
+  thread_graphs.replays = thread_graphs.captures = 0;
 }
 
 void set_allow_tf32(bool on) { allow_tf32.store(on); }

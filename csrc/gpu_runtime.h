@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -49,6 +51,23 @@ GpuContext context(int dev, std::uintptr_t stream);
 // 2 = the per-thread default stream, else a cudaStream_t. Streams equal to the consumer are
 // skipped. Call with the arrays' device current.
 void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer);
+
+// CUDA graphs for the LSTM calls (off by default). With them on, run_maybe_graphed runs `fn`'s
+// work (an LSTM forward or backward: one or two launches per step) as a CUDA graph cached
+// under `key`: captured and instantiated on the first call with that key, then replayed with
+// one cudaGraphLaunch per call. The key must hold everything the work depends on (shape,
+// dtype, every pointer): a hit replays the same kernels on the same memory. Replays run on a
+// private stream of this thread and device, joined to the caller's stream by events both ways
+// (the legacy default stream cannot be captured). When the caller's stream is itself being
+// captured, or graphs are off, fn runs directly on the caller's stream. Per host thread, the
+// 8 most recently used graphs are kept.
+void set_use_graphs(bool on);
+bool get_use_graphs();
+void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& key,
+                       const std::function<void(const GpuContext&)>& fn);
+// This thread's graph cache: (replays of a cached graph, captures); clear_graphs empties it.
+std::pair<std::int64_t, std::int64_t> graph_stats();
+void clear_graphs();
 
 // TF32 tensor-core math for float32 GEMMs (off by default: strict fp32).
 void set_allow_tf32(bool on);

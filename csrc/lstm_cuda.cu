@@ -36,7 +36,9 @@ void dev_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int
   gpu_gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);  // cuBLAS (lstm_cuda.h)
 #else
   (void)ctx;
-  gemm(ta, tb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+  pylstm_emu::enqueue([=] {
+    gemm(ta, tb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+  });
 #endif
 }
 

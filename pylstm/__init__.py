@@ -6,7 +6,7 @@ The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, ``c
 which is the specification the kernels are tested against.
 """
 
-from ._backend import DeviceUnavailableError, cuda_status
+from ._backend import DeviceUnavailableError, cuda_status, set_cuda_graphs
 
 from .functional import (
     LSTMCache,
@@ -36,6 +36,7 @@ __all__ = [
     "lstm_forward",
     "lstm_inference",
     "matmul",
+    "set_cuda_graphs",
     "set_num_threads",
     "softmax_cross_entropy",
     "__version__",

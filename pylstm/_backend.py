@@ -75,6 +75,21 @@ def cuda_status() -> tuple:
     return n, ""
 
 
+def set_cuda_graphs(enabled: bool) -> bool:
+    """Run each CUDA LSTM forward and backward as a CUDA graph (one launch per call instead of
+    two per time step), captured on the first call with given arrays and shape and replayed on
+    later calls with the same ones (a training loop whose array library reuses its memory, as
+    CuPy's pool does, hits the cache every step). Off by default. Returns the previous setting.
+    Without the CUDA module this only records the choice for the emulated backend (tests)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    old = False
+    for mod in (cuda_emu, cuda):
+        if mod is not None:
+            old = mod.set_cuda_graphs(enabled)
+    return old
+
+
 def require_cuda():
     """The compiled CUDA module with at least one GPU, or RuntimeError saying why not."""
     n, why = cuda_status()
@@ -113,3 +128,7 @@ def require_cpu():
 
 if cpu is not None:
     cpu.set_num_threads(default_num_threads())
+
+
+if os.environ.get("PYLSTM_CUDA_GRAPHS", "") not in ("", "0"):
+    set_cuda_graphs(True)

@@ -266,6 +266,31 @@ def test_gpu_results_stay_on_the_device_and_match_cpu():
     assert float(norm) == pytest.approx(ref.global_norm_ref(list(wg)), rel=1e-12)
 
 
+@pytest.mark.cuda
+def test_gpu_cuda_graphs_replay_and_match_direct_launches():
+    cupy = pytest.importorskip("cupy")
+    d = make_lstm_inputs((4, 6, 8, 16), np.float32, seed=3)
+    dev = {k: None if v is None else cupy.asarray(v) for k, v in d.items()}
+
+    def step():
+        hs, hT, cT, cache = pylstm.lstm_forward(dev["xs"], dev["Wx"], dev["Wh"], dev["b"], dev["h0"], dev["c0"])
+        grads = pylstm.lstm_backward(dev["dhs"], cache, dev["dhT"], dev["dcT"])
+        return [cupy.asnumpy(a) for a in (hs, hT, cT, *grads)]
+
+    direct = step()
+    old = pylstm.set_cuda_graphs(True)
+    _backend.cuda._clear_graphs()
+    try:
+        for _ in range(4):  # CuPy's pool returns the same blocks: captures then replays
+            for a, b in zip(step(), direct):
+                np.testing.assert_array_equal(a, b)
+        replays, captures = _backend.cuda._graph_stats()
+        assert captures >= 2 and replays >= 1, (replays, captures)
+    finally:
+        pylstm.set_cuda_graphs(old)
+        _backend.cuda._clear_graphs()
+
+
 def test_emulated_module_says_so():
     if emu is None:
         pytest.skip("pylstm._cuda_emu not built")
@@ -285,3 +310,88 @@ def test_emulator_barriers_are_real_and_misuse_is_caught():
         emu._emu_selftest(v.tolist(), 1)
     with pytest.raises(RuntimeError, match="PYLSTM_LAUNCH_SYNC"):
         emu._emu_selftest(v.tolist(), 2)
+
+
+@pytest.fixture
+def graphs_on():
+    old = pylstm.set_cuda_graphs(True)
+    emu._clear_graphs()
+    yield
+    pylstm.set_cuda_graphs(old)
+    emu._clear_graphs()
+
+
+def _backward_binding(d, fwd, grads, work):
+    args = [d["xs"], d["h0"], d["c0"], d["Wx"], d["Wh"], d["b"], fwd["hs"], fwd["gates"], fwd["cs"],
+            d["dhs"], d["dhT"], d["dcT"], grads["dxs"], grads["dh0"], grads["dc0"], grads["dW"],
+            grads["db"], work]
+    return emu.lstm_backward(*[None if a is None else Dev(a) for a in args])
+
+
+@needs_emu
+def test_cuda_graph_is_captured_once_and_replays_new_contents(graphs_on):
+    """Same arrays (same addresses), new values in place: the second call replays the graph
+    captured by the first and must compute with the new values (the graph holds the work, not
+    its results); training forward, backward and inference each get their own graph."""
+    d = _inputs()
+    fwd = _outputs(np.float64)
+    grads = {"dxs": np.zeros((N, T, D)), "dh0": np.zeros((N, H)), "dc0": np.zeros((N, H)),
+             "dW": np.zeros((D + H, 4 * H)), "db": np.zeros(4 * H)}
+    bwork = np.zeros(emu.backward_workspace_size(N, T, D, H))
+    inf = _outputs(np.float64, save=False)
+    iwork = np.zeros(emu.forward_workspace_size(N, T, D, H, False))
+    rng = np.random.default_rng(5)
+    for call in range(3):
+        if call:
+            for k in ("xs", "h0", "c0", "dhs", "dhT", "dcT"):
+                d[k][...] = rng.standard_normal(d[k].shape)
+        _forward_binding(d, fwd)
+        _backward_binding(d, fwd, grads, bwork)
+        _forward_binding(d, inf, work=iwork)
+        want_hs, want_hT, want_cT, rc = ref.lstm_forward_ref(d["xs"], d["h0"], d["c0"], d["Wx"], d["Wh"], d["b"])
+        want = ref.lstm_backward_ref(d["dhs"], rc, d["dhT"], d["dcT"])
+        assert_close("hs", fwd["hs"], want_hs, 1e-12)
+        assert_close("cT", fwd["cT"], want_cT, 1e-12)
+        assert_close("inference hs", inf["hs"], want_hs, 1e-12)
+        for name, g, w in zip(("dxs", "dh0", "dc0", "db"), (grads["dxs"], grads["dh0"], grads["dc0"], grads["db"]),
+                              (want[0], want[1], want[2], want[5])):
+            assert_close(name, g, w, 1e-12)
+        assert_close("dW", grads["dW"], np.concatenate([want[3], want[4]]), 1e-12)
+        assert tuple(emu._graph_stats()) == (3 * call, 3)  # (replays, captures)
+
+
+@needs_emu
+def test_cuda_graphs_key_on_every_address_and_keep_eight(graphs_on):
+    d = _inputs()
+    outs = [_outputs(np.float64) for _ in range(10)]
+    for out in outs:  # ten different output addresses: ten captures
+        _forward_binding(d, out)
+    assert tuple(emu._graph_stats()) == (0, 10)
+    _forward_binding(d, outs[-1])  # among the 8 most recent: a replay
+    assert tuple(emu._graph_stats()) == (1, 10)
+    _forward_binding(d, outs[0])  # evicted: captured again
+    assert tuple(emu._graph_stats()) == (1, 11)
+    for out in outs:
+        np.testing.assert_array_equal(out["hs"], outs[0]["hs"])
+
+
+@needs_emu
+def test_cuda_graphs_give_the_same_bits_through_the_functional_api(graphs_on):
+    d = _inputs(np.float32)
+    dev = {k: None if v is None else Dev(v) for k, v in d.items()}
+
+    def run():
+        hs, hT, cT, cache = pylstm.lstm_forward(dev["xs"], dev["Wx"], dev["Wh"], dev["b"], dev["h0"], dev["c0"])
+        grads = pylstm.lstm_backward(dev["dhs"], cache, dev["dhT"], dev["dcT"])
+        return [a.array.copy() for a in (hs, hT, cT, *grads)]
+
+    with_graphs = run()
+    pylstm.set_cuda_graphs(False)
+    without = run()
+    for a, b in zip(with_graphs, without):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_set_cuda_graphs_takes_a_bool():
+    with pytest.raises(TypeError, match="^enabled must be a bool"):
+        pylstm.set_cuda_graphs(1)
