@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ._backend import DeviceUnavailableError
+from ._backend import DeviceUnavailableError, set_cuda_graphs
 
 __all__ = ["main"]
 
@@ -65,6 +65,8 @@ def _build_parser():
     t.add_argument("--backend", choices=["auto", "cpu", "numpy"], default="auto")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="train on the CPU (NumPy) or the GPU (CuPy; pip install 'pylstm[cuda]')")
+    t.add_argument("--cuda-graphs", action="store_true",
+                   help="with --device cuda: run each LSTM forward/backward as a CUDA graph")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--threads", type=_positive_int, default=None)
     t.add_argument("--out", default="pylstm-run", help="output directory (checkpoint, plot, sample)")
@@ -160,8 +162,12 @@ def _cmd_train(a):
                              f"needs at least {need} (use a longer corpus or smaller --batch/--time)")
     model = LstmLM(V, a.wordvec, a.hidden, num_layers=a.layers, dropout_ratio=a.dropout,
                    tie_weights=a.tie, backend=a.backend, seed=a.seed)
+    if a.cuda_graphs and a.device != "cuda":
+        raise ValueError("--cuda-graphs needs --device cuda")
     if a.device != "cpu":
         model.to(a.device)  # before resume: the checkpoint loads into the device arrays
+    if a.cuda_graphs:
+        set_cuda_graphs(True)
     opt = OPTIMIZERS[a.optimizer](lr=a.lr)
     os.makedirs(a.out, exist_ok=True)
     ckpt = os.path.join(a.out, "checkpoint.npz")

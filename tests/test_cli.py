@@ -146,3 +146,9 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     r = run("train", "--device", "cuda", "--out", str(tmp_path / "o"), *QUICK)
     assert r.returncode == 1 and "device 'cuda' is not available" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_cuda_graphs_flag_needs_the_cuda_device(tmp_path):
+    r = run("train", "--cuda-graphs", "--out", str(tmp_path / "o"), *QUICK)
+    assert r.returncode == 1 and "--cuda-graphs needs --device cuda" in r.stderr
+    assert "Traceback" not in r.stderr
