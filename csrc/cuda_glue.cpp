@@ -225,6 +225,12 @@ thread_local std::vector<cudaEvent_t> sync_events;
 
 void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer) {
   const cudaStream_t to = stream_of(consumer);
+  if (producers.empty()) return;
+  // While the caller captures its own graph on this stream, an event recorded on another
+  // (uncaptured) stream cannot be waited on inside the capture: the caller orders its streams.
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(to, &status), "cudaStreamIsCapturing");
+  if (status != cudaStreamCaptureStatusNone) return;
   int dev = 0;
   bool have_dev = false;
   for (const std::uintptr_t p : producers) {
@@ -255,23 +261,56 @@ struct CachedGraph {
   cudaGraphExec_t exec = nullptr;
 };
 
-// Per host thread: the private stream and the two join events of each device (never destroyed,
-// like the handles), and the graphs, most recently used first.
+// The private stream and the two join events of one device for one host thread.
+struct GraphStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t in = nullptr, out = nullptr;
+};
+
+// Streams and events of exited threads, per device, for the next thread (never destroyed, like
+// the cuBLAS handles).
+struct GraphStreamPool {
+  std::mutex mutex;
+  std::vector<std::vector<GraphStream>> free;
+};
+GraphStreamPool& graph_stream_pool() {
+  static GraphStreamPool* pool = new GraphStreamPool;
+  return *pool;
+}
+
+// Per host thread: its streams and events per device, and its graphs, most recently used
+// first. A thread that exits destroys its graphs (an executable graph still running is freed
+// when it completes) and hands its streams and events to the pool.
 struct ThreadGraphs {
-  struct PerDevice {
-    cudaStream_t stream = nullptr;
-    cudaEvent_t in = nullptr, out = nullptr;
-  };
-  std::vector<PerDevice> dev;
+  std::vector<GraphStream> dev;
   std::list<CachedGraph> lru;
   std::int64_t replays = 0, captures = 0;
+  ~ThreadGraphs() {
+    for (CachedGraph& g : lru) cudaGraphExecDestroy(g.exec);
+    cudaGetLastError();
+    GraphStreamPool& pool = graph_stream_pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    for (size_t d = 0; d < dev.size(); ++d) {
+      if (dev[d].stream == nullptr) continue;
+      if (pool.free.size() <= d) pool.free.resize(d + 1);
+      pool.free[d].push_back(dev[d]);
+    }
+  }
 };
 thread_local ThreadGraphs thread_graphs;
 
-ThreadGraphs::PerDevice& graph_device(int dev) {
-  std::vector<ThreadGraphs::PerDevice>& v = thread_graphs.dev;
+GraphStream& graph_device(int dev) {
+  std::vector<GraphStream>& v = thread_graphs.dev;
   if (v.size() <= size_t(dev)) v.resize(size_t(dev) + 1);
-  ThreadGraphs::PerDevice& d = v[size_t(dev)];
+  GraphStream& d = v[size_t(dev)];
+  if (d.stream == nullptr) {
+    GraphStreamPool& pool = graph_stream_pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    if (pool.free.size() > size_t(dev) && !pool.free[size_t(dev)].empty()) {
+      d = pool.free[size_t(dev)].back();
+      pool.free[size_t(dev)].pop_back();
+    }
+  }
   if (d.stream == nullptr) {
     check_cuda(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking), "cudaStreamCreate");
     check_cuda(cudaEventCreateWithFlags(&d.in, cudaEventDisableTiming), "cudaEventCreate");
@@ -320,7 +359,7 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
     fn(context(dev, stream));
     return;
   }
-  ThreadGraphs::PerDevice& d = graph_device(dev);
+  GraphStream& d = graph_device(dev);
   std::vector<std::uint64_t> full = key;
   full.push_back(std::uint64_t(dev));
   full.push_back(allow_tf32.load() ? 1u : 0u);

@@ -139,6 +139,12 @@ template <bool TA, bool PK>
 void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                  int64_t pstride, int64_t kstride, float* C, int64_t ldc, bool accumulate) {
   const int64_t panels = (N + 15) / 16;
+  if (K == 0) {  // an empty sum: C = 0 (or unchanged when accumulating)
+    if (!accumulate) {
+      for (int64_t r = 0; r < M; ++r) std::fill(C + r * ldc, C + r * ldc + N, 0.0f);
+    }
+    return;
+  }
   // Blocking for the caches: K in blocks of kKC (a 48-column slab of B, kKC x 48 floats = 192 KB,
   // stays in L2 while a row chunk passes), rows in chunks of kMC (an A block of kMC x kKC
   // floats = 384 KB stays in L2 while every slab passes). The recurrent step (M = batch,
@@ -226,13 +232,9 @@ __attribute__((target("avx512f"))) void pack_rows_avx512(int64_t K, int64_t N, c
 
 void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out, double* colsum) {
   const int64_t panels = (N + 15) / 16;
-  std::vector<double> sums(colsum ? size_t(panels * 16) : 0, 0.0);
-  if (colsum) std::copy(colsum, colsum + N, sums.begin());
-  double* s = colsum ? sums.data() : nullptr;
 #if defined(PYLSTM_HAVE_AVX512_KERNEL)
   if (cpu_has_avx512()) {
-    pack_rows_avx512(K, N, B, ldb, out, s);
-    if (colsum) std::copy(sums.begin(), sums.begin() + N, colsum);
+    pack_rows_avx512(K, N, B, ldb, out, colsum);
     return;
   }
 #endif
@@ -244,11 +246,10 @@ void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out, 
       for (int64_t c = 0; c < 16; ++c) {
         const float v = c < w ? src[p * 16 + c] : 0.0f;
         dst[c] = v;
-        if (s) s[p * 16 + c] += v;
+        if (colsum) colsum[p * 16 + c] += v;
       }
     }
   }
-  if (colsum) std::copy(sums.begin(), sums.begin() + N, colsum);
 }
 
 #if !defined(PYLSTM_HAVE_AVX512_KERNEL)

@@ -65,7 +65,7 @@ void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
 // pack_b for a row-major source (row k of B at B + k*ldb), walking the rows once in order. With
 // colsum, also colsum[c] += B[k][c] for k = 0, 1, ... in order, in double (the same rounding at
 // any thread count, and no float32 error growing with K): the LSTM's db comes out of the
-// passes that pack dA.
+// passes that pack dA. colsum must hold 16 * ceil(N / 16) doubles (the padding gets zeros).
 void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out,
                  double* colsum = nullptr);
 

@@ -97,7 +97,7 @@ __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, 
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
     T pre[4];
-    for (int k = 0; k < 4; ++k) {  // (x-part + h-part) + bias in both schedules: same bits
+    for (int k = 0; k < 4; ++k) {  // (x-part + h-part) + bias
       pre[k] = p[k * ps + jj];
       if constexpr (kZ) pre[k] += z[k * hsz + jj];
       pre[k] += b[k * H + jj];
@@ -175,8 +175,8 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
   const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
   // Two schedules of the same GEMMs (see step_projection):
   //  - projection first: one GEMM over all N*T rows into A (the gates buffer when saving, else
-  //    the workspace), then per step Z = h_{t-1} @ Wh[:, slice] and a pointwise pass that adds
-  //    A, Z and b;
+  //    the workspace), then per step the slice of A_t copied into Z and Z += h_{t-1} @ Wh[:,
+  //    slice] (with BLAS: Z = h_{t-1} @ Wh[:, slice] and the pointwise pass adds A, Z and b);
   //  - step projection: per step Z = x_t @ Wx[:, slice] before the step's barrier, then
   //    Z += h_{t-1} @ Wh[:, slice]; the (N, T, 4H) pre-activations never exist.
   const bool step_proj = packed && step_projection(s);
@@ -241,17 +241,27 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
       const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
       const int64_t ld_h = t > 0 ? Tn * H : H;
       if constexpr (std::is_same<T, float>::value) {
-        // Z = x_t @ Wx[:, slice] (rows n of x_t at stride T*D) needs no other thread's work:
-        // it runs between this thread's arrival (its h_{t-1} written) and the wait, so a
-        // thread that is early does it while the other catches up.
-        if (step_proj) gemm_packed_b(N, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
+        // Z = the x-part of this step's pre-activations, computed (step projection) or copied
+        // from A (projection first). It needs no other thread's work, so it runs between this
+        // thread's arrival (its h_{t-1} written) and the wait: a thread that is early does it
+        // while the other catches up. The h-part is then accumulated onto it in both schedules:
+        // the kernel adds its partial sums to C every 128 products, so starting from the
+        // x-part in C is what makes the two schedules round identically.
+        if (step_proj) {
+          gemm_packed_b(N, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
+        } else if (packed) {
+          for (int64_t n = 0; n < N; ++n) {
+            const T* a = A + (n * Tn + t) * G + j0;
+            for (int k = 0; k < 4; ++k) std::memcpy(Z + n * hw + k * hsz, a + k * H, sizeof(T) * hsz);
+          }
+        }
       }
       if (t > 0) team.wait(token);  // h_{t-1} complete before this step's GEMM reads it
       // 2a. Recurrent GEMM for this slice: Z (+)= h_{t-1} @ Wh[:, slice] (none at t = 0 if
       //     h0 = 0).
       if (h_prev) {
         if constexpr (std::is_same<T, float>::value) {
-          if (packed) gemm_packed_b(N, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/step_proj);
+          if (packed) gemm_packed_b(N, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/true);
         }
         if (!packed) {
           gemm(false, false, int(N), int(hw), int(H), T(1), h_prev, int(ld_h), Whp, int(hw),
@@ -272,7 +282,7 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
           cp = c_out;  // updated in place, element by element
         }
         T* g = save ? gates + row * G + j0 : nullptr;
-        if (step_proj) {
+        if (packed) {  // Z holds x-part + h-part
           fwd_row(H, hsz, Z + n * hw, hsz, nullptr, b + j0, cp, c_out, h_out, g);
         } else {
           fwd_row(H, hsz, A + row * G + j0, H, h_prev ? Z + n * hw : zeros, b + j0, cp, c_out,
@@ -303,6 +313,8 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
   // Wx^T, (4H, D), packed once for every thread's dX rows (step 3): the threads pack
   // a share of its panels each, all done by the step loop's first barrier.
   T* WxTp = packed ? thread_scratch<T, 1>(size_t(packed_b_size(G, D))) : nullptr;
+  // db's double sums, every thread's columns (allocated here: nothing allocates inside the run).
+  double* dbsum_all = thread_scratch<double, 2>(size_t(G + 16));
 
   parallel_run(threads_for(s), [&](const Team& team) {
     int64_t j0, j1;
@@ -379,9 +391,10 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     //    sums of dA, rows added in order in double (deterministic).
     if (c1_ > c0_) {
       // db in double whatever T: a float sum over N*T rows drifts (N*T = 1200: 10x the error
-      // of numpy's pairwise float32 sum).
-      std::vector<double> dbsum_buf(size_t(c1_ - c0_), 0.0);
-      double* dbsum = dbsum_buf.data();
+      // of numpy's pairwise float32 sum). This thread's columns of the shared buffer (with
+      // room for the packing's 16-wide padding past G).
+      double* dbsum = dbsum_all + c0_;
+      std::fill(dbsum, dbsum + (c1_ - c0_ + 15) / 16 * 16, 0.0);
       if constexpr (std::is_same<T, float>::value) {
         if (packed) {
           // In row chunks: each chunk of dA is packed (and added to db) just before the GEMM

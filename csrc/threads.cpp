@@ -113,7 +113,7 @@ int Team::arrive() const {
   const int ph = phase_->load(std::memory_order_acquire);
   if (arrived_->fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
     arrived_->store(0, std::memory_order_relaxed);
-    phase_->store(ph + 1, std::memory_order_release);
+    phase_->store(int(unsigned(ph) + 1u), std::memory_order_release);  // wraps, no overflow
   }
   return ph;
 }

@@ -114,10 +114,12 @@ def test_hT_is_last_hidden_state(backend):
     np.testing.assert_array_equal(cT, cache.cs[:, -1])
 
 
-@pytest.mark.parametrize("shape", [(4, 9, 40, 24), (9, 6, 33, 40), (16, 5, 20, 70)])
+@pytest.mark.parametrize("shape", [(4, 9, 40, 24), (9, 6, 33, 40), (16, 5, 20, 70), (16, 5, 20, 129),
+                                   (8, 5, 300, 256), (3, 4, 150, 200)])
 def test_forward_schedules_agree_bitwise(shape):
     """The float32 packed-weight forward's two schedules add the same products in the same
-    order ((x-part + h-part) + bias), so they agree to the bit, training and inference."""
+    order (the x-part in C, then the h-part's partial sums of 128 products, then the bias), so
+    they agree to the bit, training and inference; H > 128 is where the order matters."""
     cpu = _backend.cpu
     if cpu is None or not cpu._small_m_kernel_enabled():
         pytest.skip("needs the AVX-512 packed-weight kernel")
