@@ -1,24 +1,53 @@
 #!/usr/bin/env bash
-# One command for a session with a GPU (the `device` tool: no internet there, python3 holds
-# torch, CuPy, pybind11, nvidia-cublas, pytest, cmake, ninja, but not scikit-build-core or
-# scipy-openblas32). Prepare here first, then carry build/wheels:
+# For a session with a GPU (the `device` tool). Its image (see the device tool's KINDS.md) has
+# nvcc, compute-sanitizer, torch, CuPy, pybind11, nvidia-cublas, pytest, cmake, ninja and
+# scikit-build-core, but not scipy-openblas32, and nothing can be fetched there. Prepare here:
 #   pip download --no-deps --python-version 3.12 --only-binary=:all: -d build/wheels \
 #       scikit-build-core scipy-openblas32 pathspec
-# and run on the device:  bash benchmarks/gpu_session.sh   (carry: ["build/wheels"])
-# It installs pylstm with its CUDA module, runs the whole test suite (the `cuda` tests included),
-# compute-sanitizer memcheck and racecheck over the CUDA kernel tests, and the GPU benchmark;
-# logs and JSON land in $OUT.
+# then run phases on the device, each call well inside the 10-minute limit, carrying the wheels:
+#   bash benchmarks/gpu_session.sh install    (carry: ["build/wheels"]; ~2 min: nvcc, 3 archs)
+#   bash benchmarks/gpu_session.sh test       (the whole suite, `cuda` tests included)
+#   bash benchmarks/gpu_session.sh sanitize   (compute-sanitizer memcheck + racecheck, `cuda` tests)
+#   bash benchmarks/gpu_session.sh bench      (bench_cuda.py: cuDNN comparison, graphs, clipping)
+#   bash benchmarks/gpu_session.sh all        (everything, if the machine is warm and time allows)
+# The install persists while the machine stays warm; a fresh machine needs `install` again.
+# Logs and JSON land in $OUT (written with tee, so a command killed at its limit still leaves
+# what it printed).
 set -uo pipefail
+export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-nvidia-smi -L | tee "$OUT/device.txt"
-python3 -m pip install --no-index --find-links build/wheels scikit-build-core scipy-openblas32 -q
-PYLSTM_CUDA=ON python3 -m pip install --no-build-isolation --no-deps . -q 2>&1 | tail -20
-(cd / && python3 -c "import pylstm; print(pylstm.available_backends(), pylstm.cuda_status())") | tee -a "$OUT/device.txt"
-python3 -m pytest -q -x tests 2>&1 | tail -30 | tee "$OUT/pytest.txt"
-for tool in memcheck racecheck; do
-  compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest -q -x -k "cuda" \
-    tests/test_cuda_backend.py tests/test_lstm_kernels.py tests/test_clip.py 2>&1 | tail -15 \
-    | tee "$OUT/sanitizer-$tool.txt"
-done
-python3 benchmarks/bench_cuda.py --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench_cuda.txt"
+phase=${1:-all}
+
+install() {
+  nvidia-smi -L | tee "$OUT/device.txt"
+  python3 -m pip install --no-index --find-links build/wheels scikit-build-core scipy-openblas32 -q
+  PYLSTM_CUDA=ON python3 -m pip install --no-build-isolation --no-deps . -q 2>&1 | tee "$OUT/install.txt"
+  (cd / && python3 -c "import pylstm; print(pylstm.available_backends(), pylstm.cuda_status())") \
+    | tee -a "$OUT/device.txt"
+}
+
+run_tests() {
+  python3 -m pytest -q -x tests 2>&1 | tee "$OUT/pytest.txt" | tail -30
+}
+
+sanitize() {
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest -q -x -k "cuda" \
+      tests/test_cuda_backend.py tests/test_lstm_kernels.py tests/test_clip.py 2>&1 \
+      | tee "$OUT/sanitizer-$tool.txt" | tail -15
+  done
+}
+
+bench() {
+  python3 benchmarks/bench_cuda.py --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench_cuda.txt"
+}
+
+case "$phase" in
+  install) install ;;
+  test) run_tests ;;
+  sanitize) sanitize ;;
+  bench) bench ;;
+  all) install && run_tests; sanitize; bench ;;
+  *) echo "usage: $0 install|test|sanitize|bench|all" >&2; exit 2 ;;
+esac
