@@ -25,6 +25,7 @@ namespace py = pybind11;
 // Scratch sizes, the same for every kernel family; a Kernels type K derives from this and adds
 // static forward<T>(...) / backward<T>(...) with the arguments of pylstm.h.
 struct KernelsBase {
+  template <class T>
   static int64_t forward_workspace(const LstmShape& s, bool save) {
     return lstm_forward_workspace_size(s, save);
   }
@@ -221,14 +222,15 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
     gates = g;
     cs = c;
   }
-  T* work = cached_workspace<T>(K::forward_workspace(s, save) + 1);
+  const int64_t wsize = K::template forward_workspace<T>(s, save);
+  T* work = cached_workspace<T>(wsize + 1);
   const T *xs_p = cptr<T>(xs), *Wx_p = cptr<T>(Wx), *Wh_p = cptr<T>(Wh), *b_p = cptr<T>(b),
           *h0_p = cptr<T>(h0), *c0_p = cptr<T>(c0);
   T *hs_p = mptr<T>(hs), *hT_p = mptr<T>(hT), *cT_p = mptr<T>(cT);
   {
     py::gil_scoped_release nogil;
     K::template forward<T>(s, xs_p, h0_p, c0_p, Wx_p, Wh_p, b_p, hs_p, hT_p, cT_p, g_ptr, cs_ptr,
-                           work);
+                           work, wsize);
   }
   return py::make_tuple(hs, hT, cT, gates, cs);
 }

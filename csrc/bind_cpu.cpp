@@ -31,6 +31,10 @@ using namespace bind;  // NOLINT: the shared checking helpers
 
 // The CPU kernels for the shared LSTM entry points of bind_common.h.
 struct CpuKernels : KernelsBase {
+  template <class T>
+  static int64_t forward_workspace(const LstmShape& s, bool save) {
+    return lstm_forward_cpu_workspace_size<T>(s, save);
+  }
   template <class T, class... A>
   static void forward(A... a) {
     lstm_forward_cpu<T>(a...);
@@ -252,6 +256,13 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("_set_small_m_kernel", &set_small_m_kernel, py::arg("on"),
         "Test hook: enable/disable the AVX-512 recurrent-step kernel; returns the old setting.");
   m.def("_small_m_kernel_enabled", &small_m_kernel_enabled);
+  m.def("_forward_workspace_size", [](int64_t N, int64_t T, int64_t D, int64_t H, bool save,
+                                      int itemsize) {
+    const LstmShape s{N, T, D, H};
+    return itemsize == 4 ? lstm_forward_cpu_workspace_size<float>(s, save)
+                         : lstm_forward_cpu_workspace_size<double>(s, save);
+  }, py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save"), py::arg("itemsize"),
+        "Test hook: scratch elements the CPU forward takes for this call.");
   m.def("_set_forward_schedule", [](const std::string& mode) {
     ForwardSchedule s;
     if (mode == "auto") s = ForwardSchedule::kAuto;

@@ -5,9 +5,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <fstream>
-#include <string>
 #include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -167,21 +168,38 @@ ForwardSchedule set_forward_schedule(ForwardSchedule mode) {
 }
 
 template <class T>
+int64_t lstm_forward_cpu_workspace_size(const LstmShape& s, bool save) {
+  if (!save && std::is_same<T, float>::value && small_m_kernel_enabled() && step_projection(s)) {
+    return s.N * s.H;
+  }
+  return lstm_forward_workspace_size(s, save);
+}
+
+template <class T>
 void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0, const T* Wx,
-                      const T* Wh, const T* b, T* hs, T* hT, T* cT, T* gates, T* cs, T* work) {
+                      const T* Wh, const T* b, T* hs, T* hT, T* cT, T* gates, T* cs, T* work,
+                      int64_t work_size) {
   const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = 4 * H;
   const bool save = gates != nullptr;
   // GEMMs on the packed-weight kernel (float with AVX-512) or BLAS (double, older CPUs).
   const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
+  // A forward-only call given only the step projection's scratch (N*H) must take that schedule.
+  const bool small_work = !save && work_size >= 0 && work_size < lstm_forward_workspace_size(s, false);
+  if (small_work && (!packed || work_size < N * H)) {
+    throw std::invalid_argument("work: " + std::to_string(work_size) +
+                                " elements are too few for this forward-only call (needs " +
+                                std::to_string(lstm_forward_workspace_size(s, false)) + ")");
+  }
   // Two schedules of the same GEMMs (see step_projection):
   //  - projection first: one GEMM over all N*T rows into A (the gates buffer when saving, else
   //    the workspace), then per step the slice of A_t copied into Z and Z += h_{t-1} @ Wh[:,
   //    slice] (with BLAS: Z = h_{t-1} @ Wh[:, slice] and the pointwise pass adds A, Z and b);
   //  - step projection: per step Z = x_t @ Wx[:, slice] before the step's barrier, then
   //    Z += h_{t-1} @ Wh[:, slice]; the (N, T, 4H) pre-activations never exist.
-  const bool step_proj = packed && step_projection(s);
+  const bool step_proj = packed && (step_projection(s) || small_work);
   T* A = step_proj ? nullptr : save ? gates : work;
-  T* c_run = save ? nullptr : work + N * Tn * G;  // forward-only: running c, (N, H)
+  // forward-only: running c, (N, H), after A when there is one
+  T* c_run = save ? nullptr : step_proj ? work : work + N * Tn * G;
 
   parallel_run(threads_for(s), [&](const Team& team) {
     int64_t j0, j1;  // this thread's hidden units; it alone reads and writes their columns
@@ -422,7 +440,8 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
 
 #define PYLSTM_INSTANTIATE(T)                                                                   \
   template void lstm_forward_cpu<T>(const LstmShape&, const T*, const T*, const T*, const T*,  \
-                                    const T*, const T*, T*, T*, T*, T*, T*, T*);               \
+                                    const T*, const T*, T*, T*, T*, T*, T*, T*, int64_t);      \
+  template int64_t lstm_forward_cpu_workspace_size<T>(const LstmShape&, bool);                 \
   template void lstm_backward_cpu<T>(const LstmShape&, const T*, const T*, const T*, const T*, \
                                      const T*, const T*, const T*, const T*, const T*,         \
                                      const T*, const T*, T*, T*, T*, T*, T*, T*);

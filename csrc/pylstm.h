@@ -38,10 +38,18 @@ inline int64_t lstm_backward_workspace_size(const LstmShape& s) {
 //   cT    (N, H)     out: c_{T-1}
 //   gates (N, T, 4H) out: activated gates (f, g, i, o), saved for backward; nullptr = forward-only
 //   cs    (N, T, H)  out: cell states c_t, saved for backward; nullptr iff gates is nullptr
-//   work  lstm_forward_workspace_size(s, gates != nullptr) elements, scratch
+//   work  scratch of work_size elements: at least lstm_forward_cpu_workspace_size<T>(s,
+//         gates != nullptr); work_size = -1 means lstm_forward_workspace_size(s, ...), which is
+//         always enough. (std::invalid_argument when work_size is too small for the call.)
 template <class T>
 void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0, const T* Wx,
-                      const T* Wh, const T* b, T* hs, T* hT, T* cT, T* gates, T* cs, T* work);
+                      const T* Wh, const T* b, T* hs, T* hT, T* cT, T* gates, T* cs, T* work,
+                      int64_t work_size = -1);
+
+// Scratch lstm_forward_cpu needs: lstm_forward_workspace_size(s, save), except N*H for a
+// float32 forward-only call on the step-projection schedule, which keeps no pre-activations.
+template <class T>
+int64_t lstm_forward_cpu_workspace_size(const LstmShape& s, bool save);
 
 // Backward pass over the whole sequence (t = T-1 .. 0), from the state the forward saved.
 //   xs, h0 (nullable), c0 (nullable), Wh, hs, gates, cs: as given to / returned by forward

@@ -139,6 +139,29 @@ def test_forward_schedules_agree_bitwise(shape):
         assert np.array_equal(a, b), f"{name}: the two forward schedules differ"
 
 
+def test_step_projection_inference_takes_only_the_running_state():
+    """Forward-only on the step-projection schedule keeps no pre-activations: its scratch is the
+    running c (N*H), not the projection's N*T*4H; training and the other schedule keep theirs."""
+    cpu = _backend.cpu
+    if cpu is None or not cpu._small_m_kernel_enabled():
+        pytest.skip("needs the AVX-512 packed-weight kernel")
+    N, T, D, H = 16, 5, 20, 70
+    old = cpu._set_forward_schedule("step-projection")
+    try:
+        assert cpu._forward_workspace_size(N, T, D, H, False, 4) == N * H
+        assert cpu._forward_workspace_size(N, T, D, H, True, 4) == 0
+        assert cpu._forward_workspace_size(N, T, D, H, False, 8) == N * T * 4 * H + N * H  # BLAS
+        d = make_lstm_inputs((N, T, D, H), np.float32, seed=9)
+        got = pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend="cpu")
+        cpu._set_forward_schedule("projection-first")
+        assert cpu._forward_workspace_size(N, T, D, H, False, 4) == N * T * 4 * H + N * H
+        want = pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend="cpu")
+    finally:
+        cpu._set_forward_schedule(old)
+    for name, a, b in zip(NAMES_FWD, got, want):
+        assert np.array_equal(a, b), name
+
+
 def test_forward_schedule_hook_rejects_unknown_mode():
     if _backend.cpu is None:
         pytest.skip("no CPU backend")
