@@ -321,6 +321,22 @@ std::vector<std::uint64_t> graph_key(int kind, const LstmArgs& a,
   return key;
 }
 
+// The common end of lstm_forward / lstm_backward, shapes and dtypes checked: one device and no
+// overlapping outputs (all[first_output..] are the outputs), then, without the GIL and on that
+// device, `stream` waits for the arrays' producer streams and `body` runs (directly or as a
+// cached CUDA graph of kind `kind`).
+template <class Body>
+void run_on_device(int kind, const LstmArgs& a, const std::vector<const DevArray*>& all,
+                   size_t first_output, std::uintptr_t stream, Body&& body) {
+  const int dev = check_devices(all, first_output);
+  const std::vector<std::uintptr_t> producers = producer_streams(all);
+  const std::vector<std::uint64_t> key = graph_key(kind, a, all);
+  py::gil_scoped_release nogil;
+  gpu::DeviceGuard guard(dev);
+  gpu::wait_for_producers(producers, stream);
+  gpu::run_maybe_graphed(dev, stream, key, body);
+}
+
 template <class T>
 void run_forward(const GpuContext& ctx, const LstmArgs& a, const DevArray& hs, const DevArray& hT,
                  const DevArray& cT, const DevArray& gates, const DevArray& cs, const DevArray& work) {
@@ -359,13 +375,7 @@ void lstm_forward(const py::object& xs, const py::object& Wx, const py::object& 
   if (work.present()) check_work(work, is, need);
   const std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0,
                                             &hs,   &hT,   &cT,   &gates, &cs, &work};
-  const int dev = check_devices(all, 6);
-  const std::vector<std::uintptr_t> producers = producer_streams(all);
-  const std::vector<std::uint64_t> key = graph_key(1, a, all);
-  py::gil_scoped_release nogil;
-  gpu::DeviceGuard guard(dev);
-  gpu::wait_for_producers(producers, stream);
-  gpu::run_maybe_graphed(dev, stream, key, [&](const GpuContext& ctx) {
+  run_on_device(1, a, all, 6, stream, [&](const GpuContext& ctx) {
     if (is == 4) run_forward<float>(ctx, a, hs, hT, cT, gates, cs, work);
     else run_forward<double>(ctx, a, hs, hT, cT, gates, cs, work);
   });
@@ -408,13 +418,7 @@ void lstm_backward(const py::object& xs, const py::object& h0, const py::object&
   check_work(v[11], is, lstm_backward_workspace_size(a.s));
   std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0};
   for (const DevArray& x : v) all.push_back(&x);
-  const int dev = check_devices(all, 12);
-  const std::vector<std::uintptr_t> producers = producer_streams(all);
-  const std::vector<std::uint64_t> key = graph_key(2, a, all);
-  py::gil_scoped_release nogil;
-  gpu::DeviceGuard guard(dev);
-  gpu::wait_for_producers(producers, stream);
-  gpu::run_maybe_graphed(dev, stream, key, [&](const GpuContext& ctx) {
+  run_on_device(2, a, all, 12, stream, [&](const GpuContext& ctx) {
     if (is == 4) run_backward<float>(ctx, a, v);
     else run_backward<double>(ctx, a, v);
   });

@@ -5,9 +5,7 @@
 // the block passes it before all have reached it.
 #include <ucontext.h>
 
-#include <algorithm>
 #include <atomic>
-#include <list>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -15,6 +13,7 @@
 
 #include "cuda_emu.h"
 #include "gpu_runtime.h"
+#include "graph_cache.h"
 
 namespace pylstm_emu {
 namespace {
@@ -172,19 +171,12 @@ GpuContext context(int, std::uintptr_t stream) {
   return ctx;
 }
 // Emulated graphs: a capture records the launches and GEMMs fn enqueues (cuda_emu.h), a replay
-// runs the recording. The cache and its keys behave as in the CUDA build (cuda_glue.cpp).
+// runs the recording; the cache is the CUDA build's (graph_cache.h).
 namespace {
+using Recording = std::vector<std::function<void()>>;
 std::atomic<bool> emu_graphs{false};
-struct EmuGraph {
-  std::vector<std::uint64_t> key;
-  std::vector<std::function<void()>> work;
-};
-struct EmuGraphCache {
-  std::list<EmuGraph> lru;  // most recently used first
-  std::int64_t replays = 0, captures = 0;
-};
-thread_local EmuGraphCache emu_cache;
-constexpr size_t kMaxGraphs = 8;
+thread_local GraphCache<Recording> emu_cache;
+void drop(Recording&) {}
 }  // namespace
 
 void set_use_graphs(bool on) { emu_graphs.store(on); }
@@ -197,18 +189,11 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
     fn(ctx);
     return;
   }
-  std::vector<std::uint64_t> full = key;
-  full.push_back(std::uint64_t(dev));
-  full.push_back(get_allow_tf32() ? 1u : 0u);
-  auto it = std::find_if(emu_cache.lru.begin(), emu_cache.lru.end(),
-                         [&](const EmuGraph& g) { return g.key == full; });
-  if (it != emu_cache.lru.end()) {
-    emu_cache.lru.splice(emu_cache.lru.begin(), emu_cache.lru, it);
-    ++emu_cache.replays;
-  } else {
-    EmuGraph g;
-    g.key = full;
-    pylstm_emu::recording = &g.work;
+  std::vector<std::uint64_t> full = GraphCache<Recording>::full_key(key, dev, get_allow_tf32());
+  Recording* rec = emu_cache.find(full);
+  if (rec == nullptr) {
+    Recording work;
+    pylstm_emu::recording = &work;
     try {
       fn(ctx);
     } catch (...) {
@@ -216,17 +201,13 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
       throw;
     }
     pylstm_emu::recording = nullptr;
-    emu_cache.lru.push_front(std::move(g));
-    if (emu_cache.lru.size() > kMaxGraphs) emu_cache.lru.pop_back();
-    ++emu_cache.captures;
+    rec = &emu_cache.add(std::move(full), std::move(work), drop);
   }
-  for (const auto& w : emu_cache.lru.front().work) w();
+  for (const auto& w : *rec) w();
 }
 
-std::pair<std::int64_t, std::int64_t> graph_stats() {
-  return {emu_cache.replays, emu_cache.captures};
-}
-void clear_graphs() { emu_cache = EmuGraphCache{}; }
+std::pair<std::int64_t, std::int64_t> graph_stats() { return emu_cache.stats(); }
+void clear_graphs() { emu_cache.clear(drop); }
 
 // One host thread runs every emulated launch in order: nothing to wait for.
 void wait_for_producers(const std::vector<std::uintptr_t>&, std::uintptr_t) {}

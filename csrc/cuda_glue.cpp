@@ -7,13 +7,13 @@
 
 #include <algorithm>
 #include <atomic>
-#include <list>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "gpu_runtime.h"
+#include "graph_cache.h"
 #include "lstm_cuda.h"
 
 namespace pylstm {
@@ -63,24 +63,39 @@ struct HandleSlot {
   bool tf32 = false;
 };
 
-struct HandlePool {
-  std::mutex mutex;
-  std::vector<std::vector<HandleSlot>> free;  // per device
+// Per-device resources that exited threads leave for the next thread (never destroyed, see
+// above): cuBLAS handles, and the graph path's streams and events.
+template <class Item>
+class DevicePool {
+ public:
+  void give(int dev, const Item& item) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() <= size_t(dev)) free_.resize(size_t(dev) + 1);
+    free_[size_t(dev)].push_back(item);
+  }
+  bool take(int dev, Item& item) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() <= size_t(dev) || free_[size_t(dev)].empty()) return false;
+    item = free_[size_t(dev)].back();
+    free_[size_t(dev)].pop_back();
+    return true;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::vector<Item>> free_;  // per device
 };
-HandlePool& handle_pool() {
-  static HandlePool* pool = new HandlePool;  // never destroyed (see above)
+
+DevicePool<HandleSlot>& handle_pool() {
+  static auto* pool = new DevicePool<HandleSlot>;  // never destroyed (see above)
   return *pool;
 }
 
 struct ThreadHandles {
   std::vector<HandleSlot> slots;  // per device
   ~ThreadHandles() {
-    HandlePool& pool = handle_pool();
-    std::lock_guard<std::mutex> lock(pool.mutex);
     for (size_t dev = 0; dev < slots.size(); ++dev) {
-      if (slots[dev].handle == nullptr) continue;
-      if (pool.free.size() <= dev) pool.free.resize(dev + 1);
-      pool.free[dev].push_back(slots[dev]);
+      if (slots[dev].handle != nullptr) handle_pool().give(int(dev), slots[dev]);
     }
   }
 };
@@ -88,16 +103,8 @@ thread_local ThreadHandles handles;
 
 // A handle for this thread on `dev`: a pooled one if some exited thread left one, else new.
 HandleSlot take_handle(int dev) {
-  {
-    HandlePool& pool = handle_pool();
-    std::lock_guard<std::mutex> lock(pool.mutex);
-    if (pool.free.size() > size_t(dev) && !pool.free[size_t(dev)].empty()) {
-      const HandleSlot slot = pool.free[size_t(dev)].back();
-      pool.free[size_t(dev)].pop_back();
-      return slot;
-    }
-  }
   HandleSlot slot;
+  if (handle_pool().take(dev, slot)) return slot;
   check_cublas(cublasCreate(&slot.handle), "cublasCreate");
   check_cublas(cublasSetMathMode(slot.handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
   return slot;
@@ -254,12 +261,6 @@ void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintp
 // --- CUDA graphs (gpu_runtime.h: run_maybe_graphed) ------------------------------------------
 namespace {
 std::atomic<bool> use_graphs{false};
-constexpr size_t kMaxGraphs = 8;
-
-struct CachedGraph {
-  std::vector<std::uint64_t> key;
-  cudaGraphExec_t exec = nullptr;
-};
 
 // The private stream and the two join events of one device for one host thread.
 struct GraphStream {
@@ -267,33 +268,25 @@ struct GraphStream {
   cudaEvent_t in = nullptr, out = nullptr;
 };
 
-// Streams and events of exited threads, per device, for the next thread (never destroyed, like
-// the cuBLAS handles).
-struct GraphStreamPool {
-  std::mutex mutex;
-  std::vector<std::vector<GraphStream>> free;
-};
-GraphStreamPool& graph_stream_pool() {
-  static GraphStreamPool* pool = new GraphStreamPool;
+DevicePool<GraphStream>& graph_stream_pool() {
+  static auto* pool = new DevicePool<GraphStream>;  // never destroyed, like the handles
   return *pool;
 }
 
-// Per host thread: its streams and events per device, and its graphs, most recently used
-// first. A thread that exits destroys its graphs (an executable graph still running is freed
-// when it completes) and hands its streams and events to the pool.
+void destroy_exec(cudaGraphExec_t& exec) {
+  cudaGraphExecDestroy(exec);  // an executable graph still running is freed when it completes
+}
+
+// Per host thread: its streams and events per device, and its graphs. A thread that exits
+// destroys its graphs and hands its streams and events to the pool.
 struct ThreadGraphs {
   std::vector<GraphStream> dev;
-  std::list<CachedGraph> lru;
-  std::int64_t replays = 0, captures = 0;
+  GraphCache<cudaGraphExec_t> cache;
   ~ThreadGraphs() {
-    for (CachedGraph& g : lru) cudaGraphExecDestroy(g.exec);
+    cache.clear(destroy_exec);
     cudaGetLastError();
-    GraphStreamPool& pool = graph_stream_pool();
-    std::lock_guard<std::mutex> lock(pool.mutex);
     for (size_t d = 0; d < dev.size(); ++d) {
-      if (dev[d].stream == nullptr) continue;
-      if (pool.free.size() <= d) pool.free.resize(d + 1);
-      pool.free[d].push_back(dev[d]);
+      if (dev[d].stream != nullptr) graph_stream_pool().give(int(d), dev[d]);
     }
   }
 };
@@ -303,15 +296,7 @@ GraphStream& graph_device(int dev) {
   std::vector<GraphStream>& v = thread_graphs.dev;
   if (v.size() <= size_t(dev)) v.resize(size_t(dev) + 1);
   GraphStream& d = v[size_t(dev)];
-  if (d.stream == nullptr) {
-    GraphStreamPool& pool = graph_stream_pool();
-    std::lock_guard<std::mutex> lock(pool.mutex);
-    if (pool.free.size() > size_t(dev) && !pool.free[size_t(dev)].empty()) {
-      d = pool.free[size_t(dev)].back();
-      pool.free[size_t(dev)].pop_back();
-    }
-  }
-  if (d.stream == nullptr) {
+  if (d.stream == nullptr && !graph_stream_pool().take(dev, d)) {
     check_cuda(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking), "cudaStreamCreate");
     check_cuda(cudaEventCreateWithFlags(&d.in, cudaEventDisableTiming), "cudaEventCreate");
     check_cuda(cudaEventCreateWithFlags(&d.out, cudaEventDisableTiming), "cudaEventCreate");
@@ -360,41 +345,24 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
     return;
   }
   GraphStream& d = graph_device(dev);
-  std::vector<std::uint64_t> full = key;
-  full.push_back(std::uint64_t(dev));
-  full.push_back(allow_tf32.load() ? 1u : 0u);
-  std::list<CachedGraph>& lru = thread_graphs.lru;
-  auto it = std::find_if(lru.begin(), lru.end(), [&](const CachedGraph& g) { return g.key == full; });
-  if (it != lru.end()) {
-    lru.splice(lru.begin(), lru, it);
-    ++thread_graphs.replays;
-  } else {
-    CachedGraph g;
-    g.key = full;
-    g.exec = capture(d.stream, context(dev, reinterpret_cast<std::uintptr_t>(d.stream)), fn);
-    lru.push_front(std::move(g));
-    if (lru.size() > kMaxGraphs) {
-      cudaGraphExecDestroy(lru.back().exec);  // freed when its last launch completes
-      lru.pop_back();
-    }
-    ++thread_graphs.captures;
+  GraphCache<cudaGraphExec_t>& cache = thread_graphs.cache;
+  std::vector<std::uint64_t> full = GraphCache<cudaGraphExec_t>::full_key(key, dev, allow_tf32.load());
+  cudaGraphExec_t* exec = cache.find(full);
+  if (exec == nullptr) {
+    exec = &cache.add(std::move(full),
+                      capture(d.stream, context(dev, reinterpret_cast<std::uintptr_t>(d.stream)), fn),
+                      destroy_exec);
   }
   check_cuda(cudaEventRecord(d.in, caller), "cudaEventRecord");
   check_cuda(cudaStreamWaitEvent(d.stream, d.in, 0), "cudaStreamWaitEvent");
-  check_cuda(cudaGraphLaunch(lru.front().exec, d.stream), "cudaGraphLaunch");
+  check_cuda(cudaGraphLaunch(*exec, d.stream), "cudaGraphLaunch");
   check_cuda(cudaEventRecord(d.out, d.stream), "cudaEventRecord");
   check_cuda(cudaStreamWaitEvent(caller, d.out, 0), "cudaStreamWaitEvent");
 }
 
-std::pair<std::int64_t, std::int64_t> graph_stats() {
-  return {thread_graphs.replays, thread_graphs.captures};
-}
+std::pair<std::int64_t, std::int64_t> graph_stats() { return thread_graphs.cache.stats(); }
 
-void clear_graphs() {
-  for (CachedGraph& g : thread_graphs.lru) cudaGraphExecDestroy(g.exec);
-  thread_graphs.lru.clear();
-  thread_graphs.replays = thread_graphs.captures = 0;
-}
+void clear_graphs() { thread_graphs.cache.clear(destroy_exec); }
 
 void set_allow_tf32(bool on) { allow_tf32.store(on); }
 bool get_allow_tf32() { return allow_tf32.load(); }
