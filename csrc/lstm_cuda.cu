@@ -10,6 +10,7 @@
 // (PYLSTM_LAUNCH_SYNC, which the emulation runs as fibers: see cuda_emu.h).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "cuda_emu.h"
 #include "lstm_cell.h"
@@ -114,14 +115,31 @@ __global__ void build_xh_kernel(int64_t R, int64_t Tn, int64_t D, int64_t H, con
   XH[idx] = v;
 }
 
-// db[j] = sum over rows of dA[:, j], rows added in order (one thread per column: deterministic),
-// in double whatever T: a float sum over N*T rows drifts well past NumPy's pairwise sum.
+// db[j] = sum over rows of dA[:, j], in double whatever T (a float sum over N*T rows drifts well
+// past NumPy's pairwise sum), deterministic (no atomics; the order is fixed by the shape). One
+// thread per column would leave a GPU nearly idle (G threads each reading N*T dependent rows:
+// at (64,100,256,256) 1024 threads for 26 MB), so the rows are cut into P chunks of `rc`:
+// grid (ceil(G / block), P), thread (j, p) sums chunk p of column j in order into out[p*G + j];
+// a second launch adds the P partials of each column in order. With P == 1 the first launch
+// writes db itself.
+inline int64_t column_sum_rows(int64_t R) { return std::max<int64_t>(16, (R + 255) / 256); }
+
+template <class T, class Out>
+__global__ void column_partial_kernel(int64_t R, int64_t G, int64_t rc, const T* dA, Out* out) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= G) return;
+  const int64_t r0 = int64_t(blockIdx.y) * rc, r1 = R - r0 < rc ? R : r0 + rc;
+  double acc = 0.0;
+  for (int64_t r = r0; r < r1; ++r) acc += double(dA[r * G + j]);
+  out[int64_t(blockIdx.y) * G + j] = Out(acc);
+}
+
 template <class T>
-__global__ void column_sum_kernel(int64_t R, int64_t G, const T* dA, T* db) {
+__global__ void column_finish_kernel(int64_t P, int64_t G, const double* partials, T* db) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= G) return;
   double acc = 0.0;
-  for (int64_t r = 0; r < R; ++r) acc += double(dA[r * G + j]);
+  for (int64_t p = 0; p < P; ++p) acc += partials[p * G + j];
   db[j] = T(acc);
 }
 
@@ -197,7 +215,20 @@ void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, 
     dev_gemm<T>(ctx, true, false, D + H, G, std::min(kc, R - k0), T(1), XH + k0 * (D + H), D + H,
                 dA + k0 * G, G, k0 > 0 ? T(1) : T(0), dW, G);
   }
-  PYLSTM_LAUNCH(column_sum_kernel<T>, blocks_for(G), kBlock, st, R, G, dA, db);
+  // db last: its partials reuse the XH scratch, free once the weight-gradient GEMMs have run
+  // (stream order). P*G doubles fit there: rc >= 16 rows, so P*G*8 <= (R/16 + 1)*32H bytes, at
+  // most R*H*4 <= the XH bytes when P > 1 (R > 16); 8 bytes of slack for the alignment.
+  const int64_t rc = column_sum_rows(R), P = (R + rc - 1) / rc;
+  if (P == 1) {
+    PYLSTM_LAUNCH((column_partial_kernel<T, T>), dim3(blocks_for(G), 1), kBlock, st, R, G, rc, dA,
+                  db);
+  } else {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(XH);
+    double* partials = reinterpret_cast<double*>((at + 7) / 8 * 8);
+    PYLSTM_LAUNCH((column_partial_kernel<T, double>), dim3(blocks_for(G), unsigned(P)), kBlock, st,
+                  R, G, rc, dA, partials);
+    PYLSTM_LAUNCH(column_finish_kernel<T>, blocks_for(G), kBlock, st, P, G, partials, db);
+  }
 }
 
 // --- Global-norm clipping over a list of arrays (multi-tensor), two launches --------------------

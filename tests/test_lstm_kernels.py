@@ -106,6 +106,25 @@ def test_float32_within_twice_naive_error(backend, cpu_path, shape, with_state):
         assert got[name].dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_many_rows_gradients(backend, dtype):
+    """N*T = 4150 rows, 4H = 28 columns: the CUDA backward sums db over row chunks whose length
+    grows past 16 rows above 4096 rows (a ragged last chunk here); float64 to 1e-9 and float32
+    within twice the naive error, as for the other shapes."""
+    d = make_lstm_inputs((5, 830, 3, 7), dtype, seed=12)
+    got = _run(d, backend)
+    want = _reference64(d)
+    if dtype == np.float64:
+        for name in NAMES_FWD + NAMES_BWD:
+            assert_close(name, got[name], want[name], rtol=1e-9)
+        return
+    naive = _run(d, "numpy")
+    eps32 = float(np.finfo(np.float32).eps)
+    for name in NAMES_FWD + NAMES_BWD:
+        err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
+        assert err <= 2 * naive_err + 4 * eps32, f"{name}: {err:.3e} vs naive {naive_err:.3e}"
+
+
 def test_hT_is_last_hidden_state(backend):
     d = make_lstm_inputs((3, 5, 4, 6), np.float64, seed=5)
     hs, hT, cT, cache = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"],
