@@ -21,7 +21,6 @@ import json
 import os
 import time
 
-
 import pylstm
 from pylstm.datasets import ptb
 from pylstm.models import LstmLM

@@ -7,7 +7,6 @@ which is the specification the kernels are tested against.
 """
 
 from ._backend import DeviceUnavailableError, cuda_status, set_cuda_graphs
-
 from .functional import (
     LSTMCache,
     available_backends,

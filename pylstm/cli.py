@@ -146,6 +146,7 @@ def _decode(ids, vocab, level):
 
 def _cmd_train(a):
     import pylstm
+
     from .models import LstmLM
     from .optimizers import OPTIMIZERS
     from .trainer import RnnlmTrainer, eval_perplexity

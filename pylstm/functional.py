@@ -14,8 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import _backend
-from . import _devices
+from . import _backend, _devices
 from . import reference as ref
 
 __all__ = [

@@ -332,8 +332,9 @@ class LstmLM:
         except (OSError, pickle.UnpicklingError, EOFError) as exc:
             raise CheckpointError(f"{path}: not a readable DLfS2 parameter file ({exc})") from exc
         if not isinstance(loaded, (list, tuple)) or len(loaded) != len(self.params):
+            length = len(loaded) if hasattr(loaded, "__len__") else "?"
             raise CheckpointError(f"{path}: expected a list of {len(self.params)} arrays in the book's "
-                                  f"order, got {type(loaded).__name__} of length {len(loaded) if hasattr(loaded, '__len__') else '?'}")
+                                  f"order, got {type(loaded).__name__} of length {length}")
         for i, (p, a) in enumerate(zip(self.params, loaded)):
             a = np.asarray(a)
             if a.shape != p.shape:

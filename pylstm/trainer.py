@@ -16,8 +16,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .functional import clip_grads
 from ._devices import array_module, to_host, to_module
+from .functional import clip_grads
 from .models import LstmLM, unique_params
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices"]

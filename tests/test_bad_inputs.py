@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 import pylstm
-from pylstm import _backend, _devices
-
 from helpers import make_lstm_inputs
+from pylstm import _backend, _devices
 
 N, T, D, H = 2, 3, 4, 5
 

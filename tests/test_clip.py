@@ -4,11 +4,9 @@ import numpy as np
 import pytest
 
 import pylstm
-from pylstm import reference as ref
-
-from pylstm import _backend
-
 from helpers import to_device, to_host
+from pylstm import _backend
+from pylstm import reference as ref
 
 BACKENDS = pylstm.available_backends()
 # The CUDA clipping kernels, run on the CPU through the emulation shim (csrc/cuda_emu.h).

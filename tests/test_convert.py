@@ -4,10 +4,9 @@ the other library's equations (written out here; and against torch itself when i
 import numpy as np
 import pytest
 
+from helpers import assert_close, make_lstm_inputs
 from pylstm import convert
 from pylstm import reference as ref
-
-from helpers import assert_close, make_lstm_inputs
 
 
 def _sig(x):

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 import pylstm
+from helpers import assert_close, make_lstm_inputs
 from pylstm import _backend, _devices
 from pylstm import reference as ref
-
-from helpers import assert_close, make_lstm_inputs
 
 emu = _backend.cuda_emu
 needs_emu = pytest.mark.skipif(emu is None, reason="pylstm._cuda_emu not built")
@@ -235,7 +234,8 @@ def test_no_gpu_gives_a_clear_error_and_nothing_sticks():
     d = _inputs()
     assert "cuda" not in pylstm.available_backends()
     for _ in range(2):  # the same clean error twice: no CUDA error left behind
-        with pytest.raises(RuntimeError, match=r"backend 'cuda' is not available: .*(no GPU|without its CUDA module|failed to import)"):
+        why = r"backend 'cuda' is not available: .*(no GPU|without its CUDA module|failed to import)"
+        with pytest.raises(RuntimeError, match=why):
             pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], backend="cuda")
     if _backend.cuda is not None:  # the real module imports without a driver and says why
         n, why = _backend.cuda.status()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import pylstm
-
 from helpers import make_lstm_inputs
 
 pytestmark = pytest.mark.skipif("cpu" not in pylstm.available_backends(), reason="no CPU backend")

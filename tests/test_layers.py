@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 import pylstm
+from helpers import assert_close
 from pylstm import layers as L
 from pylstm import reference as ref
-
-from helpers import assert_close
 
 BACKENDS = pylstm.available_backends()
 

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 
 import pylstm
+from helpers import SHAPES, assert_close, make_lstm_inputs, max_rel_error, to_device, to_host
 from pylstm import _backend
 from pylstm import reference as ref
-
-from helpers import SHAPES, assert_close, make_lstm_inputs, max_rel_error, to_device, to_host
 
 KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
 # The CUDA sources, run on the CPU through the emulation shim (csrc/cuda_emu.h); "cuda" (a real

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pylstm.models import BetterRnnlm, CheckpointError, LstmLM, Rnnlm, load_checkpoint, unique_params
-
 from helpers import assert_close
+from pylstm.models import BetterRnnlm, CheckpointError, LstmLM, Rnnlm, load_checkpoint, unique_params
 
 
 def test_rnnlm_book_parameter_order_and_init():

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from pylstm import reference as ref
-
 from helpers import assert_close, make_lstm_inputs
+from pylstm import reference as ref
 
 
 def _loss(d):
