@@ -133,16 +133,21 @@ Mat as_matrix(const py::object& o, const char* name, int itemsize, const char* o
 }
 
 template <class T>
-void matmul_impl(const Mat& A, const Mat& B, py::array& out) {
+void matmul_impl(const Mat& A, const Mat& B, py::array& out, const py::object& bias,
+                 const py::object& colsum) {
   const T* a = static_cast<const T*>(A.a.data());
   const T* b = static_cast<const T*>(B.a.data());
   T* c = mptr<T>(out);
+  const T* bi = bias.is_none() ? nullptr : static_cast<const T*>(bias.cast<py::array>().data());
+  py::array cs_arr = colsum.is_none() ? py::array() : colsum.cast<py::array>();
+  T* cs = colsum.is_none() ? nullptr : mptr<T>(cs_arr);
   py::gil_scoped_release nogil;
   matmul_cpu<T>(A.trans, B.trans, A.rows, B.cols, A.cols, a, A.ld, b, B.ld, T(0), c,
-                std::max<int64_t>(B.cols, 1));
+                std::max<int64_t>(B.cols, 1), bi, cs);
 }
 
-py::array matmul(const py::object& a_o, const py::object& b_o, const py::object& out_o) {
+py::array matmul(const py::object& a_o, const py::object& b_o, const py::object& out_o,
+                 const py::object& bias_o, const py::object& colsum_o) {
   py::array a0 = as_array(a_o, "a");
   const int is = float_itemsize(a0, "a");
   Mat A = as_matrix(a_o, "a", is, "a"), B = as_matrix(b_o, "b", is, "a");
@@ -168,8 +173,29 @@ py::array matmul(const py::object& a_o, const py::object& b_o, const py::object&
       throw py::value_error("out must not overlap a or b");
     }
   }
-  if (is == 4) matmul_impl<float>(A, B, out);
-  else matmul_impl<double>(A, B, out);
+  py::object bias = py::none(), colsum = py::none();
+  const auto np = py::module_::import("numpy");
+  if (!bias_o.is_none()) {
+    py::array bi = as_array(bias_o, "bias");
+    check_array(bi, "bias", is, {B.cols}, false, "a");
+    if (np.attr("shares_memory")(out, bi).cast<bool>()) throw py::value_error("bias must not overlap out");
+    bias = bi;
+  }
+  if (!colsum_o.is_none()) {
+    py::array cs = as_array(colsum_o, "colsum");
+    check_array(cs, "colsum", is, {B.cols}, true, "a");
+    for (const py::array* other : {&out, &A.a, &B.a}) {
+      if (np.attr("shares_memory")(cs, *other).cast<bool>()) {
+        throw py::value_error("colsum must not overlap a, b or out");
+      }
+    }
+    if (!bias.is_none() && np.attr("shares_memory")(cs, bias).cast<bool>()) {
+      throw py::value_error("colsum must not overlap bias");
+    }
+    colsum = cs;
+  }
+  if (is == 4) matmul_impl<float>(A, B, out, bias, colsum);
+  else matmul_impl<double>(A, B, out, bias, colsum);
   return out;
 }
 
@@ -249,7 +275,10 @@ PYBIND11_MODULE(_cpu, m) {
   }, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out").none(true) = py::none(),
-        "a @ b on pylstm's thread pool; a and b may be C- or F-contiguous (transposed views).");
+        py::arg("bias").none(true) = py::none(), py::arg("colsum").none(true) = py::none(),
+        "a @ b (+ bias, added to every row) on pylstm's thread pool; a and b may be C- or "
+        "F-contiguous (transposed views). colsum, when given, receives b.sum(axis=0), summed in "
+        "double in the pass that packs b.");
   m.def("softmax_xent", &softmax_xent, py::arg("scores"), py::arg("labels"),
         py::arg("ignore_label"), py::arg("grad_scale").none(true),
         "Softmax cross-entropy. Returns (loss_sum, count, dscores or None).");

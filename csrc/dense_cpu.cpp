@@ -24,34 +24,60 @@ constexpr int64_t kRowAlign = 8;
 
 namespace {
 
-// One thread's block of C = op(A) op(B) on the packed-weight kernel (float32, AVX-512): its
-// columns [c0, c1) and rows [r0, r1) of C; B's block is packed into thread-local panels first
-// (the Affine layers' weights change every step, so they are packed per call; the packing is
-// one pass over the block, against K passes of the multiply).
+// One thread's block of C = op(A) op(B) (+ bias) on the packed-weight kernel (float32,
+// AVX-512): its columns [c0, c1) and rows [r0, r1) of C; B's block is packed into thread-local
+// panels first (the Affine layers' weights change every step, so they are packed per call; the
+// packing is one pass over the block, against K passes of the multiply). With colsum (a
+// row-major B only), the packing pass also sums B's columns [c0, c1) in double.
 void packed_block(bool trans_a, bool trans_b, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                   int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                  int64_t ldc) {
+                  int64_t ldc, const float* bias, double* colsum) {
   thread_local std::vector<float> buf;
   const int64_t n = c1 - c0;
   const size_t need = size_t(packed_b_size(K, n));
   if (buf.size() < need) buf.resize(need);
   if (trans_b) pack_b(K, n, [&](int64_t j) { return B + (c0 + j) * ldb; }, 1, buf.data());
-  else pack_b_rows(K, n, B + c0, ldb, buf.data());
-  if (trans_a) gemm_at_packed_b(r1 - r0, n, K, A + r0, lda, buf.data(), C + r0 * ldc + c0, ldc);
-  else gemm_packed_b(r1 - r0, n, K, A + r0 * lda, lda, buf.data(), C + r0 * ldc + c0, ldc);
+  else pack_b_rows(K, n, B + c0, ldb, buf.data(), colsum);
+  const float* bb = bias ? bias + c0 : nullptr;
+  if (trans_a) gemm_at_packed_b(r1 - r0, n, K, A + r0, lda, buf.data(), C + r0 * ldc + c0, ldc, false, bb);
+  else gemm_packed_b(r1 - r0, n, K, A + r0 * lda, lda, buf.data(), C + r0 * ldc + c0, ldc, false, bb);
+}
+
+// sums[j] += column c0 + j of op(B) (K x N) over its K rows, in order, in double, j < n.
+template <class T>
+void add_column_sums(bool trans_b, int64_t K, int64_t c0, int64_t n, const T* B, int64_t ldb,
+                     double* sums) {
+  if (trans_b) {  // column j of op(B) is row c0 + j of the stored matrix
+    for (int64_t j = 0; j < n; ++j) {
+      const T* row = B + (c0 + j) * ldb;
+      double acc = sums[j];
+      for (int64_t k = 0; k < K; ++k) acc += double(row[k]);
+      sums[j] = acc;
+    }
+    return;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const T* row = B + k * ldb + c0;
+    for (int64_t j = 0; j < n; ++j) sums[j] += double(row[j]);
+  }
 }
 
 }  // namespace
 
 template <class T>
 void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
-                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
+                T* colsum) {
   int nt = get_num_threads();
   if (M * N * K < (int64_t(1) << 18)) nt = 1;  // too small to split
   // float32 with beta = 0 runs on the packed-weight kernel (gemm_small_m.h says why); the rest
   // on BLAS. Split the output along its longer side, so each thread keeps a wide block.
   const bool packed = std::is_same<T, float>::value && beta == T(0) && small_m_kernel_enabled();
   const bool by_cols = N >= M;
+  // Column sums of op(B): a thread sums its own columns (split by columns), or the first
+  // thread sums them all (split by rows: every thread has every column). Double sums, then
+  // rounded once: the same result at any thread count.
+  std::vector<double> sums(colsum ? size_t((N + 15) / 16 * 16) : 0, 0.0);
   parallel_run(nt, [&](const Team& team) {
     int64_t lo, hi;
     if (by_cols) team.split(N, kColAlign, lo, hi);
@@ -59,17 +85,30 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
     if (hi <= lo) return;
     const int64_t r0 = by_cols ? 0 : lo, r1 = by_cols ? M : hi;
     const int64_t c0 = by_cols ? lo : 0, c1 = by_cols ? hi : N;
+    double* my_sums = colsum && (by_cols || lo == 0) ? sums.data() + c0 : nullptr;
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
-        packed_block(trans_a, trans_b, r0, r1, c0, c1, K, A, lda, B, ldb, C, ldc);
+        // pack_b_rows gives the sums of a row-major B in its pass; a transposed B adds them here
+        packed_block(trans_a, trans_b, r0, r1, c0, c1, K, A, lda, B, ldb, C, ldc, bias,
+                     trans_b ? nullptr : my_sums);
+        if (my_sums && trans_b) add_column_sums(trans_b, K, c0, c1 - c0, B, ldb, my_sums);
         return;
       }
+    }
+    T b = beta;
+    if (bias) {  // C = bias + op(A) op(B): the block starts from the bias rows
+      for (int64_t r = r0; r < r1; ++r) std::copy(bias + c0, bias + c1, C + r * ldc + c0);
+      b = T(1);
     }
     const T* Ap = trans_a ? A + r0 : A + r0 * lda;
     const T* Bp = trans_b ? B + c0 * ldb : B + c0;
     gemm(trans_a, trans_b, int(r1 - r0), int(c1 - c0), int(K), T(1), Ap, int(lda), Bp, int(ldb),
-         beta, C + r0 * ldc + c0, int(ldc));
+         b, C + r0 * ldc + c0, int(ldc));
+    if (my_sums) add_column_sums(trans_b, K, c0, c1 - c0, B, ldb, my_sums);
   });
+  if (colsum) {
+    for (int64_t j = 0; j < N; ++j) colsum[j] = T(sums[size_t(j)]);
+  }
 }
 
 namespace {
@@ -90,17 +129,32 @@ __attribute__((always_inline)) inline double row_sum_exp(const T* s, int64_t V, 
   return double(acc);
 }
 
+// The same sum, keeping each exp in d (the gradient row): the exps are computed once.
 template <class T>
-__attribute__((always_inline)) inline void row_grad(const T* s, T* d, int64_t V, T m, T inv_sum,
-                                                    T scale) {
+__attribute__((always_inline)) inline double row_store_exp(const T* s, T* d, int64_t V, T m) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t v = 0; v < V; ++v) {
+    const T e = exp_nonpos<T>(s[v] - m);
+    d[v] = e;
+    acc += e;
+  }
+  return double(acc);
+}
+
+template <class T>
+__attribute__((always_inline)) inline void row_scale(T* d, int64_t V, T inv_sum, T scale) {
 #pragma omp simd
-  for (int64_t v = 0; v < V; ++v) d[v] = exp_nonpos<T>(s[v] - m) * inv_sum * scale;
+  for (int64_t v = 0; v < V; ++v) d[v] = d[v] * inv_sum * scale;
 }
 
 #define PYLSTM_SOFTMAX_ROWS(T)                                                                   \
   PYLSTM_CLONES double sum_exp_row(const T* s, int64_t V, T m) { return row_sum_exp<T>(s, V, m); } \
-  PYLSTM_CLONES void grad_row(const T* s, T* d, int64_t V, T m, T inv_sum, T scale) {           \
-    row_grad<T>(s, d, V, m, inv_sum, scale);                                                    \
+  PYLSTM_CLONES double store_exp_row(const T* s, T* d, int64_t V, T m) {                        \
+    return row_store_exp<T>(s, d, V, m);                                                        \
+  }                                                                                             \
+  PYLSTM_CLONES void scale_row(T* d, int64_t V, T inv_sum, T scale) {                           \
+    row_scale<T>(d, V, inv_sum, scale);                                                         \
   }
 PYLSTM_SOFTMAX_ROWS(float)
 PYLSTM_SOFTMAX_ROWS(double)
@@ -130,16 +184,16 @@ double softmax_xent_cpu(int64_t M, int64_t V, const T* scores, const int32_t* la
     for (int64_t r = r0; r < r1; ++r) {
       const T* s = scores + r * V;
       const T m = row_max(s, V);
-      const double se = sum_exp_row(s, V, m);
+      T* d = dscores ? dscores + r * V : nullptr;
+      const double se = d ? store_exp_row(s, d, V, m) : sum_exp_row(s, V, m);
       const double l = double(m) + std::log(se);
       lse[r] = l;
       const int32_t t = labels[r];
       const bool use = t != ignore_label;
       row_loss[r] = use ? l - double(s[t]) : 0.0;
-      if (dscores) {
-        T* d = dscores + r * V;
+      if (d) {
         const T scale = use ? T(grad_scale) : T(0);
-        grad_row(s, d, V, m, T(1.0 / se), scale);
+        scale_row(d, V, T(1.0 / se), scale);
         if (use) d[t] -= scale;
       }
     }
@@ -155,9 +209,11 @@ double softmax_xent_cpu(int64_t M, int64_t V, const T* scores, const int32_t* la
 }
 
 template void matmul_cpu<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
-                                const float*, int64_t, float, float*, int64_t);
+                                const float*, int64_t, float, float*, int64_t, const float*,
+                                float*);
 template void matmul_cpu<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
-                                 const double*, int64_t, double, double*, int64_t);
+                                 const double*, int64_t, double, double*, int64_t, const double*,
+                                 double*);
 template double softmax_xent_cpu<float>(int64_t, int64_t, const float*, const int32_t*, int32_t,
                                         double*, float*, double, int64_t*);
 template double softmax_xent_cpu<double>(int64_t, int64_t, const double*, const int32_t*, int32_t,

@@ -137,11 +137,16 @@ __attribute__((target("avx512f"))) void pack_at(int64_t m0, int64_t m1, int64_t 
 // C (M x N) = op(A) @ B with the blocking described below; see micro_kernel for the layouts.
 template <bool TA, bool PK>
 void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-                 int64_t pstride, int64_t kstride, float* C, int64_t ldc, bool accumulate) {
+                 int64_t pstride, int64_t kstride, float* C, int64_t ldc, bool accumulate,
+                 const float* bias) {
   const int64_t panels = (N + 15) / 16;
-  if (K == 0) {  // an empty sum: C = 0 (or unchanged when accumulating)
+  if (accumulate) bias = nullptr;
+  if (K == 0) {  // an empty sum: C = 0 or the bias (or unchanged when accumulating)
     if (!accumulate) {
-      for (int64_t r = 0; r < M; ++r) std::fill(C + r * ldc, C + r * ldc + N, 0.0f);
+      for (int64_t r = 0; r < M; ++r) {
+        if (bias) std::copy(bias, bias + N, C + r * ldc);
+        else std::fill(C + r * ldc, C + r * ldc + N, 0.0f);
+      }
     }
     return;
   }
@@ -173,7 +178,12 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
           const int mr = int(std::min<int64_t>(kMR, m1 - r0));
           const float* b = B + p0 * pstride + k0 * kstride;
           float* c = C + r0 * ldc + p0 * 16;
-          const bool acc = accumulate || k0 > 0;
+          bool acc = accumulate || k0 > 0;
+          if (bias && k0 == 0) {  // the tile starts from the bias rows (then in L1)
+            const int64_t cols = std::min<int64_t>(int64_t(np) * 16, N - p0 * 16);
+            for (int r = 0; r < mr; ++r) std::copy(bias + p0 * 16, bias + p0 * 16 + cols, c + r * ldc);
+            acc = true;
+          }
           if (pack) {
             pick<true, PK>(mr, np)(kc, abuf.data() + (r0 - m0) * kc, kMR, b, pstride, kstride, c,
                                    ldc, last_mask, acc);
@@ -190,13 +200,13 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
 }  // namespace
 
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
-                   float* C, int64_t ldc, bool accumulate) {
-  gemm_driver<false, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, accumulate);
+                   float* C, int64_t ldc, bool accumulate, const float* bias) {
+  gemm_driver<false, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, accumulate, bias);
 }
 
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                      const float* Bp, float* C, int64_t ldc, bool accumulate) {
-  gemm_driver<true, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, accumulate);
+                      const float* Bp, float* C, int64_t ldc, bool accumulate, const float* bias) {
+  gemm_driver<true, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, accumulate, bias);
 }
 
 namespace {
@@ -255,9 +265,9 @@ void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out, 
 #if !defined(PYLSTM_HAVE_AVX512_KERNEL)
 
 void gemm_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
-                   int64_t, bool) {}
+                   int64_t, bool, const float*) {}
 void gemm_at_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
-                      int64_t, bool) {}
+                      int64_t, bool, const float*) {}
 
 #endif
 

@@ -53,14 +53,17 @@ void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
 }
 
 // C (M x N, ldc) = A (M x K, lda) @ B, with B packed by pack_b. C is overwritten, or with
-// accumulate, C += A @ B.
+// accumulate, C += A @ B. With bias (N floats, not with accumulate), C = bias + A @ B: each
+// C tile starts from the bias row while it is in L1 (the Affine layers' x @ W + b without a
+// second pass over C).
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
-                   float* C, int64_t ldc, bool accumulate = false);
+                   float* C, int64_t ldc, bool accumulate = false, const float* bias = nullptr);
 
 // C (M x N, ldc) = A^T @ B with A stored as a row-major K x M matrix (lda) and B packed by
 // pack_b; C is overwritten, or with accumulate, C += A^T @ B. Used for the weight gradient [X | H_prev]^T dA.
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                      const float* Bp, float* C, int64_t ldc, bool accumulate = false);
+                      const float* Bp, float* C, int64_t ldc, bool accumulate = false,
+                      const float* bias = nullptr);
 
 // pack_b for a row-major source (row k of B at B + k*ldb), walking the rows once in order. With
 // colsum, also colsum[c] += B[k][c] for k = 0, 1, ... in order, in double (the same rounding at

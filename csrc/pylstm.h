@@ -87,9 +87,13 @@ void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate);
 // C (M, N, ldc) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major, on the thread pool (the
 // output split by columns or rows, one single-threaded BLAS call per thread). op = transpose
 // when trans_*; lda/ldb are the leading dimensions of A and B as stored.
+//   bias    (N,) or nullptr: added to every row of C (with beta = 0: C = op(A) op(B) + bias)
+//   colsum  (N,) or nullptr, out: the column sums of op(B) over its K rows, summed in double
+//           (the Affine layer's db = dout.sum(axis=0) in the pass that reads dout anyway)
 template <class T>
 void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
-                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
+                const T* bias = nullptr, T* colsum = nullptr);
 
 // Softmax cross-entropy over M rows of V scores (row-major), labels in [0, V) or ignore_label.
 //   lse      (M,)   out: log-sum-exp of each row

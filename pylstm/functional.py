@@ -377,27 +377,44 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
     return _lstm_module(name).clip_grads(list(grads), float(max_norm), bool(error_if_nonfinite))
 
 
-def matmul(a, b, out=None, backend: str = "auto"):
-    """``a @ b`` for 2-D float arrays on pylstm's thread pool ("cpu"), or NumPy ("numpy").
+def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
+    """``a @ b (+ bias)`` for 2-D float arrays on pylstm's thread pool ("cpu"), or NumPy ("numpy").
 
     a, b may be C- or F-contiguous (a transposed view such as ``W.T`` costs nothing); ``out``,
     when given, must be writable, C- or F-contiguous, of shape (M, N), and not overlap a or b.
+    ``bias`` (N,), when given, is added to every row (the Affine layer's ``x @ W + b`` in one
+    pass). ``colsum`` (N,), when given, receives ``b.sum(axis=0)`` (the Affine layer's
+    ``db``; on the CPU summed in double while b is read for the product).
     """
     name = _resolve_backend(backend, a)
     if name in _DEVICE_BACKENDS and _devices.is_device_array(a):  # CuPy: its own cuBLAS matmul
         r = a @ b
+        if bias is not None:
+            r += bias
+        if colsum is not None:
+            b.sum(axis=0, out=colsum)
         if out is None:
             return r
         out[...] = r
         return out
-    if name == "numpy":
-        return np.matmul(a, b, out=out)
-    if out is not None and isinstance(out, np.ndarray) and out.ndim == 2 and not out.flags.c_contiguous \
-            and out.flags.f_contiguous and isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        # out^T = b^T @ a^T, written through the C-contiguous transpose view
-        _backend.cpu.matmul(b.T, a.T, out.T)
-        return out
-    return _backend.cpu.matmul(a, b, out)
+    if name == "numpy" or (out is not None and isinstance(out, np.ndarray) and out.ndim == 2
+                           and not out.flags.c_contiguous and out.flags.f_contiguous
+                           and isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        for vname, v in (("bias", bias), ("colsum", colsum)):
+            if v is not None and (not isinstance(v, np.ndarray) or v.shape != (np.shape(b)[-1],)):
+                raise ValueError(f"{vname} must be an array of shape ({np.shape(b)[-1]},), got "
+                                 f"{getattr(v, 'shape', type(v).__name__)}")
+        if name == "numpy":
+            r = np.matmul(a, b, out=out)
+        else:  # out^T = b^T @ a^T, written through the C-contiguous transpose view
+            _backend.cpu.matmul(b.T, a.T, out.T)
+            r = out
+        if bias is not None:
+            r += bias
+        if colsum is not None:
+            colsum[...] = np.sum(b, axis=0, dtype=np.float64)
+        return r
+    return _backend.cpu.matmul(a, b, out, bias, colsum)
 
 
 def _softmax_cross_entropy_xp(xp, scores, labels, ignore_label, need_grad, check_labels):

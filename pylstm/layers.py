@@ -103,16 +103,14 @@ class Affine:
         W, b = self.params
         self.x = x = _xp(W).ascontiguousarray(x)
         lead = x.shape[:-1]
-        out = F.matmul(x.reshape(-1, x.shape[-1]), W, backend=self.backend)
-        out += b
+        out = F.matmul(x.reshape(-1, x.shape[-1]), W, bias=b, backend=self.backend)
         return out.reshape(*lead, W.shape[1])
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         W, _ = self.params
         x2 = self.x.reshape(-1, self.x.shape[-1])
         d2 = _xp(W).ascontiguousarray(dout).reshape(-1, dout.shape[-1])
-        F.matmul(x2.T, d2, out=self.grads[0], backend=self.backend)
-        d2.sum(axis=0, out=self.grads[1])
+        F.matmul(x2.T, d2, out=self.grads[0], colsum=self.grads[1], backend=self.backend)
         return F.matmul(d2, W.T, backend=self.backend).reshape(self.x.shape)
 
 

@@ -205,6 +205,86 @@ def test_matmul_large_split_over_threads(kernel_path):
     assert_close("a.T@b", pylstm.matmul(at.T, b2), at.T.astype(np.float64) @ b2, 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("M,K,N", [(37, 29, 53), (300, 200, 45), (20, 150, 500), (5, 1, 3)])
+def test_matmul_bias_and_colsum(backend, kernel_path, dtype, ta, tb, M, K, N):
+    """a @ b + bias and b.sum(axis=0) in the same call (the Affine layer's forward and db), on
+    every operand layout, split by rows (M > N) and by columns, against float64 NumPy."""
+    rng = np.random.default_rng(17)
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+    a = a.T if ta else a
+    b = b.T if tb else b
+    bias = rng.standard_normal(N).astype(dtype)
+    want = a.astype(np.float64) @ b.astype(np.float64) + bias
+    want_sum = b.astype(np.float64).sum(axis=0)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for order in ("C", "F"):
+        colsum = np.full(N, np.nan, dtype)
+        out = np.empty((M, N), dtype, order=order)
+        assert pylstm.matmul(a, b, out=out, bias=bias, colsum=colsum, backend=backend) is out
+        assert_close(f"a@b+bias ({order} out)", out, want, tol)
+        # the sums are exact in double, then rounded once (NumPy's float32 sum is not)
+        assert_close(f"colsum ({order} out)", colsum, want_sum, 1e-6 if dtype == np.float32 else 1e-14)
+    got = pylstm.matmul(a, b, bias=bias, backend=backend)
+    assert got.dtype == dtype and got.flags.c_contiguous
+    assert_close("a@b+bias", got, want, tol)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="no CPU backend")
+@pytest.mark.parametrize("tb", [False, True])
+def test_matmul_colsum_same_at_any_thread_count(kernel_path, tb):
+    rng = np.random.default_rng(18)
+    a = rng.standard_normal((90, 700)).astype(np.float32)
+    b = rng.standard_normal((1000, 700) if tb else (700, 1000)).astype(np.float32)
+    b = b.T if tb else b
+    bias = rng.standard_normal(1000).astype(np.float32)
+    old = pylstm.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            pylstm.set_num_threads(n)
+            colsum = np.empty(1000, np.float32)
+            out = pylstm.matmul(a, b, bias=bias, colsum=colsum, backend="cpu")
+            results.append((out, colsum))
+    finally:
+        pylstm.set_num_threads(old)
+    for out, colsum in results[1:]:  # (out may differ in the last bit on BLAS: its blocking)
+        assert np.array_equal(colsum, results[0][1])
+        assert_close("out", out, results[0][0], 1e-5)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="no CPU backend")
+@pytest.mark.parametrize("case,exc,name", [
+    ("bias_shape", ValueError, "bias"), ("bias_dtype", TypeError, "bias"), ("bias_list", TypeError, "bias"),
+    ("colsum_shape", ValueError, "colsum"), ("colsum_readonly", ValueError, "colsum"),
+    ("colsum_overlap", ValueError, "colsum"), ("colsum_dtype", TypeError, "colsum"),
+])
+def test_matmul_rejects_bad_bias_or_colsum(case, exc, name):
+    a = np.ones((4, 3), np.float32)
+    b = np.ones((3, 5), np.float32)
+    out = np.empty((4, 5), np.float32)
+    kw = {}
+    if case == "bias_shape":
+        kw["bias"] = np.ones(4, np.float32)
+    elif case == "bias_dtype":
+        kw["bias"] = np.ones(5)
+    elif case == "bias_list":
+        kw["bias"] = [1.0] * 5
+    elif case == "colsum_shape":
+        kw["colsum"] = np.ones((1, 5), np.float32)
+    elif case == "colsum_readonly":
+        kw["colsum"] = np.ones(5, np.float32)
+        kw["colsum"].flags.writeable = False
+    elif case == "colsum_overlap":
+        kw["colsum"] = out[0]
+    elif case == "colsum_dtype":
+        kw["colsum"] = np.ones(5)
+    with pytest.raises(exc, match=f"^{name}"):
+        pylstm.matmul(a, b, out=out, backend="cpu", **kw)
+
+
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="no CPU backend")
 @pytest.mark.parametrize("case,exc,name", [
     ("rank", ValueError, "a"), ("inner", ValueError, "b"), ("dtype", TypeError, "b"),
