@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -43,17 +44,32 @@ class Pool {
     task_ = &fn;
     task_size_ = threads;
     arrived_.store(0, std::memory_order_relaxed);
+    failed_.store(false, std::memory_order_relaxed);
+    error_ = nullptr;
     remaining_.store(threads - 1, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lk(mu_);
       gen_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    fn(Team(0, threads, &arrived_, &phase_));
+    run_task(0);
+    // Always wait for every worker: they use fn and the caller's stack until they return.
     while (remaining_.load(std::memory_order_acquire) != 0) cpu_relax();
+    if (error_) std::rethrow_exception(error_);
   }
 
  private:
+  void run_task(int tid) {
+    try {
+      (*task_)(Team(tid, task_size_, &arrived_, &phase_, &failed_));
+    } catch (const TeamAborted&) {
+      // another thread failed first; its exception is the one reported
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(error_mu_);
+      if (!error_) error_ = std::current_exception();
+      failed_.store(true, std::memory_order_release);
+    }
+  }
   void worker(int wid, uint64_t seen) {
     for (;;) {
       uint64_t g = gen_.load(std::memory_order_acquire);
@@ -68,7 +84,7 @@ class Pool {
       }
       seen = g;
       if (wid < task_size_) {
-        (*task_)(Team(wid, task_size_, &arrived_, &phase_));
+        run_task(wid);
         remaining_.fetch_sub(1, std::memory_order_release);
       }
     }
@@ -81,6 +97,9 @@ class Pool {
   std::atomic<int> remaining_{0};
   std::atomic<int> arrived_{0};
   std::atomic<int> phase_{0};
+  std::atomic<bool> failed_{false};
+  std::mutex error_mu_;
+  std::exception_ptr error_;  // the first exception of the current run
   const std::function<void(const Team&)>* task_ = nullptr;
   int task_size_ = 0;
   size_t workers_ = 0;
@@ -124,6 +143,7 @@ void Team::wait(int token) const {
   // work shares the cores, a thread that only spins keeps the late thread from running
   // (measured: 3 threads on 2 cores without yielding took 322 ms instead of 38 ms).
   for (int spins = 0; phase_->load(std::memory_order_acquire) == token; ++spins) {
+    if (failed_ && failed_->load(std::memory_order_acquire)) throw TeamAborted{};
     if (spins < 4096) cpu_relax();
     else std::this_thread::yield();
   }
@@ -142,9 +162,11 @@ void parallel_run(int threads, const std::function<void(const Team&)>& fn) {
     fn(Team(0, 1, &arrived, &phase));
     return;
   }
-  t_in_run = true;
+  struct InRun {
+    InRun() { t_in_run = true; }
+    ~InRun() { t_in_run = false; }  // also when the run rethrows
+  } in_run;
   pool().run(threads, fn);
-  t_in_run = false;
 }
 
 // CPUs this process may run on.

@@ -21,11 +21,16 @@
 
 namespace pylstm {
 
+// Thrown by Team::wait in the threads of a run that another thread of it has left with an
+// exception: they unwind instead of waiting forever for it (parallel_run catches it).
+struct TeamAborted {};
+
 // The context of one parallel run: thread id, thread count, and a spin barrier among them.
 class Team {
  public:
-  Team(int tid, int size, std::atomic<int>* arrived, std::atomic<int>* phase)
-      : tid_(tid), size_(size), arrived_(arrived), phase_(phase) {}
+  Team(int tid, int size, std::atomic<int>* arrived, std::atomic<int>* phase,
+       const std::atomic<bool>* failed = nullptr)
+      : tid_(tid), size_(size), arrived_(arrived), phase_(phase), failed_(failed) {}
   int tid() const { return tid_; }
   int size() const { return size_; }
   // Waits until every thread of the run has reached the barrier (memory is synchronized).
@@ -33,7 +38,8 @@ class Team {
   // The barrier in two halves: arrive() says this thread's writes are done and returns a
   // token; wait(token) returns once every thread has arrived (and their writes are visible).
   // Work between the two overlaps the other threads' lateness. Every thread must arrive
-  // exactly once per phase, and wait before arriving again.
+  // exactly once per phase, and wait before arriving again. wait throws TeamAborted when
+  // another thread of the run has thrown.
   int arrive() const;
   void wait(int token) const;
   // The [begin, end) part of [0, n) this thread owns when n is split in multiples of `align`.
@@ -43,10 +49,14 @@ class Team {
   int tid_, size_;
   std::atomic<int>* arrived_;
   std::atomic<int>* phase_;
+  const std::atomic<bool>* failed_;
 };
 
 // Runs fn(team) on `threads` threads (the caller is thread 0) and returns when all are done.
 // Calls from several host threads at once are serialized. threads <= 1 runs fn on the caller.
+// An exception thrown by fn on any thread (std::bad_alloc from a scratch buffer, say) makes
+// the other threads leave at their next barrier; once all have returned, the first exception
+// is rethrown on the caller (pybind turns it into a Python exception).
 void parallel_run(int threads, const std::function<void(const Team&)>& fn);
 
 // Calls body(begin, end) for fixed chunks covering [0, n) on the pool. Chunk boundaries do not
