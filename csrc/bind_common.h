@@ -331,7 +331,9 @@ std::vector<Span<T>> spans(const py::object& grads) {
   std::vector<Span<T>> out;
   for (const py::handle& h : grads) {
     py::array a = py::reinterpret_borrow<py::array>(h);
-    out.push_back({static_cast<T*>(a.mutable_data()), int64_t(a.size())});
+    // data(), not mutable_data(): the norm alone reads read-only arrays too (clipping checked
+    // writability when it validated the list)
+    out.push_back({const_cast<T*>(static_cast<const T*>(a.data())), int64_t(a.size())});
   }
   return out;
 }

@@ -50,11 +50,12 @@ double global_norm_cpu(const std::vector<Span<T>>& arrays) {
 
 template <class T>
 void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate) {
-  const T r = T(rate);
+  // The product in double, rounded once (as the CUDA kernel and the reference do): a rate
+  // below float32's range (1e-9 / 3e38) would round to 0 and zero the gradients.
   for (const auto& a : arrays) {
     parallel_chunks(a.size, kChunk, 2 * kChunk, [&](int64_t lo, int64_t hi) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; ++i) a.data[i] *= r;
+      for (int64_t i = lo; i < hi; ++i) a.data[i] = T(double(a.data[i]) * rate);
     });
   }
 }

@@ -109,7 +109,7 @@ def default_num_threads() -> int:
             except ValueError:
                 continue
             if n >= 1:
-                return n
+                return min(n, 2**31 - 1)  # set_num_threads caps it at the CPUs
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

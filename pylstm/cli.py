@@ -309,6 +309,10 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError, DeviceUnavailableError) as exc:
         print(f"pylstm {a.command}: error: {exc}", file=sys.stderr)
         return 1
+    except FloatingPointError as exc:  # clip_grads on a NaN/inf gradient norm: training diverged
+        print(f"pylstm {a.command}: error: training diverged ({exc}); try a smaller --lr or --clip",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ a message that starts with the argument's name. Nothing is cast or copied silent
 
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import numpy as np
@@ -55,7 +56,7 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    _backend.require_cpu().set_num_threads(int(n))
+    _backend.require_cpu().set_num_threads(min(int(n), 2**31 - 1))  # the kernels cap it at the CPUs
 
 
 def get_num_threads() -> int:
@@ -97,7 +98,14 @@ def _type_desc(a) -> str:
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+def _reject_masked(a, name: str):
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray: the kernels would ignore its mask; pass "
+                        f"{name}.filled(value) or a plain numpy.ndarray")
+
+
 def _require_ndarray(a, name: str):
+    _reject_masked(a, name)
     if not isinstance(a, np.ndarray):
         if _devices.is_device_array(a):
             raise TypeError(
@@ -313,6 +321,12 @@ def _device_clip(name, grads, max_norm: float, error_if_nonfinite: bool):
     return lib.scalar(work, 0)
 
 
+def _reject_masked_list(grads):
+    if isinstance(grads, (list, tuple)):
+        for k, g in enumerate(grads):
+            _reject_masked(g, f"grads[{k}]")
+
+
 def _check_grads(grads, writable: bool):
     if not isinstance(grads, (list, tuple)):
         raise TypeError(f"grads must be a list or tuple of numpy arrays, got {type(grads).__name__}")
@@ -343,6 +357,7 @@ def global_norm(grads: Sequence[np.ndarray], backend: str = "auto") -> float:
     """sqrt(sum of squares of every element of every array), accumulated in float64.
 
     For device arrays the result is a 0-d float64 device array (reading it synchronizes)."""
+    _reject_masked_list(grads)
     name = _resolve_backend(backend, grads[0] if isinstance(grads, (list, tuple)) and grads else None)
     if name in _DEVICE_BACKENDS:
         return _device_clip(name, grads, 0.0, False)
@@ -368,6 +383,7 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
         raise TypeError(f"max_norm must be a number, got {type(max_norm).__name__}")
     if not (np.isfinite(max_norm) and max_norm > 0):
         raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
+    _reject_masked_list(grads)
     name = _resolve_backend(backend, grads[0] if isinstance(grads, (list, tuple)) and grads else None)
     if name in _DEVICE_BACKENDS:
         return _device_clip(name, grads, float(max_norm), bool(error_if_nonfinite))
@@ -386,6 +402,8 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
     pass). ``colsum`` (N,), when given, receives ``b.sum(axis=0)`` (the Affine layer's
     ``db``; on the CPU summed in double while b is read for the product).
     """
+    for vname, v in (("a", a), ("b", b), ("out", out), ("bias", bias), ("colsum", colsum)):
+        _reject_masked(v, vname)
     name = _resolve_backend(backend, a)
     if name in _DEVICE_BACKENDS and _devices.is_device_array(a):  # CuPy: its own cuBLAS matmul
         r = a @ b
@@ -460,6 +478,16 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
     loss : float (a 0-d device array for device scores); dscores : (M, V) array, or None when
     ``need_grad`` is False.
     """
+    if isinstance(ignore_label, bool):
+        raise TypeError("ignore_label must be an integer, got bool")
+    try:
+        ignore_label = operator.index(ignore_label)
+    except TypeError:
+        raise TypeError(f"ignore_label must be an integer, got {type(ignore_label).__name__}") from None
+    if not -(2**31) <= ignore_label < 2**31:
+        raise ValueError(f"ignore_label must fit in 32 bits (labels are int32 in the kernels), got {ignore_label}")
+    _reject_masked(scores, "scores")
+    _reject_masked(labels, "labels")
     if _devices.is_device_array(scores) and backend in ("auto", "cuda"):
         xp = _devices.array_module(scores)
         if xp is np:

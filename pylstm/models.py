@@ -287,6 +287,9 @@ class LstmLM:
         extra_json = {}
         for k, v in (extra or {}).items():
             if isinstance(v, np.ndarray):
+                if v.dtype.hasobject:
+                    raise TypeError(f"extra[{k!r}]: object arrays cannot be stored (checkpoints are "
+                                    "read without pickle); pass numeric arrays or JSON values")
                 arrays[f"extra_{k}"] = v
             else:
                 extra_json[k] = v
@@ -300,11 +303,13 @@ class LstmLM:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint is a normal file
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        _fsync_dir(directory)  # the rename itself survives a crash
 
     def load_params(self, path: str) -> dict:
         """Load a checkpoint's parameters into this model (same architecture and sizes).
@@ -313,16 +318,19 @@ class LstmLM:
         if meta["config"] != self.config:
             raise CheckpointError(f"{path}: checkpoint is for {meta['model']} {meta['config']}, "
                                   f"this model is {type(self).__name__} {self.config}")
+        staged = []  # every array checked before any parameter is written
         for i in self._own_params():
             a = arrays.get(f"param_{i}")
             if a is None or a.shape != self.params[i].shape:
                 raise CheckpointError(f"{path}: parameter {i} missing or of shape "
                                       f"{None if a is None else a.shape}, expected {self.params[i].shape}")
+            if a.dtype.kind != "f":
+                raise CheckpointError(f"{path}: parameter {i} has dtype {a.dtype}, expected a float dtype")
+            staged.append((i, a))
+        for i, a in staged:
             self.params[i][...] = to_module(a, array_module(self.params[i]))
-        extra = dict(meta.get("extra", {}))
-        extra.update({k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")})
         self.reset_state()
-        return extra
+        return _checkpoint_extra(meta, arrays)
 
     def load_book_params(self, path: str) -> None:
         """Load a DLfS2 ``.pkl`` weight file (a list of float16 arrays in the book's params order)."""
@@ -354,22 +362,85 @@ def _read_checkpoint(path: str):
         meta = json.loads(arrays.pop("meta").tobytes().decode())
     except Exception as exc:
         raise CheckpointError(f"{path}: no pylstm metadata ({exc})") from exc
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a pylstm checkpoint (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: not a pylstm checkpoint (format {fmt!r})")
     if meta.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')}, this pylstm reads "
                               f"version {CHECKPOINT_VERSION}")
+    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("config"), dict) \
+            or not isinstance(meta.get("extra", {}), dict):
+        raise CheckpointError(f"{path}: malformed pylstm metadata (model {meta.get('model')!r}, "
+                              f"config {type(meta.get('config')).__name__})")
     return meta, arrays
+
+
+def _checkpoint_extra(meta: dict, arrays: dict) -> dict:
+    extra = dict(meta.get("extra", {}))
+    extra.update({k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")})
+    return extra
+
+
+def read_checkpoint_extra(path: str) -> dict:
+    """A checkpoint's ``extra`` (arrays and JSON values), without loading it into a model."""
+    return _checkpoint_extra(*_read_checkpoint(path))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not possible on every platform
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_CONFIG_KEYS = {"vocab_size": int, "wordvec_size": int, "hidden_size": int, "num_layers": int,
+                "dropout_ratio": (int, float), "tie_weights": bool, "init": (str, int, float)}
+
+
+def _check_config(path: str, config: dict, arrays: dict) -> None:
+    """The config must be what LstmLM takes, and describe exactly the parameters the file holds
+    (checked before the model is built: a corrupt size would otherwise allocate first)."""
+    if set(config) != set(_CONFIG_KEYS):
+        raise CheckpointError(f"{path}: config keys {sorted(config)}, expected {sorted(_CONFIG_KEYS)}")
+    for k, types in _CONFIG_KEYS.items():
+        v = config[k]
+        if not isinstance(v, types) or (types is int and isinstance(v, bool)):
+            raise CheckpointError(f"{path}: config {k} = {v!r} has the wrong type")
+    V, D, H, L = (config[k] for k in ("vocab_size", "wordvec_size", "hidden_size", "num_layers"))
+    if min(V, D, H, L) < 1:
+        raise CheckpointError(f"{path}: config sizes must be >= 1, got {V, D, H, L}")
+    want = V * D + V + (0 if config["tie_weights"] else H * V)
+    want += sum((D if layer == 0 else H) * 4 * H + H * 4 * H + 4 * H for layer in range(L))
+    have = sum(a.size for k, a in arrays.items() if k.startswith("param_"))
+    if want != have:
+        raise CheckpointError(f"{path}: config describes {want} parameters, the file holds {have}")
 
 
 def load_checkpoint(path: str, backend: str = "auto"):
     """Build the model a checkpoint describes and load it. Returns (model, extra)."""
-    meta, _ = _read_checkpoint(path)
+    meta, arrays = _read_checkpoint(path)
     cls = {"Rnnlm": Rnnlm, "BetterRnnlm": BetterRnnlm, "LstmLM": LstmLM}.get(meta["model"])
     if cls is None:
         raise CheckpointError(f"{path}: unknown model class {meta['model']!r}")
+    _check_config(path, meta["config"], arrays)
+    del arrays
     model = LstmLM.__new__(cls)
-    LstmLM.__init__(model, backend=backend, **meta["config"])
+    try:
+        LstmLM.__init__(model, backend=backend, **meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: config {meta['config']} does not build a model ({exc})") from exc
     return model, model.load_params(path)
 
 

@@ -202,8 +202,8 @@ def clip_grads_ref(grads: Sequence[np.ndarray], max_norm: float,
         return total
     rate = max_norm / (total + 1e-6)
     if rate < 1:
-        for g in grads:
-            g *= g.dtype.type(rate)
+        for g in grads:  # in double, rounded once: a float32 rate could underflow to 0
+            np.multiply(g, np.float64(rate), out=g, dtype=np.float64)
     return total
 
 

@@ -18,9 +18,17 @@ import numpy as np
 
 from ._devices import array_module, to_host, to_module
 from .functional import clip_grads
-from .models import LstmLM, unique_params
+from .models import CheckpointError, LstmLM, read_checkpoint_extra, unique_params
 
-__all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices"]
+__all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
+
+
+_TRAINER_KEYS = ("time_idx", "epoch", "loss_sum", "loss_count", "ppl_list", "val_ppl_list", "rng")
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp(mean cross-entropy), inf past float range (a diverged run) instead of OverflowError."""
+    return math.exp(mean_loss) if mean_loss < 709.0 else math.inf
 
 
 def batch_indices(data_size: int, batch_size: int, time_size: int, time_idx: int) -> np.ndarray:
@@ -62,7 +70,7 @@ def eval_perplexity(model: LstmLM, corpus, batch_size: int = 10, time_size: int 
     if verbose:
         sys.stderr.write("\n")
     model.reset_state()
-    return float(math.exp(float(total) / max_iters))
+    return perplexity(float(total) / max_iters)
 
 
 class _Progress:
@@ -127,6 +135,7 @@ class RnnlmTrainer:
                    "loss_sum": float(self.loss_sum), "loss_count": self.loss_count,
               "ppl_list": list(self.ppl_list), "val_ppl_list": list(self.val_ppl_list),
               "rng": _rng_states(self.model)})
+        st["optimizer"] = type(self.optimizer).__name__
         for k, v in self.optimizer.state_dict().items():
             st[f"opt_{k}"] = v if isinstance(v, np.ndarray) else float(v)
         for i, layer in enumerate(self.model.lstm_layers):
@@ -139,7 +148,17 @@ class RnnlmTrainer:
 
     def resume(self, path: str) -> None:
         """Load a checkpoint written by ``fit`` (model, optimizer, cursors, LSTM states, RNG):
-        the next ``fit`` continues exactly where the saved run stopped."""
+        the next ``fit`` continues exactly where the saved run stopped. The file is checked
+        first (a trainer checkpoint, for this optimizer): a bad one changes nothing."""
+        extra = read_checkpoint_extra(path)
+        missing = [k for k in _TRAINER_KEYS if k not in extra]
+        if missing:
+            raise CheckpointError(f"{path}: not a trainer checkpoint (written by model.save rather than "
+                                  f"fit/save_checkpoint?): missing {', '.join(missing)}")
+        saved = extra.get("optimizer")  # absent in files from before it was recorded
+        if saved is not None and saved != type(self.optimizer).__name__:
+            raise CheckpointError(f"{path}: optimizer state of {saved}, this trainer's optimizer is "
+                                  f"{type(self.optimizer).__name__}")
         extra = self.model.load_params(path)
         self.time_idx = int(extra["time_idx"])
         self.current_epoch = int(extra["epoch"])
@@ -226,7 +245,7 @@ class RnnlmTrainer:
                             raise FloatingPointError(
                                 "grads: the global gradient norm was NaN or inf at a step since the "
                                 "last perplexity line (on the GPU this is reported here, not at once)")
-                        ppl = math.exp(float(self.loss_sum) / self.loss_count)
+                        ppl = perplexity(float(self.loss_sum) / self.loss_count)
                         bar.write(f"| epoch {epoch + 1} |  iter {it + 1} / {max_iters} | time "
                                   f"{int(time.time() - start)}[s] | perplexity {ppl:.2f}", self.log)
                         self.ppl_list.append(float(ppl))

@@ -121,3 +121,22 @@ def test_tuple_of_arrays_accepted(backend):
     grads = tuple(_grads(np.float64, [(3,), (4,)], seed=6, scale=10.0))
     clip_grads(grads, 1.0, backend=backend)
     assert ref.global_norm_ref(grads) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_global_norm_reads_read_only_arrays(backend):
+    g = np.arange(4, dtype=np.float32)
+    g.flags.writeable = False
+    assert global_norm([g], backend=backend) == pytest.approx(np.sqrt(14.0))
+
+
+def test_float32_rate_below_float32_range_does_not_zero_the_grads(backend):
+    """max_norm / norm = 1e-9 / 6e38 underflows float32: the scaling runs in double."""
+    g = [np.full(4, 3e38, np.float32)]
+    clip_grads(g, 1e-9, backend=backend)
+    assert ref.global_norm_ref(g) == pytest.approx(1e-9, rel=1e-5)
+
+
+def test_masked_arrays_rejected(backend):
+    g = np.ma.masked_array(np.ones(3), mask=[0, 1, 0])
+    with pytest.raises(TypeError, match=r"^grads\[0\].*MaskedArray"):
+        global_norm([g], backend=backend)

@@ -51,3 +51,17 @@ def test_set_num_threads_round_trip_and_cap(threads):
     assert pylstm.get_num_threads() == min(2, cpus)
     pylstm.set_num_threads(cpus + 7)
     assert pylstm.get_num_threads() == cpus
+    for huge in (2**31, 2**40, np.int64(2**33)):  # past C int: capped like any other count
+        pylstm.set_num_threads(huge)
+        assert pylstm.get_num_threads() == cpus
+
+
+def test_huge_thread_count_from_the_environment_is_capped():
+    import subprocess
+    import sys
+
+    code = "import pylstm; print(pylstm.get_num_threads())"
+    env = dict(__import__("os").environ, PYLSTM_NUM_THREADS="3000000000")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) >= 1

@@ -340,3 +340,29 @@ def test_softmax_cross_entropy_extreme_scores(backend):
 def test_softmax_cross_entropy_rejects_labels(backend, labels, exc):
     with pytest.raises(exc, match="^labels"):
         pylstm.softmax_cross_entropy(np.zeros((2, 3)), labels, backend=backend)
+
+
+@pytest.mark.parametrize("ignore,exc", [(1.5, TypeError), ("1", TypeError), (True, TypeError),
+                                        (2**40, ValueError)])
+def test_softmax_cross_entropy_rejects_ignore_label(backend, ignore, exc):
+    with pytest.raises(exc, match="^ignore_label"):
+        pylstm.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), ignore_label=ignore, backend=backend)
+
+
+def test_softmax_cross_entropy_takes_numpy_integer_ignore_label(backend):
+    s = np.random.default_rng(0).standard_normal((4, 3))
+    t = np.array([0, 1, 2, 1])
+    a = pylstm.softmax_cross_entropy(s, t, ignore_label=np.int64(1), backend=backend)[0]
+    b = pylstm.softmax_cross_entropy(s, t, ignore_label=1, backend=backend)[0]
+    assert a == b
+
+
+def test_masked_arrays_rejected_by_the_kernels(backend):
+    x = np.ma.masked_array(np.ones((2, 3)), mask=False)
+    with pytest.raises(TypeError, match="^scores.*MaskedArray"):
+        pylstm.softmax_cross_entropy(x, np.array([0, 1]), backend=backend)
+    with pytest.raises(TypeError, match="^a.*MaskedArray"):
+        pylstm.matmul(x, np.ones((3, 2)), backend=backend)
+    xs = np.ma.masked_array(np.ones((1, 2, 3)), mask=False)
+    with pytest.raises(TypeError, match="^xs.*MaskedArray"):
+        pylstm.lstm_forward(xs, np.ones((3, 8)), np.ones((2, 8)), np.ones(8), backend=backend)

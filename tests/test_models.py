@@ -222,3 +222,68 @@ def test_torch_nn_lstm_matches_the_model_layers():
     m2 = LstmLM(15, 6, 7, num_layers=2, seed=11)
     m2.load_lstm_state_dict_torch(lstm.state_dict())
     assert_close("Wh", m2.lstm_layers[1].params[1], m.lstm_layers[1].params[1], 1e-7)
+
+
+def _rewrite(path, out, meta_fn=None, arrays_fn=None):
+    """Copy a checkpoint with its metadata and/or arrays edited."""
+    import json
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    if meta_fn:
+        meta = meta_fn(meta)
+    if arrays_fn:
+        arrays = arrays_fn(arrays)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(out, **arrays)
+    return str(out)
+
+
+def _set(meta, key, value):
+    meta = dict(meta)
+    meta[key] = value
+    return meta
+
+
+def test_malformed_checkpoints_raise_checkpoint_error_and_change_nothing(tmp_path):
+    m = Rnnlm(vocab_size=10, wordvec_size=3, hidden_size=3, seed=5)
+    good = str(tmp_path / "good.npz")
+    m.save(good)
+    cases = {
+        "meta_list": dict(meta_fn=lambda meta: [meta]),
+        "no_config": dict(meta_fn=lambda meta: {k: v for k, v in meta.items() if k != "config"}),
+        "config_str": dict(meta_fn=lambda meta: _set(meta, "config", "x")),
+        "config_extra_key": dict(meta_fn=lambda meta: _set(meta, "config", {**meta["config"], "foo": 1})),
+        "config_bad_type": dict(meta_fn=lambda meta: _set(meta, "config", {**meta["config"], "hidden_size": "3"})),
+        # a corrupt size must not allocate first (10**12 x 3 floats)
+        "config_huge": dict(meta_fn=lambda meta: _set(meta, "config", {**meta["config"], "vocab_size": 10**12})),
+        "param_int": dict(arrays_fn=lambda a: {**a, "param_2": a["param_2"].astype(np.int64)}),
+        "param_complex": dict(arrays_fn=lambda a: {**a, "param_2": a["param_2"].astype(np.complex64)}),
+        "param_shape": dict(arrays_fn=lambda a: {**a, "param_3": a["param_3"][:-1]}),
+    }
+    for name, kw in cases.items():
+        path = _rewrite(good, tmp_path / f"{name}.npz", **kw)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(path)
+        other = Rnnlm(vocab_size=10, wordvec_size=3, hidden_size=3, seed=6)
+        before = [p.copy() for p in other.params]
+        if name not in ("config_huge", "config_extra_key", "config_bad_type"):  # config mismatch is its own error
+            with pytest.raises(CheckpointError):
+                other.load_params(path)
+            for a, b in zip(other.params, before):  # nothing half-loaded
+                np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_rejects_object_extras_and_has_normal_permissions(tmp_path):
+    m = Rnnlm(vocab_size=10, wordvec_size=3, hidden_size=3, seed=5)
+    path = str(tmp_path / "m.npz")
+    with pytest.raises(TypeError, match="extra"):
+        m.save(path, extra={"x": np.array([{}], dtype=object)})
+    assert not os.listdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        m.save(path)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644

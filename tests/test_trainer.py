@@ -120,3 +120,33 @@ def test_plot_writes_png(tmp_path):
     path = tr.plot(str(tmp_path / "p.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_rejects_a_model_file_or_another_optimizer_and_changes_nothing(tmp_path):
+    from pylstm.models import CheckpointError
+    from pylstm.optimizers import Momentum
+
+    c = _corpus(600, seed=3)
+    m = Rnnlm(12, 4, 4, seed=1)
+    tr = RnnlmTrainer(m, Adam(0.01), log=lambda s: None)
+    ck = str(tmp_path / "ck.npz")
+    tr.fit(c[:-1], c[1:], max_epoch=1, batch_size=4, time_size=5, eval_interval=None, checkpoint=ck,
+           progress=False)
+    plain = str(tmp_path / "model.npz")
+    m.save(plain)
+    for path, opt, msg in ((plain, Adam(0.01), "not a trainer checkpoint"), (ck, Momentum(0.1), "Adam")):
+        m2 = Rnnlm(12, 4, 4, seed=7)
+        before = [p.copy() for p in m2.params]
+        t2 = RnnlmTrainer(m2, opt, log=lambda s: None)
+        with pytest.raises(CheckpointError, match=msg):
+            t2.resume(path)
+        for a, b in zip(m2.params, before):
+            np.testing.assert_array_equal(a, b)
+        assert t2.time_idx == 0 and t2.current_epoch == 0
+
+
+def test_perplexity_of_a_diverged_run_is_inf_not_an_error():
+    from pylstm.trainer import perplexity
+
+    assert perplexity(0.0) == 1.0
+    assert perplexity(1e6) == math.inf
