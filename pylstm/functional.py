@@ -66,6 +66,8 @@ def get_num_threads() -> int:
 
 def _resolve_backend(backend: str, probe=None) -> str:
     """The backend to run: `probe` (the first array argument) decides "auto"."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, one of {_BACKENDS}, got {type(backend).__name__}")
     if backend == "cuda-emu" and _backend.cuda_emu is not None:
         return backend  # test-only: the CUDA sources emulated on the CPU (LSTM and clipping)
     if not isinstance(backend, str) or backend not in _BACKENDS:
@@ -381,7 +383,11 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
     """
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer, np.floating)):
         raise TypeError(f"max_norm must be a number, got {type(max_norm).__name__}")
-    if not (np.isfinite(max_norm) and max_norm > 0):
+    try:
+        finite = bool(np.isfinite(float(max_norm)))
+    except OverflowError:  # an int past float range
+        finite = False
+    if not (finite and max_norm > 0):
         raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
     _reject_masked_list(grads)
     name = _resolve_backend(backend, grads[0] if isinstance(grads, (list, tuple)) and grads else None)
@@ -425,6 +431,7 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
         if name == "numpy":
             r = np.matmul(a, b, out=out)
         else:  # out^T = b^T @ a^T, written through the C-contiguous transpose view
+            _check_matmul_operands(a, b, out)  # (the swapped call would name the wrong arguments)
             _backend.cpu.matmul(b.T, a.T, out.T)
             r = out
         if bias is not None:
@@ -433,6 +440,21 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
             colsum[...] = np.sum(b, axis=0, dtype=np.float64)
         return r
     return _backend.cpu.matmul(a, b, out, bias, colsum)
+
+
+def _check_matmul_operands(a, b, out):
+    for vname, v in (("a", a), ("b", b)):
+        if v.ndim != 2:
+            raise ValueError(f"{vname} must have rank 2, got rank {v.ndim} with shape {v.shape}")
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"a must have dtype float32 or float64, got {a.dtype}")
+    for vname, v in (("b", b), ("out", out)):
+        if v.dtype != a.dtype:
+            raise TypeError(f"{vname} must have dtype {a.dtype} (the dtype of a), got {v.dtype}")
+    if b.shape[0] != a.shape[1]:
+        raise ValueError(f"b must have {a.shape[1]} rows (a is {a.shape}), got shape {b.shape}")
+    if out.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(f"out must have shape {(a.shape[0], b.shape[1])}, got {out.shape}")
 
 
 def _softmax_cross_entropy_xp(xp, scores, labels, ignore_label, need_grad, check_labels):

@@ -149,6 +149,35 @@ def test_binding_backward_checks_saved_state(field, exc):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="^backend"):
         _call_public(_args(), "gpu")
+    with pytest.raises(TypeError, match="^backend"):
+        _call_public(_args(), np.array(["cpu", "numpy"]))
+
+
+def test_clip_max_norm_past_float_range():
+    with pytest.raises(ValueError, match="^max_norm"):
+        pylstm.clip_grads([np.ones(3)], 10**400)
+
+
+@pytest.mark.skipif("cpu" not in pylstm.available_backends(), reason="no CPU backend")
+# (a's dtype decides, as with a C-order out: a float64 a with float32 b names b)
+@pytest.mark.parametrize("case,exc,name", [("a_dtype", TypeError, "b"), ("b_dtype", TypeError, "b"),
+                                           ("out_dtype", TypeError, "out"), ("inner", ValueError, "b"),
+                                           ("out_shape", ValueError, "out")])
+def test_matmul_with_fortran_out_names_the_right_argument(case, exc, name):
+    a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+    out = np.empty((3, 5), np.float32, order="F")
+    if case == "a_dtype":
+        a = a.astype(np.float64)
+    elif case == "b_dtype":
+        b = b.astype(np.float64)
+    elif case == "out_dtype":
+        out = np.empty((3, 5), np.float64, order="F")
+    elif case == "inner":
+        b = np.ones((3, 5), np.float32)
+    else:
+        out = np.empty((5, 3), np.float32, order="F")
+    with pytest.raises(exc, match=f"^{name}"):
+        pylstm.matmul(a, b, out=out, backend="cpu")
 
 
 def _ro(a):
