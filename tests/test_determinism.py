@@ -56,12 +56,13 @@ def test_set_num_threads_round_trip_and_cap(threads):
         assert pylstm.get_num_threads() == cpus
 
 
-def test_huge_thread_count_from_the_environment_is_capped():
+def test_huge_thread_count_from_the_environment_is_capped(tmp_path):
     import subprocess
     import sys
 
     code = "import pylstm; print(pylstm.get_num_threads())"
     env = dict(__import__("os").environ, PYLSTM_NUM_THREADS="3000000000")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                       cwd=tmp_path)  # not the repo root, whose source tree would shadow the install
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) >= 1

@@ -99,13 +99,15 @@ print("after:", bool(np.allclose(hs, want, rtol=1e-4, atol=1e-6)),
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
-def test_allocation_failure_inside_the_pool_raises_memory_error():
+def test_allocation_failure_inside_the_pool_raises_memory_error(tmp_path):
     """A scratch allocation that fails on a pool thread becomes a MemoryError on the caller
     (the other threads leave their barrier; nothing aborts the process or hangs), and the next
     call, with memory back, computes the right answer."""
     import subprocess
 
-    r = subprocess.run([sys.executable, "-c", _OOM_SCRIPT], capture_output=True, text=True, timeout=120)
+    # (cwd elsewhere: in the repo root, "import pylstm" would find the source tree, not the install)
+    r = subprocess.run([sys.executable, "-c", _OOM_SCRIPT], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
     lines = r.stdout.splitlines()
     assert lines[-1] == "after: True True", r.stdout
