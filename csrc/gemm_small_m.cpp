@@ -163,12 +163,15 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
   // Not at other strides: lda 512 185 -> 185, lda 1300 199-207 -> 191-196; nor for row-major
   // A (M=6400 N=256 K=1024: 222 -> 196: the scalar copy costs more than it saves).
   const bool pack = TA && M >= 128 && lda % 1024 == 0;
+  // Up to 128 rows go in one chunk: a second chunk of a few rows (M = 100: 96 + 4) would stream
+  // all of B again for little work (measured on the Affine layer's dW = x^T dS, M = 100).
+  const int64_t mc = M <= 128 ? M : kMC;
   thread_local std::vector<float> abuf;
-  if (pack && abuf.size() < size_t(kMC * kKC)) abuf.resize(size_t(kMC * kKC));
+  if (pack && abuf.size() < size_t(mc * kKC)) abuf.resize(size_t(mc * kKC));
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0);
-    for (int64_t m0 = 0; m0 < M; m0 += kMC) {
-      const int64_t m1 = std::min(M, m0 + kMC);
+    for (int64_t m0 = 0; m0 < M; m0 += mc) {
+      const int64_t m1 = std::min(M, m0 + mc);
       if (pack) pack_at(m0, m1, k0, kc, A, lda, abuf.data());
       for (int64_t p0 = 0; p0 < panels; p0 += kNP) {
         const int np = int(std::min<int64_t>(kNP, panels - p0));
