@@ -72,7 +72,10 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
   if (M * N * K < (int64_t(1) << 18)) nt = 1;  // too small to split
   // float32 with beta = 0 runs on the packed-weight kernel (gemm_small_m.h says why); the rest
   // on BLAS. Split the output along its longer side, so each thread keeps a wide block.
-  const bool packed = std::is_same<T, float>::value && beta == T(0) && small_m_kernel_enabled();
+  // (N < 16: the packed panels would pad B to 16 columns, up to 16x its size, for a GEMV-like
+  // product the kernel does not speed up)
+  const bool packed = std::is_same<T, float>::value && beta == T(0) && N >= 16 &&
+                      small_m_kernel_enabled();
   const bool by_cols = N >= M;
   // Column sums of op(B): a thread sums its own columns (split by columns), or the first
   // thread sums them all (split by rows: every thread has every column). Double sums, then
