@@ -24,24 +24,12 @@ constexpr int64_t kRowAlign = 8;
 
 namespace {
 
-// One thread's block of C = op(A) op(B) (+ bias) on the packed-weight kernel (float32,
-// AVX-512): its columns [c0, c1) and rows [r0, r1) of C; B's block is packed into thread-local
-// panels first (the Affine layers' weights change every step, so they are packed per call; the
-// packing is one pass over the block, against K passes of the multiply). With colsum (a
-// row-major B only), the packing pass also sums B's columns [c0, c1) in double.
-void packed_block(bool trans_a, bool trans_b, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                  int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                  int64_t ldc, const float* bias, double* colsum) {
-  thread_local std::vector<float> buf;
-  const int64_t n = c1 - c0;
-  const size_t need = size_t(packed_b_size(K, n));
-  if (buf.size() < need) buf.resize(need);
-  if (trans_b) pack_b(K, n, [&](int64_t j) { return B + (c0 + j) * ldb; }, 1, buf.data());
-  else pack_b_rows(K, n, B + c0, ldb, buf.data(), colsum);
-  const float* bb = bias ? bias + c0 : nullptr;
-  if (trans_a) gemm_at_packed_b(r1 - r0, n, K, A + r0, lda, buf.data(), C + r0 * ldc + c0, ldc, false, bb);
-  else gemm_packed_b(r1 - r0, n, K, A + r0 * lda, lda, buf.data(), C + r0 * ldc + c0, ldc, false, bb);
-}
+// Packs columns [c0, c1) of op(B) (K x N) into the panels of a packed_b_size(K, N) buffer
+// (panel p at p*K*16; c0 a multiple of 16): each thread packs its own columns, so one buffer
+// serves every thread. With sums (row-major B: in the same pass; a transposed B: after it),
+// sums[j] += column c0 + j of op(B), in double.
+void pack_columns(bool trans_b, int64_t K, int64_t c0, int64_t c1, const float* B, int64_t ldb,
+                  float* packed, double* sums);
 
 // sums[j] += column c0 + j of op(B) (K x N) over its K rows, in order, in double, j < n.
 template <class T>
@@ -62,6 +50,18 @@ void add_column_sums(bool trans_b, int64_t K, int64_t c0, int64_t n, const T* B,
   }
 }
 
+void pack_columns(bool trans_b, int64_t K, int64_t c0, int64_t c1, const float* B, int64_t ldb,
+                  float* packed, double* sums) {
+  if (c1 <= c0) return;
+  float* out = packed + (c0 / 16) * K * 16;
+  if (trans_b) {
+    pack_b(K, c1 - c0, [&](int64_t j) { return B + (c0 + j) * ldb; }, 1, out);
+    if (sums) add_column_sums(true, K, c0, c1 - c0, B, ldb, sums + c0);
+  } else {
+    pack_b_rows(K, c1 - c0, B + c0, ldb, out, sums ? sums + c0 : nullptr);
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -77,27 +77,44 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
   const bool packed = std::is_same<T, float>::value && beta == T(0) && N >= 16 &&
                       small_m_kernel_enabled();
   const bool by_cols = N >= M;
-  // Column sums of op(B): a thread sums its own columns (split by columns), or the first
-  // thread sums them all (split by rows: every thread has every column). Double sums, then
-  // rounded once: the same result at any thread count.
+  // Column sums of op(B), in double, rounded once: the same result at any thread count.
   std::vector<double> sums(colsum ? size_t((N + 15) / 16 * 16) : 0, 0.0);
+  // The packed path packs B once into one buffer (the Affine weights change every step, so
+  // per call; one pass over B against K passes of the multiply), allocated here on the caller
+  // (not inside the pool). Split by columns, each thread packs and uses its own columns; split
+  // by rows, every thread needs all of B: the threads pack a share of the panels each, then
+  // meet at a barrier (before, each packed all of B: at (700 x 10000) @ (10000 x 650) 26 MB
+  // written per thread per call).
+  thread_local std::vector<float> packed_buf;  // the caller's: the lambda uses the pointer
+  if (packed && packed_buf.size() < size_t(packed_b_size(K, N))) packed_buf.resize(size_t(packed_b_size(K, N)));
+  float* const pb = packed_buf.data();
   parallel_run(nt, [&](const Team& team) {
     int64_t lo, hi;
     if (by_cols) team.split(N, kColAlign, lo, hi);
     else team.split(M, kRowAlign, lo, hi);
-    if (hi <= lo) return;
     const int64_t r0 = by_cols ? 0 : lo, r1 = by_cols ? M : hi;
     const int64_t c0 = by_cols ? lo : 0, c1 = by_cols ? hi : N;
-    double* my_sums = colsum && (by_cols || lo == 0) ? sums.data() + c0 : nullptr;
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
-        // pack_b_rows gives the sums of a row-major B in its pass; a transposed B adds them here
-        packed_block(trans_a, trans_b, r0, r1, c0, c1, K, A, lda, B, ldb, C, ldc, bias,
-                     trans_b ? nullptr : my_sums);
-        if (my_sums && trans_b) add_column_sums(trans_b, K, c0, c1 - c0, B, ldb, my_sums);
+        double* sp = colsum ? sums.data() : nullptr;
+        if (by_cols) {
+          pack_columns(trans_b, K, c0, c1, B, ldb, pb, sp);
+        } else {
+          int64_t p0, p1;
+          team.split(N, 16, p0, p1);
+          pack_columns(trans_b, K, p0, p1, B, ldb, pb, sp);
+          team.barrier();
+        }
+        if (hi <= lo) return;
+        const float* bp = pb + (c0 / 16) * K * 16;
+        const float* bb = bias ? bias + c0 : nullptr;
+        if (trans_a) gemm_at_packed_b(r1 - r0, c1 - c0, K, A + r0, lda, bp, C + r0 * ldc + c0, ldc, false, bb);
+        else gemm_packed_b(r1 - r0, c1 - c0, K, A + r0 * lda, lda, bp, C + r0 * ldc + c0, ldc, false, bb);
         return;
       }
     }
+    if (hi <= lo) return;
+    double* my_sums = colsum && (by_cols || lo == 0) ? sums.data() + c0 : nullptr;
     T b = beta;
     if (bias) {  // C = bias + op(A) op(B): the block starts from the bias rows
       for (int64_t r = r0; r < r1; ++r) std::copy(bias + c0, bias + c1, C + r * ldc + c0);
