@@ -87,7 +87,7 @@ void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate);
 // C (M, N, ldc) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major, on the thread pool (the
 // output split by columns or rows, one single-threaded BLAS call per thread). op = transpose
 // when trans_*; lda/ldb are the leading dimensions of A and B as stored.
-//   bias    (N,) or nullptr: added to every row of C (with beta = 0: C = op(A) op(B) + bias)
+//   bias    (N,) or nullptr: C = op(A) op(B) + bias, every row (only with beta = 0)
 //   colsum  (N,) or nullptr, out: the column sums of op(B) over its K rows, summed in double
 //           (the Affine layer's db = dout.sum(axis=0) in the pass that reads dout anyway)
 template <class T>

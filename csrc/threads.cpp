@@ -36,32 +36,36 @@ class Pool {
  public:
   void run(int threads, const std::function<void(const Team&)>& fn) {
     std::lock_guard<std::mutex> run_lock(run_mu_);
+    threads = std::min<int>(threads, int(kSizeMask));
     while (int(workers_) < threads - 1) {
       // The worker starts from the current generation, so it runs the task published below.
       std::thread(&Pool::worker, this, int(workers_) + 1, gen_.load()).detach();
       ++workers_;
     }
     task_ = &fn;
-    task_size_ = threads;
     arrived_.store(0, std::memory_order_relaxed);
     failed_.store(false, std::memory_order_relaxed);
     error_ = nullptr;
     remaining_.store(threads - 1, std::memory_order_relaxed);
     {
+      // The run's thread count travels in the same word as its generation: a worker left out
+      // of one run and preempted must not read the next run's count with the old generation
+      // (it would run the next task once too often; found by a stress test under ASan).
       std::lock_guard<std::mutex> lk(mu_);
-      gen_.fetch_add(1, std::memory_order_release);
+      const uint64_t next = (gen_.load(std::memory_order_relaxed) >> kSizeBits) + 1;
+      gen_.store((next << kSizeBits) | uint64_t(threads), std::memory_order_release);
     }
     cv_.notify_all();
-    run_task(0);
+    run_task(0, threads);
     // Always wait for every worker: they use fn and the caller's stack until they return.
     while (remaining_.load(std::memory_order_acquire) != 0) cpu_relax();
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  void run_task(int tid) {
+  void run_task(int tid, int size) {
     try {
-      (*task_)(Team(tid, task_size_, &arrived_, &phase_, &failed_));
+      (*task_)(Team(tid, size, &arrived_, &phase_, &failed_));
     } catch (const TeamAborted&) {
       // another thread failed first; its exception is the one reported
     } catch (...) {
@@ -83,8 +87,9 @@ class Pool {
         g = gen_.load(std::memory_order_acquire);
       }
       seen = g;
-      if (wid < task_size_) {
-        run_task(wid);
+      const int size = int(g & kSizeMask);  // this generation's thread count
+      if (wid < size) {
+        run_task(wid, size);
         remaining_.fetch_sub(1, std::memory_order_release);
       }
     }
@@ -93,7 +98,9 @@ class Pool {
   std::mutex run_mu_;  // one run at a time
   std::mutex mu_;      // guards sleeping on cv_
   std::condition_variable cv_;
-  std::atomic<uint64_t> gen_{0};
+  static constexpr int kSizeBits = 20;  // thread counts below 2^20 (capped at the CPUs)
+  static constexpr uint64_t kSizeMask = (uint64_t(1) << kSizeBits) - 1;
+  std::atomic<uint64_t> gen_{0};  // (generation << kSizeBits) | thread count of that run
   std::atomic<int> remaining_{0};
   std::atomic<int> arrived_{0};
   std::atomic<int> phase_{0};
@@ -101,7 +108,6 @@ class Pool {
   std::mutex error_mu_;
   std::exception_ptr error_;  // the first exception of the current run
   const std::function<void(const Team&)>* task_ = nullptr;
-  int task_size_ = 0;
   size_t workers_ = 0;
 };
 

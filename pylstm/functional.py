@@ -412,49 +412,77 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
         _reject_masked(v, vname)
     name = _resolve_backend(backend, a)
     if name in _DEVICE_BACKENDS and _devices.is_device_array(a):  # CuPy: its own cuBLAS matmul
+        xp = _devices.array_module(a)
+        for vname, v in (("bias", bias), ("colsum", colsum)):
+            if v is not None and tuple(v.shape) != (b.shape[1],):
+                raise ValueError(f"{vname} must have shape ({b.shape[1]},), got {tuple(v.shape)}")
         r = a @ b
         if bias is not None:
             r += bias
         if colsum is not None:
-            b.sum(axis=0, out=colsum)
+            colsum[...] = b.sum(axis=0, dtype=xp.float64)
         if out is None:
             return r
         out[...] = r
         return out
-    if name == "numpy" or (out is not None and isinstance(out, np.ndarray) and out.ndim == 2
-                           and not out.flags.c_contiguous and out.flags.f_contiguous
-                           and isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-        for vname, v in (("bias", bias), ("colsum", colsum)):
-            if v is not None and (not isinstance(v, np.ndarray) or v.shape != (np.shape(b)[-1],)):
-                raise ValueError(f"{vname} must be an array of shape ({np.shape(b)[-1]},), got "
-                                 f"{getattr(v, 'shape', type(v).__name__)}")
-        if name == "numpy":
-            r = np.matmul(a, b, out=out)
-        else:  # out^T = b^T @ a^T, written through the C-contiguous transpose view
-            _check_matmul_operands(a, b, out)  # (the swapped call would name the wrong arguments)
-            _backend.cpu.matmul(b.T, a.T, out.T)
-            r = out
-        if bias is not None:
-            r += bias
-        if colsum is not None:
-            colsum[...] = np.sum(b, axis=0, dtype=np.float64)
-        return r
-    return _backend.cpu.matmul(a, b, out, bias, colsum)
+    fortran_out = (out is not None and isinstance(out, np.ndarray) and out.ndim == 2
+                   and not out.flags.c_contiguous and out.flags.f_contiguous)
+    if name != "numpy" and not fortran_out:
+        return _backend.cpu.matmul(a, b, out, bias, colsum)  # the binding checks everything
+    # NumPy, or a Fortran-order out (out^T = b^T @ a^T through the C-contiguous transpose view):
+    # the checks the binding would make, naming the arguments as the caller gave them
+    _check_matmul_operands(a, b, out, bias, colsum)
+    if name == "numpy":
+        r = np.matmul(a, b, out=out)
+    else:
+        _backend.cpu.matmul(b.T, a.T, out.T)
+        r = out
+    if bias is not None:
+        r += bias
+    if colsum is not None:
+        colsum[...] = np.sum(b, axis=0, dtype=np.float64)
+    return r
 
 
-def _check_matmul_operands(a, b, out):
+def _check_matmul_operands(a, b, out, bias, colsum):
     for vname, v in (("a", a), ("b", b)):
+        _require_ndarray(v, vname)
         if v.ndim != 2:
             raise ValueError(f"{vname} must have rank 2, got rank {v.ndim} with shape {v.shape}")
+        if not (v.flags.c_contiguous or v.flags.f_contiguous):
+            raise ValueError(f"{vname} must be C- or F-contiguous, got strides {v.strides}")
     if a.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"a must have dtype float32 or float64, got {a.dtype}")
-    for vname, v in (("b", b), ("out", out)):
-        if v.dtype != a.dtype:
-            raise TypeError(f"{vname} must have dtype {a.dtype} (the dtype of a), got {v.dtype}")
+    if b.dtype != a.dtype:
+        raise TypeError(f"b must have dtype {a.dtype} (the dtype of a), got {b.dtype}")
     if b.shape[0] != a.shape[1]:
         raise ValueError(f"b must have {a.shape[1]} rows (a is {a.shape}), got shape {b.shape}")
-    if out.shape != (a.shape[0], b.shape[1]):
-        raise ValueError(f"out must have shape {(a.shape[0], b.shape[1])}, got {out.shape}")
+    N = b.shape[1]
+    if out is not None:
+        _require_ndarray(out, "out")
+        if out.dtype != a.dtype:
+            raise TypeError(f"out must have dtype {a.dtype} (the dtype of a), got {out.dtype}")
+        if out.shape != (a.shape[0], N):
+            raise ValueError(f"out must have shape {(a.shape[0], N)}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writable, got a read-only array")
+        if np.shares_memory(out, a) or np.shares_memory(out, b):
+            raise ValueError("out must not overlap a or b")
+    for vname, v in (("bias", bias), ("colsum", colsum)):
+        if v is None:
+            continue
+        _require_ndarray(v, vname)
+        if v.dtype != a.dtype:
+            raise TypeError(f"{vname} must have dtype {a.dtype} (the dtype of a), got {v.dtype}")
+        if v.shape != (N,):
+            raise ValueError(f"{vname} must have shape ({N},), got {v.shape}")
+        if out is not None and np.shares_memory(v, out):
+            raise ValueError(f"{vname} must not overlap out")
+    if colsum is not None:
+        if not colsum.flags.writeable:
+            raise ValueError("colsum must be writable, got a read-only array")
+        if any(o is not None and np.shares_memory(colsum, o) for o in (a, b, bias)):
+            raise ValueError("colsum must not overlap a, b, bias or out")
 
 
 def _softmax_cross_entropy_xp(xp, scores, labels, ignore_label, need_grad, check_labels):

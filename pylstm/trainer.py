@@ -8,6 +8,7 @@ cursor, and the LSTM state carries over between iterations.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -159,20 +160,40 @@ class RnnlmTrainer:
         if saved is not None and saved != type(self.optimizer).__name__:
             raise CheckpointError(f"{path}: optimizer state of {saved}, this trainer's optimizer is "
                                   f"{type(self.optimizer).__name__}")
-        extra = self.model.load_params(path)
-        self.time_idx = int(extra["time_idx"])
-        self.current_epoch = int(extra["epoch"])
-        self.loss_sum, self.loss_count = float(extra["loss_sum"]), int(extra["loss_count"])
-        self.ppl_list = list(extra["ppl_list"])
-        self.val_ppl_list = list(extra["val_ppl_list"])
+        # Everything the trainer takes from the file is converted and tried on throwaway
+        # objects first; the model's load checks its own part; only then is anything assigned.
         opt = {k[4:]: v for k, v in extra.items() if k.startswith("opt_")}
+        try:
+            time_idx, epoch = int(extra["time_idx"]), int(extra["epoch"])
+            loss_sum, loss_count = float(extra["loss_sum"]), int(extra["loss_count"])
+            ppl_list = [float(v) for v in extra["ppl_list"]]
+            val_ppl_list = [float(v) for v in extra["val_ppl_list"]]
+            copy.copy(self.optimizer).load_state_dict(opt)
+            rng = list(extra["rng"])
+            if len(rng) != len(self.model.drop_layers):
+                raise ValueError(f"{len(rng)} dropout generator states for {len(self.model.drop_layers)} layers")
+            for layer, st in zip(self.model.drop_layers, rng):
+                type(layer.rng.bit_generator)().state = st
+            states = {}
+            for i, layer in enumerate(self.model.lstm_layers):
+                if f"lstm{i}_h" in extra:
+                    h, c = (np.ascontiguousarray(extra[f"lstm{i}_{k}"], dtype=layer.params[0].dtype)
+                            for k in "hc")
+                    if h.ndim != 2 or h.shape != c.shape or h.shape[1] != layer.params[1].shape[0]:
+                        raise ValueError(f"LSTM {i} state of shape {h.shape}/{c.shape}")
+                    states[i] = (h, c)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: malformed trainer state ({type(exc).__name__}: {exc})") from exc
+        self.model.load_params(path)
+        self.time_idx, self.current_epoch = time_idx, epoch
+        self.loss_sum, self.loss_count = loss_sum, loss_count
+        self.ppl_list, self.val_ppl_list = ppl_list, val_ppl_list
         self.optimizer.load_state_dict(opt)
-        for i, layer in enumerate(self.model.lstm_layers):
-            if f"lstm{i}_h" in extra:
-                xp = array_module(layer.params[0])
-                layer.h = to_module(np.ascontiguousarray(extra[f"lstm{i}_h"]), xp)
-                layer.c = to_module(np.ascontiguousarray(extra[f"lstm{i}_c"]), xp)
-        _set_rng_states(self.model, extra["rng"])
+        for i, (h, c) in states.items():
+            layer = self.model.lstm_layers[i]
+            xp = array_module(layer.params[0])
+            layer.h, layer.c = to_module(h, xp), to_module(c, xp)
+        _set_rng_states(self.model, rng)
 
     def fit(self, xs, ts, max_epoch: int = 10, batch_size: int = 20, time_size: int = 35,
             max_grad: Optional[float] = None, eval_interval: Optional[int] = 20,

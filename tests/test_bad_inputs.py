@@ -162,10 +162,15 @@ def test_clip_max_norm_past_float_range():
 # (a's dtype decides, as with a C-order out: a float64 a with float32 b names b)
 @pytest.mark.parametrize("case,exc,name", [("a_dtype", TypeError, "b"), ("b_dtype", TypeError, "b"),
                                            ("out_dtype", TypeError, "out"), ("inner", ValueError, "b"),
-                                           ("out_shape", ValueError, "out")])
+                                           ("out_shape", ValueError, "out"), ("b_noncontig", ValueError, "b"),
+                                           ("bias_dtype", TypeError, "bias"), ("colsum_dtype", TypeError, "colsum"),
+                                           ("colsum_in_out", ValueError, "colsum"),
+                                           ("bias_in_out", ValueError, "bias")])
 def test_matmul_with_fortran_out_names_the_right_argument(case, exc, name):
+    """A Fortran-order out runs the transposed product; the checks are the C-order path's."""
     a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
     out = np.empty((3, 5), np.float32, order="F")
+    kw = {}
     if case == "a_dtype":
         a = a.astype(np.float64)
     elif case == "b_dtype":
@@ -174,10 +179,20 @@ def test_matmul_with_fortran_out_names_the_right_argument(case, exc, name):
         out = np.empty((3, 5), np.float64, order="F")
     elif case == "inner":
         b = np.ones((3, 5), np.float32)
+    elif case == "b_noncontig":
+        b = np.ones((4, 10), np.float32)[:, ::2]
+    elif case == "bias_dtype":
+        kw["bias"] = np.ones(5)
+    elif case == "colsum_dtype":
+        kw["colsum"] = np.ones(5, np.int64)
+    elif case == "colsum_in_out":
+        kw["colsum"] = out[0]
+    elif case == "bias_in_out":
+        kw["bias"] = out[0]
     else:
         out = np.empty((5, 3), np.float32, order="F")
     with pytest.raises(exc, match=f"^{name}"):
-        pylstm.matmul(a, b, out=out, backend="cpu")
+        pylstm.matmul(a, b, out=out, backend="cpu", **kw)
 
 
 def _ro(a):

@@ -258,6 +258,8 @@ def test_malformed_checkpoints_raise_checkpoint_error_and_change_nothing(tmp_pat
         "config_bad_type": dict(meta_fn=lambda meta: _set(meta, "config", {**meta["config"], "hidden_size": "3"})),
         # a corrupt size must not allocate first (10**12 x 3 floats)
         "config_huge": dict(meta_fn=lambda meta: _set(meta, "config", {**meta["config"], "vocab_size": 10**12})),
+        # nor loop over a corrupt layer count
+        "config_layers": dict(meta_fn=lambda meta: _set(meta, "config", {**meta["config"], "num_layers": 10**12})),
         "param_int": dict(arrays_fn=lambda a: {**a, "param_2": a["param_2"].astype(np.int64)}),
         "param_complex": dict(arrays_fn=lambda a: {**a, "param_2": a["param_2"].astype(np.complex64)}),
         "param_shape": dict(arrays_fn=lambda a: {**a, "param_3": a["param_3"][:-1]}),
@@ -268,7 +270,8 @@ def test_malformed_checkpoints_raise_checkpoint_error_and_change_nothing(tmp_pat
             load_checkpoint(path)
         other = Rnnlm(vocab_size=10, wordvec_size=3, hidden_size=3, seed=6)
         before = [p.copy() for p in other.params]
-        if name not in ("config_huge", "config_extra_key", "config_bad_type"):  # config mismatch is its own error
+        # (a config mismatch is load_params' own error, tested elsewhere)
+        if name not in ("config_huge", "config_layers", "config_extra_key", "config_bad_type"):
             with pytest.raises(CheckpointError):
                 other.load_params(path)
             for a, b in zip(other.params, before):  # nothing half-loaded

@@ -150,3 +150,41 @@ def test_perplexity_of_a_diverged_run_is_inf_not_an_error():
 
     assert perplexity(0.0) == 1.0
     assert perplexity(1e6) == math.inf
+
+
+def test_resume_with_malformed_trainer_state_changes_nothing(tmp_path):
+    import json
+
+    from pylstm.models import CheckpointError
+
+    c = _corpus(600, seed=3)
+    m = BetterRnnlm(12, 4, 4, dropout_ratio=0.2, seed=1)
+    tr = RnnlmTrainer(m, Adam(0.01), log=lambda s: None)
+    ck = str(tmp_path / "ck.npz")
+    tr.fit(c[:-1], c[1:], max_epoch=1, batch_size=4, time_size=5, eval_interval=None, checkpoint=ck,
+           progress=False)
+    with np.load(ck) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    edits = {
+        "time_idx": lambda e, a: e.update(time_idx="x"),
+        "opt_lr": lambda e, a: e.pop("opt_lr"),
+        "rng": lambda e, a: e.update(rng=[{"bit_generator": "nonsense"}] * len(e["rng"])),
+        "rng_count": lambda e, a: e.update(rng=e["rng"][:1]),
+        "lstm_state": lambda e, a: a.update(extra_lstm0_h=a["extra_lstm0_h"][:, :2]),
+    }
+    for name, edit in edits.items():
+        extra = json.loads(json.dumps(meta["extra"]))
+        arr = dict(arrays)
+        edit(extra, arr)
+        arr["meta"] = np.frombuffer(json.dumps({**meta, "extra": extra}).encode(), dtype=np.uint8)
+        bad = str(tmp_path / f"{name}.npz")
+        np.savez(bad, **arr)
+        m2 = BetterRnnlm(12, 4, 4, dropout_ratio=0.2, seed=9)
+        before = [p.copy() for p in m2.params]
+        t2 = RnnlmTrainer(m2, Adam(0.01), log=lambda s: None)
+        with pytest.raises(CheckpointError, match="malformed trainer state"):
+            t2.resume(bad)
+        for a, b in zip(m2.params, before):
+            np.testing.assert_array_equal(a, b)
+        assert t2.time_idx == 0 and t2.optimizer.m is None, name
