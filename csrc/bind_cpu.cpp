@@ -13,6 +13,8 @@
 #include <climits>
 #include <cmath>
 #include <memory>
+#include <random>
+#include <stdexcept>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -21,6 +23,7 @@
 #include "lstm_cell.h"
 #include "bind_common.h"
 #include "pylstm.h"
+#include "threads.h"
 
 namespace py = pybind11;
 
@@ -223,6 +226,74 @@ py::tuple softmax_xent_impl(const py::array& s, const py::array& lab, int32_t ig
   return py::make_tuple(total, count, d);
 }
 
+// Test hook for the thread pool: `runs` parallel runs with random thread counts in
+// [2, max_threads] (more than the CPUs on purpose: threads get preempted), a few barrier
+// steps each (split arrive/wait, then a full barrier), and in about a third of the runs an
+// exception thrown by a random thread before, inside or after a barrier. Counts what must
+// never happen: a thread index run other than exactly once (also checked again after all
+// runs, for a late second run), a thread passing a barrier before the others reached it, an
+// exception lost or invented. Returns (inconsistencies, exceptions caught).
+struct InjectedFailure : std::runtime_error {
+  InjectedFailure() : std::runtime_error("injected") {}
+};
+
+py::tuple pool_stress(int runs, int max_threads, uint64_t seed) {
+  if (runs < 0 || max_threads < 2 || max_threads > 64) {
+    throw py::value_error("runs must be >= 0 and max_threads in [2, 64]");
+  }
+  std::mt19937_64 rng(seed);
+  std::vector<std::unique_ptr<std::atomic<int>[]>> ran(static_cast<size_t>(runs));
+  std::vector<int> sizes(static_cast<size_t>(runs));
+  int64_t bad = 0, caught = 0;
+  {
+  py::gil_scoped_release nogil;
+  for (int r = 0; r < runs; ++r) {
+    const int nt = 2 + int(rng() % uint64_t(max_threads - 1));
+    const int steps = 1 + int(rng() % 4);
+    const bool inject = rng() % 3 == 0;
+    const int fail_tid = int(rng() % uint64_t(nt)), fail_step = int(rng() % uint64_t(steps));
+    const int where = int(rng() % 3);
+    ran[r].reset(new std::atomic<int>[nt]());
+    sizes[r] = nt;
+    std::unique_ptr<std::atomic<int>[]> reached(new std::atomic<int>[nt]());
+    std::atomic<int> early{0};
+    std::atomic<int>* my_ran = ran[r].get();
+    bool got = false;
+    try {
+      parallel_run(nt, [&](const Team& team) {
+        const int t = team.tid();
+        my_ran[t].fetch_add(1);
+        if (team.size() != nt) early.fetch_add(1);
+        for (int st = 0; st < steps; ++st) {
+          const bool fail_here = inject && t == fail_tid && st == fail_step;
+          if (fail_here && where == 0) throw InjectedFailure();
+          reached[t].store(st + 1, std::memory_order_release);
+          const int token = team.arrive();
+          if (fail_here && where == 1) throw InjectedFailure();
+          team.wait(token);
+          for (int u = 0; u < nt; ++u) {
+            if (reached[u].load(std::memory_order_acquire) < st + 1) early.fetch_add(1);
+          }
+          if (fail_here && where == 2) throw InjectedFailure();
+          team.barrier();  // nobody moves on to step st + 1 before all have checked step st
+        }
+      });
+    } catch (const InjectedFailure&) {
+      got = true;
+      ++caught;
+    }
+    bad += got != inject;
+    if (!inject) bad += early.load();
+    for (int u = 0; u < nt; ++u) bad += my_ran[u].load() != 1;
+  }
+  // a worker running an earlier run's task again would show up here
+  for (int r = 0; r < runs; ++r) {
+    for (int u = 0; u < sizes[r]; ++u) bad += ran[r][u].load() != 1;
+  }
+  }  // the GIL again
+  return py::make_tuple(bad, caught);
+}
+
 py::tuple softmax_xent(const py::object& scores_o, const py::object& labels_o, int ignore_label,
                        const py::object& grad_scale) {
   py::array s = as_array(scores_o, "scores");
@@ -292,6 +363,9 @@ PYBIND11_MODULE(_cpu, m) {
                          : lstm_forward_cpu_workspace_size<double>(s, save);
   }, py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save"), py::arg("itemsize"),
         "Test hook: scratch elements the CPU forward takes for this call.");
+  m.def("_pool_stress", &pool_stress, py::arg("runs"), py::arg("max_threads"), py::arg("seed"),
+        "Test hook: stress the thread pool (random thread counts, barriers, injected exceptions); "
+        "returns (inconsistencies, exceptions caught).");
   m.def("_set_forward_schedule", [](const std::string& mode) {
     ForwardSchedule s;
     if (mode == "auto") s = ForwardSchedule::kAuto;

@@ -114,3 +114,33 @@ def test_allocation_failure_inside_the_pool_raises_memory_error(tmp_path):
     # where the limit leaves room for the run (another allocator, say), "no error" is fine too;
     # what must not happen is the process dying, which the return code above rules out
     assert any(line.endswith("MemoryError") for line in lines[:-1]), r.stdout
+
+
+_STRESS_SCRIPT = r"""
+import numpy as np
+import pylstm
+from pylstm import _backend
+
+bad, caught = _backend.cpu._pool_stress(3000, 6, 12345)
+x = np.random.default_rng(0).standard_normal((64, 300)).astype(np.float32)
+ok = bool(np.allclose(pylstm.matmul(x, x.T), x.astype(np.float64) @ x.T, rtol=1e-4, atol=1e-3))
+print(bad, caught, ok)
+"""
+
+
+def test_pool_under_stress_with_injected_exceptions(tmp_path):
+    """Thousands of runs with 2-6 threads on this machine's cores (preemption included), barriers,
+    and exceptions thrown before, between or after a barrier's halves: every thread index runs
+    exactly once per run (never again later), no barrier lets a thread through early, and
+    exactly the injected exceptions reach the caller. In a subprocess with a time limit: the
+    pool bug this guards against (a stale thread count read by a preempted worker) hung or
+    crashed the process."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", _STRESS_SCRIPT], capture_output=True, text=True, timeout=240,
+                       cwd=tmp_path)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    bad, caught, ok = r.stdout.split()
+    assert int(bad) == 0
+    assert 800 < int(caught) < 1200  # about a third of the runs inject one
+    assert ok == "True"  # and the pool still computes afterwards
