@@ -214,7 +214,7 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
     // panels for the kernel, else row-major for BLAS. Plus zeros standing in for absent h0/c0.
     const int64_t hw = 4 * hsz;
     const int64_t wsize = packed ? packed_b_size(H, hw) : H * hw;
-    const int64_t xsize = packed ? (step_proj ? packed_b_size(D, hw) : 4 * packed_b_size(D, hsz)) : 0;
+    const int64_t xsize = packed ? (step_proj ? packed_b_size(D, hw) : packed_b_size(D, hsz)) : 0;
     T* scratch = thread_scratch<T>(size_t(wsize + xsize + N * hw + hw));
     T* Whp = scratch;
     T* Wxp = Whp + wsize;
@@ -229,11 +229,11 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
           pack_b(D, hw, [&](int64_t n) { return slice_col(Wx, n); }, G, Wxp);
         } else {
           // 1. Input projection of all N*T rows for this slice's four gate column blocks (the
-          //    bias is added in the pointwise pass).
-          const int64_t xblock = packed_b_size(D, hsz);
+          //    bias is added in the pointwise pass), one block at a time through one packed
+          //    buffer (a quarter of the scratch of four; hsz < 16 pads each block to 16 columns).
           for (int k = 0; k < 4; ++k) {
-            pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp + k * xblock);
-            gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp + k * xblock, A + k * H + j0, G);
+            pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp);
+            gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp, A + k * H + j0, G);
           }
         }
       }
