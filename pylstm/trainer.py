@@ -168,7 +168,14 @@ class RnnlmTrainer:
             loss_sum, loss_count = float(extra["loss_sum"]), int(extra["loss_count"])
             ppl_list = [float(v) for v in extra["ppl_list"]]
             val_ppl_list = [float(v) for v in extra["val_ppl_list"]]
-            copy.copy(self.optimizer).load_state_dict(opt)
+            trial = copy.copy(self.optimizer)
+            trial.load_state_dict(opt)
+            shapes = [p.shape for p in unique_params(self.model.params, self.model.grads)[0]]
+            for sname in trial._state_names:
+                state = getattr(trial, sname)
+                if state is not None and [a.shape for a in state] != shapes:
+                    raise ValueError(f"optimizer state {sname!r} has shapes {[a.shape for a in state]}, "
+                                     f"the model's parameters {shapes}")
             rng = list(extra["rng"])
             if len(rng) != len(self.model.drop_layers):
                 raise ValueError(f"{len(rng)} dropout generator states for {len(self.model.drop_layers)} layers")

@@ -172,6 +172,7 @@ def test_resume_with_malformed_trainer_state_changes_nothing(tmp_path):
         "rng": lambda e, a: e.update(rng=[{"bit_generator": "nonsense"}] * len(e["rng"])),
         "rng_count": lambda e, a: e.update(rng=e["rng"][:1]),
         "lstm_state": lambda e, a: a.update(extra_lstm0_h=a["extra_lstm0_h"][:, :2]),
+        "opt_state_shape": lambda e, a: a.update(extra_opt_m_1=a["extra_opt_m_1"][:1]),
     }
     for name, edit in edits.items():
         extra = json.loads(json.dumps(meta["extra"]))
