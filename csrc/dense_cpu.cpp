@@ -24,13 +24,6 @@ constexpr int64_t kRowAlign = 8;
 
 namespace {
 
-// Packs columns [c0, c1) of op(B) (K x N) into the panels of a packed_b_size(K, N) buffer
-// (panel p at p*K*16; c0 a multiple of 16): each thread packs its own columns, so one buffer
-// serves every thread. With sums (row-major B: in the same pass; a transposed B: after it),
-// sums[j] += column c0 + j of op(B), in double.
-void pack_columns(bool trans_b, int64_t K, int64_t c0, int64_t c1, const float* B, int64_t ldb,
-                  float* packed, double* sums);
-
 // sums[j] += column c0 + j of op(B) (K x N) over its K rows, in order, in double, j < n.
 template <class T>
 void add_column_sums(bool trans_b, int64_t K, int64_t c0, int64_t n, const T* B, int64_t ldb,
@@ -50,6 +43,10 @@ void add_column_sums(bool trans_b, int64_t K, int64_t c0, int64_t n, const T* B,
   }
 }
 
+// Packs columns [c0, c1) of op(B) (K x N) into the panels of a packed_b_size(K, N) buffer
+// (panel p at p*K*16; c0 a multiple of 16): each thread packs its own columns, so one buffer
+// serves every thread. With sums (row-major B: in the same pass; a transposed B: after it),
+// sums[c0 + j] += column c0 + j of op(B), in double.
 void pack_columns(bool trans_b, int64_t K, int64_t c0, int64_t c1, const float* B, int64_t ldb,
                   float* packed, double* sums) {
   if (c1 <= c0) return;
@@ -86,7 +83,8 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
   // meet at a barrier (before, each packed all of B: at (700 x 10000) @ (10000 x 650) 26 MB
   // written per thread per call).
   thread_local std::vector<float> packed_buf;  // the caller's: the lambda uses the pointer
-  if (packed && packed_buf.size() < size_t(packed_b_size(K, N))) packed_buf.resize(size_t(packed_b_size(K, N)));
+  const size_t packed_size = packed ? size_t(packed_b_size(K, N)) : 0;
+  if (packed_buf.size() < packed_size) packed_buf.resize(packed_size);
   float* const pb = packed_buf.data();
   parallel_run(nt, [&](const Team& team) {
     int64_t lo, hi;
@@ -108,8 +106,9 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
         if (hi <= lo) return;
         const float* bp = pb + (c0 / 16) * K * 16;
         const float* bb = bias ? bias + c0 : nullptr;
-        if (trans_a) gemm_at_packed_b(r1 - r0, c1 - c0, K, A + r0, lda, bp, C + r0 * ldc + c0, ldc, false, bb);
-        else gemm_packed_b(r1 - r0, c1 - c0, K, A + r0 * lda, lda, bp, C + r0 * ldc + c0, ldc, false, bb);
+        float* cp = C + r0 * ldc + c0;
+        if (trans_a) gemm_at_packed_b(r1 - r0, c1 - c0, K, A + r0, lda, bp, cp, ldc, false, bb);
+        else gemm_packed_b(r1 - r0, c1 - c0, K, A + r0 * lda, lda, bp, cp, ldc, false, bb);
         return;
       }
     }
