@@ -68,7 +68,9 @@ double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfin
   const double total = is == 4 ? norm_of<float>(grads) : norm_of<double>(grads);
   if (!std::isfinite(total)) {
     if (error_if_nonfinite) {
-      const std::string msg = "grads: the global norm is " + std::to_string(total) +
+      // (as Python prints it: nan or inf, not std::to_string's "-nan")
+      const std::string msg = std::string("grads: the global norm is ") +
+                              (std::isnan(total) ? "nan" : "inf") +
                               " (NaN or inf in the gradients); nothing was scaled";
       PyErr_SetString(PyExc_FloatingPointError, msg.c_str());
       throw py::error_already_set();
