@@ -292,9 +292,21 @@ py::tuple lstm_backward(const py::object& xs, const py::object& h0, const py::ob
 }
 
 
+// A validated gradient list: the arrays themselves (held, so neither the list nor another
+// thread can free or re-view them into something else while the GIL is released) and the spans
+// both clipping passes use. The spans are taken once, at validation: re-reading the arrays after
+// the GIL was released would see whatever another thread did to them meanwhile (a float32 array
+// re-viewed as float16 has twice the elements, and scaling those writes past its buffer).
+template <class T>
+struct GradList {
+  std::vector<py::array> arrays;
+  std::vector<Span<T>> spans;
+};
+
 // Checks a gradient list: a list/tuple of writable (when scaling) C-contiguous arrays of one
-// float dtype. Returns the itemsize (0 for an empty list).
-inline int check_grad_list(const py::object& grads, bool writable) {
+// float dtype. Returns the itemsize (0 for an empty list) and fills `arrays` with the arrays
+// (references held).
+inline int check_grad_list(const py::object& grads, bool writable, std::vector<py::array>& arrays) {
   if (!py::isinstance<py::list>(grads) && !py::isinstance<py::tuple>(grads)) {
     throw py::type_error("grads must be a list or tuple of numpy arrays, got " +
                          py::str(py::type::of(grads).attr("__name__")).cast<std::string>());
@@ -302,7 +314,8 @@ inline int check_grad_list(const py::object& grads, bool writable) {
   int is = 0;
   std::string first_dtype;
   py::ssize_t k = 0;
-  for (const py::handle& h : grads) {
+  arrays.clear();
+  for (const py::handle& h : py::tuple(grads)) {  // one snapshot of the list's items
     const std::string name = "grads[" + std::to_string(k) + "]";
     py::array a = as_array(h, name.c_str());
     const int this_is = float_itemsize(a, name.c_str());
@@ -321,23 +334,26 @@ inline int check_grad_list(const py::object& grads, bool writable) {
       throw py::value_error(name + " must be writable (clipping scales it in place), got a "
                                    "read-only array");
     }
+    arrays.push_back(a);
     ++k;
   }
   return is;
 }
 
+// The spans of arrays validated by check_grad_list (their itemsize is sizeof(T)), read now,
+// with the GIL held.
 template <class T>
-std::vector<Span<T>> spans(const py::object& grads) {
-  std::vector<Span<T>> out;
-  for (const py::handle& h : grads) {
-    py::array a = py::reinterpret_borrow<py::array>(h);
+GradList<T> grad_spans(std::vector<py::array> arrays) {
+  GradList<T> out;
+  for (const py::array& a : arrays) {
     // data(), not mutable_data(): the norm alone reads read-only arrays too (clipping checked
     // writability when it validated the list)
-    out.push_back({const_cast<T*>(static_cast<const T*>(a.data())), int64_t(a.size())});
+    out.spans.push_back({const_cast<T*>(static_cast<const T*>(a.data())),
+                         int64_t(a.nbytes() / py::ssize_t(sizeof(T)))});
   }
+  out.arrays = std::move(arrays);
   return out;
 }
-
 
 inline void check_max_norm(double max_norm) {
   if (!(max_norm > 0.0) || !std::isfinite(max_norm)) {

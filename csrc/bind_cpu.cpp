@@ -48,24 +48,18 @@ struct CpuKernels : KernelsBase {
   }
 };
 
+// The norm, and the scaling when clipping, over one set of spans taken while the GIL was held
+// (GradList): nothing is read from the arrays again once it is released.
 template <class T>
-double norm_of(const py::object& grads) {
-  auto sp = spans<T>(grads);
-  py::gil_scoped_release nogil;
-  return global_norm_cpu<T>(sp);
-}
-
-double global_norm(const py::object& grads) {
-  const int is = check_grad_list(grads, false);
-  if (is == 0) return 0.0;
-  return is == 4 ? norm_of<float>(grads) : norm_of<double>(grads);
-}
-
-double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfinite) {
-  check_max_norm(max_norm);
-  const int is = check_grad_list(grads, true);
-  if (is == 0) return 0.0;
-  const double total = is == 4 ? norm_of<float>(grads) : norm_of<double>(grads);
+double norm_and_clip(std::vector<py::array> arrays, bool clip, double max_norm,
+                     bool error_if_nonfinite) {
+  const GradList<T> g = grad_spans<T>(std::move(arrays));
+  double total;
+  {
+    py::gil_scoped_release nogil;
+    total = global_norm_cpu<T>(g.spans);
+  }
+  if (!clip) return total;
   if (!std::isfinite(total)) {
     if (error_if_nonfinite) {
       // (as Python prints it: nan or inf, not std::to_string's "-nan")
@@ -79,17 +73,27 @@ double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfin
   }
   const double rate = max_norm / (total + 1e-6);
   if (rate < 1.0) {
-    if (is == 4) {
-      auto sp = spans<float>(grads);
-      py::gil_scoped_release nogil;
-      scale_arrays_cpu<float>(sp, rate);
-    } else {
-      auto sp = spans<double>(grads);
-      py::gil_scoped_release nogil;
-      scale_arrays_cpu<double>(sp, rate);
-    }
+    py::gil_scoped_release nogil;
+    scale_arrays_cpu<T>(g.spans, rate);
   }
   return total;
+}
+
+double global_norm(const py::object& grads) {
+  std::vector<py::array> arrays;
+  const int is = check_grad_list(grads, false, arrays);
+  if (is == 0) return 0.0;
+  return is == 4 ? norm_and_clip<float>(std::move(arrays), false, 0.0, false)
+                 : norm_and_clip<double>(std::move(arrays), false, 0.0, false);
+}
+
+double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfinite) {
+  check_max_norm(max_norm);
+  std::vector<py::array> arrays;
+  const int is = check_grad_list(grads, true, arrays);
+  if (is == 0) return 0.0;
+  return is == 4 ? norm_and_clip<float>(std::move(arrays), true, max_norm, error_if_nonfinite)
+                 : norm_and_clip<double>(std::move(arrays), true, max_norm, error_if_nonfinite);
 }
 
 // Test hook: applies the kernels' own sigmoid or tanh (lstm_cell.h) elementwise, so the tests

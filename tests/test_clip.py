@@ -140,3 +140,40 @@ def test_masked_arrays_rejected(backend):
     g = np.ma.masked_array(np.ones(3), mask=[0, 1, 0])
     with pytest.raises(TypeError, match=r"^grads\[0\].*MaskedArray"):
         global_norm([g], backend=backend)
+
+
+def test_clip_grads_survives_a_concurrent_re_view():
+    """Another thread that re-views a gradient's buffer with a smaller itemsize while the norm
+    runs (the GIL released) must not make the scaling pass write past the array: the spans are
+    taken once, at validation. The gradient is the first half of a buffer whose second half is
+    a guard that must stay untouched."""
+    import threading
+    import time
+
+    n = 1 << 20
+    buf = np.ones(2 * n, dtype=np.float32)
+    g = buf[:n]
+    stop = threading.Event()
+
+    def flip():
+        # sleep(0) hands the GIL over in each state, so the caller resumes from its GIL-free
+        # norm pass with the array sometimes viewed as float16 (same buffer, twice the elements)
+        while not stop.is_set():
+            g.dtype = np.float16
+            time.sleep(0)
+            g.dtype = np.float32
+            time.sleep(0)
+
+    t = threading.Thread(target=flip)
+    t.start()
+    try:
+        for _ in range(200):
+            buf[:n] = 1.0
+            try:
+                pylstm.clip_grads([g], 1.0, backend="cpu")
+            except TypeError:
+                pass  # validated while it was float16: rejected, fine
+            assert np.all(buf[n:] == 1.0), "clip_grads wrote past the end of grads[0]"
+    finally:
+        stop.set()
+        t.join()
