@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "cells/lstm.h"
 #include "gemm_small_m.h"
 #include "pylstm.h"
 
@@ -106,20 +107,19 @@ static void lstm_rate(const LstmShape& s, int reps) {
        Wh = randn(H * 4 * H, 0.04f, rng), b = randn(4 * H, 0.1f, rng), dhs = randn(N * T * H, 1.f, rng);
   std::vector<float> hs(N * T * H), hT(N * H), cT(N * H), gates(N * T * 4 * H), cs(N * T * H);
   std::vector<float> dxs(N * T * D), dh0(N * H), dc0(N * H), dW((D + H) * 4 * H), db(4 * H);
-  std::vector<float> wf(lstm_forward_workspace_size(s, false) + 1), wb(lstm_backward_workspace_size(s));
-  const double fwd = best_ms([&] {
-    lstm_forward_cpu<float>(s, xs.data(), nullptr, nullptr, Wx.data(), Wh.data(), b.data(), hs.data(),
-                            hT.data(), cT.data(), gates.data(), cs.data(), nullptr);
-  }, reps);
-  const double bwd = best_ms([&] {
-    lstm_backward_cpu<float>(s, xs.data(), nullptr, nullptr, Wx.data(), Wh.data(), hs.data(), gates.data(),
-                             cs.data(), dhs.data(), nullptr, nullptr, dxs.data(), dh0.data(), dc0.data(),
-                             dW.data(), db.data(), wb.data());
-  }, reps);
-  const double inf = best_ms([&] {
-    lstm_forward_cpu<float>(s, xs.data(), nullptr, nullptr, Wx.data(), Wh.data(), b.data(), hs.data(),
-                            hT.data(), cT.data(), nullptr, nullptr, wf.data());
-  }, reps);
+  std::vector<float> wf(seq_forward_workspace_size<LstmCell>(s, false) + 1),
+      wb(seq_backward_workspace_size<LstmCell>(s));
+  const ForwardArgs<float> train{s, xs.data(), nullptr, nullptr, Wx.data(), Wh.data(), b.data(),
+                                 hs.data(), hT.data(), cT.data(), gates.data(), cs.data(), nullptr};
+  ForwardArgs<float> infer = train;
+  infer.gates = infer.cs = nullptr;
+  infer.work = wf.data();
+  const BackwardArgs<float> back{s, xs.data(), nullptr, nullptr, Wx.data(), Wh.data(), hs.data(),
+                                 gates.data(), cs.data(), dhs.data(), nullptr, nullptr, dxs.data(),
+                                 dh0.data(), dc0.data(), dW.data(), db.data(), wb.data()};
+  const double fwd = best_ms([&] { seq_forward_cpu<LstmCell, float>(train); }, reps);
+  const double bwd = best_ms([&] { seq_backward_cpu<LstmCell, float>(back); }, reps);
+  const double inf = best_ms([&] { seq_forward_cpu<LstmCell, float>(infer); }, reps);
   const double flops = 24.0 * N * T * H * (D + H);
   std::printf("lstm %ld,%ld,%ld,%ld float32 %d threads: fwd %.2f ms  bwd %.2f ms  train %.2f ms "
               "(%.1f GFLOP/s)  infer %.2f ms\n", long(N), long(T), long(D), long(H), get_num_threads(),

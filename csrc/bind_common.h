@@ -1,7 +1,6 @@
-// Argument checking and the LSTM entry points shared by the pybind11 modules (bind_cpu.cpp, and
-// bind_cuda_emu.cpp for the emulated CUDA kernels): rank, shapes, dtype, byte order, contiguity
-// and writability are validated, outputs and scratch allocated, the GIL released, and the
-// kernels called through a Kernels type K (static forward/backward/workspace functions).
+// Argument checking and the recurrent-layer entry points of the CPU module (bind_cpu.cpp), for
+// every cell of cells/registry.h: rank, shapes, dtype, byte order, contiguity and writability
+// are validated, outputs and scratch allocated, the GIL released, and the driver called.
 // Every error is a TypeError / ValueError whose message starts with the argument's name.
 #pragma once
 
@@ -15,22 +14,13 @@
 #include <string>
 #include <vector>
 
+#include "cells/registry.h"
 #include "pylstm.h"
 
 namespace pylstm {
 namespace bind {
 
 namespace py = pybind11;
-
-// Scratch sizes, the same for every kernel family; a Kernels type K derives from this and adds
-// static forward<T>(...) / backward<T>(...) with the arguments of pylstm.h.
-struct KernelsBase {
-  template <class T>
-  static int64_t forward_workspace(const LstmShape& s, bool save) {
-    return lstm_forward_workspace_size(s, save);
-  }
-  static int64_t backward_workspace(const LstmShape& s) { return lstm_backward_workspace_size(s); }
-};
 
 inline std::string shape_str(const py::array& a) {
   std::ostringstream os;
@@ -156,9 +146,9 @@ T* cached_workspace(int64_t n) {
   return buf.data();
 }
 
-// Sizes of an LSTM call, read from xs and Wh and checked for consistency.
+// Sizes of a recurrent-layer call, read from xs and Wh and checked for consistency.
 struct Dims {
-  LstmShape s;
+  SeqShape s;
   int itemsize;
 };
 
@@ -169,8 +159,20 @@ inline void check_positive(int64_t v, const char* what, const char* name, const 
   }
 }
 
-inline Dims read_dims(const py::object& xs_o, const py::object& Wx_o, const py::object& Wh_o,
-               const py::object& b_o, const py::object& h0_o, const py::object& c0_o) {
+// A cell state's argument (c0, dcT, cs) given to a cell without one.
+inline void check_no_cell_state(const py::object& o, const char* name, const std::string& cell) {
+  if (!o.is_none()) {
+    throw py::value_error(std::string(name) + " must be None: the " + cell +
+                          " cell has no cell state");
+  }
+}
+
+template <class Cell>
+Dims read_dims(const std::string& cell, const py::object& xs_o, const py::object& Wx_o,
+               const py::object& Wh_o, const py::object& b_o, const py::object& h0_o,
+               const py::object& c0_o) {
+  constexpr int64_t kG = Cell::kGates;
+  const std::string gh = kG == 1 ? "H" : std::to_string(kG) + "H";
   py::array xs = as_array(xs_o, "xs");
   const int is = float_itemsize(xs, "xs");
   if (xs.ndim() != 3) {
@@ -179,8 +181,8 @@ inline Dims read_dims(const py::object& xs_o, const py::object& Wx_o, const py::
   }
   py::array Wh = as_array(Wh_o, "Wh");
   if (Wh.ndim() != 2) {
-    throw py::value_error("Wh must have rank 2 (H, 4H), got rank " + std::to_string(Wh.ndim()) +
-                          " with shape " + shape_str(Wh));
+    throw py::value_error("Wh must have rank 2 (H, " + gh + "), got rank " +
+                          std::to_string(Wh.ndim()) + " with shape " + shape_str(Wh));
   }
   Dims d{{xs.shape(0), xs.shape(1), xs.shape(2), Wh.shape(0)}, is};
   check_positive(d.s.N, "N (batch size)", "xs", xs);
@@ -189,106 +191,130 @@ inline Dims read_dims(const py::object& xs_o, const py::object& Wx_o, const py::
   check_positive(d.s.H, "H (hidden size)", "Wh", Wh);
   const int64_t N = d.s.N, T = d.s.T, D = d.s.D, H = d.s.H;
   check_array(xs, "xs", is, {N, T, D});
-  check_array(Wh, "Wh", is, {H, 4 * H});
-  check_array(as_array(Wx_o, "Wx"), "Wx", is, {D, 4 * H});
-  check_array(as_array(b_o, "b"), "b", is, {4 * H});
+  check_array(Wh, "Wh", is, {H, kG * H});
+  check_array(as_array(Wx_o, "Wx"), "Wx", is, {D, kG * H});
+  check_array(as_array(b_o, "b"), "b", is, {kG * H});
   if (!h0_o.is_none()) check_array(as_array(h0_o, "h0"), "h0", is, {N, H});
-  if (!c0_o.is_none()) check_array(as_array(c0_o, "c0"), "c0", is, {N, H});
+  if (Cell::kHasCellState) {
+    if (!c0_o.is_none()) check_array(as_array(c0_o, "c0"), "c0", is, {N, H});
+  } else {
+    check_no_cell_state(c0_o, "c0", cell);
+  }
   // BLAS takes 32-bit sizes and leading dimensions.
-  const int64_t biggest = N * T * std::max(4 * H, D + H);
-  if (biggest > INT_MAX || T * 4 * H > INT_MAX) {
-    throw py::value_error("xs: N*T*max(4H, D+H) = " + std::to_string(biggest) +
+  const int64_t biggest = N * T * std::max(kG * H, D + H);
+  if (biggest > INT_MAX || T * kG * H > INT_MAX) {
+    throw py::value_error("xs: N*T*max(" + gh + ", D+H) = " + std::to_string(biggest) +
                           " is too large for 32-bit BLAS indexing");
   }
   return d;
 }
 
-template <class T, class K>
+template <class Cell, class T>
 py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx,
                        const py::object& Wh, const py::object& b, const py::object& h0,
                        const py::object& c0, bool save) {
   const auto& s = d.s;
+  const int64_t G = Cell::kGates * s.H;
   py::array hs = empty<T>({s.N, s.T, s.H});
   py::array hT = empty<T>({s.N, s.H});
-  py::array cT = empty<T>({s.N, s.H});
-  py::object gates = py::none(), cs = py::none();
-  T* g_ptr = nullptr;
-  T* cs_ptr = nullptr;
-  if (save) {
-    py::array g = empty<T>({s.N, s.T, 4 * s.H});
-    py::array c = empty<T>({s.N, s.T, s.H});
-    g_ptr = mptr<T>(g);
-    cs_ptr = mptr<T>(c);
-    gates = g;
-    cs = c;
+  py::object cT = py::none(), gates = py::none(), cs = py::none();
+  ForwardArgs<T> a{s, cptr<T>(xs), cptr<T>(h0), cptr<T>(c0), cptr<T>(Wx), cptr<T>(Wh),
+                   cptr<T>(b), mptr<T>(hs), mptr<T>(hT), nullptr, nullptr, nullptr, nullptr};
+  if (Cell::kHasCellState) {
+    py::array c = empty<T>({s.N, s.H});
+    a.cT = mptr<T>(c);
+    cT = c;
   }
-  const int64_t wsize = K::template forward_workspace<T>(s, save);
-  T* work = cached_workspace<T>(wsize + 1);
-  const T *xs_p = cptr<T>(xs), *Wx_p = cptr<T>(Wx), *Wh_p = cptr<T>(Wh), *b_p = cptr<T>(b),
-          *h0_p = cptr<T>(h0), *c0_p = cptr<T>(c0);
-  T *hs_p = mptr<T>(hs), *hT_p = mptr<T>(hT), *cT_p = mptr<T>(cT);
+  if (save) {
+    py::array g = empty<T>({s.N, s.T, G});
+    a.gates = mptr<T>(g);
+    gates = g;
+    if (Cell::kHasCellState) {
+      py::array c = empty<T>({s.N, s.T, s.H});
+      a.cs = mptr<T>(c);
+      cs = c;
+    }
+  }
+  a.work_size = seq_forward_cpu_workspace_size<Cell, T>(s, save);
+  a.work = cached_workspace<T>(a.work_size + 1);
   {
     py::gil_scoped_release nogil;
-    K::template forward<T>(s, xs_p, h0_p, c0_p, Wx_p, Wh_p, b_p, hs_p, hT_p, cT_p, g_ptr, cs_ptr,
-                           work, wsize);
+    seq_forward_cpu<Cell, T>(a);
   }
   return py::make_tuple(hs, hT, cT, gates, cs);
 }
 
-template <class K>
-py::tuple lstm_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
-                       const py::object& b, const py::object& h0, const py::object& c0,
-                       bool save_for_backward) {
-  const Dims d = read_dims(xs, Wx, Wh, b, h0, c0);
-  if (d.itemsize == 4) return forward_impl<float, K>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
-  return forward_impl<double, K>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
+// forward(xs, Wx, Wh, b, h0, c0, save_for_backward, cell) -> (hs, hT, cT, gates, cs); cT and cs
+// are None for a cell without a cell state, gates and cs when not saving.
+inline py::tuple seq_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
+                             const py::object& b, const py::object& h0, const py::object& c0,
+                             bool save_for_backward, const std::string& cell) {
+  return with_cell(cell, [&](auto c) {
+    using Cell = decltype(c);
+    const Dims d = read_dims<Cell>(cell, xs, Wx, Wh, b, h0, c0);
+    if (d.itemsize == 4) return forward_impl<Cell, float>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
+    return forward_impl<Cell, double>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
+  });
 }
 
-template <class T, class K>
+template <class Cell, class T>
 py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h0,
                         const py::object& c0, const py::object& Wx, const py::object& Wh,
                         const py::object& hs, const py::object& gates, const py::object& cs,
                         const py::object& dhs, const py::object& dhT, const py::object& dcT) {
   const auto& s = d.s;
+  const int64_t G = Cell::kGates * s.H;
   py::array dxs = empty<T>({s.N, s.T, s.D});
   py::array dh0 = empty<T>({s.N, s.H});
-  py::array dc0 = empty<T>({s.N, s.H});
-  py::array dW = empty<T>({s.D + s.H, 4 * s.H});
-  py::array db = empty<T>({4 * s.H});
-  T* work = cached_workspace<T>(K::backward_workspace(s));
-  const T *xs_p = cptr<T>(xs), *h0_p = cptr<T>(h0), *c0_p = cptr<T>(c0), *Wx_p = cptr<T>(Wx),
-          *Wh_p = cptr<T>(Wh), *hs_p = cptr<T>(hs), *g_p = cptr<T>(gates), *cs_p = cptr<T>(cs),
-          *dhs_p = cptr<T>(dhs), *dhT_p = cptr<T>(dhT), *dcT_p = cptr<T>(dcT);
-  T *dxs_p = mptr<T>(dxs), *dh0_p = mptr<T>(dh0), *dc0_p = mptr<T>(dc0), *dW_p = mptr<T>(dW),
-    *db_p = mptr<T>(db);
+  py::object dc0 = py::none();
+  py::array dW = empty<T>({s.D + s.H, G});
+  py::array db = empty<T>({G});
+  BackwardArgs<T> a{s, cptr<T>(xs), cptr<T>(h0), cptr<T>(c0), cptr<T>(Wx), cptr<T>(Wh),
+                    cptr<T>(hs), cptr<T>(gates), cptr<T>(cs), cptr<T>(dhs), cptr<T>(dhT),
+                    cptr<T>(dcT), mptr<T>(dxs), mptr<T>(dh0), nullptr, mptr<T>(dW),
+                    mptr<T>(db), nullptr};
+  if (Cell::kHasCellState) {
+    py::array c = empty<T>({s.N, s.H});
+    a.dc0 = mptr<T>(c);
+    dc0 = c;
+  }
+  a.work = cached_workspace<T>(seq_backward_workspace_size<Cell>(s));
   {
     py::gil_scoped_release nogil;
-    K::template backward<T>(s, xs_p, h0_p, c0_p, Wx_p, Wh_p, hs_p, g_p, cs_p, dhs_p, dhT_p,
-                            dcT_p, dxs_p, dh0_p, dc0_p, dW_p, db_p, work);
+    seq_backward_cpu<Cell, T>(a);
   }
-  // dWx and dWh are C-contiguous views of the merged (D+H, 4H) result.
+  // dWx and dWh are C-contiguous views of the merged (D+H, G*H) result.
   py::object slice = py::module_::import("builtins").attr("slice");
   py::object dWx = dW[slice(py::none(), s.D, py::none())];
   py::object dWh = dW[slice(s.D, py::none(), py::none())];
   return py::make_tuple(dxs, dh0, dc0, dWx, dWh, db);
 }
 
-template <class K>
-py::tuple lstm_backward(const py::object& xs, const py::object& h0, const py::object& c0,
-                        const py::object& Wx, const py::object& Wh, const py::object& b,
-                        const py::object& hs, const py::object& gates, const py::object& cs,
-                        const py::object& dhs, const py::object& dhT, const py::object& dcT) {
-  const Dims d = read_dims(xs, Wx, Wh, b, h0, c0);
-  const auto& s = d.s;
-  const int is = d.itemsize;
-  check_array(as_array(hs, "hs"), "hs", is, {s.N, s.T, s.H});
-  check_array(as_array(gates, "gates"), "gates", is, {s.N, s.T, 4 * s.H});
-  check_array(as_array(cs, "cs"), "cs", is, {s.N, s.T, s.H});
-  check_array(as_array(dhs, "dhs"), "dhs", is, {s.N, s.T, s.H});
-  if (!dhT.is_none()) check_array(as_array(dhT, "dhT"), "dhT", is, {s.N, s.H});
-  if (!dcT.is_none()) check_array(as_array(dcT, "dcT"), "dcT", is, {s.N, s.H});
-  if (is == 4) return backward_impl<float, K>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
-  return backward_impl<double, K>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
+// backward(...) -> (dxs, dh0, dc0, dWx, dWh, db); dc0 is None for a cell without a cell state.
+inline py::tuple seq_backward(const py::object& xs, const py::object& h0, const py::object& c0,
+                              const py::object& Wx, const py::object& Wh, const py::object& b,
+                              const py::object& hs, const py::object& gates, const py::object& cs,
+                              const py::object& dhs, const py::object& dhT, const py::object& dcT,
+                              const std::string& cell) {
+  return with_cell(cell, [&](auto c) {
+    using Cell = decltype(c);
+    const Dims d = read_dims<Cell>(cell, xs, Wx, Wh, b, h0, c0);
+    const auto& s = d.s;
+    const int is = d.itemsize;
+    check_array(as_array(hs, "hs"), "hs", is, {s.N, s.T, s.H});
+    check_array(as_array(gates, "gates"), "gates", is, {s.N, s.T, Cell::kGates * s.H});
+    if (Cell::kHasCellState) {
+      check_array(as_array(cs, "cs"), "cs", is, {s.N, s.T, s.H});
+    } else {
+      check_no_cell_state(cs, "cs", cell);
+      check_no_cell_state(dcT, "dcT", cell);
+    }
+    check_array(as_array(dhs, "dhs"), "dhs", is, {s.N, s.T, s.H});
+    if (!dhT.is_none()) check_array(as_array(dhT, "dhT"), "dhT", is, {s.N, s.H});
+    if (!dcT.is_none()) check_array(as_array(dcT, "dcT"), "dcT", is, {s.N, s.H});
+    if (is == 4) return backward_impl<Cell, float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
+    return backward_impl<Cell, double>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
+  });
 }
 
 

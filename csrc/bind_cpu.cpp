@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "gemm_small_m.h"
-#include "lstm_cell.h"
 #include "bind_common.h"
+#include "common/activations.h"
+#include "gemm_small_m.h"
 #include "pylstm.h"
 #include "threads.h"
 
@@ -31,22 +31,6 @@ namespace pylstm {
 namespace {
 
 using namespace bind;  // NOLINT: the shared checking helpers
-
-// The CPU kernels for the shared LSTM entry points of bind_common.h.
-struct CpuKernels : KernelsBase {
-  template <class T>
-  static int64_t forward_workspace(const LstmShape& s, bool save) {
-    return lstm_forward_cpu_workspace_size<T>(s, save);
-  }
-  template <class T, class... A>
-  static void forward(A... a) {
-    lstm_forward_cpu<T>(a...);
-  }
-  template <class T, class... A>
-  static void backward(A... a) {
-    lstm_backward_cpu<T>(a...);
-  }
-};
 
 // The norm, and the scaling when clipping, over one set of spans taken while the GIL was held
 // (GradList): nothing is read from the arrays again once it is released.
@@ -96,7 +80,7 @@ double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfin
                  : norm_and_clip<double>(std::move(arrays), true, max_norm, error_if_nonfinite);
 }
 
-// Test hook: applies the kernels' own sigmoid or tanh (lstm_cell.h) elementwise, so the tests
+// Test hook: applies the kernels' own sigmoid or tanh (common/activations.h) elementwise, so the tests
 // can measure their error in ulp against numpy.
 template <class T>
 py::array cell_math(const py::array& x, bool use_tanh) {
@@ -335,14 +319,22 @@ py::tuple softmax_xent(const py::object& scores_o, const py::object& labels_o, i
 PYBIND11_MODULE(_cpu, m) {
   using namespace pylstm;
   m.doc() = "pylstm CPU kernels (private: use the functions in pylstm)";
-  m.def("lstm_forward", &lstm_forward<CpuKernels>, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
-        py::arg("h0").none(true), py::arg("c0").none(true), py::arg("save_for_backward"),
-        "Fused LSTM forward. Returns (hs, hT, cT, gates, cs); gates and cs are None when "
-        "save_for_backward is False.");
-  m.def("lstm_backward", &lstm_backward<CpuKernels>, py::arg("xs"), py::arg("h0").none(true),
-        py::arg("c0").none(true), py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"),
-        py::arg("gates"), py::arg("cs"), py::arg("dhs"), py::arg("dhT").none(true),
-        py::arg("dcT").none(true), "Fused LSTM backward. Returns (dxs, dh0, dc0, dWx, dWh, db).");
+  // One entry per pass for every cell; lstm_* are the same functions with the LSTM default.
+  for (const char* name : {"forward", "lstm_forward"}) {
+    m.def(name, &seq_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
+          py::arg("h0").none(true), py::arg("c0").none(true), py::arg("save_for_backward"),
+          py::arg("cell") = "lstm",
+          "Fused recurrent forward. Returns (hs, hT, cT, gates, cs); gates and cs are None when "
+          "save_for_backward is False, cT and cs for a cell without a cell state.");
+  }
+  for (const char* name : {"backward", "lstm_backward"}) {
+    m.def(name, &seq_backward, py::arg("xs"), py::arg("h0").none(true), py::arg("c0").none(true),
+          py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"), py::arg("gates"),
+          py::arg("cs").none(true), py::arg("dhs"), py::arg("dhT").none(true),
+          py::arg("dcT").none(true), py::arg("cell") = "lstm",
+          "Fused recurrent backward. Returns (dxs, dh0, dc0, dWx, dWh, db); dc0 is None for a "
+          "cell without a cell state.");
+  }
   m.def("global_norm", &global_norm, py::arg("grads"));
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"),
         py::arg("error_if_nonfinite") = true);
@@ -363,11 +355,15 @@ PYBIND11_MODULE(_cpu, m) {
         "Test hook: enable/disable the AVX-512 recurrent-step kernel; returns the old setting.");
   m.def("_small_m_kernel_enabled", &small_m_kernel_enabled);
   m.def("_forward_workspace_size", [](int64_t N, int64_t T, int64_t D, int64_t H, bool save,
-                                      int itemsize) {
-    const LstmShape s{N, T, D, H};
-    return itemsize == 4 ? lstm_forward_cpu_workspace_size<float>(s, save)
-                         : lstm_forward_cpu_workspace_size<double>(s, save);
+                                      int itemsize, const std::string& cell) {
+    const SeqShape s{N, T, D, H};
+    return with_cell(cell, [&](auto c) {
+      using Cell = decltype(c);
+      return itemsize == 4 ? seq_forward_cpu_workspace_size<Cell, float>(s, save)
+                           : seq_forward_cpu_workspace_size<Cell, double>(s, save);
+    });
   }, py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save"), py::arg("itemsize"),
+        py::arg("cell") = "lstm",
         "Test hook: scratch elements the CPU forward takes for this call.");
   m.def("_pool_stress", &pool_stress, py::arg("runs"), py::arg("max_threads"), py::arg("seed"),
         "Test hook: stress the thread pool (random thread counts, barriers, injected exceptions); "

@@ -18,12 +18,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdint>
+#include <functional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "gpu_runtime.h"
+#include "cells/registry.h"
 #include "lstm_cuda.h"
 
 #if defined(PYLSTM_REAL_CUDA)
@@ -243,16 +245,41 @@ const T* in(const DevArray& a) {
   return a.present() ? reinterpret_cast<const T*>(a.ptr) : nullptr;
 }
 
-// The inputs of an LSTM call, parsed and checked; sizes read from xs and Wh.
+// The inputs of a recurrent-layer call, parsed and checked; sizes read from xs and Wh; `gates`
+// is the cell's gate-block count, `has_c` whether it carries a cell state.
 struct LstmArgs {
   DevArray xs, Wx, Wh, b, h0, c0;
-  LstmShape s{};
+  SeqShape s{};
   int itemsize = 0;
+  std::string cell;
+  int gates = 4;
+  bool has_c = true;
 };
 
+// The cell's facts (gate count, cell state) for the checks, from its name.
+void set_cell(LstmArgs& a, const std::string& cell) {
+  a.cell = cell;
+  with_cell(cell, [&](auto c) {
+    using Cell = decltype(c);
+    a.gates = Cell::kGates;
+    a.has_c = Cell::kHasCellState;
+    return 0;
+  });
+}
+
+void check_no_cell_state(const DevArray& x, const std::string& cell) {
+  if (x.present()) {
+    throw py::value_error(x.name + " must be None: the " + cell + " cell has no cell state");
+  }
+}
+
 LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::object& Wh,
-                     const py::object& b, const py::object& h0, const py::object& c0) {
+                     const py::object& b, const py::object& h0, const py::object& c0,
+                     const std::string& cell) {
   LstmArgs a;
+  set_cell(a, cell);
+  const int64_t kG = a.gates;
+  const std::string gh = kG == 1 ? "H" : std::to_string(kG) + "H";
   a.xs = parse(xs, "xs");
   a.itemsize = float_itemsize(a.xs);
   if (a.xs.shape.size() != 3) {
@@ -261,7 +288,7 @@ LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::objec
   }
   a.Wh = parse(Wh, "Wh");
   if (a.Wh.shape.size() != 2) {
-    throw py::value_error("Wh must have rank 2 (H, 4H), got rank " +
+    throw py::value_error("Wh must have rank 2 (H, " + gh + "), got rank " +
                           std::to_string(a.Wh.shape.size()) + " with shape " + shape_str(a.Wh.shape));
   }
   a.s = {a.xs.shape[0], a.xs.shape[1], a.xs.shape[2], a.Wh.shape[0]};
@@ -276,18 +303,19 @@ LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::objec
   }
   const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, is = a.itemsize;
   check(a.xs, is, {N, T, D});
-  check(a.Wh, is, {H, 4 * H});
+  check(a.Wh, is, {H, kG * H});
   a.Wx = parse(Wx, "Wx");
-  check(a.Wx, is, {D, 4 * H});
+  check(a.Wx, is, {D, kG * H});
   a.b = parse(b, "b");
-  check(a.b, is, {4 * H});
+  check(a.b, is, {kG * H});
   a.h0 = parse_opt(h0, "h0");
   if (a.h0.present()) check(a.h0, is, {N, H});
   a.c0 = parse_opt(c0, "c0");
+  if (!a.has_c) check_no_cell_state(a.c0, cell);
   if (a.c0.present()) check(a.c0, is, {N, H});
-  const int64_t biggest = N * T * std::max<int64_t>(4 * H, D + H);
-  if (biggest > INT_MAX || T * 4 * H > INT_MAX) {
-    throw py::value_error("xs: N*T*max(4H, D+H) = " + std::to_string(biggest) +
+  const int64_t biggest = N * T * std::max<int64_t>(kG * H, D + H);
+  if (biggest > INT_MAX || T * kG * H > INT_MAX) {
+    throw py::value_error("xs: N*T*max(" + gh + ", D+H) = " + std::to_string(biggest) +
                           " is too large for 32-bit cuBLAS indexing");
   }
   return a;
@@ -301,27 +329,36 @@ void check_work(const DevArray& w, int itemsize, int64_t need) {
   }
 }
 
-// forward_check(xs, Wx, Wh, b, h0, c0) -> (N, T, D, H, itemsize, device): the checks of
-// lstm_forward's inputs, for the caller to allocate outputs.
+int64_t forward_workspace(const std::string& cell, const SeqShape& s, bool save) {
+  return with_cell(cell, [&](auto c) { return seq_forward_workspace_size<decltype(c)>(s, save); });
+}
+int64_t backward_workspace(const std::string& cell, const SeqShape& s) {
+  return with_cell(cell, [&](auto c) { return seq_backward_workspace_size<decltype(c)>(s); });
+}
+
+// forward_check(xs, Wx, Wh, b, h0, c0, cell) -> (N, T, D, H, itemsize, device): the checks of
+// forward's inputs, for the caller to allocate outputs.
 py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::object& Wh,
-                        const py::object& b, const py::object& h0, const py::object& c0) {
-  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0);
+                        const py::object& b, const py::object& h0, const py::object& c0,
+                        const std::string& cell) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell);
   const int dev = check_devices({&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0}, 6);
   return py::make_tuple(a.s.N, a.s.T, a.s.D, a.s.H, a.itemsize, dev);
 }
 
-// What a cached CUDA graph of an LSTM call depends on (gpu::run_maybe_graphed): which call, the
-// dtype, the shape and every array's address (0 for an absent one).
+// What a cached CUDA graph of a call depends on (gpu::run_maybe_graphed): which call and cell,
+// the dtype, the shape and every array's address (0 for an absent one).
 std::vector<std::uint64_t> graph_key(int kind, const LstmArgs& a,
                                      const std::vector<const DevArray*>& arrays) {
   std::vector<std::uint64_t> key = {std::uint64_t(kind), std::uint64_t(a.itemsize),
                                     std::uint64_t(a.s.N), std::uint64_t(a.s.T),
-                                    std::uint64_t(a.s.D), std::uint64_t(a.s.H)};
+                                    std::uint64_t(a.s.D), std::uint64_t(a.s.H),
+                                    std::uint64_t(std::hash<std::string>()(a.cell))};
   for (const DevArray* x : arrays) key.push_back(x->present() ? std::uint64_t(x->ptr) : 0u);
   return key;
 }
 
-// The common end of lstm_forward / lstm_backward, shapes and dtypes checked: one device and no
+// The common end of forward / backward, shapes and dtypes checked: one device and no
 // overlapping outputs (all[first_output..] are the outputs), then, without the GIL and on that
 // device, `stream` waits for the arrays' producer streams and `body` runs (directly or as a
 // cached CUDA graph of kind `kind`).
@@ -337,36 +374,31 @@ void run_on_device(int kind, const LstmArgs& a, const std::vector<const DevArray
   gpu::run_maybe_graphed(dev, stream, key, body);
 }
 
-template <class T>
-void run_forward(const GpuContext& ctx, const LstmArgs& a, const DevArray& hs, const DevArray& hT,
-                 const DevArray& cT, const DevArray& gates, const DevArray& cs, const DevArray& work) {
-  lstm_forward_cuda<T>(ctx, a.s, in<T>(a.xs), in<T>(a.h0), in<T>(a.c0), in<T>(a.Wx), in<T>(a.Wh),
-                       in<T>(a.b), mut<T>(hs), mut<T>(hT), mut<T>(cT), mut<T>(gates), mut<T>(cs),
-                       mut<T>(work));
-}
-
-void lstm_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
-                  const py::object& b, const py::object& h0, const py::object& c0,
-                  const py::object& hs_o, const py::object& hT_o, const py::object& cT_o,
-                  const py::object& gates_o, const py::object& cs_o, const py::object& work_o,
-                  std::uintptr_t stream) {
-  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0);
+void seq_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
+                 const py::object& b, const py::object& h0, const py::object& c0,
+                 const py::object& hs_o, const py::object& hT_o, const py::object& cT_o,
+                 const py::object& gates_o, const py::object& cs_o, const py::object& work_o,
+                 std::uintptr_t stream, const std::string& cell) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell);
   const int64_t N = a.s.N, T = a.s.T, H = a.s.H;
   const int is = a.itemsize;
-  const DevArray hs = parse(hs_o, "hs"), hT = parse(hT_o, "hT"), cT = parse(cT_o, "cT");
+  const DevArray hs = parse(hs_o, "hs"), hT = parse(hT_o, "hT");
+  const DevArray cT = a.has_c ? parse(cT_o, "cT") : parse_opt(cT_o, "cT");
   check(hs, is, {N, T, H}, true);
   check(hT, is, {N, H}, true);
-  check(cT, is, {N, H}, true);
+  if (a.has_c) check(cT, is, {N, H}, true);
+  else check_no_cell_state(cT, cell);
   const DevArray gates = parse_opt(gates_o, "gates"), cs = parse_opt(cs_o, "cs");
-  if (gates.present() != cs.present()) {
+  const bool save = gates.present();
+  if (a.has_c && gates.present() != cs.present()) {
     throw py::value_error("gates and cs must both be given (training) or both be None (inference)");
   }
-  const bool save = gates.present();
+  if (!a.has_c) check_no_cell_state(cs, cell);
   if (save) {
-    check(gates, is, {N, T, 4 * H}, true);
-    check(cs, is, {N, T, H}, true);
+    check(gates, is, {N, T, a.gates * H}, true);
+    if (a.has_c) check(cs, is, {N, T, H}, true);
   }
-  const int64_t need = lstm_forward_workspace_size(a.s, save);
+  const int64_t need = forward_workspace(cell, a.s, save);
   const DevArray work = parse_opt(work_o, "work");
   if (need > 0 && !work.present()) {
     throw py::value_error("work must be a device array of at least " + std::to_string(need) +
@@ -376,51 +408,73 @@ void lstm_forward(const py::object& xs, const py::object& Wx, const py::object& 
   const std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0,
                                             &hs,   &hT,   &cT,   &gates, &cs, &work};
   run_on_device(1, a, all, 6, stream, [&](const GpuContext& ctx) {
-    if (is == 4) run_forward<float>(ctx, a, hs, hT, cT, gates, cs, work);
-    else run_forward<double>(ctx, a, hs, hT, cT, gates, cs, work);
+    with_cell(cell, [&](auto c) {
+      using Cell = decltype(c);
+      auto run = [&](auto zero) {
+        using T = decltype(zero);
+        ForwardArgs<T> f{a.s,        in<T>(a.xs), in<T>(a.h0),    in<T>(a.c0), in<T>(a.Wx),
+                         in<T>(a.Wh), in<T>(a.b), mut<T>(hs),     mut<T>(hT),  mut<T>(cT),
+                         mut<T>(gates), mut<T>(cs), mut<T>(work)};
+        seq_forward_cuda<Cell, T>(ctx, f);
+      };
+      if (is == 4) run(0.0f);
+      else run(0.0);
+      return 0;
+    });
   });
 }
 
-template <class T>
-void run_backward(const GpuContext& ctx, const LstmArgs& a, const DevArray* v) {
-  // v: hs, gates, cs, dhs, dhT, dcT, dxs, dh0, dc0, dW, db, work
-  lstm_backward_cuda<T>(ctx, a.s, in<T>(a.xs), in<T>(a.h0), in<T>(a.c0), in<T>(a.Wx),
-                        in<T>(a.Wh), in<T>(v[0]), in<T>(v[1]), in<T>(v[2]), in<T>(v[3]),
-                        in<T>(v[4]), in<T>(v[5]), mut<T>(v[6]), mut<T>(v[7]), mut<T>(v[8]),
-                        mut<T>(v[9]), mut<T>(v[10]), mut<T>(v[11]));
-}
-
-void lstm_backward(const py::object& xs, const py::object& h0, const py::object& c0,
-                   const py::object& Wx, const py::object& Wh, const py::object& b,
-                   const py::object& hs_o, const py::object& gates_o, const py::object& cs_o,
-                   const py::object& dhs_o, const py::object& dhT_o, const py::object& dcT_o,
-                   const py::object& dxs_o, const py::object& dh0_o, const py::object& dc0_o,
-                   const py::object& dW_o, const py::object& db_o, const py::object& work_o,
-                   std::uintptr_t stream) {
-  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0);
-  const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H;
+void seq_backward(const py::object& xs, const py::object& h0, const py::object& c0,
+                  const py::object& Wx, const py::object& Wh, const py::object& b,
+                  const py::object& hs_o, const py::object& gates_o, const py::object& cs_o,
+                  const py::object& dhs_o, const py::object& dhT_o, const py::object& dcT_o,
+                  const py::object& dxs_o, const py::object& dh0_o, const py::object& dc0_o,
+                  const py::object& dW_o, const py::object& db_o, const py::object& work_o,
+                  std::uintptr_t stream, const std::string& cell) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell);
+  const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, G = a.gates * H;
   const int is = a.itemsize;
-  DevArray v[12] = {parse(hs_o, "hs"),   parse(gates_o, "gates"), parse(cs_o, "cs"),
+  // The cell-state arguments are required with a cell state and must be None without one.
+  auto cstate = [&](const py::object& o, const char* name) {
+    return a.has_c ? parse(o, name) : parse_opt(o, name);
+  };
+  DevArray v[12] = {parse(hs_o, "hs"),   parse(gates_o, "gates"), cstate(cs_o, "cs"),
                     parse(dhs_o, "dhs"), parse_opt(dhT_o, "dhT"), parse_opt(dcT_o, "dcT"),
-                    parse(dxs_o, "dxs"), parse(dh0_o, "dh0"),     parse(dc0_o, "dc0"),
+                    parse(dxs_o, "dxs"), parse(dh0_o, "dh0"),     cstate(dc0_o, "dc0"),
                     parse(dW_o, "dW"),   parse(db_o, "db"),       parse(work_o, "work")};
+  if (!a.has_c) {
+    for (int k : {2, 5, 8}) check_no_cell_state(v[k], cell);
+  }
   check(v[0], is, {N, T, H});
-  check(v[1], is, {N, T, 4 * H});
-  check(v[2], is, {N, T, H});
+  check(v[1], is, {N, T, G});
+  if (v[2].present()) check(v[2], is, {N, T, H});
   check(v[3], is, {N, T, H});
   if (v[4].present()) check(v[4], is, {N, H});
   if (v[5].present()) check(v[5], is, {N, H});
   check(v[6], is, {N, T, D}, true);
   check(v[7], is, {N, H}, true);
-  check(v[8], is, {N, H}, true);
-  check(v[9], is, {D + H, 4 * H}, true);
-  check(v[10], is, {4 * H}, true);
-  check_work(v[11], is, lstm_backward_workspace_size(a.s));
+  if (v[8].present()) check(v[8], is, {N, H}, true);
+  check(v[9], is, {D + H, G}, true);
+  check(v[10], is, {G}, true);
+  check_work(v[11], is, backward_workspace(cell, a.s));
   std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0};
   for (const DevArray& x : v) all.push_back(&x);
   run_on_device(2, a, all, 12, stream, [&](const GpuContext& ctx) {
-    if (is == 4) run_backward<float>(ctx, a, v);
-    else run_backward<double>(ctx, a, v);
+    with_cell(cell, [&](auto c) {
+      using Cell = decltype(c);
+      auto run = [&](auto zero) {
+        using T = decltype(zero);
+        // v: hs, gates, cs, dhs, dhT, dcT, dxs, dh0, dc0, dW, db, work
+        BackwardArgs<T> g{a.s,         in<T>(a.xs),  in<T>(a.h0),  in<T>(a.c0),  in<T>(a.Wx),
+                          in<T>(a.Wh), in<T>(v[0]),  in<T>(v[1]),  in<T>(v[2]),  in<T>(v[3]),
+                          in<T>(v[4]), in<T>(v[5]),  mut<T>(v[6]), mut<T>(v[7]), mut<T>(v[8]),
+                          mut<T>(v[9]), mut<T>(v[10]), mut<T>(v[11])};
+        seq_backward_cuda<Cell, T>(ctx, g);
+      };
+      if (is == 4) run(0.0f);
+      else run(0.0);
+      return 0;
+    });
   });
 }
 
@@ -562,26 +616,34 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
 #endif
   m.def("status", &status, "(device count, reason when 0)");
   m.def("forward_check", &forward_check, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
-        py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none());
+        py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none(),
+        py::arg("cell") = "lstm");
   m.def("forward_workspace_size",
-        [](int64_t N, int64_t T, int64_t D, int64_t H, bool save) {
-          return lstm_forward_workspace_size(LstmShape{N, T, D, H}, save);
+        [](int64_t N, int64_t T, int64_t D, int64_t H, bool save, const std::string& cell) {
+          return forward_workspace(cell, SeqShape{N, T, D, H}, save);
         },
-        py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save_for_backward"));
+        py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save_for_backward"),
+        py::arg("cell") = "lstm");
   m.def("backward_workspace_size",
-        [](int64_t N, int64_t T, int64_t D, int64_t H) {
-          return lstm_backward_workspace_size(LstmShape{N, T, D, H});
+        [](int64_t N, int64_t T, int64_t D, int64_t H, const std::string& cell) {
+          return backward_workspace(cell, SeqShape{N, T, D, H});
         },
-        py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"));
-  m.def("lstm_forward", &lstm_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
-        py::arg("h0").none(true), py::arg("c0").none(true), py::arg("hs"), py::arg("hT"),
-        py::arg("cT"), py::arg("gates").none(true), py::arg("cs").none(true),
-        py::arg("work").none(true), py::arg("stream") = 0);
-  m.def("lstm_backward", &lstm_backward, py::arg("xs"), py::arg("h0").none(true),
-        py::arg("c0").none(true), py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"),
-        py::arg("gates"), py::arg("cs"), py::arg("dhs"), py::arg("dhT").none(true),
-        py::arg("dcT").none(true), py::arg("dxs"), py::arg("dh0"), py::arg("dc0"), py::arg("dW"),
-        py::arg("db"), py::arg("work"), py::arg("stream") = 0);
+        py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("cell") = "lstm");
+  // One entry per pass for every cell; lstm_* are the same functions with the LSTM default.
+  for (const char* name : {"forward", "lstm_forward"}) {
+    m.def(name, &seq_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
+          py::arg("h0").none(true), py::arg("c0").none(true), py::arg("hs"), py::arg("hT"),
+          py::arg("cT").none(true), py::arg("gates").none(true), py::arg("cs").none(true),
+          py::arg("work").none(true), py::arg("stream") = 0, py::arg("cell") = "lstm");
+  }
+  for (const char* name : {"backward", "lstm_backward"}) {
+    m.def(name, &seq_backward, py::arg("xs"), py::arg("h0").none(true),
+          py::arg("c0").none(true), py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"),
+          py::arg("gates"), py::arg("cs").none(true), py::arg("dhs"), py::arg("dhT").none(true),
+          py::arg("dcT").none(true), py::arg("dxs"), py::arg("dh0"), py::arg("dc0").none(true),
+          py::arg("dW"), py::arg("db"), py::arg("work"), py::arg("stream") = 0,
+          py::arg("cell") = "lstm");
+  }
   m.def("clip_plan", &clip_plan, py::arg("grads"));
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"), py::arg("work"),
         py::arg("stream") = 0);

@@ -11,7 +11,7 @@
 
 #include "blas.h"
 #include "gemm_small_m.h"
-#include "lstm_cell.h"
+#include "common/activations.h"
 #include "pylstm.h"
 #include "threads.h"
 

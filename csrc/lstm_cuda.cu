@@ -1,4 +1,4 @@
-// The LSTM sequence kernels and global-norm clipping for the GPU (issue 4), written once for two
+// The recurrent sequence driver (every cell of cells/) and global-norm clipping for the GPU, written once for two
 // builds: nvcc (the CUDA module; GEMMs through cuBLAS) and the emulation build, which compiles
 // this file as host C++ against cuda_emu.h (GEMMs through CPU BLAS) so that every commit runs
 // it against the NumPy reference without a GPU. Structure as DESIGN.md: one input-projection
@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "cuda_emu.h"
-#include "lstm_cell.h"
+#include "cells/registry.h"
 #include "lstm_cuda.h"
 
 #if !defined(__CUDACC__)
@@ -43,49 +43,50 @@ void dev_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int
 #endif
 }
 
-// One thread per (n, j): activations, c and h for step t. A_t rows at stride T*4H.
-template <class T>
-__global__ void lstm_fwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
-                                          const T* c_prev, int64_t cp_ld, T* c_out, int64_t c_ld,
-                                          T* h_out, bool save) {
+// One thread per (n, j): the cell's forward for step t (activations, c and h). A_t rows at
+// stride T*G*H; c_prev / c_out are null for a cell without a cell state.
+template <class Cell, class T>
+__global__ void seq_fwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
+                                         const T* c_prev, int64_t cp_ld, T* c_out, int64_t c_ld,
+                                         T* h_out, bool save) {
+  constexpr int kG = Cell::kGates;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * H) return;
   const int64_t n = idx / H, j = idx % H;
-  T* a = A_t + n * Tn * 4 * H;
-  T f, g, i, o, c, h;
-  lstm_cell_forward(a[j] + b[j], a[H + j] + b[H + j], a[2 * H + j] + b[2 * H + j],
-                    a[3 * H + j] + b[3 * H + j], c_prev ? c_prev[n * cp_ld + j] : T(0), f, g, i,
-                    o, c, h);
+  T* a = A_t + n * Tn * kG * H;
+  T pre[kG], act[kG], c, h;
+  for (int k = 0; k < kG; ++k) pre[k] = a[k * H + j] + b[k * H + j];
+  Cell::forward(pre, c_prev ? c_prev[n * cp_ld + j] : T(0), act, c, h);
   if (save) {
-    a[j] = f;
-    a[H + j] = g;
-    a[2 * H + j] = i;
-    a[3 * H + j] = o;
+    for (int k = 0; k < kG; ++k) a[k * H + j] = act[k];
   }
-  c_out[n * c_ld + j] = c;
+  if (c_out) c_out[n * c_ld + j] = c;
   h_out[n * Tn * H + j] = h;
 }
 
-// One thread per (n, j): dA_t and dc_{t-1} from dh_t = dhs[:, t] + carried dh.
-template <class T>
-__global__ void lstm_bwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t,
-                                          const T* gates, const T* cs, const T* c0, const T* dhs,
-                                          const T* dh_carry, T* dc_carry, T* dA) {
+// One thread per (n, j): the cell's backward, dA_t (and dc_{t-1}) from dh_t = dhs[:, t] +
+// carried dh. cs, c0, dc_carry are null for a cell without a cell state.
+template <class Cell, class T>
+__global__ void seq_bwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t,
+                                         const T* gates, const T* cs, const T* c0, const T* dhs,
+                                         const T* dh_carry, T* dc_carry, T* dA) {
+  constexpr int kG = Cell::kGates;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * H) return;
-  const int64_t n = idx / H, j = idx % H, row = n * Tn + t, G = 4 * H;
+  const int64_t n = idx / H, j = idx % H, row = n * Tn + t, G = kG * H;
   const T* gt = gates + row * G;
-  const T cp = t > 0 ? cs[(row - 1) * H + j] : (c0 ? c0[n * H + j] : T(0));
-  T daf, dag, dai, dao, dcp;
-  lstm_cell_backward(gt[j], gt[H + j], gt[2 * H + j], gt[3 * H + j], cs[row * H + j], cp,
-                     dhs[row * H + j] + dh_carry[n * H + j], dc_carry[n * H + j], daf, dag, dai,
-                     dao, dcp);
-  T* da = dA + row * G;
-  da[j] = daf;
-  da[H + j] = dag;
-  da[2 * H + j] = dai;
-  da[3 * H + j] = dao;
-  dc_carry[n * H + j] = dcp;
+  T act[kG], da[kG], dcp;
+  for (int k = 0; k < kG; ++k) act[k] = gt[k * H + j];
+  T c = T(0), cp = T(0), dc = T(0);
+  if (cs) {
+    c = cs[row * H + j];
+    cp = t > 0 ? cs[(row - 1) * H + j] : (c0 ? c0[n * H + j] : T(0));
+    dc = dc_carry[n * H + j];
+  }
+  Cell::backward(act, c, cp, dhs[row * H + j] + dh_carry[n * H + j], dc, da, dcp);
+  T* d = dA + row * G;
+  for (int k = 0; k < kG; ++k) d[k * H + j] = da[k];
+  if (cs) dc_carry[n * H + j] = dcp;
 }
 
 // dst[n, :] = src[n, :] for N rows of H (strided source), or zeros when src is null.
@@ -143,7 +144,7 @@ __global__ void column_finish_kernel(int64_t P, int64_t G, const double* partial
   db[j] = T(acc);
 }
 
-// Rows per weight-gradient GEMM (lstm_backward_cuda): [dWx; dWh] sums over all N*T rows, and
+// Rows per weight-gradient GEMM (seq_backward_cuda): [dWx; dWh] sums over all N*T rows, and
 // one GEMM's sequential sum over them has a float32 error growing with N*T, where NumPy's
 // per-step products sum N rows and then T steps. So the GEMM runs in row chunks accumulating
 // into dW (beta = 1): chunks of at least 128 rows, at most 16 GEMMs. In float64 the one GEMM's
@@ -157,80 +158,86 @@ int64_t weight_grad_chunk(int64_t R) {
 
 }  // namespace
 
-template <class T>
-void lstm_forward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
-                       const T* c0, const T* Wx, const T* Wh, const T* b, T* hs, T* hT, T* cT,
-                       T* gates, T* cs, T* work) {
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = 4 * H;
-  const bool save = gates != nullptr;
-  T* A = save ? gates : work;
-  T* c_run = save ? nullptr : work + N * Tn * G;
+template <class Cell, class T>
+void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
+  constexpr bool kC = Cell::kHasCellState;
+  const SeqShape& s = a.s;
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = Cell::kGates * H;
+  const T *xs = a.xs, *h0 = a.h0, *c0 = kC ? a.c0 : nullptr, *Wx = a.Wx, *Wh = a.Wh, *b = a.b;
+  T *hs = a.hs, *cs = kC ? a.cs : nullptr;
+  const bool save = a.gates != nullptr;
+  T* A = save ? a.gates : a.work;
+  T* c_run = save || !kC ? nullptr : a.work + N * Tn * G;
   cudaStream_t st = ctx.stream;
-  if (!save) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, c0, H, c_run);
+  if (c_run) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, c0, H, c_run);
   dev_gemm<T>(ctx, false, false, N * Tn, G, D, T(1), xs, D, Wx, G, T(0), A, G);
   for (int64_t t = 0; t < Tn; ++t) {
     T* A_t = A + t * G;
     const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
     const int64_t ld_h = t > 0 ? Tn * H : H;
     if (h_prev) dev_gemm<T>(ctx, false, false, N, G, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * G);
-    const T* cp;
-    int64_t cp_ld, c_ld;
-    T* c_out;
-    if (save) {
+    const T* cp = nullptr;
+    int64_t cp_ld = H, c_ld = H;
+    T* c_out = nullptr;
+    if (kC && save) {
       c_out = cs + t * H;
       c_ld = Tn * H;
       cp = t > 0 ? cs + (t - 1) * H : c0;
       cp_ld = t > 0 ? Tn * H : H;
-    } else {
+    } else if (kC) {
       c_out = c_run;
-      c_ld = H;
       cp = c_run;
-      cp_ld = H;
     }
-    PYLSTM_LAUNCH(lstm_fwd_pointwise_kernel<T>, blocks_for(N * H), kBlock, st, N, H, Tn, A_t, b, cp,
-                  cp_ld, c_out, c_ld, hs + t * H, save);
+    PYLSTM_LAUNCH((seq_fwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn,
+                  A_t, b, cp, cp_ld, c_out, c_ld, hs + t * H, save);
   }
-  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, hs + (Tn - 1) * H, Tn * H, hT);
-  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H,
-                save ? cs + (Tn - 1) * H : c_run, save ? Tn * H : H, cT);
+  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, hs + (Tn - 1) * H, Tn * H, a.hT);
+  if (kC) {
+    PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H,
+                  save ? cs + (Tn - 1) * H : c_run, save ? Tn * H : H, a.cT);
+  }
 }
 
-template <class T>
-void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
-                        const T* c0, const T* Wx, const T* Wh, const T* hs, const T* gates,
-                        const T* cs, const T* dhs, const T* dhT, const T* dcT, T* dxs, T* dh0,
-                        T* dc0, T* dW, T* db, T* work) {
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = 4 * H, R = N * Tn;
-  T* dA = work;
-  T* XH = work + R * G;
+template <class Cell, class T>
+void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
+  constexpr bool kC = Cell::kHasCellState;
+  const SeqShape& s = a.s;
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = Cell::kGates * H, R = N * Tn;
+  T* dA = a.work;
+  T* XH = a.work + R * G;
+  T* dh0 = a.dh0;
+  T* dc0 = kC ? a.dc0 : nullptr;
   cudaStream_t st = ctx.stream;
-  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, dhT, H, dh0);
-  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, dcT, H, dc0);
+  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, a.dhT, H, dh0);
+  if (kC) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, a.dcT, H, dc0);
   for (int64_t t = Tn - 1; t >= 0; --t) {
-    PYLSTM_LAUNCH(lstm_bwd_pointwise_kernel<T>, blocks_for(N * H), kBlock, st, N, H, Tn, t, gates, cs,
-                  c0, dhs, dh0, dc0, dA);
-    dev_gemm<T>(ctx, false, true, N, H, G, T(1), dA + t * G, Tn * G, Wh, G, T(0), dh0, H);
+    PYLSTM_LAUNCH((seq_bwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t,
+                  a.gates, kC ? a.cs : nullptr, kC ? a.c0 : nullptr, a.dhs, dh0, dc0, dA);
+    dev_gemm<T>(ctx, false, true, N, H, G, T(1), dA + t * G, Tn * G, a.Wh, G, T(0), dh0, H);
   }
-  dev_gemm<T>(ctx, false, true, R, D, G, T(1), dA, G, Wx, G, T(0), dxs, D);
-  PYLSTM_LAUNCH(build_xh_kernel<T>, blocks_for(R * (D + H)), kBlock, st, R, Tn, D, H, xs, hs, h0, XH);
+  dev_gemm<T>(ctx, false, true, R, D, G, T(1), dA, G, a.Wx, G, T(0), a.dxs, D);
+  PYLSTM_LAUNCH(build_xh_kernel<T>, blocks_for(R * (D + H)), kBlock, st, R, Tn, D, H, a.xs, a.hs,
+                a.h0, XH);
   const int64_t kc = weight_grad_chunk<T>(R);
   for (int64_t k0 = 0; k0 < R; k0 += kc) {
     dev_gemm<T>(ctx, true, false, D + H, G, std::min(kc, R - k0), T(1), XH + k0 * (D + H), D + H,
-                dA + k0 * G, G, k0 > 0 ? T(1) : T(0), dW, G);
+                dA + k0 * G, G, k0 > 0 ? T(1) : T(0), a.dW, G);
   }
   // db last: its partials reuse the XH scratch, free once the weight-gradient GEMMs have run
-  // (stream order). P*G doubles fit there: rc >= 16 rows, so P*G*8 <= (R/16 + 1)*32H bytes, at
-  // most R*H*4 <= the XH bytes when P > 1 (R > 16); 8 bytes of slack for the alignment.
+  // (stream order). P*G doubles fit there: rc >= 16 rows, so P*G*8 <= (R/16 + 1)*8*kGates*H
+  // bytes, at most 2RH + 32H <= 4RH <= the XH bytes when P > 1 (R > 16) and kGates <= 4; 8
+  // bytes of slack for the alignment.
+  static_assert(Cell::kGates <= 4, "the db partials are sized for at most 4 gate blocks");
   const int64_t rc = column_sum_rows(R), P = (R + rc - 1) / rc;
   if (P == 1) {
     PYLSTM_LAUNCH((column_partial_kernel<T, T>), dim3(blocks_for(G), 1), kBlock, st, R, G, rc, dA,
-                  db);
+                  a.db);
   } else {
     const uintptr_t at = reinterpret_cast<uintptr_t>(XH);
     double* partials = reinterpret_cast<double*>((at + 7) / 8 * 8);
     PYLSTM_LAUNCH((column_partial_kernel<T, double>), dim3(blocks_for(G), unsigned(P)), kBlock, st,
                   R, G, rc, dA, partials);
-    PYLSTM_LAUNCH(column_finish_kernel<T>, blocks_for(G), kBlock, st, P, G, partials, db);
+    PYLSTM_LAUNCH(column_finish_kernel<T>, blocks_for(G), kBlock, st, P, G, partials, a.db);
   }
 }
 
@@ -351,16 +358,13 @@ template void clip_grads_cuda<float>(const GpuContext&, const ClipChunk<float>*,
 template void clip_grads_cuda<double>(const GpuContext&, const ClipChunk<double>*, int64_t,
                                       double, double*, unsigned*, double*);
 
-#define PYLSTM_INSTANTIATE_CUDA(T)                                                               \
-  template void lstm_forward_cuda<T>(const GpuContext&, const LstmShape&, const T*, const T*,   \
-                                     const T*, const T*, const T*, const T*, T*, T*, T*, T*, T*, \
-                                     T*);                                                        \
-  template void lstm_backward_cuda<T>(const GpuContext&, const LstmShape&, const T*, const T*,  \
-                                      const T*, const T*, const T*, const T*, const T*,         \
-                                      const T*, const T*, const T*, const T*, T*, T*, T*, T*,   \
-                                      T*, T*);
-PYLSTM_INSTANTIATE_CUDA(float)
-PYLSTM_INSTANTIATE_CUDA(double)
+#define PYLSTM_INSTANTIATE_CUDA(Cell, T)                                       \
+  template void seq_forward_cuda<Cell, T>(const GpuContext&, const ForwardArgs<T>&); \
+  template void seq_backward_cuda<Cell, T>(const GpuContext&, const BackwardArgs<T>&);
+#define PYLSTM_INSTANTIATE_CUDA_CELL(Cell, name) \
+  PYLSTM_INSTANTIATE_CUDA(Cell, float) PYLSTM_INSTANTIATE_CUDA(Cell, double)
+PYLSTM_FOR_EACH_CELL(PYLSTM_INSTANTIATE_CUDA_CELL)
+#undef PYLSTM_INSTANTIATE_CUDA_CELL
 #undef PYLSTM_INSTANTIATE_CUDA
 
 }  // namespace pylstm

@@ -1,6 +1,5 @@
 // The GPU sequence kernels' API (lstm_cuda.cu), the CUDA counterpart of pylstm.h. Pointers are
-// device memory in the CUDA build and host memory in the emulation build (cuda_emu.h); arguments
-// are as for lstm_forward_cpu / lstm_backward_cpu in pylstm.h, plus the context.
+// device memory in the CUDA build and host memory in the emulation build (cuda_emu.h).
 #pragma once
 
 #include <cstdint>
@@ -18,18 +17,13 @@ struct GpuContext {
   void* blas_handle = nullptr;
 };
 
-// Scratch sizes: lstm_forward_workspace_size / lstm_backward_workspace_size of pylstm.h.
-
-template <class T>
-void lstm_forward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
-                       const T* c0, const T* Wx, const T* Wh, const T* b, T* hs, T* hT, T* cT,
-                       T* gates, T* cs, T* work);
-
-template <class T>
-void lstm_backward_cuda(const GpuContext& ctx, const LstmShape& s, const T* xs, const T* h0,
-                        const T* c0, const T* Wx, const T* Wh, const T* hs, const T* gates,
-                        const T* cs, const T* dhs, const T* dhT, const T* dcT, T* dxs, T* dh0,
-                        T* dc0, T* dW, T* db, T* work);
+// The recurrent driver for cell C (cells/registry.h): arguments as for seq_forward_cpu /
+// seq_backward_cpu (pylstm.h; work_size is not read: the workspace must have
+// seq_forward_workspace_size / seq_backward_workspace_size elements), plus the context.
+template <class Cell, class T>
+void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a);
+template <class Cell, class T>
+void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a);
 
 // Clipping (lstm_cuda.cu). The arrays are cut into chunks, each one block's work; the chunk
 // table travels by value as a kernel parameter (at most kClipMaxChunks entries, under the 4 KB

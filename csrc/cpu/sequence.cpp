@@ -1,7 +1,9 @@
-// The fused LSTM sequence kernels on the CPU (declared in pylstm.h; called by bind_cpu.cpp and
-// the native benchmark). Structure (DESIGN.md): one input-projection GEMM over all N*T rows;
-// per step one recurrent GEMM and one fused pointwise pass; backward with one pointwise pass and
-// one GEMM per step, then one merged weight-gradient GEMM, one dX GEMM and db as a column sum.
+// The fused recurrent sequence driver on the CPU, written once for every cell of cells/
+// (declared in pylstm.h; called by bind_cpu.cpp and the native benchmark). Structure
+// (ARCHITECTURE.md): one input-projection GEMM over all N*T rows; per step one recurrent GEMM
+// and one fused pointwise pass (the cell's forward); backward with one pointwise pass (the
+// cell's backward) and one GEMM per step, then one merged weight-gradient GEMM, one dX GEMM and
+// db as a column sum.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -13,8 +15,8 @@
 #include <vector>
 
 #include "blas.h"
+#include "cells/registry.h"
 #include "gemm_small_m.h"
-#include "lstm_cell.h"
 #include "pylstm.h"
 #include "threads.h"
 
@@ -22,22 +24,21 @@ namespace pylstm {
 
 namespace {
 
-// Threads own slices of the H hidden units (all four gate columns of each unit), aligned to 16
+// Threads own slices of the H hidden units (all G gate columns of each unit), aligned to 16
 // elements (one 64-byte line of floats) so that the GEMM column blocks start on cache lines.
 constexpr int64_t kSliceAlign = 16;
 
-// Rows of dA packed at a time for the weight-gradient GEMM (lstm_backward_cpu): the kernel's
+// Rows of dA packed at a time for the weight-gradient GEMM (seq_backward_cpu): the kernel's
 // own K block (gemm_small_m.cpp), so the chunked GEMM rounds exactly as one call over all rows.
 constexpr int64_t kPackRows = 1024;
 
-// Below this much work per step (N*H*(D+H) multiply-adds; measured: (1,200,128,128) at 32768
-// is 1.65x faster on 2 threads) waking a second thread costs more
-// than it saves; those calls run on the caller alone.
-constexpr int64_t kMinParallelWork = 1 << 14;
+// Below this much work per step (N*G*H*(D+H) multiply-adds; benchmarks/RESULTS.md) waking a
+// second thread costs more than it saves; those calls run on the caller alone.
+constexpr int64_t kMinParallelWork = 1 << 16;
 
-int threads_for(const LstmShape& s) {
+int threads_for(const SeqShape& s, int gates) {
   const int nt = get_num_threads();
-  if (s.N * s.H * (s.D + s.H) < kMinParallelWork) return 1;
+  if (s.N * gates * s.H * (s.D + s.H) < kMinParallelWork) return 1;
   const int64_t slices = (s.H + kSliceAlign - 1) / kSliceAlign;
   return int(std::min<int64_t>(nt, slices));
 }
@@ -66,7 +67,7 @@ int64_t last_level_cache_bytes() {
   return bytes;
 }
 
-// The forward pass's two schedules for the packed-weight kernel (lstm_forward_cpu). The step
+// The forward pass's two schedules for the packed-weight kernel (seq_forward_cpu). The step
 // projection keeps the (N, T, 4H) pre-activations out of memory, paid for by reading each
 // thread's packed Wx slice once per step instead of once per call. Measured on the 2-core
 // Zen 5 (32 MB L3), forward-only ms, projection first / step projection, same binary
@@ -75,81 +76,83 @@ int64_t last_level_cache_bytes() {
 // (8,35,64,128) 0.35 / 0.26, (4,35,256,256) 0.48 / 0.55, (1,200,128,128) 0.58 / 0.71. So:
 // with at least 8 rows per step, and while the packed [Wx; Wh] (all threads' slices) takes at
 // most 40% of the last-level cache.
-bool step_projection(const LstmShape& s) {
+bool step_projection(const SeqShape& s, int gates) {
   const int mode = g_schedule.load();
   if (mode != int(ForwardSchedule::kAuto)) return mode == int(ForwardSchedule::kStepProjection);
-  const int64_t weight_bytes = (s.D + s.H) * 4 * s.H * int64_t(sizeof(float));
+  const int64_t weight_bytes = (s.D + s.H) * gates * s.H * int64_t(sizeof(float));
   return s.N >= 8 && weight_bytes * 5 <= last_level_cache_bytes() * 2;
 }
 
 // --- Pointwise rows -----------------------------------------------------------------------
-// One row n of one step over a slice of hsz hidden units. The bodies are templates inlined
-// into per-ISA clones (AVX-512, AVX2+FMA, baseline x86-64) picked at load time, so the gate
-// math vectorizes to the widest registers the CPU has without building for one machine.
+// One row n of one step over a slice of hsz hidden units, through the cell's forward/backward.
+// The bodies are templates inlined into per-ISA clones (AVX-512, AVX2+FMA, baseline x86-64)
+// picked at load time, so the cell math vectorizes to the widest registers the CPU has without
+// building for one machine.
 //   The pre-activation of gate k, unit jj is p[k*ps + jj] (+ z[k*hsz + jj] when z is given)
 //   + b[k*H + jj]: p is the slice's part of a projection row (A, gate stride H) or of the
 //   step's GEMM result (Z, gate stride hsz); z the recurrent GEMM result of the BLAS path.
-//   cp: c_{t-1}; c_out, h_out: outputs (cp may equal c_out); g: where the activated gates go
-//   when training (gate stride H; may equal p).
-template <class T, bool kSave, bool kZ>
+//   cp: c_{t-1}; c_out, h_out: outputs (cp may equal c_out; both unused without a cell
+//   state); g: where the activations go when training (gate stride H; may equal p).
+template <class Cell, class T, bool kSave, bool kZ>
 __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, const T* p,
                                                         int64_t ps, const T* z, const T* b,
                                                         const T* cp, T* c_out, T* h_out, T* g) {
+  constexpr int G = Cell::kGates;
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
-    T pre[4];
-    for (int k = 0; k < 4; ++k) {  // (x-part + h-part) + bias
+    T pre[G];
+    for (int k = 0; k < G; ++k) {  // (x-part + h-part) + bias
       pre[k] = p[k * ps + jj];
       if constexpr (kZ) pre[k] += z[k * hsz + jj];
       pre[k] += b[k * H + jj];
     }
-    T f, gg, i, o, c, h;
-    lstm_cell_forward(pre[0], pre[1], pre[2], pre[3], cp[jj], f, gg, i, o, c, h);
-    if constexpr (kSave) {  // training: keep the activated gates for backward
-      g[jj] = f;
-      g[H + jj] = gg;
-      g[2 * H + jj] = i;
-      g[3 * H + jj] = o;
+    T act[G], c, h;
+    Cell::forward(pre, Cell::kHasCellState ? cp[jj] : T(0), act, c, h);
+    if constexpr (kSave) {  // training: keep the activations for backward
+      for (int k = 0; k < G; ++k) g[k * H + jj] = act[k];
     }
-    c_out[jj] = c;
+    if constexpr (Cell::kHasCellState) c_out[jj] = c;
     h_out[jj] = h;
   }
 }
 
-//   gt: saved gates at the slice start (gate k at gt[k*H + jj]); c, cp: c_t and c_{t-1};
+//   gt: saved activations at the slice start (gate k at gt[k*H + jj]); c, cp: c_t and c_{t-1};
 //   dh_up: dhs row; dhc, dcc: carried dh (read) and dc (read, then overwritten with dc_{t-1});
-//   da: dA row at the slice start (gate k at da[k*H + jj]).
-template <class T>
+//   da: dA row at the slice start (gate k at da[k*H + jj]). c, cp, dcc are unused without a
+//   cell state.
+template <class Cell, class T>
 __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, const T* gt,
                                                         const T* c, const T* cp, const T* dh_up,
                                                         const T* dhc, T* dcc, T* da) {
+  constexpr int G = Cell::kGates;
+  constexpr bool kC = Cell::kHasCellState;
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
-    T daf, dag, dai, dao, dcp;
-    lstm_cell_backward(gt[jj], gt[H + jj], gt[2 * H + jj], gt[3 * H + jj], c[jj], cp[jj],
-                       dh_up[jj] + dhc[jj], dcc[jj], daf, dag, dai, dao, dcp);
-    da[jj] = daf;
-    da[H + jj] = dag;
-    da[2 * H + jj] = dai;
-    da[3 * H + jj] = dao;
-    dcc[jj] = dcp;
+    T act[G], d[G], dcp;
+    for (int k = 0; k < G; ++k) act[k] = gt[k * H + jj];
+    Cell::backward(act, kC ? c[jj] : T(0), kC ? cp[jj] : T(0), dh_up[jj] + dhc[jj],
+                   kC ? dcc[jj] : T(0), d, dcp);
+    for (int k = 0; k < G; ++k) da[k * H + jj] = d[k];
+    if constexpr (kC) dcc[jj] = dcp;
   }
 }
 
-#define PYLSTM_ROW_FUNCS(T)                                                                     \
-  PYLSTM_CLONES void fwd_row(int64_t H, int64_t hsz, const T* p, int64_t ps, const T* z,       \
+// Non-template entry points per (cell, dtype), each with its per-ISA clones; the cell is a tag.
+#define PYLSTM_ROW_FUNCS(Cell, T)                                                               \
+  PYLSTM_CLONES void fwd_row(Cell, int64_t H, int64_t hsz, const T* p, int64_t ps, const T* z, \
                              const T* b, const T* cp, T* c_out, T* h_out, T* g) {               \
-    if (g && z) fwd_row_body<T, true, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);          \
-    else if (g) fwd_row_body<T, true, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);         \
-    else if (z) fwd_row_body<T, false, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);         \
-    else fwd_row_body<T, false, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);               \
+    if (g && z) fwd_row_body<Cell, T, true, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);    \
+    else if (g) fwd_row_body<Cell, T, true, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);   \
+    else if (z) fwd_row_body<Cell, T, false, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);   \
+    else fwd_row_body<Cell, T, false, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);         \
   }                                                                                             \
-  PYLSTM_CLONES void bwd_row(int64_t H, int64_t hsz, const T* gt, const T* c, const T* cp,      \
-                             const T* dh_up, const T* dhc, T* dcc, T* da) {                     \
-    bwd_row_body<T>(H, hsz, gt, c, cp, dh_up, dhc, dcc, da);                                    \
+  PYLSTM_CLONES void bwd_row(Cell, int64_t H, int64_t hsz, const T* gt, const T* c,             \
+                             const T* cp, const T* dh_up, const T* dhc, T* dcc, T* da) {        \
+    bwd_row_body<Cell, T>(H, hsz, gt, c, cp, dh_up, dhc, dcc, da);                              \
   }
-PYLSTM_ROW_FUNCS(float)
-PYLSTM_ROW_FUNCS(double)
+#define PYLSTM_ROW_FUNCS_ALL(Cell, name) PYLSTM_ROW_FUNCS(Cell, float) PYLSTM_ROW_FUNCS(Cell, double)
+PYLSTM_FOR_EACH_CELL(PYLSTM_ROW_FUNCS_ALL)
+#undef PYLSTM_ROW_FUNCS_ALL
 #undef PYLSTM_ROW_FUNCS
 
 // Per-thread scratch reused across calls (the pool's threads live as long as the process);
@@ -161,47 +164,59 @@ T* thread_scratch(size_t n) {
   return buf.data();
 }
 
+// p + off, or nullptr for an absent array (no arithmetic on a null pointer).
+template <class P>
+P* offset(P* p, int64_t off) {
+  return p ? p + off : nullptr;
+}
+
 }  // namespace
 
 ForwardSchedule set_forward_schedule(ForwardSchedule mode) {
   return ForwardSchedule(g_schedule.exchange(int(mode)));
 }
 
-template <class T>
-int64_t lstm_forward_cpu_workspace_size(const LstmShape& s, bool save) {
-  if (!save && std::is_same<T, float>::value && small_m_kernel_enabled() && step_projection(s)) {
-    return s.N * s.H;
+template <class Cell, class T>
+int64_t seq_forward_cpu_workspace_size(const SeqShape& s, bool save) {
+  if (!save && std::is_same<T, float>::value && small_m_kernel_enabled() &&
+      step_projection(s, Cell::kGates)) {
+    return Cell::kHasCellState ? s.N * s.H : 0;
   }
-  return lstm_forward_workspace_size(s, save);
+  return seq_forward_workspace_size<Cell>(s, save);
 }
 
-template <class T>
-void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0, const T* Wx,
-                      const T* Wh, const T* b, T* hs, T* hT, T* cT, T* gates, T* cs, T* work,
-                      int64_t work_size) {
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = 4 * H;
+template <class Cell, class T>
+void seq_forward_cpu(const ForwardArgs<T>& a) {
+  constexpr int kG = Cell::kGates;
+  constexpr bool kC = Cell::kHasCellState;
+  const SeqShape& s = a.s;
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = kG * H;
+  const T *xs = a.xs, *h0 = a.h0, *c0 = kC ? a.c0 : nullptr, *Wx = a.Wx, *Wh = a.Wh, *b = a.b;
+  T *hs = a.hs, *hT = a.hT, *cT = kC ? a.cT : nullptr, *gates = a.gates;
+  T* cs = kC ? a.cs : nullptr;
   const bool save = gates != nullptr;
   // GEMMs on the packed-weight kernel (float with AVX-512) or BLAS (double, older CPUs).
   const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
-  // A forward-only call given only the step projection's scratch (N*H) must take that schedule.
-  const bool small_work = !save && work_size >= 0 && work_size < lstm_forward_workspace_size(s, false);
-  if (small_work && (!packed || work_size < N * H)) {
-    throw std::invalid_argument("work: " + std::to_string(work_size) +
+  // A forward-only call given only the step projection's scratch must take that schedule.
+  const int64_t full_work = seq_forward_workspace_size<Cell>(s, false);
+  const bool small_work = !save && a.work_size >= 0 && a.work_size < full_work;
+  if (small_work && (!packed || a.work_size < (kC ? N * H : 0))) {
+    throw std::invalid_argument("work: " + std::to_string(a.work_size) +
                                 " elements are too few for this forward-only call (needs " +
-                                std::to_string(lstm_forward_workspace_size(s, false)) + ")");
+                                std::to_string(full_work) + ")");
   }
   // Two schedules of the same GEMMs (see step_projection):
   //  - projection first: one GEMM over all N*T rows into A (the gates buffer when saving, else
   //    the workspace), then per step the slice of A_t copied into Z and Z += h_{t-1} @ Wh[:,
   //    slice] (with BLAS: Z = h_{t-1} @ Wh[:, slice] and the pointwise pass adds A, Z and b);
   //  - step projection: per step Z = x_t @ Wx[:, slice] before the step's barrier, then
-  //    Z += h_{t-1} @ Wh[:, slice]; the (N, T, 4H) pre-activations never exist.
-  const bool step_proj = packed && (step_projection(s) || small_work);
-  T* A = step_proj ? nullptr : save ? gates : work;
-  // forward-only: running c, (N, H), after A when there is one
-  T* c_run = save ? nullptr : step_proj ? work : work + N * Tn * G;
+  //    Z += h_{t-1} @ Wh[:, slice]; the (N, T, G*H) pre-activations never exist.
+  const bool step_proj = packed && (step_projection(s, kG) || small_work);
+  T* A = step_proj ? nullptr : save ? gates : a.work;
+  // forward-only with a cell state: running c, (N, H), after A when there is one
+  T* c_run = save || !kC ? nullptr : step_proj ? a.work : a.work + N * Tn * G;
 
-  parallel_run(threads_for(s), [&](const Team& team) {
+  parallel_run(threads_for(s, kG), [&](const Team& team) {
     int64_t j0, j1;  // this thread's hidden units; it alone reads and writes their columns
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
@@ -210,9 +225,9 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
       return;
     }
     // The slice's columns of Wh (and, for the step projection, of Wx) side by side, (H,
-    // 4*hsz), so each step is one GEMM into the contiguous Z (N, 4*hsz): packed into 16-column
+    // G*hsz), so each step is one GEMM into the contiguous Z (N, G*hsz): packed into 16-column
     // panels for the kernel, else row-major for BLAS. Plus zeros standing in for absent h0/c0.
-    const int64_t hw = 4 * hsz;
+    const int64_t hw = kG * hsz;
     const int64_t wsize = packed ? packed_b_size(H, hw) : H * hw;
     const int64_t xsize = packed ? (step_proj ? packed_b_size(D, hw) : packed_b_size(D, hsz)) : 0;
     T* scratch = thread_scratch<T>(size_t(wsize + xsize + N * hw + hw));
@@ -228,10 +243,10 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
         if (step_proj) {
           pack_b(D, hw, [&](int64_t n) { return slice_col(Wx, n); }, G, Wxp);
         } else {
-          // 1. Input projection of all N*T rows for this slice's four gate column blocks (the
-          //    bias is added in the pointwise pass), one block at a time through one packed
-          //    buffer (a quarter of the scratch of four; hsz < 16 pads each block to 16 columns).
-          for (int k = 0; k < 4; ++k) {
+          // 1. Input projection of all N*T rows for this slice's gate column blocks (the bias
+          //    is added in the pointwise pass), one block at a time through one packed buffer
+          //    (1/G of the scratch of all; hsz < 16 pads each block to 16 columns).
+          for (int k = 0; k < kG; ++k) {
             pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp);
             gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp, A + k * H + j0, G);
           }
@@ -239,17 +254,17 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
       }
     }
     if (!packed) {
-      for (int k = 0; k < 4; ++k) {  // 1., on BLAS
+      for (int k = 0; k < kG; ++k) {  // 1., on BLAS
         gemm(false, false, int(N * Tn), int(hsz), int(D), T(1), xs, int(D), Wx + k * H + j0,
              int(G), T(0), A + k * H + j0, int(G));
       }
       for (int64_t r = 0; r < H; ++r) {
-        for (int k = 0; k < 4; ++k) {
+        for (int k = 0; k < kG; ++k) {
           std::memcpy(Whp + r * hw + k * hsz, Wh + r * G + k * H + j0, sizeof(T) * hsz);
         }
       }
     }
-    if (!save) {
+    if (c_run) {
       for (int64_t n = 0; n < N; ++n) {
         for (int64_t j = j0; j < j1; ++j) c_run[n * H + j] = c0 ? c0[n * H + j] : T(0);
       }
@@ -269,14 +284,14 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
           gemm_packed_b(N, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
         } else if (packed) {
           for (int64_t n = 0; n < N; ++n) {
-            const T* a = A + (n * Tn + t) * G + j0;
-            for (int k = 0; k < 4; ++k) std::memcpy(Z + n * hw + k * hsz, a + k * H, sizeof(T) * hsz);
+            const T* ar = A + (n * Tn + t) * G + j0;
+            for (int k = 0; k < kG; ++k) std::memcpy(Z + n * hw + k * hsz, ar + k * H, sizeof(T) * hsz);
           }
         }
       }
       if (t > 0) team.wait(token);  // h_{t-1} complete before this step's GEMM reads it
-      // 2a. Recurrent GEMM for this slice: Z (+)= h_{t-1} @ Wh[:, slice] (none at t = 0 if
-      //     h0 = 0).
+      // 2a. Recurrent GEMM for this slice: Z (+)= h_{t-1} @ Wh[:, slice] (none at t = 0 when
+      //     there is no h0: the spec's h0 = None).
       if (h_prev) {
         if constexpr (std::is_same<T, float>::value) {
           if (packed) gemm_packed_b(N, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/true);
@@ -286,59 +301,66 @@ void lstm_forward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0,
                T(0), Z, int(hw));
         }
       }
-      // 2b. Fused pointwise pass over the slice: activations, c and h.
+      // 2b. Fused pointwise pass over the slice: the cell's forward.
       for (int64_t n = 0; n < N; ++n) {
         const int64_t row = n * Tn + t;
         T* h_out = hs + row * H + j0;
-        const T* cp;
-        T* c_out;
-        if (save) {
+        const T* cp = nullptr;
+        T* c_out = nullptr;
+        if (kC && save) {
           c_out = cs + row * H + j0;
           cp = t > 0 ? c_out - H : (c0 ? c0 + n * H + j0 : zeros);
-        } else {
+        } else if (kC) {
           c_out = c_run + n * H + j0;
           cp = c_out;  // updated in place, element by element
         }
         T* g = save ? gates + row * G + j0 : nullptr;
         if (packed) {  // Z holds x-part + h-part
-          fwd_row(H, hsz, Z + n * hw, hsz, nullptr, b + j0, cp, c_out, h_out, g);
+          fwd_row(Cell{}, H, hsz, Z + n * hw, hsz, nullptr, b + j0, cp, c_out, h_out, g);
         } else {
-          fwd_row(H, hsz, A + row * G + j0, H, h_prev ? Z + n * hw : zeros, b + j0, cp, c_out,
-                  h_out, g);
+          fwd_row(Cell{}, H, hsz, A + row * G + j0, H, h_prev ? Z + n * hw : zeros, b + j0, cp,
+                  c_out, h_out, g);
         }
       }
       if (t + 1 < Tn) token = team.arrive();  // this thread's part of h_t is written
     }
     for (int64_t n = 0; n < N; ++n) {
-      const T* c_last = save ? cs + (n * Tn + Tn - 1) * H : c_run + n * H;
       std::memcpy(hT + n * H + j0, hs + (n * Tn + Tn - 1) * H + j0, sizeof(T) * hsz);
-      std::memcpy(cT + n * H + j0, c_last + j0, sizeof(T) * hsz);
+      if (kC) {
+        const T* c_last = save ? cs + (n * Tn + Tn - 1) * H : c_run + n * H;
+        std::memcpy(cT + n * H + j0, c_last + j0, sizeof(T) * hsz);
+      }
     }
   });
 }
 
-template <class T>
-void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0, const T* Wx,
-                       const T* Wh, const T* hs, const T* gates, const T* cs, const T* dhs,
-                       const T* dhT, const T* dcT, T* dxs, T* dh0, T* dc0, T* dW, T* db, T* work) {
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = 4 * H, DH = D + H, R = N * Tn;
-  T* dA = work;            // (N, T, 4H)
-  T* XH = work + R * G;    // (N*T, D+H): [x_t | h_{t-1}] per row
+template <class Cell, class T>
+void seq_backward_cpu(const BackwardArgs<T>& a) {
+  constexpr int kG = Cell::kGates;
+  constexpr bool kC = Cell::kHasCellState;
+  const SeqShape& s = a.s;
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = kG * H, DH = D + H, R = N * Tn;
+  const T *xs = a.xs, *h0 = a.h0, *c0 = kC ? a.c0 : nullptr, *Wx = a.Wx, *Wh = a.Wh, *hs = a.hs;
+  const T *gates = a.gates, *cs = kC ? a.cs : nullptr, *dhs = a.dhs, *dhT = a.dhT;
+  const T* dcT = kC ? a.dcT : nullptr;
+  T *dxs = a.dxs, *dW = a.dW, *db = a.db;
+  T* dA = a.work;          // (N, T, G*H)
+  T* XH = a.work + R * G;  // (N*T, D+H): [x_t | h_{t-1}] per row
   // dh0 / dc0 double as the carried gradients while walking back in time.
-  T* dh_carry = dh0;
-  T* dc_carry = dc0;
+  T* dh_carry = a.dh0;
+  T* dc_carry = kC ? a.dc0 : nullptr;
   const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
-  // Wx^T, (4H, D), packed once for every thread's dX rows (step 3): the threads pack
+  // Wx^T, (G*H, D), packed once for every thread's dX rows (step 3): the threads pack
   // a share of its panels each, all done by the step loop's first barrier.
   T* WxTp = packed ? thread_scratch<T, 1>(size_t(packed_b_size(G, D))) : nullptr;
   // db's double sums, every thread's columns (allocated here: nothing allocates inside the run).
   double* dbsum_all = thread_scratch<double, 2>(size_t(G + 16));
 
-  parallel_run(threads_for(s), [&](const Team& team) {
+  parallel_run(threads_for(s, kG), [&](const Team& team) {
     int64_t j0, j1;
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
-    // Wh[slice, :]^T, (4H, hsz), packed for the packed-weight kernel (float); zeros stand in
+    // Wh[slice, :]^T, (G*H, hsz), packed for the packed-weight kernel (float); zeros stand in
     // for an absent c0.
     int64_t c0_, c1_;  // this thread's columns of dW and db (step 4)
     team.split(G, kSliceAlign, c0_, c1_);
@@ -363,18 +385,18 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t j = j0; j < j1; ++j) {
         dh_carry[n * H + j] = dhT ? dhT[n * H + j] : T(0);
-        dc_carry[n * H + j] = dcT ? dcT[n * H + j] : T(0);
+        if (kC) dc_carry[n * H + j] = dcT ? dcT[n * H + j] : T(0);
       }
     }
     for (int64_t t = Tn - 1; t >= 0; --t) {
-      // 1. Fused pointwise pass over the slice: dA_t and dc_{t-1} from
+      // 1. Fused pointwise pass over the slice: the cell's backward, dA_t (and dc_{t-1}) from
       //    dh_t = dhs[:, t] + carried dh.
       for (int64_t n = 0; n < N; ++n) {
         const int64_t row = n * Tn + t;
-        const T* c = cs + row * H + j0;
-        const T* cp = t > 0 ? c - H : (c0 ? c0 + n * H + j0 : zeros);
-        bwd_row(H, hsz, gates + row * G + j0, c, cp, dhs + row * H + j0, dh_carry + n * H + j0,
-                dc_carry + n * H + j0, dA + row * G + j0);
+        const T* c = offset(cs, row * H + j0);
+        const T* cp = !kC ? nullptr : t > 0 ? c - H : (c0 ? c0 + n * H + j0 : zeros);
+        bwd_row(Cell{}, H, hsz, gates + row * G + j0, c, cp, dhs + row * H + j0,
+                dh_carry + n * H + j0, offset(dc_carry, n * H + j0), dA + row * G + j0);
       }
       team.barrier();  // all of dA_t written before the GEMM reads every column
       // 2. dh_{t-1}[:, slice] = dA_t @ Wh[slice, :]^T  (at t = 0 this is dh0).
@@ -408,9 +430,9 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
     // 4. [dWx; dWh] = [X | H_prev]^T dA in one GEMM, split by output columns; 5. db = column
     //    sums of dA, rows added in order in double (deterministic).
     if (c1_ > c0_) {
-      // db in double whatever T: a float sum over N*T rows drifts (N*T = 1200: 10x the error
-      // of numpy's pairwise float32 sum). This thread's columns of the shared buffer (with
-      // room for the packing's 16-wide padding past G).
+      // db in double whatever T: a float sum over N*T rows drifts far past numpy's pairwise
+      // float32 sum. This thread's columns of the shared buffer (with room for the packing's
+      // 16-wide padding past G).
       double* dbsum = dbsum_all + c0_;
       std::fill(dbsum, dbsum + (c1_ - c0_ + 15) / 16 * 16, 0.0);
       if constexpr (std::is_same<T, float>::value) {
@@ -438,15 +460,13 @@ void lstm_backward_cpu(const LstmShape& s, const T* xs, const T* h0, const T* c0
   });
 }
 
-#define PYLSTM_INSTANTIATE(T)                                                                   \
-  template void lstm_forward_cpu<T>(const LstmShape&, const T*, const T*, const T*, const T*,  \
-                                    const T*, const T*, T*, T*, T*, T*, T*, T*, int64_t);      \
-  template int64_t lstm_forward_cpu_workspace_size<T>(const LstmShape&, bool);                 \
-  template void lstm_backward_cpu<T>(const LstmShape&, const T*, const T*, const T*, const T*, \
-                                     const T*, const T*, const T*, const T*, const T*,         \
-                                     const T*, const T*, T*, T*, T*, T*, T*, T*);
-PYLSTM_INSTANTIATE(float)
-PYLSTM_INSTANTIATE(double)
+#define PYLSTM_INSTANTIATE(Cell, T)                                                              \
+  template void seq_forward_cpu<Cell, T>(const ForwardArgs<T>&);                                 \
+  template int64_t seq_forward_cpu_workspace_size<Cell, T>(const SeqShape&, bool);               \
+  template void seq_backward_cpu<Cell, T>(const BackwardArgs<T>&);
+#define PYLSTM_INSTANTIATE_CELL(Cell, name) PYLSTM_INSTANTIATE(Cell, float) PYLSTM_INSTANTIATE(Cell, double)
+PYLSTM_FOR_EACH_CELL(PYLSTM_INSTANTIATE_CELL)
+#undef PYLSTM_INSTANTIATE_CELL
 #undef PYLSTM_INSTANTIATE
 
 }  // namespace pylstm

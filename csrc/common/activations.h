@@ -1,9 +1,7 @@
-// The LSTM gate math for one element, written once: the CPU loops (lstm_cpu.cpp) and the CUDA
-// kernels call these functions. Under nvcc they are __host__ __device__, otherwise plain inline,
-// and they are written so that a CPU loop over them auto-vectorizes (no libm calls, no branches
-// that depend on data other than selects).
-//
-// Gate order inside the 4H axis: f, g, i, o (DLfS2's order; see pylstm/reference.py).
+// The activation functions of every cell (cells/*.h), written once for the CPU loops and the
+// CUDA kernels: under nvcc they are __host__ __device__, otherwise plain inline, and they are
+// written so that a CPU loop over them auto-vectorizes (no libm calls, no branches that depend
+// on data other than selects).
 #pragma once
 
 #include <cstdint>
@@ -16,9 +14,6 @@
 #endif
 
 namespace pylstm {
-
-// Column offset of each gate block inside a 4H row, in units of H.
-enum Gate : int { kGateF = 0, kGateG = 1, kGateI = 2, kGateO = 3 };
 
 // --- exp / expm1 without libm --------------------------------------------------------------
 // exp(x) = 2^k * (1 + p), with k = round(x / ln 2), r = x - k ln 2 (Cody-Waite, two-part ln 2)
@@ -124,12 +119,15 @@ PYLSTM_HD T clamp_arg(T x, T lo, T hi) {
   return x > hi ? hi : x;
 }
 
-// Logistic sigmoid 1 / (1 + exp(-x)): no cancellation anywhere, so a few ulp everywhere.
+// Logistic sigmoid 1 / (1 + exp(-x)): no cancellation anywhere, so a few ulp everywhere. Below
+// -kMaxArg, where the true value is subnormal, it is exactly 0 (-inf included), so a saturated
+// gate passes no gradient and 0 * inf gives NaN as in the reference.
 template <class T>
 PYLSTM_HD T sigmoid(T x) {
   T s, p;
   exp_split<T>(clamp_arg<T>(-x, -ExpTraits<T>::kMaxArg, ExpTraits<T>::kMaxArg), s, p);
-  return T(1) / (T(1) + (s + s * p));
+  const T y = T(1) / (T(1) + (s + s * p));
+  return x < -ExpTraits<T>::kMaxArg ? T(0) : y;
 }
 
 // tanh(x) = sign(x) * e / (e + 2) with e = expm1(2|x|) = (2^k - 1) + 2^k * p: accurate near 0
@@ -143,38 +141,6 @@ PYLSTM_HD T tanh_fast(T x) {
   const T e = (s - T(1)) + s * p;
   const T t = e / (e + T(2));
   return x < T(0) ? -t : t;
-}
-
-// --- One LSTM element ------------------------------------------------------------------------
-// Forward: pre-activations (af, ag, ai, ao) and c_prev in; activated gates, c and h out.
-//   f = sigmoid(af), g = tanh(ag), i = sigmoid(ai), o = sigmoid(ao)
-//   c = f * c_prev + g * i,  h = o * tanh(c)
-template <class T>
-PYLSTM_HD void lstm_cell_forward(T af, T ag, T ai, T ao, T c_prev, T& f, T& g, T& i, T& o, T& c,
-                                 T& h) {
-  f = sigmoid(af);
-  g = tanh_fast(ag);
-  i = sigmoid(ai);
-  o = sigmoid(ao);
-  c = f * c_prev + g * i;
-  h = o * tanh_fast(c);
-}
-
-// Backward: saved activated gates, c (this step) and c_prev; dh (upstream + carried) and dc
-// (carried from step t+1, or dcT); out: gradients of the pre-activations and dc_prev.
-//   tc = tanh(c);  ds = dc + dh * o * (1 - tc^2)
-//   daf = ds * c_prev * f (1 - f);  dag = ds * i * (1 - g^2)
-//   dai = ds * g * i (1 - i);       dao = dh * tc * o (1 - o);   dc_prev = ds * f
-template <class T>
-PYLSTM_HD void lstm_cell_backward(T f, T g, T i, T o, T c, T c_prev, T dh, T dc, T& daf, T& dag,
-                                  T& dai, T& dao, T& dc_prev) {
-  const T tc = tanh_fast(c);
-  const T ds = dc + dh * o * (T(1) - tc * tc);
-  daf = ds * c_prev * f * (T(1) - f);
-  dag = ds * i * (T(1) - g * g);
-  dai = ds * g * i * (T(1) - i);
-  dao = dh * tc * o * (T(1) - o);
-  dc_prev = ds * f;
 }
 
 }  // namespace pylstm
