@@ -1,7 +1,7 @@
 """pylstm: fused LSTM sequence kernels for Python, and a DLfS2-style LSTM language-model stack.
 
-The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, ``clip_grads``,
-``global_norm``) runs on the compiled CPU kernels, on the CUDA kernels for device arrays
+The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, ``rnn_forward``,
+``rnn_backward``, ``rnn_inference``, ``clip_grads``, ``global_norm``) runs on the compiled CPU kernels, on the CUDA kernels for device arrays
 (CuPy, PyTorch, Numba; ``backend="cuda"``), or on the NumPy reference (``pylstm.reference``),
 which is the specification the kernels are tested against.
 """
@@ -9,6 +9,7 @@ which is the specification the kernels are tested against.
 from ._backend import DeviceUnavailableError, cuda_status, set_cuda_graphs
 from .functional import (
     LSTMCache,
+    RNNCache,
     available_backends,
     clip_grads,
     get_num_threads,
@@ -17,6 +18,9 @@ from .functional import (
     lstm_forward,
     lstm_inference,
     matmul,
+    rnn_backward,
+    rnn_forward,
+    rnn_inference,
     set_num_threads,
     softmax_cross_entropy,
 )
@@ -26,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DeviceUnavailableError",
     "LSTMCache",
+    "RNNCache",
     "cuda_status",
     "available_backends",
     "clip_grads",
@@ -35,6 +40,9 @@ __all__ = [
     "lstm_forward",
     "lstm_inference",
     "matmul",
+    "rnn_backward",
+    "rnn_forward",
+    "rnn_inference",
     "set_cuda_graphs",
     "set_num_threads",
     "softmax_cross_entropy",

@@ -1,4 +1,5 @@
-"""The functional API: fused LSTM forward/backward and global-norm clipping, dispatched to a
+"""The functional API: fused LSTM and vanilla RNN forward/backward, global-norm clipping and the
+dense ops, dispatched to a
 backend ("cpu": the compiled kernels; "cuda": the CUDA kernels on device arrays; "numpy": the
 reference in ``pylstm.reference``). "auto" picks "cuda" for device arrays (anything with
 ``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors, Numba) and "cpu" for NumPy arrays.
@@ -20,9 +21,13 @@ from . import reference as ref
 
 __all__ = [
     "LSTMCache",
+    "RNNCache",
     "lstm_forward",
     "lstm_inference",
     "lstm_backward",
+    "rnn_forward",
+    "rnn_inference",
+    "rnn_backward",
     "global_norm",
     "clip_grads",
     "matmul",
@@ -132,8 +137,23 @@ def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str =
         )
 
 
-def _check_lstm_args(xs, Wx, Wh, b, h0, c0):
-    """Validates forward arguments; returns (N, T, D, H)."""
+# The cells the kernels have: gate blocks and whether a cell state travels beside h (the C++
+# list is csrc/cells/registry.h).
+_CELLS = {"lstm": (4, True), "rnn_tanh": (1, False), "rnn_relu": (1, False)}
+_NONLINEARITIES = ("tanh", "relu")
+
+
+def _rnn_cell(nonlinearity) -> str:
+    """The kernel cell name of a vanilla RNN with this nonlinearity."""
+    if not isinstance(nonlinearity, str) or nonlinearity not in _NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {_NONLINEARITIES}, got {nonlinearity!r}")
+    return "rnn_" + nonlinearity
+
+
+def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0):
+    """Validates forward arguments of a cell's layer; returns (N, T, D, H)."""
+    gates, has_c = _CELLS[cell]
+    gh = "H" if gates == 1 else f"{gates}H"
     _require_ndarray(xs, "xs")
     if xs.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"xs must have dtype float32 or float64, got {xs.dtype}")
@@ -141,7 +161,7 @@ def _check_lstm_args(xs, Wx, Wh, b, h0, c0):
         raise ValueError(f"xs must have rank 3 (N, T, D), got rank {xs.ndim} with shape {xs.shape}")
     _require_ndarray(Wh, "Wh")
     if Wh.ndim != 2:
-        raise ValueError(f"Wh must have rank 2 (H, 4H), got rank {Wh.ndim} with shape {Wh.shape}")
+        raise ValueError(f"Wh must have rank 2 (H, {gh}), got rank {Wh.ndim} with shape {Wh.shape}")
     N, T, D = xs.shape
     H = Wh.shape[0]
     for value, what, name, arr in ((N, "N (batch size)", "xs", xs), (T, "T (time steps)", "xs", xs),
@@ -150,56 +170,122 @@ def _check_lstm_args(xs, Wx, Wh, b, h0, c0):
             raise ValueError(f"{name}: {what} must be >= 1, got shape {arr.shape}")
     dt = xs.dtype
     _check_array(xs, "xs", dt, (N, T, D))
-    _check_array(Wh, "Wh", dt, (H, 4 * H))
-    _check_array(Wx, "Wx", dt, (D, 4 * H))
-    _check_array(b, "b", dt, (4 * H,))
+    _check_array(Wh, "Wh", dt, (H, gates * H))
+    _check_array(Wx, "Wx", dt, (D, gates * H))
+    _check_array(b, "b", dt, (gates * H,))
     if h0 is not None:
         _check_array(h0, "h0", dt, (N, H))
     if c0 is not None:
+        if not has_c:
+            raise ValueError(f"c0 must be None: the {cell} cell has no cell state")
         _check_array(c0, "c0", dt, (N, H))
     return N, T, D, H
 
 
-class LSTMCache:
-    """Opaque state saved by ``lstm_forward`` for ``lstm_backward``.
+class RecurrentCache:
+    """Opaque state saved by ``lstm_forward`` / ``rnn_forward`` for their backward.
 
     Holds references to the inputs (not copies: do not modify them in place between forward and
-    backward) and the saved activated gates (N, T, 4H) and cell states (N, T, H).
+    backward) and the saved activations: the LSTM's gates (N, T, 4H) and cell states (N, T, H);
+    the RNN's outputs (N, T, H).
     """
 
-    __slots__ = ("backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device")
+    __slots__ = ("cell", "backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device")
 
-    def __init__(self, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs, device=None):
-        self.backend = backend
+    def __init__(self, cell, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs, device=None):
+        self.cell, self.backend = cell, backend
         self.xs, self.h0, self.c0, self.Wx, self.Wh, self.b = xs, h0, c0, Wx, Wh, b
         self.hs, self.gates, self.cs = hs, gates, cs
         self.device = device  # (module, array library, (N, T, D, H), dtype) for device calls
 
     @property
     def nbytes(self) -> int:
-        """Bytes saved for backward beyond the inputs and hs: gates and cell states."""
-        return self.gates.nbytes + self.cs.nbytes
+        """Bytes saved for backward beyond the inputs and hs."""
+        return self.gates.nbytes + (0 if self.cs is None else self.cs.nbytes)
 
 
-def _device_forward(name, xs, Wx, Wh, b, h0, c0, save):
-    """lstm_forward / lstm_inference on device arrays: the binding checks every argument, the
-    outputs come from the inputs' array library, the kernels run on its current stream."""
+LSTMCache = RecurrentCache
+RNNCache = RecurrentCache
+
+
+def _device_forward(name, cell, xs, Wx, Wh, b, h0, c0, save):
+    """forward / inference on device arrays: the binding checks every argument, the outputs
+    come from the inputs' array library, the kernels run on its current stream."""
+    gates_n, has_c = _CELLS[cell]
     mod, lib = _device_target(name, xs)
     w = lib.wrap if lib is not None else (lambda a: a)
-    N, T, D, H, itemsize, dev = mod.forward_check(w(xs), w(Wx), w(Wh), w(b), w(h0), w(c0))
+    N, T, D, H, itemsize, dev = mod.forward_check(w(xs), w(Wx), w(Wh), w(b), w(h0), w(c0), cell=cell)
     if lib is None:
         lib = _devices.library_of(xs, dev)
     dt = np.dtype(np.float32 if itemsize == 4 else np.float64)
-    hs, hT, cT = lib.empty((N, T, H), dt), lib.empty((N, H), dt), lib.empty((N, H), dt)
-    gates = lib.empty((N, T, 4 * H), dt) if save else None
-    cs = lib.empty((N, T, H), dt) if save else None
-    size = mod.forward_workspace_size(N, T, D, H, save)
+    hs, hT = lib.empty((N, T, H), dt), lib.empty((N, H), dt)
+    cT = lib.empty((N, H), dt) if has_c else None
+    gates = lib.empty((N, T, gates_n * H), dt) if save else None
+    cs = lib.empty((N, T, H), dt) if save and has_c else None
+    size = mod.forward_workspace_size(N, T, D, H, save, cell=cell)
     work = lib.empty((size,), dt) if size else None
-    mod.lstm_forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
-                     lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
-                     lib.wrap(cs), lib.wrap(work), lib.stream())
-    cache = LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, (mod, lib, (N, T, D, H), dt)) if save else None
+    mod.forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
+                lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
+                lib.wrap(cs), lib.wrap(work), lib.stream(), cell=cell)
+    cache = None
+    if save:
+        cache = RecurrentCache(cell, name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, (mod, lib, (N, T, D, H), dt))
     return hs, hT, cT, cache
+
+
+def _seq_forward(cell, xs, Wx, Wh, b, h0, c0, backend, save):
+    """(hs, hT, cT or None, cache or None) of one cell's layer on any backend."""
+    name = _resolve_backend(backend, xs)
+    if name in _DEVICE_BACKENDS:
+        return _device_forward(name, cell, xs, Wx, Wh, b, h0, c0, save)
+    _check_seq_args(cell, xs, Wx, Wh, b, h0, c0)
+    if name == "numpy":
+        if cell == "lstm":
+            hs, hT, cT, rc = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
+            gates, cs = rc.gates, rc.cs
+        else:  # the RNN saves its output as its activation
+            hs, hT, _ = ref.rnn_forward_ref(xs, h0, Wx, Wh, b, cell[len("rnn_"):])
+            cT, gates, cs = None, hs, None
+    else:
+        hs, hT, cT, gates, cs = _lstm_module(name).forward(xs, Wx, Wh, b, h0, c0, save, cell=cell)
+    cache = RecurrentCache(cell, name, xs, h0, c0, Wx, Wh, b, hs, gates, cs) if save else None
+    return hs, hT, cT, cache
+
+
+def _check_cache(cache, cells: tuple, forward: str):
+    if not isinstance(cache, RecurrentCache):
+        raise TypeError(f"cache must be the cache returned by {forward}, got {type(cache).__name__}")
+    if cache.cell not in cells:
+        raise ValueError(f"cache comes from a {cache.cell} forward pass, not from {forward}")
+
+
+def _seq_backward(cell, dhs, cache, dhT, dcT):
+    """(dxs, dh0, dc0 or None, dWx, dWh, db) of one cell's layer from its cache."""
+    if cache.device is not None:
+        return _device_backward(dhs, cache, dhT, dcT)
+    N, T, D = cache.xs.shape
+    H = cache.Wh.shape[0]
+    dt = cache.xs.dtype
+    _check_array(dhs, "dhs", dt, (N, T, H))
+    if dhT is not None:
+        _check_array(dhT, "dhT", dt, (N, H))
+    if dcT is not None:
+        _check_array(dcT, "dcT", dt, (N, H))
+    if cache.backend == "numpy":
+        h0 = np.zeros((N, H), dt) if cache.h0 is None else cache.h0
+        if cell == "lstm":
+            rc = ref.LSTMCacheRef(
+                cache.xs, h0, np.zeros((N, H), dt) if cache.c0 is None else cache.c0,
+                cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs,
+            )
+            return ref.lstm_backward_ref(dhs, rc, dhT, dcT)
+        rc = ref.RNNCacheRef(cache.xs, h0, cache.Wx, cache.Wh, cache.hs, cell[len("rnn_"):])
+        dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(dhs, rc, dhT)
+        return dxs, dh0, None, dWx, dWh, db
+    return _lstm_module(cache.backend).backward(
+        cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
+        cache.cs, dhs, dhT, dcT, cell=cell,
+    )
 
 
 def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
@@ -217,15 +303,7 @@ def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCache for ``lstm_backward``.
     """
-    name = _resolve_backend(backend, xs)
-    if name in _DEVICE_BACKENDS:
-        return _device_forward(name, xs, Wx, Wh, b, h0, c0, True)
-    _check_lstm_args(xs, Wx, Wh, b, h0, c0)
-    if name == "numpy":
-        hs, hT, cT, rc = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
-        return hs, hT, cT, LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, rc.gates, rc.cs)
-    hs, hT, cT, gates, cs = _lstm_module(name).lstm_forward(xs, Wx, Wh, b, h0, c0, True)
-    return hs, hT, cT, LSTMCache(name, xs, h0, c0, Wx, Wh, b, hs, gates, cs)
+    return _seq_forward("lstm", xs, Wx, Wh, b, h0, c0, backend, True)
 
 
 def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
@@ -235,15 +313,7 @@ def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H)
     """
-    name = _resolve_backend(backend, xs)
-    if name in _DEVICE_BACKENDS:
-        return _device_forward(name, xs, Wx, Wh, b, h0, c0, False)[:3]
-    _check_lstm_args(xs, Wx, Wh, b, h0, c0)
-    if name == "numpy":
-        hs, hT, cT, _ = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
-        return hs, hT, cT
-    hs, hT, cT, _, _ = _lstm_module(name).lstm_forward(xs, Wx, Wh, b, h0, c0, False)
-    return hs, hT, cT
+    return _seq_forward("lstm", xs, Wx, Wh, b, h0, c0, backend, False)[:3]
 
 
 def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
@@ -259,41 +329,64 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
     -------
     dxs (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)
     """
-    if not isinstance(cache, LSTMCache):
-        raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
-    if cache.device is not None:
-        return _device_backward(dhs, cache, dhT, dcT)
-    N, T, D = cache.xs.shape
-    H = cache.Wh.shape[0]
-    dt = cache.xs.dtype
-    _check_array(dhs, "dhs", dt, (N, T, H))
-    if dhT is not None:
-        _check_array(dhT, "dhT", dt, (N, H))
-    if dcT is not None:
-        _check_array(dcT, "dcT", dt, (N, H))
-    if cache.backend == "numpy":
-        rc = ref.LSTMCacheRef(
-            cache.xs,
-            np.zeros((N, H), dt) if cache.h0 is None else cache.h0,
-            np.zeros((N, H), dt) if cache.c0 is None else cache.c0,
-            cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs,
-        )
-        return ref.lstm_backward_ref(dhs, rc, dhT, dcT)
-    return _lstm_module(cache.backend).lstm_backward(
-        cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
-        cache.cs, dhs, dhT, dcT,
-    )
+    _check_cache(cache, ("lstm",), "lstm_forward")
+    return _seq_backward("lstm", dhs, cache, dhT, dcT)
+
+
+def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto"):
+    """Fused vanilla RNN forward, ``h_t = act(x_t Wx + h_{t-1} Wh + b)``, saving what backward
+    needs (``pylstm.reference`` has the equations).
+
+    Parameters
+    ----------
+    xs : (N, T, D) float32 or float64, C-contiguous (host or device arrays, as for lstm_forward).
+    Wx : (D, H); Wh : (H, H); b : (H,); same dtype as xs.
+    h0 : (N, H) initial state, or None for zeros.
+    nonlinearity : "tanh" (DLfS2's RNN) or "relu".
+    backend : "auto" | "cpu" | "cuda" | "numpy".
+
+    Returns
+    -------
+    hs : (N, T, H); hT : (N, H); cache : RNNCache for ``rnn_backward``.
+    """
+    hs, hT, _, cache = _seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, backend, True)
+    return hs, hT, cache
+
+
+def rnn_inference(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto"):
+    """Forward-only vanilla RNN: like ``rnn_forward`` but saves nothing. Returns (hs, hT)."""
+    return _seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, backend, False)[:2]
+
+
+def rnn_backward(dhs, cache: RNNCache, dhT=None):
+    """Fused vanilla RNN backward over a whole sequence.
+
+    Parameters
+    ----------
+    dhs : (N, T, H) gradient of the loss with respect to hs.
+    cache : the RNNCache returned by ``rnn_forward`` (may be used more than once).
+    dhT : (N, H) gradient with respect to hT, or None for zeros.
+
+    Returns
+    -------
+    dxs (N, T, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,)
+    """
+    _check_cache(cache, ("rnn_tanh", "rnn_relu"), "rnn_forward")
+    dxs, dh0, _, dWx, dWh, db = _seq_backward(cache.cell, dhs, cache, dhT, None)
+    return dxs, dh0, dWx, dWh, db
 
 
 def _device_backward(dhs, cache, dhT, dcT):
     mod, lib, (N, T, D, H), dt = cache.device
+    gates_n, has_c = _CELLS[cache.cell]
     w = lib.wrap
-    dxs, dh0, dc0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt), lib.empty((N, H), dt)
-    dW, db = lib.empty((D + H, 4 * H), dt), lib.empty((4 * H,), dt)
-    work = lib.empty((mod.backward_workspace_size(N, T, D, H),), dt)
-    mod.lstm_backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
-                      w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
-                      w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream())
+    dxs, dh0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt)
+    dc0 = lib.empty((N, H), dt) if has_c else None
+    dW, db = lib.empty((D + H, gates_n * H), dt), lib.empty((gates_n * H,), dt)
+    work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell),), dt)
+    mod.backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
+                 w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
+                 w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream(), cell=cache.cell)
     dWx, dWh = lib.split_rows(dW, D)
     return dxs, dh0, dc0, dWx, dWh, db
 

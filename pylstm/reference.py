@@ -10,6 +10,8 @@ Gate order inside the 4H axis is **f, g, i, o** (columns ``[0:H]`` forget, ``[H:
 Forward, for t = 0 .. T-1, with ``h_{-1} = h0`` and ``c_{-1} = c0`` (zeros when absent)::
 
     a_t = x_t @ Wx + h_{t-1} @ Wh + b                       (N, 4H)
+          (at t = 0 without h0 there is no h-term: a NaN or inf in Wh reaches the
+          outputs from step 1 on, not through a product with zeros)
     f = sigmoid(a_t[:, 0:H])      g = tanh(a_t[:, H:2H])
     i = sigmoid(a_t[:, 2H:3H])    o = sigmoid(a_t[:, 3H:4H])
     c_t = f * c_{t-1} + g * i
@@ -30,6 +32,18 @@ Backward, for t = T-1 .. 0, with upstream gradients ``dhs`` (N, T, H), ``dhT`` a
     dWx += x_t^T da_t;  dWh += h_{t-1}^T da_t;  db += sum over rows of da_t;  dx_t = da_t @ Wx^T
 
 and finally ``dh0 = dh_next``, ``dc0 = dc_next``.
+
+The vanilla RNN (DLfS2's ``RNN``/``TimeRNN``; ``nonlinearity`` tanh, or relu), one gate
+block, no cell state: ``Wx (D, H)``, ``Wh (H, H)``, ``b (H,)``::
+
+    h_t = act(x_t @ Wx + h_{t-1} @ Wh + b)                  (no h-term at t = 0 without h0)
+    backward:  dh = dhs[:, t] + dh_next
+               da = dh * (1 - h_t^2)   (tanh)    or   dh * (h_t > 0)   (relu)
+               dh_next = da @ Wh^T;  dWx += x_t^T da;  dWh += h_{t-1}^T da;  db += sum of da rows
+               dx_t = da @ Wx^T;     finally dh0 = dh_next
+
+Activations at the edges: sigmoid(x) is exactly 0 where its value is subnormal (x below -87 in
+float32, -708 in float64) and relu keeps NaN; NaN and inf propagate as the formulas say.
 
 Global-norm clipping (DLfS2 semantics)::
 
@@ -55,6 +69,9 @@ __all__ = [
     "sigmoid_ref",
     "lstm_forward_ref",
     "lstm_backward_ref",
+    "RNNCacheRef",
+    "rnn_forward_ref",
+    "rnn_backward_ref",
     "global_norm_ref",
     "clip_grads_ref",
     "softmax_cross_entropy_ref",
@@ -62,10 +79,16 @@ __all__ = [
 
 
 def sigmoid_ref(x: np.ndarray) -> np.ndarray:
-    """Logistic sigmoid ``1 / (1 + exp(-x))`` without overflow warnings, in x's dtype."""
+    """Logistic sigmoid ``1 / (1 + exp(-x))`` without overflow warnings, in x's dtype; exactly 0
+    where the value would be subnormal (the module docstring)."""
     with np.errstate(under="ignore"):  # exp(-|x|) underflowing to 0 is the right answer
         e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    return np.where(x < -_SIGMOID_ZERO_BELOW[x.dtype.itemsize], x.dtype.type(0), y)
+
+
+# sigmoid(x) is 0 below these (the kernels' exp range: 2^k stays a normal number).
+_SIGMOID_ZERO_BELOW = {4: 87.0, 8: 708.0}
 
 
 class LSTMCacheRef(NamedTuple):
@@ -111,7 +134,7 @@ def lstm_forward_ref(
     cs = np.empty((N, T, H), dt)
     gates = np.empty((N, T, 4 * H), dt)
     for t in range(T):
-        a = xs[:, t] @ Wx + h @ Wh + b
+        a = xs[:, t] @ Wx + h @ Wh + b if t > 0 or h0 is not None else xs[:, t] @ Wx + b
         f = sigmoid_ref(a[:, :H])
         g = np.tanh(a[:, H : 2 * H])
         i = sigmoid_ref(a[:, 2 * H : 3 * H])
@@ -180,6 +203,81 @@ def lstm_backward_ref(
         db += da.sum(axis=0)
         dxs[:, t] = da @ Wx.T
     return dxs, dh_next, dc_next, dWx, dWh, db
+
+
+class RNNCacheRef(NamedTuple):
+    """What ``rnn_backward_ref`` needs from the forward pass."""
+
+    xs: np.ndarray  # (N, T, D)
+    h0: np.ndarray  # (N, H)
+    Wx: np.ndarray  # (D, H)
+    Wh: np.ndarray  # (H, H)
+    hs: np.ndarray  # (N, T, H)
+    nonlinearity: str  # "tanh" or "relu"
+
+
+def _rnn_act(a: np.ndarray, nonlinearity: str) -> np.ndarray:
+    if nonlinearity == "tanh":
+        return np.tanh(a)
+    if nonlinearity == "relu":
+        return np.maximum(a, a.dtype.type(0))  # NaN stays NaN
+    raise ValueError(f"nonlinearity must be one of 'tanh', 'relu', got {nonlinearity!r}")
+
+
+def rnn_forward_ref(xs: np.ndarray, h0: Optional[np.ndarray], Wx: np.ndarray, Wh: np.ndarray,
+                    b: np.ndarray, nonlinearity: str = "tanh"):
+    """Reference vanilla RNN forward (module docstring): ``h_t = act(x_t Wx + h_{t-1} Wh + b)``.
+
+    Parameters
+    ----------
+    xs : (N, T, D); h0 : (N, H) or None for zeros; Wx : (D, H); Wh : (H, H); b : (H,).
+    nonlinearity : "tanh" (DLfS2's RNN) or "relu".
+
+    Returns
+    -------
+    hs : (N, T, H); hT : (N, H); cache : RNNCacheRef
+    """
+    N, T, D = xs.shape
+    H = Wh.shape[0]
+    dt = xs.dtype
+    h = np.zeros((N, H), dt) if h0 is None else h0
+    h0_ = h
+    hs = np.empty((N, T, H), dt)
+    for t in range(T):
+        a = xs[:, t] @ Wx + h @ Wh + b if t > 0 or h0 is not None else xs[:, t] @ Wx + b
+        h = _rnn_act(a, nonlinearity)
+        hs[:, t] = h
+    return hs, h.copy(), RNNCacheRef(xs, h0_, Wx, Wh, hs, nonlinearity)
+
+
+def rnn_backward_ref(dhs: np.ndarray, cache: RNNCacheRef, dhT: Optional[np.ndarray] = None):
+    """Reference vanilla RNN backward over a whole sequence.
+
+    Returns
+    -------
+    dxs (N, T, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,)
+    """
+    xs, h0, Wx, Wh, hs, nonlinearity = cache
+    N, T, D = xs.shape
+    H = Wh.shape[0]
+    dt = xs.dtype
+    dh_next = np.zeros((N, H), dt) if dhT is None else dhT.astype(dt, copy=True)
+    dxs = np.empty((N, T, D), dt)
+    dWx, dWh, db = np.zeros_like(Wx), np.zeros_like(Wh), np.zeros(H, dt)
+    for t in reversed(range(T)):
+        h = hs[:, t]
+        h_prev = hs[:, t - 1] if t > 0 else h0
+        dh = dhs[:, t] + dh_next
+        if nonlinearity == "tanh":
+            da = dh * (1 - h * h)
+        else:
+            da = np.where(h > 0, dh, dt.type(0))
+        dh_next = da @ Wh.T
+        dWx += xs[:, t].T @ da
+        dWh += h_prev.T @ da
+        db += da.sum(axis=0)
+        dxs[:, t] = da @ Wx.T
+    return dxs, dh_next, dWx, dWh, db
 
 
 def global_norm_ref(grads: Sequence[np.ndarray]) -> float:

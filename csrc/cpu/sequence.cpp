@@ -32,6 +32,15 @@ constexpr int64_t kSliceAlign = 16;
 // own K block (gemm_small_m.cpp), so the chunked GEMM rounds exactly as one call over all rows.
 constexpr int64_t kPackRows = 1024;
 
+// Rows per BLAS weight-gradient GEMM: all rows in float64 (its error is far inside 1e-9); in
+// float32, chunks of 128 rows or more, at most 16 of them (the CUDA driver's rule).
+template <class T>
+int64_t blas_weight_grad_rows(int64_t R) {
+  if (sizeof(T) == 8) return R;
+  const int64_t per = (R + 15) / 16;
+  return std::max<int64_t>(128, (per + 127) / 128 * 128);
+}
+
 // Below this much work per step (N*G*H*(D+H) multiply-adds; benchmarks/RESULTS.md) waking a
 // second thread costs more than it saves; those calls run on the caller alone.
 constexpr int64_t kMinParallelWork = 1 << 16;
@@ -447,8 +456,13 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         }
       }
       if (!packed) {
-        gemm(true, false, int(DH), int(c1_ - c0_), int(R), T(1), XH, int(DH), dA + c0_, int(G),
-             T(0), dW + c0_, int(G));
+        // In row chunks (one BLAS call's float32 sum over all N*T rows has an error growing
+        // with N*T; chunks accumulated into dW keep it near the reference's N-then-T sums).
+        const int64_t kc = blas_weight_grad_rows<T>(R);
+        for (int64_t k0 = 0; k0 < R; k0 += kc) {
+          gemm(true, false, int(DH), int(c1_ - c0_), int(std::min(kc, R - k0)), T(1), XH + k0 * DH,
+               int(DH), dA + k0 * G + c0_, int(G), T(k0 > 0 ? 1 : 0), dW + c0_, int(G));
+        }
         for (int64_t r = 0; r < R; ++r) {
           const T* da = dA + r * G + c0_;
 #pragma omp simd
