@@ -1,4 +1,5 @@
-"""Converters between pylstm's weight layout and PyTorch's / Keras's LSTM layouts.
+"""Converters between pylstm's weight layout and PyTorch's / Keras's LSTM layouts (and PyTorch's
+vanilla RNN: ``rnn_to_torch`` / ``rnn_from_torch``).
 
 pylstm (DLfS2): ``Wx (D, 4H)``, ``Wh (H, 4H)``, ``b (4H,)``, gate blocks **f, g, i, o**,
 projection ``x @ Wx``.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["to_torch", "from_torch", "to_keras", "from_keras"]
+__all__ = ["to_torch", "from_torch", "to_keras", "from_keras", "rnn_to_torch", "rnn_from_torch"]
 
 # Position of each pylstm block (f, g, i, o) in the other layouts.
 _PYLSTM = "fgio"
@@ -93,3 +94,37 @@ def from_keras(kernel, recurrent_kernel, bias):
     bias = _arr(bias, "bias", 1)
     return (_reorder(k, 1, _KERAS, _PYLSTM, "kernel"), _reorder(rk, 1, _KERAS, _PYLSTM, "recurrent_kernel"),
             _reorder(bias, 0, _KERAS, _PYLSTM, "bias"))
+
+
+def rnn_to_torch(Wx, Wh, b):
+    """pylstm vanilla RNN ``(Wx (D, H), Wh (H, H), b (H,))`` -> PyTorch ``nn.RNN``
+    ``(weight_ih (H, D), weight_hh (H, H), bias_ih, bias_hh)``; the whole bias goes to ``bias_ih``.
+    (One gate block: nothing to reorder, only the projection's side.)"""
+    Wx, Wh, b = _arr(Wx, "Wx", 2), _arr(Wh, "Wh", 2), _arr(b, "b", 1)
+    H = Wh.shape[0]
+    if Wh.shape != (H, H):
+        raise ValueError(f"Wh must have shape (H, H), got {Wh.shape}")
+    if Wx.shape[1] != H:
+        raise ValueError(f"Wx must have shape (D, {H}), got {Wx.shape}")
+    if b.shape != (H,):
+        raise ValueError(f"b must have shape ({H},), got {b.shape}")
+    return Wx.T.copy(), Wh.T.copy(), b.copy(), np.zeros_like(b)
+
+
+def rnn_from_torch(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """PyTorch ``nn.RNN`` ``(weight_ih, weight_hh, bias_ih, bias_hh)`` -> pylstm ``(Wx, Wh, b)``
+    with ``b = bias_ih + bias_hh`` (either may be None)."""
+    w_ih, w_hh = _arr(weight_ih, "weight_ih", 2), _arr(weight_hh, "weight_hh", 2)
+    H = w_hh.shape[0]
+    if w_hh.shape != (H, H):
+        raise ValueError(f"weight_hh must have shape (H, H), got {w_hh.shape}")
+    if w_ih.shape[0] != H:
+        raise ValueError(f"weight_ih must have shape ({H}, D), got {w_ih.shape}")
+    bias = np.zeros(H, w_hh.dtype)
+    for name, v in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if v is not None:
+            v = _arr(v, name, 1)
+            if v.shape != bias.shape:
+                raise ValueError(f"{name} must have shape {bias.shape}, got {v.shape}")
+            bias = bias + v
+    return np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), bias

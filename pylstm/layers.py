@@ -24,6 +24,7 @@ __all__ = [
     "Affine",
     "TimeAffine",
     "TimeLSTM",
+    "TimeRNN",
     "TimeDropout",
     "SoftmaxWithLoss",
     "TimeSoftmaxWithLoss",
@@ -177,6 +178,67 @@ class TimeLSTM:
 
     def reset_state(self) -> None:
         self.h, self.c = None, None
+
+
+class TimeRNN:
+    """The book's TimeRNN (DLfS2 ch. 5) on pylstm's fused kernels (a drop-in replacement).
+
+    Parameters
+    ----------
+    Wx : (D, H); Wh : (H, H); b : (H,).
+    stateful : keep h between forward calls (truncated BPTT), as in the book.
+    nonlinearity : "tanh" (the book's) or "relu".
+    backend : "auto" | "cpu" | "numpy".
+
+    ``forward(xs (N, T, D)) -> hs (N, T, H)``; ``backward(dhs) -> dxs``. After backward, ``dh``
+    holds the gradient with respect to the initial state.
+    """
+
+    def __init__(self, Wx, Wh, b, stateful: bool = False, nonlinearity: str = "tanh",
+                 backend: str = "auto"):
+        F._rnn_cell(nonlinearity)  # a bad name fails here, not at the first forward
+        self.params = [Wx, Wh, b]
+        xp = _xp(Wx)
+        self.grads = [xp.zeros_like(Wx), xp.zeros_like(Wh), xp.zeros_like(b)]
+        self.stateful = stateful
+        self.nonlinearity = nonlinearity
+        self.backend = backend
+        self.h: Optional[np.ndarray] = None
+        self.dh: Optional[np.ndarray] = None
+        self.cache = None
+
+    def forward(self, xs: np.ndarray) -> np.ndarray:
+        Wx, Wh, b = self.params
+        xs = _xp(Wx).ascontiguousarray(xs)
+        N = xs.shape[0] if xs.ndim == 3 else None
+        h0 = None
+        if self.stateful:
+            if self.h is not None and self.h.shape[0] != N:
+                raise ValueError(f"xs: batch size {N} differs from the stored state's {self.h.shape[0]}; "
+                                 "call reset_state() first")
+            h0 = self.h
+        hs, hT, self.cache = F.rnn_forward(xs, Wx, Wh, b, h0, self.nonlinearity, backend=self.backend)
+        if self.stateful:
+            self.h = hT
+        return hs
+
+    def backward(self, dhs: np.ndarray) -> np.ndarray:
+        if self.cache is None:
+            raise RuntimeError("backward called before forward")
+        dxs, dh0, dWx, dWh, db = F.rnn_backward(_xp(dhs).ascontiguousarray(dhs), self.cache)
+        self.grads[0][...] = dWx
+        self.grads[1][...] = dWh
+        self.grads[2][...] = db
+        self.dh = dh0
+        return dxs
+
+    def set_state(self, h: np.ndarray) -> None:
+        """Set the state used by the next forward call (stateful layers)."""
+        xp = _xp(self.params[0])
+        self.h = xp.ascontiguousarray(xp.asarray(h), dtype=self.params[0].dtype)
+
+    def reset_state(self) -> None:
+        self.h = None
 
 
 class TimeDropout:

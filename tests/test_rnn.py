@@ -266,3 +266,97 @@ def test_kernel_module_rejects_cell_state_and_unknown_cell():
         cpu.backward(d["xs"], None, None, d["Wx"], d["Wh"], d["b"], hs, gates, None, d["dhs"], None,
                      d["dhT"], cell="rnn_relu")
     assert cpu._forward_workspace_size(8, 35, 64, 128, True, 4, cell="rnn_tanh") == 0
+
+
+class BookTimeRNN:
+    """The book's TimeRNN (DLfS2 common/time_layers.py), in NumPy, for the drop-in check."""
+
+    def __init__(self, Wx, Wh, b, stateful=False):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        self.h, self.dh, self.stateful = None, None, stateful
+
+    def forward(self, xs):
+        Wx, Wh, b = self.params
+        N, T, _ = xs.shape
+        self.states, hs = [], np.empty((N, T, Wh.shape[0]), xs.dtype)
+        if not self.stateful or self.h is None:
+            self.h = np.zeros((N, Wh.shape[0]), xs.dtype)
+        self.xs = xs
+        for t in range(T):
+            h_prev = self.h
+            self.h = np.tanh(h_prev @ Wh + xs[:, t] @ Wx + b)
+            self.states.append((xs[:, t], h_prev, self.h))
+            hs[:, t] = self.h
+        return hs
+
+    def backward(self, dhs):
+        Wx, Wh, _ = self.params
+        dxs = np.empty(self.xs.shape, dhs.dtype)
+        dh = 0
+        grads = [0, 0, 0]
+        for t in reversed(range(dhs.shape[1])):
+            x, h_prev, h_next = self.states[t]
+            dt = (dhs[:, t] + dh) * (1 - h_next**2)
+            grads[2] = grads[2] + dt.sum(axis=0)
+            grads[1] = grads[1] + h_prev.T @ dt
+            grads[0] = grads[0] + x.T @ dt
+            dh = dt @ Wh.T
+            dxs[:, t] = dt @ Wx.T
+        for g, v in zip(self.grads, grads):
+            g[...] = v
+        self.dh = dh
+        return dxs
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "cpu"])
+def test_time_rnn_is_a_drop_in_for_the_books(backend_name):
+    from pylstm.layers import TimeRNN
+
+    d = make_rnn_inputs((3, 5, 4, 6), np.float64, seed=10)
+    ours = TimeRNN(d["Wx"], d["Wh"], d["b"], stateful=True, backend=backend_name)
+    book = BookTimeRNN(d["Wx"], d["Wh"], d["b"], stateful=True)
+    for chunk in (slice(0, 2), slice(2, 5)):  # truncated BPTT: the state carries over
+        xs = np.ascontiguousarray(d["xs"][:, chunk])
+        dhs = np.ascontiguousarray(d["dhs"][:, chunk])
+        assert_close("hs", ours.forward(xs), book.forward(xs), rtol=1e-12)
+        assert_close("dxs", ours.backward(dhs), book.backward(dhs), rtol=1e-12)
+        for name, g, w in zip(("dWx", "dWh", "db"), ours.grads, book.grads):
+            assert_close(name, g, w, rtol=1e-12)
+        assert_close("dh", ours.dh, book.dh, rtol=1e-12)
+    ours.reset_state()
+    assert ours.h is None
+    with pytest.raises(ValueError, match="^nonlinearity must be one of"):
+        TimeRNN(d["Wx"], d["Wh"], d["b"], nonlinearity="gelu")
+
+
+def test_converter_against_torch_nn_rnn():
+    torch = pytest.importorskip("torch")
+    from pylstm import convert
+
+    for act in ACTS:
+        d = make_rnn_inputs((3, 6, 4, 7), seed=11)
+        rnn = torch.nn.RNN(4, 7, nonlinearity=act, batch_first=True).double()
+        with torch.no_grad():
+            for name, v in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
+                               convert.rnn_to_torch(d["Wx"], d["Wh"], d["b"])):
+                getattr(rnn, name).copy_(torch.from_numpy(v))
+            out, hT = rnn(torch.from_numpy(d["xs"]), torch.from_numpy(d["h0"])[None])
+        want, wh, _ = ref.rnn_forward_ref(d["xs"], d["h0"], d["Wx"], d["Wh"], d["b"], act)
+        assert_close("hs", out.numpy(), want, rtol=1e-12)
+        assert_close("hT", hT[0].numpy(), wh, rtol=1e-12)
+        back = convert.rnn_from_torch(*(getattr(rnn, n).detach().numpy() for n in
+                                        ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")))
+        for name, got, orig in zip(("Wx", "Wh", "b"), back, (d["Wx"], d["Wh"], d["b"])):
+            assert_close(name, got, orig, rtol=0)
+
+
+def test_converter_bad_shapes_name_the_argument():
+    from pylstm import convert
+
+    with pytest.raises(ValueError, match="^Wh must have shape"):
+        convert.rnn_to_torch(np.zeros((3, 5)), np.zeros((5, 6)), np.zeros(5))
+    with pytest.raises(ValueError, match="^weight_ih must have shape"):
+        convert.rnn_from_torch(np.zeros((4, 3)), np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="^bias_hh must have shape"):
+        convert.rnn_from_torch(np.zeros((5, 3)), np.zeros((5, 5)), None, np.zeros(4))
