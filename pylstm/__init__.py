@@ -1,9 +1,10 @@
 """pylstm: fused LSTM sequence kernels for Python, and a DLfS2-style LSTM language-model stack.
 
 The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, ``rnn_forward``,
-``rnn_backward``, ``rnn_inference``, ``clip_grads``, ``global_norm``) runs on the compiled CPU kernels, on the CUDA kernels for device arrays
-(CuPy, PyTorch, Numba; ``backend="cuda"``), or on the NumPy reference (``pylstm.reference``),
-which is the specification the kernels are tested against.
+``rnn_backward``, ``rnn_inference``, ``clip_grads``, ``global_norm``) runs on the compiled CPU
+kernels, on the CUDA kernels for device arrays (CuPy, PyTorch, Numba; ``backend="cuda"``), or on
+the NumPy reference (``pylstm.reference``), which is the specification the kernels are tested
+against.
 """
 
 from ._backend import DeviceUnavailableError, cuda_status, set_cuda_graphs
