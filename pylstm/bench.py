@@ -1,10 +1,12 @@
-"""Times pylstm's fused LSTM against the NumPy reference (the book's algorithm) and PyTorch's CPU
-nn.LSTM (oneDNN), side by side in one run, after checking every candidate against the float64
-reference. Run: pylstm bench, or python -m pylstm.bench [--shapes N,T,D,H ...] [--json out.json]
+"""Times pylstm's fused LSTM (or vanilla RNN, --cell rnn) against the NumPy reference (the book's
+algorithm) and PyTorch's CPU nn.LSTM / nn.RNN (oneDNN), side by side in one run, after checking
+every candidate against the float64 reference. Run: pylstm bench, or python -m pylstm.bench
+[--cell lstm|rnn] [--shapes N,T,D,H ...] [--json out.json]
 
 Rows: median (and min) ms for forward (saving for backward), backward, the training step
 (forward + backward), and forward-only inference; GFLOP/s of the training step
-(24*N*T*H*(D+H)); speedups of pylstm against each other candidate.
+(6*G*N*T*H*(D+H) with G gate blocks: 24*N*T*H*(D+H) for the LSTM); speedups of pylstm against
+each other candidate.
 """
 
 from __future__ import annotations
@@ -62,14 +64,18 @@ def _timeit(fn) -> float:
     return time.perf_counter() - t0
 
 
-def make_inputs(shape, dtype, seed=0):
+GATES = {"lstm": 4, "rnn": 1}
+
+
+def make_inputs(shape, dtype, seed=0, cell="lstm"):
     N, T, D, H = shape
+    G = GATES[cell]
     rng = np.random.default_rng(seed)
     return {
         "xs": rng.standard_normal((N, T, D)).astype(dtype),
-        "Wx": (rng.standard_normal((D, 4 * H)) / np.sqrt(D)).astype(dtype),
-        "Wh": (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(dtype),
-        "b": (rng.standard_normal(4 * H) * 0.1).astype(dtype),
+        "Wx": (rng.standard_normal((D, G * H)) / np.sqrt(D)).astype(dtype),
+        "Wh": (rng.standard_normal((H, G * H)) / np.sqrt(H)).astype(dtype),
+        "b": (rng.standard_normal(G * H) * 0.1).astype(dtype),
         "h0": (rng.standard_normal((N, H)) * 0.5).astype(dtype),
         "c0": (rng.standard_normal((N, H)) * 0.5).astype(dtype),
         "dhs": rng.standard_normal((N, T, H)).astype(dtype),
@@ -96,6 +102,60 @@ class PylstmCand:
     def results(self):
         return {"hs": self.out[0], "dxs": self.grads[0], "dWx": self.grads[3], "dWh": self.grads[4],
                 "db": self.grads[5], "dh0": self.grads[1]}
+
+
+class PylstmRnnCand(PylstmCand):
+    """pylstm's vanilla RNN (tanh) on one backend."""
+
+    def forward(self):
+        d = self.d
+        self.out = pylstm.rnn_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], backend=self.backend)
+
+    def backward(self):
+        self.grads = pylstm.rnn_backward(self.d["dhs"], self.out[2])
+
+    def inference(self):
+        d = self.d
+        return pylstm.rnn_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], backend=self.backend)
+
+    def results(self):
+        return {"hs": self.out[0], "dxs": self.grads[0], "dWx": self.grads[2], "dWh": self.grads[3],
+                "db": self.grads[4], "dh0": self.grads[1]}
+
+
+class TorchRnnCand:
+    """torch.nn.RNN (tanh, batch_first) with the same weights and the same gradients."""
+
+    def __init__(self, d, torch):
+        self.torch, self.name = torch, "torch"
+        N, T, D = d["xs"].shape
+        H = d["Wh"].shape[0]
+        self.rnn = torch.nn.RNN(D, H, batch_first=True)
+        with torch.no_grad():
+            for n, v in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
+                            convert.rnn_to_torch(d["Wx"], d["Wh"], d["b"])):
+                getattr(self.rnn, n).copy_(torch.from_numpy(v))
+        self.x = torch.from_numpy(d["xs"]).requires_grad_()
+        self.h0 = torch.from_numpy(d["h0"])[None].requires_grad_()
+        self.dhs = torch.from_numpy(d["dhs"])
+
+    def forward(self):
+        self.out = self.rnn(self.x, self.h0)[0]
+
+    def backward(self):
+        for p in (self.x, self.h0, *self.rnn.parameters()):
+            p.grad = None
+        self.out.backward(self.dhs)
+
+    def inference(self):
+        with self.torch.no_grad():
+            return self.rnn(self.x, self.h0)
+
+    def results(self):
+        w = [getattr(self.rnn, n).grad.numpy() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0")]
+        dWx, dWh, db = convert.rnn_from_torch(w[0], w[1], w[2])
+        return {"hs": self.out.detach().numpy(), "dxs": self.x.grad.numpy(), "dWx": dWx, "dWh": dWh,
+                "db": db, "dh0": self.h0.grad[0].numpy()}
 
 
 class TorchCand:
@@ -146,19 +206,25 @@ def check(cand, want, tol):
                              f"(tolerance {tol:.0e})")
 
 
-def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2):
-    d = make_inputs(shape, dtype)
+def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell="lstm"):
+    d = make_inputs(shape, dtype, cell=cell)
     d64 = {k: v.astype(np.float64) for k, v in d.items()}
-    hs, _, _, rc = ref.lstm_forward_ref(d64["xs"], d64["h0"], d64["c0"], d64["Wx"], d64["Wh"], d64["b"])
-    dxs, dh0, _, dWx, dWh, db = ref.lstm_backward_ref(d64["dhs"], rc)
+    if cell == "lstm":
+        hs, _, _, rc = ref.lstm_forward_ref(d64["xs"], d64["h0"], d64["c0"], d64["Wx"], d64["Wh"], d64["b"])
+        dxs, dh0, _, dWx, dWh, db = ref.lstm_backward_ref(d64["dhs"], rc)
+        ours, theirs = PylstmCand, TorchCand
+    else:
+        hs, _, rc = ref.rnn_forward_ref(d64["xs"], d64["h0"], d64["Wx"], d64["Wh"], d64["b"])
+        dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(d64["dhs"], rc)
+        ours, theirs = PylstmRnnCand, TorchRnnCand
     want = {"hs": hs, "dxs": dxs, "dWx": dWx, "dWh": dWh, "db": db, "dh0": dh0}
     tol = 1e-3 if dtype == np.float32 else 1e-9
 
-    cands = [PylstmCand(d, "cpu")]
+    cands = [ours(d, "cpu")]
     if with_numpy:
-        cands.append(PylstmCand(d, "numpy"))
+        cands.append(ours(d, "numpy"))
     if with_torch is not None:
-        cands.append(TorchCand(d, with_torch))
+        cands.append(theirs(d, with_torch))
     for c in cands:
         check(c, want, tol)
 
@@ -185,8 +251,8 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2):
                 t["train"].append(tf + tb)
                 t["infer"].append(ti)
     N, T, D, H = shape
-    flops = 24 * N * T * H * (D + H)
-    row = {"shape": list(shape), "flops_train": flops, "candidates": {}}
+    flops = 6 * GATES[cell] * N * T * H * (D + H)
+    row = {"shape": list(shape), "cell": cell, "flops_train": flops, "candidates": {}}
     for name, t in times.items():
         row["candidates"][name] = {k: {"median_ms": 1e3 * float(np.median(v)), "min_ms": 1e3 * float(np.min(v))}
                                    for k, v in t.items()}
@@ -196,7 +262,8 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", nargs="*", help="N,T,D,H (default: the issue's grid)")
+    p.add_argument("--cell", choices=sorted(GATES), default="lstm", help="lstm, or rnn (tanh)")
+    p.add_argument("--shapes", nargs="*", help="N,T,D,H (default: the standard grid)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--threads", type=int, default=None, help="threads for pylstm and torch")
     p.add_argument("--repeats", type=int, default=10)
@@ -222,11 +289,11 @@ def main(argv=None):
     corename = _backend.cpu.blas_info()[1] if _backend.cpu else "-"
     header = {
         "pylstm": pylstm.__version__, "commit": git_commit(), "cpu": cpu_name(), "threads": threads,
-        "dtype": a.dtype, "python": platform.python_version(), "numpy": np.__version__,
+        "cell": a.cell, "dtype": a.dtype, "python": platform.python_version(), "numpy": np.__version__,
         "torch": torch.__version__ if torch else None, "openblas_core": corename,
         "sgemm_2048_gflops": ceiling, "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"# pylstm {header['pylstm']} ({header['commit']}) | {header['cpu']} | {threads} threads | "
+    print(f"# pylstm {header['pylstm']} ({header['commit']}) | {a.cell} | {header['cpu']} | {threads} threads | "
           f"{a.dtype} | numpy {np.__version__} sgemm 2048^3: {ceiling:.0f} GFLOP/s | OpenBLAS core "
           f"{corename} | torch {header['torch'] or 'not installed'} | {header['date']}")
     cols = "| N,T,D,H | candidate | fwd ms | bwd ms | train ms (min) | infer ms | train GFLOP/s | % ceiling |"
@@ -234,7 +301,7 @@ def main(argv=None):
     print("|" + "---|" * (cols.count("|") - 1))
     rows = []
     for shape in shapes:
-        row = bench_shape(shape, dtype, a.repeats, torch, not a.no_numpy)
+        row = bench_shape(shape, dtype, a.repeats, torch, not a.no_numpy, cell=a.cell)
         rows.append(row)
         ours = row["candidates"]["pylstm-cpu"]
         for name, c in row["candidates"].items():
