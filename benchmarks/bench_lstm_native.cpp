@@ -1,4 +1,4 @@
-// Native benchmark (no Python): times the CPU kernels of pylstm.h and the GEMMs they are made
+// Native benchmark (no Python): times the CPU kernels of cpu/api.h and the GEMMs they are made
 // of, for profiling without the interpreter (perf, callgrind). Build with
 //   cmake -S . -B build/native -DPYLSTM_NATIVE_BENCH=ON && cmake --build build/native
 // and run OPENBLAS_NUM_THREADS=1 build/native/bench_lstm_native [threads] [N T D H]...
@@ -11,10 +11,10 @@
 #include <random>
 #include <vector>
 
-#include "blas.h"
+#include "cpu/blas.h"
 #include "cells/lstm.h"
-#include "gemm_small_m.h"
-#include "pylstm.h"
+#include "cpu/packed_gemm.h"
+#include "cpu/api.h"
 
 using namespace pylstm;
 using Clock = std::chrono::steady_clock;
@@ -51,7 +51,7 @@ static void gemm_rate(int M, int N, int K, int reps) {
 
 // The AVX-512 small-M kernel of the recurrent step on one thread, B packed once.
 static void packed_rate(int M, int N, int K, int reps) {
-  if (!small_m_kernel_enabled()) return;
+  if (!packed_gemm_enabled()) return;
   std::mt19937 rng(3);
   auto A = randn(size_t(M) * K, 1.f, rng), B = randn(size_t(K) * N, 1.f, rng);
   std::vector<float> Bp(packed_b_size(K, N)), C(size_t(M) * N);

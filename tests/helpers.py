@@ -6,9 +6,9 @@ import numpy as np
 
 # The shapes every backend is checked on: (N, T, D, H).
 # (3, 4, 1000, 24): D + H = 1024, so the weight gradient's transposed operand has rows 4 KB apart
-# and the packed-weight kernel copies it into tiles first (gemm_small_m.cpp, pack_at);
+# and the packed-weight kernel copies it into tiles first (cpu/packed_gemm.cpp, pack_at);
 # (40, 30, 8, 16): N*T = 1200 rows, more than one chunk of the weight-gradient GEMM
-# (lstm_cpu.cpp, kPackRows).
+# (cpu/sequence.cpp, kPackRows).
 SHAPES = [(1, 1, 1, 1), (2, 3, 4, 5), (3, 7, 17, 33), (8, 35, 64, 128), (4, 9, 40, 24), (13, 5, 40, 100),
           (3, 4, 1000, 24), (40, 30, 8, 16)]
 

@@ -1,4 +1,4 @@
-"""The kernels' own sigmoid and tanh (csrc/lstm_cell.h, no libm) measured in ulp against numpy."""
+"""The kernels' own sigmoid and tanh (csrc/common/activations.h, no libm) measured in ulp against numpy."""
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ def test_sigmoid_and_tanh_within_4_ulp(dtype):
     tanh_err = _ulp_error(_backend.cpu._tanh(x), np.tanh(x64).astype(dtype))
     assert tanh_err.max() <= 4, f"tanh: {tanh_err.max():.1f} ulp at x={x[np.argmax(tanh_err)]!r}"
     s_want = ref.sigmoid_ref(x64).astype(dtype)
-    ok = s_want > np.finfo(dtype).tiny * 2**10  # below that the kernel clamps (see lstm_cell.h)
+    ok = s_want > np.finfo(dtype).tiny * 2**10  # below that the kernel clamps (see common/activations.h)
     sig_err = _ulp_error(_backend.cpu._sigmoid(x)[ok], s_want[ok])
     assert sig_err.max() <= 4, f"sigmoid: {sig_err.max():.1f} ulp"
 

@@ -9,7 +9,7 @@ from pylstm import _backend
 from pylstm import reference as ref
 
 BACKENDS = pylstm.available_backends()
-# The CUDA clipping kernels, run on the CPU through the emulation shim (csrc/cuda_emu.h).
+# The CUDA clipping kernels, run on the CPU through the emulation shim (csrc/cuda/emu.h).
 if _backend.cuda_emu is not None:
     BACKENDS = BACKENDS + ["cuda-emu"]
 

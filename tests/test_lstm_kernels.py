@@ -9,7 +9,7 @@ from pylstm import _backend
 from pylstm import reference as ref
 
 KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
-# The CUDA sources, run on the CPU through the emulation shim (csrc/cuda_emu.h); "cuda" (a real
+# The CUDA sources, run on the CPU through the emulation shim (csrc/cuda/emu.h); "cuda" (a real
 # GPU, CuPy arrays) is in available_backends() when one is visible.
 if _backend.cuda_emu is not None:
     KERNEL_BACKENDS.append("cuda-emu")

@@ -1,5 +1,5 @@
 // The LSTM cell (DLfS2's, no peepholes): the pointwise math of one hidden unit, forward and
-// backward, for the sequence drivers (cpu/sequence.cpp, lstm_cuda.cu). A cell is a struct
+// backward, for the sequence drivers (cpu/sequence.cpp, cuda/kernels.cu). A cell is a struct
 // with the members below; ARCHITECTURE.md says how the drivers use them and how to add one.
 #pragma once
 

@@ -7,11 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define PYLSTM_HD __host__ __device__ __forceinline__
-#else
-#define PYLSTM_HD inline
-#endif
+#include "common/hd.h"
 
 namespace pylstm {
 

@@ -1,5 +1,5 @@
 // The fused recurrent sequence driver on the CPU, written once for every cell of cells/
-// (declared in pylstm.h; called by bind_cpu.cpp and the native benchmark). Structure
+// (declared in cpu/api.h; called by bind/cpu.cpp and the native benchmark). Structure
 // (ARCHITECTURE.md): one input-projection GEMM over all N*T rows; per step one recurrent GEMM
 // and one fused pointwise pass (the cell's forward); backward with one pointwise pass (the
 // cell's backward) and one GEMM per step, then one merged weight-gradient GEMM, one dX GEMM and
@@ -14,11 +14,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "blas.h"
+#include "cpu/blas.h"
 #include "cells/registry.h"
-#include "gemm_small_m.h"
-#include "pylstm.h"
-#include "threads.h"
+#include "cpu/packed_gemm.h"
+#include "cpu/api.h"
+#include "cpu/threads.h"
 
 namespace pylstm {
 
@@ -29,7 +29,7 @@ namespace {
 constexpr int64_t kSliceAlign = 16;
 
 // Rows of dA packed at a time for the weight-gradient GEMM (seq_backward_cpu): the kernel's
-// own K block (gemm_small_m.cpp), so the chunked GEMM rounds exactly as one call over all rows.
+// own K block (cpu/packed_gemm.cpp), so the chunked GEMM rounds exactly as one call over all rows.
 constexpr int64_t kPackRows = 1024;
 
 // Rows per BLAS weight-gradient GEMM: all rows in float64 (its error is far inside 1e-9); in
@@ -187,7 +187,7 @@ ForwardSchedule set_forward_schedule(ForwardSchedule mode) {
 
 template <class Cell, class T>
 int64_t seq_forward_cpu_workspace_size(const SeqShape& s, bool save) {
-  if (!save && std::is_same<T, float>::value && small_m_kernel_enabled() &&
+  if (!save && std::is_same<T, float>::value && packed_gemm_enabled() &&
       step_projection(s, Cell::kGates)) {
     return Cell::kHasCellState ? s.N * s.H : 0;
   }
@@ -205,7 +205,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
   T* cs = kC ? a.cs : nullptr;
   const bool save = gates != nullptr;
   // GEMMs on the packed-weight kernel (float with AVX-512) or BLAS (double, older CPUs).
-  const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
+  const bool packed = std::is_same<T, float>::value && packed_gemm_enabled();
   // A forward-only call given only the step projection's scratch must take that schedule.
   const int64_t full_work = seq_forward_workspace_size<Cell>(s, false);
   const bool small_work = !save && a.work_size >= 0 && a.work_size < full_work;
@@ -358,7 +358,7 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
   // dh0 / dc0 double as the carried gradients while walking back in time.
   T* dh_carry = a.dh0;
   T* dc_carry = kC ? a.dc0 : nullptr;
-  const bool packed = std::is_same<T, float>::value && small_m_kernel_enabled();
+  const bool packed = std::is_same<T, float>::value && packed_gemm_enabled();
   // Wx^T, (G*H, D), packed once for every thread's dX rows (step 3): the threads pack
   // a share of its panels each, all done by the step loop's first barrier.
   T* WxTp = packed ? thread_scratch<T, 1>(size_t(packed_b_size(G, D))) : nullptr;

@@ -1,4 +1,4 @@
-// The packed-weight GEMM kernel of the LSTM (called by lstm_cpu.cpp): an AVX-512
+// The packed-weight GEMM kernel of the LSTM (called by cpu/sequence.cpp): an AVX-512
 // register-blocked micro-kernel over a B matrix packed into 16-column panels (the weights,
 // packed once per call, or dA for the weight gradient). Used for every float32 GEMM of the
 // LSTM forward and backward: the per-step recurrent products (few rows, M = batch), and, with
@@ -16,10 +16,10 @@
 
 namespace pylstm {
 
-// True when the CPU supports AVX-512F and the kernel is enabled (see set_small_m_kernel).
-bool small_m_kernel_enabled();
+// True when the CPU supports AVX-512F and the kernel is enabled (see set_packed_gemm_enabled).
+bool packed_gemm_enabled();
 // Test hook: turn the kernel off (BLAS path) or back on. Returns the previous setting.
-bool set_small_m_kernel(bool on);
+bool set_packed_gemm_enabled(bool on);
 
 // Floats needed by pack_b for a K x N matrix: K * 16 * ceil(N / 16).
 inline int64_t packed_b_size(int64_t K, int64_t N) { return K * 16 * ((N + 15) / 16); }
@@ -27,7 +27,7 @@ inline int64_t packed_b_size(int64_t K, int64_t N) { return K * 16 * ((N + 15) /
 // Packs the K x N matrix B into panels: panel p holds columns [16p, 16p+16), row k at
 // out[p*K*16 + k*16 + c]; columns past N are zero. col(n) gives the address of column n's
 // first element and row_stride the distance between consecutive k in that column, so any
-// strided or transposed source (and the gate-sliced weights of lstm_cpu.cpp) can be packed.
+// strided or transposed source (and the gate-sliced weights of cpu/sequence.cpp) can be packed.
 template <class ColPtr>
 void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
   const int64_t panels = (N + 15) / 16;

@@ -1,6 +1,6 @@
 // The few CUDA names pylstm's .cu sources use, for two builds of the same source:
 //  - under nvcc: the real ones; PYLSTM_LAUNCH and PYLSTM_LAUNCH_SYNC are <<<grid, block, 0,
-//    stream>>> launches followed by a launch-error check (pylstm::check_launch, lstm_cuda.h);
+//    stream>>> launches followed by a launch-error check (pylstm::check_launch, cuda/api.h);
 //  - under a host C++ compiler (the emulation build, tested on every commit without a GPU):
 //    dim3, thread-local threadIdx/blockIdx/blockDim/gridDim, empty qualifiers, and
 //      PYLSTM_LAUNCH       runs the kernel body once per (block, thread), sequentially: for
@@ -41,7 +41,7 @@ namespace pylstm_emu {
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 // Runs body once per thread of every block of the grid; block threads as fibers when `fibers`
-// (cuda_emu.cpp). Throws std::logic_error on a misused barrier. While this thread records a
+// (cuda/emu.cpp). Throws std::logic_error on a misused barrier. While this thread records a
 // graph (gpu::run_maybe_graphed), the launch is recorded instead, to run at each replay.
 void launch(const dim3& grid, const dim3& block, bool fibers, const std::function<void()>& body);
 // Stream-ordered host work that is not a kernel (the emulated cuBLAS GEMMs): runs now, or is

@@ -1,23 +1,24 @@
 // The recurrent sequence driver (every cell of cells/) and global-norm clipping for the GPU, written once for two
 // builds: nvcc (the CUDA module; GEMMs through cuBLAS) and the emulation build, which compiles
-// this file as host C++ against cuda_emu.h (GEMMs through CPU BLAS) so that every commit runs
+// this file as host C++ against cuda/emu.h (GEMMs through CPU BLAS) so that every commit runs
 // it against the NumPy reference without a GPU. Structure as DESIGN.md: one input-projection
 // GEMM, per step one recurrent GEMM and one pointwise launch; backward one pointwise launch and
 // one GEMM per step, then dX and the merged [dWx; dWh] GEMMs and db as a per-column sum.
 // The functions run on the caller's stream, allocate nothing (the caller passes outputs and
 // scratch) and never synchronize the host. The LSTM kernels' threads are independent within a
 // launch (PYLSTM_LAUNCH); the clipping reduction uses block barriers and shared memory
-// (PYLSTM_LAUNCH_SYNC, which the emulation runs as fibers: see cuda_emu.h).
+// (PYLSTM_LAUNCH_SYNC, which the emulation runs as fibers: see cuda/emu.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
-#include "cuda_emu.h"
+#include "cuda/emu.h"
 #include "cells/registry.h"
-#include "lstm_cuda.h"
+#include "common/clip_rule.h"
+#include "cuda/api.h"
 
 #if !defined(__CUDACC__)
-#include "blas.h"
+#include "cpu/blas.h"
 using std::sqrt;
 #endif
 
@@ -34,7 +35,7 @@ template <class T>
 void dev_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha,
               const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
 #if defined(__CUDACC__)
-  gpu_gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);  // cuBLAS (lstm_cuda.h)
+  gpu_gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);  // cuBLAS (cuda/api.h)
 #else
   (void)ctx;
   pylstm_emu::enqueue([=] {
@@ -298,7 +299,7 @@ __global__ void clip_norm_kernel(ClipTable<T> tab, int64_t total_blocks, double 
   if (threadIdx.x == 0) {
     const double total = sqrt(red[0]);
     const bool finite = total == total && total <= 1.7976931348623157e308;
-    const double rate = max_norm / (total + 1e-6);
+    const double rate = clip_rate(total, max_norm);
     out[0] = total;
     out[1] = finite && max_norm > 0.0 && rate < 1.0 ? rate : 1.0;
     out[2] = finite ? 1.0 : 0.0;

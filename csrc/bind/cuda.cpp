@@ -1,5 +1,5 @@
 // pybind11 module pylstm._cuda (built with nvcc and cuBLAS, PYLSTM_REAL_CUDA) and, from the same
-// source, pylstm._cuda_emu (the emulation runtime of cuda_emu.cpp: host memory stands for the
+// source, pylstm._cuda_emu (the emulation runtime of cuda/emu.cpp: host memory stands for the
 // device, so CI runs these bindings and the CUDA kernels without a GPU).
 //
 // Arrays are any objects with __cuda_array_interface__ (CuPy, PyTorch CUDA tensors, Numba device
@@ -24,9 +24,9 @@
 #include <string>
 #include <vector>
 
-#include "gpu_runtime.h"
+#include "cuda/runtime.h"
 #include "cells/registry.h"
-#include "lstm_cuda.h"
+#include "cuda/api.h"
 
 #if defined(PYLSTM_REAL_CUDA)
 #define PYLSTM_CUDA_MODULE _cuda

@@ -1,12 +1,12 @@
-// The GPU sequence kernels' API (lstm_cuda.cu), the CUDA counterpart of pylstm.h. Pointers are
-// device memory in the CUDA build and host memory in the emulation build (cuda_emu.h).
+// The GPU sequence kernels' API (cuda/kernels.cu), the CUDA counterpart of cpu/api.h. Pointers are
+// device memory in the CUDA build and host memory in the emulation build (cuda/emu.h).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
-#include "cuda_emu.h"
-#include "pylstm.h"
+#include "cuda/emu.h"
+#include "common/seq_args.h"
 
 namespace pylstm {
 
@@ -18,14 +18,14 @@ struct GpuContext {
 };
 
 // The recurrent driver for cell C (cells/registry.h): arguments as for seq_forward_cpu /
-// seq_backward_cpu (pylstm.h; work_size is not read: the workspace must have
+// seq_backward_cpu (cpu/api.h; work_size is not read: the workspace must have
 // seq_forward_workspace_size / seq_backward_workspace_size elements), plus the context.
 template <class Cell, class T>
 void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a);
 template <class Cell, class T>
 void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a);
 
-// Clipping (lstm_cuda.cu). The arrays are cut into chunks, each one block's work; the chunk
+// Clipping (cuda/kernels.cu). The arrays are cut into chunks, each one block's work; the chunk
 // table travels by value as a kernel parameter (at most kClipMaxChunks entries, under the 4 KB
 // parameter limit), so nothing is copied to the device and the host never waits.
 constexpr unsigned kClipThreads = 512;
@@ -78,7 +78,7 @@ void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* chunks, int64_t 
                      double max_norm, double* partials, unsigned* counter, double* out);
 
 #if defined(__CUDACC__) || defined(PYLSTM_REAL_CUDA)
-// Raises std::runtime_error naming the kernel when its launch failed (cuda_glue.cpp).
+// Raises std::runtime_error naming the kernel when its launch failed (cuda/glue.cpp).
 void check_launch(const char* kernel);
 // Row-major GEMM through cuBLAS on ctx's stream (defined with the CUDA module's cuBLAS glue).
 void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,

@@ -1,18 +1,18 @@
-// pylstm's one thread pool (threads.cpp). All CPU kernels run their parallel work here, with
+// pylstm's one thread pool (cpu/threads.cpp). All CPU kernels run their parallel work here, with
 // OpenBLAS kept single-threaded and called from inside the pool's threads: two pools spinning
 // on the same cores (OpenBLAS's and OpenMP's) cost 5x on the 2-core machines we measured.
-// Used by lstm_cpu.cpp and clip_cpu.cpp.
+// Used by cpu/sequence.cpp and cpu/clip.cpp.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 
-#include "pylstm.h"
+#include "cpu/api.h"
 
 // Marks a CPU function to be compiled for AVX-512, AVX2+FMA and baseline x86-64, the best one
 // picked at load time: the pointwise loops vectorize to the widest registers the CPU has
-// without building for one machine (used by lstm_cpu.cpp and dense_cpu.cpp).
+// without building for one machine (used by cpu/sequence.cpp and cpu/dense.cpp).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PYLSTM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else

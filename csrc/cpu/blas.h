@@ -1,5 +1,5 @@
 // Row-major GEMM through the scipy-openblas32 CBLAS (symbols prefixed scipy_), one overload per
-// dtype, so templated kernels can call gemm<T>. Used by lstm_cpu.cpp and the native benchmark.
+// dtype, so templated kernels can call gemm<T>. Used by cpu/sequence.cpp and the native benchmark.
 #pragma once
 
 #include <cblas.h>

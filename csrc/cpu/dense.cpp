@@ -1,5 +1,5 @@
-// Dense helpers for the layers around the LSTM, on pylstm's thread pool (declared in pylstm.h;
-// called by bind_cpu.cpp): a matrix product (the Affine layers) and a fused softmax
+// Dense helpers for the layers around the LSTM, on pylstm's thread pool (declared in cpu/api.h;
+// called by bind/cpu.cpp): a matrix product (the Affine layers) and a fused softmax
 // cross-entropy (TimeSoftmaxWithLoss). Running them here instead of in NumPy keeps a training
 // step on one thread pool: NumPy's OpenBLAS threads, still spinning after a NumPy matmul,
 // slowed the LSTM kernels that followed by 2.4x in a measured char-model step.
@@ -9,11 +9,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "blas.h"
-#include "gemm_small_m.h"
+#include "cpu/blas.h"
+#include "cpu/packed_gemm.h"
 #include "common/activations.h"
-#include "pylstm.h"
-#include "threads.h"
+#include "cpu/api.h"
+#include "cpu/threads.h"
 
 namespace pylstm {
 
@@ -67,12 +67,12 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
                 T* colsum) {
   int nt = get_num_threads();
   if (M * N * K < (int64_t(1) << 18)) nt = 1;  // too small to split
-  // float32 with beta = 0 runs on the packed-weight kernel (gemm_small_m.h says why); the rest
+  // float32 with beta = 0 runs on the packed-weight kernel (cpu/packed_gemm.h says why); the rest
   // on BLAS. Split the output along its longer side, so each thread keeps a wide block.
   // (N < 16: the packed panels would pad B to 16 columns, up to 16x its size, for a GEMV-like
   // product the kernel does not speed up)
   const bool packed = std::is_same<T, float>::value && beta == T(0) && N >= 16 &&
-                      small_m_kernel_enabled();
+                      packed_gemm_enabled();
   const bool by_cols = N >= M;
   // Column sums of op(B), in double, rounded once: the same result at any thread count.
   std::vector<double> sums(colsum ? size_t((N + 15) / 16 * 16) : 0, 0.0);

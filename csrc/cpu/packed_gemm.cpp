@@ -1,10 +1,10 @@
-// The AVX-512 micro-kernel and driver of gemm_small_m.h. Register blocking: up to 8 rows of A
+// The AVX-512 micro-kernel and driver of cpu/packed_gemm.h. Register blocking: up to 8 rows of A
 // times 3 panels (48 columns) of B = 24 zmm accumulators; per k, 3 panel loads, 8 broadcasts
 // and 24 FMAs, so the two 512-bit FMA pipes stay busy. The driver blocks K (1024) and the rows
 // (96) for L2 and walks 48-column slabs of B inside a row chunk, so each slab is read from
 // memory once per row chunk and then hit in L1/L2 by every 8-row block. A may be row-major or
 // stored transposed (the weight gradient); B is always packed (pack_b / pack_b_rows).
-#include "gemm_small_m.h"
+#include "cpu/packed_gemm.h"
 
 #include <algorithm>
 #include <atomic>
@@ -31,9 +31,9 @@ bool cpu_has_avx512() {
 }
 }  // namespace
 
-bool small_m_kernel_enabled() { return g_enabled.load() && cpu_has_avx512(); }
+bool packed_gemm_enabled() { return g_enabled.load() && cpu_has_avx512(); }
 
-bool set_small_m_kernel(bool on) { return g_enabled.exchange(on); }
+bool set_packed_gemm_enabled(bool on) { return g_enabled.exchange(on); }
 
 #if defined(PYLSTM_HAVE_AVX512_KERNEL)
 

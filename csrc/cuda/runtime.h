@@ -1,5 +1,5 @@
-// What the CUDA bindings (bind_cuda.cpp) need from the device runtime, implemented twice:
-// cuda_glue.cpp (the real CUDA runtime and cuBLAS, for pylstm._cuda) and cuda_emu.cpp (host
+// What the CUDA bindings (bind/cuda.cpp) need from the device runtime, implemented twice:
+// cuda/glue.cpp (the real CUDA runtime and cuBLAS, for pylstm._cuda) and cuda/emu.cpp (host
 // memory stands for device 0, for pylstm._cuda_emu). Errors are C++ exceptions that pybind11
 // turns into Python ones: std::invalid_argument -> ValueError, std::runtime_error ->
 // RuntimeError; messages name the argument.
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "lstm_cuda.h"
+#include "cuda/api.h"
 
 namespace pylstm {
 namespace gpu {

@@ -1,4 +1,4 @@
-// Argument checking and the recurrent-layer entry points of the CPU module (bind_cpu.cpp), for
+// Argument checking and the recurrent-layer entry points of the CPU module (bind/cpu.cpp), for
 // every cell of cells/registry.h: rank, shapes, dtype, byte order, contiguity and writability
 // are validated, outputs and scratch allocated, the GIL released, and the driver called.
 // Every error is a TypeError / ValueError whose message starts with the argument's name.
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "cells/registry.h"
-#include "pylstm.h"
+#include "cpu/api.h"
 
 namespace pylstm {
 namespace bind {

@@ -1,6 +1,6 @@
-// The real device runtime for pylstm._cuda (gpu_runtime.h): device queries, pointer ownership,
+// The real device runtime for pylstm._cuda (cuda/runtime.h): device queries, pointer ownership,
 // the per-thread, per-device cuBLAS handle cache, launch checks and the row-major GEMM that
-// lstm_cuda.cu calls. Every CUDA and cuBLAS call is checked; a failed call raises with the
+// cuda/kernels.cu calls. Every CUDA and cuBLAS call is checked; a failed call raises with the
 // call's name and the library's message.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "gpu_runtime.h"
-#include "graph_cache.h"
-#include "lstm_cuda.h"
+#include "cuda/runtime.h"
+#include "cuda/graph_cache.h"
+#include "cuda/api.h"
 
 namespace pylstm {
 
@@ -258,7 +258,7 @@ void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintp
   }
 }
 
-// --- CUDA graphs (gpu_runtime.h: run_maybe_graphed) ------------------------------------------
+// --- CUDA graphs (cuda/runtime.h: run_maybe_graphed) ------------------------------------------
 namespace {
 std::atomic<bool> use_graphs{false};
 

@@ -1,4 +1,4 @@
-// The emulation build's launcher (cuda_emu.h): kernels run on the calling CPU thread, blocks
+// The emulation build's launcher (cuda/emu.h): kernels run on the calling CPU thread, blocks
 // one after the other. A plain launch calls the body once per thread in order; a fiber launch
 // gives every thread of a block its own stack (ucontext) and runs them round-robin, each until
 // its next __syncthreads() or its return, so a barrier holds exactly as on a GPU: no thread of
@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "cuda_emu.h"
-#include "gpu_runtime.h"
-#include "graph_cache.h"
+#include "cuda/emu.h"
+#include "cuda/runtime.h"
+#include "cuda/graph_cache.h"
 
 namespace pylstm_emu {
 namespace {
@@ -151,7 +151,7 @@ void launch_now(const dim3& grid, const dim3& block, bool fibers, const std::fun
 
 }  // namespace pylstm_emu
 
-// The device runtime of the emulation build (gpu_runtime.h): host memory is "device 0".
+// The device runtime of the emulation build (cuda/runtime.h): host memory is "device 0".
 namespace pylstm {
 namespace gpu {
 namespace {
@@ -170,8 +170,8 @@ GpuContext context(int, std::uintptr_t stream) {
   ctx.stream = reinterpret_cast<cudaStream_t>(stream);
   return ctx;
 }
-// Emulated graphs: a capture records the launches and GEMMs fn enqueues (cuda_emu.h), a replay
-// runs the recording; the cache is the CUDA build's (graph_cache.h).
+// Emulated graphs: a capture records the launches and GEMMs fn enqueues (cuda/emu.h), a replay
+// runs the recording; the cache is the CUDA build's (cuda/graph_cache.h).
 namespace {
 using Recording = std::vector<std::function<void()>>;
 std::atomic<bool> emu_graphs{false};

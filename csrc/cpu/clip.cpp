@@ -1,12 +1,12 @@
-// Global-norm gradient clipping on the CPU (declared in pylstm.h; called by bind_cpu.cpp).
+// Global-norm gradient clipping on the CPU (declared in cpu/api.h; called by bind/cpu.cpp).
 // The norm is a double-precision sum over fixed-size chunks whose partial sums are added in
 // order, so it is bit-identical for any thread count; scaling is a plain in-place multiply.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "pylstm.h"
-#include "threads.h"
+#include "cpu/api.h"
+#include "cpu/threads.h"
 
 namespace pylstm {
 

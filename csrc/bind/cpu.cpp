@@ -1,5 +1,5 @@
-// pybind11 module pylstm._cpu: the CPU kernels of pylstm.h behind the shared checks of
-// bind_common.h (LSTM entry points), plus clipping, matmul, softmax cross-entropy, the thread
+// pybind11 module pylstm._cpu: the CPU kernels of cpu/api.h behind the shared checks of
+// bind/cpu_checks.h (LSTM entry points), plus clipping, matmul, softmax cross-entropy, the thread
 // knob and test hooks, each validating its arguments the same way. Imported only by
 // pylstm/_backend.py. Errors are TypeError / ValueError whose message starts with the
 // argument's name.
@@ -19,11 +19,13 @@
 #include <string>
 #include <vector>
 
-#include "bind_common.h"
+#include "bind/cpu_checks.h"
 #include "common/activations.h"
-#include "gemm_small_m.h"
-#include "pylstm.h"
-#include "threads.h"
+#include "cpu/packed_gemm.h"
+#include "cpu/api.h"
+#include "cpu/test_hooks.h"
+#include "cpu/threads.h"
+#include "common/clip_rule.h"
 
 namespace py = pybind11;
 
@@ -55,7 +57,7 @@ double norm_and_clip(std::vector<py::array> arrays, bool clip, double max_norm,
     }
     return total;
   }
-  const double rate = max_norm / (total + 1e-6);
+  const double rate = clip_rate(total, max_norm);
   if (rate < 1.0) {
     py::gil_scoped_release nogil;
     scale_arrays_cpu<T>(g.spans, rate);
@@ -216,72 +218,17 @@ py::tuple softmax_xent_impl(const py::array& s, const py::array& lab, int32_t ig
   return py::make_tuple(total, count, d);
 }
 
-// Test hook for the thread pool: `runs` parallel runs with random thread counts in
-// [2, max_threads] (more than the CPUs on purpose: threads get preempted), a few barrier
-// steps each (split arrive/wait, then a full barrier), and in about a third of the runs an
-// exception thrown by a random thread before, inside or after a barrier. Counts what must
-// never happen: a thread index run other than exactly once (also checked again after all
-// runs, for a late second run), a thread passing a barrier before the others reached it, an
-// exception lost or invented. Returns (inconsistencies, exceptions caught).
-struct InjectedFailure : std::runtime_error {
-  InjectedFailure() : std::runtime_error("injected") {}
-};
-
+// Test hook for the thread pool (cpu/test_hooks.cpp): (inconsistencies, exceptions caught).
 py::tuple pool_stress(int runs, int max_threads, uint64_t seed) {
   if (runs < 0 || max_threads < 2 || max_threads > 64) {
     throw py::value_error("runs must be >= 0 and max_threads in [2, 64]");
   }
-  std::mt19937_64 rng(seed);
-  std::vector<std::unique_ptr<std::atomic<int>[]>> ran(static_cast<size_t>(runs));
-  std::vector<int> sizes(static_cast<size_t>(runs));
-  int64_t bad = 0, caught = 0;
+  PoolStressResult r;
   {
-  py::gil_scoped_release nogil;
-  for (int r = 0; r < runs; ++r) {
-    const int nt = 2 + int(rng() % uint64_t(max_threads - 1));
-    const int steps = 1 + int(rng() % 4);
-    const bool inject = rng() % 3 == 0;
-    const int fail_tid = int(rng() % uint64_t(nt)), fail_step = int(rng() % uint64_t(steps));
-    const int where = int(rng() % 3);
-    ran[r].reset(new std::atomic<int>[nt]());
-    sizes[r] = nt;
-    std::unique_ptr<std::atomic<int>[]> reached(new std::atomic<int>[nt]());
-    std::atomic<int> early{0};
-    std::atomic<int>* my_ran = ran[r].get();
-    bool got = false;
-    try {
-      parallel_run(nt, [&](const Team& team) {
-        const int t = team.tid();
-        my_ran[t].fetch_add(1);
-        if (team.size() != nt) early.fetch_add(1);
-        for (int st = 0; st < steps; ++st) {
-          const bool fail_here = inject && t == fail_tid && st == fail_step;
-          if (fail_here && where == 0) throw InjectedFailure();
-          reached[t].store(st + 1, std::memory_order_release);
-          const int token = team.arrive();
-          if (fail_here && where == 1) throw InjectedFailure();
-          team.wait(token);
-          for (int u = 0; u < nt; ++u) {
-            if (reached[u].load(std::memory_order_acquire) < st + 1) early.fetch_add(1);
-          }
-          if (fail_here && where == 2) throw InjectedFailure();
-          team.barrier();  // nobody moves on to step st + 1 before all have checked step st
-        }
-      });
-    } catch (const InjectedFailure&) {
-      got = true;
-      ++caught;
-    }
-    bad += got != inject;
-    if (!inject) bad += early.load();
-    for (int u = 0; u < nt; ++u) bad += my_ran[u].load() != 1;
+    py::gil_scoped_release nogil;
+    r = pool_stress_run(runs, max_threads, seed);
   }
-  // a worker running an earlier run's task again would show up here
-  for (int r = 0; r < runs; ++r) {
-    for (int u = 0; u < sizes[r]; ++u) bad += ran[r][u].load() != 1;
-  }
-  }  // the GIL again
-  return py::make_tuple(bad, caught);
+  return py::make_tuple(r.inconsistencies, r.caught);
 }
 
 py::tuple softmax_xent(const py::object& scores_o, const py::object& labels_o, int ignore_label,
@@ -351,9 +298,9 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("softmax_xent", &softmax_xent, py::arg("scores"), py::arg("labels"),
         py::arg("ignore_label"), py::arg("grad_scale").none(true),
         "Softmax cross-entropy. Returns (loss_sum, count, dscores or None).");
-  m.def("_set_small_m_kernel", &set_small_m_kernel, py::arg("on"),
+  m.def("_set_small_m_kernel", &set_packed_gemm_enabled, py::arg("on"),
         "Test hook: enable/disable the AVX-512 recurrent-step kernel; returns the old setting.");
-  m.def("_small_m_kernel_enabled", &small_m_kernel_enabled);
+  m.def("_small_m_kernel_enabled", &packed_gemm_enabled);
   m.def("_forward_workspace_size", [](int64_t N, int64_t T, int64_t D, int64_t H, bool save,
                                       int itemsize, const std::string& cell) {
     const SeqShape s{N, T, D, H};

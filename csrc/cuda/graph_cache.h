@@ -1,5 +1,5 @@
-// The per-thread cache of LSTM graphs behind gpu::run_maybe_graphed (gpu_runtime.h), shared by
-// the CUDA build (cuda_glue.cpp: Exec = cudaGraphExec_t) and the emulation (cuda_emu.cpp: Exec
+// The per-thread cache of LSTM graphs behind gpu::run_maybe_graphed (cuda/runtime.h), shared by
+// the CUDA build (cuda/glue.cpp: Exec = cudaGraphExec_t) and the emulation (cuda/emu.cpp: Exec
 // = a recording of launches), so the emulated tests exercise the same keys, hits and
 // evictions as a GPU.
 #pragma once

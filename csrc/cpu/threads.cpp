@@ -1,4 +1,4 @@
-// The thread pool behind parallel_run (threads.h) and the one thread-count knob. Workers spin
+// The thread pool behind parallel_run (cpu/threads.h) and the one thread-count knob. Workers spin
 // for a short while after each run (back-to-back kernel calls stay cheap), then sleep on a
 // condition variable so that they do not compete with NumPy's or PyTorch's threads between
 // calls. OpenBLAS is set to one thread: the pool's threads call it on their own slices.
@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
-#include "pylstm.h"
-#include "threads.h"
+#include "cpu/api.h"
+#include "cpu/threads.h"
 
 namespace pylstm {
 

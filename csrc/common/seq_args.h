@@ -1,0 +1,77 @@
+// The shapes and argument structs every backend's recurrent driver takes (cpu/api.h,
+// cuda/api.h), their scratch sizes, and the span of one gradient array for clipping.
+#pragma once
+
+#include <cstdint>
+
+namespace pylstm {
+
+// N batch, T time steps, D input size, H hidden size. All >= 1.
+struct SeqShape {
+  int64_t N, T, D, H;
+};
+using LstmShape = SeqShape;
+
+// The arrays of one forward call of a recurrent layer with cell C (cells/*.h), which has
+// G = C::kGates gate blocks of H columns. Arrays named c* exist only for a cell with a cell
+// state (C::kHasCellState); for one without, they are nullptr.
+//   xs    (N, T, D)  in
+//   h0    (N, H)     in, or nullptr for zeros (then step 0 has no recurrent product)
+//   c0    (N, H)     in, or nullptr for zeros
+//   Wx    (D, G*H)   in;  Wh (H, G*H) in;  b (G*H,) in
+//   hs    (N, T, H)  out: h_t for every step
+//   hT    (N, H)     out: h_{T-1} (a copy of hs[:, T-1])
+//   cT    (N, H)     out: c_{T-1}
+//   gates (N, T, G*H) out: the cell's activations, saved for backward; nullptr = forward-only
+//   cs    (N, T, H)  out: cell states c_t, saved for backward; nullptr when gates is nullptr
+//   work  scratch of work_size elements: at least seq_forward_cpu_workspace_size; work_size = -1
+//         means seq_forward_workspace_size, which is always enough (std::invalid_argument when
+//         work_size is too small for the call)
+template <class T>
+struct ForwardArgs {
+  SeqShape s;
+  const T *xs, *h0, *c0, *Wx, *Wh, *b;
+  T *hs, *hT, *cT, *gates, *cs, *work;
+  int64_t work_size = -1;
+};
+
+// The arrays of one backward call (t = T-1 .. 0), from the state the forward saved.
+//   xs, h0, c0, Wx, Wh, hs, gates, cs: as given to / returned by forward (c* nullptr as there)
+//   dhs   (N, T, H)  in: gradient of the loss with respect to hs
+//   dhT   (N, H)     in, or nullptr: gradient with respect to hT (added to dhs[:, T-1])
+//   dcT   (N, H)     in, or nullptr: gradient with respect to cT
+//   dxs   (N, T, D)  out
+//   dh0   (N, H)     out;  dc0 (N, H) out (nullptr without a cell state)
+//   dW    (D+H, G*H) out: rows 0..D-1 are dWx, rows D..D+H-1 are dWh (one merged GEMM)
+//   db    (G*H,)     out
+//   work  seq_backward_workspace_size elements, scratch
+template <class T>
+struct BackwardArgs {
+  SeqShape s;
+  const T *xs, *h0, *c0, *Wx, *Wh, *hs, *gates, *cs, *dhs, *dhT, *dcT;
+  T *dxs, *dh0, *dc0, *dW, *db, *work;
+};
+
+// Elements of scratch memory the drivers need (the caller allocates it), for G gate blocks:
+//   forward with saving for backward: none (the gates buffer holds the pre-activations first);
+//   forward-only: N*T*G*H (input projection) + N*H (running c, with a cell state);
+//   backward: N*T*G*H (dA) + N*T*(D+H) ([X | H_prev] rows for the merged weight-gradient GEMM).
+// The same sizes hold for the CUDA drivers (cuda/api.h).
+template <class Cell>
+int64_t seq_forward_workspace_size(const SeqShape& s, bool save_for_backward) {
+  if (save_for_backward) return 0;
+  return s.N * s.T * Cell::kGates * s.H + (Cell::kHasCellState ? s.N * s.H : 0);
+}
+template <class Cell>
+int64_t seq_backward_workspace_size(const SeqShape& s) {
+  return s.N * s.T * Cell::kGates * s.H + s.N * s.T * (s.D + s.H);
+}
+
+// One array of a gradient list: a pointer and its element count.
+template <class T>
+struct Span {
+  T* data;
+  int64_t size;
+};
+
+}  // namespace pylstm
