@@ -400,7 +400,9 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
 
 
 def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
-    """``a @ b (+ bias)`` for 2-D float arrays on pylstm's thread pool ("cpu"), or NumPy ("numpy").
+    """``a @ b (+ bias)`` for 2-D float arrays on pylstm's thread pool ("cpu"), NumPy ("numpy"), or
+    CuPy's own kernels for CuPy arrays ("cuda", what "auto" picks for device arrays; like every
+    function, it raises ``DeviceUnavailableError`` when backend 'cuda' is not usable).
 
     a, b may be C- or F-contiguous (a transposed view such as ``W.T`` costs nothing); ``out``,
     when given, must be writable, C- or F-contiguous, of shape (M, N), and not overlap a or b.
@@ -408,11 +410,12 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
     pass). ``colsum`` (N,), when given, receives ``b.sum(axis=0)`` (the Affine layer's
     ``db``; on the CPU summed in double while b is read for the product).
     """
-    for vname, v in (("a", a), ("b", b), ("out", out), ("bias", bias), ("colsum", colsum)):
+    operands = (("a", a), ("b", b), ("out", out), ("bias", bias), ("colsum", colsum))
+    for vname, v in operands:
         _reject_masked(v, vname)
     name = _resolve_backend(backend, a)
-    if name in _DEVICE_BACKENDS and _devices.is_device_array(a):  # CuPy: its own cuBLAS matmul
-        xp = _devices.array_module(a)
+    if name in _DEVICE_BACKENDS:  # CuPy: its own cuBLAS matmul
+        xp = _require_cupy_operands(name, "matmul", operands)
         for vname, v in (("bias", bias), ("colsum", colsum)):
             if v is not None and tuple(v.shape) != (b.shape[1],):
                 raise ValueError(f"{vname} must have shape ({b.shape[1]},), got {tuple(v.shape)}")
@@ -442,6 +445,27 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
     if colsum is not None:
         colsum[...] = np.sum(b, axis=0, dtype=np.float64)
     return r
+
+
+def _require_cupy_operands(name: str, what: str, operands):
+    """The device path of the dense helpers (matmul, softmax_cross_entropy) runs CuPy's own
+    kernels: every array must be a CuPy array, and backend 'cuda' must be usable like for the
+    LSTM. Returns the cupy module. Device arrays of another library are named first, so the
+    message says which argument to convert even where no GPU is visible."""
+    if name != "cuda":
+        raise ValueError(f"backend {name!r} (the emulated CUDA kernels) runs the LSTM and clipping only, "
+                         f"not {what}; use 'cpu' or 'numpy'")
+    arrays = [(vname, v) for vname, v in operands if v is not None]
+    for vname, v in arrays:
+        if _devices.is_device_array(v) and _devices.array_module(v) is np:
+            raise TypeError(f"{vname} is a device array ({_type_desc(v)}), but the device path of {what} "
+                            f"runs on CuPy arrays: convert it (cupy.asarray({vname}))")
+    _backend.require_cuda()
+    for vname, v in arrays:
+        if not _devices.is_device_array(v):
+            raise TypeError(f"{vname} is a host array ({_type_desc(v)}) but backend is 'cuda': pass all "
+                            "arrays as CuPy arrays on one device, or use backend 'cpu'")
+    return _devices.array_module(arrays[0][1])
 
 
 def _check_matmul_operands(a, b, out, bias, colsum):
@@ -522,6 +546,9 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
     scores : (M, V) float32 or float64, C-contiguous.
     labels : (M,) integer labels in [0, V) or ``ignore_label``.
     need_grad : also return the gradient with respect to scores.
+    backend : "auto" | "cpu" | "cuda" | "numpy"; "cuda" (what "auto" picks for device arrays)
+        runs CuPy's kernels on CuPy arrays and raises ``DeviceUnavailableError`` when backend
+        'cuda' is not usable.
 
     Returns
     -------
@@ -538,10 +565,9 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
         raise ValueError(f"ignore_label must fit in 32 bits (labels are int32 in the kernels), got {ignore_label}")
     _reject_masked(scores, "scores")
     _reject_masked(labels, "labels")
-    if _devices.is_device_array(scores) and backend in ("auto", "cuda"):
-        xp = _devices.array_module(scores)
-        if xp is np:
-            raise TypeError(f"scores: the device path of the layers needs CuPy arrays, got {_type_desc(scores)}")
+    name = _resolve_backend(backend, scores)
+    if name in _DEVICE_BACKENDS:
+        xp = _require_cupy_operands(name, "softmax_cross_entropy", (("scores", scores),))
         return _softmax_cross_entropy_xp(xp, scores, xp.asarray(labels), ignore_label, need_grad, check_labels)
     if not isinstance(scores, np.ndarray):
         raise TypeError(f"scores must be a numpy.ndarray, got {type(scores).__name__}")
@@ -559,7 +585,6 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(f"labels[{k}] = {labels[k]} is outside [0, {V}) and not ignore_label ({ignore_label})")
-    name = _resolve_backend(backend)
     if name == "numpy":
         return ref.softmax_cross_entropy_ref(scores, labels, ignore_label, need_grad)
     count = int((labels != ignore_label).sum())

@@ -248,3 +248,55 @@ def test_global_norm_rejects_mixed_dtypes():
 def test_set_num_threads_rejects(n, exc):
     with pytest.raises(exc, match="^n "):
         pylstm.set_num_threads(n)
+
+
+class _ForeignDeviceArray:
+    """Host memory behind ``__cuda_array_interface__`` with no array library pylstm knows."""
+
+    def __init__(self, a):
+        self._a = a
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    @property
+    def __cuda_array_interface__(self):
+        return _devices.EmuDeviceArray(self._a).__cuda_array_interface__
+
+
+_HOST_CALLS = {
+    "lstm_forward": lambda: pylstm.lstm_forward(*[_args()[k] for k in ("xs", "Wx", "Wh", "b")], backend="cuda"),
+    "matmul": lambda: pylstm.matmul(np.ones((2, 3)), np.ones((3, 4)), backend="cuda"),
+    "softmax_cross_entropy": lambda: pylstm.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]),
+                                                                  backend="cuda"),
+}
+
+
+@pytest.mark.skipif(_backend.cuda_status()[0] > 0, reason="a GPU is visible")
+@pytest.mark.parametrize("call", sorted(_HOST_CALLS))
+def test_backend_cuda_without_a_gpu_is_refused_by_every_function(call):
+    """backend="cuda" is never replaced by the CPU quietly: without a GPU every function says so."""
+    with pytest.raises(_backend.DeviceUnavailableError, match="^backend 'cuda' is not available"):
+        _HOST_CALLS[call]()
+
+
+@pytest.mark.parametrize("backend", ["auto", "cuda", "cpu", "numpy"], ids=lambda b: f"backend_{b}")
+@pytest.mark.parametrize("pos", ["a", "b", "out", "bias", "colsum"])
+def test_matmul_names_a_foreign_device_array(pos, backend):
+    args = {"a": np.ones((2, 3)), "b": np.ones((3, 4)), "out": None, "bias": None, "colsum": None}
+    args[pos] = _ForeignDeviceArray({"a": args["a"], "b": args["b"]}.get(pos, np.zeros((2, 4) if pos == "out" else 4)))
+    with pytest.raises(TypeError, match=rf"^{pos}\b"):
+        pylstm.matmul(**args, backend=backend)
+
+
+# (ids other than a bare "cuda": conftest skips items with the keyword "cuda" when there is no GPU)
+@pytest.mark.parametrize("backend", ["auto", "cuda", "cpu", "numpy"], ids=lambda b: f"backend_{b}")
+def test_softmax_cross_entropy_names_a_foreign_device_array(backend):
+    with pytest.raises(TypeError, match=r"^scores\b"):
+        pylstm.softmax_cross_entropy(_ForeignDeviceArray(np.zeros((2, 3))), np.array([0, 1]), backend=backend)
+
+
+@pytest.mark.skipif(_backend.cuda_emu is None, reason="pylstm._cuda_emu not built")
+def test_emulated_backend_is_not_silently_the_cpu_for_the_dense_helpers():
+    with pytest.raises(ValueError, match="^backend 'cuda-emu'"):
+        pylstm.matmul(np.ones((2, 3)), np.ones((3, 4)), backend="cuda-emu")
+    with pytest.raises(ValueError, match="^backend 'cuda-emu'"):
+        pylstm.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), backend="cuda-emu")
