@@ -544,7 +544,8 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
     Parameters
     ----------
     scores : (M, V) float32 or float64, C-contiguous.
-    labels : (M,) integer labels in [0, V) or ``ignore_label``.
+    labels : (M,) integer labels in [0, V) or ``ignore_label`` (any integer array or sequence;
+        the CPU kernel reads a C-contiguous int32 copy of it, M ints).
     need_grad : also return the gradient with respect to scores.
     backend : "auto" | "cpu" | "cuda" | "numpy"; "cuda" (what "auto" picks for device arrays)
         runs CuPy's kernels on CuPy arrays and raises ``DeviceUnavailableError`` when backend
@@ -575,6 +576,12 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
         raise TypeError(f"scores must have dtype float32 or float64, got {scores.dtype}")
     if scores.ndim != 2:
         raise ValueError(f"scores must have rank 2 (M, V), got shape {scores.shape}")
+    if min(scores.shape) < 1:
+        raise ValueError(f"scores must have shape (M, V) with M, V >= 1, got {scores.shape}")
+    if not scores.flags.c_contiguous:  # a broadcast or strided view would be copied whole
+        raise ValueError(
+            f"scores must be C-contiguous (use numpy.ascontiguousarray), got strides {scores.strides}"
+        )
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
@@ -589,6 +596,6 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
         return ref.softmax_cross_entropy_ref(scores, labels, ignore_label, need_grad)
     count = int((labels != ignore_label).sum())
     total, _, d = _backend.cpu.softmax_xent(
-        np.ascontiguousarray(scores), np.ascontiguousarray(labels, dtype=np.int32), int(ignore_label),
+        scores, np.ascontiguousarray(labels, dtype=np.int32), int(ignore_label),
         (1.0 / max(count, 1)) if need_grad else None)
     return total / max(count, 1), d

@@ -366,3 +366,36 @@ def test_masked_arrays_rejected_by_the_kernels(backend):
     xs = np.ma.masked_array(np.ones((1, 2, 3)), mask=False)
     with pytest.raises(TypeError, match="^xs.*MaskedArray"):
         pylstm.lstm_forward(xs, np.ones((3, 8)), np.ones((2, 8)), np.ones(8), backend=backend)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "negative_stride", "broadcast", "every_other_column"])
+def test_softmax_cross_entropy_rejects_non_contiguous_scores(backend, layout):
+    """scores is read in place or not at all: a strided view is not copied behind the caller's
+    back (a broadcast row of 256 KB would become M copies)."""
+    base = np.random.default_rng(3).standard_normal((4, 6))
+    scores = {"fortran": np.asfortranarray(base), "negative_stride": base[::-1],
+              "broadcast": np.broadcast_to(base[0], (4, 6)), "every_other_column": base[:, ::2]}[layout]
+    labels = np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match=r"^scores must be C-contiguous"):
+        pylstm.softmax_cross_entropy(scores, labels, backend=backend)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0), (0, 0)])
+def test_softmax_cross_entropy_rejects_empty_scores(backend, shape):
+    with pytest.raises(ValueError, match=r"^scores\b"):
+        pylstm.softmax_cross_entropy(np.zeros(shape), np.zeros(shape[0], np.int64), backend=backend)
+
+
+def test_time_softmax_with_loss_passes_contiguous_scores(monkeypatch):
+    """The model's loss layer hands the kernels its scores as they are (no copy on the way)."""
+    seen = []
+    real = pylstm.functional.softmax_cross_entropy
+
+    def spy(scores, *args, **kw):
+        seen.append(scores)
+        return real(scores, *args, **kw)
+
+    monkeypatch.setattr(L.F, "softmax_cross_entropy", spy)
+    xs = np.random.default_rng(4).standard_normal((2, 3, 5))
+    L.TimeSoftmaxWithLoss().forward(xs, np.zeros((2, 3), np.int64))
+    assert seen[0].flags.c_contiguous and np.shares_memory(seen[0], xs)
