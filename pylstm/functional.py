@@ -408,7 +408,9 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
     when given, must be writable, C- or F-contiguous, of shape (M, N), and not overlap a or b.
     ``bias`` (N,), when given, is added to every row (the Affine layer's ``x @ W + b`` in one
     pass). ``colsum`` (N,), when given, receives ``b.sum(axis=0)`` (the Affine layer's
-    ``db``; on the CPU summed in double while b is read for the product).
+    ``db``; on the CPU summed in double while b is read for the product). Both C-contiguous,
+    colsum writable and apart from every other operand. Every dimension must be >= 1. The
+    host backends ("cpu", "numpy") check all of this the same way.
     """
     operands = (("a", a), ("b", b), ("out", out), ("bias", bias), ("colsum", colsum))
     for vname, v in operands:
@@ -428,18 +430,17 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
             return r
         out[...] = r
         return out
-    fortran_out = (out is not None and isinstance(out, np.ndarray) and out.ndim == 2
-                   and not out.flags.c_contiguous and out.flags.f_contiguous)
-    if name != "numpy" and not fortran_out:
-        return _backend.cpu.matmul(a, b, out, bias, colsum)  # the binding checks everything
-    # NumPy, or a Fortran-order out (out^T = b^T @ a^T through the C-contiguous transpose view):
-    # the checks the binding would make, naming the arguments as the caller gave them
+    # One set of checks for every host backend, here (the binding repeats them, so that a direct
+    # call never crashes): the reference rejects exactly what the kernels reject.
     _check_matmul_operands(a, b, out, bias, colsum)
-    if name == "numpy":
-        r = np.matmul(a, b, out=out)
-    else:
+    if name != "numpy":
+        if out is None or out.flags.c_contiguous:
+            return _backend.cpu.matmul(a, b, out, bias, colsum)
+        # a Fortran-order out: out^T = b^T @ a^T through the C-contiguous transpose view
         _backend.cpu.matmul(b.T, a.T, out.T)
         r = out
+    else:
+        r = np.matmul(a, b, out=out)
     if bias is not None:
         r += bias
     if colsum is not None:
@@ -469,44 +470,52 @@ def _require_cupy_operands(name: str, what: str, operands):
 
 
 def _check_matmul_operands(a, b, out, bias, colsum):
+    """Every rule matmul's host backends share, in the binding's order and with its messages
+    (a's dtype is the reference, as there)."""
+    _require_ndarray(a, "a")
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"a must have dtype float32 or float64, got {a.dtype}")
     for vname, v in (("a", a), ("b", b)):
         _require_ndarray(v, vname)
         if v.ndim != 2:
             raise ValueError(f"{vname} must have rank 2, got rank {v.ndim} with shape {v.shape}")
+        if v.dtype != a.dtype:
+            raise TypeError(f"{vname} must have dtype {a.dtype} (the dtype of a), got {v.dtype}")
         if not (v.flags.c_contiguous or v.flags.f_contiguous):
             raise ValueError(f"{vname} must be C- or F-contiguous, got strides {v.strides}")
-    if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"a must have dtype float32 or float64, got {a.dtype}")
-    if b.dtype != a.dtype:
-        raise TypeError(f"b must have dtype {a.dtype} (the dtype of a), got {b.dtype}")
     if b.shape[0] != a.shape[1]:
         raise ValueError(f"b must have {a.shape[1]} rows (a is {a.shape}), got shape {b.shape}")
-    N = b.shape[1]
+    (M, K), N = a.shape, b.shape[1]
+    if min(M, K, N) < 1:
+        raise ValueError(f"a, b: every dimension must be >= 1, got {a.shape} and {b.shape}")
+    if max(M * K, K * N, M * N) > 2**31 - 1:
+        raise ValueError("a, b: too large for 32-bit BLAS indexing")
     if out is not None:
         _require_ndarray(out, "out")
         if out.dtype != a.dtype:
             raise TypeError(f"out must have dtype {a.dtype} (the dtype of a), got {out.dtype}")
-        if out.shape != (a.shape[0], N):
-            raise ValueError(f"out must have shape {(a.shape[0], N)}, got {out.shape}")
+        if out.ndim != 2:
+            raise ValueError(f"out must have rank 2, got rank {out.ndim} with shape {out.shape}")
+        if out.shape != (M, N):
+            raise ValueError(f"out must have shape {(M, N)}, got {out.shape}")
+        if not (out.flags.c_contiguous or out.flags.f_contiguous):
+            raise ValueError(f"out must be C- or F-contiguous, got strides {out.strides}")
         if not out.flags.writeable:
             raise ValueError("out must be writable, got a read-only array")
         if np.shares_memory(out, a) or np.shares_memory(out, b):
             raise ValueError("out must not overlap a or b")
-    for vname, v in (("bias", bias), ("colsum", colsum)):
-        if v is None:
-            continue
-        _require_ndarray(v, vname)
-        if v.dtype != a.dtype:
-            raise TypeError(f"{vname} must have dtype {a.dtype} (the dtype of a), got {v.dtype}")
-        if v.shape != (N,):
-            raise ValueError(f"{vname} must have shape ({N},), got {v.shape}")
-        if out is not None and np.shares_memory(v, out):
-            raise ValueError(f"{vname} must not overlap out")
+    if bias is not None:
+        _check_array(bias, "bias", a.dtype, (N,), dtype_owner="a")
+        if out is not None and np.shares_memory(bias, out):
+            raise ValueError("bias must not overlap out")
     if colsum is not None:
+        _check_array(colsum, "colsum", a.dtype, (N,), dtype_owner="a")
         if not colsum.flags.writeable:
             raise ValueError("colsum must be writable, got a read-only array")
-        if any(o is not None and np.shares_memory(colsum, o) for o in (a, b, bias)):
-            raise ValueError("colsum must not overlap a, b, bias or out")
+        if any(o is not None and np.shares_memory(colsum, o) for o in (out, a, b)):
+            raise ValueError("colsum must not overlap a, b or out")
+        if bias is not None and np.shares_memory(colsum, bias):
+            raise ValueError("colsum must not overlap bias")
 
 
 def _softmax_cross_entropy_xp(xp, scores, labels, ignore_label, need_grad, check_labels):
