@@ -132,31 +132,48 @@ def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str =
         )
 
 
-def _check_lstm_args(xs, Wx, Wh, b, h0, c0):
-    """Validates forward arguments; returns (N, T, D, H)."""
-    _require_ndarray(xs, "xs")
+def _check_lstm_args(xs, Wx, Wh, b, h0, c0, prefix: str = ""):
+    """Validates forward arguments; returns (N, T, D, H). ``prefix`` goes before every name in
+    the messages ("cache." when they come from an LSTMCache)."""
+    n = {k: prefix + k for k in ("xs", "Wx", "Wh", "b", "h0", "c0")}
+    _require_ndarray(xs, n["xs"])
     if xs.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"xs must have dtype float32 or float64, got {xs.dtype}")
+        raise TypeError(f"{n['xs']} must have dtype float32 or float64, got {xs.dtype}")
     if xs.ndim != 3:
-        raise ValueError(f"xs must have rank 3 (N, T, D), got rank {xs.ndim} with shape {xs.shape}")
-    _require_ndarray(Wh, "Wh")
+        raise ValueError(f"{n['xs']} must have rank 3 (N, T, D), got rank {xs.ndim} with shape {xs.shape}")
+    _require_ndarray(Wh, n["Wh"])
     if Wh.ndim != 2:
-        raise ValueError(f"Wh must have rank 2 (H, 4H), got rank {Wh.ndim} with shape {Wh.shape}")
+        raise ValueError(f"{n['Wh']} must have rank 2 (H, 4H), got rank {Wh.ndim} with shape {Wh.shape}")
     N, T, D = xs.shape
     H = Wh.shape[0]
-    for value, what, name, arr in ((N, "N (batch size)", "xs", xs), (T, "T (time steps)", "xs", xs),
-                                   (D, "D (input size)", "xs", xs), (H, "H (hidden size)", "Wh", Wh)):
+    for value, what, name, arr in ((N, "N (batch size)", n["xs"], xs), (T, "T (time steps)", n["xs"], xs),
+                                   (D, "D (input size)", n["xs"], xs), (H, "H (hidden size)", n["Wh"], Wh)):
         if value < 1:
             raise ValueError(f"{name}: {what} must be >= 1, got shape {arr.shape}")
     dt = xs.dtype
-    _check_array(xs, "xs", dt, (N, T, D))
-    _check_array(Wh, "Wh", dt, (H, 4 * H))
-    _check_array(Wx, "Wx", dt, (D, 4 * H))
-    _check_array(b, "b", dt, (4 * H,))
+    _check_array(xs, n["xs"], dt, (N, T, D), n["xs"])
+    _check_array(Wh, n["Wh"], dt, (H, 4 * H), n["xs"])
+    _check_array(Wx, n["Wx"], dt, (D, 4 * H), n["xs"])
+    _check_array(b, n["b"], dt, (4 * H,), n["xs"])
     if h0 is not None:
-        _check_array(h0, "h0", dt, (N, H))
+        _check_array(h0, n["h0"], dt, (N, H), n["xs"])
     if c0 is not None:
-        _check_array(c0, "c0", dt, (N, H))
+        _check_array(c0, n["c0"], dt, (N, H), n["xs"])
+    return N, T, D, H
+
+
+def _check_host_cache(cache) -> tuple:
+    """A host LSTMCache is checked like arguments, whichever backend made it: the inputs with
+    the forward's checks, then the saved arrays against them, all before anything is allocated
+    (a cache edited to claim 2**31 broadcast rows must not reach the reference's temporaries).
+    These are the checks the CPU binding makes on the same arrays. Returns (N, T, D, H)."""
+    if cache.backend not in ("cpu", "numpy"):
+        raise ValueError(f"cache.backend must be 'cpu' or 'numpy' for a cache of host arrays, got {cache.backend!r}")
+    N, T, D, H = _check_lstm_args(cache.xs, cache.Wx, cache.Wh, cache.b, cache.h0, cache.c0, "cache.")
+    dt = cache.xs.dtype
+    _check_array(cache.hs, "cache.hs", dt, (N, T, H), "cache.xs")
+    _check_array(cache.gates, "cache.gates", dt, (N, T, 4 * H), "cache.xs")
+    _check_array(cache.cs, "cache.cs", dt, (N, T, H), "cache.xs")
     return N, T, D, H
 
 
@@ -165,6 +182,8 @@ class LSTMCache:
 
     Holds references to the inputs (not copies: do not modify them in place between forward and
     backward) and the saved activated gates (N, T, 4H) and cell states (N, T, H).
+    ``lstm_backward`` checks every array in it like an argument (errors name ``cache.<field>``),
+    on every backend, before it allocates anything.
     """
 
     __slots__ = ("backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device")
@@ -263,8 +282,7 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
         raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
     if cache.device is not None:
         return _device_backward(dhs, cache, dhT, dcT)
-    N, T, D = cache.xs.shape
-    H = cache.Wh.shape[0]
+    N, T, D, H = _check_host_cache(cache)
     dt = cache.xs.dtype
     _check_array(dhs, "dhs", dt, (N, T, H))
     if dhT is not None:
@@ -286,8 +304,17 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
 
 
 def _device_backward(dhs, cache, dhT, dcT):
-    mod, lib, (N, T, D, H), dt = cache.device
+    mod, lib, dims, dt = cache.device
+    if mod is None or mod not in (_backend.cuda, _backend.cuda_emu) or not isinstance(lib, _devices.ArrayLib):
+        raise TypeError("cache.device is not what lstm_forward saved (module, array library, sizes, dtype)")
     w = lib.wrap
+    # The saved sizes decide the allocations below: they must be the cached inputs' own (the
+    # binding checks the saved activations against these once it has the outputs).
+    N, T, D, H, itemsize, _ = mod.forward_check(w(cache.xs), w(cache.Wx), w(cache.Wh), w(cache.b),
+                                                w(cache.h0), w(cache.c0))
+    if tuple(dims) != (N, T, D, H) or np.dtype(dt).itemsize != itemsize:
+        raise ValueError(f"cache.device: sizes {tuple(dims)} and dtype {dt} saved for inputs of sizes "
+                         f"{(N, T, D, H)} and itemsize {itemsize}")
     dxs, dh0, dc0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt), lib.empty((N, H), dt)
     dW, db = lib.empty((D + H, 4 * H), dt), lib.empty((4 * H,), dt)
     work = lib.empty((mod.backward_workspace_size(N, T, D, H),), dt)
