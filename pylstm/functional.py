@@ -159,6 +159,11 @@ def _check_lstm_args(xs, Wx, Wh, b, h0, c0, prefix: str = ""):
         _check_array(h0, n["h0"], dt, (N, H), n["xs"])
     if c0 is not None:
         _check_array(c0, n["c0"], dt, (N, H), n["xs"])
+    # The kernels' BLAS takes 32-bit sizes; the reference refuses the same calls (one contract
+    # for every backend), before it reads an element.
+    biggest = N * T * max(4 * H, D + H)
+    if biggest > 2**31 - 1 or T * 4 * H > 2**31 - 1:
+        raise ValueError(f"{n['xs']}: N*T*max(4H, D+H) = {biggest} is too large for 32-bit BLAS indexing")
     return N, T, D, H
 
 

@@ -402,3 +402,42 @@ def test_backward_checks_the_sizes_saved_in_a_device_cache():
     cache.device = (mod, lib, (n + 2**31, t, dd, h), dt)
     with pytest.raises(ValueError, match=r"^cache\b"):
         pylstm.lstm_backward(_devices.EmuDeviceArray(np.ones((N, T, H), np.float32)), cache)
+
+
+_OVERFLOW_VIEW_SCRIPT = r"""
+import resource
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+import pylstm
+
+def huge(shape):  # a C-contiguous-looking view of far more elements than its 64-byte buffer
+    buf = np.zeros(16, np.float32)
+    strides = tuple(int(np.prod(shape[k + 1:])) * 4 for k in range(len(shape)))
+    return as_strided(buf, shape, strides)
+
+H = 1
+xs, Wx = huge((1, 1, 2**31)), huge((2**31, 4 * H))
+Wh, b = np.zeros((H, 4 * H), np.float32), np.zeros(4 * H, np.float32)
+vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+for backend in pylstm.available_backends():
+    if backend in ("cpu", "numpy"):
+        try:
+            pylstm.lstm_forward(xs, Wx, Wh, b, backend=backend)
+            print(backend, "no error")
+        except Exception as exc:
+            print(backend, type(exc).__name__, str(exc).split(" ")[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_lstm_size_limit_is_checked_on_every_backend(tmp_path):
+    """Sizes past 32-bit indexing are refused by the reference as by the kernels, before any
+    element is read (here a view claiming 2**31 elements of a 64-byte buffer)."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", _OVERFLOW_VIEW_SCRIPT], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    lines = r.stdout.splitlines()
+    assert lines and all(line.split()[1:] == ["ValueError", "xs:"] for line in lines), r.stdout
