@@ -85,8 +85,14 @@ def _build_parser():
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--prompt", default=None, help="text to start from (default: a newline / <eos>)")
 
-    e = sub.add_parser("eval", help="perplexity of a checkpoint on a corpus split")
+    e = sub.add_parser("eval", help="perplexity of a checkpoint on a corpus split",
+                       description="Perplexity of a checkpoint on a split of its training corpus (or of "
+                       "--corpus). A text file named in a checkpoint is never opened unless --corpus names "
+                       "it: a checkpoint does not choose what eval reads.")
     e.add_argument("checkpoint")
+    e.add_argument("--corpus", default=None,
+                   help="'embedded', 'ptb' or a UTF-8 text file (default: the checkpoint's corpus when it is "
+                   "'embedded' or 'ptb'; a file it was trained on must be named here)")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--batch", type=_positive_int, default=10)
     e.add_argument("--time", type=_positive_int, default=35)
@@ -176,11 +182,10 @@ def _cmd_train(a):
     if a.resume:
         if not os.path.exists(ckpt):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-        saved = _checkpoint_extra(ckpt)
-        if saved.get("vocab") != vocab or saved.get("level") != level:
+        saved_vocab, saved_level, _, _ = _run_record(ckpt, _checkpoint_extra(ckpt))
+        if saved_vocab != vocab or saved_level != level:
             raise ValueError(f"--resume: {ckpt} was trained on another vocabulary or level "
-                             f"({saved.get('level')}, {len(saved.get('vocab') or [])} tokens); this run has "
-                             f"{level}, {V} tokens")
+                             f"({saved_level}, {len(saved_vocab)} tokens); this run has {level}, {V} tokens")
         trainer.resume(ckpt)
         print(f"resumed from {ckpt} at epoch {trainer.current_epoch}")
     n_params = sum(p.size for p in _unique(model.params))
@@ -236,20 +241,43 @@ def _checkpoint_extra(path):
     return meta.get("extra", {})
 
 
+def _run_record(path, extra, vocab_size=None):
+    """The record `pylstm train` keeps beside the model, every field checked for type and range
+    before use (CheckpointError naming it). Returns (vocab, level, corpus, max_chars)."""
+    from .models import CheckpointError
+
+    if "vocab" not in extra:
+        raise CheckpointError(f"{path}: checkpoint has no vocabulary (not written by pylstm train)")
+    vocab, level = extra["vocab"], extra.get("level")
+    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+        raise CheckpointError(f"{path}: metadata vocab must be a list of strings, got {type(vocab).__name__}")
+    if len(set(vocab)) != len(vocab):
+        raise CheckpointError(f"{path}: metadata vocab repeats tokens ({len(vocab) - len(set(vocab))} duplicates)")
+    if vocab_size is not None and len(vocab) != vocab_size:
+        raise CheckpointError(f"{path}: metadata vocab has {len(vocab)} tokens, the model's vocabulary {vocab_size}")
+    if not isinstance(level, str) or level not in ("char", "word"):
+        raise CheckpointError(f"{path}: metadata level must be 'char' or 'word', got {level!r}")
+    corpus = extra.get("corpus", "embedded")  # (absent in files from before it was recorded)
+    if not isinstance(corpus, str) or not corpus:
+        raise CheckpointError(f"{path}: metadata corpus must be 'embedded', 'ptb' or a file path, got {corpus!r}")
+    max_chars = extra.get("max_chars")
+    if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+        raise CheckpointError(f"{path}: metadata max_chars must be None or an integer >= 1, got {max_chars!r}")
+    return vocab, level, corpus, max_chars
+
+
 def _load(path):
+    """The model of a `pylstm train` checkpoint and its checked record (see _run_record)."""
     from .models import load_checkpoint
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint: no such file {path!r}")
     model, extra = load_checkpoint(path)
-    if "vocab" not in extra:
-        raise ValueError(f"{path}: checkpoint has no vocabulary (not written by pylstm train)")
-    return model, extra
+    return model, _run_record(path, extra, model.config["vocab_size"])
 
 
 def _cmd_generate(a):
-    model, extra = _load(a.checkpoint)
-    vocab, level = extra["vocab"], extra["level"]
+    model, (vocab, level, _, _) = _load(a.checkpoint)
     w2i = {w: i for i, w in enumerate(vocab)}
     if a.prompt is None:
         prompt = ["\n"] if level == "char" and "\n" in w2i else (["<eos>"] if "<eos>" in w2i else [vocab[0]])
@@ -272,18 +300,35 @@ def _cmd_eval(a):
     from .datasets import text
     from .trainer import eval_perplexity
 
-    model, extra = _load(a.checkpoint)
-    vocab, level, corpus = extra["vocab"], extra["level"], extra.get("corpus", "embedded")
+    model, (vocab, level, trained_on, max_chars) = _load(a.checkpoint)
+    named = ("embedded", "ptb")
+    if a.corpus is None:
+        # A path in a checkpoint is data, not the user's choice: a corrupt or foreign file could
+        # name any file or device (0 was standard input), so only the package's corpora are
+        # taken from it.
+        if trained_on not in named:
+            raise ValueError(f"--corpus: {a.checkpoint} was trained on the text file {trained_on!r}; name it "
+                             "(or another corpus) with --corpus: eval opens no file named only in a checkpoint")
+        corpus = trained_on
+    else:
+        corpus = a.corpus
+    same = corpus == trained_on if corpus in named else os.path.abspath(corpus) == trained_on
     if corpus == "ptb":
         from .datasets import ptb
 
+        if trained_on != "ptb":  # PTB's ids are its own vocabulary's
+            raise ValueError(f"--corpus ptb: {a.checkpoint} was trained on {trained_on!r}, not on ptb")
         data, _, _ = ptb.load_data(a.split)
     else:
-        raw = text.embedded_text() if corpus == "embedded" else open(corpus, encoding="utf-8").read()
+        if corpus == "embedded":
+            raw = text.embedded_text()
+        else:
+            with open(corpus, encoding="utf-8") as f:
+                raw = f.read()
         v = text.Vocab(vocab, level)
         ids = v.encode(text.tokenize(raw, level))
-        if extra.get("max_chars"):
-            ids = ids[: int(extra["max_chars"])]
+        if same and max_chars:  # the training run's split of its corpus
+            ids = ids[:max_chars]
         parts = dict(zip(("train", "val", "test"), text.split(ids)))
         data = parts[a.split]
     ppl = eval_perplexity(model, data, batch_size=a.batch, time_size=a.time)

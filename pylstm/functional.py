@@ -150,35 +150,62 @@ def _rnn_cell(nonlinearity) -> str:
     return "rnn_" + nonlinearity
 
 
-def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0):
-    """Validates forward arguments of a cell's layer; returns (N, T, D, H)."""
+def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, prefix: str = ""):
+    """Validates forward arguments of a cell's layer; returns (N, T, D, H). ``prefix`` goes
+    before every name in the messages ("cache." when they come from a cache)."""
     gates, has_c = _CELLS[cell]
     gh = "H" if gates == 1 else f"{gates}H"
-    _require_ndarray(xs, "xs")
+    n = {k: prefix + k for k in ("xs", "Wx", "Wh", "b", "h0", "c0")}
+    _require_ndarray(xs, n["xs"])
     if xs.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"xs must have dtype float32 or float64, got {xs.dtype}")
+        raise TypeError(f"{n['xs']} must have dtype float32 or float64, got {xs.dtype}")
     if xs.ndim != 3:
-        raise ValueError(f"xs must have rank 3 (N, T, D), got rank {xs.ndim} with shape {xs.shape}")
-    _require_ndarray(Wh, "Wh")
+        raise ValueError(f"{n['xs']} must have rank 3 (N, T, D), got rank {xs.ndim} with shape {xs.shape}")
+    _require_ndarray(Wh, n["Wh"])
     if Wh.ndim != 2:
-        raise ValueError(f"Wh must have rank 2 (H, {gh}), got rank {Wh.ndim} with shape {Wh.shape}")
+        raise ValueError(f"{n['Wh']} must have rank 2 (H, {gh}), got rank {Wh.ndim} with shape {Wh.shape}")
     N, T, D = xs.shape
     H = Wh.shape[0]
-    for value, what, name, arr in ((N, "N (batch size)", "xs", xs), (T, "T (time steps)", "xs", xs),
-                                   (D, "D (input size)", "xs", xs), (H, "H (hidden size)", "Wh", Wh)):
+    for value, what, name, arr in ((N, "N (batch size)", n["xs"], xs), (T, "T (time steps)", n["xs"], xs),
+                                   (D, "D (input size)", n["xs"], xs), (H, "H (hidden size)", n["Wh"], Wh)):
         if value < 1:
             raise ValueError(f"{name}: {what} must be >= 1, got shape {arr.shape}")
     dt = xs.dtype
-    _check_array(xs, "xs", dt, (N, T, D))
-    _check_array(Wh, "Wh", dt, (H, gates * H))
-    _check_array(Wx, "Wx", dt, (D, gates * H))
-    _check_array(b, "b", dt, (gates * H,))
+    _check_array(xs, n["xs"], dt, (N, T, D), n["xs"])
+    _check_array(Wh, n["Wh"], dt, (H, gates * H), n["xs"])
+    _check_array(Wx, n["Wx"], dt, (D, gates * H), n["xs"])
+    _check_array(b, n["b"], dt, (gates * H,), n["xs"])
     if h0 is not None:
-        _check_array(h0, "h0", dt, (N, H))
+        _check_array(h0, n["h0"], dt, (N, H), n["xs"])
     if c0 is not None:
         if not has_c:
-            raise ValueError(f"c0 must be None: the {cell} cell has no cell state")
-        _check_array(c0, "c0", dt, (N, H))
+            raise ValueError(f"{n['c0']} must be None: the {cell} cell has no cell state")
+        _check_array(c0, n["c0"], dt, (N, H), n["xs"])
+    # The kernels' BLAS takes 32-bit sizes; the reference refuses the same calls (one contract
+    # for every backend), before it reads an element.
+    biggest = N * T * max(gates * H, D + H)
+    if biggest > 2**31 - 1 or T * gates * H > 2**31 - 1:
+        raise ValueError(f"{n['xs']}: N*T*max({gh}, D+H) = {biggest} is too large for 32-bit BLAS indexing")
+    return N, T, D, H
+
+
+def _check_host_cache(cache) -> tuple:
+    """A host cache is checked like arguments, whichever backend made it: the inputs with the
+    forward's checks, then the saved arrays against them, all before anything is allocated (a
+    cache edited to claim 2**31 broadcast rows must not reach the reference's temporaries).
+    These are the checks the CPU binding makes on the same arrays. Returns (N, T, D, H)."""
+    if cache.backend not in ("cpu", "numpy"):
+        raise ValueError(f"cache.backend must be 'cpu' or 'numpy' for a cache of host arrays, got {cache.backend!r}")
+    gates, has_c = _CELLS[cache.cell]
+    N, T, D, H = _check_seq_args(cache.cell, cache.xs, cache.Wx, cache.Wh, cache.b, cache.h0, cache.c0,
+                                 "cache.")
+    dt = cache.xs.dtype
+    _check_array(cache.hs, "cache.hs", dt, (N, T, H), "cache.xs")
+    _check_array(cache.gates, "cache.gates", dt, (N, T, gates * H), "cache.xs")
+    if has_c:
+        _check_array(cache.cs, "cache.cs", dt, (N, T, H), "cache.xs")
+    elif cache.cs is not None:
+        raise ValueError(f"cache.cs must be None: the {cache.cell} cell has no cell state")
     return N, T, D, H
 
 
@@ -187,7 +214,8 @@ class RecurrentCache:
 
     Holds references to the inputs (not copies: do not modify them in place between forward and
     backward) and the saved activations: the LSTM's gates (N, T, 4H) and cell states (N, T, H);
-    the RNN's outputs (N, T, H).
+    the RNN's outputs (N, T, H). Its backward checks every array in it like an argument (errors
+    name ``cache.<field>``), on every backend, before it allocates anything.
     """
 
     __slots__ = ("cell", "backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device")
@@ -263,8 +291,7 @@ def _seq_backward(cell, dhs, cache, dhT, dcT):
     """(dxs, dh0, dc0 or None, dWx, dWh, db) of one cell's layer from its cache."""
     if cache.device is not None:
         return _device_backward(dhs, cache, dhT, dcT)
-    N, T, D = cache.xs.shape
-    H = cache.Wh.shape[0]
+    N, T, D, H = _check_host_cache(cache)
     dt = cache.xs.dtype
     _check_array(dhs, "dhs", dt, (N, T, H))
     if dhT is not None:
@@ -377,9 +404,18 @@ def rnn_backward(dhs, cache: RNNCache, dhT=None):
 
 
 def _device_backward(dhs, cache, dhT, dcT):
-    mod, lib, (N, T, D, H), dt = cache.device
+    mod, lib, dims, dt = cache.device
+    if mod is None or mod not in (_backend.cuda, _backend.cuda_emu) or not isinstance(lib, _devices.ArrayLib):
+        raise TypeError("cache.device is not what the forward saved (module, array library, sizes, dtype)")
     gates_n, has_c = _CELLS[cache.cell]
     w = lib.wrap
+    # The saved sizes decide the allocations below: they must be the cached inputs' own (the
+    # binding checks the saved activations against these once it has the outputs).
+    N, T, D, H, itemsize, _ = mod.forward_check(w(cache.xs), w(cache.Wx), w(cache.Wh), w(cache.b),
+                                                w(cache.h0), w(cache.c0), cell=cache.cell)
+    if tuple(dims) != (N, T, D, H) or np.dtype(dt).itemsize != itemsize:
+        raise ValueError(f"cache.device: sizes {tuple(dims)} and dtype {dt} saved for inputs of sizes "
+                         f"{(N, T, D, H)} and itemsize {itemsize}")
     dxs, dh0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt)
     dc0 = lib.empty((N, H), dt) if has_c else None
     dW, db = lib.empty((D + H, gates_n * H), dt), lib.empty((gates_n * H,), dt)
@@ -493,19 +529,24 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
 
 
 def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
-    """``a @ b (+ bias)`` for 2-D float arrays on pylstm's thread pool ("cpu"), or NumPy ("numpy").
+    """``a @ b (+ bias)`` for 2-D float arrays on pylstm's thread pool ("cpu"), NumPy ("numpy"), or
+    CuPy's own kernels for CuPy arrays ("cuda", what "auto" picks for device arrays; like every
+    function, it raises ``DeviceUnavailableError`` when backend 'cuda' is not usable).
 
     a, b may be C- or F-contiguous (a transposed view such as ``W.T`` costs nothing); ``out``,
     when given, must be writable, C- or F-contiguous, of shape (M, N), and not overlap a or b.
     ``bias`` (N,), when given, is added to every row (the Affine layer's ``x @ W + b`` in one
     pass). ``colsum`` (N,), when given, receives ``b.sum(axis=0)`` (the Affine layer's
-    ``db``; on the CPU summed in double while b is read for the product).
+    ``db``; on the CPU summed in double while b is read for the product). Both C-contiguous,
+    colsum writable and apart from every other operand. Every dimension must be >= 1. The
+    host backends ("cpu", "numpy") check all of this the same way.
     """
-    for vname, v in (("a", a), ("b", b), ("out", out), ("bias", bias), ("colsum", colsum)):
+    operands = (("a", a), ("b", b), ("out", out), ("bias", bias), ("colsum", colsum))
+    for vname, v in operands:
         _reject_masked(v, vname)
     name = _resolve_backend(backend, a)
-    if name in _DEVICE_BACKENDS and _devices.is_device_array(a):  # CuPy: its own cuBLAS matmul
-        xp = _devices.array_module(a)
+    if name in _DEVICE_BACKENDS:  # CuPy: its own cuBLAS matmul
+        xp = _require_cupy_operands(name, "matmul", operands)
         for vname, v in (("bias", bias), ("colsum", colsum)):
             if v is not None and tuple(v.shape) != (b.shape[1],):
                 raise ValueError(f"{vname} must have shape ({b.shape[1]},), got {tuple(v.shape)}")
@@ -518,18 +559,17 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
             return r
         out[...] = r
         return out
-    fortran_out = (out is not None and isinstance(out, np.ndarray) and out.ndim == 2
-                   and not out.flags.c_contiguous and out.flags.f_contiguous)
-    if name != "numpy" and not fortran_out:
-        return _backend.cpu.matmul(a, b, out, bias, colsum)  # the binding checks everything
-    # NumPy, or a Fortran-order out (out^T = b^T @ a^T through the C-contiguous transpose view):
-    # the checks the binding would make, naming the arguments as the caller gave them
+    # One set of checks for every host backend, here (the binding repeats them, so that a direct
+    # call never crashes): the reference rejects exactly what the kernels reject.
     _check_matmul_operands(a, b, out, bias, colsum)
-    if name == "numpy":
-        r = np.matmul(a, b, out=out)
-    else:
+    if name != "numpy":
+        if out is None or out.flags.c_contiguous:
+            return _backend.cpu.matmul(a, b, out, bias, colsum)
+        # a Fortran-order out: out^T = b^T @ a^T through the C-contiguous transpose view
         _backend.cpu.matmul(b.T, a.T, out.T)
         r = out
+    else:
+        r = np.matmul(a, b, out=out)
     if bias is not None:
         r += bias
     if colsum is not None:
@@ -537,45 +577,74 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
     return r
 
 
+def _require_cupy_operands(name: str, what: str, operands):
+    """The device path of the dense helpers (matmul, softmax_cross_entropy) runs CuPy's own
+    kernels: every array must be a CuPy array, and backend 'cuda' must be usable like for the
+    LSTM. Returns the cupy module. Device arrays of another library are named first, so the
+    message says which argument to convert even where no GPU is visible."""
+    if name != "cuda":
+        raise ValueError(f"backend {name!r} (the emulated CUDA kernels) runs the LSTM and clipping only, "
+                         f"not {what}; use 'cpu' or 'numpy'")
+    arrays = [(vname, v) for vname, v in operands if v is not None]
+    for vname, v in arrays:
+        if _devices.is_device_array(v) and _devices.array_module(v) is np:
+            raise TypeError(f"{vname} is a device array ({_type_desc(v)}), but the device path of {what} "
+                            f"runs on CuPy arrays: convert it (cupy.asarray({vname}))")
+    _backend.require_cuda()
+    for vname, v in arrays:
+        if not _devices.is_device_array(v):
+            raise TypeError(f"{vname} is a host array ({_type_desc(v)}) but backend is 'cuda': pass all "
+                            "arrays as CuPy arrays on one device, or use backend 'cpu'")
+    return _devices.array_module(arrays[0][1])
+
+
 def _check_matmul_operands(a, b, out, bias, colsum):
+    """Every rule matmul's host backends share, in the binding's order and with its messages
+    (a's dtype is the reference, as there)."""
+    _require_ndarray(a, "a")
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"a must have dtype float32 or float64, got {a.dtype}")
     for vname, v in (("a", a), ("b", b)):
         _require_ndarray(v, vname)
         if v.ndim != 2:
             raise ValueError(f"{vname} must have rank 2, got rank {v.ndim} with shape {v.shape}")
+        if v.dtype != a.dtype:
+            raise TypeError(f"{vname} must have dtype {a.dtype} (the dtype of a), got {v.dtype}")
         if not (v.flags.c_contiguous or v.flags.f_contiguous):
             raise ValueError(f"{vname} must be C- or F-contiguous, got strides {v.strides}")
-    if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"a must have dtype float32 or float64, got {a.dtype}")
-    if b.dtype != a.dtype:
-        raise TypeError(f"b must have dtype {a.dtype} (the dtype of a), got {b.dtype}")
     if b.shape[0] != a.shape[1]:
         raise ValueError(f"b must have {a.shape[1]} rows (a is {a.shape}), got shape {b.shape}")
-    N = b.shape[1]
+    (M, K), N = a.shape, b.shape[1]
+    if min(M, K, N) < 1:
+        raise ValueError(f"a, b: every dimension must be >= 1, got {a.shape} and {b.shape}")
+    if max(M * K, K * N, M * N) > 2**31 - 1:
+        raise ValueError("a, b: too large for 32-bit BLAS indexing")
     if out is not None:
         _require_ndarray(out, "out")
         if out.dtype != a.dtype:
             raise TypeError(f"out must have dtype {a.dtype} (the dtype of a), got {out.dtype}")
-        if out.shape != (a.shape[0], N):
-            raise ValueError(f"out must have shape {(a.shape[0], N)}, got {out.shape}")
+        if out.ndim != 2:
+            raise ValueError(f"out must have rank 2, got rank {out.ndim} with shape {out.shape}")
+        if out.shape != (M, N):
+            raise ValueError(f"out must have shape {(M, N)}, got {out.shape}")
+        if not (out.flags.c_contiguous or out.flags.f_contiguous):
+            raise ValueError(f"out must be C- or F-contiguous, got strides {out.strides}")
         if not out.flags.writeable:
             raise ValueError("out must be writable, got a read-only array")
         if np.shares_memory(out, a) or np.shares_memory(out, b):
             raise ValueError("out must not overlap a or b")
-    for vname, v in (("bias", bias), ("colsum", colsum)):
-        if v is None:
-            continue
-        _require_ndarray(v, vname)
-        if v.dtype != a.dtype:
-            raise TypeError(f"{vname} must have dtype {a.dtype} (the dtype of a), got {v.dtype}")
-        if v.shape != (N,):
-            raise ValueError(f"{vname} must have shape ({N},), got {v.shape}")
-        if out is not None and np.shares_memory(v, out):
-            raise ValueError(f"{vname} must not overlap out")
+    if bias is not None:
+        _check_array(bias, "bias", a.dtype, (N,), dtype_owner="a")
+        if out is not None and np.shares_memory(bias, out):
+            raise ValueError("bias must not overlap out")
     if colsum is not None:
+        _check_array(colsum, "colsum", a.dtype, (N,), dtype_owner="a")
         if not colsum.flags.writeable:
             raise ValueError("colsum must be writable, got a read-only array")
-        if any(o is not None and np.shares_memory(colsum, o) for o in (a, b, bias)):
-            raise ValueError("colsum must not overlap a, b, bias or out")
+        if any(o is not None and np.shares_memory(colsum, o) for o in (out, a, b)):
+            raise ValueError("colsum must not overlap a, b or out")
+        if bias is not None and np.shares_memory(colsum, bias):
+            raise ValueError("colsum must not overlap bias")
 
 
 def _softmax_cross_entropy_xp(xp, scores, labels, ignore_label, need_grad, check_labels):
@@ -613,8 +682,12 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
     Parameters
     ----------
     scores : (M, V) float32 or float64, C-contiguous.
-    labels : (M,) integer labels in [0, V) or ``ignore_label``.
+    labels : (M,) integer labels in [0, V) or ``ignore_label`` (any integer array or sequence;
+        the CPU kernel reads a C-contiguous int32 copy of it, M ints).
     need_grad : also return the gradient with respect to scores.
+    backend : "auto" | "cpu" | "cuda" | "numpy"; "cuda" (what "auto" picks for device arrays)
+        runs CuPy's kernels on CuPy arrays and raises ``DeviceUnavailableError`` when backend
+        'cuda' is not usable.
 
     Returns
     -------
@@ -631,10 +704,9 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
         raise ValueError(f"ignore_label must fit in 32 bits (labels are int32 in the kernels), got {ignore_label}")
     _reject_masked(scores, "scores")
     _reject_masked(labels, "labels")
-    if _devices.is_device_array(scores) and backend in ("auto", "cuda"):
-        xp = _devices.array_module(scores)
-        if xp is np:
-            raise TypeError(f"scores: the device path of the layers needs CuPy arrays, got {_type_desc(scores)}")
+    name = _resolve_backend(backend, scores)
+    if name in _DEVICE_BACKENDS:
+        xp = _require_cupy_operands(name, "softmax_cross_entropy", (("scores", scores),))
         return _softmax_cross_entropy_xp(xp, scores, xp.asarray(labels), ignore_label, need_grad, check_labels)
     if not isinstance(scores, np.ndarray):
         raise TypeError(f"scores must be a numpy.ndarray, got {type(scores).__name__}")
@@ -642,6 +714,12 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
         raise TypeError(f"scores must have dtype float32 or float64, got {scores.dtype}")
     if scores.ndim != 2:
         raise ValueError(f"scores must have rank 2 (M, V), got shape {scores.shape}")
+    if min(scores.shape) < 1:
+        raise ValueError(f"scores must have shape (M, V) with M, V >= 1, got {scores.shape}")
+    if not scores.flags.c_contiguous:  # a broadcast or strided view would be copied whole
+        raise ValueError(
+            f"scores must be C-contiguous (use numpy.ascontiguousarray), got strides {scores.strides}"
+        )
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
@@ -652,11 +730,10 @@ def softmax_cross_entropy(scores, labels, ignore_label: int = -1, need_grad: boo
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(f"labels[{k}] = {labels[k]} is outside [0, {V}) and not ignore_label ({ignore_label})")
-    name = _resolve_backend(backend)
     if name == "numpy":
         return ref.softmax_cross_entropy_ref(scores, labels, ignore_label, need_grad)
     count = int((labels != ignore_label).sum())
     total, _, d = _backend.cpu.softmax_xent(
-        np.ascontiguousarray(scores), np.ascontiguousarray(labels, dtype=np.int32), int(ignore_label),
+        scores, np.ascontiguousarray(labels, dtype=np.int32), int(ignore_label),
         (1.0 / max(count, 1)) if need_grad else None)
     return total / max(count, 1), d

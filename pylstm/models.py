@@ -52,6 +52,37 @@ def unique_params(params: Sequence[np.ndarray], grads: Sequence[np.ndarray]):
     return out_p, out_g
 
 
+def _number(v, name: str, what: str) -> float:
+    """v as a float (inf past float range), or TypeError naming it when v is not a real number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be {what}, got {type(v).__name__}")
+    try:
+        return float(v)
+    except OverflowError:  # an int past float range
+        return float("inf") if v > 0 else float("-inf")
+
+
+def _check_dropout_ratio(ratio) -> float:
+    if not 0.0 <= _number(ratio, "dropout_ratio", "a number in [0, 1)") < 1.0:  # NaN fails too
+        raise ValueError(f"dropout_ratio must be in [0, 1), got {ratio}")
+    return float(ratio)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_init(init):
+    """'book', or a uniform bound a > 0 that float32 weights can hold (uniform(-inf, inf) is an
+    OverflowError, a NaN bound gives NaN weights)."""
+    if isinstance(init, str):
+        if init != "book":
+            raise ValueError(f"init must be 'book' or a number a > 0 (uniform(-a, a)), got {init!r}")
+        return init
+    if not 0.0 < _number(init, "init", "'book' or a number a > 0") <= _F32_MAX:
+        raise ValueError(f"init must be 'book' or a number in (0, {_F32_MAX:.4g}] (uniform(-a, a)), got {init}")
+    return init
+
+
 class LstmLM:
     """Embedding -> [dropout] -> (LSTM -> [dropout]) x num_layers -> Affine -> softmax loss.
 
@@ -59,11 +90,11 @@ class LstmLM:
     ----------
     vocab_size, wordvec_size, hidden_size : V, D, H.
     num_layers : LSTM layers (>= 1).
-    dropout_ratio : dropout before the first LSTM and after each (0 disables).
+    dropout_ratio : dropout before the first LSTM and after each, in [0, 1) (0 disables).
     tie_weights : use ``embed_W.T`` as the output projection (needs D == H).
     backend : LSTM backend, "auto" | "cpu" | "numpy".
     seed : initialization and dropout seed (None: fresh randomness).
-    init : "book" (the book's scaled normal init) or a float a: uniform(-a, a) everywhere
+    init : "book" (the book's scaled normal init) or a float a > 0: uniform(-a, a) everywhere
            (Zaremba et al.).
     """
 
@@ -75,6 +106,8 @@ class LstmLM:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if tie_weights and D != H:
             raise ValueError(f"tie_weights needs wordvec_size == hidden_size, got {D} and {H}")
+        dropout_ratio = _check_dropout_ratio(dropout_ratio)  # -1 or NaN would disable it quietly
+        init = _check_init(init)
         self.config = dict(vocab_size=V, wordvec_size=D, hidden_size=H, num_layers=int(num_layers),
                            dropout_ratio=float(dropout_ratio), tie_weights=bool(tie_weights),
                            init=init)
@@ -418,6 +451,11 @@ def _check_config(path: str, config: dict, arrays: dict) -> None:
         v = config[k]
         if not isinstance(v, types) or (types is int and isinstance(v, bool)):
             raise CheckpointError(f"{path}: config {k} = {v!r} has the wrong type")
+    for k, check in (("dropout_ratio", _check_dropout_ratio), ("init", _check_init)):
+        try:
+            check(config[k])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: config {k} = {config[k]!r} ({exc})") from exc
     V, D, H, L = (config[k] for k in ("vocab_size", "wordvec_size", "hidden_size", "num_layers"))
     if min(V, D, H, L) < 1:
         raise CheckpointError(f"{path}: config sizes must be >= 1, got {V, D, H, L}")

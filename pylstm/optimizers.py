@@ -14,6 +14,18 @@ from ._devices import array_module, to_host, to_module
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS"]
 
 
+def _real(v, key: str) -> float:
+    """A real number's value (inf past float range), or TypeError naming the key."""
+    if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iuf":
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{key} must be a real number, got {type(v).__name__}")
+    try:
+        return float(v)
+    except OverflowError:  # an int past float range
+        return float("inf") if v > 0 else float("-inf")
+
+
 class _Optimizer:
     _state_names: tuple = ()
 
@@ -44,13 +56,34 @@ class _Optimizer:
         return out
 
     def load_state_dict(self, state: dict) -> None:
-        self.lr = float(state["lr"])
+        """Restore what ``state_dict`` returned. Every value is checked before anything is set
+        (TypeError / ValueError whose message starts with the key): lr a finite number > 0,
+        the state arrays real floating point, iter an integer >= 0."""
+        if "lr" not in state:
+            raise ValueError("lr is missing from the state")
+        lr = _real(state["lr"], "lr")
+        if not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {state['lr']}")
+        slots = {}
         for name in self._state_names:
             keys = sorted((k for k in state if k.startswith(name + "_") and k[len(name) + 1:].isdigit()),
                           key=lambda k: int(k[len(name) + 1:]))
-            setattr(self, name, [np.array(state[k]) for k in keys] if keys else None)
+            arrays = [np.array(state[k]) for k in keys]
+            for k, a in zip(keys, arrays):
+                if a.dtype.kind != "f":  # complex would turn the parameters complex at the next update
+                    raise TypeError(f"{k} must be a real floating-point array, got dtype {a.dtype}")
+            slots[name] = arrays or None
+        it = None
         if hasattr(self, "iter") and "iter" in state:
-            self.iter = int(state["iter"])
+            # (saved as a float: state_dict's values go through JSON)
+            it = _real(state["iter"], "iter")
+            if not (np.isfinite(it) and it == int(it) and 0 <= it < 2**62):
+                raise ValueError(f"iter must be an integer >= 0, got {state['iter']}")
+        self.lr = lr
+        for name, arrays in slots.items():
+            setattr(self, name, arrays)
+        if it is not None:
+            self.iter = int(it)
 
 
 class SGD(_Optimizer):

@@ -150,7 +150,10 @@ class RnnlmTrainer:
     def resume(self, path: str) -> None:
         """Load a checkpoint written by ``fit`` (model, optimizer, cursors, LSTM states, RNG):
         the next ``fit`` continues exactly where the saved run stopped. The file is checked
-        first (a trainer checkpoint, for this optimizer): a bad one changes nothing."""
+        first (a trainer checkpoint, for this optimizer, every field of the right type and
+        range: counters integers in [0, 2**62), the loss sum finite and >= 0, perplexities > 0,
+        optimizer and LSTM states real floating point): a bad one raises ``CheckpointError``
+        naming the field and changes nothing."""
         extra = read_checkpoint_extra(path)
         missing = [k for k in _TRAINER_KEYS if k not in extra]
         if missing:
@@ -164,32 +167,42 @@ class RnnlmTrainer:
         # objects first; the model's load checks its own part; only then is anything assigned.
         opt = {k[4:]: v for k, v in extra.items() if k.startswith("opt_")}
         try:
-            time_idx, epoch = int(extra["time_idx"]), int(extra["epoch"])
-            loss_sum, loss_count = float(extra["loss_sum"]), int(extra["loss_count"])
-            ppl_list = [float(v) for v in extra["ppl_list"]]
-            val_ppl_list = [float(v) for v in extra["val_ppl_list"]]
+            time_idx, epoch, loss_count = (_count(extra, k) for k in ("time_idx", "epoch", "loss_count"))
+            loss_sum = _real(extra, "loss_sum")
+            if not (math.isfinite(loss_sum) and loss_sum >= 0):  # a sum of cross-entropies
+                raise ValueError(f"loss_sum must be a finite number >= 0, got {loss_sum}")
+            ppl_list, val_ppl_list = _perplexities(extra, "ppl_list"), _perplexities(extra, "val_ppl_list")
             trial = copy.copy(self.optimizer)
-            trial.load_state_dict(opt)
+            try:
+                trial.load_state_dict(opt)
+            except (TypeError, ValueError) as exc:  # its messages start with the key, opt_<key> in the file
+                raise type(exc)(f"opt_{exc}") from exc
             shapes = [p.shape for p in unique_params(self.model.params, self.model.grads)[0]]
             for sname in trial._state_names:
                 state = getattr(trial, sname)
                 if state is not None and [a.shape for a in state] != shapes:
                     raise ValueError(f"optimizer state {sname!r} has shapes {[a.shape for a in state]}, "
                                      f"the model's parameters {shapes}")
-            rng = list(extra["rng"])
-            if len(rng) != len(self.model.drop_layers):
-                raise ValueError(f"{len(rng)} dropout generator states for {len(self.model.drop_layers)} layers")
-            for layer, st in zip(self.model.drop_layers, rng):
-                type(layer.rng.bit_generator)().state = st
+            rng = extra["rng"]
+            n_drop = len(self.model.drop_layers)
+            if not isinstance(rng, list) or len(rng) != n_drop:
+                got = f"{len(rng)} states" if isinstance(rng, list) else type(rng).__name__
+                raise ValueError(f"rng must be a list of {n_drop} dropout generator states (one per layer), got {got}")
+            for k, (layer, st) in enumerate(zip(self.model.drop_layers, rng)):
+                bitgen = type(layer.rng.bit_generator)
+                try:
+                    bitgen().state = st
+                except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                    raise ValueError(f"rng[{k}] is not a {bitgen.__name__} state ({exc})") from exc
             states = {}
             for i, layer in enumerate(self.model.lstm_layers):
                 if f"lstm{i}_h" in extra:
-                    h, c = (np.ascontiguousarray(extra[f"lstm{i}_{k}"], dtype=layer.params[0].dtype)
-                            for k in "hc")
-                    if h.ndim != 2 or h.shape != c.shape or h.shape[1] != layer.params[1].shape[0]:
-                        raise ValueError(f"LSTM {i} state of shape {h.shape}/{c.shape}")
+                    h, c = (_lstm_state(extra, f"lstm{i}_{k}", layer.params[0].dtype) for k in "hc")
+                    if h.ndim != 2 or h.shape != c.shape or h.shape[1] != layer.params[1].shape[0] or not h.size:
+                        raise ValueError(f"lstm{i}_h, lstm{i}_c: LSTM {i} state of shape {h.shape}/{c.shape}, "
+                                         f"expected (N, {layer.params[1].shape[0]}) with N >= 1")
                     states[i] = (h, c)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"{path}: malformed trainer state ({type(exc).__name__}: {exc})") from exc
         self.model.load_params(path)
         self.time_idx, self.current_epoch = time_idx, epoch
@@ -321,6 +334,44 @@ class RnnlmTrainer:
         fig.savefig(path)
         plt.close(fig)
         return path
+
+
+def _real(extra: dict, key: str) -> float:
+    v = extra[key]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{key} must be a number, got {type(v).__name__}")
+    try:
+        return float(v)
+    except OverflowError:  # an int past float range
+        return math.inf if v > 0 else -math.inf
+
+
+def _count(extra: dict, key: str) -> int:
+    """A counter or cursor of the trainer's state: an integer in [0, 2**62) (one past int64 range
+    would overflow in the batch indices; a negative one would index backwards)."""
+    v = _real(extra, key)
+    if not (math.isfinite(v) and v == int(v) and 0 <= extra[key] < 2**62):
+        raise ValueError(f"{key} must be an integer in [0, 2**62), got {extra[key]}")
+    return int(extra[key])
+
+
+def _perplexities(extra: dict, key: str) -> list:
+    """A perplexity history: numbers > 0 (inf for a diverged stretch, never NaN)."""
+    v = extra[key]
+    if not isinstance(v, list):
+        raise TypeError(f"{key} must be a list of perplexities, got {type(v).__name__}")
+    out = [_real({f"{key}[{k}]": x}, f"{key}[{k}]") for k, x in enumerate(v)]
+    bad = [x for x in out if not x > 0]
+    if bad:
+        raise ValueError(f"{key} must hold perplexities > 0, got {bad[0]}")
+    return out
+
+
+def _lstm_state(extra: dict, key: str, dtype) -> np.ndarray:
+    a = np.asarray(extra[key])
+    if a.dtype.kind != "f":  # a complex state would lose its imaginary part in the cast
+        raise TypeError(f"{key} must be a real floating-point array, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def _rng_states(model) -> list:

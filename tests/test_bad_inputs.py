@@ -3,6 +3,7 @@ name. Each forward case runs through the public API for every backend and, for t
 backend, straight into the binding (which must check on its own, never crash)."""
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -248,3 +249,195 @@ def test_global_norm_rejects_mixed_dtypes():
 def test_set_num_threads_rejects(n, exc):
     with pytest.raises(exc, match="^n "):
         pylstm.set_num_threads(n)
+
+
+class _ForeignDeviceArray:
+    """Host memory behind ``__cuda_array_interface__`` with no array library pylstm knows."""
+
+    def __init__(self, a):
+        self._a = a
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    @property
+    def __cuda_array_interface__(self):
+        return _devices.EmuDeviceArray(self._a).__cuda_array_interface__
+
+
+_HOST_CALLS = {
+    "lstm_forward": lambda: pylstm.lstm_forward(*[_args()[k] for k in ("xs", "Wx", "Wh", "b")], backend="cuda"),
+    "matmul": lambda: pylstm.matmul(np.ones((2, 3)), np.ones((3, 4)), backend="cuda"),
+    "softmax_cross_entropy": lambda: pylstm.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]),
+                                                                  backend="cuda"),
+}
+
+
+@pytest.mark.skipif(_backend.cuda_status()[0] > 0, reason="a GPU is visible")
+@pytest.mark.parametrize("call", sorted(_HOST_CALLS))
+def test_backend_cuda_without_a_gpu_is_refused_by_every_function(call):
+    """backend="cuda" is never replaced by the CPU quietly: without a GPU every function says so."""
+    with pytest.raises(_backend.DeviceUnavailableError, match="^backend 'cuda' is not available"):
+        _HOST_CALLS[call]()
+
+
+@pytest.mark.parametrize("backend", ["auto", "cuda", "cpu", "numpy"], ids=lambda b: f"backend_{b}")
+@pytest.mark.parametrize("pos", ["a", "b", "out", "bias", "colsum"])
+def test_matmul_names_a_foreign_device_array(pos, backend):
+    args = {"a": np.ones((2, 3)), "b": np.ones((3, 4)), "out": None, "bias": None, "colsum": None}
+    args[pos] = _ForeignDeviceArray({"a": args["a"], "b": args["b"]}.get(pos, np.zeros((2, 4) if pos == "out" else 4)))
+    with pytest.raises(TypeError, match=rf"^{pos}\b"):
+        pylstm.matmul(**args, backend=backend)
+
+
+# (ids other than a bare "cuda": conftest skips items with the keyword "cuda" when there is no GPU)
+@pytest.mark.parametrize("backend", ["auto", "cuda", "cpu", "numpy"], ids=lambda b: f"backend_{b}")
+def test_softmax_cross_entropy_names_a_foreign_device_array(backend):
+    with pytest.raises(TypeError, match=r"^scores\b"):
+        pylstm.softmax_cross_entropy(_ForeignDeviceArray(np.zeros((2, 3))), np.array([0, 1]), backend=backend)
+
+
+@pytest.mark.skipif(_backend.cuda_emu is None, reason="pylstm._cuda_emu not built")
+def test_emulated_backend_is_not_silently_the_cpu_for_the_dense_helpers():
+    with pytest.raises(ValueError, match="^backend 'cuda-emu'"):
+        pylstm.matmul(np.ones((2, 3)), np.ones((3, 4)), backend="cuda-emu")
+    with pytest.raises(ValueError, match="^backend 'cuda-emu'"):
+        pylstm.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), backend="cuda-emu")
+
+
+def _set(attr, make):
+    return lambda c: setattr(c, attr, make(getattr(c, attr)))
+
+
+# what a tampered cache must be rejected for, naming the cached array
+CACHE_CASES = {
+    "backend": ("cache.backend", ValueError, lambda c: setattr(c, "backend", "gpu")),
+    "xs_float16": ("cache.xs", TypeError, _set("xs", lambda a: a.astype(np.float16))),
+    "xs_rank2": ("cache.xs", ValueError, _set("xs", lambda a: a[0])),
+    "xs_list": ("cache.xs", TypeError, _set("xs", lambda a: a.tolist())),
+    "xs_broadcast": ("cache.xs", ValueError, _set("xs", lambda a: np.broadcast_to(a[:1], a.shape))),
+    "Wx_rows": ("cache.Wx", ValueError, _set("Wx", lambda a: a[:-1].copy())),
+    "Wh_dtype": ("cache.Wh", TypeError, _set("Wh", lambda a: a.astype(np.float64))),
+    "b_missing": ("cache.b", TypeError, lambda c: setattr(c, "b", None)),
+    "h0_shape": ("cache.h0", ValueError, _set("h0", lambda a: a[:1].copy())),
+    "c0_fortran": ("cache.c0", ValueError, _set("c0", lambda a: np.asfortranarray(a))),
+    "hs_shape": ("cache.hs", ValueError, _set("hs", lambda a: a[:, :1].copy())),
+    "gates_dtype": ("cache.gates", TypeError, _set("gates", lambda a: a.astype(np.float64))),
+    "gates_missing": ("cache.gates", TypeError, lambda c: setattr(c, "gates", None)),
+    "cs_broadcast": ("cache.cs", ValueError, _set("cs", lambda a: np.broadcast_to(a[:1], a.shape))),
+    "cs_negative_stride": ("cache.cs", ValueError, _set("cs", lambda a: a[::-1])),
+}
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cpu", "numpy")])
+@pytest.mark.parametrize("case", sorted(CACHE_CASES))
+def test_backward_checks_a_tampered_host_cache(case, backend):
+    """A cache is an argument like any other: every cached array is checked against the others
+    before anything is computed or allocated, the same way for the kernels and the reference."""
+    name, exc, tamper = CACHE_CASES[case]
+    a = _args()
+    cache = _call_public(a, backend)[3]
+    tamper(cache)
+    with pytest.raises(exc, match="^" + re.escape(name) + r"\b"):
+        pylstm.lstm_backward(np.ones((N, T, H), np.float32), cache)
+
+
+_HUGE_CACHE_SCRIPT = r"""
+import resource
+import numpy as np
+import pylstm
+
+N, T, D, H = 2, 3, 4, 5
+rng = np.random.default_rng(0)
+xs = rng.standard_normal((N, T, D)).astype(np.float32)
+Wx = rng.standard_normal((D, 4 * H)).astype(np.float32)
+Wh = rng.standard_normal((H, 4 * H)).astype(np.float32)
+b = np.zeros(4 * H, np.float32)
+for backend in pylstm.available_backends():
+    if backend not in ("cpu", "numpy"):
+        continue
+    hs, _, _, cache = pylstm.lstm_forward(xs, Wx, Wh, b, backend=backend)
+    dhs = np.ones((N, T, H), np.float32)
+    for field in ("cs", "all"):
+        c = pylstm.lstm_forward(xs, Wx, Wh, b, backend=backend)[3]
+        rows = 2**31
+        if field == "all":  # every array made consistent with 2**31 rows
+            for k in ("xs", "hs", "gates", "cs"):
+                a = getattr(c, k)
+                setattr(c, k, np.broadcast_to(a[:1], (rows,) + a.shape[1:]))
+            dhs_k = np.broadcast_to(dhs[:1], (rows, T, H))
+        else:
+            c.cs = np.broadcast_to(c.cs[:1], (rows, T, H))
+            dhs_k = dhs
+        vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+        try:
+            pylstm.lstm_backward(dhs_k, c)
+            print(backend, field, "no error")
+        except Exception as exc:
+            print(backend, field, type(exc).__name__, str(exc).split(" ")[0])
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_backward_rejects_a_cache_of_broadcast_rows_before_allocating(tmp_path):
+    import subprocess
+
+    # (cwd elsewhere: in the repo root, "import pylstm" would find the source tree, not the install)
+    r = subprocess.run([sys.executable, "-c", _HUGE_CACHE_SCRIPT], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    lines = r.stdout.splitlines()
+    assert lines, r.stdout
+    for line in lines:
+        backend, field, exc, name = line.split()
+        assert exc == "ValueError" and name == ("cache.cs" if field == "cs" else "cache.xs"), line
+
+
+@pytest.mark.skipif(_backend.cuda_emu is None, reason="pylstm._cuda_emu not built")
+def test_backward_checks_the_sizes_saved_in_a_device_cache():
+    """The sizes a device cache saved decide what backward allocates: they must be its arrays'."""
+    d = _device(_args())
+    cache = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"])[3]
+    mod, lib, (n, t, dd, h), dt = cache.device
+    cache.device = (mod, lib, (n + 2**31, t, dd, h), dt)
+    with pytest.raises(ValueError, match=r"^cache\b"):
+        pylstm.lstm_backward(_devices.EmuDeviceArray(np.ones((N, T, H), np.float32)), cache)
+
+
+_OVERFLOW_VIEW_SCRIPT = r"""
+import resource
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+import pylstm
+
+def huge(shape):  # a C-contiguous-looking view of far more elements than its 64-byte buffer
+    buf = np.zeros(16, np.float32)
+    strides = tuple(int(np.prod(shape[k + 1:])) * 4 for k in range(len(shape)))
+    return as_strided(buf, shape, strides)
+
+H = 1
+xs, Wx = huge((1, 1, 2**31)), huge((2**31, 4 * H))
+Wh, b = np.zeros((H, 4 * H), np.float32), np.zeros(4 * H, np.float32)
+vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+for backend in pylstm.available_backends():
+    if backend in ("cpu", "numpy"):
+        try:
+            pylstm.lstm_forward(xs, Wx, Wh, b, backend=backend)
+            print(backend, "no error")
+        except Exception as exc:
+            print(backend, type(exc).__name__, str(exc).split(" ")[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_lstm_size_limit_is_checked_on_every_backend(tmp_path):
+    """Sizes past 32-bit indexing are refused by the reference as by the kernels, before any
+    element is read (here a view claiming 2**31 elements of a 64-byte buffer)."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", _OVERFLOW_VIEW_SCRIPT], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    lines = r.stdout.splitlines()
+    assert lines and all(line.split()[1:] == ["ValueError", "xs:"] for line in lines), r.stdout

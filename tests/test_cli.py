@@ -152,3 +152,102 @@ def test_cuda_graphs_flag_needs_the_cuda_device(tmp_path):
     r = run("train", "--cuda-graphs", "--out", str(tmp_path / "o"), *QUICK)
     assert r.returncode == 1 and "--cuda-graphs needs --device cuda" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _edited_checkpoint(src, dst, **changes):
+    """A copy of a `pylstm train` checkpoint with metadata fields of its extra replaced (a value
+    of ... deletes the field)."""
+    import json
+
+    import numpy as np
+
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    for k, v in changes.items():
+        if v is ...:
+            meta["extra"].pop(k, None)
+        else:
+            meta["extra"][k] = v
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+    return str(dst)
+
+
+# field, new value: every one must be a clear error naming the field, in every command that reads it
+META_CASES = {
+    "level_missing": ("level", ...),
+    "level_unknown": ("level", "byte"),
+    "level_list": ("level", ["char"]),
+    "vocab_int": ("vocab", 5),
+    "vocab_short": ("vocab", list("abc")),
+    "vocab_not_str": ("vocab", [[1]] * 3),
+    "vocab_duplicates": ("vocab", "dup"),
+    "max_chars_inf": ("max_chars", float("inf")),
+    "max_chars_negative": ("max_chars", -5),
+    "max_chars_str": ("max_chars", "x"),
+    "corpus_int": ("corpus", 0),
+    "corpus_list": ("corpus", ["embedded"]),
+}
+
+
+def _meta_case(trained, tmp_path, case):
+    out, _ = trained
+    field, value = META_CASES[case]
+    if value == "dup":
+        from pylstm.models import read_checkpoint_extra
+
+        vocab = read_checkpoint_extra(str(out / "checkpoint.npz"))["vocab"]
+        value = [vocab[0]] + vocab[:-1]
+    return field, _edited_checkpoint(out / "checkpoint.npz", tmp_path / "bad.npz", **{field: value})
+
+
+def _main(capsys, *args):
+    from pylstm.cli import main
+
+    rc = main(list(args))
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+@pytest.mark.parametrize("case", sorted(META_CASES))
+def test_generate_and_eval_check_every_metadata_field(trained, tmp_path, capsys, command, case):
+    """The record `pylstm train` stores is checked whole when a checkpoint is read (a corrupt
+    field is a corrupt checkpoint, used or not): an error naming the field, no traceback."""
+    field, path = _meta_case(trained, tmp_path, case)
+    args = ["--length", "5"] if command == "generate" else ["--batch", "2", "--time", "4"]
+    rc, err = _main(capsys, command, path, *args)
+    assert rc == 1 and field in err, err
+
+
+@pytest.mark.parametrize("case", ["vocab_int", "level_list", "max_chars_inf"])
+def test_resume_checks_the_metadata_fields(trained, tmp_path, capsys, case):
+    field, path = _meta_case(trained, tmp_path, case)
+    out = tmp_path / "run"
+    out.mkdir()
+    os.replace(path, out / "checkpoint.npz")
+    rc, err = _main(capsys, "train", "--out", str(out), "--resume", *QUICK)
+    assert rc == 1 and field in err, err
+
+
+def test_eval_never_reads_standard_input_for_a_corpus_named_in_a_checkpoint(trained, tmp_path):
+    """A corrupt corpus field of 0 used to open file descriptor 0 and block reading stdin."""
+    out, _ = trained
+    path = _edited_checkpoint(out / "checkpoint.npz", tmp_path / "fd.npz", corpus=0)
+    r = subprocess.run([sys.executable, "-m", "pylstm", "eval", path], capture_output=True, text=True,
+                       cwd=tempfile.gettempdir(), input="to be or not to be\n" * 1000, timeout=120)
+    assert r.returncode == 1 and "corpus" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_eval_opens_a_text_file_named_in_a_checkpoint_only_when_asked(trained, tmp_path, capsys):
+    """A path in a checkpoint is the training run's; eval reads it only when --corpus names it."""
+    from pylstm.datasets import text
+
+    out, _ = trained
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text.embedded_text()[:60000], encoding="utf-8")
+    path = _edited_checkpoint(out / "checkpoint.npz", tmp_path / "file.npz", corpus=str(corpus))
+    rc, err = _main(capsys, "eval", path, "--split", "val", "--batch", "4", "--time", "16")
+    assert rc == 1 and "--corpus" in err and str(corpus) in err, err
+    rc = _main(capsys, "eval", path, "--corpus", str(corpus), "--split", "val", "--batch", "4", "--time", "16")[0]
+    assert rc == 0

@@ -366,3 +366,97 @@ def test_masked_arrays_rejected_by_the_kernels(backend):
     xs = np.ma.masked_array(np.ones((1, 2, 3)), mask=False)
     with pytest.raises(TypeError, match="^xs.*MaskedArray"):
         pylstm.lstm_forward(xs, np.ones((3, 8)), np.ones((2, 8)), np.ones(8), backend=backend)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "negative_stride", "broadcast", "every_other_column"])
+def test_softmax_cross_entropy_rejects_non_contiguous_scores(backend, layout):
+    """scores is read in place or not at all: a strided view is not copied behind the caller's
+    back (a broadcast row of 256 KB would become M copies)."""
+    base = np.random.default_rng(3).standard_normal((4, 6))
+    scores = {"fortran": np.asfortranarray(base), "negative_stride": base[::-1],
+              "broadcast": np.broadcast_to(base[0], (4, 6)), "every_other_column": base[:, ::2]}[layout]
+    labels = np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match=r"^scores must be C-contiguous"):
+        pylstm.softmax_cross_entropy(scores, labels, backend=backend)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0), (0, 0)])
+def test_softmax_cross_entropy_rejects_empty_scores(backend, shape):
+    with pytest.raises(ValueError, match=r"^scores\b"):
+        pylstm.softmax_cross_entropy(np.zeros(shape), np.zeros(shape[0], np.int64), backend=backend)
+
+
+def test_time_softmax_with_loss_passes_contiguous_scores(monkeypatch):
+    """The model's loss layer hands the kernels its scores as they are (no copy on the way)."""
+    seen = []
+    real = pylstm.functional.softmax_cross_entropy
+
+    def spy(scores, *args, **kw):
+        seen.append(scores)
+        return real(scores, *args, **kw)
+
+    monkeypatch.setattr(L.F, "softmax_cross_entropy", spy)
+    xs = np.random.default_rng(4).standard_normal((2, 3, 5))
+    L.TimeSoftmaxWithLoss().forward(xs, np.zeros((2, 3), np.int64))
+    assert seen[0].flags.c_contiguous and np.shares_memory(seen[0], xs)
+
+
+def _matmul_case(case):
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
+    kw = {}
+    if case == "a_empty":
+        a, b = np.ones((0, 3), np.float32), b
+    elif case == "inner_empty":
+        a, b = np.ones((4, 0), np.float32), np.ones((0, 5), np.float32)
+    elif case == "b_empty":
+        b = np.ones((3, 0), np.float32)
+    elif case == "out_strided":
+        kw["out"] = np.empty((4, 10), np.float32)[:, ::2]
+    elif case == "out_rank":
+        kw["out"] = np.empty(20, np.float32)
+    elif case == "out_readonly":
+        kw["out"] = np.empty((4, 5), np.float32)
+        kw["out"].flags.writeable = False
+    elif case == "out_list":
+        kw["out"] = [[0.0] * 5] * 4
+    elif case == "bias_strided":
+        kw["bias"] = np.ones(10, np.float32)[::2]
+    elif case == "bias_negative_stride":
+        kw["bias"] = np.ones(5, np.float32)[::-1]
+    elif case == "colsum_strided":
+        kw["colsum"] = np.ones(10, np.float32)[::2]
+    elif case == "colsum_broadcast":
+        kw["colsum"] = np.broadcast_to(np.ones(1, np.float32), (5,))
+    elif case == "colsum_overlaps_b":
+        b = np.ones((3, 5), np.float32)
+        kw["colsum"] = b[0]
+    elif case == "colsum_overlaps_bias":
+        kw["bias"] = np.ones(5, np.float32)
+        kw["colsum"] = kw["bias"]
+    elif case == "a_big_endian":
+        a = a.astype(">f4")
+    elif case == "b_strided":
+        b = np.ones((3, 10), np.float32)[:, ::2]
+    return a, b, kw
+
+
+MATMUL_CASES = {"a_empty": ("a", ValueError), "inner_empty": ("a", ValueError), "b_empty": ("a", ValueError),
+                "out_strided": ("out", ValueError), "out_rank": ("out", ValueError),
+                "out_readonly": ("out", ValueError), "out_list": ("out", TypeError),
+                "bias_strided": ("bias", ValueError), "bias_negative_stride": ("bias", ValueError),
+                "colsum_strided": ("colsum", ValueError), "colsum_broadcast": ("colsum", ValueError),
+                "colsum_overlaps_b": ("colsum", ValueError), "colsum_overlaps_bias": ("colsum", ValueError),
+                "a_big_endian": ("a", TypeError), "b_strided": ("b", ValueError)}
+
+
+@pytest.mark.parametrize("case", sorted(MATMUL_CASES))
+def test_matmul_checks_the_same_on_every_backend(case):
+    """The reference backend rejects what the CPU backend rejects, with the same message."""
+    name, exc = MATMUL_CASES[case]
+    messages = set()
+    for backend in BACKENDS:
+        a, b, kw = _matmul_case(case)
+        with pytest.raises(exc, match=rf"^{name}\b") as info:
+            pylstm.matmul(a, b, backend=backend, **kw)
+        messages.add(str(info.value))
+    assert len(messages) == 1, messages

@@ -290,3 +290,41 @@ def test_checkpoint_rejects_object_extras_and_has_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("ratio", [-1.0, -1e-9, 1.0, 2.5, float("nan"), float("inf"), True, "0.5", None])
+def test_constructors_reject_a_dropout_ratio_outside_0_1(ratio):
+    exc = TypeError if isinstance(ratio, (bool, str, type(None))) else ValueError
+    with pytest.raises(exc, match="^dropout_ratio"):
+        LstmLM(10, 4, 4, dropout_ratio=ratio)
+    with pytest.raises(exc, match="^dropout_ratio"):
+        BetterRnnlm(10, 4, 4, dropout_ratio=ratio)
+
+
+@pytest.mark.parametrize("init", [float("inf"), float("nan"), -0.1, 0.0, 1e39, True, "uniform", "0.1", None])
+def test_constructor_rejects_a_bad_init(init):
+    exc = TypeError if isinstance(init, (bool, type(None))) else ValueError
+    with pytest.raises(exc, match="^init"):
+        LstmLM(10, 4, 4, init=init)
+
+
+def test_constructor_takes_a_uniform_init():
+    m = LstmLM(10, 4, 4, init=0.05, seed=1)
+    assert max(float(np.abs(p).max()) for p in m.params) <= 0.05
+
+
+@pytest.mark.parametrize("field,value", [("init", float("inf")), ("init", float("-inf")), ("init", float("nan")),
+                                         ("init", 1e300), ("init", -1.0), ("init", True), ("init", "x"),
+                                         ("dropout_ratio", -1.0), ("dropout_ratio", float("nan")),
+                                         ("dropout_ratio", 1.0), ("dropout_ratio", True),
+                                         ("dropout_ratio", float("inf"))])
+def test_checkpoint_config_values_are_checked(tmp_path, field, value):
+    """Every config value is checked for type and range before the model is built: a
+    CheckpointError naming the field, never OverflowError or a model that ignores it."""
+    m = LstmLM(10, 3, 3, dropout_ratio=0.1, init=0.1, seed=5)
+    good = str(tmp_path / "good.npz")
+    m.save(good)
+    bad = _rewrite(good, tmp_path / "bad.npz",
+                   meta_fn=lambda meta: _set(meta, "config", {**meta["config"], field: value}))
+    with pytest.raises(CheckpointError, match=f"config {field}"):
+        load_checkpoint(bad)

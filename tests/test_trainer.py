@@ -189,3 +189,79 @@ def test_resume_with_malformed_trainer_state_changes_nothing(tmp_path):
         for a, b in zip(m2.params, before):
             np.testing.assert_array_equal(a, b)
         assert t2.time_idx == 0 and t2.optimizer.m is None, name
+
+
+def _trainer_checkpoint(tmp_path):
+    import json
+
+    c = _corpus(600, seed=3)
+    m = BetterRnnlm(12, 4, 4, dropout_ratio=0.2, seed=1)
+    tr = RnnlmTrainer(m, Adam(0.01), log=lambda s: None)
+    ck = str(tmp_path / "ck.npz")
+    tr.fit(c[:-1], c[1:], max_epoch=1, batch_size=4, time_size=5, eval_interval=None, checkpoint=ck,
+           progress=False)
+    with np.load(ck) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, json.loads(arrays["meta"].tobytes().decode())
+
+
+_INF, _NAN = float("inf"), float("nan")
+# (field the message must name, edit of the JSON extra and/or the arrays)
+RESUME_EDITS = {
+    "time_idx_negative": ("time_idx", lambda e, a: e.update(time_idx=-5)),
+    "time_idx_inf": ("time_idx", lambda e, a: e.update(time_idx=_INF)),
+    "time_idx_fraction": ("time_idx", lambda e, a: e.update(time_idx=2.5)),
+    "time_idx_bool": ("time_idx", lambda e, a: e.update(time_idx=True)),
+    "time_idx_huge": ("time_idx", lambda e, a: e.update(time_idx=2**70)),
+    "epoch_negative": ("epoch", lambda e, a: e.update(epoch=-1)),
+    "epoch_nan": ("epoch", lambda e, a: e.update(epoch=_NAN)),
+    "loss_sum_nan": ("loss_sum", lambda e, a: e.update(loss_sum=_NAN)),
+    "loss_sum_inf": ("loss_sum", lambda e, a: e.update(loss_sum=_INF)),
+    "loss_sum_negative": ("loss_sum", lambda e, a: e.update(loss_sum=-1.0)),
+    "loss_sum_str": ("loss_sum", lambda e, a: e.update(loss_sum="1.0")),
+    "loss_count_negative": ("loss_count", lambda e, a: e.update(loss_count=-3)),
+    "ppl_list_str": ("ppl_list", lambda e, a: e.update(ppl_list="12")),
+    "ppl_list_nan": ("ppl_list", lambda e, a: e.update(ppl_list=[3.0, _NAN])),
+    "ppl_list_dict": ("ppl_list", lambda e, a: e.update(ppl_list={"a": 1.0})),
+    "val_ppl_list_negative": ("val_ppl_list", lambda e, a: e.update(val_ppl_list=[-1.0])),
+    "opt_lr_nan": ("opt_lr", lambda e, a: e.update(opt_lr=_NAN)),
+    "opt_lr_zero": ("opt_lr", lambda e, a: e.update(opt_lr=0.0)),
+    "opt_lr_inf": ("opt_lr", lambda e, a: e.update(opt_lr=_INF)),
+    "opt_iter_negative": ("opt_iter", lambda e, a: e.update(opt_iter=-1.0)),
+    "opt_iter_inf": ("opt_iter", lambda e, a: e.update(opt_iter=_INF)),
+    "opt_state_complex": ("opt_m_1", lambda e, a: a.update(extra_opt_m_1=a["extra_opt_m_1"].astype(np.complex64))),
+    "opt_state_int": ("opt_v_0", lambda e, a: a.update(extra_opt_v_0=a["extra_opt_v_0"].astype(np.int32))),
+    "opt_state_bool": ("opt_v_0", lambda e, a: a.update(extra_opt_v_0=a["extra_opt_v_0"] > 0)),
+    "lstm_state_complex": ("lstm0_h", lambda e, a: a.update(extra_lstm0_h=a["extra_lstm0_h"].astype(np.complex128))),
+    "lstm_state_int": ("lstm1_c", lambda e, a: a.update(extra_lstm1_c=a["extra_lstm1_c"].astype(np.int64))),
+    "lstm_state_empty": ("lstm0_h", lambda e, a: a.update(extra_lstm0_h=a["extra_lstm0_h"][:0],
+                                                          extra_lstm0_c=a["extra_lstm0_c"][:0])),
+    "rng_overflow": ("rng", lambda e, a: e["rng"][0]["state"].update(state=_INF)),
+    "rng_not_list": ("rng", lambda e, a: e.update(rng=7)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_EDITS))
+def test_resume_checks_every_trainer_field(tmp_path, case):
+    """Each value the trainer takes from a checkpoint is checked for type and range first: a
+    CheckpointError naming the field (never OverflowError/TypeError/KeyError), nothing changed."""
+    import json
+
+    from pylstm.models import CheckpointError
+
+    arrays, meta = _trainer_checkpoint(tmp_path)
+    field, edit = RESUME_EDITS[case]
+    extra = json.loads(json.dumps(meta["extra"]))
+    arr = dict(arrays)
+    edit(extra, arr)
+    arr["meta"] = np.frombuffer(json.dumps({**meta, "extra": extra}).encode(), dtype=np.uint8)
+    bad = str(tmp_path / "bad.npz")
+    np.savez(bad, **arr)
+    m2 = BetterRnnlm(12, 4, 4, dropout_ratio=0.2, seed=9)
+    before = [p.copy() for p in m2.params]
+    t2 = RnnlmTrainer(m2, Adam(0.01), log=lambda s: None)
+    with pytest.raises(CheckpointError, match=rf"\b{field}\b"):
+        t2.resume(bad)
+    for a, b in zip(m2.params, before):
+        np.testing.assert_array_equal(a, b)
+    assert t2.time_idx == 0 and t2.current_epoch == 0 and t2.optimizer.m is None and t2.optimizer.lr == 0.01
