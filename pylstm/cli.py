@@ -52,7 +52,9 @@ def _build_parser():
                    help="tokens (default: char for text, word for ptb)")
     t.add_argument("--wordvec", type=_positive_int, default=None, help="embedding size D")
     t.add_argument("--hidden", type=_positive_int, default=None, help="LSTM hidden size H")
-    t.add_argument("--layers", type=_positive_int, default=1, help="LSTM layers")
+    t.add_argument("--layers", type=_positive_int, default=1, help="recurrent layers")
+    t.add_argument("--cell", choices=["lstm", "rnn", "rnn_relu"], default="lstm",
+                   help="recurrent cell: LSTM (default), or a vanilla RNN (tanh, or relu)")
     t.add_argument("--dropout", type=_ratio, default=0.0, help="dropout ratio")
     t.add_argument("--tie", action="store_true", help="tie embedding and output weights (D == H)")
     t.add_argument("--epochs", type=_positive_int, default=None)
@@ -168,7 +170,7 @@ def _cmd_train(a):
             raise ValueError(f"the {name} part of the corpus has {len(part)} tokens; --batch x --time "
                              f"needs at least {need} (use a longer corpus or smaller --batch/--time)")
     model = LstmLM(V, a.wordvec, a.hidden, num_layers=a.layers, dropout_ratio=a.dropout,
-                   tie_weights=a.tie, backend=a.backend, seed=a.seed)
+                   tie_weights=a.tie, backend=a.backend, seed=a.seed, cell=a.cell)
     if a.cuda_graphs and a.device != "cuda":
         raise ValueError("--cuda-graphs needs --device cuda")
     if a.device != "cpu":
@@ -193,7 +195,7 @@ def _cmd_train(a):
           f"threads {pylstm.get_num_threads()}")
     print(f"corpus {a.corpus} ({level} level): train {len(train)}, val {len(val)}, test {len(test)} tokens, "
           f"vocabulary {V}")
-    print(f"model: {a.layers} x LSTM(D={a.wordvec}, H={a.hidden}), {n_params} parameters | {a.optimizer} "
+    print(f"model: {a.layers} x {a.cell.upper()}(D={a.wordvec}, H={a.hidden}), {n_params} parameters | {a.optimizer} "
           f"lr {a.lr} | clip {a.clip} | batch {a.batch} x time {a.time} | {a.epochs} epochs")
     trainer.meta = {"vocab": vocab, "level": level,
                     "corpus": a.corpus if a.corpus in ("embedded", "ptb") else os.path.abspath(a.corpus),

@@ -1,5 +1,6 @@
 """LSTM language models in the style of DLfS2 ch. 6: ``Rnnlm`` and ``BetterRnnlm``, generalized
-to any number of LSTM layers and optional weight tying, with generation and checkpoints.
+to any number of LSTM layers (or vanilla RNN layers, ``cell="rnn"``) and optional weight tying,
+with generation and checkpoints.
 
 Parameter order is the book's, so the book's trained weight files load position by position:
 ``[embed_W, (Wx, Wh, b) per layer, affine_W, affine_b]``; with tying, ``affine_W`` is
@@ -17,7 +18,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from ._devices import array_module, device_module, to_host, to_module
-from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeSoftmaxWithLoss, softmax
+from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss, softmax
 
 __all__ = ["LstmLM", "Rnnlm", "BetterRnnlm", "unique_params", "load_checkpoint", "CheckpointError"]
 
@@ -70,6 +71,33 @@ def _check_dropout_ratio(ratio) -> float:
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
+# The recurrent cells a model can stack: gate blocks per layer (the RNN's nonlinearity follows).
+MODEL_CELLS = {"lstm": 4, "rnn": 1, "rnn_relu": 1}
+
+
+def _check_cell(cell) -> str:
+    if not isinstance(cell, str) or cell not in MODEL_CELLS:
+        raise ValueError(f"cell must be one of {sorted(MODEL_CELLS)}, got {cell!r}")
+    return cell
+
+
+def _recurrent_layer(cell, Wx, Wh, b, backend):
+    if cell == "lstm":
+        return TimeLSTM(Wx, Wh, b, stateful=True, backend=backend)
+    return TimeRNN(Wx, Wh, b, stateful=True, nonlinearity="relu" if cell == "rnn_relu" else "tanh",
+                   backend=backend)
+
+
+def _layer_state(layer) -> tuple:
+    """A recurrent layer's carried state: (h, c) for the LSTM, (h, None) for the RNN."""
+    return layer.h, getattr(layer, "c", None)
+
+
+def _set_layer_state(layer, h, c) -> None:
+    layer.h = h
+    if isinstance(layer, TimeLSTM):
+        layer.c = c
+
 
 def _check_init(init):
     """'book', or a uniform bound a > 0 that float32 weights can hold (uniform(-inf, inf) is an
@@ -89,7 +117,8 @@ class LstmLM:
     Parameters
     ----------
     vocab_size, wordvec_size, hidden_size : V, D, H.
-    num_layers : LSTM layers (>= 1).
+    num_layers : recurrent layers (>= 1).
+    cell : "lstm" (default), or "rnn" / "rnn_relu" for vanilla RNN layers (tanh / relu).
     dropout_ratio : dropout before the first LSTM and after each, in [0, 1) (0 disables).
     tie_weights : use ``embed_W.T`` as the output projection (needs D == H).
     backend : LSTM backend, "auto" | "cpu" | "numpy".
@@ -99,7 +128,8 @@ class LstmLM:
     """
 
     def __init__(self, vocab_size=10000, wordvec_size=100, hidden_size=100, num_layers=1,
-                 dropout_ratio=0.0, tie_weights=False, backend="auto", seed=None, init="book"):
+                 dropout_ratio=0.0, tie_weights=False, backend="auto", seed=None, init="book",
+                 cell="lstm"):
         V, D, H = int(vocab_size), int(wordvec_size), int(hidden_size)
         for name, v in (("vocab_size", V), ("wordvec_size", D), ("hidden_size", H), ("num_layers", num_layers)):
             if v < 1:
@@ -108,9 +138,11 @@ class LstmLM:
             raise ValueError(f"tie_weights needs wordvec_size == hidden_size, got {D} and {H}")
         dropout_ratio = _check_dropout_ratio(dropout_ratio)  # -1 or NaN would disable it quietly
         init = _check_init(init)
+        cell = _check_cell(cell)
+        G = MODEL_CELLS[cell]
         self.config = dict(vocab_size=V, wordvec_size=D, hidden_size=H, num_layers=int(num_layers),
                            dropout_ratio=float(dropout_ratio), tie_weights=bool(tie_weights),
-                           init=init)
+                           init=init, cell=cell)
         rng = np.random.default_rng(seed)
         f32 = np.float32
         if init == "book":
@@ -120,8 +152,8 @@ class LstmLM:
             lstm_params = []
             for layer in range(num_layers):
                 In = D if layer == 0 else H
-                lstm_params.append((rn(In, 4 * H, scale=1 / np.sqrt(In)), rn(H, 4 * H, scale=1 / np.sqrt(H)),
-                                    np.zeros(4 * H, f32)))
+                lstm_params.append((rn(In, G * H, scale=1 / np.sqrt(In)), rn(H, G * H, scale=1 / np.sqrt(H)),
+                                    np.zeros(G * H, f32)))
             affine_W = None if tie_weights else rn(H, V, scale=1 / np.sqrt(H))
         else:
             a = float(init)
@@ -129,7 +161,7 @@ class LstmLM:
             def un(*shape):
                 return rng.uniform(-a, a, shape).astype(f32)
             embed_W = un(V, D)
-            lstm_params = [(un(D if layer == 0 else H, 4 * H), un(H, 4 * H), un(4 * H))
+            lstm_params = [(un(D if layer == 0 else H, G * H), un(H, G * H), un(G * H))
                            for layer in range(num_layers)]
             affine_W = None if tie_weights else un(H, V)
         affine_b = np.zeros(V, f32)
@@ -143,7 +175,7 @@ class LstmLM:
             self.layers.append(TimeDropout(dropout_ratio, drop_rng))
         self.lstm_layers = []
         for Wx, Wh, b in lstm_params:
-            lstm = TimeLSTM(Wx, Wh, b, stateful=True, backend=backend)
+            lstm = _recurrent_layer(cell, Wx, Wh, b, backend)
             self.layers.append(lstm)
             self.lstm_layers.append(lstm)
             if dropout_ratio > 0:
@@ -184,8 +216,9 @@ class LstmLM:
             layer.params[:] = new[k:k + n]
             layer.grads[:] = [xp.zeros_like(q) for q in layer.params]
             k += n
-            if isinstance(layer, TimeLSTM):
-                layer.h, layer.c = to_module(layer.h, xp), to_module(layer.c, xp)
+            if isinstance(layer, (TimeLSTM, TimeRNN)):
+                h, c = _layer_state(layer)
+                _set_layer_state(layer, to_module(h, xp), to_module(c, xp))
                 layer.cache = None
         self.device = device
         self._collect()
@@ -238,7 +271,7 @@ class LstmLM:
             if 0 <= int(i) < V:
                 banned[int(i)] = True
         rng = np.random.default_rng(seed)
-        saved = [(layer.h, layer.c) for layer in self.lstm_layers]
+        saved = [_layer_state(layer) for layer in self.lstm_layers]
         self.reset_state()
         try:
             ids = list(prompt)
@@ -258,14 +291,18 @@ class LstmLM:
             return ids
         finally:
             for layer, (h, c) in zip(self.lstm_layers, saved):
-                layer.h, layer.c = h, c
+                _set_layer_state(layer, h, c)
 
     # --- PyTorch interchange ------------------------------------------------------------
     def lstm_state_dict_torch(self) -> dict:
-        """The LSTM layers as a ``torch.nn.LSTM(D, H, num_layers, batch_first=True)`` state dict
-        (NumPy arrays: wrap with ``torch.from_numpy``). Gate blocks reordered to i, f, g, o; the
-        bias goes to ``bias_ih_l{k}`` and ``bias_hh_l{k}`` is zeros."""
-        from .convert import to_torch
+        """The recurrent layers as a ``torch.nn.LSTM(D, H, num_layers, batch_first=True)`` state
+        dict (``torch.nn.RNN`` for an RNN model; NumPy arrays: wrap with ``torch.from_numpy``).
+        LSTM gate blocks reordered to i, f, g, o; the bias goes to ``bias_ih_l{k}`` and
+        ``bias_hh_l{k}`` is zeros."""
+        from .convert import rnn_to_torch
+        from .convert import to_torch as lstm_to_torch
+
+        to_torch = lstm_to_torch if self.config["cell"] == "lstm" else rnn_to_torch
 
         out = {}
         for k, layer in enumerate(self.lstm_layers):
@@ -275,13 +312,18 @@ class LstmLM:
         return out
 
     def load_lstm_state_dict_torch(self, state: dict) -> None:
-        """Load ``torch.nn.LSTM`` weights (a state dict of tensors or arrays, same sizes and
-        layer count) into the LSTM layers; the two biases are summed."""
-        from .convert import from_torch
+        """Load ``torch.nn.LSTM`` weights (``torch.nn.RNN`` for an RNN model; a state dict of
+        tensors or arrays, same sizes and layer count) into the recurrent layers; the two biases
+        are summed."""
+        from .convert import from_torch as lstm_from_torch
+        from .convert import rnn_from_torch
+
+        from_torch = lstm_from_torch if self.config["cell"] == "lstm" else rnn_from_torch
+        torch_class = "torch.nn.LSTM" if self.config["cell"] == "lstm" else "torch.nn.RNN"
 
         def arr(key):
             if key not in state:
-                raise KeyError(f"state: missing {key!r} (expected a torch.nn.LSTM with "
+                raise KeyError(f"state: missing {key!r} (expected a {torch_class} with "
                                f"{len(self.lstm_layers)} layer(s))")
             v = state[key]
             v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
@@ -405,6 +447,7 @@ def _read_checkpoint(path: str):
             or not isinstance(meta.get("extra", {}), dict):
         raise CheckpointError(f"{path}: malformed pylstm metadata (model {meta.get('model')!r}, "
                               f"config {type(meta.get('config')).__name__})")
+    meta["config"].setdefault("cell", "lstm")  # written before models had a cell: all LSTM
     return meta, arrays
 
 
@@ -439,7 +482,7 @@ def _fsync_dir(directory: str) -> None:
 
 
 _CONFIG_KEYS = {"vocab_size": int, "wordvec_size": int, "hidden_size": int, "num_layers": int,
-                "dropout_ratio": (int, float), "tie_weights": bool, "init": (str, int, float)}
+                "dropout_ratio": (int, float), "tie_weights": bool, "init": (str, int, float), "cell": str}
 
 
 def _check_config(path: str, config: dict, arrays: dict) -> None:
@@ -451,7 +494,7 @@ def _check_config(path: str, config: dict, arrays: dict) -> None:
         v = config[k]
         if not isinstance(v, types) or (types is int and isinstance(v, bool)):
             raise CheckpointError(f"{path}: config {k} = {v!r} has the wrong type")
-    for k, check in (("dropout_ratio", _check_dropout_ratio), ("init", _check_init)):
+    for k, check in (("dropout_ratio", _check_dropout_ratio), ("init", _check_init), ("cell", _check_cell)):
         try:
             check(config[k])
         except (TypeError, ValueError) as exc:
@@ -460,7 +503,8 @@ def _check_config(path: str, config: dict, arrays: dict) -> None:
     if min(V, D, H, L) < 1:
         raise CheckpointError(f"{path}: config sizes must be >= 1, got {V, D, H, L}")
     want = V * D + V + (0 if config["tie_weights"] else H * V)
-    want += D * 4 * H + (L - 1) * H * 4 * H + L * (H * 4 * H + 4 * H)  # closed form: L may be huge
+    G = MODEL_CELLS[config["cell"]]
+    want += D * G * H + (L - 1) * H * G * H + L * (H * G * H + G * H)  # closed form: L may be huge
     have = sum(a.size for k, a in arrays.items() if k.startswith("param_"))
     if want != have:
         raise CheckpointError(f"{path}: config describes {want} parameters, the file holds {have}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._devices import array_module, to_host, to_module
 from .functional import clip_grads
-from .models import CheckpointError, LstmLM, read_checkpoint_extra, unique_params
+from .models import CheckpointError, LstmLM, _layer_state, _set_layer_state, read_checkpoint_extra, unique_params
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
 
@@ -140,8 +140,11 @@ class RnnlmTrainer:
         for k, v in self.optimizer.state_dict().items():
             st[f"opt_{k}"] = v if isinstance(v, np.ndarray) else float(v)
         for i, layer in enumerate(self.model.lstm_layers):
-            if layer.h is not None:
-                st[f"lstm{i}_h"], st[f"lstm{i}_c"] = to_host(layer.h), to_host(layer.c)
+            h, c = _layer_state(layer)
+            if h is not None:
+                st[f"lstm{i}_h"] = to_host(h)
+                if c is not None:
+                    st[f"lstm{i}_c"] = to_host(c)
         return st
 
     def save_checkpoint(self, path: str) -> None:
@@ -197,7 +200,10 @@ class RnnlmTrainer:
             states = {}
             for i, layer in enumerate(self.model.lstm_layers):
                 if f"lstm{i}_h" in extra:
-                    h, c = (_lstm_state(extra, f"lstm{i}_{k}", layer.params[0].dtype) for k in "hc")
+                    dt = layer.params[0].dtype
+                    h = _lstm_state(extra, f"lstm{i}_h", dt)
+                    # an RNN layer has no c: h stands in for the shape check and is not used
+                    c = _lstm_state(extra, f"lstm{i}_c", dt) if self.model.config["cell"] == "lstm" else h
                     if h.ndim != 2 or h.shape != c.shape or h.shape[1] != layer.params[1].shape[0] or not h.size:
                         raise ValueError(f"lstm{i}_h, lstm{i}_c: LSTM {i} state of shape {h.shape}/{c.shape}, "
                                          f"expected (N, {layer.params[1].shape[0]}) with N >= 1")
@@ -212,7 +218,7 @@ class RnnlmTrainer:
         for i, (h, c) in states.items():
             layer = self.model.lstm_layers[i]
             xp = array_module(layer.params[0])
-            layer.h, layer.c = to_module(h, xp), to_module(c, xp)
+            _set_layer_state(layer, to_module(h, xp), to_module(c, xp))
         _set_rng_states(self.model, rng)
 
     def fit(self, xs, ts, max_epoch: int = 10, batch_size: int = 20, time_size: int = 35,
@@ -296,10 +302,10 @@ class RnnlmTrainer:
                 model.layers[0].check_ids, model.loss_layer.check_labels = saved_checks
             self.current_epoch = epoch + 1
             if val_corpus is not None:
-                saved = [(layer.h, layer.c) for layer in model.lstm_layers]
+                saved = [_layer_state(layer) for layer in model.lstm_layers]
                 val = eval_perplexity(model, val_corpus, batch_size=min(10, batch_size), time_size=time_size)
                 for layer, (h, c) in zip(model.lstm_layers, saved):
-                    layer.h, layer.c = h, c
+                    _set_layer_state(layer, h, c)
                 self.val_ppl_list.append(val)
                 self.log(f"| epoch {epoch + 1} | valid perplexity {val:.2f} | lr {optimizer.lr:.4g}")
                 if lr_schedule is None:

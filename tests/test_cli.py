@@ -251,3 +251,14 @@ def test_eval_opens_a_text_file_named_in_a_checkpoint_only_when_asked(trained, t
     assert rc == 1 and "--corpus" in err and str(corpus) in err, err
     rc = _main(capsys, "eval", path, "--corpus", str(corpus), "--split", "val", "--batch", "4", "--time", "16")[0]
     assert rc == 0
+
+
+def test_train_with_the_rnn_cell(tmp_path):
+    r = run("train", "--out", str(tmp_path), "--cell", "rnn", *QUICK)
+    assert r.returncode == 0, r.stderr
+    assert "1 x RNN(D=16, H=32)" in r.stdout
+    ppl = float(r.stdout.split("held-out (test) perplexity: ")[1].split()[0])
+    uni = float(r.stdout.split("unigram baseline on the same split: ")[1].split()[0])
+    assert ppl < uni
+    r = run("generate", str(tmp_path / "checkpoint.npz"), "--length", "30", "--seed", "1")
+    assert r.returncode == 0, r.stderr

@@ -265,3 +265,31 @@ def test_resume_checks_every_trainer_field(tmp_path, case):
     for a, b in zip(m2.params, before):
         np.testing.assert_array_equal(a, b)
     assert t2.time_idx == 0 and t2.current_epoch == 0 and t2.optimizer.m is None and t2.optimizer.lr == 0.01
+
+
+@pytest.mark.parametrize("cell", ["rnn", "rnn_relu"])
+def test_rnn_model_learns_and_resumes_exactly(tmp_path, cell):
+    """A language model of vanilla RNN layers trains, and its checkpoint resumes exactly (the
+    state carried is h alone)."""
+    from pylstm.models import LstmLM
+
+    c = _corpus(2000, seed=4)
+    kw = dict(batch_size=4, time_size=8, max_grad=1.0, eval_interval=5, progress=False, val_corpus=c[:300])
+
+    def make():
+        m = LstmLM(12, 8, 16, num_layers=2, dropout_ratio=0.2, cell=cell, seed=6)
+        return m, RnnlmTrainer(m, Adam(0.01), log=lambda s: None)
+
+    m1, t1 = make()
+    t1.fit(c[:-1], c[1:], max_epoch=2, **kw)
+    assert t1.ppl_list[-1] < 0.6 * t1.ppl_list[0]
+    assert m1.lstm_layers[0].params[1].shape == (16, 16)
+    ck = str(tmp_path / "ck.npz")
+    m2, t2 = make()
+    t2.fit(c[:-1], c[1:], max_epoch=1, checkpoint=ck, **kw)
+    m3, t3 = make()
+    t3.resume(ck)
+    t3.fit(c[:-1], c[1:], max_epoch=2, **kw)
+    assert t3.ppl_list == t1.ppl_list
+    for a, b in zip(m1.params, m3.params):
+        np.testing.assert_array_equal(a, b)
