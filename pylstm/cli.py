@@ -1,4 +1,4 @@
-"""The ``pylstm`` command line: train, generate, eval, bench.
+"""The ``pylstm`` command line: train, generate, eval, gradflow, bench.
 
 ``pylstm train`` with no arguments trains a character-level LSTM on the corpus embedded in the
 package (offline), shows progress and perplexities, evaluates on held-out text against a
@@ -98,6 +98,17 @@ def _build_parser():
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--batch", type=_positive_int, default=10)
     e.add_argument("--time", type=_positive_int, default=35)
+
+    f = sub.add_parser("gradflow", help="plot how gradients vanish or explode back through time (RNN vs LSTM)",
+                       description="Backpropagates a loss on the last step through T steps of a vanilla RNN "
+                       "(recurrent weights scaled as DLfS2 ch. 6 does) and of an LSTM, and prints and plots "
+                       "the norm of dL/dh k steps back (and the LSTM's cell path, dL/dc).")
+    f.add_argument("--steps", type=_positive_int, default=50, help="sequence length T")
+    f.add_argument("--hidden", type=_positive_int, default=64, help="hidden size H (= input size)")
+    f.add_argument("--scales", type=_positive_float, nargs="+", default=[0.5, 1.0, 2.0],
+                   help="RNN recurrent weight scales: Wh = scale * randn(H, H) / sqrt(H)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", default="gradflow.png", help="the PNG to write")
 
     b = sub.add_parser("bench", help="run the kernel benchmark (pylstm vs NumPy reference vs torch)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark (see pylstm bench -- -h)")
@@ -338,6 +349,13 @@ def _cmd_eval(a):
     return 0
 
 
+def _cmd_gradflow(a):
+    from .gradflow import main_gradflow
+
+    main_gradflow(a.steps, a.hidden, a.scales, a.out, a.seed)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _build_parser()
     a = parser.parse_args(argv)
@@ -350,7 +368,8 @@ def main(argv=None) -> int:
         args = a.args[1:] if a.args[:1] == ["--"] else a.args
         bench_main(args)
         return 0
-    handler = {"train": _cmd_train, "generate": _cmd_generate, "eval": _cmd_eval}[a.command]
+    handler = {"train": _cmd_train, "generate": _cmd_generate, "eval": _cmd_eval,
+               "gradflow": _cmd_gradflow}[a.command]
     try:
         return handler(a)
     except (ValueError, FileNotFoundError, OSError, DeviceUnavailableError) as exc:
