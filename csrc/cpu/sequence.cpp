@@ -110,6 +110,7 @@ __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, 
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
     T pre[G];
+#pragma GCC unroll 16  // (the gate loops must be gone before the jj loop is vectorized)
     for (int k = 0; k < G; ++k) {  // (x-part + h-part) + bias
       pre[k] = p[k * ps + jj];
       if constexpr (kZ) pre[k] += z[k * hsz + jj];
@@ -118,6 +119,7 @@ __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, 
     T act[G], c, h;
     Cell::forward(pre, Cell::kHasCellState ? cp[jj] : T(0), act, c, h);
     if constexpr (kSave) {  // training: keep the activations for backward
+#pragma GCC unroll 16
       for (int k = 0; k < G; ++k) g[k * H + jj] = act[k];
     }
     if constexpr (Cell::kHasCellState) c_out[jj] = c;
@@ -138,9 +140,11 @@ __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, 
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
     T act[G], d[G], dcp;
+#pragma GCC unroll 16
     for (int k = 0; k < G; ++k) act[k] = gt[k * H + jj];
     Cell::backward(act, kC ? c[jj] : T(0), kC ? cp[jj] : T(0), dh_up[jj] + dhc[jj],
                    kC ? dcc[jj] : T(0), d, dcp);
+#pragma GCC unroll 16
     for (int k = 0; k < G; ++k) da[k * H + jj] = d[k];
     if constexpr (kC) dcc[jj] = dcp;
   }
