@@ -156,13 +156,12 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
   // K = H or 4H) is one or a few blocks; the later K blocks accumulate into C.
   constexpr int64_t kKC = 1024, kMC = 96;
   // The transposed A of the weight gradient ([X | H_prev]^T, stored (K, M)) is copied into
-  // 8-row tiles first when its stored rows lie a multiple of 4 KB apart (D + H a multiple of
-  // 1024): the kc rows a block's broadcasts walk would all map to the same L1 sets. Measured
-  // on one core (GFLOP/s, as is -> tiles): M=N=1024 K=1120 lda 1024: 158-165 -> 184;
-  // M=N=2048 K=1120 lda 2048: 168-171 -> 191-202; M=4096 N=1024 K=700: 140-198 -> 214-216.
-  // Not at other strides: lda 512 185 -> 185, lda 1300 199-207 -> 191-196; nor for row-major
-  // A (M=6400 N=256 K=1024: 222 -> 196: the scalar copy costs more than it saves).
-  const bool pack = TA && M >= 128 && lda % 1024 == 0;
+  // 8-row tiles first when its stored rows lie a multiple of 512 bytes apart (D + H a multiple
+  // of 128): the kc rows a block's broadcasts walk then map to at most 8 of L1's 64 sets, and
+  // evict each other before the next row tile reads the other half of their cache lines. At
+  // other strides, and for row-major A, the copy costs more than it saves
+  // (benchmarks/RESULTS.md has the measurements).
+  const bool pack = TA && M >= 128 && lda % 128 == 0;
   // Up to 128 rows go in one chunk: a second chunk of a few rows (M = 100: 96 + 4) would stream
   // all of B again for little work (measured on the Affine layer's dW = x^T dS, M = 100).
   const int64_t mc = M <= 128 ? M : kMC;
