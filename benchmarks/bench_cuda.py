@@ -1,12 +1,12 @@
-"""GPU benchmark (issue 4): pylstm's CUDA kernels against torch.nn.LSTM on cuDNN (strict fp32,
+"""GPU benchmark: pylstm's CUDA kernels against torch.nn.LSTM on cuDNN (strict fp32,
 TF32 off), in one run, plus global-norm clipping bandwidth.
 
     python benchmarks/bench_cuda.py [--repeats 20] [--json out.json]
 
 Needs a GPU, CuPy and a CUDA build of PyTorch. Every candidate is first checked against the
-NumPy reference (float32, the issue's tolerance); then forward-only and training step (forward +
-backward) are timed with CUDA events on the grid of the core issue and at N = 1, 4, 8, without
-and with CUDA graphs (pylstm.set_cuda_graphs). Written without a GPU (sessions 2-3): not yet run.
+NumPy reference (float32, within twice the naive float32 error); then forward-only and training step (forward +
+backward) are timed with CUDA events on the standard grid and at N = 1, 4, 8, without
+and with CUDA graphs (pylstm.set_cuda_graphs). Written without a GPU: not yet run on one.
 """
 
 from __future__ import annotations

@@ -11,14 +11,14 @@
   --backend numpy runs the same layers on the NumPy reference: the book's algorithm in NumPy,
   for the wall-time comparison in the same sitting.
 
-The PTB files come from --data-dir, $PYLSTM_DATA_DIR, or ../shared/data/ptb beside the checkout.
+The PTB files come from --data-dir, else wherever pylstm.datasets.ptb finds them ($PYLSTM_DATA_DIR,
+the cache); nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import pylstm
@@ -47,8 +47,7 @@ def main(argv=None):
     r = dict(RECIPES[a.recipe])
     if a.epochs:
         r["epochs"] = a.epochs
-    data_dir = a.data_dir or os.environ.get("PYLSTM_DATA_DIR") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "ptb")
+    data_dir = a.data_dir
     train, w2i, _ = ptb.load_data("train", data_dir=data_dir, download=False)
     val, _, _ = ptb.load_data("val", data_dir=data_dir, download=False)
     test, _, _ = ptb.load_data("test", data_dir=data_dir, download=False)

@@ -56,7 +56,7 @@ int threads_for(const SeqShape& s, int gates) {
 std::atomic<int> g_schedule{int(ForwardSchedule::kAuto)};
 
 // Size of the last-level cache from sysfs (cpuid-based sysconf reports the host's total in some
-// virtual machines: 384 MB on the 32 MB machine we measured); 16 MB when unknown.
+// virtual machines, ten times the guest's share); 16 MB when unknown.
 int64_t last_level_cache_bytes() {
   static const int64_t bytes = [] {
     int64_t best = 0;
@@ -77,14 +77,10 @@ int64_t last_level_cache_bytes() {
 }
 
 // The forward pass's two schedules for the packed-weight kernel (seq_forward_cpu). The step
-// projection keeps the (N, T, 4H) pre-activations out of memory, paid for by reading each
-// thread's packed Wx slice once per step instead of once per call. Measured on the 2-core
-// Zen 5 (32 MB L3), forward-only ms, projection first / step projection, same binary
-// alternating: (64,100,256,256) 20.6 / 18.0, (20,35,512,512) 8.5 / 7.7, (20,35,580,580)
-// 11.4 / 10.0, (20,35,650,650) 13.6-13.8 / 13.0-15.2, (32,35,1024,1024) 50.1 / 66.8,
-// (8,35,64,128) 0.35 / 0.26, (4,35,256,256) 0.48 / 0.55, (1,200,128,128) 0.58 / 0.71. So:
-// with at least 8 rows per step, and while the packed [Wx; Wh] (all threads' slices) takes at
-// most 40% of the last-level cache.
+// projection keeps the (N, T, G*H) pre-activations out of memory, paid for by reading each
+// thread's packed Wx slice once per step instead of once per call: it wins with at least 8 rows
+// per step and while the packed [Wx; Wh] (all threads' slices) takes at most 40% of the
+// last-level cache (the measurements behind the rule: benchmarks/RESULTS.md).
 bool step_projection(const SeqShape& s, int gates) {
   const int mode = g_schedule.load();
   if (mode != int(ForwardSchedule::kAuto)) return mode == int(ForwardSchedule::kStepProjection);

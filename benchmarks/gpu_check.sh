@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# For a session with a GPU (the `device` tool). Its image (see the device tool's KINDS.md) has
-# nvcc, compute-sanitizer, torch, CuPy, pybind11, nvidia-cublas, pytest, cmake, ninja and
-# scikit-build-core, but not scipy-openblas32, and nothing can be fetched there. Prepare here:
+# The checks that need an NVIDIA GPU, in phases that each fit a 10-minute command limit, for a
+# machine that has nvcc, compute-sanitizer, torch, CuPy, pybind11, nvidia-cublas, pytest, cmake,
+# ninja and scikit-build-core but no network. Prepare the missing wheels beside the checkout:
 #   pip download --no-deps --python-version 3.12 --only-binary=:all: -d build/wheels \
 #       scikit-build-core scipy-openblas32 pathspec
-# then run phases on the device, each call well inside the 10-minute limit, carrying the wheels:
-#   bash benchmarks/gpu_session.sh install    (carry: ["build/wheels"]; ~2 min: nvcc, 3 archs)
-#   bash benchmarks/gpu_session.sh test       (the whole suite, `cuda` tests included)
-#   bash benchmarks/gpu_session.sh sanitize   (compute-sanitizer memcheck + racecheck, `cuda` tests)
-#   bash benchmarks/gpu_session.sh bench      (bench_cuda.py: cuDNN comparison, graphs, clipping)
-#   bash benchmarks/gpu_session.sh all        (everything, if the machine is warm and time allows)
-# The install persists while the machine stays warm; a fresh machine needs `install` again.
+# then, on the GPU machine, with build/wheels copied along:
+#   bash benchmarks/gpu_check.sh install    (~2 min: nvcc, 3 architectures)
+#   bash benchmarks/gpu_check.sh test       (the whole suite, `cuda` tests included)
+#   bash benchmarks/gpu_check.sh sanitize   (compute-sanitizer memcheck + racecheck, `cuda` tests)
+#   bash benchmarks/gpu_check.sh bench      (bench_cuda.py: cuDNN comparison, graphs, clipping)
+#   bash benchmarks/gpu_check.sh all        (everything)
 # Logs and JSON land in $OUT (written with tee, so a command killed at its limit still leaves
 # what it printed).
 set -uo pipefail
