@@ -170,7 +170,43 @@ def valid_softmax(rng):
         close(f"softmax dscores on {backend}", d, want_d, dt, atol=4 * float(np.finfo(dt).eps))
 
 
-VALID = [valid_lstm, valid_clip, valid_matmul, valid_softmax]
+def rnn_args(rng, odd=True):
+    """A vanilla RNN's arguments (and its nonlinearity), from the LSTM's with one gate block."""
+    d, (N, T, D, H), dt = lstm_args(rng, odd=False)
+    d = {"xs": d["xs"], "Wx": np.ascontiguousarray(d["Wx"][:, :H]), "Wh": np.ascontiguousarray(d["Wh"][:, :H]),
+         "b": np.ascontiguousarray(d["b"][:H]), "h0": d["h0"], "nonlinearity": str(rng.choice(["tanh", "relu"]))}
+    if odd:
+        d = {k: v if not isinstance(v, np.ndarray) else odd_layout(rng, v) for k, v in d.items()}
+    return d, (N, T, D, H), dt
+
+
+def valid_rnn(rng):
+    d, (N, T, D, H), dt = rnn_args(rng)
+    dhs = odd_layout(rng, normal(rng, (N, T, H), dt))
+    dhT = odd_layout(rng, normal(rng, (N, H), dt)) if rng.random() < 0.5 else None
+    results = {}
+    for backend in HOST:
+        hs, hT, cache = pylstm.rnn_forward(**d, backend=backend)
+        hs_i, hT_i = pylstm.rnn_inference(**d, backend=backend)
+        if not (np.array_equal(hs, hs_i) and np.array_equal(hT, hT_i)):
+            raise Failure(f"rnn_inference differs from rnn_forward on {backend}")
+        results[backend] = [hs, hT] + list(pylstm.rnn_backward(dhs, cache, dhT))
+    # Against the float64 reference, allowing twice the float32 reference's own error (a sum
+    # that nearly cancels, as at H = 1, is inexact in any order)
+    d64 = {k: np.asarray(v, np.float64) if isinstance(v, np.ndarray) else v for k, v in d.items()}
+    hs, hT, cache = pylstm.rnn_forward(**d64, backend="numpy")
+    exact = [hs, hT] + list(pylstm.rnn_backward(np.asarray(dhs, np.float64), cache,
+                                                None if dhT is None else np.asarray(dhT, np.float64)))
+    names = ("hs", "hT", "dxs", "dh0", "dWx", "dWh", "db")
+    for backend, res in results.items():
+        for name, got, want, naive in zip(names, res, exact, results["numpy"]):
+            if got.dtype != dt:
+                raise Failure(f"rnn {name} on {backend}: dtype {got.dtype}, inputs {np.dtype(dt)}")
+            slack = 2 * float(np.abs(np.asarray(naive, np.float64) - want).max()) if want.size else 0.0
+            close(f"rnn {name} on {backend} {(N, T, D, H)} {d['nonlinearity']}", got, want, dt, atol=slack)
+
+
+VALID = [valid_lstm, valid_clip, valid_matmul, valid_softmax, valid_rnn]
 
 
 # --- invalid calls ----------------------------------------------------------------------------
@@ -425,7 +461,16 @@ def invalid_backend(rng):
                 raise Failure(f"backend={backend!r}: message does not name backend: {exc}") from None
 
 
-INVALID = [invalid_lstm, invalid_backward, invalid_clip, invalid_matmul, invalid_softmax, invalid_backend]
+def invalid_rnn(rng):
+    d, _, _ = rnn_args(rng, odd=False)
+    key = str(rng.choice(["xs", "Wx", "Wh", "b", "h0", "nonlinearity"]))
+    d[key] = "sigmoid" if key == "nonlinearity" else break_array(rng, d[key])
+    fn = pylstm.rnn_forward if rng.random() < 0.5 else pylstm.rnn_inference
+    run_invalid(fn, d, ("xs", "Wx", "Wh", "b", "h0", "nonlinearity", "backend"), f"{fn.__name__} with bad {key}")
+
+
+INVALID = [invalid_lstm, invalid_backward, invalid_clip, invalid_matmul, invalid_softmax, invalid_backend,
+           invalid_rnn]
 
 
 # --- corrupted checkpoints --------------------------------------------------------------------
