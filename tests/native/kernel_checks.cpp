@@ -1,0 +1,306 @@
+// The CPU kernels checked from C++, without Python, for the sanitizer builds (ASan + UBSan, CMake
+// option PYLSTM_SANITIZE; .ci/run builds and runs it): every cell's forward and backward in
+// float64 and float32, on the packed-weight kernel with both forward schedules and on BLAS, at
+// 1-3 threads, against a plain-loop reference written here; clipping, matmul (bias, colsum) and
+// softmax cross-entropy against naive loops. Shapes are small: the point is every code path
+// under the sanitizers, not coverage of sizes (the Python suite compares against pylstm's NumPy
+// reference). Prints "N passed, M failed" and exits non-zero on a failure.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cells/registry.h"
+#include "cpu/api.h"
+#include "cpu/packed_gemm.h"
+
+using namespace pylstm;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (ok) {
+    ++g_passed;
+  } else {
+    ++g_failed;
+    std::printf("FAILED: %s\n", what.c_str());
+  }
+}
+
+// max |a - b| / max(max |b|, tiny)
+template <class T>
+double rel_err(const std::vector<T>& a, const std::vector<double>& b) {
+  double err = 0, scale = 1e-300;
+  for (size_t i = 0; i < b.size(); ++i) {
+    err = std::max(err, std::fabs(double(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(b[i]));
+  }
+  return err / scale;
+}
+
+std::vector<double> randn(std::mt19937_64& rng, size_t n, double scale) {
+  std::normal_distribution<double> nd(0.0, scale);
+  std::vector<double> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+template <class T>
+std::vector<T> cast(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+// The plain-loop reference of one cell's layer, in double: forward, then backward from dhs and
+// dhT (h0 and c0 given; cs, dcT, dc0 only with a cell state).
+template <class Cell>
+struct Reference {
+  std::vector<double> hs, hT, cT, dxs, dh0, dc0, dWx, dWh, db;
+
+  Reference(const SeqShape& s, const std::vector<double>& xs, const std::vector<double>& h0,
+            const std::vector<double>& c0, const std::vector<double>& Wx,
+            const std::vector<double>& Wh, const std::vector<double>& b,
+            const std::vector<double>& dhs, const std::vector<double>& dhT) {
+    constexpr int G = Cell::kGates;
+    const int64_t N = s.N, T = s.T, D = s.D, H = s.H, GH = G * H;
+    std::vector<double> acts(N * T * GH), cs(N * T * H);
+    hs.assign(N * T * H, 0);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t j = 0; j < H; ++j) {
+          double pre[G], act[G], c, h;
+          for (int k = 0; k < G; ++k) {
+            double a = b[k * H + j];
+            for (int64_t d = 0; d < D; ++d) a += xs[(n * T + t) * D + d] * Wx[d * GH + k * H + j];
+            for (int64_t i = 0; i < H; ++i) {
+              const double hp = t > 0 ? hs[(n * T + t - 1) * H + i] : h0[n * H + i];
+              a += hp * Wh[i * GH + k * H + j];
+            }
+            pre[k] = a;
+          }
+          const double cp = t > 0 ? cs[(n * T + t - 1) * H + j] : c0[n * H + j];
+          Cell::forward(pre, cp, act, c, h);
+          for (int k = 0; k < G; ++k) acts[(n * T + t) * GH + k * H + j] = act[k];
+          cs[(n * T + t) * H + j] = c;
+          hs[(n * T + t) * H + j] = h;
+        }
+      }
+    }
+    hT.assign(N * H, 0);
+    cT.assign(N * H, 0);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t j = 0; j < H; ++j) {
+        hT[n * H + j] = hs[(n * T + T - 1) * H + j];
+        cT[n * H + j] = cs[(n * T + T - 1) * H + j];
+      }
+    }
+    dxs.assign(N * T * D, 0);
+    dWx.assign(D * GH, 0);
+    dWh.assign(H * GH, 0);
+    db.assign(GH, 0);
+    std::vector<double> dh = dhT, dc(N * H, 0.0), da(GH);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      std::vector<double> dh_prev(N * H, 0.0);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t row = n * T + t;
+        for (int64_t j = 0; j < H; ++j) {
+          double act[G], d[G], dcp;
+          for (int k = 0; k < G; ++k) act[k] = acts[row * GH + k * H + j];
+          const double cp = t > 0 ? cs[(row - 1) * H + j] : c0[n * H + j];
+          Cell::backward(act, cs[row * H + j], cp, dhs[row * H + j] + dh[n * H + j], dc[n * H + j], d,
+                         dcp);
+          for (int k = 0; k < G; ++k) da[k * H + j] = d[k];
+          dc[n * H + j] = dcp;
+        }
+        for (int64_t c = 0; c < GH; ++c) {
+          db[c] += da[c];
+          for (int64_t d = 0; d < D; ++d) {
+            dWx[d * GH + c] += xs[row * D + d] * da[c];
+            dxs[row * D + d] += da[c] * Wx[d * GH + c];
+          }
+          for (int64_t i = 0; i < H; ++i) {
+            const double hp = t > 0 ? hs[(row - 1) * H + i] : h0[n * H + i];
+            dWh[i * GH + c] += hp * da[c];
+            dh_prev[n * H + i] += da[c] * Wh[i * GH + c];
+          }
+        }
+      }
+      dh = dh_prev;
+    }
+    dh0 = dh;
+    dc0 = dc;
+  }
+};
+
+// with_state false: h0 and c0 absent (nullptr to the kernels, zeros for the reference).
+template <class Cell, class T>
+void check_cell(const char* name, const SeqShape& s, const char* path, uint64_t seed) {
+  const bool with_state = seed % 2 == 1;
+  constexpr int G = Cell::kGates;
+  constexpr bool kC = Cell::kHasCellState;
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, GH = G * H;
+  std::mt19937_64 rng(seed);
+  const std::vector<double> zeros(N * H, 0.0);
+  const auto xs = randn(rng, N * Tn * D, 1.0), h0 = with_state ? randn(rng, N * H, 0.5) : zeros,
+             c0 = kC && with_state ? randn(rng, N * H, 0.5) : zeros,
+             Wx = randn(rng, D * GH, 1.0 / std::sqrt(double(D))),
+             Wh = randn(rng, H * GH, 1.0 / std::sqrt(double(H))), b = randn(rng, GH, 0.3),
+             dhs = randn(rng, N * Tn * H, 1.0), dhT = randn(rng, N * H, 1.0);
+  const Reference<Cell> ref(s, xs, h0, c0, Wx, Wh, b, dhs, dhT);
+  const auto xs_ = cast<T>(xs), h0_ = cast<T>(h0), c0_ = cast<T>(c0), Wx_ = cast<T>(Wx),
+             Wh_ = cast<T>(Wh), b_ = cast<T>(b), dhs_ = cast<T>(dhs), dhT_ = cast<T>(dhT);
+  std::vector<T> hs(N * Tn * H), hT(N * H), cT(N * H), gates(N * Tn * GH), cs(N * Tn * H);
+  const T* h0p = with_state ? h0_.data() : nullptr;
+  const T* c0p = kC && with_state ? c0_.data() : nullptr;
+  ForwardArgs<T> f{s,         xs_.data(), h0p,                  c0p,
+                   Wx_.data(), Wh_.data(), b_.data(),            hs.data(),
+                   hT.data(),  kC ? cT.data() : nullptr, gates.data(), kC ? cs.data() : nullptr,
+                   nullptr};
+  seq_forward_cpu<Cell, T>(f);
+  std::vector<T> dxs(N * Tn * D), dh0(N * H), dc0(N * H), dW((D + H) * GH), db(GH);
+  std::vector<T> work(seq_backward_workspace_size<Cell>(s));
+  BackwardArgs<T> bw{s,          xs_.data(),  h0p,         c0p,
+                     Wx_.data(), Wh_.data(),  hs.data(),   gates.data(),
+                     kC ? cs.data() : nullptr, dhs_.data(), dhT_.data(), nullptr,
+                     dxs.data(), dh0.data(), kC ? dc0.data() : nullptr, dW.data(), db.data(),
+                     work.data()};
+  seq_backward_cpu<Cell, T>(bw);
+  // Forward-only with the smallest scratch the call may take (exercises its bound check too).
+  std::vector<T> hs_i(N * Tn * H), hT_i(N * H), cT_i(N * H);
+  std::vector<T> fwork(std::max<int64_t>(1, seq_forward_cpu_workspace_size<Cell, T>(s, false)));
+  ForwardArgs<T> fi = f;
+  fi.hs = hs_i.data();
+  fi.hT = hT_i.data();
+  fi.cT = kC ? cT_i.data() : nullptr;
+  fi.gates = fi.cs = nullptr;
+  fi.work = fwork.data();
+  fi.work_size = seq_forward_cpu_workspace_size<Cell, T>(s, false);
+  seq_forward_cpu<Cell, T>(fi);
+
+  const double tol = sizeof(T) == 8 ? 1e-9 : 2e-4;
+  std::vector<double> dWx_ref(ref.dWx), dWh_ref(ref.dWh), dW_ref;
+  dW_ref.insert(dW_ref.end(), dWx_ref.begin(), dWx_ref.end());
+  dW_ref.insert(dW_ref.end(), dWh_ref.begin(), dWh_ref.end());
+  const std::string tag = std::string(name) + (sizeof(T) == 8 ? " float64 " : " float32 ") + path +
+                          (with_state ? " with h0" : " without h0") +
+                          " N,T,D,H=" + std::to_string(N) + "," + std::to_string(Tn) + "," +
+                          std::to_string(D) + "," + std::to_string(H);
+  expect(rel_err(hs, ref.hs) < tol, tag + ": hs");
+  expect(rel_err(hT, ref.hT) < tol, tag + ": hT");
+  expect(rel_err(hs_i, ref.hs) < tol, tag + ": hs (forward-only)");
+  expect(rel_err(dxs, ref.dxs) < tol, tag + ": dxs");
+  expect(rel_err(dh0, ref.dh0) < tol, tag + ": dh0");
+  expect(rel_err(dW, dW_ref) < tol, tag + ": dW");
+  expect(rel_err(db, ref.db) < tol, tag + ": db");
+  if (kC) {
+    expect(rel_err(cT, ref.cT) < tol, tag + ": cT");
+    expect(rel_err(dc0, ref.dc0) < tol, tag + ": dc0");
+  }
+}
+
+template <class T>
+void check_dense(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const char* dt = sizeof(T) == 8 ? "float64" : "float32";
+  const double tol = sizeof(T) == 8 ? 1e-12 : 1e-5;
+  // clipping: the norm in double, the scale in place
+  std::vector<std::vector<T>> arrays = {cast<T>(randn(rng, 1000, 1.0)), cast<T>(randn(rng, 17, 1.0)),
+                                        std::vector<T>(), cast<T>(randn(rng, 70000, 0.1))};
+  std::vector<Span<T>> spans;
+  double want = 0;
+  for (auto& a : arrays) {
+    spans.push_back({a.data(), int64_t(a.size())});
+    for (T v : a) want += double(v) * double(v);
+  }
+  const double norm = global_norm_cpu<T>(spans);
+  expect(std::fabs(norm - std::sqrt(want)) <= 1e-12 * std::sqrt(want), std::string("global_norm ") + dt);
+  const T first = arrays[0][0];
+  scale_arrays_cpu<T>(spans, 0.5);
+  expect(arrays[0][0] == T(double(first) * 0.5), std::string("scale_arrays ") + dt);
+  // matmul with bias and colsum, plain and transposed operands
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      const int64_t M = 37, N = 53, K = 29;
+      const auto A = randn(rng, M * K, 1.0), B = randn(rng, K * N, 1.0), bias = randn(rng, N, 1.0);
+      const auto A_ = cast<T>(A), B_ = cast<T>(B), bias_ = cast<T>(bias);
+      std::vector<T> C(M * N), colsum(N);
+      matmul_cpu<T>(ta, tb, M, N, K, A_.data(), ta ? M : K, B_.data(), tb ? K : N, T(0), C.data(), N,
+                    bias_.data(), colsum.data());
+      std::vector<double> Cref(M * N), cref(N, 0.0);
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = 0; n < N; ++n) {
+          double acc = bias[n];
+          for (int64_t k = 0; k < K; ++k) {
+            acc += double(A_[ta ? k * M + m : m * K + k]) * double(B_[tb ? n * K + k : k * N + n]);
+          }
+          Cref[m * N + n] = acc;
+        }
+      }
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t n = 0; n < N; ++n) cref[n] += double(B_[tb ? n * K + k : k * N + n]);
+      const std::string tag = std::string("matmul ") + dt + (ta ? " A^T" : " A") + (tb ? " B^T" : " B");
+      expect(rel_err(C, Cref) < tol * 10, tag + ": C");
+      expect(rel_err(colsum, cref) < tol, tag + ": colsum");
+    }
+  }
+  // softmax cross-entropy with an ignored row
+  const int64_t M = 9, V = 31;
+  const auto scores = cast<T>(randn(rng, M * V, 2.0));
+  std::vector<int32_t> labels(M);
+  for (int64_t m = 0; m < M; ++m) labels[m] = int32_t((m * 7) % V);
+  labels[3] = -1;
+  std::vector<double> lse(M);
+  std::vector<T> d(M * V);
+  int64_t count = 0;
+  const double loss = softmax_xent_cpu<T>(M, V, scores.data(), labels.data(), -1, lse.data(), d.data(),
+                                          1.0, &count);
+  double want_loss = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    if (labels[m] < 0) continue;
+    double mx = -1e300, sum = 0;
+    for (int64_t v = 0; v < V; ++v) mx = std::max(mx, double(scores[m * V + v]));
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(scores[m * V + v]) - mx);
+    want_loss += std::log(sum) + mx - double(scores[m * V + labels[m]]);
+  }
+  expect(count == M - 1, std::string("softmax_xent count ") + dt);
+  expect(std::fabs(loss - want_loss) <= 1e-5 * std::fabs(want_loss), std::string("softmax_xent loss ") + dt);
+}
+
+template <class Cell>
+void check_cell_all(const char* name) {
+  const SeqShape shapes[] = {{1, 1, 1, 1}, {2, 3, 4, 5}, {3, 7, 17, 33}, {9, 4, 20, 40}, {4, 3, 9, 70}};
+  uint64_t seed = 1;
+  for (const SeqShape& s : shapes) {
+    check_cell<Cell, double>(name, s, "blas", seed);
+    for (int threads : {1, 2, 3}) {
+      set_num_threads(threads);
+      for (ForwardSchedule sch : {ForwardSchedule::kProjectionFirst, ForwardSchedule::kStepProjection}) {
+        set_forward_schedule(sch);
+        const std::string path = std::string(sch == ForwardSchedule::kProjectionFirst ? "projection-first"
+                                                                                      : "step-projection") +
+                                 " " + std::to_string(threads) + " threads";
+        check_cell<Cell, float>(name, s, path.c_str(), seed);
+      }
+      set_forward_schedule(ForwardSchedule::kAuto);
+    }
+    const bool old = set_packed_gemm_enabled(false);
+    check_cell<Cell, float>(name, s, "blas", seed);
+    set_packed_gemm_enabled(old);
+    ++seed;
+  }
+}
+
+}  // namespace
+
+int main() {
+#define PYLSTM_CHECK_CELL(type, name) check_cell_all<type>(name);
+  PYLSTM_FOR_EACH_CELL(PYLSTM_CHECK_CELL)
+#undef PYLSTM_CHECK_CELL
+  set_num_threads(2);
+  check_dense<float>(11);
+  check_dense<double>(12);
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
