@@ -150,63 +150,41 @@ def _rnn_cell(nonlinearity) -> str:
     return "rnn_" + nonlinearity
 
 
-def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, prefix: str = ""):
-    """Validates forward arguments of a cell's layer; returns (N, T, D, H). ``prefix`` goes
-    before every name in the messages ("cache." when they come from a cache)."""
-    gates, has_c = _CELLS[cell]
-    gh = "H" if gates == 1 else f"{gates}H"
-    n = {k: prefix + k for k in ("xs", "Wx", "Wh", "b", "h0", "c0")}
-    _require_ndarray(xs, n["xs"])
-    if xs.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{n['xs']} must have dtype float32 or float64, got {xs.dtype}")
-    if xs.ndim != 3:
-        raise ValueError(f"{n['xs']} must have rank 3 (N, T, D), got rank {xs.ndim} with shape {xs.shape}")
-    _require_ndarray(Wh, n["Wh"])
-    if Wh.ndim != 2:
-        raise ValueError(f"{n['Wh']} must have rank 2 (H, {gh}), got rank {Wh.ndim} with shape {Wh.shape}")
-    N, T, D = xs.shape
-    H = Wh.shape[0]
-    for value, what, name, arr in ((N, "N (batch size)", n["xs"], xs), (T, "T (time steps)", n["xs"], xs),
-                                   (D, "D (input size)", n["xs"], xs), (H, "H (hidden size)", n["Wh"], Wh)):
-        if value < 1:
-            raise ValueError(f"{name}: {what} must be >= 1, got shape {arr.shape}")
-    dt = xs.dtype
-    _check_array(xs, n["xs"], dt, (N, T, D), n["xs"])
-    _check_array(Wh, n["Wh"], dt, (H, gates * H), n["xs"])
-    _check_array(Wx, n["Wx"], dt, (D, gates * H), n["xs"])
-    _check_array(b, n["b"], dt, (gates * H,), n["xs"])
-    if h0 is not None:
-        _check_array(h0, n["h0"], dt, (N, H), n["xs"])
-    if c0 is not None:
-        if not has_c:
-            raise ValueError(f"{n['c0']} must be None: the {cell} cell has no cell state")
-        _check_array(c0, n["c0"], dt, (N, H), n["xs"])
-    # The kernels' BLAS takes 32-bit sizes; the reference refuses the same calls (one contract
-    # for every backend), before it reads an element.
-    biggest = N * T * max(gates * H, D + H)
-    if biggest > 2**31 - 1 or T * gates * H > 2**31 - 1:
-        raise ValueError(f"{n['xs']}: N*T*max({gh}, D+H) = {biggest} is too large for 32-bit BLAS indexing")
-    return N, T, D, H
+def _screen_host(arrays: dict, prefix: str = "") -> None:
+    """What only Python can tell of host arguments: a masked array (the kernels would ignore its
+    mask) or a device array among host ones. Everything else (types, dtypes, shapes, sizes) is
+    the shared rules' (csrc/bind/arg_rules.h), for every backend."""
+    first = next(iter(arrays.values()))
+    for name, a in arrays.items():
+        if a is not None:
+            _reject_masked(a, prefix + name)
+            # (when the first argument is no array either, the rules name it first)
+            if isinstance(first, np.ndarray) and not isinstance(a, np.ndarray) and _devices.is_device_array(a):
+                raise TypeError(
+                    f"{prefix + name} is a device array ({_type_desc(a)}) but the other arrays are on the "
+                    "host: pass all arrays on one device (backend 'cuda') or all as numpy arrays"
+                )
 
 
-def _check_host_cache(cache) -> tuple:
-    """A host cache is checked like arguments, whichever backend made it: the inputs with the
-    forward's checks, then the saved arrays against them, all before anything is allocated (a
-    cache edited to claim 2**31 broadcast rows must not reach the reference's temporaries).
-    These are the checks the CPU binding makes on the same arrays. Returns (N, T, D, H)."""
+def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0):
+    """A forward call's arguments under the shared rules (the reference backend's checks: the
+    compiled backend's binding makes the same ones itself). Returns (N, T, D, H)."""
+    _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0})
+    return _backend.require_cpu().forward_check(xs, Wx, Wh, b, h0, c0, cell=cell)[:4]
+
+
+def _check_host_cache(cache, dhs, dhT, dcT) -> tuple:
+    """A host cache is checked like arguments, whichever backend made it: its inputs and saved
+    arrays (named ``cache.<field>``) and the upstream gradients under the shared rules, before
+    anything is allocated (a cache edited to claim 2**31 broadcast rows must not reach the
+    reference's temporaries). Returns (N, T, D, H)."""
     if cache.backend not in ("cpu", "numpy"):
         raise ValueError(f"cache.backend must be 'cpu' or 'numpy' for a cache of host arrays, got {cache.backend!r}")
-    gates, has_c = _CELLS[cache.cell]
-    N, T, D, H = _check_seq_args(cache.cell, cache.xs, cache.Wx, cache.Wh, cache.b, cache.h0, cache.c0,
-                                 "cache.")
-    dt = cache.xs.dtype
-    _check_array(cache.hs, "cache.hs", dt, (N, T, H), "cache.xs")
-    _check_array(cache.gates, "cache.gates", dt, (N, T, gates * H), "cache.xs")
-    if has_c:
-        _check_array(cache.cs, "cache.cs", dt, (N, T, H), "cache.xs")
-    elif cache.cs is not None:
-        raise ValueError(f"cache.cs must be None: the {cache.cell} cell has no cell state")
-    return N, T, D, H
+    fields = ("xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs")
+    _screen_host({f: getattr(cache, f) for f in fields}, "cache.")
+    _screen_host({"dhs": dhs, "dhT": dhT, "dcT": dcT})
+    return _backend.require_cpu().backward_check(*(getattr(cache, f) for f in fields), dhs, dhT, dcT,
+                                                 cell=cache.cell, prefix="cache.")[:4]
 
 
 class RecurrentCache:
@@ -266,15 +244,16 @@ def _seq_forward(cell, xs, Wx, Wh, b, h0, c0, backend, save):
     name = _resolve_backend(backend, xs)
     if name in _DEVICE_BACKENDS:
         return _device_forward(name, cell, xs, Wx, Wh, b, h0, c0, save)
-    _check_seq_args(cell, xs, Wx, Wh, b, h0, c0)
     if name == "numpy":
+        _check_seq_args(cell, xs, Wx, Wh, b, h0, c0)
         if cell == "lstm":
             hs, hT, cT, rc = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
             gates, cs = rc.gates, rc.cs
         else:  # the RNN saves its output as its activation
             hs, hT, _ = ref.rnn_forward_ref(xs, h0, Wx, Wh, b, cell[len("rnn_"):])
             cT, gates, cs = None, hs, None
-    else:
+    else:  # the binding checks the arguments under the same rules
+        _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0})
         hs, hT, cT, gates, cs = _lstm_module(name).forward(xs, Wx, Wh, b, h0, c0, save, cell=cell)
     cache = RecurrentCache(cell, name, xs, h0, c0, Wx, Wh, b, hs, gates, cs) if save else None
     return hs, hT, cT, cache
@@ -291,13 +270,8 @@ def _seq_backward(cell, dhs, cache, dhT, dcT):
     """(dxs, dh0, dc0 or None, dWx, dWh, db) of one cell's layer from its cache."""
     if cache.device is not None:
         return _device_backward(dhs, cache, dhT, dcT)
-    N, T, D, H = _check_host_cache(cache)
+    N, T, D, H = _check_host_cache(cache, dhs, dhT, dcT)
     dt = cache.xs.dtype
-    _check_array(dhs, "dhs", dt, (N, T, H))
-    if dhT is not None:
-        _check_array(dhT, "dhT", dt, (N, H))
-    if dcT is not None:
-        _check_array(dcT, "dcT", dt, (N, H))
     if cache.backend == "numpy":
         h0 = np.zeros((N, H), dt) if cache.h0 is None else cache.h0
         if cell == "lstm":

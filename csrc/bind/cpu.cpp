@@ -115,7 +115,7 @@ Mat as_matrix(const py::object& o, const char* name, int itemsize, const char* o
     throw py::value_error(std::string(name) + " must have rank 2, got rank " +
                           std::to_string(a.ndim()) + " with shape " + shape_str(a));
   }
-  if (!is_float_dtype(a, itemsize)) {
+  if (!is_float(view_of(a, name), itemsize)) {
     throw py::type_error(std::string(name) + " must have dtype " +
                          (itemsize == 4 ? "float32" : "float64") + " (the dtype of " + owner +
                          "), got " + dtype_str(a));
@@ -282,6 +282,17 @@ PYBIND11_MODULE(_cpu, m) {
           "Fused recurrent backward. Returns (dxs, dh0, dc0, dWx, dWh, db); dc0 is None for a "
           "cell without a cell state.");
   }
+  m.def("forward_check", &forward_check, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
+        py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none(),
+        py::arg("cell") = "lstm", py::arg("prefix") = "",
+        "The argument rules of a forward call, without running it: (N, T, D, H, itemsize). "
+        "Argument names in errors get `prefix`.");
+  m.def("backward_check", &backward_check, py::arg("xs"), py::arg("h0").none(true),
+        py::arg("c0").none(true), py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"),
+        py::arg("gates"), py::arg("cs").none(true), py::arg("dhs"), py::arg("dhT").none(true),
+        py::arg("dcT").none(true), py::arg("cell") = "lstm", py::arg("prefix") = "",
+        "The argument rules of a backward call, without running it: (N, T, D, H, itemsize). "
+        "The forward's inputs and saved arrays are named with `prefix`.");
   m.def("global_norm", &global_norm, py::arg("grads"));
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"),
         py::arg("error_if_nonfinite") = true);

@@ -1,6 +1,6 @@
-// Argument checking and the recurrent-layer entry points of the CPU module (bind/cpu.cpp), for
-// every cell of cells/registry.h: rank, shapes, dtype, byte order, contiguity and writability
-// are validated, outputs and scratch allocated, the GIL released, and the driver called.
+// The recurrent-layer entry points of the CPU module (bind/cpu.cpp), for every cell of
+// cells/registry.h: NumPy arrays described for the shared rules (arg_rules.h), outputs and
+// scratch allocated, the GIL released, and the driver called.
 // Every error is a TypeError / ValueError whose message starts with the argument's name.
 #pragma once
 
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bind/arg_rules.h"
 #include "cells/registry.h"
 #include "cpu/api.h"
 
@@ -23,73 +24,60 @@ namespace bind {
 namespace py = pybind11;
 
 inline std::string shape_str(const py::array& a) {
-  std::ostringstream os;
-  os << "(";
-  for (py::ssize_t k = 0; k < a.ndim(); ++k) os << (k ? ", " : "") << a.shape(k);
-  os << (a.ndim() == 1 ? ",)" : ")");
-  return os.str();
+  return shape_str(std::vector<int64_t>(a.shape(), a.shape() + a.ndim()));
 }
 
 inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 // Returns obj as an ndarray, or raises TypeError naming the argument.
-inline py::array as_array(const py::handle& obj, const char* name) {
+inline py::array as_array(const py::handle& obj, const std::string& name) {
   if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+    throw py::type_error(name + " must be a numpy.ndarray, got " +
                          py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
   }
   return py::reinterpret_borrow<py::array>(obj);
 }
 
-inline bool is_float_dtype(const py::array& a, int itemsize) {
+// A NumPy array as the shared rules (arg_rules.h) see it.
+inline ArgView view_of(const py::array& a, const std::string& name) {
+  ArgView v;
+  v.name = name;
+  v.present = true;
   const py::dtype dt = a.dtype();
+  v.kind = dt.kind();
+  v.itemsize = int(dt.itemsize());
   const char bo = dt.byteorder();
-  return dt.kind() == 'f' && dt.itemsize() == itemsize && (bo == '=' || bo == '|' ||
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-                                                            bo == '<'
+  v.native_order = bo == '=' || bo == '|' || bo == '<';
 #else
-                                                            bo == '>'
+  v.native_order = bo == '=' || bo == '|' || bo == '>';
 #endif
-                                                           );
+  v.dtype = dtype_str(a);
+  v.shape.assign(a.shape(), a.shape() + a.ndim());
+  v.c_contiguous = (a.flags() & py::array::c_style) != 0;
+  if (!v.c_contiguous) v.strides = py::str(a.attr("strides")).cast<std::string>();
+  v.writable = a.writeable();
+  return v;
 }
 
-// Full check of one array argument: dtype (the reference dtype's itemsize), rank, each extent
-// (-1 = any), C-contiguity, and writability when the kernel writes into it.
-inline void check_array(const py::array& a, const char* name, int itemsize,
-                 std::initializer_list<int64_t> shape, bool writable = false,
-                 const char* dtype_owner = "xs") {
-  if (!is_float_dtype(a, itemsize)) {
-    std::string want = itemsize == 4 ? "float32" : "float64";
-    throw py::type_error(std::string(name) + " must have dtype " + want + " (the dtype of " +
-                         dtype_owner + "), got " + dtype_str(a));
+// An argument that must be an array (TypeError naming it otherwise), or may be None (absent).
+inline ArgView view_arg(const py::handle& obj, const std::string& name) {
+  return view_of(as_array(obj, name), name);
+}
+inline ArgView view_opt(const py::object& obj, const std::string& name) {
+  if (obj.is_none()) {
+    ArgView v;
+    v.name = name;
+    return v;
   }
-  if (a.ndim() != py::ssize_t(shape.size())) {
-    throw py::value_error(std::string(name) + " must have rank " + std::to_string(shape.size()) +
-                          ", got rank " + std::to_string(a.ndim()) + " with shape " +
-                          shape_str(a));
-  }
-  std::ostringstream want;
-  want << "(";
-  bool ok = true;
-  int k = 0;
-  for (int64_t e : shape) {
-    want << (k ? ", " : "") << e;
-    if (e >= 0 && a.shape(k) != e) ok = false;
-    ++k;
-  }
-  want << (shape.size() == 1 ? ",)" : ")");
-  if (!ok) {
-    throw py::value_error(std::string(name) + " must have shape " + want.str() + ", got " +
-                          shape_str(a));
-  }
-  if (!(a.flags() & py::array::c_style)) {
-    throw py::value_error(std::string(name) +
-                          " must be C-contiguous (use numpy.ascontiguousarray), got strides " +
-                          py::str(a.attr("strides")).cast<std::string>());
-  }
-  if (writable && !a.writeable()) {
-    throw py::value_error(std::string(name) + " must be writable, got a read-only array");
-  }
+  return view_arg(obj, name);
+}
+
+// Full check of one array argument (arg_rules.h's check_view on a NumPy array).
+inline void check_array(const py::array& a, const std::string& name, int itemsize,
+                        const std::vector<int64_t>& shape, bool writable = false,
+                        const std::string& dtype_owner = "xs") {
+  check_view(view_of(a, name), itemsize, shape, writable, dtype_owner);
 }
 
 inline void check_array_shape_only(const py::array& a, const char* name, std::initializer_list<int64_t> shape) {
@@ -111,11 +99,8 @@ inline void check_array_shape_only(const py::array& a, const char* name, std::in
   }
 }
 
-inline int float_itemsize(const py::array& a, const char* name) {
-  if (is_float_dtype(a, 4)) return 4;
-  if (is_float_dtype(a, 8)) return 8;
-  throw py::type_error(std::string(name) + " must have dtype float32 or float64, got " +
-                       dtype_str(a));
+inline int float_itemsize(const py::array& a, const std::string& name) {
+  return float_itemsize(view_of(a, name));
 }
 
 template <class T>
@@ -146,66 +131,24 @@ T* cached_workspace(int64_t n) {
   return buf.data();
 }
 
-// Sizes of a recurrent-layer call, read from xs and Wh and checked for consistency.
+// Sizes of a recurrent-layer call, from the shared rules.
 struct Dims {
   SeqShape s;
   int itemsize;
 };
 
-inline void check_positive(int64_t v, const char* what, const char* name, const py::array& a) {
-  if (v < 1) {
-    throw py::value_error(std::string(name) + ": " + what + " must be >= 1, got shape " +
-                          shape_str(a));
-  }
-}
-
-// A cell state's argument (c0, dcT, cs) given to a cell without one.
-inline void check_no_cell_state(const py::object& o, const char* name, const std::string& cell) {
-  if (!o.is_none()) {
-    throw py::value_error(std::string(name) + " must be None: the " + cell +
-                          " cell has no cell state");
-  }
-}
-
-template <class Cell>
-Dims read_dims(const std::string& cell, const py::object& xs_o, const py::object& Wx_o,
-               const py::object& Wh_o, const py::object& b_o, const py::object& h0_o,
-               const py::object& c0_o) {
-  constexpr int64_t kG = Cell::kGates;
-  const std::string gh = kG == 1 ? "H" : std::to_string(kG) + "H";
-  py::array xs = as_array(xs_o, "xs");
-  const int is = float_itemsize(xs, "xs");
-  if (xs.ndim() != 3) {
-    throw py::value_error("xs must have rank 3 (N, T, D), got rank " + std::to_string(xs.ndim()) +
-                          " with shape " + shape_str(xs));
-  }
-  py::array Wh = as_array(Wh_o, "Wh");
-  if (Wh.ndim() != 2) {
-    throw py::value_error("Wh must have rank 2 (H, " + gh + "), got rank " +
-                          std::to_string(Wh.ndim()) + " with shape " + shape_str(Wh));
-  }
-  Dims d{{xs.shape(0), xs.shape(1), xs.shape(2), Wh.shape(0)}, is};
-  check_positive(d.s.N, "N (batch size)", "xs", xs);
-  check_positive(d.s.T, "T (time steps)", "xs", xs);
-  check_positive(d.s.D, "D (input size)", "xs", xs);
-  check_positive(d.s.H, "H (hidden size)", "Wh", Wh);
-  const int64_t N = d.s.N, T = d.s.T, D = d.s.D, H = d.s.H;
-  check_array(xs, "xs", is, {N, T, D});
-  check_array(Wh, "Wh", is, {H, kG * H});
-  check_array(as_array(Wx_o, "Wx"), "Wx", is, {D, kG * H});
-  check_array(as_array(b_o, "b"), "b", is, {kG * H});
-  if (!h0_o.is_none()) check_array(as_array(h0_o, "h0"), "h0", is, {N, H});
-  if (Cell::kHasCellState) {
-    if (!c0_o.is_none()) check_array(as_array(c0_o, "c0"), "c0", is, {N, H});
-  } else {
-    check_no_cell_state(c0_o, "c0", cell);
-  }
-  // BLAS takes 32-bit sizes and leading dimensions.
-  const int64_t biggest = N * T * std::max(kG * H, D + H);
-  if (biggest > INT_MAX || T * kG * H > INT_MAX) {
-    throw py::value_error("xs: N*T*max(" + gh + ", D+H) = " + std::to_string(biggest) +
-                          " is too large for 32-bit BLAS indexing");
-  }
+// The inputs of a forward call checked by the shared rules; names get `prefix` ("cache." when
+// the arrays come from a cache).
+inline Dims read_dims(const CellFacts& c, const py::object& xs, const py::object& Wx,
+                      const py::object& Wh, const py::object& b, const py::object& h0,
+                      const py::object& c0, const std::string& prefix = "") {
+  Dims d;
+  // xs and Wh first: the rules read the sizes from them (and name them in errors)
+  const ArgView vxs = view_arg(xs, prefix + "xs"), vWh = view_arg(Wh, prefix + "Wh");
+  float_itemsize(vxs);
+  const ArgView vWx = view_arg(Wx, prefix + "Wx"), vb = view_arg(b, prefix + "b");
+  d.s = check_seq_inputs(c, vxs, vWx, vWh, vb, view_opt(h0, prefix + "h0"),
+                         view_opt(c0, prefix + "c0"), &d.itemsize);
   return d;
 }
 
@@ -249,12 +192,21 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
 inline py::tuple seq_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
                              const py::object& b, const py::object& h0, const py::object& c0,
                              bool save_for_backward, const std::string& cell) {
+  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0);
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
-    const Dims d = read_dims<Cell>(cell, xs, Wx, Wh, b, h0, c0);
     if (d.itemsize == 4) return forward_impl<Cell, float>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
     return forward_impl<Cell, double>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
   });
+}
+
+// forward_check(xs, Wx, Wh, b, h0, c0, cell, prefix) -> (N, T, D, H, itemsize): the rules of a
+// forward call, without running it (the reference backend's checks).
+inline py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::object& Wh,
+                               const py::object& b, const py::object& h0, const py::object& c0,
+                               const std::string& cell, const std::string& prefix) {
+  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, prefix);
+  return py::make_tuple(d.s.N, d.s.T, d.s.D, d.s.H, d.itemsize);
 }
 
 template <class Cell, class T>
@@ -290,31 +242,45 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
   return py::make_tuple(dxs, dh0, dc0, dWx, dWh, db);
 }
 
+// The rules of a backward call: the forward's inputs and saved arrays (named with `prefix`,
+// "cache." when they come from a cache) and the upstream gradients.
+inline Dims check_backward(const CellFacts& c, const py::object& xs, const py::object& h0,
+                           const py::object& c0, const py::object& Wx, const py::object& Wh,
+                           const py::object& b, const py::object& hs, const py::object& gates,
+                           const py::object& cs, const py::object& dhs, const py::object& dhT,
+                           const py::object& dcT, const std::string& prefix) {
+  const Dims d = read_dims(c, xs, Wx, Wh, b, h0, c0, prefix);
+  check_seq_saved(c, d.s, d.itemsize, prefix + "xs", view_arg(hs, prefix + "hs"),
+                  view_arg(gates, prefix + "gates"),
+                  c.has_c ? view_arg(cs, prefix + "cs") : view_opt(cs, prefix + "cs"),
+                  view_arg(dhs, "dhs"), view_opt(dhT, "dhT"), view_opt(dcT, "dcT"));
+  return d;
+}
+
 // backward(...) -> (dxs, dh0, dc0, dWx, dWh, db); dc0 is None for a cell without a cell state.
 inline py::tuple seq_backward(const py::object& xs, const py::object& h0, const py::object& c0,
                               const py::object& Wx, const py::object& Wh, const py::object& b,
                               const py::object& hs, const py::object& gates, const py::object& cs,
                               const py::object& dhs, const py::object& dhT, const py::object& dcT,
                               const std::string& cell) {
+  const Dims d = check_backward(cell_facts(cell), xs, h0, c0, Wx, Wh, b, hs, gates, cs, dhs, dhT,
+                                dcT, "");
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
-    const Dims d = read_dims<Cell>(cell, xs, Wx, Wh, b, h0, c0);
-    const auto& s = d.s;
-    const int is = d.itemsize;
-    check_array(as_array(hs, "hs"), "hs", is, {s.N, s.T, s.H});
-    check_array(as_array(gates, "gates"), "gates", is, {s.N, s.T, Cell::kGates * s.H});
-    if (Cell::kHasCellState) {
-      check_array(as_array(cs, "cs"), "cs", is, {s.N, s.T, s.H});
-    } else {
-      check_no_cell_state(cs, "cs", cell);
-      check_no_cell_state(dcT, "dcT", cell);
-    }
-    check_array(as_array(dhs, "dhs"), "dhs", is, {s.N, s.T, s.H});
-    if (!dhT.is_none()) check_array(as_array(dhT, "dhT"), "dhT", is, {s.N, s.H});
-    if (!dcT.is_none()) check_array(as_array(dcT, "dcT"), "dcT", is, {s.N, s.H});
-    if (is == 4) return backward_impl<Cell, float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
+    if (d.itemsize == 4) return backward_impl<Cell, float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
     return backward_impl<Cell, double>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
   });
+}
+
+// backward_check(...) -> (N, T, D, H, itemsize): the rules of a backward call, without running it.
+inline py::tuple backward_check(const py::object& xs, const py::object& h0, const py::object& c0,
+                                const py::object& Wx, const py::object& Wh, const py::object& b,
+                                const py::object& hs, const py::object& gates, const py::object& cs,
+                                const py::object& dhs, const py::object& dhT, const py::object& dcT,
+                                const std::string& cell, const std::string& prefix) {
+  const Dims d = check_backward(cell_facts(cell), xs, h0, c0, Wx, Wh, b, hs, gates, cs, dhs, dhT,
+                                dcT, prefix);
+  return py::make_tuple(d.s.N, d.s.T, d.s.D, d.s.H, d.itemsize);
 }
 
 

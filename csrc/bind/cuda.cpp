@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cuda/runtime.h"
+#include "bind/arg_rules.h"
 #include "cells/registry.h"
 #include "cuda/api.h"
 
@@ -64,13 +65,7 @@ std::string type_name(const py::handle& o) {
   return mod.empty() || mod == "builtins" ? qn : mod + "." + qn;
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t k = 0; k < s.size(); ++k) os << (k ? ", " : "") << s[k];
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
-}
+using bind::shape_str;
 
 // "<f4" -> "float32", "<i8" -> "int64", ... (NumPy's names, for messages).
 std::string dtype_name(const std::string& ts) {
@@ -166,42 +161,29 @@ DevArray parse_opt(const py::object& obj, const char* name) {
   return obj.is_none() ? DevArray{} : parse(obj, name);
 }
 
-bool is_float(const DevArray& a, int itemsize) {
-  return a.typestr.size() >= 3 && (a.typestr[0] == '<' || a.typestr[0] == '=') &&
-         a.typestr[1] == 'f' && a.itemsize == itemsize;
+// A device array as the shared rules (arg_rules.h) see it.
+bind::ArgView view_of(const DevArray& a) {
+  bind::ArgView v;
+  v.name = a.name;
+  v.present = a.present();
+  if (!v.present) return v;
+  v.kind = a.typestr.size() >= 3 ? a.typestr[1] : 0;
+  v.itemsize = a.itemsize;
+  v.native_order = a.typestr.size() >= 3 && (a.typestr[0] == '<' || a.typestr[0] == '=' ||
+                                             a.typestr[0] == '|');
+  v.dtype = dtype_name(a.typestr);
+  v.shape = a.shape;
+  v.c_contiguous = a.c_contiguous;
+  v.strides = a.strides;
+  v.writable = !a.readonly;
+  return v;
 }
 
-int float_itemsize(const DevArray& a) {
-  if (is_float(a, 4)) return 4;
-  if (is_float(a, 8)) return 8;
-  throw py::type_error(std::string(a.name) + " must have dtype float32 or float64, got " +
-                       dtype_name(a.typestr));
-}
+int float_itemsize(const DevArray& a) { return bind::float_itemsize(view_of(a)); }
 
 void check(const DevArray& a, int itemsize, std::vector<int64_t> shape, bool writable = false,
            const char* dtype_owner = "xs") {
-  if (!is_float(a, itemsize)) {
-    throw py::type_error(std::string(a.name) + " must have dtype " +
-                         (itemsize == 4 ? "float32" : "float64") + " (the dtype of " +
-                         dtype_owner + "), got " + dtype_name(a.typestr));
-  }
-  if (a.shape.size() != shape.size()) {
-    throw py::value_error(std::string(a.name) + " must have rank " + std::to_string(shape.size()) +
-                          ", got rank " + std::to_string(a.shape.size()) + " with shape " +
-                          shape_str(a.shape));
-  }
-  for (size_t k = 0; k < shape.size(); ++k) {
-    if (shape[k] >= 0 && a.shape[k] != shape[k]) {
-      throw py::value_error(std::string(a.name) + " must have shape " + shape_str(shape) +
-                            ", got " + shape_str(a.shape));
-    }
-  }
-  if (!a.c_contiguous) {
-    throw py::value_error(std::string(a.name) + " must be C-contiguous, got strides " + a.strides);
-  }
-  if (writable && a.readonly) {
-    throw py::value_error(std::string(a.name) + " must be writable, got a read-only array");
-  }
+  bind::check_view(view_of(a), itemsize, shape, writable, dtype_owner);
 }
 
 // One device for every argument (the first one's), and no output overlapping any other
@@ -245,79 +227,28 @@ const T* in(const DevArray& a) {
   return a.present() ? reinterpret_cast<const T*>(a.ptr) : nullptr;
 }
 
-// The inputs of a recurrent-layer call, parsed and checked; sizes read from xs and Wh; `gates`
-// is the cell's gate-block count, `has_c` whether it carries a cell state.
+// The inputs of a recurrent-layer call, parsed and checked by the shared rules (arg_rules.h).
 struct LstmArgs {
   DevArray xs, Wx, Wh, b, h0, c0;
   SeqShape s{};
   int itemsize = 0;
-  std::string cell;
-  int gates = 4;
-  bool has_c = true;
+  bind::CellFacts cell;
 };
-
-// The cell's facts (gate count, cell state) for the checks, from its name.
-void set_cell(LstmArgs& a, const std::string& cell) {
-  a.cell = cell;
-  with_cell(cell, [&](auto c) {
-    using Cell = decltype(c);
-    a.gates = Cell::kGates;
-    a.has_c = Cell::kHasCellState;
-    return 0;
-  });
-}
-
-void check_no_cell_state(const DevArray& x, const std::string& cell) {
-  if (x.present()) {
-    throw py::value_error(x.name + " must be None: the " + cell + " cell has no cell state");
-  }
-}
 
 LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::object& Wh,
                      const py::object& b, const py::object& h0, const py::object& c0,
                      const std::string& cell) {
   LstmArgs a;
-  set_cell(a, cell);
-  const int64_t kG = a.gates;
-  const std::string gh = kG == 1 ? "H" : std::to_string(kG) + "H";
+  a.cell = bind::cell_facts(cell);
   a.xs = parse(xs, "xs");
-  a.itemsize = float_itemsize(a.xs);
-  if (a.xs.shape.size() != 3) {
-    throw py::value_error("xs must have rank 3 (N, T, D), got rank " +
-                          std::to_string(a.xs.shape.size()) + " with shape " + shape_str(a.xs.shape));
-  }
   a.Wh = parse(Wh, "Wh");
-  if (a.Wh.shape.size() != 2) {
-    throw py::value_error("Wh must have rank 2 (H, " + gh + "), got rank " +
-                          std::to_string(a.Wh.shape.size()) + " with shape " + shape_str(a.Wh.shape));
-  }
-  a.s = {a.xs.shape[0], a.xs.shape[1], a.xs.shape[2], a.Wh.shape[0]};
-  const char* what[4] = {"N (batch size)", "T (time steps)", "D (input size)", "H (hidden size)"};
-  const int64_t val[4] = {a.s.N, a.s.T, a.s.D, a.s.H};
-  for (int k = 0; k < 4; ++k) {
-    if (val[k] < 1) {
-      const DevArray& owner = k < 3 ? a.xs : a.Wh;
-      throw py::value_error(std::string(owner.name) + ": " + what[k] + " must be >= 1, got shape " +
-                            shape_str(owner.shape));
-    }
-  }
-  const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, is = a.itemsize;
-  check(a.xs, is, {N, T, D});
-  check(a.Wh, is, {H, kG * H});
+  float_itemsize(a.xs);
   a.Wx = parse(Wx, "Wx");
-  check(a.Wx, is, {D, kG * H});
   a.b = parse(b, "b");
-  check(a.b, is, {kG * H});
   a.h0 = parse_opt(h0, "h0");
-  if (a.h0.present()) check(a.h0, is, {N, H});
   a.c0 = parse_opt(c0, "c0");
-  if (!a.has_c) check_no_cell_state(a.c0, cell);
-  if (a.c0.present()) check(a.c0, is, {N, H});
-  const int64_t biggest = N * T * std::max<int64_t>(kG * H, D + H);
-  if (biggest > INT_MAX || T * kG * H > INT_MAX) {
-    throw py::value_error("xs: N*T*max(" + gh + ", D+H) = " + std::to_string(biggest) +
-                          " is too large for 32-bit cuBLAS indexing");
-  }
+  a.s = bind::check_seq_inputs(a.cell, view_of(a.xs), view_of(a.Wx), view_of(a.Wh), view_of(a.b),
+                               view_of(a.h0), view_of(a.c0), &a.itemsize);
   return a;
 }
 
@@ -353,7 +284,7 @@ std::vector<std::uint64_t> graph_key(int kind, const LstmArgs& a,
   std::vector<std::uint64_t> key = {std::uint64_t(kind), std::uint64_t(a.itemsize),
                                     std::uint64_t(a.s.N), std::uint64_t(a.s.T),
                                     std::uint64_t(a.s.D), std::uint64_t(a.s.H),
-                                    std::uint64_t(std::hash<std::string>()(a.cell))};
+                                    std::uint64_t(std::hash<std::string>()(a.cell.name))};
   for (const DevArray* x : arrays) key.push_back(x->present() ? std::uint64_t(x->ptr) : 0u);
   return key;
 }
@@ -383,20 +314,21 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
   const int64_t N = a.s.N, T = a.s.T, H = a.s.H;
   const int is = a.itemsize;
   const DevArray hs = parse(hs_o, "hs"), hT = parse(hT_o, "hT");
-  const DevArray cT = a.has_c ? parse(cT_o, "cT") : parse_opt(cT_o, "cT");
+  const bool has_c = a.cell.has_c;
+  const DevArray cT = has_c ? parse(cT_o, "cT") : parse_opt(cT_o, "cT");
   check(hs, is, {N, T, H}, true);
   check(hT, is, {N, H}, true);
-  if (a.has_c) check(cT, is, {N, H}, true);
-  else check_no_cell_state(cT, cell);
+  if (has_c) check(cT, is, {N, H}, true);
+  else bind::check_no_cell_state(view_of(cT), a.cell);
   const DevArray gates = parse_opt(gates_o, "gates"), cs = parse_opt(cs_o, "cs");
   const bool save = gates.present();
-  if (a.has_c && gates.present() != cs.present()) {
+  if (has_c && gates.present() != cs.present()) {
     throw py::value_error("gates and cs must both be given (training) or both be None (inference)");
   }
-  if (!a.has_c) check_no_cell_state(cs, cell);
+  if (!has_c) bind::check_no_cell_state(view_of(cs), a.cell);
   if (save) {
-    check(gates, is, {N, T, a.gates * H}, true);
-    if (a.has_c) check(cs, is, {N, T, H}, true);
+    check(gates, is, {N, T, a.cell.gates * H}, true);
+    if (has_c) check(cs, is, {N, T, H}, true);
   }
   const int64_t need = forward_workspace(cell, a.s, save);
   const DevArray work = parse_opt(work_o, "work");
@@ -432,25 +364,19 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
                   const py::object& dW_o, const py::object& db_o, const py::object& work_o,
                   std::uintptr_t stream, const std::string& cell) {
   const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell);
-  const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, G = a.gates * H;
+  const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, G = a.cell.gates * H;
   const int is = a.itemsize;
   // The cell-state arguments are required with a cell state and must be None without one.
   auto cstate = [&](const py::object& o, const char* name) {
-    return a.has_c ? parse(o, name) : parse_opt(o, name);
+    return a.cell.has_c ? parse(o, name) : parse_opt(o, name);
   };
   DevArray v[12] = {parse(hs_o, "hs"),   parse(gates_o, "gates"), cstate(cs_o, "cs"),
                     parse(dhs_o, "dhs"), parse_opt(dhT_o, "dhT"), parse_opt(dcT_o, "dcT"),
                     parse(dxs_o, "dxs"), parse(dh0_o, "dh0"),     cstate(dc0_o, "dc0"),
                     parse(dW_o, "dW"),   parse(db_o, "db"),       parse(work_o, "work")};
-  if (!a.has_c) {
-    for (int k : {2, 5, 8}) check_no_cell_state(v[k], cell);
-  }
-  check(v[0], is, {N, T, H});
-  check(v[1], is, {N, T, G});
-  if (v[2].present()) check(v[2], is, {N, T, H});
-  check(v[3], is, {N, T, H});
-  if (v[4].present()) check(v[4], is, {N, H});
-  if (v[5].present()) check(v[5], is, {N, H});
+  if (!a.cell.has_c) bind::check_no_cell_state(view_of(v[8]), a.cell);
+  bind::check_seq_saved(a.cell, a.s, is, "xs", view_of(v[0]), view_of(v[1]), view_of(v[2]),
+                        view_of(v[3]), view_of(v[4]), view_of(v[5]));
   check(v[6], is, {N, T, D}, true);
   check(v[7], is, {N, H}, true);
   if (v[8].present()) check(v[8], is, {N, H}, true);

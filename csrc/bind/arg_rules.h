@@ -1,0 +1,173 @@
+// The argument rules of every recurrent-layer entry point and their error messages, in one
+// place for both bindings: the CPU module describes its NumPy arrays and the CUDA module its
+// __cuda_array_interface__ objects as ArgViews, and both check them here (the Python layer
+// reaches the same checks through the CPU module's forward_check / backward_check, so the
+// reference backend refuses exactly what the kernels refuse). Every error is a TypeError or
+// ValueError whose message starts with the argument's name.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <climits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cells/registry.h"
+#include "common/seq_args.h"
+
+namespace pylstm {
+namespace bind {
+
+namespace py = pybind11;
+
+// One argument as the rules see it, whatever kind of array it is.
+struct ArgView {
+  std::string name;           // as messages name it ("xs", "cache.hs", ...)
+  bool present = false;       // false for None
+  char kind = 0;              // NumPy's dtype kind: 'f', 'i', ...
+  int itemsize = 0;
+  bool native_order = true;   // byte order of this machine (or not applicable)
+  std::string dtype;          // "float32", ">f4", ... for messages
+  std::vector<int64_t> shape;
+  bool c_contiguous = true;
+  std::string strides;        // for messages
+  bool writable = true;
+};
+
+inline std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t k = 0; k < s.size(); ++k) os << (k ? ", " : "") << s[k];
+  os << (s.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+inline bool is_float(const ArgView& a, int itemsize) {
+  return a.kind == 'f' && a.itemsize == itemsize && a.native_order;
+}
+
+// 4 or 8, or TypeError naming the argument.
+inline int float_itemsize(const ArgView& a) {
+  if (is_float(a, 4)) return 4;
+  if (is_float(a, 8)) return 8;
+  throw py::type_error(a.name + " must have dtype float32 or float64, got " + a.dtype);
+}
+
+// dtype (the reference dtype's itemsize, named after dtype_owner), rank, each extent (-1 =
+// any), C-contiguity, and writability when the kernel writes into it.
+inline void check_view(const ArgView& a, int itemsize, const std::vector<int64_t>& shape,
+                       bool writable, const std::string& dtype_owner) {
+  if (!is_float(a, itemsize)) {
+    throw py::type_error(a.name + " must have dtype " + (itemsize == 4 ? "float32" : "float64") +
+                         " (the dtype of " + dtype_owner + "), got " + a.dtype);
+  }
+  if (a.shape.size() != shape.size()) {
+    throw py::value_error(a.name + " must have rank " + std::to_string(shape.size()) +
+                          ", got rank " + std::to_string(a.shape.size()) + " with shape " +
+                          shape_str(a.shape));
+  }
+  for (size_t k = 0; k < shape.size(); ++k) {
+    if (shape[k] >= 0 && a.shape[k] != shape[k]) {
+      throw py::value_error(a.name + " must have shape " + shape_str(shape) + ", got " +
+                            shape_str(a.shape));
+    }
+  }
+  if (!a.c_contiguous) {
+    throw py::value_error(a.name + " must be C-contiguous (use numpy.ascontiguousarray), got strides " +
+                          a.strides);
+  }
+  if (writable && !a.writable) {
+    throw py::value_error(a.name + " must be writable, got a read-only array");
+  }
+}
+
+// What the rules need to know of a cell: its gate blocks and whether it has a cell state.
+struct CellFacts {
+  std::string name;
+  int64_t gates;
+  bool has_c;
+};
+
+// ValueError listing the valid names for an unknown cell.
+inline CellFacts cell_facts(const std::string& cell) {
+  return with_cell(cell, [&](auto c) {
+    using Cell = decltype(c);
+    return CellFacts{cell, Cell::kGates, Cell::kHasCellState};
+  });
+}
+
+// A cell-state argument given to a cell without one.
+inline void check_no_cell_state(const ArgView& a, const CellFacts& c) {
+  if (a.present) {
+    throw py::value_error(a.name + " must be None: the " + c.name + " cell has no cell state");
+  }
+}
+
+// The inputs of a forward call: xs (N, T, D), Wx (D, G*H), Wh (H, G*H), b (G*H,), h0 / c0
+// (N, H) or absent. Returns the shape; *itemsize gets the dtype's.
+inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const ArgView& Wx,
+                                 const ArgView& Wh, const ArgView& b, const ArgView& h0,
+                                 const ArgView& c0, int* itemsize) {
+  const int64_t kG = c.gates;
+  const std::string gh = kG == 1 ? "H" : std::to_string(kG) + "H";
+  const int is = float_itemsize(xs);
+  if (xs.shape.size() != 3) {
+    throw py::value_error(xs.name + " must have rank 3 (N, T, D), got rank " +
+                          std::to_string(xs.shape.size()) + " with shape " + shape_str(xs.shape));
+  }
+  if (Wh.shape.size() != 2) {
+    throw py::value_error(Wh.name + " must have rank 2 (H, " + gh + "), got rank " +
+                          std::to_string(Wh.shape.size()) + " with shape " + shape_str(Wh.shape));
+  }
+  const SeqShape s{xs.shape[0], xs.shape[1], xs.shape[2], Wh.shape[0]};
+  const char* what[4] = {"N (batch size)", "T (time steps)", "D (input size)", "H (hidden size)"};
+  const int64_t val[4] = {s.N, s.T, s.D, s.H};
+  for (int k = 0; k < 4; ++k) {
+    if (val[k] < 1) {
+      const ArgView& owner = k < 3 ? xs : Wh;
+      throw py::value_error(owner.name + ": " + what[k] + " must be >= 1, got shape " +
+                            shape_str(owner.shape));
+    }
+  }
+  const int64_t N = s.N, T = s.T, D = s.D, H = s.H;
+  check_view(xs, is, {N, T, D}, false, xs.name);
+  check_view(Wh, is, {H, kG * H}, false, xs.name);
+  check_view(Wx, is, {D, kG * H}, false, xs.name);
+  check_view(b, is, {kG * H}, false, xs.name);
+  if (h0.present) check_view(h0, is, {N, H}, false, xs.name);
+  if (!c.has_c) check_no_cell_state(c0, c);
+  if (c0.present) check_view(c0, is, {N, H}, false, xs.name);
+  // BLAS (and cuBLAS) take 32-bit sizes and leading dimensions.
+  const int64_t biggest = N * T * std::max(kG * H, D + H);
+  if (biggest > INT_MAX || T * kG * H > INT_MAX) {
+    throw py::value_error(xs.name + ": N*T*max(" + gh + ", D+H) = " + std::to_string(biggest) +
+                          " is too large for 32-bit BLAS indexing");
+  }
+  *itemsize = is;
+  return s;
+}
+
+// What a backward call reads besides the inputs: the forward's hs (N, T, H), gates (N, T, G*H)
+// and cs (N, T, H; absent without a cell state), the upstream dhs (N, T, H) and the optional
+// dhT, dcT (N, H).
+inline void check_seq_saved(const CellFacts& c, const SeqShape& s, int is, const std::string& owner,
+                            const ArgView& hs, const ArgView& gates, const ArgView& cs,
+                            const ArgView& dhs, const ArgView& dhT, const ArgView& dcT) {
+  const int64_t N = s.N, T = s.T, H = s.H;
+  check_view(hs, is, {N, T, H}, false, owner);
+  check_view(gates, is, {N, T, c.gates * H}, false, owner);
+  if (c.has_c) {
+    check_view(cs, is, {N, T, H}, false, owner);
+  } else {
+    check_no_cell_state(cs, c);
+    check_no_cell_state(dcT, c);
+  }
+  check_view(dhs, is, {N, T, H}, false, owner);
+  if (dhT.present) check_view(dhT, is, {N, H}, false, owner);
+  if (dcT.present) check_view(dcT, is, {N, H}, false, owner);
+}
+
+}  // namespace bind
+}  // namespace pylstm
