@@ -248,16 +248,16 @@ def _unique(params):
 
 
 def _checkpoint_extra(path):
-    from .models import _read_checkpoint
+    from .checkpoint import read_checkpoint
 
-    meta, _ = _read_checkpoint(path)
+    meta, _ = read_checkpoint(path)
     return meta.get("extra", {})
 
 
 def _run_record(path, extra, vocab_size=None):
     """The record `pylstm train` keeps beside the model, every field checked for type and range
     before use (CheckpointError naming it). Returns (vocab, level, corpus, max_chars)."""
-    from .models import CheckpointError
+    from .checkpoint import CheckpointError
 
     if "vocab" not in extra:
         raise CheckpointError(f"{path}: checkpoint has no vocabulary (not written by pylstm train)")

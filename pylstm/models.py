@@ -9,26 +9,17 @@ Parameter order is the book's, so the book's trained weight files load position 
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import tempfile
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 from ._devices import array_module, device_module, to_host, to_module
+from .checkpoint import CheckpointError, checkpoint_extra, read_checkpoint, read_checkpoint_extra, write_checkpoint
 from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss, softmax
 
-__all__ = ["LstmLM", "Rnnlm", "BetterRnnlm", "unique_params", "load_checkpoint", "CheckpointError"]
-
-CHECKPOINT_FORMAT = "pylstm-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is corrupt, truncated, foreign, or for another architecture."""
-
+__all__ = ["LstmLM", "Rnnlm", "BetterRnnlm", "unique_params", "load_checkpoint", "CheckpointError",
+           "read_checkpoint_extra"]
 
 def _tied_to(p: np.ndarray, q: np.ndarray) -> bool:
     """True if p is q's transpose view (how tying is built here): identity of memory, not values."""
@@ -356,40 +347,13 @@ class LstmLM:
         """Write a versioned .npz checkpoint atomically (temporary file + rename): the path holds
         either the previous file or the complete new one, never a partial write. ``extra`` maps
         names to arrays or JSON-able values stored beside the parameters."""
-        meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                "model": type(self).__name__, "config": self.config}
         arrays = {f"param_{i}": to_host(self.params[i]) for i in self._own_params()}
-        extra_json = {}
-        for k, v in (extra or {}).items():
-            if isinstance(v, np.ndarray):
-                if v.dtype.hasobject:
-                    raise TypeError(f"extra[{k!r}]: object arrays cannot be stored (checkpoints are "
-                                    "read without pickle); pass numeric arrays or JSON values")
-                arrays[f"extra_{k}"] = v
-            else:
-                extra_json[k] = v
-        meta["extra"] = extra_json
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint is a normal file
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(directory)  # the rename itself survives a crash
+        write_checkpoint(path, type(self).__name__, self.config, arrays, extra)
 
     def load_params(self, path: str) -> dict:
         """Load a checkpoint's parameters into this model (same architecture and sizes).
         Returns its ``extra`` (arrays and JSON values)."""
-        meta, arrays = _read_checkpoint(path)
+        meta, arrays = read_checkpoint(path)
         if meta["config"] != self.config:
             raise CheckpointError(f"{path}: checkpoint is for {meta['model']} {meta['config']}, "
                                   f"this model is {type(self).__name__} {self.config}")
@@ -405,7 +369,7 @@ class LstmLM:
         for i, a in staged:
             self.params[i][...] = to_module(a, array_module(self.params[i]))
         self.reset_state()
-        return _checkpoint_extra(meta, arrays)
+        return checkpoint_extra(meta, arrays)
 
     def load_book_params(self, path: str) -> None:
         """Load a DLfS2 ``.pkl`` weight file (a list of float16 arrays in the book's params order)."""
@@ -424,61 +388,6 @@ class LstmLM:
                 raise CheckpointError(f"{path}: array {i} has shape {a.shape}, expected {p.shape}")
             p[...] = to_module(a.astype(p.dtype), array_module(p))
         self.reset_state()
-
-
-def _read_checkpoint(path: str):
-    with open(path, "rb") as f:  # FileNotFoundError passes through as it is
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, OSError, ...
-            raise CheckpointError(f"{path}: not a readable pylstm checkpoint ({type(exc).__name__}: {exc})") from exc
-    try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except Exception as exc:
-        raise CheckpointError(f"{path}: no pylstm metadata ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{path}: not a pylstm checkpoint (format {fmt!r})")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')}, this pylstm reads "
-                              f"version {CHECKPOINT_VERSION}")
-    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("config"), dict) \
-            or not isinstance(meta.get("extra", {}), dict):
-        raise CheckpointError(f"{path}: malformed pylstm metadata (model {meta.get('model')!r}, "
-                              f"config {type(meta.get('config')).__name__})")
-    meta["config"].setdefault("cell", "lstm")  # written before models had a cell: all LSTM
-    return meta, arrays
-
-
-def _checkpoint_extra(meta: dict, arrays: dict) -> dict:
-    extra = dict(meta.get("extra", {}))
-    extra.update({k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")})
-    return extra
-
-
-def read_checkpoint_extra(path: str) -> dict:
-    """A checkpoint's ``extra`` (arrays and JSON values), without loading it into a model."""
-    return _checkpoint_extra(*_read_checkpoint(path))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible on every platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _CONFIG_KEYS = {"vocab_size": int, "wordvec_size": int, "hidden_size": int, "num_layers": int,
@@ -512,7 +421,7 @@ def _check_config(path: str, config: dict, arrays: dict) -> None:
 
 def load_checkpoint(path: str, backend: str = "auto"):
     """Build the model a checkpoint describes and load it. Returns (model, extra)."""
-    meta, arrays = _read_checkpoint(path)
+    meta, arrays = read_checkpoint(path)
     cls = {"Rnnlm": Rnnlm, "BetterRnnlm": BetterRnnlm, "LstmLM": LstmLM}.get(meta["model"])
     if cls is None:
         raise CheckpointError(f"{path}: unknown model class {meta['model']!r}")

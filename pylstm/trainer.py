@@ -18,8 +18,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._devices import array_module, to_host, to_module
+from .checkpoint import CheckpointError, read_checkpoint_extra
 from .functional import clip_grads
-from .models import CheckpointError, LstmLM, _layer_state, _set_layer_state, read_checkpoint_extra, unique_params
+from .models import LstmLM, _layer_state, _set_layer_state, unique_params
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
 
