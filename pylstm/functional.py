@@ -86,10 +86,6 @@ def _resolve_backend(backend: str, probe=None) -> str:
     return backend
 
 
-def _lstm_module(name: str):
-    return _backend.cuda_emu if name == "cuda-emu" else _backend.cpu
-
-
 def _device_target(name: str, probe):
     """(module, array library or None) for a device call; the library is None when it must be
     chosen from the arrays' device (real GPU arrays)."""
@@ -214,37 +210,13 @@ LSTMCache = RecurrentCache
 RNNCache = RecurrentCache
 
 
-def _device_forward(name, cell, xs, Wx, Wh, b, h0, c0, save):
-    """forward / inference on device arrays: the binding checks every argument, the outputs
-    come from the inputs' array library, the kernels run on its current stream."""
-    gates_n, has_c = _CELLS[cell]
-    mod, lib = _device_target(name, xs)
-    w = lib.wrap if lib is not None else (lambda a: a)
-    N, T, D, H, itemsize, dev = mod.forward_check(w(xs), w(Wx), w(Wh), w(b), w(h0), w(c0), cell=cell)
-    if lib is None:
-        lib = _devices.library_of(xs, dev)
-    dt = np.dtype(np.float32 if itemsize == 4 else np.float64)
-    hs, hT = lib.empty((N, T, H), dt), lib.empty((N, H), dt)
-    cT = lib.empty((N, H), dt) if has_c else None
-    gates = lib.empty((N, T, gates_n * H), dt) if save else None
-    cs = lib.empty((N, T, H), dt) if save and has_c else None
-    size = mod.forward_workspace_size(N, T, D, H, save, cell=cell)
-    work = lib.empty((size,), dt) if size else None
-    mod.forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
-                lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
-                lib.wrap(cs), lib.wrap(work), lib.stream(), cell=cell)
-    cache = None
-    if save:
-        cache = RecurrentCache(cell, name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, (mod, lib, (N, T, D, H), dt))
-    return hs, hT, cT, cache
+# --- Backends: one object each; every public function resolves one, then calls it ----------
+class _Reference:
+    """The NumPy reference (``pylstm.reference``) on host arrays, behind the shared rules."""
 
+    name = "numpy"
 
-def _seq_forward(cell, xs, Wx, Wh, b, h0, c0, backend, save):
-    """(hs, hT, cT or None, cache or None) of one cell's layer on any backend."""
-    name = _resolve_backend(backend, xs)
-    if name in _DEVICE_BACKENDS:
-        return _device_forward(name, cell, xs, Wx, Wh, b, h0, c0, save)
-    if name == "numpy":
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save):
         _check_seq_args(cell, xs, Wx, Wh, b, h0, c0)
         if cell == "lstm":
             hs, hT, cT, rc = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
@@ -252,11 +224,159 @@ def _seq_forward(cell, xs, Wx, Wh, b, h0, c0, backend, save):
         else:  # the RNN saves its output as its activation
             hs, hT, _ = ref.rnn_forward_ref(xs, h0, Wx, Wh, b, cell[len("rnn_"):])
             cT, gates, cs = None, hs, None
-    else:  # the binding checks the arguments under the same rules
+        cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs) if save else None
+        return hs, hT, cT, cache
+
+    def seq_backward(self, cache, dhs, dhT, dcT):
+        N, T, D, H = _check_host_cache(cache, dhs, dhT, dcT)
+        dt = cache.xs.dtype
+        h0 = np.zeros((N, H), dt) if cache.h0 is None else cache.h0
+        if cache.cell == "lstm":
+            c0 = np.zeros((N, H), dt) if cache.c0 is None else cache.c0
+            rc = ref.LSTMCacheRef(cache.xs, h0, c0, cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs)
+            return ref.lstm_backward_ref(dhs, rc, dhT, dcT)
+        rc = ref.RNNCacheRef(cache.xs, h0, cache.Wx, cache.Wh, cache.hs, cache.cell[len("rnn_"):])
+        dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(dhs, rc, dhT)
+        return dxs, dh0, None, dWx, dWh, db
+
+    def global_norm(self, grads):
+        _check_grads(grads, writable=False)
+        return ref.global_norm_ref(grads)
+
+    def clip_grads(self, grads, max_norm, error_if_nonfinite):
+        _check_grads(grads, writable=True)
+        return ref.clip_grads_ref(grads, max_norm, error_if_nonfinite)
+
+
+class _Cpu:
+    """The compiled CPU kernels (``pylstm._cpu``) on host arrays; the binding checks every
+    argument under the shared rules itself."""
+
+    name = "cpu"
+
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save):
         _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0})
-        hs, hT, cT, gates, cs = _lstm_module(name).forward(xs, Wx, Wh, b, h0, c0, save, cell=cell)
-    cache = RecurrentCache(cell, name, xs, h0, c0, Wx, Wh, b, hs, gates, cs) if save else None
-    return hs, hT, cT, cache
+        hs, hT, cT, gates, cs = _backend.require_cpu().forward(xs, Wx, Wh, b, h0, c0, save, cell=cell)
+        cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs) if save else None
+        return hs, hT, cT, cache
+
+    def seq_backward(self, cache, dhs, dhT, dcT):
+        _check_host_cache(cache, dhs, dhT, dcT)  # (named cache.<field>, as on every backend)
+        return _backend.require_cpu().backward(
+            cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
+            cache.cs, dhs, dhT, dcT, cell=cache.cell,
+        )
+
+    def global_norm(self, grads):
+        _screen_grads(grads)
+        return _backend.require_cpu().global_norm(grads)
+
+    def clip_grads(self, grads, max_norm, error_if_nonfinite):
+        _screen_grads(grads)
+        return _backend.require_cpu().clip_grads(grads, max_norm, error_if_nonfinite)
+
+
+class _Device:
+    """The CUDA kernels on device arrays ("cuda"), or the same kernels and binding emulated on
+    the CPU ("cuda-emu", tests): the binding checks every argument, outputs come from the
+    arrays' own library, the kernels run on its current stream."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save):
+        gates_n, has_c = _CELLS[cell]
+        mod, lib = _device_target(self.name, xs)
+        w = lib.wrap if lib is not None else (lambda a: a)
+        N, T, D, H, itemsize, dev = mod.forward_check(w(xs), w(Wx), w(Wh), w(b), w(h0), w(c0), cell=cell)
+        if lib is None:
+            lib = _devices.library_of(xs, dev)
+        dt = np.dtype(np.float32 if itemsize == 4 else np.float64)
+        hs, hT = lib.empty((N, T, H), dt), lib.empty((N, H), dt)
+        cT = lib.empty((N, H), dt) if has_c else None
+        gates = lib.empty((N, T, gates_n * H), dt) if save else None
+        cs = lib.empty((N, T, H), dt) if save and has_c else None
+        size = mod.forward_workspace_size(N, T, D, H, save, cell=cell)
+        work = lib.empty((size,), dt) if size else None
+        mod.forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
+                    lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
+                    lib.wrap(cs), lib.wrap(work), lib.stream(), cell=cell)
+        cache = None
+        if save:
+            cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs,
+                                   (mod, lib, (N, T, D, H), dt))
+        return hs, hT, cT, cache
+
+    def seq_backward(self, cache, dhs, dhT, dcT):
+        mod, lib, dims, dt = cache.device
+        if mod is None or mod not in (_backend.cuda, _backend.cuda_emu) or not isinstance(lib, _devices.ArrayLib):
+            raise TypeError("cache.device is not what the forward saved (module, array library, sizes, dtype)")
+        gates_n, has_c = _CELLS[cache.cell]
+        w = lib.wrap
+        # The saved sizes decide the allocations below: they must be the cached inputs' own (the
+        # binding checks the saved activations against these once it has the outputs).
+        N, T, D, H, itemsize, _ = mod.forward_check(w(cache.xs), w(cache.Wx), w(cache.Wh), w(cache.b),
+                                                    w(cache.h0), w(cache.c0), cell=cache.cell)
+        if tuple(dims) != (N, T, D, H) or np.dtype(dt).itemsize != itemsize:
+            raise ValueError(f"cache.device: sizes {tuple(dims)} and dtype {dt} saved for inputs of sizes "
+                             f"{(N, T, D, H)} and itemsize {itemsize}")
+        dxs, dh0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt)
+        dc0 = lib.empty((N, H), dt) if has_c else None
+        dW, db = lib.empty((D + H, gates_n * H), dt), lib.empty((gates_n * H,), dt)
+        work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell),), dt)
+        mod.backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
+                     w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
+                     w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream(), cell=cache.cell)
+        dWx, dWh = lib.split_rows(dW, D)
+        return dxs, dh0, dc0, dWx, dWh, db
+
+    def global_norm(self, grads):
+        return self._clip(grads, 0.0, False)
+
+    def clip_grads(self, grads, max_norm, error_if_nonfinite):
+        return self._clip(grads, max_norm, error_if_nonfinite)
+
+    def _clip(self, grads, max_norm: float, error_if_nonfinite: bool):
+        """Clipping (max_norm > 0) or the norm (max_norm = 0): two launches, no host
+        synchronization unless error_if_nonfinite (which reads the finite flag back)."""
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"grads must be a list or tuple of device arrays, got {type(grads).__name__}")
+        mod, lib = _device_target(self.name, grads[0] if grads else None)
+        if not grads:
+            return 0.0
+        w = lib.wrap if lib is not None else (lambda a: a)
+        wrapped = [w(g) for g in grads]
+        size, dev = mod.clip_plan(wrapped)
+        if lib is None:
+            if dev < 0:  # every array is empty: nothing on any device to read or scale
+                return 0.0
+            lib = _devices.library_of(grads[0], dev, "grads[0]")
+        work = lib.zeros((size,), np.float64)
+        mod.clip_grads(wrapped, max_norm, lib.wrap(work), lib.stream())
+        if error_if_nonfinite and lib.to_float(work, 2) == 0.0:  # a host synchronization
+            raise FloatingPointError(
+                f"grads: the global norm is {lib.to_float(work, 0)} (NaN or inf in the gradients); "
+                "nothing was scaled"
+            )
+        return lib.scalar(work, 0)
+
+
+_HOST = {"numpy": _Reference(), "cpu": _Cpu()}
+
+
+def _resolve(backend: str, probe=None):
+    """The backend object to run: `probe` (the first array argument) decides "auto"."""
+    name = _resolve_backend(backend, probe)
+    return _Device(name) if name in _DEVICE_BACKENDS else _HOST[name]
+
+
+def _backend_of(cache):
+    """The backend object that made a cache (its device part decides for device caches)."""
+    if cache.device is not None:
+        return _Device(cache.backend)
+    if cache.backend not in _HOST:
+        raise ValueError(f"cache.backend must be 'cpu' or 'numpy' for a cache of host arrays, got {cache.backend!r}")
+    return _HOST[cache.backend]
 
 
 def _check_cache(cache, cells: tuple, forward: str):
@@ -264,29 +384,6 @@ def _check_cache(cache, cells: tuple, forward: str):
         raise TypeError(f"cache must be the cache returned by {forward}, got {type(cache).__name__}")
     if cache.cell not in cells:
         raise ValueError(f"cache comes from a {cache.cell} forward pass, not from {forward}")
-
-
-def _seq_backward(cell, dhs, cache, dhT, dcT):
-    """(dxs, dh0, dc0 or None, dWx, dWh, db) of one cell's layer from its cache."""
-    if cache.device is not None:
-        return _device_backward(dhs, cache, dhT, dcT)
-    N, T, D, H = _check_host_cache(cache, dhs, dhT, dcT)
-    dt = cache.xs.dtype
-    if cache.backend == "numpy":
-        h0 = np.zeros((N, H), dt) if cache.h0 is None else cache.h0
-        if cell == "lstm":
-            rc = ref.LSTMCacheRef(
-                cache.xs, h0, np.zeros((N, H), dt) if cache.c0 is None else cache.c0,
-                cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs,
-            )
-            return ref.lstm_backward_ref(dhs, rc, dhT, dcT)
-        rc = ref.RNNCacheRef(cache.xs, h0, cache.Wx, cache.Wh, cache.hs, cell[len("rnn_"):])
-        dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(dhs, rc, dhT)
-        return dxs, dh0, None, dWx, dWh, db
-    return _lstm_module(cache.backend).backward(
-        cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
-        cache.cs, dhs, dhT, dcT, cell=cell,
-    )
 
 
 def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
@@ -304,7 +401,7 @@ def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCache for ``lstm_backward``.
     """
-    return _seq_forward("lstm", xs, Wx, Wh, b, h0, c0, backend, True)
+    return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, True)
 
 
 def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
@@ -314,7 +411,7 @@ def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H)
     """
-    return _seq_forward("lstm", xs, Wx, Wh, b, h0, c0, backend, False)[:3]
+    return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, False)[:3]
 
 
 def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
@@ -331,7 +428,7 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
     dxs (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)
     """
     _check_cache(cache, ("lstm",), "lstm_forward")
-    return _seq_backward("lstm", dhs, cache, dhT, dcT)
+    return _backend_of(cache).seq_backward(cache, dhs, dhT, dcT)
 
 
 def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto"):
@@ -350,13 +447,13 @@ def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str
     -------
     hs : (N, T, H); hT : (N, H); cache : RNNCache for ``rnn_backward``.
     """
-    hs, hT, _, cache = _seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, backend, True)
+    hs, hT, _, cache = _resolve(backend, xs).seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, True)
     return hs, hT, cache
 
 
 def rnn_inference(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto"):
     """Forward-only vanilla RNN: like ``rnn_forward`` but saves nothing. Returns (hs, hT)."""
-    return _seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, backend, False)[:2]
+    return _resolve(backend, xs).seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, False)[:2]
 
 
 def rnn_backward(dhs, cache: RNNCache, dhT=None):
@@ -373,57 +470,8 @@ def rnn_backward(dhs, cache: RNNCache, dhT=None):
     dxs (N, T, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,)
     """
     _check_cache(cache, ("rnn_tanh", "rnn_relu"), "rnn_forward")
-    dxs, dh0, _, dWx, dWh, db = _seq_backward(cache.cell, dhs, cache, dhT, None)
+    dxs, dh0, _, dWx, dWh, db = _backend_of(cache).seq_backward(cache, dhs, dhT, None)
     return dxs, dh0, dWx, dWh, db
-
-
-def _device_backward(dhs, cache, dhT, dcT):
-    mod, lib, dims, dt = cache.device
-    if mod is None or mod not in (_backend.cuda, _backend.cuda_emu) or not isinstance(lib, _devices.ArrayLib):
-        raise TypeError("cache.device is not what the forward saved (module, array library, sizes, dtype)")
-    gates_n, has_c = _CELLS[cache.cell]
-    w = lib.wrap
-    # The saved sizes decide the allocations below: they must be the cached inputs' own (the
-    # binding checks the saved activations against these once it has the outputs).
-    N, T, D, H, itemsize, _ = mod.forward_check(w(cache.xs), w(cache.Wx), w(cache.Wh), w(cache.b),
-                                                w(cache.h0), w(cache.c0), cell=cache.cell)
-    if tuple(dims) != (N, T, D, H) or np.dtype(dt).itemsize != itemsize:
-        raise ValueError(f"cache.device: sizes {tuple(dims)} and dtype {dt} saved for inputs of sizes "
-                         f"{(N, T, D, H)} and itemsize {itemsize}")
-    dxs, dh0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt)
-    dc0 = lib.empty((N, H), dt) if has_c else None
-    dW, db = lib.empty((D + H, gates_n * H), dt), lib.empty((gates_n * H,), dt)
-    work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell),), dt)
-    mod.backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
-                 w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
-                 w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream(), cell=cache.cell)
-    dWx, dWh = lib.split_rows(dW, D)
-    return dxs, dh0, dc0, dWx, dWh, db
-
-
-def _device_clip(name, grads, max_norm: float, error_if_nonfinite: bool):
-    """Clipping (max_norm > 0) or the norm (max_norm = 0) of device arrays: two launches, no
-    host synchronization unless error_if_nonfinite (which reads the finite flag back)."""
-    if not isinstance(grads, (list, tuple)):
-        raise TypeError(f"grads must be a list or tuple of device arrays, got {type(grads).__name__}")
-    mod, lib = _device_target(name, grads[0] if grads else None)
-    if not grads:
-        return 0.0
-    w = lib.wrap if lib is not None else (lambda a: a)
-    wrapped = [w(g) for g in grads]
-    size, dev = mod.clip_plan(wrapped)
-    if lib is None:
-        if dev < 0:  # every array is empty: nothing on any device to read or scale
-            return 0.0
-        lib = _devices.library_of(grads[0], dev, "grads[0]")
-    work = lib.zeros((size,), np.float64)
-    mod.clip_grads(wrapped, max_norm, lib.wrap(work), lib.stream())
-    if error_if_nonfinite and lib.to_float(work, 2) == 0.0:  # a host synchronization
-        raise FloatingPointError(
-            f"grads: the global norm is {lib.to_float(work, 0)} (NaN or inf in the gradients); "
-            "nothing was scaled"
-        )
-    return lib.scalar(work, 0)
 
 
 def _reject_masked_list(grads):
@@ -432,30 +480,19 @@ def _reject_masked_list(grads):
             _reject_masked(g, f"grads[{k}]")
 
 
-def _check_grads(grads, writable: bool):
-    if not isinstance(grads, (list, tuple)):
-        raise TypeError(f"grads must be a list or tuple of numpy arrays, got {type(grads).__name__}")
-    first = None
-    for k, g in enumerate(grads):
-        name = f"grads[{k}]"
-        if not isinstance(g, np.ndarray):
-            if _devices.is_device_array(g):
-                raise TypeError(f"{name} is a device array ({_type_desc(g)}) but grads[0] is not: "
+def _screen_grads(grads):
+    """What only Python can tell of a host gradient list: a device array in it."""
+    if isinstance(grads, (list, tuple)):
+        for k, g in enumerate(grads):
+            if not isinstance(g, np.ndarray) and _devices.is_device_array(g):
+                raise TypeError(f"grads[{k}] is a device array ({_type_desc(g)}) but grads[0] is not: "
                                 "all arrays must be on one device")
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
-        if g.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must have dtype float32 or float64, got {g.dtype}")
-        if first is None:
-            first = g.dtype
-        elif g.dtype != first:
-            raise TypeError(
-                f"{name} has dtype {g.dtype} but grads[0] has {first}: all arrays in grads must "
-                "share one dtype"
-            )
-        if not g.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous, got strides {g.strides}")
-        if writable and not g.flags.writeable:
-            raise ValueError(f"{name} must be writable (clipping scales it in place), got a read-only array")
+
+
+def _check_grads(grads, writable: bool):
+    """A host gradient list under the shared rules (the compiled binding's own checks)."""
+    _screen_grads(grads)
+    _backend.require_cpu().grads_check(grads, writable)
 
 
 def global_norm(grads: Sequence[np.ndarray], backend: str = "auto") -> float:
@@ -463,13 +500,7 @@ def global_norm(grads: Sequence[np.ndarray], backend: str = "auto") -> float:
 
     For device arrays the result is a 0-d float64 device array (reading it synchronizes)."""
     _reject_masked_list(grads)
-    name = _resolve_backend(backend, grads[0] if isinstance(grads, (list, tuple)) and grads else None)
-    if name in _DEVICE_BACKENDS:
-        return _device_clip(name, grads, 0.0, False)
-    _check_grads(grads, writable=False)
-    if name == "numpy":
-        return ref.global_norm_ref(grads)
-    return _lstm_module(name).global_norm(list(grads))
+    return _resolve(backend, grads[0] if isinstance(grads, (list, tuple)) and grads else None).global_norm(grads)
 
 
 def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite: bool = True,
@@ -493,13 +524,8 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
     if not (finite and max_norm > 0):
         raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
     _reject_masked_list(grads)
-    name = _resolve_backend(backend, grads[0] if isinstance(grads, (list, tuple)) and grads else None)
-    if name in _DEVICE_BACKENDS:
-        return _device_clip(name, grads, float(max_norm), bool(error_if_nonfinite))
-    _check_grads(grads, writable=True)
-    if name == "numpy":
-        return ref.clip_grads_ref(grads, float(max_norm), error_if_nonfinite)
-    return _lstm_module(name).clip_grads(list(grads), float(max_norm), bool(error_if_nonfinite))
+    probe = grads[0] if isinstance(grads, (list, tuple)) and grads else None
+    return _resolve(backend, probe).clip_grads(grads, float(max_norm), bool(error_if_nonfinite))
 
 
 def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):

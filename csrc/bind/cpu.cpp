@@ -293,6 +293,11 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("dcT").none(true), py::arg("cell") = "lstm", py::arg("prefix") = "",
         "The argument rules of a backward call, without running it: (N, T, D, H, itemsize). "
         "The forward's inputs and saved arrays are named with `prefix`.");
+  m.def("grads_check", [](const py::object& grads, bool writable) {
+    std::vector<py::array> arrays;
+    check_grad_list(grads, writable, arrays);
+  }, py::arg("grads"), py::arg("writable"),
+        "The argument rules of global_norm (writable=False) and clip_grads (True), without running them.");
   m.def("global_norm", &global_norm, py::arg("grads"));
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"),
         py::arg("error_if_nonfinite") = true);
