@@ -1,7 +1,7 @@
 """Device arrays for the CUDA backend: telling them apart from host arrays, and allocating outputs
 and scratch with the library the caller's arrays come from.
 
-The CUDA kernels allocate nothing (DESIGN.md): for a call on CuPy arrays the outputs are CuPy
+The CUDA kernels allocate nothing (ARCHITECTURE.md): for a call on CuPy arrays the outputs are CuPy
 arrays, for PyTorch CUDA tensors they are tensors, for Numba device arrays Numba device arrays,
 all on the inputs' device and filled on that library's current stream.
 

@@ -14,7 +14,7 @@ SHAPES = [(1, 1, 1, 1), (2, 3, 4, 5), (3, 7, 17, 33), (8, 35, 64, 128), (4, 9, 4
 
 
 def make_lstm_inputs(shape, dtype=np.float64, seed=0, with_state=True):
-    """Random inputs as STYLE.md asks: weights ~ N(0, 1)/sqrt(fan_in), non-zero h0/c0, random
+    """Random inputs: weights ~ N(0, 1)/sqrt(fan_in), non-zero h0/c0, random
     upstream gradients (never ones). Returns a dict of float64 arrays cast to dtype."""
     N, T, D, H = shape
     rng = np.random.default_rng(seed)

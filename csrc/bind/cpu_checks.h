@@ -119,8 +119,8 @@ py::array empty(std::vector<py::ssize_t> shape) {
 }
 
 // Scratch memory for the kernels, kept per calling thread between calls and only grown: a
-// fresh multi-megabyte allocation per call costs its page faults every time (measured: ~25 ms
-// of an 85 ms backward at N,T,D,H = 64,100,256,256). Stays allocated until the thread exits.
+// fresh multi-megabyte allocation per call costs its page faults every time (a large share of
+// a backward call). Stays allocated until the thread exits.
 template <class T>
 T* cached_workspace(int64_t n) {
   thread_local std::vector<T> buf;

@@ -2,7 +2,7 @@
 // called by bind/cpu.cpp): a matrix product (the Affine layers) and a fused softmax
 // cross-entropy (TimeSoftmaxWithLoss). Running them here instead of in NumPy keeps a training
 // step on one thread pool: NumPy's OpenBLAS threads, still spinning after a NumPy matmul,
-// slowed the LSTM kernels that followed by 2.4x in a measured char-model step.
+// slowed the recurrent kernels that followed by more than 2x in a character-model step.
 #include <algorithm>
 #include <cmath>
 #include <cstring>

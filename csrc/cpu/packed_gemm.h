@@ -1,14 +1,12 @@
-// The packed-weight GEMM kernel of the LSTM (called by cpu/sequence.cpp): an AVX-512
-// register-blocked micro-kernel over a B matrix packed into 16-column panels (the weights,
-// packed once per call, or dA for the weight gradient). Used for every float32 GEMM of the
-// LSTM forward and backward: the per-step recurrent products (few rows, M = batch), and, with
-// cache blocking, the input projection, dX and [dWx; dWh].
-// Why not BLAS (DESIGN.md asks for BLAS GEMMs; this is the measured exception): per step, a
-// BLAS call re-packs the weights every time, and on machines that pin OpenBLAS to AVX2
-// (OPENBLAS_CORETYPE=Haswell here) the library runs at half the FMA width. Measured on one
-// core: this kernel 230-240 GFLOP/s on the LSTM's shapes, OpenBLAS 100-120 (Haswell) or
-// 130-210 (SkylakeX); benchmarks/RESULTS.md has the end-to-end numbers. float only; callers
-// fall back to BLAS for double, on CPUs without AVX-512, or when disabled (test hook).
+// The packed-weight GEMM kernel of the recurrent drivers (called by cpu/sequence.cpp and the
+// dense ops): an AVX-512 register-blocked micro-kernel over a B matrix packed into 16-column
+// panels (the weights, packed once per call, or dA for the weight gradient). Used for every
+// float32 GEMM of the forward and backward: the per-step recurrent products (few rows, M =
+// batch), and, with cache blocking, the input projection, dX and [dWx; dWh].
+// Why not BLAS for these: per step, a BLAS call re-packs the weights every time, and where
+// OpenBLAS is pinned to AVX2 it runs at half the FMA width; this kernel reaches the FMA peak on
+// the recurrent shapes (benchmarks/RESULTS.md). float only; callers fall back to BLAS for
+// double, on CPUs without AVX-512, or when disabled (test hook).
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // pylstm's one thread pool (cpu/threads.cpp). All CPU kernels run their parallel work here, with
 // OpenBLAS kept single-threaded and called from inside the pool's threads: two pools spinning
-// on the same cores (OpenBLAS's and OpenMP's) cost 5x on the 2-core machines we measured.
+// on the same cores (OpenBLAS's and OpenMP's) cost several times the work on 2 cores.
 // Used by cpu/sequence.cpp and cpu/clip.cpp.
 #pragma once
 

@@ -1,7 +1,7 @@
 // The recurrent sequence driver (every cell of cells/) and global-norm clipping for the GPU, written once for two
 // builds: nvcc (the CUDA module; GEMMs through cuBLAS) and the emulation build, which compiles
 // this file as host C++ against cuda/emu.h (GEMMs through CPU BLAS) so that every commit runs
-// it against the NumPy reference without a GPU. Structure as DESIGN.md: one input-projection
+// it against the NumPy reference without a GPU. Structure as the CPU driver (ARCHITECTURE.md): one input-projection
 // GEMM, per step one recurrent GEMM and one pointwise launch; backward one pointwise launch and
 // one GEMM per step, then dX and the merged [dWx; dWh] GEMMs and db as a per-column sum.
 // The functions run on the caller's stream, allocate nothing (the caller passes outputs and
