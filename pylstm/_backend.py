@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 
 import numpy  # noqa: F401  (NumPy's own OpenBLAS loads first, under the caller's environment)
 
@@ -43,22 +45,26 @@ try:  # the CUDA sources run on the CPU through the emulation shim: a test-only 
 except ImportError:
     cuda_emu = None
 
-try:
-    from . import _cuda as cuda
+def _import_cuda():
+    """(module, None) or (None, why): decided by facts, not by the wording of an exception. Is
+    the extension file there at all (the build skips it without nvcc or cuBLAS)? If it is and
+    will not load, the loader names the shared library it could not find."""
+    if importlib.util.find_spec(f"{__package__}._cuda") is None:
+        return None, ("pylstm was built without its CUDA module (the build found no nvcc or no cuBLAS); "
+                      "rebuild with PYLSTM_CUDA=ON pip install . (or CMAKE_ARGS=-DPYLSTM_CUDA=ON), "
+                      "with nvcc on the PATH")
+    try:
+        from . import _cuda
+    except ImportError as exc:
+        missing = re.search(r"(lib[\w.+-]+\.so[\w.]*): cannot open shared object file", str(exc))
+        if missing:
+            return None, (f"pylstm._cuda is built but the shared library {missing.group(1)} it needs is not "
+                          "installed: pip install 'pylstm[cuda]' (the nvidia-cublas wheel and CuPy)")
+        return None, f"pylstm._cuda is built but failed to import: {exc}"
+    return _cuda, None
 
-    cuda_error = None
-except ImportError as exc:
-    cuda = None
-    if "No module named" in str(exc):
-        cuda_error = (
-            "pylstm was built without its CUDA module (the build found no nvcc or no cuBLAS); "
-            "rebuild with PYLSTM_CUDA=ON pip install . (or CMAKE_ARGS=-DPYLSTM_CUDA=ON)"
-        )
-    else:
-        cuda_error = (
-            f"pylstm._cuda failed to import: {exc}; install the CUDA runtime libraries with "
-            "pip install nvidia-cublas (or pip install 'pylstm[cuda]')"
-        )
+
+cuda, cuda_error = _import_cuda()
 
 
 class DeviceUnavailableError(RuntimeError):
