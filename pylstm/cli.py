@@ -73,6 +73,8 @@ def _build_parser():
     t.add_argument("--threads", type=_positive_int, default=None)
     t.add_argument("--out", default="pylstm-run", help="output directory (checkpoint, plot, sample)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUT (without it, an OUT holding a checkpoint is refused)")
     t.add_argument("--sample-length", type=_positive_int, default=None)
     t.add_argument("--temperature", type=_positive_float, default=0.8)
     t.add_argument("--max-chars", type=_positive_int, default=None,
@@ -170,6 +172,12 @@ def _cmd_train(a):
     from .optimizers import OPTIMIZERS
     from .trainer import RnnlmTrainer, eval_perplexity
 
+    ckpt = os.path.join(a.out, "checkpoint.npz")
+    if a.resume and a.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, or replace it")
+    if os.path.exists(ckpt) and not (a.resume or a.overwrite):
+        raise ValueError(f"--out: {a.out} already holds a run ({ckpt}); pass --resume to continue it, "
+                         "--overwrite to replace it, or another --out")
     _defaults(a)
     if a.threads:
         pylstm.set_num_threads(a.threads)
@@ -190,7 +198,6 @@ def _cmd_train(a):
         set_cuda_graphs(True)
     opt = OPTIMIZERS[a.optimizer](lr=a.lr)
     os.makedirs(a.out, exist_ok=True)
-    ckpt = os.path.join(a.out, "checkpoint.npz")
     trainer = RnnlmTrainer(model, opt)
     if a.resume:
         if not os.path.exists(ckpt):

@@ -262,3 +262,15 @@ def test_train_with_the_rnn_cell(tmp_path):
     assert ppl < uni
     r = run("generate", str(tmp_path / "checkpoint.npz"), "--length", "30", "--seed", "1")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_second_run_into_the_same_out_is_refused_unless_asked(tmp_path):
+    (tmp_path / "checkpoint.npz").write_bytes(b"an earlier run")
+    r = run("train", "--out", str(tmp_path), *QUICK)
+    assert r.returncode == 1 and "already holds a run" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert (tmp_path / "checkpoint.npz").read_bytes() == b"an earlier run"
+    r = run("train", "--out", str(tmp_path), "--resume", "--overwrite", *QUICK)
+    assert r.returncode == 1 and "contradict" in r.stderr
+    r = run("train", "--out", str(tmp_path), "--overwrite", *QUICK)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "checkpoint.npz").read_bytes() != b"an earlier run"
