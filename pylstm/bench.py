@@ -260,19 +260,40 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
     return row
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cell", choices=sorted(GATES), default="lstm", help="lstm, or rnn (tanh)")
-    p.add_argument("--shapes", nargs="*", help="N,T,D,H (default: the standard grid)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--threads", type=int, default=None, help="threads for pylstm and torch")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--no-numpy", action="store_true")
+def _shape(text: str) -> tuple:
+    """An N,T,D,H argument: four integers >= 1."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N,T,D,H (four integers)") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be N,T,D,H: four integers >= 1")
+    return shape
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def main(argv=None, prog=None):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="The default grid takes a few minutes on 2 cores with torch installed "
+                                       "(--repeats and --no-numpy shorten it).")
+    p.add_argument("--cell", choices=sorted(GATES), default="lstm", help="lstm, or rnn (tanh); default lstm")
+    p.add_argument("--shapes", nargs="+", type=_shape, metavar="N,T,D,H",
+                   help="shapes to time (default: " + " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES) + ")")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default float32")
+    p.add_argument("--threads", type=_positive, default=None, help="threads for pylstm and torch (default: pylstm's)")
+    p.add_argument("--repeats", type=_positive, default=10, help="timed rounds per candidate (default 10)")
+    p.add_argument("--no-torch", action="store_true", help="leave torch out")
+    p.add_argument("--no-numpy", action="store_true", help="leave the NumPy reference out (the slowest candidate)")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
 
-    shapes = [tuple(int(v) for v in s.split(",")) for s in a.shapes] if a.shapes else DEFAULT_SHAPES
+    shapes = a.shapes or DEFAULT_SHAPES
     dtype = np.dtype(a.dtype).type
     if a.threads:
         pylstm.set_num_threads(a.threads)

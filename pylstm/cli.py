@@ -113,7 +113,7 @@ def _build_parser():
     f.add_argument("--out", default="gradflow.png", help="the PNG to write")
 
     b = sub.add_parser("bench", help="run the kernel benchmark (pylstm vs NumPy reference vs torch)")
-    b.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark (see pylstm bench -- -h)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark (see pylstm bench -h)")
     return p
 
 
@@ -364,17 +364,18 @@ def _cmd_gradflow(a):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the benchmark's own options, with or without a "--" first
+        from .bench import main as bench_main
+
+        rest = argv[1:]
+        bench_main(rest[1:] if rest[:1] == ["--"] else rest, prog="pylstm bench")
+        return 0
     parser = _build_parser()
     a = parser.parse_args(argv)
     if a.command is None:
         parser.print_help()
         return 2
-    if a.command == "bench":
-        from .bench import main as bench_main
-
-        args = a.args[1:] if a.args[:1] == ["--"] else a.args
-        bench_main(args)
-        return 0
     handler = {"train": _cmd_train, "generate": _cmd_generate, "eval": _cmd_eval,
                "gradflow": _cmd_gradflow}[a.command]
     try:

@@ -274,3 +274,15 @@ def test_a_second_run_into_the_same_out_is_refused_unless_asked(tmp_path):
     r = run("train", "--out", str(tmp_path), "--overwrite", *QUICK)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "checkpoint.npz").read_bytes() != b"an earlier run"
+
+
+def test_bench_takes_its_options_directly_and_checks_shapes():
+    r = run("bench", "--shapes", "2,3,4,5", "--cell", "rnn", "--repeats", "1", "--no-torch", "--no-numpy")
+    assert r.returncode == 0, r.stderr
+    assert "| 2,3,4,5 | pylstm-cpu |" in r.stdout
+    for bad in ("8,35", "0,35,64,64", "a,b,c,d"):
+        r = run("bench", "--shapes", bad)
+        assert r.returncode == 2 and "pylstm bench: error: argument --shapes" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    r = run("bench", "-h")
+    assert r.stdout.startswith("usage: pylstm bench") and "issue" not in r.stdout
