@@ -64,6 +64,10 @@ def read_checkpoint(path: str):
     """(metadata, arrays) of a checkpoint file, its format and version checked; the metadata's
     config gets the cell of files written before models had one (all LSTM)."""
     with open(path, "rb") as f:  # FileNotFoundError passes through as it is
+        head = f.read(4)
+        if head != b"PK\x03\x04":  # every .npz is a zip archive
+            raise CheckpointError(f"{path}: not a pylstm checkpoint (not an .npz archive: it starts with {head!r})")
+        f.seek(0)
         try:
             with np.load(f, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}

@@ -79,6 +79,18 @@ def _recurrent_layer(cell, Wx, Wh, b, backend):
                    backend=backend)
 
 
+def _token_ids(ids, name: str, xp):
+    """ids as an integer array of shape (N, T), or an error naming the argument (an internal
+    tensor's name would only confuse)."""
+    ids = xp.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integer token ids, got dtype {ids.dtype}")
+    if ids.ndim != 2:
+        raise ValueError(f"{name} must be a (N, T) batch of token ids, got shape {tuple(ids.shape)}"
+                         + (" (one sequence: pass ids[None])" if ids.ndim == 1 else ""))
+    return ids
+
+
 def _layer_state(layer) -> tuple:
     """A recurrent layer's carried state: (h, c) for the LSTM, (h, None) for the RNN."""
     return layer.h, getattr(layer, "c", None)
@@ -217,6 +229,8 @@ class LstmLM:
 
     # --- the book's interface -------------------------------------------------------------
     def predict(self, xs: np.ndarray, train_flg: bool = False) -> np.ndarray:
+        """Scores (N, T, V) for a (N, T) batch of token ids (a nested list works too)."""
+        xs = _token_ids(xs, "xs", array_module(self.params[0]))
         for layer in self.drop_layers:
             layer.train_flg = train_flg
         for layer in self.layers:
@@ -224,6 +238,11 @@ class LstmLM:
         return xs
 
     def forward(self, xs: np.ndarray, ts: np.ndarray, train_flg: bool = True) -> float:
+        """Mean loss of a (N, T) batch of ids xs against the targets ts (same shape)."""
+        xp = array_module(self.params[0])
+        xs, ts = _token_ids(xs, "xs", xp), _token_ids(ts, "ts", xp)
+        if ts.shape != xs.shape:
+            raise ValueError(f"ts must have the shape of xs {tuple(xs.shape)}, got {tuple(ts.shape)}")
         score = self.predict(xs, train_flg)
         self.loss_layer.need_grad = train_flg
         return self.loss_layer.forward(score, ts)
@@ -350,9 +369,26 @@ class LstmLM:
         arrays = {f"param_{i}": to_host(self.params[i]) for i in self._own_params()}
         write_checkpoint(path, type(self).__name__, self.config, arrays, extra)
 
-    def load_params(self, path: str) -> dict:
-        """Load a checkpoint's parameters into this model (same architecture and sizes).
-        Returns its ``extra`` (arrays and JSON values)."""
+    def save_params(self, file_name: Optional[str] = None) -> None:
+        """The book's ``save_params``: the parameters as a pickled list of float16 arrays in the
+        book's order (default file: ``<ClassName>.pkl``), loadable by the book's code and by
+        ``load_params``. A pylstm checkpoint (``save``) keeps float32 and the config."""
+        path = file_name or f"{type(self).__name__}.pkl"
+        params = [to_host(p).astype(np.float16) for p in self.params]
+        with open(path, "wb") as f:
+            pickle.dump(params, f)
+
+    def load_params(self, path: Optional[str] = None) -> dict:
+        """Load parameters into this model (same architecture and sizes): from a pylstm
+        checkpoint (``save``; returns its ``extra``), or, as the book's ``load_params`` does,
+        from a ``.pkl`` list of arrays in the book's order (default file: ``<ClassName>.pkl``;
+        a pickle runs code when loaded: only load files you trust; returns {})."""
+        path = path or f"{type(self).__name__}.pkl"
+        with open(path, "rb") as f:  # FileNotFoundError passes through as it is
+            is_npz = f.read(4) == b"PK\x03\x04"
+        if not is_npz:
+            self.load_book_params(path)
+            return {}
         meta, arrays = read_checkpoint(path)
         if meta["config"] != self.config:
             raise CheckpointError(f"{path}: checkpoint is for {meta['model']} {meta['config']}, "

@@ -243,6 +243,9 @@ class RnnlmTrainer:
         if max_grad is not None and not max_grad > 0:
             raise ValueError(f"max_grad must be > 0 or None, got {max_grad}")
         model, optimizer = self.model, self.optimizer
+        for layer in model.lstm_layers:  # a state left by predict() on another batch size
+            if layer.h is not None and layer.h.shape[0] != batch_size:
+                layer.reset_state()
         max_iters = len(xs) // (batch_size * time_size)
         xp = array_module(model.params[0])
         on_device = xp is not np

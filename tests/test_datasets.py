@@ -1,7 +1,9 @@
-"""Datasets: PTB ids identical to the book's loader (checked on ../shared/data when present),
-where files are looked for, offline errors, checksum verification; text corpora."""
+"""Datasets: PTB ids identical to the book's loader (checked on the PTB files when present:
+$PYLSTM_DATA_DIR, else a shared data folder beside the checkout), where files are looked for,
+offline errors, checksum verification; text corpora."""
 
 import io
+import os
 import urllib.error
 from pathlib import Path
 
@@ -10,8 +12,18 @@ import pytest
 
 from pylstm.datasets import ptb, text
 
-SHARED_PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
-needs_ptb = pytest.mark.skipif(not (SHARED_PTB / "ptb.train.txt").exists(), reason="no PTB files in ../shared")
+def _ptb_dir() -> Path:
+    """The PTB files' folder: $PYLSTM_DATA_DIR (or its ptb/), else shared/data/ptb beside the checkout."""
+    env = os.environ.get("PYLSTM_DATA_DIR", "")
+    for d in ([Path(env), Path(env) / "ptb"] if env else []):
+        if (d / "ptb.train.txt").exists():
+            return d
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
+
+
+SHARED_PTB = _ptb_dir()
+needs_ptb = pytest.mark.skipif(not (SHARED_PTB / "ptb.train.txt").exists(),
+                               reason="no PTB files (set PYLSTM_DATA_DIR to their folder)")
 
 
 @needs_ptb

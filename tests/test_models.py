@@ -380,3 +380,40 @@ def test_cell_is_checked_and_old_checkpoints_are_lstm(tmp_path):
     wrong = _rewrite(good, tmp_path / "wrong.npz", meta_fn=with_cell("rnn"))
     with pytest.raises(CheckpointError, match="parameters"):
         load_checkpoint(wrong)
+
+
+def test_books_save_params_and_load_params(tmp_path, monkeypatch):
+    """The book's pair: float16 pickles in the book's order, default file <ClassName>.pkl; load_params
+    reads those and pylstm checkpoints alike."""
+    monkeypatch.chdir(tmp_path)
+    m = BetterRnnlm(vocab_size=12, wordvec_size=6, hidden_size=6, seed=3)
+    m.save_params()
+    assert (tmp_path / "BetterRnnlm.pkl").exists()
+    with open(tmp_path / "BetterRnnlm.pkl", "rb") as f:
+        saved = pickle.load(f)
+    assert len(saved) == len(m.params) and all(a.dtype == np.float16 for a in saved)
+    m2 = BetterRnnlm(vocab_size=12, wordvec_size=6, hidden_size=6, seed=4)
+    assert m2.load_params() == {}
+    for p, q in zip(m.params, m2.params):
+        np.testing.assert_array_equal(q, p.astype(np.float16).astype(np.float32))
+    m.save(str(tmp_path / "ck.npz"), extra={"note": 1})
+    assert m2.load_params(str(tmp_path / "ck.npz")) == {"note": 1}
+
+
+def test_model_input_errors_name_the_argument():
+    m = Rnnlm(10, 4, 5, seed=0)
+    assert np.isfinite(m.forward([[1, 2, 3]], [[2, 3, 4]]))  # nested lists are ids too
+    m.reset_state()
+    with pytest.raises(ValueError, match=r"^xs must be a \(N, T\) batch of token ids, got shape \(3,\)"):
+        m.predict(np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="^ts must have the shape of xs"):
+        m.forward([[1, 2]], [[1, 2, 3]])
+    with pytest.raises(TypeError, match="^xs must be integer token ids"):
+        m.predict(np.zeros((1, 2)))
+
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"not an \.npz archive"):
+        load_checkpoint(str(path))

@@ -293,3 +293,12 @@ def test_rnn_model_learns_and_resumes_exactly(tmp_path, cell):
     assert t3.ppl_list == t1.ppl_list
     for a, b in zip(m1.params, m3.params):
         np.testing.assert_array_equal(a, b)
+
+
+def test_fit_after_predict_on_another_batch_size():
+    m = Rnnlm(12, 4, 4, seed=0)
+    m.predict(np.zeros((3, 4), np.int32))  # leaves a state of batch 3
+    c = _corpus(600)
+    tr = RnnlmTrainer(m, SGD(0.1), log=lambda s: None)
+    tr.fit(c[:-1], c[1:], max_epoch=1, batch_size=5, time_size=5, progress=False, eval_interval=None)
+    assert m.lstm_layers[0].h.shape[0] == 5
