@@ -66,7 +66,8 @@ def read_checkpoint(path: str):
     with open(path, "rb") as f:  # FileNotFoundError passes through as it is
         head = f.read(4)
         if head != b"PK\x03\x04":  # every .npz is a zip archive
-            raise CheckpointError(f"{path}: not a readable pylstm checkpoint (not an .npz archive: it starts with {head!r})")
+            raise CheckpointError(f"{path}: not a readable pylstm checkpoint (not an .npz archive: it starts "
+                                  f"with {head!r})")
         f.seek(0)
         try:
             with np.load(f, allow_pickle=False) as z:

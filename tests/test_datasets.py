@@ -12,6 +12,7 @@ import pytest
 
 from pylstm.datasets import ptb, text
 
+
 def _ptb_dir() -> Path:
     """The PTB files' folder: $PYLSTM_DATA_DIR (or its ptb/), else shared/data/ptb beside the checkout."""
     env = os.environ.get("PYLSTM_DATA_DIR", "")
