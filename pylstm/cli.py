@@ -46,6 +46,7 @@ def _build_parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a language model (default: the embedded corpus)")
+    p.train_parser = t
     t.add_argument("--corpus", default="embedded", help="'embedded' (tiny-shakespeare, in the package), "
                    "'ptb' (Penn Treebank; see PYLSTM_DATA_DIR), or a path to a UTF-8 text file")
     t.add_argument("--level", choices=["char", "word"], default=None,
@@ -165,6 +166,80 @@ def _decode(ids, vocab, level):
     return " ".join(toks).replace(" <eos> ", "\n").replace("<eos>", "\n")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# The settings that define a training run, as `pylstm train` stores them in its checkpoint, each
+# with the rule its stored value must meet: --resume takes them from there.
+_RUN_SETTINGS = {
+    "corpus": lambda v: isinstance(v, str) and v != "",
+    "level": lambda v: v in ("char", "word"),
+    "max_chars": lambda v: v is None or (_is_int(v) and v >= 1),
+    "wordvec": lambda v: _is_int(v) and v >= 1,
+    "hidden": lambda v: _is_int(v) and v >= 1,
+    "layers": lambda v: _is_int(v) and v >= 1,
+    "dropout": lambda v: _is_number(v) and 0 <= v < 1,
+    "tie": lambda v: isinstance(v, bool),
+    "cell": lambda v: v in ("lstm", "rnn", "rnn_relu"),
+    "epochs": lambda v: _is_int(v) and v >= 1,
+    "optimizer": lambda v: v in ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"),
+    "lr": lambda v: _is_number(v) and v > 0,
+    "clip": lambda v: _is_number(v) and v > 0,
+    "batch": lambda v: _is_int(v) and v >= 1,
+    "time": lambda v: _is_int(v) and v >= 1,
+    "eval_interval": lambda v: _is_int(v) and v >= 1,
+    "seed": _is_int,
+}
+# Settings a resumed run may change on purpose (it says so): training for more epochs.
+_RESUME_OVERRIDES = ("epochs",)
+
+
+def _explicit_options(argv) -> set:
+    """The train options given on the command line (their dest names)."""
+    given = set()
+    for action in _build_parser().train_parser._actions:
+        for opt in action.option_strings:
+            if any(tok == opt or tok.startswith(opt + "=") for tok in argv):
+                given.add(action.dest)
+    return given
+
+
+def _apply_stored_settings(a, ckpt: str, explicit: set) -> None:
+    """--resume: the run continues as it was started. Settings not given take the stored values;
+    a given one that contradicts the stored value is an error, except a new --epochs, which is
+    said out loud. Checkpoints from before the settings were stored keep the given ones."""
+    from .checkpoint import CheckpointError
+
+    stored = _checkpoint_extra(ckpt).get("settings")
+    if stored is None:
+        return
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{ckpt}: metadata settings must be a mapping, got {type(stored).__name__}")
+    for key, valid in _RUN_SETTINGS.items():
+        if key not in stored:
+            continue
+        value = stored[key]
+        if not valid(value):
+            raise CheckpointError(f"{ckpt}: metadata settings {key} = {value!r} is not a valid "
+                                  f"--{key.replace('_', '-')}")
+        given = getattr(a, key)
+        if key == "corpus" and given not in ("embedded", "ptb") and given is not None:
+            given = os.path.abspath(given)
+        if key in explicit and given != value:
+            if key in _RESUME_OVERRIDES:
+                print(f"--resume: continuing to --{key} {given} (the run was started for {value})")
+                continue
+            raise ValueError(f"--{key.replace('_', '-')} {getattr(a, key)} contradicts the run being resumed "
+                             f"({value}): drop it to continue the run as it was started, or start a new run "
+                             "(--overwrite or another --out)")
+        setattr(a, key, value)
+
+
 def _cmd_train(a):
     import pylstm
 
@@ -178,6 +253,10 @@ def _cmd_train(a):
     if os.path.exists(ckpt) and not (a.resume or a.overwrite):
         raise ValueError(f"--out: {a.out} already holds a run ({ckpt}); pass --resume to continue it, "
                          "--overwrite to replace it, or another --out")
+    if a.resume:
+        if not os.path.exists(ckpt):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        _apply_stored_settings(a, ckpt, getattr(a, "explicit", set()))
     _defaults(a)
     if a.threads:
         pylstm.set_num_threads(a.threads)
@@ -200,8 +279,6 @@ def _cmd_train(a):
     os.makedirs(a.out, exist_ok=True)
     trainer = RnnlmTrainer(model, opt)
     if a.resume:
-        if not os.path.exists(ckpt):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
         saved_vocab, saved_level, _, _ = _run_record(ckpt, _checkpoint_extra(ckpt))
         if saved_vocab != vocab or saved_level != level:
             raise ValueError(f"--resume: {ckpt} was trained on another vocabulary or level "
@@ -215,9 +292,11 @@ def _cmd_train(a):
           f"vocabulary {V}")
     print(f"model: {a.layers} x {a.cell.upper()}(D={a.wordvec}, H={a.hidden}), {n_params} parameters | {a.optimizer} "
           f"lr {a.lr} | clip {a.clip} | batch {a.batch} x time {a.time} | {a.epochs} epochs")
-    trainer.meta = {"vocab": vocab, "level": level,
-                    "corpus": a.corpus if a.corpus in ("embedded", "ptb") else os.path.abspath(a.corpus),
-                    "max_chars": a.max_chars}
+    corpus = a.corpus if a.corpus in ("embedded", "ptb") else os.path.abspath(a.corpus)
+    settings = {k: getattr(a, k) for k in _RUN_SETTINGS}
+    settings.update(corpus=corpus, level=level)
+    trainer.meta = {"vocab": vocab, "level": level, "corpus": corpus, "max_chars": a.max_chars,
+                    "settings": settings}
     t0 = time.time()
     try:
         trainer.fit(train[:-1], train[1:], max_epoch=a.epochs, batch_size=a.batch, time_size=a.time, max_grad=a.clip,
@@ -373,6 +452,7 @@ def main(argv=None) -> int:
         return 0
     parser = _build_parser()
     a = parser.parse_args(argv)
+    a.explicit = _explicit_options(argv) if a.command == "train" else set()
     if a.command is None:
         parser.print_help()
         return 2

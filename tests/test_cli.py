@@ -102,7 +102,8 @@ def test_resume_with_another_vocabulary_is_refused(trained, tmp_path):
     p = tmp_path / "other.txt"
     p.write_text("xyz " * 20000, encoding="utf-8")
     r = run("train", "--out", str(out), "--resume", "--corpus", str(p), *QUICK)
-    assert r.returncode == 1 and "another vocabulary" in r.stderr
+    # (the stored settings name the run's corpus, so the contradiction is caught before loading)
+    assert r.returncode == 1 and "--corpus" in r.stderr and "contradicts the run being resumed" in r.stderr
 
 
 def test_ctrl_c_keeps_the_last_checkpoint(tmp_path):
@@ -286,3 +287,19 @@ def test_bench_takes_its_options_directly_and_checks_shapes():
         assert "Traceback" not in r.stderr
     r = run("bench", "-h")
     assert r.stdout.startswith("usage: pylstm bench") and "issue" not in r.stdout
+
+
+def test_resume_continues_the_run_as_it_was_started(tmp_path):
+    """--resume takes the stored settings (corpus size, sizes, batch, ...); a given option that
+    contradicts them is refused, a new --epochs is said out loud."""
+    quick = [q for q in QUICK if q not in ("--epochs", "1")]
+    r = run("train", "--out", str(tmp_path), "--epochs", "1", *quick)
+    assert r.returncode == 0, r.stderr
+    first = next(line for line in r.stdout.splitlines() if line.startswith("corpus "))
+    r = run("train", "--out", str(tmp_path), "--resume", "--epochs", "2", "--no-progress", "--sample-length", "20")
+    assert r.returncode == 0, r.stderr
+    assert "continuing to --epochs 2 (the run was started for 1)" in r.stdout
+    assert next(line for line in r.stdout.splitlines() if line.startswith("corpus ")) == first  # same max_chars
+    assert "x LSTM(D=16, H=32)" in r.stdout and "batch 8 x time 16" in r.stdout
+    r = run("train", "--out", str(tmp_path), "--resume", "--hidden", "64")
+    assert r.returncode == 1 and "--hidden 64 contradicts the run being resumed (32)" in r.stderr, r.stderr
