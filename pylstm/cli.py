@@ -51,20 +51,26 @@ def _build_parser():
                    "'ptb' (Penn Treebank; see PYLSTM_DATA_DIR), or a path to a UTF-8 text file")
     t.add_argument("--level", choices=["char", "word"], default=None,
                    help="tokens (default: char for text, word for ptb)")
-    t.add_argument("--wordvec", type=_positive_int, default=None, help="embedding size D")
-    t.add_argument("--hidden", type=_positive_int, default=None, help="LSTM hidden size H")
-    t.add_argument("--layers", type=_positive_int, default=1, help="recurrent layers")
+    t.add_argument("--wordvec", type=_positive_int, default=None,
+                   help=f"embedding size D ({_level_default('wordvec')})")
+    t.add_argument("--hidden", type=_positive_int, default=None, help=f"hidden size H ({_level_default('hidden')})")
+    t.add_argument("--layers", type=_positive_int, default=1, help="recurrent layers (default 1)")
     t.add_argument("--cell", choices=["lstm", "rnn", "rnn_relu"], default="lstm",
                    help="recurrent cell: LSTM (default), or a vanilla RNN (tanh, or relu)")
-    t.add_argument("--dropout", type=_ratio, default=0.0, help="dropout ratio")
+    t.add_argument("--dropout", type=_ratio, default=0.0, help="dropout ratio (default 0)")
     t.add_argument("--tie", action="store_true", help="tie embedding and output weights (D == H)")
-    t.add_argument("--epochs", type=_positive_int, default=None)
-    t.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"], default=None)
-    t.add_argument("--lr", type=_positive_float, default=None)
-    t.add_argument("--clip", type=_positive_float, default=None, help="global-norm gradient clip")
-    t.add_argument("--batch", type=_positive_int, default=None, help="batch size (parallel streams)")
-    t.add_argument("--time", type=_positive_int, default=None, help="truncated-BPTT length")
-    t.add_argument("--eval-interval", type=_positive_int, default=None)
+    t.add_argument("--epochs", type=_positive_int, default=None, help=f"({_level_default('epochs')})")
+    t.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"], default=None,
+                   help=f"({_level_default('optimizer')})")
+    t.add_argument("--lr", type=_positive_float, default=None, help=f"learning rate ({_level_default('lr')})")
+    t.add_argument("--clip", type=_positive_float, default=None,
+                   help=f"global-norm gradient clip ({_level_default('clip')})")
+    t.add_argument("--batch", type=_positive_int, default=None,
+                   help=f"batch size, parallel streams ({_level_default('batch')})")
+    t.add_argument("--time", type=_positive_int, default=None,
+                   help=f"truncated-BPTT length ({_level_default('time')})")
+    t.add_argument("--eval-interval", type=_positive_int, default=None,
+                   help=f"iterations between perplexity lines ({_level_default('eval_interval')})")
     t.add_argument("--backend", choices=["auto", "cpu", "numpy"], default="auto")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="train on the CPU (NumPy) or the GPU (CuPy; pip install 'pylstm[cuda]')")
@@ -76,15 +82,18 @@ def _build_parser():
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in OUT (without it, an OUT holding a checkpoint is refused)")
-    t.add_argument("--sample-length", type=_positive_int, default=None)
+    t.add_argument("--sample-length", type=_positive_int, default=None,
+                   help=f"tokens in the sample printed at the end ({_level_default('sample_length')})")
     t.add_argument("--temperature", type=_positive_float, default=0.8)
     t.add_argument("--max-chars", type=_positive_int, default=None,
-                   help="use only the first MAX_CHARS tokens of a text corpus (quick runs)")
+                   help="use only the first MAX_CHARS tokens of a text corpus: characters at char level, "
+                   "words at word level (quick runs)")
     t.add_argument("--no-progress", action="store_true")
 
     g = sub.add_parser("generate", help="sample text from a checkpoint")
     g.add_argument("checkpoint")
-    g.add_argument("--length", type=_positive_int, default=300)
+    g.add_argument("--length", type=_positive_int, default=300,
+                   help="tokens in the output, the prompt included (default 300)")
     g.add_argument("--temperature", type=_positive_float, default=0.8)
     g.add_argument("--top-k", type=_positive_int, default=None)
     g.add_argument("--seed", type=int, default=None)
@@ -147,16 +156,23 @@ def _unigram_perplexity(train, test, V):
     return float(np.exp(-logp[test].mean()))
 
 
+# Defaults that depend on the tokens: (character level, word level). One table for the help and
+# for _defaults.
+_LEVEL_DEFAULTS = dict(wordvec=(48, 100), hidden=(384, 100), epochs=(3, 4), optimizer=("adam", "sgd"),
+                       lr=(0.004, 20.0), clip=(5.0, 0.25), batch=(32, 20), time=(64, 35),
+                       eval_interval=(50, 20), sample_length=(400, 60))
+
+
+def _level_default(key: str) -> str:
+    char, word = _LEVEL_DEFAULTS[key]
+    return f"default {char} at char level, {word} at word level"
+
+
 def _defaults(a):
     word = a.level == "word" or a.corpus == "ptb"
-    d = dict(wordvec=100 if word else 48, hidden=100 if word else 384,
-             epochs=4 if word else 3, optimizer="sgd" if word else "adam",
-             lr=20.0 if word else 0.004, clip=0.25 if word else 5.0, batch=20 if word else 32,
-             time=35 if word else 64, eval_interval=20 if word else 50,
-             sample_length=60 if word else 400)
-    for k, v in d.items():
+    for k, (char_value, word_value) in _LEVEL_DEFAULTS.items():
         if getattr(a, k) is None:
-            setattr(a, k, v)
+            setattr(a, k, word_value if word else char_value)
 
 
 def _decode(ids, vocab, level):
@@ -382,6 +398,8 @@ def _cmd_generate(a):
         prompt = ["\n"] if level == "char" and "\n" in w2i else (["<eos>"] if "<eos>" in w2i else [vocab[0]])
     else:
         prompt = list(a.prompt) if level == "char" else a.prompt.split()
+        if not prompt:
+            raise ValueError("--prompt must hold at least one token (leave it out for the default start)")
     missing = [t for t in prompt if t not in w2i]
     if missing:
         raise ValueError(f"--prompt: {len(missing)} token(s) not in the model's vocabulary: "

@@ -303,3 +303,13 @@ def test_resume_continues_the_run_as_it_was_started(tmp_path):
     assert "x LSTM(D=16, H=32)" in r.stdout and "batch 8 x time 16" in r.stdout
     r = run("train", "--out", str(tmp_path), "--resume", "--hidden", "64")
     assert r.returncode == 1 and "--hidden 64 contradicts the run being resumed (32)" in r.stderr, r.stderr
+
+
+def test_help_states_the_defaults_and_an_empty_prompt_is_named(trained):
+    text = " ".join(run("train", "-h").stdout.split())  # (argparse wraps the lines)
+    assert "hidden size H (default 384 at char level, 100 at word level)" in text
+    assert "characters at char level, words at word level" in text  # --max-chars
+    assert "the prompt included" in " ".join(run("generate", "-h").stdout.split())
+    out, _ = trained
+    r = run("generate", str(out / "checkpoint.npz"), "--prompt", "")
+    assert r.returncode == 1 and r.stderr.startswith("pylstm generate: error: --prompt must hold"), r.stderr
