@@ -328,7 +328,7 @@ def _cmd_train(a):
     print(f"trained in {elapsed:.1f} s")
     print(f"held-out (test) perplexity: {test_ppl:.2f} | unigram baseline on the same split: {uni:.2f}")
     try:
-        plot = trainer.plot(os.path.join(a.out, "perplexity.png"))
+        plot = trainer.plot(os.path.join(a.out, "perplexity.png"), test_ppl=test_ppl, baseline=uni)
         print(f"plot: {plot}")
     except ImportError as exc:
         print(f"plot skipped: {exc}")

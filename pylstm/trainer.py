@@ -120,6 +120,9 @@ class RnnlmTrainer:
         self.time_idx = 0
         self.ppl_list: list = []
         self.val_ppl_list: list = []
+        # per finished epoch: how many perplexity points existed at its end, and its learning rate
+        self.epoch_marks: list = []
+        self.lr_list: list = []
         self.eval_interval = None
         self.current_epoch = 0
         self.log = log
@@ -136,6 +139,7 @@ class RnnlmTrainer:
         st.update({"time_idx": self.time_idx, "epoch": self.current_epoch,
                    "loss_sum": float(self.loss_sum), "loss_count": self.loss_count,
               "ppl_list": list(self.ppl_list), "val_ppl_list": list(self.val_ppl_list),
+              "epoch_marks": list(self.epoch_marks), "lr_list": list(self.lr_list),
               "rng": _rng_states(self.model)})
         st["optimizer"] = type(self.optimizer).__name__
         for k, v in self.optimizer.state_dict().items():
@@ -176,6 +180,7 @@ class RnnlmTrainer:
             if not (math.isfinite(loss_sum) and loss_sum >= 0):  # a sum of cross-entropies
                 raise ValueError(f"loss_sum must be a finite number >= 0, got {loss_sum}")
             ppl_list, val_ppl_list = _perplexities(extra, "ppl_list"), _perplexities(extra, "val_ppl_list")
+            epoch_marks, lr_list = _history(extra, len(ppl_list))
             trial = copy.copy(self.optimizer)
             try:
                 trial.load_state_dict(opt)
@@ -215,6 +220,7 @@ class RnnlmTrainer:
         self.time_idx, self.current_epoch = time_idx, epoch
         self.loss_sum, self.loss_count = loss_sum, loss_count
         self.ppl_list, self.val_ppl_list = ppl_list, val_ppl_list
+        self.epoch_marks, self.lr_list = epoch_marks, lr_list
         self.optimizer.load_state_dict(opt)
         for i, (h, c) in states.items():
             layer = self.model.lstm_layers[i]
@@ -266,6 +272,7 @@ class RnnlmTrainer:
         for epoch in range(self.current_epoch, max_epoch):
             if lr_schedule is not None:
                 optimizer.lr = float(lr_schedule(epoch))
+            epoch_lr = float(optimizer.lr)
             bar = _Progress(max_iters, f"epoch {epoch + 1}/{max_epoch}", progress)
             if on_device:  # checked once above; per-step checks would wait for the GPU
                 model.layers[0].check_ids = model.loss_layer.check_labels = False
@@ -305,6 +312,8 @@ class RnnlmTrainer:
                 bar.close()
                 model.layers[0].check_ids, model.loss_layer.check_labels = saved_checks
             self.current_epoch = epoch + 1
+            self.epoch_marks.append(len(self.ppl_list))
+            self.lr_list.append(epoch_lr)
             if val_corpus is not None:
                 saved = [_layer_state(layer) for layer in model.lstm_layers]
                 val = eval_perplexity(model, val_corpus, batch_size=min(10, batch_size), time_size=time_size)
@@ -321,8 +330,13 @@ class RnnlmTrainer:
                 self.save_checkpoint(checkpoint)
         return self.ppl_list
 
-    def plot(self, path: str, ylim=None) -> str:
-        """Write the perplexity history as a PNG (needs matplotlib: pip install pylstm[plot])."""
+    def plot(self, path: str, ylim=None, test_ppl: Optional[float] = None,
+             baseline: Optional[float] = None) -> str:
+        """Write the perplexity history as a PNG (needs matplotlib: pip install pylstm[plot]), on a
+        log scale (the first points of a run are orders of magnitude above the rest): training
+        perplexity, validation perplexity at the end of each epoch, the test perplexity and a
+        baseline (e.g. a unigram model) as lines when given, and the epochs where the learning
+        rate changed."""
         try:
             import matplotlib
 
@@ -330,20 +344,52 @@ class RnnlmTrainer:
             import matplotlib.pyplot as plt
         except ImportError as exc:
             raise ImportError("plot() needs matplotlib: pip install 'pylstm[plot]'") from exc
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        ax.plot(np.arange(len(self.ppl_list)), self.ppl_list, label="train")
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+        ax.plot(np.arange(len(self.ppl_list)), self.ppl_list, label="train", color="tab:blue")
+        marks = self.epoch_marks[-len(self.val_ppl_list):] if self.val_ppl_list else []
+        if len(marks) == len(self.val_ppl_list) and marks:
+            ax.plot([m - 1 for m in marks], self.val_ppl_list, "o-", label="validation (per epoch)",
+                    color="tab:orange")
+        if test_ppl is not None:
+            ax.axhline(test_ppl, color="tab:green", linestyle="--", label=f"test {test_ppl:.2f}")
+        if baseline is not None:
+            ax.axhline(baseline, color="tab:gray", linestyle=":", label=f"unigram {baseline:.2f}")
+        for k in range(1, min(len(self.lr_list), len(self.epoch_marks))):
+            if self.lr_list[k] != self.lr_list[k - 1]:
+                x = self.epoch_marks[k - 1] - 0.5
+                ax.axvline(x, color="tab:red", alpha=0.4, linewidth=1)
+                ax.annotate(f"lr {self.lr_list[k]:.3g}", (x, 1), xycoords=("data", "axes fraction"),
+                            xytext=(2, -12), textcoords="offset points", fontsize=7, color="tab:red")
+        ax.set_yscale("log")
         ax.set_xlabel(f"iterations (x{self.eval_interval or 1})")
-        ax.set_ylabel("perplexity")
+        ax.set_ylabel("perplexity (log scale)")
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.set_title("pylstm training perplexity")
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         fig.savefig(path)
         plt.close(fig)
         return path
+
+
+def _history(extra: dict, n_points: int):
+    """The per-epoch plot history (absent in files from before it was recorded: empty lists),
+    checked: epoch_marks non-decreasing counts of at most n_points, one finite lr > 0 each."""
+    marks, lrs = extra.get("epoch_marks", []), extra.get("lr_list", [])
+    if not isinstance(marks, list) or not isinstance(lrs, list) or len(marks) != len(lrs):
+        raise ValueError("epoch_marks and lr_list must be lists of one entry per epoch")
+    prev = 0
+    for m in marks:
+        if isinstance(m, bool) or not isinstance(m, int) or not prev <= m <= n_points:
+            raise ValueError(f"epoch_marks must be non-decreasing counts up to {n_points}, got {m!r}")
+        prev = m
+    for v in lrs:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"lr_list must hold finite numbers > 0, got {v!r}")
+    return list(marks), [float(v) for v in lrs]
 
 
 def _real(extra: dict, key: str) -> float:

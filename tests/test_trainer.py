@@ -302,3 +302,29 @@ def test_fit_after_predict_on_another_batch_size():
     tr = RnnlmTrainer(m, SGD(0.1), log=lambda s: None)
     tr.fit(c[:-1], c[1:], max_epoch=1, batch_size=5, time_size=5, progress=False, eval_interval=None)
     assert m.lstm_layers[0].h.shape[0] == 5
+
+
+def test_plot_history_survives_resume_and_marks_lr_changes(tmp_path):
+    pytest.importorskip("matplotlib")
+    c = _corpus(1200)
+    schedule = [0.01, 0.01, 0.002]
+
+    def make():
+        m = Rnnlm(12, 4, 8, seed=1)
+        return RnnlmTrainer(m, Adam(0.01), log=lambda s: None)
+
+    kw = dict(batch_size=4, time_size=8, eval_interval=5, progress=False, val_corpus=c[:300],
+              lr_schedule=lambda e: schedule[e])
+    full = make()
+    full.fit(c[:-1], c[1:], max_epoch=3, **kw)
+    assert full.lr_list == schedule and len(full.epoch_marks) == 3
+    assert full.epoch_marks[-1] == len(full.ppl_list)
+    half = make()
+    ck = str(tmp_path / "ck.npz")
+    half.fit(c[:-1], c[1:], max_epoch=1, checkpoint=ck, **kw)
+    resumed = make()
+    resumed.resume(ck)
+    resumed.fit(c[:-1], c[1:], max_epoch=3, **kw)
+    assert resumed.epoch_marks == full.epoch_marks and resumed.lr_list == full.lr_list
+    out = resumed.plot(str(tmp_path / "p.png"), test_ppl=5.0, baseline=11.0)
+    assert (tmp_path / "p.png").stat().st_size > 1000 and out.endswith("p.png")
