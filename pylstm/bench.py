@@ -123,74 +123,42 @@ class PylstmRnnCand(PylstmCand):
                 "db": self.grads[4], "dh0": self.grads[1]}
 
 
-class TorchRnnCand:
-    """torch.nn.RNN (tanh, batch_first) with the same weights and the same gradients."""
+class TorchCand:
+    """torch.nn.LSTM (or nn.RNN, tanh) with batch_first and the same weights, computing the same
+    gradients (inputs, initial states, weights, biases)."""
 
-    def __init__(self, d, torch):
-        self.torch, self.name = torch, "torch"
+    def __init__(self, d, torch, cell="lstm"):
+        self.torch, self.name, self.lstm = torch, "torch", cell == "lstm"
         N, T, D = d["xs"].shape
         H = d["Wh"].shape[0]
-        self.rnn = torch.nn.RNN(D, H, batch_first=True)
+        to_torch = convert.to_torch if self.lstm else convert.rnn_to_torch
+        self.rnn = (torch.nn.LSTM if self.lstm else torch.nn.RNN)(D, H, batch_first=True)
         with torch.no_grad():
             for n, v in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
-                            convert.rnn_to_torch(d["Wx"], d["Wh"], d["b"])):
+                            to_torch(d["Wx"], d["Wh"], d["b"])):
                 getattr(self.rnn, n).copy_(torch.from_numpy(v))
         self.x = torch.from_numpy(d["xs"]).requires_grad_()
         self.h0 = torch.from_numpy(d["h0"])[None].requires_grad_()
+        self.c0 = torch.from_numpy(d["c0"])[None].requires_grad_() if self.lstm else None
+        self.state = (self.h0, self.c0) if self.lstm else self.h0
         self.dhs = torch.from_numpy(d["dhs"])
 
     def forward(self):
-        self.out = self.rnn(self.x, self.h0)[0]
+        self.out = self.rnn(self.x, self.state)[0]
 
     def backward(self):
-        for p in (self.x, self.h0, *self.rnn.parameters()):
-            p.grad = None
+        for p in (self.x, self.h0, self.c0, *self.rnn.parameters()):
+            if p is not None:
+                p.grad = None
         self.out.backward(self.dhs)
 
     def inference(self):
         with self.torch.no_grad():
-            return self.rnn(self.x, self.h0)
+            return self.rnn(self.x, self.state)
 
     def results(self):
         w = [getattr(self.rnn, n).grad.numpy() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0")]
-        dWx, dWh, db = convert.rnn_from_torch(w[0], w[1], w[2])
-        return {"hs": self.out.detach().numpy(), "dxs": self.x.grad.numpy(), "dWx": dWx, "dWh": dWh,
-                "db": db, "dh0": self.h0.grad[0].numpy()}
-
-
-class TorchCand:
-    """torch.nn.LSTM (batch_first) with the same weights, computing the same gradients
-    (inputs, initial states, weights, biases)."""
-
-    def __init__(self, d, torch):
-        self.torch, self.name = torch, "torch"
-        N, T, D = d["xs"].shape
-        H = d["Wh"].shape[0]
-        self.lstm = torch.nn.LSTM(D, H, batch_first=True)
-        with torch.no_grad():
-            for n, v in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
-                            convert.to_torch(d["Wx"], d["Wh"], d["b"])):
-                getattr(self.lstm, n).copy_(torch.from_numpy(v))
-        self.x = torch.from_numpy(d["xs"]).requires_grad_()
-        self.h0 = torch.from_numpy(d["h0"])[None].requires_grad_()
-        self.c0 = torch.from_numpy(d["c0"])[None].requires_grad_()
-        self.dhs = torch.from_numpy(d["dhs"])
-
-    def forward(self):
-        self.out = self.lstm(self.x, (self.h0, self.c0))[0]
-
-    def backward(self):
-        for p in (self.x, self.h0, self.c0, *self.lstm.parameters()):
-            p.grad = None
-        self.out.backward(self.dhs)
-
-    def inference(self):
-        with self.torch.no_grad():
-            return self.lstm(self.x, (self.h0, self.c0))
-
-    def results(self):
-        w = [getattr(self.lstm, n).grad.numpy() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0")]
-        dWx, dWh, db = convert.from_torch(w[0], w[1], w[2])
+        dWx, dWh, db = (convert.from_torch if self.lstm else convert.rnn_from_torch)(w[0], w[1], w[2])
         return {"hs": self.out.detach().numpy(), "dxs": self.x.grad.numpy(), "dWx": dWx, "dWh": dWh,
                 "db": db, "dh0": self.h0.grad[0].numpy()}
 
@@ -212,11 +180,11 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
     if cell == "lstm":
         hs, _, _, rc = ref.lstm_forward_ref(d64["xs"], d64["h0"], d64["c0"], d64["Wx"], d64["Wh"], d64["b"])
         dxs, dh0, _, dWx, dWh, db = ref.lstm_backward_ref(d64["dhs"], rc)
-        ours, theirs = PylstmCand, TorchCand
+        ours = PylstmCand
     else:
         hs, _, rc = ref.rnn_forward_ref(d64["xs"], d64["h0"], d64["Wx"], d64["Wh"], d64["b"])
         dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(d64["dhs"], rc)
-        ours, theirs = PylstmRnnCand, TorchRnnCand
+        ours = PylstmRnnCand
     want = {"hs": hs, "dxs": dxs, "dWx": dWx, "dWh": dWh, "db": db, "dh0": dh0}
     tol = 1e-3 if dtype == np.float32 else 1e-9
 
@@ -224,7 +192,7 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
     if with_numpy:
         cands.append(ours(d, "numpy"))
     if with_torch is not None:
-        cands.append(theirs(d, with_torch))
+        cands.append(TorchCand(d, with_torch, cell))
     for c in cands:
         check(c, want, tol)
 

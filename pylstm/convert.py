@@ -46,6 +46,18 @@ def _arr(a, name: str, ndim: int) -> np.ndarray:
     return a
 
 
+def _summed_bias(size: int, dtype, bias_ih, bias_hh) -> np.ndarray:
+    """PyTorch's two biases added (either may be None: a layer built with bias=False)."""
+    bias = np.zeros(size, dtype)
+    for name, v in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if v is not None:
+            v = _arr(v, name, 1)
+            if v.shape != bias.shape:
+                raise ValueError(f"{name} must have shape {bias.shape}, got {v.shape}")
+            bias = bias + v
+    return bias
+
+
 def to_torch(Wx, Wh, b):
     """pylstm ``(Wx, Wh, b)`` -> PyTorch ``(weight_ih, weight_hh, bias_ih, bias_hh)``.
 
@@ -68,13 +80,7 @@ def from_torch(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
         raise ValueError(f"weight_hh must have shape (4H, H), got {w_hh.shape}")
     if w_ih.shape[0] != w_hh.shape[0]:
         raise ValueError(f"weight_ih must have shape (4H, D) with 4H = {w_hh.shape[0]}, got {w_ih.shape}")
-    bias = np.zeros(w_hh.shape[0], w_hh.dtype)
-    for name, v in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if v is not None:
-            v = _arr(v, name, 1)
-            if v.shape != bias.shape:
-                raise ValueError(f"{name} must have shape {bias.shape}, got {v.shape}")
-            bias = bias + v
+    bias = _summed_bias(w_hh.shape[0], w_hh.dtype, bias_ih, bias_hh)
     Wx = _reorder(w_ih.T, 1, _TORCH, _PYLSTM, "weight_ih")
     Wh = _reorder(w_hh.T, 1, _TORCH, _PYLSTM, "weight_hh")
     return Wx, Wh, _reorder(bias, 0, _TORCH, _PYLSTM, "bias")
@@ -120,11 +126,5 @@ def rnn_from_torch(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
         raise ValueError(f"weight_hh must have shape (H, H), got {w_hh.shape}")
     if w_ih.shape[0] != H:
         raise ValueError(f"weight_ih must have shape ({H}, D), got {w_ih.shape}")
-    bias = np.zeros(H, w_hh.dtype)
-    for name, v in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if v is not None:
-            v = _arr(v, name, 1)
-            if v.shape != bias.shape:
-                raise ValueError(f"{name} must have shape {bias.shape}, got {v.shape}")
-            bias = bias + v
+    bias = _summed_bias(H, w_hh.dtype, bias_ih, bias_hh)
     return np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), bias
