@@ -294,6 +294,8 @@ def _cmd_train(a):
     opt = OPTIMIZERS[a.optimizer](lr=a.lr)
     os.makedirs(a.out, exist_ok=True)
     trainer = RnnlmTrainer(model, opt)
+    if not a.resume:  # (a resumed run keeps its trained bias)
+        model.init_output_bias(train)
     if a.resume:
         saved_vocab, saved_level, _, _ = _run_record(ckpt, _checkpoint_extra(ckpt))
         if saved_vocab != vocab or saved_level != level:

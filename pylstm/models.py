@@ -227,6 +227,21 @@ class LstmLM:
         self._collect()
         return self
 
+    def init_output_bias(self, corpus) -> None:
+        """Set the output layer's bias to the log unigram frequencies of ``corpus`` (token ids;
+        add-one smoothed), the usual start for a softmax over a vocabulary. With a zero bias, the
+        classes a short run rarely or never sees as targets keep drawing Adam's full-size steps on
+        their output weights, and the model can fall into states where those classes win (a
+        character model trained briefly sampled ``$ Z 3 X`` and its validation perplexity varied
+        severalfold with the evaluation batch size; benchmarks/RESULTS.md)."""
+        V = self.config["vocab_size"]
+        ids = np.asarray(to_host(corpus)).ravel()
+        if ids.dtype.kind not in "iu" or (ids.size and (ids.min() < 0 or ids.max() >= V)):
+            raise ValueError(f"corpus must hold token ids in [0, {V})")
+        counts = np.bincount(ids, minlength=V).astype(np.float64) + 1.0
+        b = self.params[-1]
+        b[...] = to_module(np.log(counts / counts.sum()).astype(np.float32), array_module(b))
+
     # --- the book's interface -------------------------------------------------------------
     def predict(self, xs: np.ndarray, train_flg: bool = False) -> np.ndarray:
         """Scores (N, T, V) for a (N, T) batch of token ids (a nested list works too)."""

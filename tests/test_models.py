@@ -417,3 +417,12 @@ def test_a_text_file_is_not_a_checkpoint(tmp_path):
     path.write_text("hello")
     with pytest.raises(CheckpointError, match=r"not an \.npz archive"):
         load_checkpoint(str(path))
+
+
+def test_init_output_bias_is_the_smoothed_log_unigram():
+    m = Rnnlm(vocab_size=5, wordvec_size=3, hidden_size=4, seed=0)
+    m.init_output_bias(np.array([0, 0, 1, 3, 3, 3], np.int32))
+    counts = np.array([2, 1, 0, 3, 0]) + 1.0
+    np.testing.assert_allclose(m.params[-1], np.log(counts / counts.sum()), rtol=1e-6)
+    with pytest.raises(ValueError, match="^corpus must hold token ids in"):
+        m.init_output_bias(np.array([0, 5]))
