@@ -48,7 +48,9 @@ def _build_parser():
     t = sub.add_parser("train", help="train a language model (default: the embedded corpus)")
     p.train_parser = t
     t.add_argument("--corpus", default="embedded", help="'embedded' (tiny-shakespeare, in the package), "
-                   "'ptb' (Penn Treebank; see PYLSTM_DATA_DIR), or a path to a UTF-8 text file")
+                   "'ptb' (Penn Treebank; see --data-dir), or a path to a UTF-8 text file")
+    t.add_argument("--data-dir", default=None,
+                   help="folder with the PTB files (default: $PYLSTM_DATA_DIR, then the cache)")
     t.add_argument("--level", choices=["char", "word"], default=None,
                    help="tokens (default: char for text, word for ptb)")
     t.add_argument("--wordvec", type=_positive_int, default=None,
@@ -107,6 +109,8 @@ def _build_parser():
     e.add_argument("--corpus", default=None,
                    help="'embedded', 'ptb' or a UTF-8 text file (default: the checkpoint's corpus when it is "
                    "'embedded' or 'ptb'; a file it was trained on must be named here)")
+    e.add_argument("--data-dir", default=None,
+                   help="folder with the PTB files (default: $PYLSTM_DATA_DIR, then the cache)")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--batch", type=_positive_int, default=10)
     e.add_argument("--time", type=_positive_int, default=35)
@@ -128,16 +132,26 @@ def _build_parser():
 
 
 # --- data ---------------------------------------------------------------------------------
-def _load_corpus(corpus: str, level: str, max_chars=None):
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_corpus(corpus: str, level: str, max_chars=None, data_dir=None):
     """Returns (train, val, test, vocab_list, level)."""
     from .datasets import ptb, text
 
     if corpus == "ptb":
         if level == "char":
             raise ValueError("--level char is not available for --corpus ptb (a word-level corpus)")
-        train, w2i, i2w = ptb.load_data("train")
-        val, _, _ = ptb.load_data("val")
-        test, _, _ = ptb.load_data("test")
+        train, w2i, i2w = ptb.load_data("train", data_dir=data_dir)
+        val, _, _ = ptb.load_data("val", data_dir=data_dir)
+        test, _, _ = ptb.load_data("test", data_dir=data_dir)
         return train, val, test, [i2w[i] for i in range(len(i2w))], "word"
     level = level or "char"
     if corpus == "embedded":
@@ -276,7 +290,7 @@ def _cmd_train(a):
     _defaults(a)
     if a.threads:
         pylstm.set_num_threads(a.threads)
-    train, val, test, vocab, level = _load_corpus(a.corpus, a.level, a.max_chars)
+    train, val, test, vocab, level = _load_corpus(a.corpus, a.level, a.max_chars, a.data_dir)
     V = len(vocab)
     need = a.batch * a.time + 1
     for name, part in (("train", train), ("validation", val), ("test", test)):
@@ -315,6 +329,8 @@ def _cmd_train(a):
     settings.update(corpus=corpus, level=level)
     trainer.meta = {"vocab": vocab, "level": level, "corpus": corpus, "max_chars": a.max_chars,
                     "settings": settings}
+    if corpus not in ("embedded", "ptb"):  # eval recognizes the file by its content, wherever it is
+        trainer.meta["corpus_sha256"] = _file_sha256(corpus)
     t0 = time.time()
     try:
         trainer.fit(train[:-1], train[1:], max_epoch=a.epochs, batch_size=a.batch, time_size=a.time, max_grad=a.clip,
@@ -420,6 +436,9 @@ def _cmd_eval(a):
     from .trainer import eval_perplexity
 
     model, (vocab, level, trained_on, max_chars) = _load(a.checkpoint)
+    from .checkpoint import read_checkpoint_extra
+
+    trained_sha = read_checkpoint_extra(a.checkpoint).get("corpus_sha256")
     named = ("embedded", "ptb")
     if a.corpus is None:
         # A path in a checkpoint is data, not the user's choice: a corrupt or foreign file could
@@ -431,13 +450,17 @@ def _cmd_eval(a):
         corpus = trained_on
     else:
         corpus = a.corpus
-    same = corpus == trained_on if corpus in named else os.path.abspath(corpus) == trained_on
+    if corpus in named:
+        same = corpus == trained_on
+    else:  # the training file, moved or not: its content decides (the path, for older checkpoints)
+        same = (_file_sha256(corpus) == trained_sha) if isinstance(trained_sha, str) \
+            else os.path.abspath(corpus) == trained_on
     if corpus == "ptb":
         from .datasets import ptb
 
         if trained_on != "ptb":  # PTB's ids are its own vocabulary's
             raise ValueError(f"--corpus ptb: {a.checkpoint} was trained on {trained_on!r}, not on ptb")
-        data, _, _ = ptb.load_data(a.split)
+        data, _, _ = ptb.load_data(a.split, data_dir=a.data_dir)
     else:
         if corpus == "embedded":
             raw = text.embedded_text()

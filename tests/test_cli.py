@@ -333,3 +333,24 @@ def test_a_short_char_run_samples_text_and_evaluates_the_same_at_any_batch(tmp_p
         assert r.returncode == 0, r.stderr
         ppl[batch] = float(r.stdout.split("perplexity:")[1])
     assert abs(ppl["32"] / ppl["5"] - 1) < 0.08, ppl  # (cold starts at 32 places cost a little)
+
+
+def test_eval_finds_a_moved_training_file_by_its_content(tmp_path):
+    """The checkpoint keeps the training file's sha256: eval on the file at a new place uses the
+    run's split (its --max-chars) as before the move."""
+    src = tmp_path / "a" / "corpus.txt"
+    src.parent.mkdir()
+    from pylstm.datasets import text
+
+    src.write_text(text.embedded_text()[:120000], encoding="utf-8")
+    out = tmp_path / "run"
+    r = run("train", "--out", str(out), "--corpus", str(src), "--max-chars", "30000", "--hidden", "16",
+            "--wordvec", "8", "--epochs", "1", "--batch", "4", "--time", "16", "--no-progress", "--sample-length", "5")
+    assert r.returncode == 0, r.stderr
+    before = run("eval", str(out / "checkpoint.npz"), "--corpus", str(src), "--split", "val")
+    moved = tmp_path / "b" / "renamed.txt"
+    moved.parent.mkdir()
+    src.rename(moved)
+    after = run("eval", str(out / "checkpoint.npz"), "--corpus", str(moved), "--split", "val")
+    assert before.returncode == 0 and after.returncode == 0, after.stderr
+    assert after.stdout == before.stdout
