@@ -90,6 +90,10 @@ def _build_parser():
     t.add_argument("--max-chars", type=_positive_int, default=None,
                    help="use only the first MAX_CHARS tokens of a text corpus: characters at char level, "
                    "words at word level (quick runs)")
+    t.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="stop after this many training steps (the checkpoint continues from there with --resume)")
+    t.add_argument("--max-time", type=_positive_float, default=None,
+                   help="stop after this many seconds of training (likewise resumable)")
     t.add_argument("--no-progress", action="store_true")
 
     g = sub.add_parser("generate", help="sample text from a checkpoint")
@@ -335,12 +339,15 @@ def _cmd_train(a):
     try:
         trainer.fit(train[:-1], train[1:], max_epoch=a.epochs, batch_size=a.batch, time_size=a.time, max_grad=a.clip,
                     eval_interval=a.eval_interval, val_corpus=val, checkpoint=ckpt,
-                    progress=not a.no_progress)
+                    progress=not a.no_progress, max_steps=a.max_steps, max_time=a.max_time)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last complete epoch's checkpoint is kept at {ckpt}" if os.path.exists(ckpt)
               else "\ninterrupted before the first epoch ended: no checkpoint written", file=sys.stderr)
         return 130
     elapsed = time.time() - t0
+    if trainer.stopped_early:
+        print(f"stopped by --max-steps/--max-time in epoch {trainer.current_epoch + 1} after iteration "
+              f"{trainer.epoch_iter}; --resume continues from there")
     test_ppl = eval_perplexity(model, test, batch_size=min(10, a.batch), time_size=a.time)
     uni = _unigram_perplexity(train, test, V)
     print(f"trained in {elapsed:.1f} s")

@@ -123,6 +123,7 @@ class RnnlmTrainer:
         # per finished epoch: how many perplexity points existed at its end, and its learning rate
         self.epoch_marks: list = []
         self.lr_list: list = []
+        self.epoch_iter = 0  # iterations of current_epoch already done (a run stopped by a limit)
         self.eval_interval = None
         self.current_epoch = 0
         self.log = log
@@ -136,7 +137,7 @@ class RnnlmTrainer:
 
     def _state(self) -> dict:
         st = dict(self.meta)
-        st.update({"time_idx": self.time_idx, "epoch": self.current_epoch,
+        st.update({"time_idx": self.time_idx, "epoch": self.current_epoch, "epoch_iter": self.epoch_iter,
                    "loss_sum": float(self.loss_sum), "loss_count": self.loss_count,
               "ppl_list": list(self.ppl_list), "val_ppl_list": list(self.val_ppl_list),
               "epoch_marks": list(self.epoch_marks), "lr_list": list(self.lr_list),
@@ -176,6 +177,7 @@ class RnnlmTrainer:
         opt = {k[4:]: v for k, v in extra.items() if k.startswith("opt_")}
         try:
             time_idx, epoch, loss_count = (_count(extra, k) for k in ("time_idx", "epoch", "loss_count"))
+            epoch_iter = _count(extra, "epoch_iter") if "epoch_iter" in extra else 0  # (older files: 0)
             loss_sum = _real(extra, "loss_sum")
             if not (math.isfinite(loss_sum) and loss_sum >= 0):  # a sum of cross-entropies
                 raise ValueError(f"loss_sum must be a finite number >= 0, got {loss_sum}")
@@ -217,7 +219,7 @@ class RnnlmTrainer:
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"{path}: malformed trainer state ({type(exc).__name__}: {exc})") from exc
         self.model.load_params(path)
-        self.time_idx, self.current_epoch = time_idx, epoch
+        self.time_idx, self.current_epoch, self.epoch_iter = time_idx, epoch, epoch_iter
         self.loss_sum, self.loss_count = loss_sum, loss_count
         self.ppl_list, self.val_ppl_list = ppl_list, val_ppl_list
         self.epoch_marks, self.lr_list = epoch_marks, lr_list
@@ -231,8 +233,13 @@ class RnnlmTrainer:
     def fit(self, xs, ts, max_epoch: int = 10, batch_size: int = 20, time_size: int = 35,
             max_grad: Optional[float] = None, eval_interval: Optional[int] = 20,
             val_corpus=None, lr_decay: float = 0.25, checkpoint: Optional[str] = None,
-            progress: bool = True, lr_schedule: Optional[Callable[[int], float]] = None):
+            progress: bool = True, lr_schedule: Optional[Callable[[int], float]] = None,
+            max_steps: Optional[int] = None, max_time: Optional[float] = None):
         """Train for epochs ``current_epoch .. max_epoch - 1``.
+
+        ``max_steps`` / ``max_time`` (seconds) stop this call early, at an iteration boundary: the
+        checkpoint is then written where it stopped (mid-epoch included) and ``resume`` + ``fit``
+        continues from that iteration exactly. ``self.stopped_early`` says whether it did.
 
         ``val_corpus``: evaluated after each epoch; when its perplexity does not improve, the
         lr is multiplied by ``lr_decay``. ``lr_schedule(epoch) -> lr`` overrides that.
@@ -248,6 +255,12 @@ class RnnlmTrainer:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if max_grad is not None and not max_grad > 0:
             raise ValueError(f"max_grad must be > 0 or None, got {max_grad}")
+        if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) < 1):
+            raise ValueError(f"max_steps must be an integer >= 1 or None, got {max_steps}")
+        if max_time is not None and not (isinstance(max_time, (int, float)) and max_time > 0):
+            raise ValueError(f"max_time must be a number of seconds > 0 or None, got {max_time}")
+        self.stopped_early = False
+        steps = 0
         model, optimizer = self.model, self.optimizer
         for layer in model.lstm_layers:  # a state left by predict() on another batch size
             if layer.h is not None and layer.h.shape[0] != batch_size:
@@ -277,7 +290,12 @@ class RnnlmTrainer:
             if on_device:  # checked once above; per-step checks would wait for the GPU
                 model.layers[0].check_ids = model.loss_layer.check_labels = False
             try:
-                for it in range(max_iters):
+                for it in range(min(self.epoch_iter, max_iters), max_iters):
+                    if (max_steps is not None and steps >= max_steps) or \
+                            (max_time is not None and time.time() - start >= max_time):
+                        self.stopped_early = True
+                        break
+                    steps += 1
                     if on_device:
                         idx = (base + self.time_idx) % len(xs)
                         self.time_idx += time_size
@@ -294,6 +312,7 @@ class RnnlmTrainer:
                     optimizer.update(params, grads)
                     self.loss_sum += loss
                     self.loss_count += 1
+                    self.epoch_iter = it + 1
                     if on_device:
                         bar.update(1)
                     else:
@@ -311,7 +330,12 @@ class RnnlmTrainer:
             finally:
                 bar.close()
                 model.layers[0].check_ids, model.loss_layer.check_labels = saved_checks
+            if self.stopped_early:  # mid-epoch: keep where it stopped, for resume
+                if checkpoint:
+                    self.save_checkpoint(checkpoint)
+                break
             self.current_epoch = epoch + 1
+            self.epoch_iter = 0
             self.epoch_marks.append(len(self.ppl_list))
             self.lr_list.append(epoch_lr)
             if val_corpus is not None:

@@ -354,3 +354,10 @@ def test_eval_finds_a_moved_training_file_by_its_content(tmp_path):
     after = run("eval", str(out / "checkpoint.npz"), "--corpus", str(moved), "--split", "val")
     assert before.returncode == 0 and after.returncode == 0, after.stderr
     assert after.stdout == before.stdout
+
+
+def test_max_steps_stops_the_run_and_says_so(tmp_path):
+    r = run("train", "--out", str(tmp_path), "--max-steps", "3", *QUICK)
+    assert r.returncode == 0, r.stderr
+    assert "stopped by --max-steps/--max-time in epoch 1 after iteration 3" in r.stdout
+    assert (tmp_path / "checkpoint.npz").exists()

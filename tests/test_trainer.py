@@ -328,3 +328,28 @@ def test_plot_history_survives_resume_and_marks_lr_changes(tmp_path):
     assert resumed.epoch_marks == full.epoch_marks and resumed.lr_list == full.lr_list
     out = resumed.plot(str(tmp_path / "p.png"), test_ppl=5.0, baseline=11.0)
     assert (tmp_path / "p.png").stat().st_size > 1000 and out.endswith("p.png")
+
+
+def test_max_steps_stops_mid_epoch_and_resume_continues_exactly(tmp_path):
+    c = _corpus(2000, seed=5)
+    kw = dict(batch_size=4, time_size=8, max_grad=1.0, eval_interval=3, progress=False, val_corpus=c[:300])
+
+    def make():
+        m = BetterRnnlm(12, 8, 8, dropout_ratio=0.2, seed=7)
+        return m, RnnlmTrainer(m, Adam(0.01), log=lambda s: None)
+
+    m1, t1 = make()
+    t1.fit(c[:-1], c[1:], max_epoch=2, **kw)
+    assert not t1.stopped_early
+    ck = str(tmp_path / "ck.npz")
+    m2, t2 = make()
+    t2.fit(c[:-1], c[1:], max_epoch=2, checkpoint=ck, max_steps=70, **kw)  # 62 iterations an epoch
+    assert t2.stopped_early and t2.current_epoch == 1 and t2.epoch_iter == 8
+    m3, t3 = make()
+    t3.resume(ck)
+    t3.fit(c[:-1], c[1:], max_epoch=2, **kw)
+    assert t3.ppl_list == t1.ppl_list and t3.val_ppl_list == t1.val_ppl_list
+    for a, b in zip(m1.params, m3.params):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="^max_time must be"):
+        t3.fit(c[:-1], c[1:], max_epoch=3, max_time=-1, **kw)
