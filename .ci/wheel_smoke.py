@@ -11,6 +11,11 @@ from pylstm.trainer import RnnlmTrainer
 
 assert pylstm.__file__.find("site-packages") > 0, pylstm.__file__
 assert "cpu" in pylstm.available_backends(), pylstm.available_backends()
+try:  # the emulated CUDA module is for the test suite only
+    import pylstm._cuda_emu  # noqa: F401
+    raise AssertionError("the wheel ships the test-only module pylstm._cuda_emu")
+except ImportError:
+    pass
 rng = np.random.default_rng(0)
 xs, Wx, Wh, b = rng.random((2, 3, 4)), rng.random((4, 20)), rng.random((5, 20)), rng.random(20)
 hs = pylstm.lstm_forward(xs, Wx, Wh, b, backend="cpu")[0]
