@@ -137,13 +137,9 @@ def _build_parser():
 
 # --- data ---------------------------------------------------------------------------------
 def _file_sha256(path: str) -> str:
-    import hashlib
+    from .datasets.ptb import file_sha256
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def _load_corpus(corpus: str, level: str, max_chars=None, data_dir=None):

@@ -35,7 +35,8 @@ def cache_dir() -> str:
     return os.path.join(base, "pylstm")
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -50,7 +51,7 @@ def _download(name: str, dest_dir: str) -> str:
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(URL_BASE + name, timeout=30) as r:
             f.write(r.read())
-        got = _sha256(tmp)
+        got = file_sha256(tmp)
         if got != SHA256[name]:
             raise OSError(f"{name}: downloaded file has sha256 {got}, expected {SHA256[name]}")
         os.replace(tmp, dest)
