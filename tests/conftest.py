@@ -1,9 +1,10 @@
-"""pytest configuration: the `cuda` marker is skipped when no GPU backend is usable, and `slow`
-tests run only when selected (``-m slow``)."""
+"""pytest configuration: the `cuda` marker is skipped when no GPU backend is usable, `slow`
+tests run only when selected (``-m slow``); the fixtures the kernel tests of every cell share."""
 
 import pytest
 
 import pylstm
+from pylstm import _backend
 
 
 def pytest_collection_modifyitems(config, items):
@@ -18,3 +19,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=["small-m-kernel", "small-m-kernel+projection-first",
+                        "small-m-kernel+step-projection", "blas"])
+def cpu_path(request):
+    """The CPU paths of a float32 kernel test: BLAS, and the packed-weight kernel with each forward
+    schedule forced (auto picks by shape, so some shapes would otherwise only ever run one)."""
+    if _backend.cpu is None:
+        pytest.skip("no CPU backend")
+    kernel, _, schedule = request.param.partition("+")
+    old = _backend.cpu._set_small_m_kernel(kernel == "small-m-kernel")
+    old_schedule = _backend.cpu._set_forward_schedule(schedule or "auto")
+    yield request.param
+    _backend.cpu._set_small_m_kernel(old)
+    _backend.cpu._set_forward_schedule(old_schedule)

@@ -53,23 +53,6 @@ def step_gemm(request):
     _backend.cpu._set_small_m_kernel(old)
 
 
-@pytest.fixture(params=["small-m-kernel", "small-m-kernel+projection-first",
-                        "small-m-kernel+step-projection", "blas"])
-def cpu_path(request):
-    """step_gemm, and for the packed-weight kernel each float32 forward schedule forced (auto
-    picks by shape, so some shapes would otherwise only ever run one of them)."""
-    from pylstm import _backend
-
-    if _backend.cpu is None:
-        pytest.skip("no CPU backend")
-    kernel, _, schedule = request.param.partition("+")
-    old = _backend.cpu._set_small_m_kernel(kernel == "small-m-kernel")
-    old_schedule = _backend.cpu._set_forward_schedule(schedule or "auto")
-    yield request.param
-    _backend.cpu._set_small_m_kernel(old)
-    _backend.cpu._set_forward_schedule(old_schedule)
-
-
 def test_cpu_backend_is_built():
     assert "cpu" in pylstm.available_backends()
 

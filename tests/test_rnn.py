@@ -55,19 +55,6 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture(params=["packed", "packed+projection-first", "packed+step-projection", "blas"])
-def cpu_path(request):
-    """The packed-weight kernel with each float32 forward schedule forced, and BLAS."""
-    if _backend.cpu is None:
-        pytest.skip("no CPU backend")
-    kernel, _, schedule = request.param.partition("+")
-    old = _backend.cpu._set_small_m_kernel(kernel == "packed")
-    old_schedule = _backend.cpu._set_forward_schedule(schedule or "auto")
-    yield request.param
-    _backend.cpu._set_small_m_kernel(old)
-    _backend.cpu._set_forward_schedule(old_schedule)
-
-
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("with_state", [True, False])
 def test_reference_matches_finite_differences(act, with_state):
