@@ -1,7 +1,8 @@
 """pylstm: fused LSTM sequence kernels for Python, and a DLfS2-style LSTM language-model stack.
 
-The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, ``rnn_forward``,
-``rnn_backward``, ``rnn_inference``, ``clip_grads``, ``global_norm``) runs on the compiled CPU
+The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, the same for the
+peephole LSTM (``peephole_*``) and the vanilla RNN (``rnn_*``), ``clip_grads``,
+``clip_grads_by_value``, ``global_norm``) runs on the compiled CPU
 kernels, on the CUDA kernels for device arrays (CuPy, PyTorch, Numba; ``backend="cuda"``), or on
 the NumPy reference (``pylstm.reference``), which is the specification the kernels are tested
 against.
@@ -19,6 +20,9 @@ from .functional import (
     lstm_forward,
     lstm_inference,
     matmul,
+    peephole_backward,
+    peephole_forward,
+    peephole_inference,
     rnn_backward,
     rnn_forward,
     rnn_inference,
@@ -41,6 +45,9 @@ __all__ = [
     "lstm_forward",
     "lstm_inference",
     "matmul",
+    "peephole_backward",
+    "peephole_forward",
+    "peephole_inference",
     "rnn_backward",
     "rnn_forward",
     "rnn_inference",

@@ -1,7 +1,8 @@
-"""Times pylstm's fused LSTM (or vanilla RNN, --cell rnn) against the NumPy reference (the book's
+"""Times pylstm's fused LSTM (or vanilla RNN, --cell rnn; or the peephole LSTM against the plain
+one, --cell peephole) against the NumPy reference (the book's
 algorithm) and PyTorch's CPU nn.LSTM / nn.RNN (oneDNN), side by side in one run, after checking
 every candidate against the float64 reference. Run: pylstm bench, or python -m pylstm.bench
-[--cell lstm|rnn] [--shapes N,T,D,H ...] [--json out.json]
+[--cell lstm|peephole|rnn] [--shapes N,T,D,H ...] [--json out.json]
 
 Rows: median (and min) ms for forward (saving for backward), backward, the training step
 (forward + backward), and forward-only inference; GFLOP/s of the training step
@@ -64,7 +65,7 @@ def _timeit(fn) -> float:
     return time.perf_counter() - t0
 
 
-GATES = {"lstm": 4, "rnn": 1}
+GATES = {"lstm": 4, "peephole": 4, "rnn": 1}
 
 
 def make_inputs(shape, dtype, seed=0, cell="lstm"):
@@ -79,6 +80,7 @@ def make_inputs(shape, dtype, seed=0, cell="lstm"):
         "h0": (rng.standard_normal((N, H)) * 0.5).astype(dtype),
         "c0": (rng.standard_normal((N, H)) * 0.5).astype(dtype),
         "dhs": rng.standard_normal((N, T, H)).astype(dtype),
+        "P": (rng.standard_normal((3, H)) * 0.5).astype(dtype),
     }
 
 
@@ -102,6 +104,23 @@ class PylstmCand:
     def results(self):
         return {"hs": self.out[0], "dxs": self.grads[0], "dWx": self.grads[3], "dWh": self.grads[4],
                 "db": self.grads[5], "dh0": self.grads[1]}
+
+
+class PylstmPeepholeCand(PylstmCand):
+    """pylstm's peephole LSTM on one backend."""
+
+    def forward(self):
+        d = self.d
+        self.out = pylstm.peephole_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["P"], d["h0"], d["c0"],
+                                           backend=self.backend)
+
+    def backward(self):
+        self.grads = pylstm.peephole_backward(self.d["dhs"], self.out[3])
+
+    def inference(self):
+        d = self.d
+        return pylstm.peephole_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["P"], d["h0"], d["c0"],
+                                         backend=self.backend)
 
 
 class PylstmRnnCand(PylstmCand):
@@ -177,10 +196,15 @@ def check(cand, want, tol):
 def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell="lstm"):
     d = make_inputs(shape, dtype, cell=cell)
     d64 = {k: v.astype(np.float64) for k, v in d.items()}
+    args64 = (d64["xs"], d64["h0"], d64["c0"], d64["Wx"], d64["Wh"], d64["b"])
     if cell == "lstm":
-        hs, _, _, rc = ref.lstm_forward_ref(d64["xs"], d64["h0"], d64["c0"], d64["Wx"], d64["Wh"], d64["b"])
+        hs, _, _, rc = ref.lstm_forward_ref(*args64)
         dxs, dh0, _, dWx, dWh, db = ref.lstm_backward_ref(d64["dhs"], rc)
         ours = PylstmCand
+    elif cell == "peephole":
+        hs, _, _, rc = ref.peephole_forward_ref(*args64, d64["P"])
+        dxs, dh0, _, dWx, dWh, db, _ = ref.peephole_backward_ref(d64["dhs"], rc)
+        ours = PylstmPeepholeCand
     else:
         hs, _, rc = ref.rnn_forward_ref(d64["xs"], d64["h0"], d64["Wx"], d64["Wh"], d64["b"])
         dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(d64["dhs"], rc)
@@ -191,10 +215,19 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
     cands = [ours(d, "cpu")]
     if with_numpy:
         cands.append(ours(d, "numpy"))
-    if with_torch is not None:
+    if with_torch is not None and cell != "peephole":
         cands.append(TorchCand(d, with_torch, cell))
     for c in cands:
         check(c, want, tol)
+    if cell == "peephole":
+        # no library has a fused peephole LSTM to compare with: pylstm's plain LSTM is the
+        # baseline (checked against its own reference)
+        hs, _, _, rc = ref.lstm_forward_ref(*args64)
+        dxs, dh0, _, dWx, dWh, db = ref.lstm_backward_ref(d64["dhs"], rc)
+        plain = PylstmCand(d, "cpu")
+        plain.name = "pylstm-cpu-lstm"
+        check(plain, {"hs": hs, "dxs": dxs, "dWx": dWx, "dWh": dWh, "db": db, "dh0": dh0}, tol)
+        cands.append(plain)
 
     times = {c.name: {"fwd": [], "bwd": [], "train": [], "infer": []} for c in cands}
     for r in range(repeats + 1):  # round 0 warms up
@@ -250,7 +283,8 @@ def main(argv=None, prog=None):
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="The default grid takes a few minutes on 2 cores with torch installed "
                                        "(--repeats and --no-numpy shorten it).")
-    p.add_argument("--cell", choices=sorted(GATES), default="lstm", help="lstm, or rnn (tanh); default lstm")
+    p.add_argument("--cell", choices=sorted(GATES), default="lstm",
+                   help="lstm, peephole (timed beside the plain LSTM) or rnn (tanh); default lstm")
     p.add_argument("--shapes", nargs="+", type=_shape, metavar="N,T,D,H",
                    help="shapes to time (default: " + " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES) + ")")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default float32")

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from ._backend import DeviceUnavailableError, set_cuda_graphs
+from .models import MODEL_CELLS
 
 __all__ = ["main"]
 
@@ -57,8 +58,8 @@ def _build_parser():
                    help=f"embedding size D ({_level_default('wordvec')})")
     t.add_argument("--hidden", type=_positive_int, default=None, help=f"hidden size H ({_level_default('hidden')})")
     t.add_argument("--layers", type=_positive_int, default=1, help="recurrent layers (default 1)")
-    t.add_argument("--cell", choices=["lstm", "rnn", "rnn_relu"], default="lstm",
-                   help="recurrent cell: LSTM (default), or a vanilla RNN (tanh, or relu)")
+    t.add_argument("--cell", choices=sorted(MODEL_CELLS), default="lstm",
+                   help="recurrent cell: LSTM (default), peephole LSTM, or a vanilla RNN (tanh, or relu)")
     t.add_argument("--dropout", type=_ratio, default=0.0, help="dropout ratio (default 0)")
     t.add_argument("--tie", action="store_true", help="tie embedding and output weights (D == H)")
     t.add_argument("--epochs", type=_positive_int, default=None, help=f"({_level_default('epochs')})")
@@ -215,7 +216,7 @@ _RUN_SETTINGS = {
     "layers": lambda v: _is_int(v) and v >= 1,
     "dropout": lambda v: _is_number(v) and 0 <= v < 1,
     "tie": lambda v: isinstance(v, bool),
-    "cell": lambda v: v in ("lstm", "rnn", "rnn_relu"),
+    "cell": lambda v: v in MODEL_CELLS,
     "epochs": lambda v: _is_int(v) and v >= 1,
     "optimizer": lambda v: v in ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"),
     "lr": lambda v: _is_number(v) and v > 0,

@@ -1,5 +1,5 @@
-"""The functional API: fused LSTM and vanilla RNN forward/backward, global-norm clipping and the
-dense ops, dispatched to a
+"""The functional API: fused LSTM, peephole LSTM and vanilla RNN forward/backward, global-norm
+clipping and the dense ops, dispatched to a
 backend ("cpu": the compiled kernels; "cuda": the CUDA kernels on device arrays; "numpy": the
 reference in ``pylstm.reference``). "auto" picks "cuda" for device arrays (anything with
 ``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors, Numba) and "cpu" for NumPy arrays.
@@ -25,6 +25,9 @@ __all__ = [
     "lstm_forward",
     "lstm_inference",
     "lstm_backward",
+    "peephole_forward",
+    "peephole_inference",
+    "peephole_backward",
     "rnn_forward",
     "rnn_inference",
     "rnn_backward",
@@ -133,9 +136,9 @@ def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str =
         )
 
 
-# The cells the kernels have: gate blocks and whether a cell state travels beside h (the C++
-# list is csrc/cells/registry.h).
-_CELLS = {"lstm": (4, True), "rnn_tanh": (1, False), "rnn_relu": (1, False)}
+# The cells the kernels have: gate blocks, whether a cell state travels beside h, and rows of
+# per-unit parameters P (the C++ list is csrc/cells/registry.h).
+_CELLS = {"lstm": (4, True, 0), "peephole": (4, True, 3), "rnn_tanh": (1, False, 0), "rnn_relu": (1, False, 0)}
 _NONLINEARITIES = ("tanh", "relu")
 
 
@@ -162,11 +165,11 @@ def _screen_host(arrays: dict, prefix: str = "") -> None:
                 )
 
 
-def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0):
+def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P):
     """A forward call's arguments under the shared rules (the reference backend's checks: the
     compiled backend's binding makes the same ones itself). Returns (N, T, D, H)."""
-    _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0})
-    return _backend.require_cpu().forward_check(xs, Wx, Wh, b, h0, c0, cell=cell)[:4]
+    _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0, "P": P})
+    return _backend.require_cpu().forward_check(xs, Wx, Wh, b, h0, c0, cell=cell, P=P)[:4]
 
 
 def _check_host_cache(cache, dhs, dhT, dcT) -> tuple:
@@ -177,10 +180,10 @@ def _check_host_cache(cache, dhs, dhT, dcT) -> tuple:
     if cache.backend not in ("cpu", "numpy"):
         raise ValueError(f"cache.backend must be 'cpu' or 'numpy' for a cache of host arrays, got {cache.backend!r}")
     fields = ("xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs")
-    _screen_host({f: getattr(cache, f) for f in fields}, "cache.")
+    _screen_host({f: getattr(cache, f) for f in fields + ("P",)}, "cache.")
     _screen_host({"dhs": dhs, "dhT": dhT, "dcT": dcT})
     return _backend.require_cpu().backward_check(*(getattr(cache, f) for f in fields), dhs, dhT, dcT,
-                                                 cell=cache.cell, prefix="cache.")[:4]
+                                                 cell=cache.cell, prefix="cache.", P=cache.P)[:4]
 
 
 class RecurrentCache:
@@ -192,13 +195,14 @@ class RecurrentCache:
     name ``cache.<field>``), on every backend, before it allocates anything.
     """
 
-    __slots__ = ("cell", "backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device")
+    __slots__ = ("cell", "backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device", "P")
 
-    def __init__(self, cell, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs, device=None):
+    def __init__(self, cell, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs, device=None, P=None):
         self.cell, self.backend = cell, backend
         self.xs, self.h0, self.c0, self.Wx, self.Wh, self.b = xs, h0, c0, Wx, Wh, b
         self.hs, self.gates, self.cs = hs, gates, cs
         self.device = device  # (module, array library, (N, T, D, H), dtype) for device calls
+        self.P = P  # the cell's per-unit parameters (peepholes), or None
 
     @property
     def nbytes(self) -> int:
@@ -216,28 +220,30 @@ class _Reference:
 
     name = "numpy"
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save):
-        _check_seq_args(cell, xs, Wx, Wh, b, h0, c0)
-        if cell == "lstm":
-            hs, hT, cT, rc = ref.lstm_forward_ref(xs, h0, c0, Wx, Wh, b)
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None):
+        _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P)
+        if cell in ("lstm", "peephole"):
+            hs, hT, cT, rc = ref.peephole_forward_ref(xs, h0, c0, Wx, Wh, b, P)
             gates, cs = rc.gates, rc.cs
         else:  # the RNN saves its output as its activation
             hs, hT, _ = ref.rnn_forward_ref(xs, h0, Wx, Wh, b, cell[len("rnn_"):])
             cT, gates, cs = None, hs, None
-        cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs) if save else None
+        cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, P=P) if save else None
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
+        """(dxs, dh0, dc0, dWx, dWh, db, dP); dc0 and dP None where the cell has none."""
         N, T, D, H = _check_host_cache(cache, dhs, dhT, dcT)
         dt = cache.xs.dtype
         h0 = np.zeros((N, H), dt) if cache.h0 is None else cache.h0
-        if cache.cell == "lstm":
+        if cache.cell in ("lstm", "peephole"):
             c0 = np.zeros((N, H), dt) if cache.c0 is None else cache.c0
-            rc = ref.LSTMCacheRef(cache.xs, h0, c0, cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs)
-            return ref.lstm_backward_ref(dhs, rc, dhT, dcT)
+            rc = ref.LSTMCacheRef(cache.xs, h0, c0, cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs,
+                                  cache.P)
+            return ref.peephole_backward_ref(dhs, rc, dhT, dcT)
         rc = ref.RNNCacheRef(cache.xs, h0, cache.Wx, cache.Wh, cache.hs, cache.cell[len("rnn_"):])
         dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(dhs, rc, dhT)
-        return dxs, dh0, None, dWx, dWh, db
+        return dxs, dh0, None, dWx, dWh, db, None
 
     def global_norm(self, grads):
         _check_grads(grads, writable=False)
@@ -254,17 +260,17 @@ class _Cpu:
 
     name = "cpu"
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save):
-        _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0})
-        hs, hT, cT, gates, cs = _backend.require_cpu().forward(xs, Wx, Wh, b, h0, c0, save, cell=cell)
-        cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs) if save else None
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None):
+        _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0, "P": P})
+        hs, hT, cT, gates, cs = _backend.require_cpu().forward(xs, Wx, Wh, b, h0, c0, save, cell=cell, P=P)
+        cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, P=P) if save else None
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
         _check_host_cache(cache, dhs, dhT, dcT)  # (named cache.<field>, as on every backend)
         return _backend.require_cpu().backward(
             cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
-            cache.cs, dhs, dhT, dcT, cell=cache.cell,
+            cache.cs, dhs, dhT, dcT, cell=cache.cell, P=cache.P,
         )
 
     def global_norm(self, grads):
@@ -284,11 +290,12 @@ class _Device:
     def __init__(self, name):
         self.name = name
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save):
-        gates_n, has_c = _CELLS[cell]
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None):
+        gates_n, has_c, _ = _CELLS[cell]
         mod, lib = _device_target(self.name, xs)
         w = lib.wrap if lib is not None else (lambda a: a)
-        N, T, D, H, itemsize, dev = mod.forward_check(w(xs), w(Wx), w(Wh), w(b), w(h0), w(c0), cell=cell)
+        N, T, D, H, itemsize, dev = mod.forward_check(w(xs), w(Wx), w(Wh), w(b), w(h0), w(c0), cell=cell,
+                                                      P=w(P))
         if lib is None:
             lib = _devices.library_of(xs, dev)
         dt = np.dtype(np.float32 if itemsize == 4 else np.float64)
@@ -300,35 +307,37 @@ class _Device:
         work = lib.empty((size,), dt) if size else None
         mod.forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
                     lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
-                    lib.wrap(cs), lib.wrap(work), lib.stream(), cell=cell)
+                    lib.wrap(cs), lib.wrap(work), lib.stream(), cell=cell, P=lib.wrap(P))
         cache = None
         if save:
             cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs,
-                                   (mod, lib, (N, T, D, H), dt))
+                                   (mod, lib, (N, T, D, H), dt), P=P)
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
         mod, lib, dims, dt = cache.device
         if mod is None or mod not in (_backend.cuda, _backend.cuda_emu) or not isinstance(lib, _devices.ArrayLib):
             raise TypeError("cache.device is not what the forward saved (module, array library, sizes, dtype)")
-        gates_n, has_c = _CELLS[cache.cell]
+        gates_n, has_c, n_params = _CELLS[cache.cell]
         w = lib.wrap
         # The saved sizes decide the allocations below: they must be the cached inputs' own (the
         # binding checks the saved activations against these once it has the outputs).
         N, T, D, H, itemsize, _ = mod.forward_check(w(cache.xs), w(cache.Wx), w(cache.Wh), w(cache.b),
-                                                    w(cache.h0), w(cache.c0), cell=cache.cell)
+                                                    w(cache.h0), w(cache.c0), cell=cache.cell, P=w(cache.P))
         if tuple(dims) != (N, T, D, H) or np.dtype(dt).itemsize != itemsize:
             raise ValueError(f"cache.device: sizes {tuple(dims)} and dtype {dt} saved for inputs of sizes "
                              f"{(N, T, D, H)} and itemsize {itemsize}")
         dxs, dh0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt)
         dc0 = lib.empty((N, H), dt) if has_c else None
         dW, db = lib.empty((D + H, gates_n * H), dt), lib.empty((gates_n * H,), dt)
+        dP = lib.empty((n_params, H), dt) if n_params else None
         work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell),), dt)
         mod.backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
                      w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
-                     w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream(), cell=cache.cell)
+                     w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream(), cell=cache.cell,
+                     P=w(cache.P), dP=w(dP))
         dWx, dWh = lib.split_rows(dW, D)
-        return dxs, dh0, dc0, dWx, dWh, db
+        return dxs, dh0, dc0, dWx, dWh, db, dP
 
     def global_norm(self, grads):
         return self._clip(grads, 0.0, False)
@@ -428,6 +437,41 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
     dxs (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)
     """
     _check_cache(cache, ("lstm",), "lstm_forward")
+    return _backend_of(cache).seq_backward(cache, dhs, dhT, dcT)[:6]
+
+
+def peephole_forward(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto"):
+    """Fused peephole LSTM forward (Gers & Schmidhuber; ``pylstm.reference`` has the equations),
+    saving what backward needs.
+
+    Parameters
+    ----------
+    xs, Wx, Wh, b, h0, c0, backend : as for ``lstm_forward`` (gate blocks f, g, i, o).
+    P : (3, H) diagonal peephole weights, rows pf, pi, po (forget and input gates see c_{t-1},
+        the output gate sees c_t); same dtype as xs.
+
+    Returns
+    -------
+    hs : (N, T, H); hT : (N, H); cT : (N, H); cache for ``peephole_backward``.
+    """
+    return _resolve(backend, xs).seq_forward("peephole", xs, Wx, Wh, b, h0, c0, True, P)
+
+
+def peephole_inference(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto"):
+    """Forward-only peephole LSTM: like ``peephole_forward`` but saves nothing. Returns
+    (hs, hT, cT)."""
+    return _resolve(backend, xs).seq_forward("peephole", xs, Wx, Wh, b, h0, c0, False, P)[:3]
+
+
+def peephole_backward(dhs, cache, dhT=None, dcT=None):
+    """Fused peephole LSTM backward (arguments as ``lstm_backward``).
+
+    Returns
+    -------
+    dxs (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,), dP (3, H)
+    (dP and db summed over rows and steps in float64, then rounded to the dtype).
+    """
+    _check_cache(cache, ("peephole",), "peephole_forward")
     return _backend_of(cache).seq_backward(cache, dhs, dhT, dcT)
 
 
@@ -470,7 +514,7 @@ def rnn_backward(dhs, cache: RNNCache, dhT=None):
     dxs (N, T, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,)
     """
     _check_cache(cache, ("rnn_tanh", "rnn_relu"), "rnn_forward")
-    dxs, dh0, _, dWx, dWh, db = _backend_of(cache).seq_backward(cache, dhs, dhT, None)
+    dxs, dh0, _, dWx, dWh, db, _ = _backend_of(cache).seq_backward(cache, dhs, dhT, None)
     return dxs, dh0, dWx, dWh, db
 
 

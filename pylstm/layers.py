@@ -24,6 +24,7 @@ __all__ = [
     "Affine",
     "TimeAffine",
     "TimeLSTM",
+    "TimePeepholeLSTM",
     "TimeRNN",
     "TimeDropout",
     "SoftmaxWithLoss",
@@ -144,16 +145,20 @@ class TimeLSTM:
         self.dc: Optional[np.ndarray] = None
         self.cache = None
 
+    def _initial_state(self, xs):
+        """(h0, c0) for this call: the stored state when stateful, else None (zeros)."""
+        if not self.stateful:
+            return None, None
+        N = xs.shape[0] if xs.ndim == 3 else None
+        if self.h is not None and self.h.shape[0] != N:
+            raise ValueError(f"xs: batch size {N} differs from the stored state's {self.h.shape[0]}; "
+                             "call reset_state() first")
+        return self.h, self.c
+
     def forward(self, xs: np.ndarray) -> np.ndarray:
         Wx, Wh, b = self.params
         xs = _xp(Wx).ascontiguousarray(xs)
-        N = xs.shape[0] if xs.ndim == 3 else None
-        h0 = c0 = None
-        if self.stateful:
-            if self.h is not None and self.h.shape[0] != N:
-                raise ValueError(f"xs: batch size {N} differs from the stored state's {self.h.shape[0]}; "
-                                 "call reset_state() first")
-            h0, c0 = self.h, self.c
+        h0, c0 = self._initial_state(xs)
         hs, hT, cT, self.cache = F.lstm_forward(xs, Wx, Wh, b, h0, c0, backend=self.backend)
         if self.stateful:
             self.h, self.c = hT, cT
@@ -178,6 +183,41 @@ class TimeLSTM:
 
     def reset_state(self) -> None:
         self.h, self.c = None, None
+
+
+class TimePeepholeLSTM(TimeLSTM):
+    """TimeLSTM with peepholes (Gers & Schmidhuber; ``pylstm.reference`` has the equations).
+
+    Parameters
+    ----------
+    Wx, Wh, b : as TimeLSTM's (gate blocks f, g, i, o).
+    P : (3, H) diagonal peephole weights, rows pf, pi, po: the forget and input gates see
+        c_{t-1}, the output gate sees c_t. ``params`` and ``grads`` are [Wx, Wh, b, P].
+    stateful, backend : as TimeLSTM's.
+    """
+
+    def __init__(self, Wx, Wh, b, P, stateful: bool = False, backend: str = "auto"):
+        super().__init__(Wx, Wh, b, stateful=stateful, backend=backend)
+        self.params.append(P)
+        self.grads.append(_xp(P).zeros_like(P))
+
+    def forward(self, xs: np.ndarray) -> np.ndarray:
+        Wx, Wh, b, P = self.params
+        xs = _xp(Wx).ascontiguousarray(xs)
+        h0, c0 = self._initial_state(xs)
+        hs, hT, cT, self.cache = F.peephole_forward(xs, Wx, Wh, b, P, h0, c0, backend=self.backend)
+        if self.stateful:
+            self.h, self.c = hT, cT
+        return hs
+
+    def backward(self, dhs: np.ndarray) -> np.ndarray:
+        if self.cache is None:
+            raise RuntimeError("backward called before forward")
+        dxs, dh0, dc0, *grads = F.peephole_backward(_xp(dhs).ascontiguousarray(dhs), self.cache)
+        for g, v in zip(self.grads, grads):  # dWx, dWh, db, dP
+            g[...] = v
+        self.dh, self.dc = dh0, dc0
+        return dxs
 
 
 class TimeRNN:

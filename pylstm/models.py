@@ -16,7 +16,16 @@ import numpy as np
 
 from ._devices import array_module, device_module, to_host, to_module
 from .checkpoint import CheckpointError, checkpoint_extra, read_checkpoint, read_checkpoint_extra, write_checkpoint
-from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss, softmax
+from .layers import (
+    TimeAffine,
+    TimeDropout,
+    TimeEmbedding,
+    TimeLSTM,
+    TimePeepholeLSTM,
+    TimeRNN,
+    TimeSoftmaxWithLoss,
+    softmax,
+)
 
 __all__ = ["LstmLM", "Rnnlm", "BetterRnnlm", "unique_params", "load_checkpoint", "CheckpointError",
            "read_checkpoint_extra"]
@@ -62,8 +71,10 @@ def _check_dropout_ratio(ratio) -> float:
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
-# The recurrent cells a model can stack: gate blocks per layer (the RNN's nonlinearity follows).
-MODEL_CELLS = {"lstm": 4, "rnn": 1, "rnn_relu": 1}
+# The recurrent cells a model can stack: gate blocks per layer (the RNN's nonlinearity follows),
+# and rows of per-unit parameters (the peepholes' P (3, H)).
+MODEL_CELLS = {"lstm": 4, "peephole": 4, "rnn": 1, "rnn_relu": 1}
+_UNIT_PARAMS = {"peephole": 3}
 
 
 def _check_cell(cell) -> str:
@@ -72,10 +83,12 @@ def _check_cell(cell) -> str:
     return cell
 
 
-def _recurrent_layer(cell, Wx, Wh, b, backend):
+def _recurrent_layer(cell, params, backend):
     if cell == "lstm":
-        return TimeLSTM(Wx, Wh, b, stateful=True, backend=backend)
-    return TimeRNN(Wx, Wh, b, stateful=True, nonlinearity="relu" if cell == "rnn_relu" else "tanh",
+        return TimeLSTM(*params, stateful=True, backend=backend)
+    if cell == "peephole":
+        return TimePeepholeLSTM(*params, stateful=True, backend=backend)
+    return TimeRNN(*params, stateful=True, nonlinearity="relu" if cell == "rnn_relu" else "tanh",
                    backend=backend)
 
 
@@ -121,7 +134,9 @@ class LstmLM:
     ----------
     vocab_size, wordvec_size, hidden_size : V, D, H.
     num_layers : recurrent layers (>= 1).
-    cell : "lstm" (default), or "rnn" / "rnn_relu" for vanilla RNN layers (tanh / relu).
+    cell : "lstm" (default), "peephole" (LSTM with peepholes; ``P`` per layer, zeros under the
+           book's init, so training starts from the plain LSTM), or "rnn" / "rnn_relu" for
+           vanilla RNN layers (tanh / relu).
     dropout_ratio : dropout before the first LSTM and after each, in [0, 1) (0 disables).
     tie_weights : use ``embed_W.T`` as the output projection (needs D == H).
     backend : LSTM backend, "auto" | "cpu" | "numpy".
@@ -142,7 +157,7 @@ class LstmLM:
         dropout_ratio = _check_dropout_ratio(dropout_ratio)  # -1 or NaN would disable it quietly
         init = _check_init(init)
         cell = _check_cell(cell)
-        G = MODEL_CELLS[cell]
+        G, K = MODEL_CELLS[cell], _UNIT_PARAMS.get(cell, 0)
         self.config = dict(vocab_size=V, wordvec_size=D, hidden_size=H, num_layers=int(num_layers),
                            dropout_ratio=float(dropout_ratio), tie_weights=bool(tie_weights),
                            init=init, cell=cell)
@@ -155,8 +170,10 @@ class LstmLM:
             lstm_params = []
             for layer in range(num_layers):
                 In = D if layer == 0 else H
-                lstm_params.append((rn(In, G * H, scale=1 / np.sqrt(In)), rn(H, G * H, scale=1 / np.sqrt(H)),
-                                    np.zeros(G * H, f32)))
+                lstm_params.append([rn(In, G * H, scale=1 / np.sqrt(In)), rn(H, G * H, scale=1 / np.sqrt(H)),
+                                    np.zeros(G * H, f32)])
+                if K:
+                    lstm_params[-1].append(np.zeros((K, H), f32))
             affine_W = None if tie_weights else rn(H, V, scale=1 / np.sqrt(H))
         else:
             a = float(init)
@@ -164,7 +181,7 @@ class LstmLM:
             def un(*shape):
                 return rng.uniform(-a, a, shape).astype(f32)
             embed_W = un(V, D)
-            lstm_params = [(un(D if layer == 0 else H, G * H), un(H, G * H), un(G * H))
+            lstm_params = [[un(D if layer == 0 else H, G * H), un(H, G * H), un(G * H)] + ([un(K, H)] if K else [])
                            for layer in range(num_layers)]
             affine_W = None if tie_weights else un(H, V)
         affine_b = np.zeros(V, f32)
@@ -177,8 +194,8 @@ class LstmLM:
         if dropout_ratio > 0:
             self.layers.append(TimeDropout(dropout_ratio, drop_rng))
         self.lstm_layers = []
-        for Wx, Wh, b in lstm_params:
-            lstm = _recurrent_layer(cell, Wx, Wh, b, backend)
+        for params in lstm_params:
+            lstm = _recurrent_layer(cell, params, backend)
             self.layers.append(lstm)
             self.lstm_layers.append(lstm)
             if dropout_ratio > 0:
@@ -327,6 +344,7 @@ class LstmLM:
         from .convert import rnn_to_torch
         from .convert import to_torch as lstm_to_torch
 
+        self._require_torch_cell()
         to_torch = lstm_to_torch if self.config["cell"] == "lstm" else rnn_to_torch
 
         out = {}
@@ -343,6 +361,7 @@ class LstmLM:
         from .convert import from_torch as lstm_from_torch
         from .convert import rnn_from_torch
 
+        self._require_torch_cell()
         from_torch = lstm_from_torch if self.config["cell"] == "lstm" else rnn_from_torch
         torch_class = "torch.nn.LSTM" if self.config["cell"] == "lstm" else "torch.nn.RNN"
 
@@ -366,6 +385,11 @@ class LstmLM:
         for layer, vals in zip(self.lstm_layers, new):  # nothing is written unless all layers fit
             for p, v in zip(layer.params, vals):
                 p[...] = to_module(v, array_module(p))
+
+    def _require_torch_cell(self) -> None:
+        if self.config["cell"] not in ("lstm", "rnn", "rnn_relu"):
+            raise ValueError(f"cell {self.config['cell']!r} has no torch.nn counterpart (torch.nn.LSTM has "
+                             "no peepholes)")
 
     # --- checkpoints --------------------------------------------------------------------
     def _own_params(self):
@@ -463,8 +487,8 @@ def _check_config(path: str, config: dict, arrays: dict) -> None:
     if min(V, D, H, L) < 1:
         raise CheckpointError(f"{path}: config sizes must be >= 1, got {V, D, H, L}")
     want = V * D + V + (0 if config["tie_weights"] else H * V)
-    G = MODEL_CELLS[config["cell"]]
-    want += D * G * H + (L - 1) * H * G * H + L * (H * G * H + G * H)  # closed form: L may be huge
+    G, K = MODEL_CELLS[config["cell"]], _UNIT_PARAMS.get(config["cell"], 0)
+    want += D * G * H + (L - 1) * H * G * H + L * (H * G * H + G * H + K * H)  # closed form: L may be huge
     have = sum(a.size for k, a in arrays.items() if k.startswith("param_"))
     if want != have:
         raise CheckpointError(f"{path}: config describes {want} parameters, the file holds {have}")

@@ -33,6 +33,18 @@ Backward, for t = T-1 .. 0, with upstream gradients ``dhs`` (N, T, H), ``dhT`` a
 
 and finally ``dh0 = dh_next``, ``dc0 = dc_next``.
 
+The peephole LSTM (Gers & Schmidhuber) adds diagonal peephole weights ``P (3, H)``, rows
+``pf, pi, po``: the forget and input gates see ``c_{t-1}``, the output gate the new ``c_t``::
+
+    f = sigmoid(a_f + pf * c_{t-1})    g = tanh(a_g)    i = sigmoid(a_i + pi * c_{t-1})
+    c_t = f * c_{t-1} + g * i
+    o = sigmoid(a_o + po * c_t)        h_t = o * tanh(c_t)
+    backward:  do_a = dh * tanh(c_t) * o(1-o)                (o's pre-activation gradient)
+               ds = dc + dh * o * (1 - tanh(c_t)^2) + do_a * po
+               df_a = ds * c_{t-1} * f(1-f);  dg_a, di_a as the LSTM's
+               dc_next = ds * f + df_a * pf + di_a * pi
+               dP += [sum of df_a * c_{t-1}, sum of di_a * c_{t-1}, sum of do_a * c_t] over rows
+
 The vanilla RNN (DLfS2's ``RNN``/``TimeRNN``; ``nonlinearity`` tanh, or relu), one gate
 block, no cell state: ``Wx (D, H)``, ``Wh (H, H)``, ``b (H,)``::
 
@@ -69,6 +81,8 @@ __all__ = [
     "sigmoid_ref",
     "lstm_forward_ref",
     "lstm_backward_ref",
+    "peephole_forward_ref",
+    "peephole_backward_ref",
     "RNNCacheRef",
     "rnn_forward_ref",
     "rnn_backward_ref",
@@ -102,6 +116,7 @@ class LSTMCacheRef(NamedTuple):
     hs: np.ndarray  # (N, T, H)
     gates: np.ndarray  # (N, T, 4H) activated f, g, i, o
     cs: np.ndarray  # (N, T, H) cell states
+    P: Optional[np.ndarray] = None  # (3, H) peepholes pf, pi, po (the peephole LSTM only)
 
 
 def lstm_forward_ref(
@@ -124,6 +139,16 @@ def lstm_forward_ref(
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCacheRef
     """
+    return _lstm_forward(xs, h0, c0, Wx, Wh, b, None)
+
+
+def peephole_forward_ref(xs, h0, c0, Wx, Wh, b, P):
+    """Reference peephole LSTM forward: as ``lstm_forward_ref``, with the peepholes
+    ``P (3, H)`` (rows pf, pi, po; the module docstring). Returns (hs, hT, cT, cache)."""
+    return _lstm_forward(xs, h0, c0, Wx, Wh, b, P)
+
+
+def _lstm_forward(xs, h0, c0, Wx, Wh, b, P):
     N, T, D = xs.shape
     H = Wh.shape[0]
     dt = xs.dtype
@@ -135,16 +160,19 @@ def lstm_forward_ref(
     gates = np.empty((N, T, 4 * H), dt)
     for t in range(T):
         a = xs[:, t] @ Wx + h @ Wh + b if t > 0 or h0 is not None else xs[:, t] @ Wx + b
+        if P is not None:  # peepholes: f and i see c_{t-1}
+            a[:, :H] += P[0] * c
+            a[:, 2 * H : 3 * H] += P[1] * c
         f = sigmoid_ref(a[:, :H])
         g = np.tanh(a[:, H : 2 * H])
         i = sigmoid_ref(a[:, 2 * H : 3 * H])
-        o = sigmoid_ref(a[:, 3 * H :])
         c = f * c + g * i
+        o = sigmoid_ref(a[:, 3 * H :] if P is None else a[:, 3 * H :] + P[2] * c)
         h = o * np.tanh(c)
         gates[:, t] = np.concatenate([f, g, i, o], axis=1)
         cs[:, t] = c
         hs[:, t] = h
-    cache = LSTMCacheRef(xs, h0_, c0_, Wx, Wh, hs, gates, cs)
+    cache = LSTMCacheRef(xs, h0_, c0_, Wx, Wh, hs, gates, cs, P)
     return hs, h.copy(), c.copy(), cache
 
 
@@ -166,7 +194,17 @@ def lstm_backward_ref(
     -------
     dxs (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)
     """
-    xs, h0, c0, Wx, Wh, hs, gates, cs = cache
+    return _lstm_backward(dhs, cache._replace(P=None), dhT, dcT)[:6]
+
+
+def peephole_backward_ref(dhs, cache: LSTMCacheRef, dhT=None, dcT=None):
+    """Reference peephole LSTM backward (cache from ``peephole_forward_ref``). Returns
+    dxs, dh0, dc0, dWx, dWh, db and dP (3, H)."""
+    return _lstm_backward(dhs, cache, dhT, dcT)
+
+
+def _lstm_backward(dhs, cache, dhT, dcT):
+    xs, h0, c0, Wx, Wh, hs, gates, cs, P = cache
     N, T, D = xs.shape
     H = Wh.shape[0]
     dt = xs.dtype
@@ -176,6 +214,7 @@ def lstm_backward_ref(
     dWx = np.zeros_like(Wx)
     dWh = np.zeros_like(Wh)
     db = np.zeros(4 * H, dt)
+    dP = None if P is None else np.zeros_like(P)
     for t in reversed(range(T)):
         f = gates[:, t, :H]
         g = gates[:, t, H : 2 * H]
@@ -186,23 +225,24 @@ def lstm_backward_ref(
         h_prev = hs[:, t - 1] if t > 0 else h0
         dh = dhs[:, t] + dh_next
         tc = np.tanh(c)
+        do_a = dh * tc * o * (1 - o)
         ds = dc_next + dh * o * (1 - tc * tc)
-        da = np.concatenate(
-            [
-                ds * c_prev * f * (1 - f),
-                ds * i * (1 - g * g),
-                ds * g * i * (1 - i),
-                dh * tc * o * (1 - o),
-            ],
-            axis=1,
-        )
+        if P is not None:
+            ds = ds + do_a * P[2]
+        df_a = ds * c_prev * f * (1 - f)
+        di_a = ds * g * i * (1 - i)
+        da = np.concatenate([df_a, ds * i * (1 - g * g), di_a, do_a], axis=1)
         dc_next = ds * f
+        if P is not None:
+            dc_next = dc_next + df_a * P[0] + di_a * P[1]
+            dP += np.stack([(df_a * c_prev).sum(axis=0), (di_a * c_prev).sum(axis=0),
+                            (do_a * c).sum(axis=0)])
         dh_next = da @ Wh.T
         dWx += xs[:, t].T @ da
         dWh += h_prev.T @ da
         db += da.sum(axis=0)
         dxs[:, t] = da @ Wx.T
-    return dxs, dh_next, dc_next, dWx, dWh, db
+    return dxs, dh_next, dc_next, dWx, dWh, db, dP
 
 
 class RNNCacheRef(NamedTuple):

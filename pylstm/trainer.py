@@ -211,7 +211,7 @@ class RnnlmTrainer:
                     dt = layer.params[0].dtype
                     h = _lstm_state(extra, f"lstm{i}_h", dt)
                     # an RNN layer has no c: h stands in for the shape check and is not used
-                    c = _lstm_state(extra, f"lstm{i}_c", dt) if self.model.config["cell"] == "lstm" else h
+                    c = _lstm_state(extra, f"lstm{i}_c", dt) if hasattr(layer, "c") else h
                     if h.ndim != 2 or h.shape != c.shape or h.shape[1] != layer.params[1].shape[0] or not h.size:
                         raise ValueError(f"lstm{i}_h, lstm{i}_c: LSTM {i} state of shape {h.shape}/{c.shape}, "
                                          f"expected (N, {layer.params[1].shape[0]}) with N >= 1")

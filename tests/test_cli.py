@@ -254,10 +254,11 @@ def test_eval_opens_a_text_file_named_in_a_checkpoint_only_when_asked(trained, t
     assert rc == 0
 
 
-def test_train_with_the_rnn_cell(tmp_path):
-    r = run("train", "--out", str(tmp_path), "--cell", "rnn", *QUICK)
+@pytest.mark.parametrize("cell", ["rnn", "peephole"])
+def test_train_with_other_cells(tmp_path, cell):
+    r = run("train", "--out", str(tmp_path), "--cell", cell, *QUICK)
     assert r.returncode == 0, r.stderr
-    assert "1 x RNN(D=16, H=32)" in r.stdout
+    assert f"1 x {cell.upper()}(D=16, H=32)" in r.stdout
     ppl = float(r.stdout.split("held-out (test) perplexity: ")[1].split()[0])
     uni = float(r.stdout.split("unigram baseline on the same split: ")[1].split()[0])
     assert ppl < uni

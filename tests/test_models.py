@@ -359,8 +359,34 @@ def test_rnn_cell_model_checkpoint_generate_and_torch_round_trip(tmp_path):
             np.testing.assert_allclose(p, q, rtol=1e-6)
 
 
+def test_peephole_model_checkpoint_and_no_torch_counterpart(tmp_path):
+    m = LstmLM(10, 4, 6, num_layers=2, cell="peephole", seed=7)
+    assert len(m.params) == 1 + 4 * 2 + 2 and m.lstm_layers[1].params[3].shape == (3, 6)
+    assert not any(np.any(layer.params[3]) for layer in m.lstm_layers)  # the book's init: zeros
+    for layer in m.lstm_layers:
+        layer.params[3][...] = np.random.default_rng(0).standard_normal((3, 6))
+    path = str(tmp_path / "peephole.npz")
+    m.save(path)
+    m2, _ = load_checkpoint(path)
+    assert m2.config == m.config
+    for a, b in zip(m.params, m2.params):
+        np.testing.assert_array_equal(a, b)
+    assert m2.generate(1, sample_size=8, seed=0) == m.generate(1, sample_size=8, seed=0)
+    u = LstmLM(10, 4, 6, cell="peephole", seed=1, init=0.1)  # uniform init covers P too
+    assert 0 < np.abs(u.lstm_layers[0].params[3]).max() <= 0.1
+    with pytest.raises(ValueError, match="has no torch.nn counterpart"):
+        m.lstm_state_dict_torch()
+    # an LSTM config over peephole-sized arrays (and back) is caught before anything is built
+    lstm_cfg = _rewrite(path, tmp_path / "as_lstm.npz",
+                        meta_fn=lambda meta: _set(meta, "config", {**meta["config"], "cell": "lstm"}))
+    with pytest.raises(CheckpointError, match="parameters"):
+        load_checkpoint(lstm_cfg)
+    with pytest.raises(CheckpointError, match="checkpoint is for"):
+        LstmLM(10, 4, 6, num_layers=2, seed=7).load_params(path)
+
+
 def test_cell_is_checked_and_old_checkpoints_are_lstm(tmp_path):
-    with pytest.raises(ValueError, match=r"^cell must be one of \['lstm', 'rnn', 'rnn_relu'\], got 'gru'"):
+    with pytest.raises(ValueError, match=r"^cell must be one of \['lstm', 'peephole', 'rnn', 'rnn_relu'\], got 'gru'"):
         LstmLM(10, 3, 3, cell="gru")
     m = LstmLM(10, 3, 3, seed=5)
     good = str(tmp_path / "good.npz")

@@ -83,18 +83,20 @@ inline void check_view(const ArgView& a, int itemsize, const std::vector<int64_t
   }
 }
 
-// What the rules need to know of a cell: its gate blocks and whether it has a cell state.
+// What the rules need to know of a cell: its gate blocks, whether it has a cell state, and its
+// rows of per-unit parameters (P).
 struct CellFacts {
   std::string name;
   int64_t gates;
   bool has_c;
+  int64_t unit_params;
 };
 
 // ValueError listing the valid names for an unknown cell.
 inline CellFacts cell_facts(const std::string& cell) {
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
-    return CellFacts{cell, Cell::kGates, Cell::kHasCellState};
+    return CellFacts{cell, Cell::kGates, Cell::kHasCellState, Cell::kUnitParams};
   });
 }
 
@@ -106,10 +108,11 @@ inline void check_no_cell_state(const ArgView& a, const CellFacts& c) {
 }
 
 // The inputs of a forward call: xs (N, T, D), Wx (D, G*H), Wh (H, G*H), b (G*H,), h0 / c0
-// (N, H) or absent. Returns the shape; *itemsize gets the dtype's.
+// (N, H) or absent, P (K, H) for a cell with K rows of per-unit parameters, else absent.
+// Returns the shape; *itemsize gets the dtype's.
 inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const ArgView& Wx,
                                  const ArgView& Wh, const ArgView& b, const ArgView& h0,
-                                 const ArgView& c0, int* itemsize) {
+                                 const ArgView& c0, const ArgView& P, int* itemsize) {
   const int64_t kG = c.gates;
   const std::string gh = kG == 1 ? "H" : std::to_string(kG) + "H";
   const int is = float_itemsize(xs);
@@ -139,6 +142,15 @@ inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const Ar
   if (h0.present) check_view(h0, is, {N, H}, false, xs.name);
   if (!c.has_c) check_no_cell_state(c0, c);
   if (c0.present) check_view(c0, is, {N, H}, false, xs.name);
+  if (c.unit_params > 0 && !P.present) {
+    throw py::value_error(P.name + " must be an array of shape (" + std::to_string(c.unit_params) +
+                          ", H) (the " + c.name + " cell's per-unit parameters), got None");
+  }
+  if (c.unit_params == 0 && P.present) {
+    throw py::value_error(P.name + " must be None: the " + c.name +
+                          " cell has no per-unit parameters");
+  }
+  if (P.present) check_view(P, is, {c.unit_params, H}, false, xs.name);
   // BLAS (and cuBLAS) take 32-bit sizes and leading dimensions.
   const int64_t biggest = N * T * std::max(kG * H, D + H);
   if (biggest > INT_MAX || T * kG * H > INT_MAX) {

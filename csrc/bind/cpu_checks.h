@@ -141,21 +141,21 @@ struct Dims {
 // the arrays come from a cache).
 inline Dims read_dims(const CellFacts& c, const py::object& xs, const py::object& Wx,
                       const py::object& Wh, const py::object& b, const py::object& h0,
-                      const py::object& c0, const std::string& prefix = "") {
+                      const py::object& c0, const py::object& P, const std::string& prefix = "") {
   Dims d;
   // xs and Wh first: the rules read the sizes from them (and name them in errors)
   const ArgView vxs = view_arg(xs, prefix + "xs"), vWh = view_arg(Wh, prefix + "Wh");
   float_itemsize(vxs);
   const ArgView vWx = view_arg(Wx, prefix + "Wx"), vb = view_arg(b, prefix + "b");
   d.s = check_seq_inputs(c, vxs, vWx, vWh, vb, view_opt(h0, prefix + "h0"),
-                         view_opt(c0, prefix + "c0"), &d.itemsize);
+                         view_opt(c0, prefix + "c0"), view_opt(P, prefix + "P"), &d.itemsize);
   return d;
 }
 
 template <class Cell, class T>
 py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx,
                        const py::object& Wh, const py::object& b, const py::object& h0,
-                       const py::object& c0, bool save) {
+                       const py::object& c0, const py::object& P, bool save) {
   const auto& s = d.s;
   const int64_t G = Cell::kGates * s.H;
   py::array hs = empty<T>({s.N, s.T, s.H});
@@ -163,6 +163,7 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
   py::object cT = py::none(), gates = py::none(), cs = py::none();
   ForwardArgs<T> a{s, cptr<T>(xs), cptr<T>(h0), cptr<T>(c0), cptr<T>(Wx), cptr<T>(Wh),
                    cptr<T>(b), mptr<T>(hs), mptr<T>(hT), nullptr, nullptr, nullptr, nullptr};
+  a.P = cptr<T>(P);
   if (Cell::kHasCellState) {
     py::array c = empty<T>({s.N, s.H});
     a.cT = mptr<T>(c);
@@ -187,25 +188,26 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
   return py::make_tuple(hs, hT, cT, gates, cs);
 }
 
-// forward(xs, Wx, Wh, b, h0, c0, save_for_backward, cell) -> (hs, hT, cT, gates, cs); cT and cs
-// are None for a cell without a cell state, gates and cs when not saving.
+// forward(xs, Wx, Wh, b, h0, c0, save_for_backward, cell, P) -> (hs, hT, cT, gates, cs); cT and
+// cs are None for a cell without a cell state, gates and cs when not saving.
 inline py::tuple seq_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
                              const py::object& b, const py::object& h0, const py::object& c0,
-                             bool save_for_backward, const std::string& cell) {
-  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0);
+                             bool save_for_backward, const std::string& cell, const py::object& P) {
+  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P);
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
-    if (d.itemsize == 4) return forward_impl<Cell, float>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
-    return forward_impl<Cell, double>(d, xs, Wx, Wh, b, h0, c0, save_for_backward);
+    if (d.itemsize == 4) return forward_impl<Cell, float>(d, xs, Wx, Wh, b, h0, c0, P, save_for_backward);
+    return forward_impl<Cell, double>(d, xs, Wx, Wh, b, h0, c0, P, save_for_backward);
   });
 }
 
-// forward_check(xs, Wx, Wh, b, h0, c0, cell, prefix) -> (N, T, D, H, itemsize): the rules of a
-// forward call, without running it (the reference backend's checks).
+// forward_check(xs, Wx, Wh, b, h0, c0, cell, prefix, P) -> (N, T, D, H, itemsize): the rules of
+// a forward call, without running it (the reference backend's checks).
 inline py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::object& Wh,
                                const py::object& b, const py::object& h0, const py::object& c0,
-                               const std::string& cell, const std::string& prefix) {
-  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, prefix);
+                               const std::string& cell, const std::string& prefix,
+                               const py::object& P) {
+  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P, prefix);
   return py::make_tuple(d.s.N, d.s.T, d.s.D, d.s.H, d.itemsize);
 }
 
@@ -213,12 +215,13 @@ template <class Cell, class T>
 py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h0,
                         const py::object& c0, const py::object& Wx, const py::object& Wh,
                         const py::object& hs, const py::object& gates, const py::object& cs,
-                        const py::object& dhs, const py::object& dhT, const py::object& dcT) {
+                        const py::object& dhs, const py::object& dhT, const py::object& dcT,
+                        const py::object& P) {
   const auto& s = d.s;
   const int64_t G = Cell::kGates * s.H;
   py::array dxs = empty<T>({s.N, s.T, s.D});
   py::array dh0 = empty<T>({s.N, s.H});
-  py::object dc0 = py::none();
+  py::object dc0 = py::none(), dP = py::none();
   py::array dW = empty<T>({s.D + s.H, G});
   py::array db = empty<T>({G});
   BackwardArgs<T> a{s, cptr<T>(xs), cptr<T>(h0), cptr<T>(c0), cptr<T>(Wx), cptr<T>(Wh),
@@ -230,6 +233,12 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
     a.dc0 = mptr<T>(c);
     dc0 = c;
   }
+  if (Cell::kUnitParams > 0) {
+    py::array p = empty<T>({int64_t(Cell::kUnitParams), s.H});
+    a.P = cptr<T>(P);
+    a.dP = mptr<T>(p);
+    dP = p;
+  }
   a.work = cached_workspace<T>(seq_backward_workspace_size<Cell>(s));
   {
     py::gil_scoped_release nogil;
@@ -239,7 +248,7 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
   py::object slice = py::module_::import("builtins").attr("slice");
   py::object dWx = dW[slice(py::none(), s.D, py::none())];
   py::object dWh = dW[slice(s.D, py::none(), py::none())];
-  return py::make_tuple(dxs, dh0, dc0, dWx, dWh, db);
+  return py::make_tuple(dxs, dh0, dc0, dWx, dWh, db, dP);
 }
 
 // The rules of a backward call: the forward's inputs and saved arrays (named with `prefix`,
@@ -248,8 +257,8 @@ inline Dims check_backward(const CellFacts& c, const py::object& xs, const py::o
                            const py::object& c0, const py::object& Wx, const py::object& Wh,
                            const py::object& b, const py::object& hs, const py::object& gates,
                            const py::object& cs, const py::object& dhs, const py::object& dhT,
-                           const py::object& dcT, const std::string& prefix) {
-  const Dims d = read_dims(c, xs, Wx, Wh, b, h0, c0, prefix);
+                           const py::object& dcT, const py::object& P, const std::string& prefix) {
+  const Dims d = read_dims(c, xs, Wx, Wh, b, h0, c0, P, prefix);
   check_seq_saved(c, d.s, d.itemsize, prefix + "xs", view_arg(hs, prefix + "hs"),
                   view_arg(gates, prefix + "gates"),
                   c.has_c ? view_arg(cs, prefix + "cs") : view_opt(cs, prefix + "cs"),
@@ -257,18 +266,19 @@ inline Dims check_backward(const CellFacts& c, const py::object& xs, const py::o
   return d;
 }
 
-// backward(...) -> (dxs, dh0, dc0, dWx, dWh, db); dc0 is None for a cell without a cell state.
+// backward(...) -> (dxs, dh0, dc0, dWx, dWh, db, dP); dc0 is None for a cell without a cell
+// state, dP for one without per-unit parameters.
 inline py::tuple seq_backward(const py::object& xs, const py::object& h0, const py::object& c0,
                               const py::object& Wx, const py::object& Wh, const py::object& b,
                               const py::object& hs, const py::object& gates, const py::object& cs,
                               const py::object& dhs, const py::object& dhT, const py::object& dcT,
-                              const std::string& cell) {
+                              const std::string& cell, const py::object& P) {
   const Dims d = check_backward(cell_facts(cell), xs, h0, c0, Wx, Wh, b, hs, gates, cs, dhs, dhT,
-                                dcT, "");
+                                dcT, P, "");
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
-    if (d.itemsize == 4) return backward_impl<Cell, float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
-    return backward_impl<Cell, double>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT);
+    if (d.itemsize == 4) return backward_impl<Cell, float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT, P);
+    return backward_impl<Cell, double>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT, P);
   });
 }
 
@@ -277,9 +287,10 @@ inline py::tuple backward_check(const py::object& xs, const py::object& h0, cons
                                 const py::object& Wx, const py::object& Wh, const py::object& b,
                                 const py::object& hs, const py::object& gates, const py::object& cs,
                                 const py::object& dhs, const py::object& dhT, const py::object& dcT,
-                                const std::string& cell, const std::string& prefix) {
+                                const std::string& cell, const std::string& prefix,
+                                const py::object& P) {
   const Dims d = check_backward(cell_facts(cell), xs, h0, c0, Wx, Wh, b, hs, gates, cs, dhs, dhT,
-                                dcT, prefix);
+                                dcT, P, prefix);
   return py::make_tuple(d.s.N, d.s.T, d.s.D, d.s.H, d.itemsize);
 }
 

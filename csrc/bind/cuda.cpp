@@ -54,7 +54,8 @@ struct DevArray {
   int device = -1;
   // The interface's `stream` (version 3): work on it must be waited for; -1 when absent/None.
   int64_t stream = -1;
-  bool present() const { return !name.empty(); }
+  bool given = false;  // false for None (name is kept for messages about it)
+  bool present() const { return given; }
   std::uintptr_t end() const { return ptr + std::uintptr_t(size) * std::uintptr_t(itemsize); }
 };
 
@@ -100,6 +101,7 @@ DevArray parse(const py::handle& obj, const char* name) {
   const py::dict d = py::reinterpret_borrow<py::dict>(cai);
   DevArray a;
   a.name = name;
+  a.given = true;
   try {
     for (const py::handle& e : d["shape"]) a.shape.push_back(e.cast<int64_t>());
     a.typestr = d["typestr"].cast<std::string>();
@@ -158,7 +160,10 @@ std::vector<std::uintptr_t> producer_streams(const std::vector<const DevArray*>&
 
 // Parses obj, or returns an absent DevArray for None.
 DevArray parse_opt(const py::object& obj, const char* name) {
-  return obj.is_none() ? DevArray{} : parse(obj, name);
+  if (!obj.is_none()) return parse(obj, name);
+  DevArray absent{};
+  absent.name = name;  // the rules name an absent argument that is required
+  return absent;
 }
 
 // A device array as the shared rules (arg_rules.h) see it.
@@ -229,7 +234,7 @@ const T* in(const DevArray& a) {
 
 // The inputs of a recurrent-layer call, parsed and checked by the shared rules (arg_rules.h).
 struct LstmArgs {
-  DevArray xs, Wx, Wh, b, h0, c0;
+  DevArray xs, Wx, Wh, b, h0, c0, P;
   SeqShape s{};
   int itemsize = 0;
   bind::CellFacts cell;
@@ -237,7 +242,7 @@ struct LstmArgs {
 
 LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::object& Wh,
                      const py::object& b, const py::object& h0, const py::object& c0,
-                     const std::string& cell) {
+                     const std::string& cell, const py::object& P) {
   LstmArgs a;
   a.cell = bind::cell_facts(cell);
   a.xs = parse(xs, "xs");
@@ -247,8 +252,9 @@ LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::objec
   a.b = parse(b, "b");
   a.h0 = parse_opt(h0, "h0");
   a.c0 = parse_opt(c0, "c0");
+  a.P = parse_opt(P, "P");
   a.s = bind::check_seq_inputs(a.cell, view_of(a.xs), view_of(a.Wx), view_of(a.Wh), view_of(a.b),
-                               view_of(a.h0), view_of(a.c0), &a.itemsize);
+                               view_of(a.h0), view_of(a.c0), view_of(a.P), &a.itemsize);
   return a;
 }
 
@@ -267,13 +273,13 @@ int64_t backward_workspace(const std::string& cell, const SeqShape& s) {
   return with_cell(cell, [&](auto c) { return seq_backward_workspace_size<decltype(c)>(s); });
 }
 
-// forward_check(xs, Wx, Wh, b, h0, c0, cell) -> (N, T, D, H, itemsize, device): the checks of
-// forward's inputs, for the caller to allocate outputs.
+// forward_check(xs, Wx, Wh, b, h0, c0, cell, P) -> (N, T, D, H, itemsize, device): the checks
+// of forward's inputs, for the caller to allocate outputs.
 py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::object& Wh,
                         const py::object& b, const py::object& h0, const py::object& c0,
-                        const std::string& cell) {
-  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell);
-  const int dev = check_devices({&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0}, 6);
+                        const std::string& cell, const py::object& P) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
+  const int dev = check_devices({&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0, &a.P}, 7);
   return py::make_tuple(a.s.N, a.s.T, a.s.D, a.s.H, a.itemsize, dev);
 }
 
@@ -309,8 +315,8 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
                  const py::object& b, const py::object& h0, const py::object& c0,
                  const py::object& hs_o, const py::object& hT_o, const py::object& cT_o,
                  const py::object& gates_o, const py::object& cs_o, const py::object& work_o,
-                 std::uintptr_t stream, const std::string& cell) {
-  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell);
+                 std::uintptr_t stream, const std::string& cell, const py::object& P) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
   const int64_t N = a.s.N, T = a.s.T, H = a.s.H;
   const int is = a.itemsize;
   const DevArray hs = parse(hs_o, "hs"), hT = parse(hT_o, "hT");
@@ -337,9 +343,9 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
                           " elements (forward_workspace_size) for inference, got None");
   }
   if (work.present()) check_work(work, is, need);
-  const std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0,
-                                            &hs,   &hT,   &cT,   &gates, &cs, &work};
-  run_on_device(1, a, all, 6, stream, [&](const GpuContext& ctx) {
+  const std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b,  &a.h0, &a.c0, &a.P,
+                                            &hs,   &hT,   &cT,   &gates, &cs,   &work};
+  run_on_device(1, a, all, 7, stream, [&](const GpuContext& ctx) {
     with_cell(cell, [&](auto c) {
       using Cell = decltype(c);
       auto run = [&](auto zero) {
@@ -347,6 +353,7 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
         ForwardArgs<T> f{a.s,        in<T>(a.xs), in<T>(a.h0),    in<T>(a.c0), in<T>(a.Wx),
                          in<T>(a.Wh), in<T>(a.b), mut<T>(hs),     mut<T>(hT),  mut<T>(cT),
                          mut<T>(gates), mut<T>(cs), mut<T>(work)};
+        f.P = in<T>(a.P);
         seq_forward_cuda<Cell, T>(ctx, f);
       };
       if (is == 4) run(0.0f);
@@ -362,18 +369,25 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
                   const py::object& dhs_o, const py::object& dhT_o, const py::object& dcT_o,
                   const py::object& dxs_o, const py::object& dh0_o, const py::object& dc0_o,
                   const py::object& dW_o, const py::object& db_o, const py::object& work_o,
-                  std::uintptr_t stream, const std::string& cell) {
-  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell);
+                  std::uintptr_t stream, const std::string& cell, const py::object& P,
+                  const py::object& dP_o) {
+  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
   const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, G = a.cell.gates * H;
   const int is = a.itemsize;
   // The cell-state arguments are required with a cell state and must be None without one.
   auto cstate = [&](const py::object& o, const char* name) {
     return a.cell.has_c ? parse(o, name) : parse_opt(o, name);
   };
-  DevArray v[12] = {parse(hs_o, "hs"),   parse(gates_o, "gates"), cstate(cs_o, "cs"),
+  const bool has_p = a.cell.unit_params > 0;
+  DevArray v[13] = {parse(hs_o, "hs"),   parse(gates_o, "gates"), cstate(cs_o, "cs"),
                     parse(dhs_o, "dhs"), parse_opt(dhT_o, "dhT"), parse_opt(dcT_o, "dcT"),
                     parse(dxs_o, "dxs"), parse(dh0_o, "dh0"),     cstate(dc0_o, "dc0"),
-                    parse(dW_o, "dW"),   parse(db_o, "db"),       parse(work_o, "work")};
+                    parse(dW_o, "dW"),   parse(db_o, "db"),       parse(work_o, "work"),
+                    has_p ? parse(dP_o, "dP") : parse_opt(dP_o, "dP")};
+  if (!has_p && v[12].present()) {
+    throw py::value_error("dP must be None: the " + a.cell.name + " cell has no per-unit parameters");
+  }
+  if (has_p) check(v[12], is, {a.cell.unit_params, H}, true);
   if (!a.cell.has_c) bind::check_no_cell_state(view_of(v[8]), a.cell);
   bind::check_seq_saved(a.cell, a.s, is, "xs", view_of(v[0]), view_of(v[1]), view_of(v[2]),
                         view_of(v[3]), view_of(v[4]), view_of(v[5]));
@@ -383,9 +397,9 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
   check(v[9], is, {D + H, G}, true);
   check(v[10], is, {G}, true);
   check_work(v[11], is, backward_workspace(cell, a.s));
-  std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0};
+  std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0, &a.P};
   for (const DevArray& x : v) all.push_back(&x);
-  run_on_device(2, a, all, 12, stream, [&](const GpuContext& ctx) {
+  run_on_device(2, a, all, 13, stream, [&](const GpuContext& ctx) {
     with_cell(cell, [&](auto c) {
       using Cell = decltype(c);
       auto run = [&](auto zero) {
@@ -395,6 +409,8 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
                           in<T>(a.Wh), in<T>(v[0]),  in<T>(v[1]),  in<T>(v[2]),  in<T>(v[3]),
                           in<T>(v[4]), in<T>(v[5]),  mut<T>(v[6]), mut<T>(v[7]), mut<T>(v[8]),
                           mut<T>(v[9]), mut<T>(v[10]), mut<T>(v[11])};
+        g.P = in<T>(a.P);
+        g.dP = mut<T>(v[12]);
         seq_backward_cuda<Cell, T>(ctx, g);
       };
       if (is == 4) run(0.0f);
@@ -543,7 +559,7 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
   m.def("status", &status, "(device count, reason when 0)");
   m.def("forward_check", &forward_check, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
         py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none(),
-        py::arg("cell") = "lstm");
+        py::arg("cell") = "lstm", py::arg("P").none(true) = py::none());
   m.def("forward_workspace_size",
         [](int64_t N, int64_t T, int64_t D, int64_t H, bool save, const std::string& cell) {
           return forward_workspace(cell, SeqShape{N, T, D, H}, save);
@@ -560,7 +576,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
     m.def(name, &seq_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
           py::arg("h0").none(true), py::arg("c0").none(true), py::arg("hs"), py::arg("hT"),
           py::arg("cT").none(true), py::arg("gates").none(true), py::arg("cs").none(true),
-          py::arg("work").none(true), py::arg("stream") = 0, py::arg("cell") = "lstm");
+          py::arg("work").none(true), py::arg("stream") = 0, py::arg("cell") = "lstm",
+          py::arg("P").none(true) = py::none());
   }
   for (const char* name : {"backward", "lstm_backward"}) {
     m.def(name, &seq_backward, py::arg("xs"), py::arg("h0").none(true),
@@ -568,7 +585,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
           py::arg("gates"), py::arg("cs").none(true), py::arg("dhs"), py::arg("dhT").none(true),
           py::arg("dcT").none(true), py::arg("dxs"), py::arg("dh0"), py::arg("dc0").none(true),
           py::arg("dW"), py::arg("db"), py::arg("work"), py::arg("stream") = 0,
-          py::arg("cell") = "lstm");
+          py::arg("cell") = "lstm", py::arg("P").none(true) = py::none(),
+          py::arg("dP").none(true) = py::none());
   }
   m.def("clip_plan", &clip_plan, py::arg("grads"));
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"), py::arg("work"),

@@ -13,6 +13,8 @@ struct LstmCell {
   static constexpr int kGates = 4;
   // Carries a cell state c beside h (c0, cT, cs, dcT, dc0 exist).
   static constexpr bool kHasCellState = true;
+  // Rows of H per-unit parameters beside Wx, Wh, b (cells/peephole.h has some).
+  static constexpr int kUnitParams = 0;
 
   // pre: pre-activations (x Wx + h Wh + b) of the unit's gates; c_prev: c_{t-1}.
   // Out: act, the activated gates saved for backward; c and h of this step.

@@ -7,17 +7,19 @@
 #include <string>
 
 #include "cells/lstm.h"
+#include "cells/peephole.h"
 #include "cells/rnn.h"
 
 // X(type, name as the Python API spells it)
 #define PYLSTM_FOR_EACH_CELL(X) \
   X(LstmCell, "lstm")           \
+  X(PeepholeCell, "peephole")   \
   X(RnnTanhCell, "rnn_tanh")    \
   X(RnnReluCell, "rnn_relu")
 
 namespace pylstm {
 
-// The valid names, for error messages: 'lstm', 'rnn_tanh', 'rnn_relu'.
+// The valid names, for error messages: 'lstm', 'peephole', 'rnn_tanh', 'rnn_relu'.
 inline std::string cell_names() {
   std::string out;
 #define PYLSTM_CELL_NAME(type, name) out += std::string(out.empty() ? "'" : ", '") + name + "'";
@@ -35,5 +37,28 @@ decltype(auto) with_cell(const std::string& name, F&& f) {
 #undef PYLSTM_CELL_CASE
   throw std::invalid_argument("cell must be one of " + cell_names() + ", got '" + name + "'");
 }
+
+}  // namespace pylstm
+
+namespace pylstm {
+
+// A cell's pointwise math called the same way for every cell: the per-unit parameters p are
+// passed only to a cell that has some (kUnitParams > 0); param_grads is theirs alone.
+template <class Cell>
+struct CellCall {
+  static constexpr int kP = Cell::kUnitParams > 0 ? Cell::kUnitParams : 1;
+  template <class T>
+  PYLSTM_HD static void forward(const T (&pre)[Cell::kGates], T c_prev, const T (&p)[kP],
+                                T (&act)[Cell::kGates], T& c, T& h) {
+    if constexpr (Cell::kUnitParams > 0) Cell::forward(pre, c_prev, p, act, c, h);
+    else Cell::forward(pre, c_prev, act, c, h);
+  }
+  template <class T>
+  PYLSTM_HD static void backward(const T (&act)[Cell::kGates], T c, T c_prev, const T (&p)[kP],
+                                 T dh, T dc, T (&da)[Cell::kGates], T& dc_prev) {
+    if constexpr (Cell::kUnitParams > 0) Cell::backward(act, c, c_prev, p, dh, dc, da, dc_prev);
+    else Cell::backward(act, c, c_prev, dh, dc, da, dc_prev);
+  }
+};
 
 }  // namespace pylstm

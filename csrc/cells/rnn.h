@@ -13,6 +13,7 @@ template <RnnActivation kAct>
 struct RnnCell {
   static constexpr int kGates = 1;
   static constexpr bool kHasCellState = false;
+  static constexpr int kUnitParams = 0;
 
   // c_prev and c are unused (no cell state).
   template <class T>

@@ -27,12 +27,15 @@ using LstmShape = SeqShape;
 //   work  scratch of work_size elements: at least seq_forward_cpu_workspace_size; work_size = -1
 //         means seq_forward_workspace_size, which is always enough (std::invalid_argument when
 //         work_size is too small for the call)
+//   P     (C::kUnitParams, H) in: the cell's per-unit parameters (peepholes); nullptr for a
+//         cell without them
 template <class T>
 struct ForwardArgs {
   SeqShape s;
   const T *xs, *h0, *c0, *Wx, *Wh, *b;
   T *hs, *hT, *cT, *gates, *cs, *work;
   int64_t work_size = -1;
+  const T* P = nullptr;
 };
 
 // The arrays of one backward call (t = T-1 .. 0), from the state the forward saved.
@@ -45,11 +48,15 @@ struct ForwardArgs {
 //   dW    (D+H, G*H) out: rows 0..D-1 are dWx, rows D..D+H-1 are dWh (one merged GEMM)
 //   db    (G*H,)     out
 //   work  seq_backward_workspace_size elements, scratch
+//   P     (C::kUnitParams, H) in, as given to forward;  dP (C::kUnitParams, H) out, summed over
+//         rows and steps in double like db (both nullptr for a cell without unit parameters)
 template <class T>
 struct BackwardArgs {
   SeqShape s;
   const T *xs, *h0, *c0, *Wx, *Wh, *hs, *gates, *cs, *dhs, *dhT, *dcT;
   T *dxs, *dh0, *dc0, *dW, *db, *work;
+  const T* P = nullptr;
+  T* dP = nullptr;
 };
 
 // Elements of scratch memory the drivers need (the caller allocates it), for G gate blocks:

@@ -97,15 +97,20 @@ bool step_projection(const SeqShape& s, int gates) {
 //   + b[k*H + jj]: p is the slice's part of a projection row (A, gate stride H) or of the
 //   step's GEMM result (Z, gate stride hsz); z the recurrent GEMM result of the BLAS path.
 //   cp: c_{t-1}; c_out, h_out: outputs (cp may equal c_out; both unused without a cell
-//   state); g: where the activations go when training (gate stride H; may equal p).
+//   state); g: where the activations go when training (gate stride H; may equal p); P: the
+//   cell's per-unit parameters at the slice start (row stride H; unused without them).
 template <class Cell, class T, bool kSave, bool kZ>
 __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, const T* p,
                                                         int64_t ps, const T* z, const T* b,
-                                                        const T* cp, T* c_out, T* h_out, T* g) {
+                                                        const T* cp, T* c_out, T* h_out, T* g,
+                                                        const T* P) {
   constexpr int G = Cell::kGates;
+  using Call = CellCall<Cell>;
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
-    T pre[G];
+    T pre[G], pv[Call::kP] = {};
+#pragma GCC unroll 4
+    for (int k = 0; k < Cell::kUnitParams; ++k) pv[k] = P[k * H + jj];
 #pragma GCC unroll 16  // (the gate loops must be gone before the jj loop is vectorized)
     for (int k = 0; k < G; ++k) {  // (x-part + h-part) + bias
       pre[k] = p[k * ps + jj];
@@ -113,7 +118,7 @@ __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, 
       pre[k] += b[k * H + jj];
     }
     T act[G], c, h;
-    Cell::forward(pre, Cell::kHasCellState ? cp[jj] : T(0), act, c, h);
+    Call::forward(pre, Cell::kHasCellState ? cp[jj] : T(0), pv, act, c, h);
     if constexpr (kSave) {  // training: keep the activations for backward
 #pragma GCC unroll 16
       for (int k = 0; k < G; ++k) g[k * H + jj] = act[k];
@@ -126,22 +131,33 @@ __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, 
 //   gt: saved activations at the slice start (gate k at gt[k*H + jj]); c, cp: c_t and c_{t-1};
 //   dh_up: dhs row; dhc, dcc: carried dh (read) and dc (read, then overwritten with dc_{t-1});
 //   da: dA row at the slice start (gate k at da[k*H + jj]). c, cp, dcc are unused without a
-//   cell state.
+//   cell state. P: per-unit parameters as in fwd_row_body; dpacc: this thread's sums of their
+//   gradient, in double (row k at dpacc[k*hsz + jj]); both unused without them.
 template <class Cell, class T>
 __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, const T* gt,
                                                         const T* c, const T* cp, const T* dh_up,
-                                                        const T* dhc, T* dcc, T* da) {
+                                                        const T* dhc, T* dcc, T* da, const T* P,
+                                                        double* dpacc) {
   constexpr int G = Cell::kGates;
   constexpr bool kC = Cell::kHasCellState;
+  using Call = CellCall<Cell>;
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
-    T act[G], d[G], dcp;
+    T act[G], d[G], dcp, pv[Call::kP] = {};
 #pragma GCC unroll 16
     for (int k = 0; k < G; ++k) act[k] = gt[k * H + jj];
-    Cell::backward(act, kC ? c[jj] : T(0), kC ? cp[jj] : T(0), dh_up[jj] + dhc[jj],
+#pragma GCC unroll 4
+    for (int k = 0; k < Cell::kUnitParams; ++k) pv[k] = P[k * H + jj];
+    Call::backward(act, kC ? c[jj] : T(0), kC ? cp[jj] : T(0), pv, dh_up[jj] + dhc[jj],
                    kC ? dcc[jj] : T(0), d, dcp);
 #pragma GCC unroll 16
     for (int k = 0; k < G; ++k) da[k * H + jj] = d[k];
+    if constexpr (Cell::kUnitParams > 0) {
+      T dp[Cell::kUnitParams];
+      Cell::param_grads(act, kC ? c[jj] : T(0), kC ? cp[jj] : T(0), d, dp);
+#pragma GCC unroll 4
+      for (int k = 0; k < Cell::kUnitParams; ++k) dpacc[k * hsz + jj] += double(dp[k]);
+    }
     if constexpr (kC) dcc[jj] = dcp;
   }
 }
@@ -149,15 +165,16 @@ __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, 
 // Non-template entry points per (cell, dtype), each with its per-ISA clones; the cell is a tag.
 #define PYLSTM_ROW_FUNCS(Cell, T)                                                               \
   PYLSTM_CLONES void fwd_row(Cell, int64_t H, int64_t hsz, const T* p, int64_t ps, const T* z, \
-                             const T* b, const T* cp, T* c_out, T* h_out, T* g) {               \
-    if (g && z) fwd_row_body<Cell, T, true, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);    \
-    else if (g) fwd_row_body<Cell, T, true, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);   \
-    else if (z) fwd_row_body<Cell, T, false, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);   \
-    else fwd_row_body<Cell, T, false, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g);         \
+                             const T* b, const T* cp, T* c_out, T* h_out, T* g, const T* P) {   \
+    if (g && z) fwd_row_body<Cell, T, true, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g, P); \
+    else if (g) fwd_row_body<Cell, T, true, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g, P);\
+    else if (z) fwd_row_body<Cell, T, false, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g, P);\
+    else fwd_row_body<Cell, T, false, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g, P);      \
   }                                                                                             \
   PYLSTM_CLONES void bwd_row(Cell, int64_t H, int64_t hsz, const T* gt, const T* c,             \
-                             const T* cp, const T* dh_up, const T* dhc, T* dcc, T* da) {        \
-    bwd_row_body<Cell, T>(H, hsz, gt, c, cp, dh_up, dhc, dcc, da);                              \
+                             const T* cp, const T* dh_up, const T* dhc, T* dcc, T* da,          \
+                             const T* P, double* dpacc) {                                       \
+    bwd_row_body<Cell, T>(H, hsz, gt, c, cp, dh_up, dhc, dcc, da, P, dpacc);                    \
   }
 #define PYLSTM_ROW_FUNCS_ALL(Cell, name) PYLSTM_ROW_FUNCS(Cell, float) PYLSTM_ROW_FUNCS(Cell, double)
 PYLSTM_FOR_EACH_CELL(PYLSTM_ROW_FUNCS_ALL)
@@ -245,6 +262,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
     T* Z = Wxp + xsize;
     T* zeros = Z + N * hw;
     std::fill(zeros, zeros + hw, T(0));
+    const T* Pj = offset(a.P, j0);  // this slice's per-unit parameters
     auto slice_col = [&](const T* W, int64_t n) { return W + (n / hsz) * H + j0 + n % hsz; };
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
@@ -325,10 +343,10 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         }
         T* g = save ? gates + row * G + j0 : nullptr;
         if (packed) {  // Z holds x-part + h-part
-          fwd_row(Cell{}, H, hsz, Z + n * hw, hsz, nullptr, b + j0, cp, c_out, h_out, g);
+          fwd_row(Cell{}, H, hsz, Z + n * hw, hsz, nullptr, b + j0, cp, c_out, h_out, g, Pj);
         } else {
           fwd_row(Cell{}, H, hsz, A + row * G + j0, H, h_prev ? Z + n * hw : zeros, b + j0, cp,
-                  c_out, h_out, g);
+                  c_out, h_out, g, Pj);
         }
       }
       if (t + 1 < Tn) token = team.arrive();  // this thread's part of h_t is written
@@ -397,6 +415,12 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         if (kC) dc_carry[n * H + j] = dcT ? dcT[n * H + j] : T(0);
       }
     }
+    // The per-unit parameters' gradient: this thread's units, summed in double over steps and
+    // rows in a fixed order (t down, n up) whatever the thread count.
+    constexpr int kP = Cell::kUnitParams;
+    const T* Pj = offset(a.P, j0);
+    double* dpacc = kP > 0 ? thread_scratch<double, 3>(size_t(kP * hsz + 1)) : nullptr;
+    if (dpacc) std::fill(dpacc, dpacc + kP * hsz, 0.0);
     for (int64_t t = Tn - 1; t >= 0; --t) {
       // 1. Fused pointwise pass over the slice: the cell's backward, dA_t (and dc_{t-1}) from
       //    dh_t = dhs[:, t] + carried dh.
@@ -405,7 +429,7 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         const T* c = offset(cs, row * H + j0);
         const T* cp = !kC ? nullptr : t > 0 ? c - H : (c0 ? c0 + n * H + j0 : zeros);
         bwd_row(Cell{}, H, hsz, gates + row * G + j0, c, cp, dhs + row * H + j0,
-                dh_carry + n * H + j0, offset(dc_carry, n * H + j0), dA + row * G + j0);
+                dh_carry + n * H + j0, offset(dc_carry, n * H + j0), dA + row * G + j0, Pj, dpacc);
       }
       team.barrier();  // all of dA_t written before the GEMM reads every column
       // 2. dh_{t-1}[:, slice] = dA_t @ Wh[slice, :]^T  (at t = 0 this is dh0).
@@ -416,6 +440,9 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         gemm(false, true, int(N), int(hsz), int(G), T(1), dA + t * G, int(Tn * G), Wh + j0 * G,
              int(G), T(0), dh_carry + j0, int(H));
       }
+    }
+    for (int k = 0; k < kP; ++k) {
+      for (int64_t jj = 0; jj < hsz; ++jj) a.dP[k * H + j0 + jj] = T(dpacc[k * hsz + jj]);
     }
     // 3. dX = dA @ Wx^T, and the [X | H_prev] rows, split by rows.
     int64_t r0, r1;

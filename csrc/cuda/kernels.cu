@@ -44,20 +44,28 @@ void dev_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int
 #endif
 }
 
+// The cell's per-unit parameters of unit j (P rows of H; none for most cells).
+template <class Cell, class T>
+__device__ inline void load_unit_params(const T* P, int64_t H, int64_t j,
+                                        T (&pv)[CellCall<Cell>::kP]) {
+  for (int k = 0; k < CellCall<Cell>::kP; ++k) pv[k] = k < Cell::kUnitParams ? P[k * H + j] : T(0);
+}
+
 // One thread per (n, j): the cell's forward for step t (activations, c and h). A_t rows at
 // stride T*G*H; c_prev / c_out are null for a cell without a cell state.
 template <class Cell, class T>
 __global__ void seq_fwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
                                          const T* c_prev, int64_t cp_ld, T* c_out, int64_t c_ld,
-                                         T* h_out, bool save) {
+                                         T* h_out, bool save, const T* P) {
   constexpr int kG = Cell::kGates;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * H) return;
   const int64_t n = idx / H, j = idx % H;
   T* a = A_t + n * Tn * kG * H;
-  T pre[kG], act[kG], c, h;
+  T pre[kG], act[kG], c, h, pv[CellCall<Cell>::kP];
   for (int k = 0; k < kG; ++k) pre[k] = a[k * H + j] + b[k * H + j];
-  Cell::forward(pre, c_prev ? c_prev[n * cp_ld + j] : T(0), act, c, h);
+  load_unit_params<Cell>(P, H, j, pv);
+  CellCall<Cell>::forward(pre, c_prev ? c_prev[n * cp_ld + j] : T(0), pv, act, c, h);
   if (save) {
     for (int k = 0; k < kG; ++k) a[k * H + j] = act[k];
   }
@@ -70,21 +78,22 @@ __global__ void seq_fwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, T* A_
 template <class Cell, class T>
 __global__ void seq_bwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t,
                                          const T* gates, const T* cs, const T* c0, const T* dhs,
-                                         const T* dh_carry, T* dc_carry, T* dA) {
+                                         const T* dh_carry, T* dc_carry, T* dA, const T* P) {
   constexpr int kG = Cell::kGates;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * H) return;
   const int64_t n = idx / H, j = idx % H, row = n * Tn + t, G = kG * H;
   const T* gt = gates + row * G;
-  T act[kG], da[kG], dcp;
+  T act[kG], da[kG], dcp, pv[CellCall<Cell>::kP];
   for (int k = 0; k < kG; ++k) act[k] = gt[k * H + j];
+  load_unit_params<Cell>(P, H, j, pv);
   T c = T(0), cp = T(0), dc = T(0);
   if (cs) {
     c = cs[row * H + j];
     cp = t > 0 ? cs[(row - 1) * H + j] : (c0 ? c0[n * H + j] : T(0));
     dc = dc_carry[n * H + j];
   }
-  Cell::backward(act, c, cp, dhs[row * H + j] + dh_carry[n * H + j], dc, da, dcp);
+  CellCall<Cell>::backward(act, c, cp, pv, dhs[row * H + j] + dh_carry[n * H + j], dc, da, dcp);
   T* d = dA + row * G;
   for (int k = 0; k < kG; ++k) d[k * H + j] = da[k];
   if (cs) dc_carry[n * H + j] = dcp;
@@ -134,6 +143,37 @@ __global__ void column_partial_kernel(int64_t R, int64_t G, int64_t rc, const T*
   double acc = 0.0;
   for (int64_t r = r0; r < r1; ++r) acc += double(dA[r * G + j]);
   out[int64_t(blockIdx.y) * G + j] = Out(acc);
+}
+
+// The per-unit parameters' gradient, the same two-launch scheme over the rows: thread (j, p)
+// adds the cell's param_grads of unit j over row chunk p (from the saved activations, cell
+// states and dA) into out[p*K*H + k*H + j], K = kUnitParams; column_finish_kernel adds the P
+// partials. Only instantiated for a cell with unit parameters.
+template <class Cell, class T, class Out>
+__global__ void unit_param_partial_kernel(int64_t R, int64_t Tn, int64_t H, int64_t rc,
+                                          const T* gates, const T* cs, const T* c0, const T* dA,
+                                          Out* out) {
+  constexpr int kG = Cell::kGates, kK = Cell::kUnitParams;
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= H) return;
+  const int64_t r0 = int64_t(blockIdx.y) * rc, r1 = R - r0 < rc ? R : r0 + rc;
+  double acc[kK] = {};
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t t = r % Tn;
+    T act[kG], da[kG], dp[kK];
+    for (int k = 0; k < kG; ++k) {
+      act[k] = gates[r * kG * H + k * H + j];
+      da[k] = dA[r * kG * H + k * H + j];
+    }
+    T c = T(0), cp = T(0);
+    if (cs) {
+      c = cs[r * H + j];
+      cp = t > 0 ? cs[(r - 1) * H + j] : (c0 ? c0[(r / Tn) * H + j] : T(0));
+    }
+    Cell::param_grads(act, c, cp, da, dp);
+    for (int k = 0; k < kK; ++k) acc[k] += double(dp[k]);
+  }
+  for (int k = 0; k < kK; ++k) out[int64_t(blockIdx.y) * kK * H + k * H + j] = Out(acc[k]);
 }
 
 template <class T>
@@ -190,7 +230,7 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
       cp = c_run;
     }
     PYLSTM_LAUNCH((seq_fwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn,
-                  A_t, b, cp, cp_ld, c_out, c_ld, hs + t * H, save);
+                  A_t, b, cp, cp_ld, c_out, c_ld, hs + t * H, save, a.P);
   }
   PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, hs + (Tn - 1) * H, Tn * H, a.hT);
   if (kC) {
@@ -213,7 +253,7 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
   if (kC) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, a.dcT, H, dc0);
   for (int64_t t = Tn - 1; t >= 0; --t) {
     PYLSTM_LAUNCH((seq_bwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t,
-                  a.gates, kC ? a.cs : nullptr, kC ? a.c0 : nullptr, a.dhs, dh0, dc0, dA);
+                  a.gates, kC ? a.cs : nullptr, kC ? a.c0 : nullptr, a.dhs, dh0, dc0, dA, a.P);
     dev_gemm<T>(ctx, false, true, N, H, G, T(1), dA + t * G, Tn * G, a.Wh, G, T(0), dh0, H);
   }
   dev_gemm<T>(ctx, false, true, R, D, G, T(1), dA, G, a.Wx, G, T(0), a.dxs, D);
@@ -228,17 +268,32 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
   // (stream order). P*G doubles fit there: rc >= 16 rows, so P*G*8 <= (R/16 + 1)*8*kGates*H
   // bytes, at most 2RH + 32H <= 4RH <= the XH bytes when P > 1 (R > 16) and kGates <= 4; 8
   // bytes of slack for the alignment.
+  // dP, after db, reuses the same partials (stream order): K*H <= G columns.
   static_assert(Cell::kGates <= 4, "the db partials are sized for at most 4 gate blocks");
+  static_assert(Cell::kUnitParams <= Cell::kGates, "the dP partials reuse db's");
   const int64_t rc = column_sum_rows(R), P = (R + rc - 1) / rc;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(XH);
+  double* partials = reinterpret_cast<double*>((at + 7) / 8 * 8);
   if (P == 1) {
     PYLSTM_LAUNCH((column_partial_kernel<T, T>), dim3(blocks_for(G), 1), kBlock, st, R, G, rc, dA,
                   a.db);
   } else {
-    const uintptr_t at = reinterpret_cast<uintptr_t>(XH);
-    double* partials = reinterpret_cast<double*>((at + 7) / 8 * 8);
     PYLSTM_LAUNCH((column_partial_kernel<T, double>), dim3(blocks_for(G), unsigned(P)), kBlock, st,
                   R, G, rc, dA, partials);
     PYLSTM_LAUNCH(column_finish_kernel<T>, blocks_for(G), kBlock, st, P, G, partials, a.db);
+  }
+  if constexpr (Cell::kUnitParams > 0) {
+    const int64_t KH = Cell::kUnitParams * H;
+    const T* cs = kC ? a.cs : nullptr;
+    const T* c0 = kC ? a.c0 : nullptr;
+    if (P == 1) {
+      PYLSTM_LAUNCH((unit_param_partial_kernel<Cell, T, T>), dim3(blocks_for(H), 1), kBlock, st, R,
+                    Tn, H, rc, a.gates, cs, c0, dA, a.dP);
+    } else {
+      PYLSTM_LAUNCH((unit_param_partial_kernel<Cell, T, double>), dim3(blocks_for(H), unsigned(P)),
+                    kBlock, st, R, Tn, H, rc, a.gates, cs, c0, dA, partials);
+      PYLSTM_LAUNCH(column_finish_kernel<T>, blocks_for(KH), kBlock, st, P, KH, partials, a.dP);
+    }
   }
 }
 
