@@ -1,7 +1,7 @@
 """pylstm: fused LSTM sequence kernels for Python, and a DLfS2-style LSTM language-model stack.
 
 The functional API (``lstm_forward``, ``lstm_backward``, ``lstm_inference``, the same for the
-peephole LSTM (``peephole_*``) and the vanilla RNN (``rnn_*``), ``clip_grads``,
+peephole LSTM (``peephole_*``), the GRU (``gru_*``) and the vanilla RNN (``rnn_*``), ``clip_grads``,
 ``clip_grads_by_value``, ``global_norm``) runs on the compiled CPU
 kernels, on the CUDA kernels for device arrays (CuPy, PyTorch, Numba; ``backend="cuda"``), or on
 the NumPy reference (``pylstm.reference``), which is the specification the kernels are tested
@@ -16,6 +16,9 @@ from .functional import (
     clip_grads,
     get_num_threads,
     global_norm,
+    gru_backward,
+    gru_forward,
+    gru_inference,
     lstm_backward,
     lstm_forward,
     lstm_inference,
@@ -41,6 +44,9 @@ __all__ = [
     "clip_grads",
     "get_num_threads",
     "global_norm",
+    "gru_backward",
+    "gru_forward",
+    "gru_inference",
     "lstm_backward",
     "lstm_forward",
     "lstm_inference",

@@ -1,5 +1,5 @@
-"""The functional API: fused LSTM, peephole LSTM and vanilla RNN forward/backward, global-norm
-clipping and the dense ops, dispatched to a
+"""The functional API: fused LSTM, peephole LSTM, GRU and vanilla RNN forward/backward,
+global-norm clipping and the dense ops, dispatched to a
 backend ("cpu": the compiled kernels; "cuda": the CUDA kernels on device arrays; "numpy": the
 reference in ``pylstm.reference``). "auto" picks "cuda" for device arrays (anything with
 ``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors, Numba) and "cpu" for NumPy arrays.
@@ -28,6 +28,10 @@ __all__ = [
     "peephole_forward",
     "peephole_inference",
     "peephole_backward",
+    "gru_forward",
+    "gru_inference",
+    "gru_backward",
+    "GRU_VARIANTS",
     "rnn_forward",
     "rnn_inference",
     "rnn_backward",
@@ -136,9 +140,10 @@ def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str =
         )
 
 
-# The cells the kernels have: gate blocks, whether a cell state travels beside h, and rows of
-# per-unit parameters P (the C++ list is csrc/cells/registry.h).
-_CELLS = {"lstm": (4, True, 0), "peephole": (4, True, 3), "rnn_tanh": (1, False, 0), "rnn_relu": (1, False, 0)}
+# The cells the kernels have: gate blocks, whether a cell state travels beside h, rows of
+# per-unit parameters P, saved activations per unit (the C++ list is csrc/cells/registry.h).
+_CELLS = {"lstm": (4, True, 0, 4), "peephole": (4, True, 3, 4), "gru": (3, False, 1, 4),
+          "rnn_tanh": (1, False, 0, 1), "rnn_relu": (1, False, 0, 1)}
 _NONLINEARITIES = ("tanh", "relu")
 
 
@@ -225,6 +230,9 @@ class _Reference:
         if cell in ("lstm", "peephole"):
             hs, hT, cT, rc = ref.peephole_forward_ref(xs, h0, c0, Wx, Wh, b, P)
             gates, cs = rc.gates, rc.cs
+        elif cell in _GRU_CELLS.values():
+            hs, hT, rc = ref.gru_forward_ref(xs, h0, Wx, Wh, b, P, _GRU_VARIANT_OF[cell])
+            cT, gates, cs = None, rc.gates, None
         else:  # the RNN saves its output as its activation
             hs, hT, _ = ref.rnn_forward_ref(xs, h0, Wx, Wh, b, cell[len("rnn_"):])
             cT, gates, cs = None, hs, None
@@ -241,6 +249,11 @@ class _Reference:
             rc = ref.LSTMCacheRef(cache.xs, h0, c0, cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs,
                                   cache.P)
             return ref.peephole_backward_ref(dhs, rc, dhT, dcT)
+        if cache.cell in _GRU_CELLS.values():
+            rc = ref.GRUCacheRef(cache.xs, h0, cache.Wx, cache.Wh, cache.P, cache.hs, cache.gates,
+                                 _GRU_VARIANT_OF[cache.cell])
+            dxs, dh0, dWx, dWh, db, db_hn = ref.gru_backward_ref(dhs, rc, dhT)
+            return dxs, dh0, None, dWx, dWh, db, db_hn
         rc = ref.RNNCacheRef(cache.xs, h0, cache.Wx, cache.Wh, cache.hs, cache.cell[len("rnn_"):])
         dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(dhs, rc, dhT)
         return dxs, dh0, None, dWx, dWh, db, None
@@ -291,7 +304,7 @@ class _Device:
         self.name = name
 
     def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None):
-        gates_n, has_c, _ = _CELLS[cell]
+        _, has_c, _, saved = _CELLS[cell]
         mod, lib = _device_target(self.name, xs)
         w = lib.wrap if lib is not None else (lambda a: a)
         N, T, D, H, itemsize, dev = mod.forward_check(w(xs), w(Wx), w(Wh), w(b), w(h0), w(c0), cell=cell,
@@ -301,7 +314,7 @@ class _Device:
         dt = np.dtype(np.float32 if itemsize == 4 else np.float64)
         hs, hT = lib.empty((N, T, H), dt), lib.empty((N, H), dt)
         cT = lib.empty((N, H), dt) if has_c else None
-        gates = lib.empty((N, T, gates_n * H), dt) if save else None
+        gates = lib.empty((N, T, saved * H), dt) if save else None
         cs = lib.empty((N, T, H), dt) if save and has_c else None
         size = mod.forward_workspace_size(N, T, D, H, save, cell=cell)
         work = lib.empty((size,), dt) if size else None
@@ -318,7 +331,7 @@ class _Device:
         mod, lib, dims, dt = cache.device
         if mod is None or mod not in (_backend.cuda, _backend.cuda_emu) or not isinstance(lib, _devices.ArrayLib):
             raise TypeError("cache.device is not what the forward saved (module, array library, sizes, dtype)")
-        gates_n, has_c, n_params = _CELLS[cache.cell]
+        gates_n, has_c, n_params, _ = _CELLS[cache.cell]
         w = lib.wrap
         # The saved sizes decide the allocations below: they must be the cached inputs' own (the
         # binding checks the saved activations against these once it has the outputs).
@@ -330,7 +343,7 @@ class _Device:
         dxs, dh0 = lib.empty((N, T, D), dt), lib.empty((N, H), dt)
         dc0 = lib.empty((N, H), dt) if has_c else None
         dW, db = lib.empty((D + H, gates_n * H), dt), lib.empty((gates_n * H,), dt)
-        dP = lib.empty((n_params, H), dt) if n_params else None
+        dP = lib.empty((n_params, H) if n_params > 1 else (H,), dt) if n_params else None
         work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell),), dt)
         mod.backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
                      w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
@@ -473,6 +486,65 @@ def peephole_backward(dhs, cache, dhT=None, dcT=None):
     """
     _check_cache(cache, ("peephole",), "peephole_forward")
     return _backend_of(cache).seq_backward(cache, dhs, dhT, dcT)
+
+
+GRU_VARIANTS = ref.GRU_VARIANTS
+# The kernel cell of each GRU variant the engine has.
+_GRU_CELLS = {"reset_after": "gru"}
+_GRU_VARIANT_OF = {v: k for k, v in _GRU_CELLS.items()}
+
+
+def _gru_cell(variant) -> str:
+    if not isinstance(variant, str) or variant not in GRU_VARIANTS:
+        raise ValueError(f"variant must be one of {GRU_VARIANTS}, got {variant!r}")
+    if variant not in _GRU_CELLS:
+        raise NotImplementedError(f"variant {variant!r} is specified in pylstm.reference (gru_forward_ref) "
+                                  f"but not yet in the kernels, which run {tuple(_GRU_CELLS)}")
+    return _GRU_CELLS[variant]
+
+
+def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto"):
+    """Fused GRU forward (``pylstm.reference`` has the equations of every variant), saving what
+    backward needs.
+
+    Parameters
+    ----------
+    xs : (N, T, D) float32 or float64, C-contiguous (host or device arrays, as for lstm_forward).
+    Wx : (D, 3H); Wh : (H, 3H); b : (3H,): gate blocks z (update), r (reset), n (candidate).
+    b_hn : (H,) the candidate's recurrent bias of the reset_after variant (PyTorch's b_hn);
+        None for the other variants.
+    h0 : (N, H) initial state, or None for zeros.
+    variant : "reset_after" (PyTorch nn.GRU, cuDNN, Keras reset_after=True; the default),
+        "reset_before" (Keras reset_after=False) or "book" (DLfS2's GRU); the kernels run
+        reset_after so far (the others raise NotImplementedError; ``pylstm.reference`` has them).
+    backend : "auto" | "cpu" | "cuda" | "numpy".
+
+    Returns
+    -------
+    hs : (N, T, H); hT : (N, H); cache for ``gru_backward``.
+    """
+    cell = _gru_cell(variant)
+    hs, hT, _, cache = _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, True, b_hn)
+    return hs, hT, cache
+
+
+def gru_inference(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto"):
+    """Forward-only GRU: like ``gru_forward`` but saves nothing. Returns (hs, hT)."""
+    cell = _gru_cell(variant)
+    return _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, False, b_hn)[:2]
+
+
+def gru_backward(dhs, cache, dhT=None):
+    """Fused GRU backward over a whole sequence.
+
+    Returns
+    -------
+    dxs (N, T, D), dh0 (N, H), dWx (D, 3H), dWh (H, 3H), db (3H,), db_hn (H,) (None unless
+    reset_after)
+    """
+    _check_cache(cache, tuple(_GRU_CELLS.values()), "gru_forward")
+    dxs, dh0, _, dWx, dWh, db, db_hn = _backend_of(cache).seq_backward(cache, dhs, dhT, None)
+    return dxs, dh0, dWx, dWh, db, db_hn
 
 
 def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto"):

@@ -25,6 +25,7 @@ __all__ = [
     "TimeAffine",
     "TimeLSTM",
     "TimePeepholeLSTM",
+    "TimeGRU",
     "TimeRNN",
     "TimeDropout",
     "SoftmaxWithLoss",
@@ -269,6 +270,76 @@ class TimeRNN:
         self.grads[0][...] = dWx
         self.grads[1][...] = dWh
         self.grads[2][...] = db
+        self.dh = dh0
+        return dxs
+
+    def set_state(self, h: np.ndarray) -> None:
+        """Set the state used by the next forward call (stateful layers)."""
+        xp = _xp(self.params[0])
+        self.h = xp.ascontiguousarray(xp.asarray(h), dtype=self.params[0].dtype)
+
+    def reset_state(self) -> None:
+        self.h = None
+
+
+class TimeGRU:
+    """The book's TimeGRU (DLfS2 common/time_layers.py) and the reset-after GRU of PyTorch, cuDNN
+    and Keras, on pylstm's fused kernels.
+
+    Parameters
+    ----------
+    Wx : (D, 3H); Wh : (H, 3H); b : (3H,), gate blocks z, r, n (the book's order).
+    stateful : keep h between forward calls (truncated BPTT), as in the book.
+    b_hn : (H,) the candidate's recurrent bias; giving it selects the reset_after variant.
+    variant : "reset_after", "reset_before" or "book"; None (the default) means reset_after
+        when ``b_hn`` is given, else the book's (called with the book's signature, the layer is
+        the book's class). The kernels run reset_after so far: the others raise
+        NotImplementedError at the first forward (``pylstm.reference`` specifies them).
+    backend : "auto" | "cpu" | "numpy".
+
+    ``params`` / ``grads``: [Wx, Wh, b] (+ [b_hn]). After backward, ``dh`` holds the gradient with
+    respect to the initial state.
+    """
+
+    def __init__(self, Wx, Wh, b, stateful: bool = False, b_hn=None, variant: Optional[str] = None,
+                 backend: str = "auto"):
+        if variant is None:
+            variant = "reset_after" if b_hn is not None else "book"
+        if variant not in F.GRU_VARIANTS:
+            raise ValueError(f"variant must be one of {F.GRU_VARIANTS}, got {variant!r}")
+        if (b_hn is None) == (variant == "reset_after"):
+            raise ValueError("b_hn must be given for the reset_after variant and only for it, got "
+                             f"b_hn={'None' if b_hn is None else 'an array'} with variant={variant!r}")
+        self.params = [Wx, Wh, b] + ([b_hn] if b_hn is not None else [])
+        xp = _xp(Wx)
+        self.grads = [xp.zeros_like(p) for p in self.params]
+        self.stateful, self.variant, self.backend = stateful, variant, backend
+        self.h: Optional[np.ndarray] = None
+        self.dh: Optional[np.ndarray] = None
+        self.cache = None
+
+    def forward(self, xs: np.ndarray) -> np.ndarray:
+        Wx, Wh, b = self.params[:3]
+        b_hn = self.params[3] if len(self.params) > 3 else None
+        xs = _xp(Wx).ascontiguousarray(xs)
+        h0 = None
+        if self.stateful:
+            N = xs.shape[0] if xs.ndim == 3 else None
+            if self.h is not None and self.h.shape[0] != N:
+                raise ValueError(f"xs: batch size {N} differs from the stored state's {self.h.shape[0]}; "
+                                 "call reset_state() first")
+            h0 = self.h
+        hs, hT, self.cache = F.gru_forward(xs, Wx, Wh, b, b_hn, h0, self.variant, backend=self.backend)
+        if self.stateful:
+            self.h = hT
+        return hs
+
+    def backward(self, dhs: np.ndarray) -> np.ndarray:
+        if self.cache is None:
+            raise RuntimeError("backward called before forward")
+        dxs, dh0, *grads = F.gru_backward(_xp(dhs).ascontiguousarray(dhs), self.cache)
+        for g, v in zip(self.grads, grads):  # dWx, dWh, db (, db_hn)
+            g[...] = v
         self.dh = dh0
         return dxs
 

@@ -20,6 +20,7 @@ from .layers import (
     TimeAffine,
     TimeDropout,
     TimeEmbedding,
+    TimeGRU,
     TimeLSTM,
     TimePeepholeLSTM,
     TimeRNN,
@@ -72,9 +73,23 @@ def _check_dropout_ratio(ratio) -> float:
 _F32_MAX = float(np.finfo(np.float32).max)
 
 # The recurrent cells a model can stack: gate blocks per layer (the RNN's nonlinearity follows),
-# and rows of per-unit parameters (the peepholes' P (3, H)).
-MODEL_CELLS = {"lstm": 4, "peephole": 4, "rnn": 1, "rnn_relu": 1}
-_UNIT_PARAMS = {"peephole": 3}
+# and the shape of each layer's extra parameter: the peepholes' P (3, H), the GRU's b_hn (H,).
+MODEL_CELLS = {"lstm": 4, "peephole": 4, "gru": 3, "rnn": 1, "rnn_relu": 1}
+_UNIT_PARAMS = {"peephole": 3, "gru": 1}
+
+
+def _extra_shape(cell: str, H: int) -> Optional[tuple]:
+    K = _UNIT_PARAMS.get(cell, 0)
+    return None if K == 0 else (H,) if K == 1 else (K, H)
+
+
+def _torch_converters():
+    from . import convert
+
+    return {"lstm": (convert.to_torch, convert.from_torch, "torch.nn.LSTM"),
+            "gru": (convert.gru_to_torch, convert.gru_from_torch, "torch.nn.GRU"),
+            "rnn": (convert.rnn_to_torch, convert.rnn_from_torch, "torch.nn.RNN"),
+            "rnn_relu": (convert.rnn_to_torch, convert.rnn_from_torch, "torch.nn.RNN")}
 
 
 def _check_cell(cell) -> str:
@@ -88,6 +103,8 @@ def _recurrent_layer(cell, params, backend):
         return TimeLSTM(*params, stateful=True, backend=backend)
     if cell == "peephole":
         return TimePeepholeLSTM(*params, stateful=True, backend=backend)
+    if cell == "gru":  # the reset_after GRU (PyTorch's), its b_hn last
+        return TimeGRU(*params[:3], stateful=True, b_hn=params[3], backend=backend)
     return TimeRNN(*params, stateful=True, nonlinearity="relu" if cell == "rnn_relu" else "tanh",
                    backend=backend)
 
@@ -135,8 +152,9 @@ class LstmLM:
     vocab_size, wordvec_size, hidden_size : V, D, H.
     num_layers : recurrent layers (>= 1).
     cell : "lstm" (default), "peephole" (LSTM with peepholes; ``P`` per layer, zeros under the
-           book's init, so training starts from the plain LSTM), or "rnn" / "rnn_relu" for
-           vanilla RNN layers (tanh / relu).
+           book's init, so training starts from the plain LSTM), "gru" (the reset-after GRU of
+           PyTorch and cuDNN; ``b_hn`` per layer), or "rnn" / "rnn_relu" for vanilla RNN layers
+           (tanh / relu).
     dropout_ratio : dropout before the first LSTM and after each, in [0, 1) (0 disables).
     tie_weights : use ``embed_W.T`` as the output projection (needs D == H).
     backend : LSTM backend, "auto" | "cpu" | "numpy".
@@ -173,7 +191,7 @@ class LstmLM:
                 lstm_params.append([rn(In, G * H, scale=1 / np.sqrt(In)), rn(H, G * H, scale=1 / np.sqrt(H)),
                                     np.zeros(G * H, f32)])
                 if K:
-                    lstm_params[-1].append(np.zeros((K, H), f32))
+                    lstm_params[-1].append(np.zeros(_extra_shape(cell, H), f32))
             affine_W = None if tie_weights else rn(H, V, scale=1 / np.sqrt(H))
         else:
             a = float(init)
@@ -181,8 +199,8 @@ class LstmLM:
             def un(*shape):
                 return rng.uniform(-a, a, shape).astype(f32)
             embed_W = un(V, D)
-            lstm_params = [[un(D if layer == 0 else H, G * H), un(H, G * H), un(G * H)] + ([un(K, H)] if K else [])
-                           for layer in range(num_layers)]
+            lstm_params = [[un(D if layer == 0 else H, G * H), un(H, G * H), un(G * H)]
+                           + ([un(*_extra_shape(cell, H))] if K else []) for layer in range(num_layers)]
             affine_W = None if tie_weights else un(H, V)
         affine_b = np.zeros(V, f32)
         if tie_weights:
@@ -338,14 +356,12 @@ class LstmLM:
     # --- PyTorch interchange ------------------------------------------------------------
     def lstm_state_dict_torch(self) -> dict:
         """The recurrent layers as a ``torch.nn.LSTM(D, H, num_layers, batch_first=True)`` state
-        dict (``torch.nn.RNN`` for an RNN model; NumPy arrays: wrap with ``torch.from_numpy``).
-        LSTM gate blocks reordered to i, f, g, o; the bias goes to ``bias_ih_l{k}`` and
-        ``bias_hh_l{k}`` is zeros."""
-        from .convert import rnn_to_torch
-        from .convert import to_torch as lstm_to_torch
-
+        dict (``torch.nn.GRU`` / ``torch.nn.RNN`` for a GRU / RNN model; NumPy arrays: wrap with
+        ``torch.from_numpy``). LSTM gate blocks reordered to i, f, g, o; the bias goes to
+        ``bias_ih_l{k}`` and ``bias_hh_l{k}`` is zeros (the GRU's b_hn excepted:
+        ``convert.gru_to_torch``)."""
         self._require_torch_cell()
-        to_torch = lstm_to_torch if self.config["cell"] == "lstm" else rnn_to_torch
+        to_torch = _torch_converters()[self.config["cell"]][0]
 
         out = {}
         for k, layer in enumerate(self.lstm_layers):
@@ -355,15 +371,11 @@ class LstmLM:
         return out
 
     def load_lstm_state_dict_torch(self, state: dict) -> None:
-        """Load ``torch.nn.LSTM`` weights (``torch.nn.RNN`` for an RNN model; a state dict of
-        tensors or arrays, same sizes and layer count) into the recurrent layers; the two biases
-        are summed."""
-        from .convert import from_torch as lstm_from_torch
-        from .convert import rnn_from_torch
-
+        """Load ``torch.nn.LSTM`` weights (``torch.nn.GRU`` / ``torch.nn.RNN`` for a GRU / RNN
+        model; a state dict of tensors or arrays, same sizes and layer count) into the recurrent
+        layers; the two biases are summed (the GRU's b_hn excepted)."""
         self._require_torch_cell()
-        from_torch = lstm_from_torch if self.config["cell"] == "lstm" else rnn_from_torch
-        torch_class = "torch.nn.LSTM" if self.config["cell"] == "lstm" else "torch.nn.RNN"
+        _, from_torch, torch_class = _torch_converters()[self.config["cell"]]
 
         def arr(key):
             if key not in state:
@@ -375,19 +387,19 @@ class LstmLM:
 
         new = []
         for k, layer in enumerate(self.lstm_layers):
-            Wx, Wh, b = from_torch(arr(f"weight_ih_l{k}"), arr(f"weight_hh_l{k}"),
-                                   arr(f"bias_ih_l{k}") if f"bias_ih_l{k}" in state else None,
-                                   arr(f"bias_hh_l{k}") if f"bias_hh_l{k}" in state else None)
-            for name, p, v in zip(("Wx", "Wh", "b"), layer.params, (Wx, Wh, b)):
+            vals = from_torch(arr(f"weight_ih_l{k}"), arr(f"weight_hh_l{k}"),
+                              arr(f"bias_ih_l{k}") if f"bias_ih_l{k}" in state else None,
+                              arr(f"bias_hh_l{k}") if f"bias_hh_l{k}" in state else None)
+            for name, p, v in zip(("Wx", "Wh", "b", "b_hn"), layer.params, vals):
                 if p.shape != v.shape:
                     raise ValueError(f"state: layer {k} {name} has shape {v.shape}, this model needs {p.shape}")
-            new.append((Wx, Wh, b))
+            new.append(vals)
         for layer, vals in zip(self.lstm_layers, new):  # nothing is written unless all layers fit
             for p, v in zip(layer.params, vals):
                 p[...] = to_module(v, array_module(p))
 
     def _require_torch_cell(self) -> None:
-        if self.config["cell"] not in ("lstm", "rnn", "rnn_relu"):
+        if self.config["cell"] not in ("lstm", "gru", "rnn", "rnn_relu"):
             raise ValueError(f"cell {self.config['cell']!r} has no torch.nn counterpart (torch.nn.LSTM has "
                              "no peepholes)")
 

@@ -54,6 +54,32 @@ block, no cell state: ``Wx (D, H)``, ``Wh (H, H)``, ``b (H,)``::
                dh_next = da @ Wh^T;  dWx += x_t^T da;  dWh += h_{t-1}^T da;  db += sum of da rows
                dx_t = da @ Wx^T;     finally dh0 = dh_next
 
+The GRU, gate blocks **z, r, n** (update, reset, candidate; the book's and Keras's order):
+``Wx (D, 3H)``, ``Wh (H, 3H)``, ``b (3H,)``, no cell state. Three variants::
+
+    ax = x_t @ Wx + b;  ah = h_{t-1} @ Wh               (ah = 0 at t = 0 without h0)
+    z = sigmoid(ax_z + ah_z);  r = sigmoid(ax_r + ah_r)
+    reset_after (PyTorch, cuDNN, Keras reset_after=True; an extra bias b_hn (H,)):
+        hn = ah_n + b_hn;  n = tanh(ax_n + r * hn);  h_t = (1 - z) * n + z * h_{t-1}
+    reset_before (Keras reset_after=False):
+        n = tanh(ax_n + (r * h_{t-1}) @ Wh_n);         h_t = (1 - z) * n + z * h_{t-1}
+    book (DLfS2's GRU: reset_before with z's roles swapped):
+        n as reset_before;                             h_t = z * n + (1 - z) * h_{t-1}
+
+Saved for backward: z, r, n (and hn for reset_after), each (N, T, H). Backward, with
+``dh = dhs[:, t] + dh_next`` and, for the first two variants (book: dn = dh * z,
+dz = dh * (n - h_{t-1}), direct = dh * (1 - z))::
+
+    dn = dh * (1 - z);  dz = dh * (h_{t-1} - n);  direct = dh * z
+    dna = dn * (1 - n^2);  dza = dz * z(1-z)
+    reset_after:  dra = dna * hn * r(1-r);  dhn = dna * r
+                  dh_next = [dza, dra, dhn] @ Wh^T + direct;  dWh += h_{t-1}^T [dza, dra, dhn]
+                  db_hn += sum of dhn rows
+    reset_before: drh = dna @ Wh_n^T;  dra = drh * h_{t-1} * r(1-r)
+                  dh_next = [dza, dra] @ Wh_zr^T + drh * r + direct
+                  dWh_zr += h_{t-1}^T [dza, dra];  dWh_n += (r * h_{t-1})^T dna
+    both:         dWx += x_t^T [dza, dra, dna];  db += sum of rows;  dx_t = [dza, dra, dna] @ Wx^T
+
 Activations at the edges: sigmoid(x) is exactly 0 where its value is subnormal (x below -87 in
 float32, -708 in float64) and relu keeps NaN; NaN and inf propagate as the formulas say.
 
@@ -83,6 +109,10 @@ __all__ = [
     "lstm_backward_ref",
     "peephole_forward_ref",
     "peephole_backward_ref",
+    "GRUCacheRef",
+    "GRU_VARIANTS",
+    "gru_forward_ref",
+    "gru_backward_ref",
     "RNNCacheRef",
     "rnn_forward_ref",
     "rnn_backward_ref",
@@ -318,6 +348,96 @@ def rnn_backward_ref(dhs: np.ndarray, cache: RNNCacheRef, dhT: Optional[np.ndarr
         db += da.sum(axis=0)
         dxs[:, t] = da @ Wx.T
     return dxs, dh_next, dWx, dWh, db
+
+
+GRU_VARIANTS = ("reset_after", "reset_before", "book")
+
+
+class GRUCacheRef(NamedTuple):
+    """What ``gru_backward_ref`` needs from the forward pass."""
+
+    xs: np.ndarray  # (N, T, D)
+    h0: np.ndarray  # (N, H)
+    Wx: np.ndarray  # (D, 3H)
+    Wh: np.ndarray  # (H, 3H)
+    b_hn: Optional[np.ndarray]  # (H,) for reset_after, else None
+    hs: np.ndarray  # (N, T, H)
+    gates: np.ndarray  # (N, T, 4H) z, r, n, hn (reset_after) or (N, T, 3H) z, r, n
+    variant: str
+
+
+def gru_forward_ref(xs, h0, Wx, Wh, b, b_hn=None, variant: str = "reset_after"):
+    """Reference GRU forward (module docstring). ``b_hn`` (H,) is required by the reset_after
+    variant and must be None for the others. Returns (hs, hT, cache)."""
+    if variant not in GRU_VARIANTS:
+        raise ValueError(f"variant must be one of {GRU_VARIANTS}, got {variant!r}")
+    N, T, D = xs.shape
+    H = Wh.shape[0]
+    dt = xs.dtype
+    after = variant == "reset_after"
+    h = np.zeros((N, H), dt) if h0 is None else h0
+    h0_ = h
+    hs = np.empty((N, T, H), dt)
+    gates = np.empty((N, T, (4 if after else 3) * H), dt)
+    for t in range(T):
+        rec = t > 0 or h0 is not None  # no recurrent product at t = 0 without h0
+        ax = xs[:, t] @ Wx + b
+        ah = h @ Wh if rec else np.zeros((N, 3 * H), dt)
+        z = sigmoid_ref(ax[:, :H] + ah[:, :H])
+        r = sigmoid_ref(ax[:, H : 2 * H] + ah[:, H : 2 * H])
+        if after:
+            hn = ah[:, 2 * H :] + b_hn
+            n = np.tanh(ax[:, 2 * H :] + r * hn)
+            gates[:, t, 3 * H :] = hn
+        else:
+            rh = (r * h) @ Wh[:, 2 * H :] if rec else np.zeros((N, H), dt)
+            n = np.tanh(ax[:, 2 * H :] + rh)
+        h = z * n + (1 - z) * h if variant == "book" else (1 - z) * n + z * h
+        gates[:, t, : 3 * H] = np.concatenate([z, r, n], axis=1)
+        hs[:, t] = h
+    return hs, h.copy(), GRUCacheRef(xs, h0_, Wx, Wh, b_hn, hs, gates, variant)
+
+
+def gru_backward_ref(dhs, cache: GRUCacheRef, dhT=None):
+    """Reference GRU backward. Returns dxs, dh0, dWx, dWh, db and db_hn (None unless
+    reset_after)."""
+    xs, h0, Wx, Wh, b_hn, hs, gates, variant = cache
+    N, T, D = xs.shape
+    H = Wh.shape[0]
+    dt = xs.dtype
+    after = variant == "reset_after"
+    dh_next = np.zeros((N, H), dt) if dhT is None else dhT.astype(dt, copy=True)
+    dxs = np.empty((N, T, D), dt)
+    dWx, dWh, db = np.zeros_like(Wx), np.zeros_like(Wh), np.zeros(3 * H, dt)
+    db_hn = np.zeros(H, dt) if after else None
+    for t in reversed(range(T)):
+        z, r, n = gates[:, t, :H], gates[:, t, H : 2 * H], gates[:, t, 2 * H : 3 * H]
+        h_prev = hs[:, t - 1] if t > 0 else h0
+        dh = dhs[:, t] + dh_next
+        if variant == "book":
+            dn, dz, direct = dh * z, dh * (n - h_prev), dh * (1 - z)
+        else:
+            dn, dz, direct = dh * (1 - z), dh * (h_prev - n), dh * z
+        dna = dn * (1 - n * n)
+        dza = dz * z * (1 - z)
+        if after:
+            hn = gates[:, t, 3 * H :]
+            dra = dna * hn * r * (1 - r)
+            da_h = np.concatenate([dza, dra, dna * r], axis=1)
+            dh_next = da_h @ Wh.T + direct
+            dWh += h_prev.T @ da_h
+            db_hn += (dna * r).sum(axis=0)
+        else:
+            drh = dna @ Wh[:, 2 * H :].T
+            dra = drh * h_prev * r * (1 - r)
+            dh_next = np.concatenate([dza, dra], axis=1) @ Wh[:, : 2 * H].T + drh * r + direct
+            dWh[:, : 2 * H] += h_prev.T @ np.concatenate([dza, dra], axis=1)
+            dWh[:, 2 * H :] += (r * h_prev).T @ dna
+        da_x = np.concatenate([dza, dra, dna], axis=1)
+        dWx += xs[:, t].T @ da_x
+        db += da_x.sum(axis=0)
+        dxs[:, t] = da_x @ Wx.T
+    return dxs, dh_next, dWx, dWh, db, db_hn
 
 
 def global_norm_ref(grads: Sequence[np.ndarray]) -> float:

@@ -254,7 +254,7 @@ def test_eval_opens_a_text_file_named_in_a_checkpoint_only_when_asked(trained, t
     assert rc == 0
 
 
-@pytest.mark.parametrize("cell", ["rnn", "peephole"])
+@pytest.mark.parametrize("cell", ["rnn", "peephole", "gru"])
 def test_train_with_other_cells(tmp_path, cell):
     r = run("train", "--out", str(tmp_path), "--cell", cell, *QUICK)
     assert r.returncode == 0, r.stderr

@@ -385,9 +385,36 @@ def test_peephole_model_checkpoint_and_no_torch_counterpart(tmp_path):
         LstmLM(10, 4, 6, num_layers=2, seed=7).load_params(path)
 
 
+def test_gru_model_checkpoint_and_torch_round_trip(tmp_path):
+    torch = pytest.importorskip("torch")
+    m = LstmLM(10, 4, 6, num_layers=2, cell="gru", seed=7, init=0.3)
+    assert len(m.params) == 1 + 4 * 2 + 2 and m.lstm_layers[1].params[3].shape == (6,)
+    path = str(tmp_path / "gru.npz")
+    m.save(path)
+    m2, _ = load_checkpoint(path)
+    for a, b in zip(m.params, m2.params):
+        np.testing.assert_array_equal(a, b)
+    gru = torch.nn.GRU(4, 6, num_layers=2, batch_first=True).double()
+    gru.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in m.lstm_state_dict_torch().items()})
+    xs = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    h = xs
+    for layer in m.lstm_layers:
+        layer.reset_state()
+        h = layer.forward(h)
+    with torch.no_grad():
+        want = gru(torch.from_numpy(xs.astype(np.float64)))[0].numpy()
+    assert_close("hs", h, want, rtol=1e-5)
+    m3 = LstmLM(10, 4, 6, num_layers=2, cell="gru", seed=8)
+    m3.load_lstm_state_dict_torch(gru.state_dict())
+    for a, b in zip(m.lstm_layers, m3.lstm_layers):
+        for p, q in zip(a.params, b.params):
+            np.testing.assert_allclose(p, q, rtol=1e-6)
+
+
 def test_cell_is_checked_and_old_checkpoints_are_lstm(tmp_path):
-    with pytest.raises(ValueError, match=r"^cell must be one of \['lstm', 'peephole', 'rnn', 'rnn_relu'\], got 'gru'"):
-        LstmLM(10, 3, 3, cell="gru")
+    names = r"\['gru', 'lstm', 'peephole', 'rnn', 'rnn_relu'\]"
+    with pytest.raises(ValueError, match=rf"^cell must be one of {names}, got 'lru'"):
+        LstmLM(10, 3, 3, cell="lru")
     m = LstmLM(10, 3, 3, seed=5)
     good = str(tmp_path / "good.npz")
     m.save(good)
@@ -399,7 +426,7 @@ def test_cell_is_checked_and_old_checkpoints_are_lstm(tmp_path):
     def with_cell(cell):
         return lambda meta: _set(meta, "config", {**meta["config"], "cell": cell})
 
-    bad = _rewrite(good, tmp_path / "bad.npz", meta_fn=with_cell("gru"))
+    bad = _rewrite(good, tmp_path / "bad.npz", meta_fn=with_cell("lru"))
     with pytest.raises(CheckpointError, match="config cell"):
         load_checkpoint(bad)
     # an RNN config over LSTM-sized arrays is caught by the parameter count

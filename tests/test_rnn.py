@@ -242,8 +242,9 @@ def test_kernel_module_rejects_cell_state_and_unknown_cell():
     """The binding's own checks (what a caller of the private module meets)."""
     d = make_rnn_inputs((2, 3, 4, 5), np.float32)
     cpu = _backend.cpu
-    with pytest.raises(ValueError, match="^cell must be one of 'lstm', 'peephole', 'rnn_tanh', 'rnn_relu', got 'gru'"):
-        cpu.forward(d["xs"], d["Wx"], d["Wh"], d["b"], None, None, True, cell="gru")
+    names = "'lstm', 'peephole', 'gru', 'rnn_tanh', 'rnn_relu'"
+    with pytest.raises(ValueError, match=f"^cell must be one of {names}, got 'lru'"):
+        cpu.forward(d["xs"], d["Wx"], d["Wh"], d["b"], None, None, True, cell="lru")
     with pytest.raises(ValueError, match="^c0 must be None: the rnn_tanh cell has no cell state"):
         cpu.forward(d["xs"], d["Wx"], d["Wh"], d["b"], None, d["h0"], True, cell="rnn_tanh")
     hs, hT, cT, gates, cs = cpu.forward(d["xs"], d["Wx"], d["Wh"], d["b"], None, None, True, cell="rnn_relu")

@@ -267,10 +267,10 @@ def test_resume_checks_every_trainer_field(tmp_path, case):
     assert t2.time_idx == 0 and t2.current_epoch == 0 and t2.optimizer.m is None and t2.optimizer.lr == 0.01
 
 
-@pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "peephole"])
+@pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "peephole", "gru"])
 def test_other_cells_learn_and_resume_exactly(tmp_path, cell):
-    """A language model of vanilla RNN layers (the state carried is h alone) or of peephole LSTM
-    layers (h, c and the peepholes P) trains, and its checkpoint resumes exactly."""
+    """A language model of vanilla RNN or GRU layers (the state carried is h alone) or of
+    peephole LSTM layers (h, c and the peepholes P) trains, and its checkpoint resumes exactly."""
     from pylstm.models import LstmLM
 
     c = _corpus(2000, seed=4)
@@ -283,7 +283,7 @@ def test_other_cells_learn_and_resume_exactly(tmp_path, cell):
     m1, t1 = make()
     t1.fit(c[:-1], c[1:], max_epoch=2, **kw)
     assert t1.ppl_list[-1] < 0.6 * t1.ppl_list[0]
-    assert m1.lstm_layers[0].params[1].shape == (16, 16 if cell.startswith("rnn") else 64)
+    assert m1.lstm_layers[0].params[1].shape == (16, {"peephole": 64, "gru": 48}.get(cell, 16))
     if cell == "peephole":  # the peepholes were trained too
         assert m1.lstm_layers[0].params[3].shape == (3, 16) and np.abs(m1.lstm_layers[0].params[3]).max() > 0
     ck = str(tmp_path / "ck.npz")

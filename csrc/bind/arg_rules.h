@@ -83,20 +83,25 @@ inline void check_view(const ArgView& a, int itemsize, const std::vector<int64_t
   }
 }
 
-// What the rules need to know of a cell: its gate blocks, whether it has a cell state, and its
-// rows of per-unit parameters (P).
+// What the rules need to know of a cell: its gate blocks, whether it has a cell state, its rows
+// of per-unit parameters (P), and its saved activations per unit (the gates array's blocks).
 struct CellFacts {
   std::string name;
   int64_t gates;
   bool has_c;
   int64_t unit_params;
+  int64_t saved;
+  std::string param_name;  // what the API calls P for this cell ("P", "b_hn")
 };
 
 // ValueError listing the valid names for an unknown cell.
 inline CellFacts cell_facts(const std::string& cell) {
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
-    return CellFacts{cell, Cell::kGates, Cell::kHasCellState, Cell::kUnitParams};
+    std::string pname = "P";
+    if constexpr (Cell::kUnitParams > 0) pname = Cell::kParamName;
+    return CellFacts{cell, Cell::kGates, Cell::kHasCellState, Cell::kUnitParams, CellCall<Cell>::kS,
+                     pname};
   });
 }
 
@@ -108,11 +113,14 @@ inline void check_no_cell_state(const ArgView& a, const CellFacts& c) {
 }
 
 // The inputs of a forward call: xs (N, T, D), Wx (D, G*H), Wh (H, G*H), b (G*H,), h0 / c0
-// (N, H) or absent, P (K, H) for a cell with K rows of per-unit parameters, else absent.
+// (N, H) or absent, P (K, H) for a cell with K rows of per-unit parameters ((H,) when K = 1;
+// named as the cell names it: the P of a view named "<prefix>P" is renamed), else absent.
 // Returns the shape; *itemsize gets the dtype's.
 inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const ArgView& Wx,
                                  const ArgView& Wh, const ArgView& b, const ArgView& h0,
-                                 const ArgView& c0, const ArgView& P, int* itemsize) {
+                                 const ArgView& c0, const ArgView& P_in, int* itemsize) {
+  ArgView P = P_in;
+  if (!P.name.empty() && P.name.back() == 'P') P.name = P.name.substr(0, P.name.size() - 1) + c.param_name;
   const int64_t kG = c.gates;
   const std::string gh = kG == 1 ? "H" : std::to_string(kG) + "H";
   const int is = float_itemsize(xs);
@@ -142,15 +150,19 @@ inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const Ar
   if (h0.present) check_view(h0, is, {N, H}, false, xs.name);
   if (!c.has_c) check_no_cell_state(c0, c);
   if (c0.present) check_view(c0, is, {N, H}, false, xs.name);
+  const std::vector<int64_t> pshape =
+      c.unit_params == 1 ? std::vector<int64_t>{H} : std::vector<int64_t>{c.unit_params, H};
   if (c.unit_params > 0 && !P.present) {
-    throw py::value_error(P.name + " must be an array of shape (" + std::to_string(c.unit_params) +
-                          ", H) (the " + c.name + " cell's per-unit parameters), got None");
+    throw py::value_error(P.name + " must be an array of shape " +
+                          (c.unit_params == 1 ? std::string("(H,)")
+                                              : "(" + std::to_string(c.unit_params) + ", H)") +
+                          " (the " + c.name + " cell's per-unit parameters), got None");
   }
   if (c.unit_params == 0 && P.present) {
     throw py::value_error(P.name + " must be None: the " + c.name +
                           " cell has no per-unit parameters");
   }
-  if (P.present) check_view(P, is, {c.unit_params, H}, false, xs.name);
+  if (P.present) check_view(P, is, pshape, false, xs.name);
   // BLAS (and cuBLAS) take 32-bit sizes and leading dimensions.
   const int64_t biggest = N * T * std::max(kG * H, D + H);
   if (biggest > INT_MAX || T * kG * H > INT_MAX) {
@@ -161,7 +173,7 @@ inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const Ar
   return s;
 }
 
-// What a backward call reads besides the inputs: the forward's hs (N, T, H), gates (N, T, G*H)
+// What a backward call reads besides the inputs: the forward's hs (N, T, H), gates (N, T, S*H)
 // and cs (N, T, H; absent without a cell state), the upstream dhs (N, T, H) and the optional
 // dhT, dcT (N, H).
 inline void check_seq_saved(const CellFacts& c, const SeqShape& s, int is, const std::string& owner,
@@ -169,7 +181,7 @@ inline void check_seq_saved(const CellFacts& c, const SeqShape& s, int is, const
                             const ArgView& dhs, const ArgView& dhT, const ArgView& dcT) {
   const int64_t N = s.N, T = s.T, H = s.H;
   check_view(hs, is, {N, T, H}, false, owner);
-  check_view(gates, is, {N, T, c.gates * H}, false, owner);
+  check_view(gates, is, {N, T, c.saved * H}, false, owner);
   if (c.has_c) {
     check_view(cs, is, {N, T, H}, false, owner);
   } else {

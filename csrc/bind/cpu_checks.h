@@ -157,7 +157,7 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
                        const py::object& Wh, const py::object& b, const py::object& h0,
                        const py::object& c0, const py::object& P, bool save) {
   const auto& s = d.s;
-  const int64_t G = Cell::kGates * s.H;
+  const int64_t GS = CellCall<Cell>::kS * s.H;
   py::array hs = empty<T>({s.N, s.T, s.H});
   py::array hT = empty<T>({s.N, s.H});
   py::object cT = py::none(), gates = py::none(), cs = py::none();
@@ -170,7 +170,7 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
     cT = c;
   }
   if (save) {
-    py::array g = empty<T>({s.N, s.T, G});
+    py::array g = empty<T>({s.N, s.T, GS});
     a.gates = mptr<T>(g);
     gates = g;
     if (Cell::kHasCellState) {
@@ -234,7 +234,7 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
     dc0 = c;
   }
   if (Cell::kUnitParams > 0) {
-    py::array p = empty<T>({int64_t(Cell::kUnitParams), s.H});
+    py::array p = Cell::kUnitParams == 1 ? empty<T>({s.H}) : empty<T>({int64_t(Cell::kUnitParams), s.H});
     a.P = cptr<T>(P);
     a.dP = mptr<T>(p);
     dP = p;

@@ -333,7 +333,7 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
   }
   if (!has_c) bind::check_no_cell_state(view_of(cs), a.cell);
   if (save) {
-    check(gates, is, {N, T, a.cell.gates * H}, true);
+    check(gates, is, {N, T, a.cell.saved * H}, true);
     if (has_c) check(cs, is, {N, T, H}, true);
   }
   const int64_t need = forward_workspace(cell, a.s, save);
@@ -387,7 +387,10 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
   if (!has_p && v[12].present()) {
     throw py::value_error("dP must be None: the " + a.cell.name + " cell has no per-unit parameters");
   }
-  if (has_p) check(v[12], is, {a.cell.unit_params, H}, true);
+  if (has_p) {
+    check(v[12], is, a.cell.unit_params == 1 ? std::vector<int64_t>{H}
+                                             : std::vector<int64_t>{a.cell.unit_params, H}, true);
+  }
   if (!a.cell.has_c) bind::check_no_cell_state(view_of(v[8]), a.cell);
   bind::check_seq_saved(a.cell, a.s, is, "xs", view_of(v[0]), view_of(v[1]), view_of(v[2]),
                         view_of(v[3]), view_of(v[4]), view_of(v[5]));

@@ -12,6 +12,7 @@ struct PeepholeCell {
   static constexpr int kGates = 4;
   static constexpr bool kHasCellState = true;
   static constexpr int kUnitParams = 3;
+  static constexpr const char* kParamName = "P";
 
   //   f = sigmoid(af + pf c_prev), g = tanh(ag), i = sigmoid(ai + pi c_prev)
   //   c = f * c_prev + g * i,  o = sigmoid(ao + po c),  h = o * tanh(c)

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "cells/registry.h"
+
 namespace pylstm {
 
 // N batch, T time steps, D input size, H hidden size. All >= 1.
@@ -22,7 +24,8 @@ using LstmShape = SeqShape;
 //   hs    (N, T, H)  out: h_t for every step
 //   hT    (N, H)     out: h_{T-1} (a copy of hs[:, T-1])
 //   cT    (N, H)     out: c_{T-1}
-//   gates (N, T, G*H) out: the cell's activations, saved for backward; nullptr = forward-only
+//   gates (N, T, S*H) out: the cell's S activations per unit (S = G, or more: cells/gru.h),
+//         saved for backward; nullptr = forward-only
 //   cs    (N, T, H)  out: cell states c_t, saved for backward; nullptr when gates is nullptr
 //   work  scratch of work_size elements: at least seq_forward_cpu_workspace_size; work_size = -1
 //         means seq_forward_workspace_size, which is always enough (std::invalid_argument when
@@ -59,19 +62,20 @@ struct BackwardArgs {
   T* dP = nullptr;
 };
 
-// Elements of scratch memory the drivers need (the caller allocates it), for G gate blocks:
+// Elements of scratch memory the drivers need (the caller allocates it), for a cell saving S
+// activations per unit (S = G gate blocks, or more for a cell with split blocks: cells/gru.h):
 //   forward with saving for backward: none (the gates buffer holds the pre-activations first);
-//   forward-only: N*T*G*H (input projection) + N*H (running c, with a cell state);
-//   backward: N*T*G*H (dA) + N*T*(D+H) ([X | H_prev] rows for the merged weight-gradient GEMM).
+//   forward-only: N*T*S*H (input projection) + N*H (running c, with a cell state);
+//   backward: N*T*S*H (dA) + N*T*(D+H) ([X | H_prev] rows for the merged weight-gradient GEMM).
 // The same sizes hold for the CUDA drivers (cuda/api.h).
 template <class Cell>
 int64_t seq_forward_workspace_size(const SeqShape& s, bool save_for_backward) {
   if (save_for_backward) return 0;
-  return s.N * s.T * Cell::kGates * s.H + (Cell::kHasCellState ? s.N * s.H : 0);
+  return s.N * s.T * CellCall<Cell>::kS * s.H + (Cell::kHasCellState ? s.N * s.H : 0);
 }
 template <class Cell>
 int64_t seq_backward_workspace_size(const SeqShape& s) {
-  return s.N * s.T * Cell::kGates * s.H + s.N * s.T * (s.D + s.H);
+  return s.N * s.T * CellCall<Cell>::kS * s.H + s.N * s.T * (s.D + s.H);
 }
 
 // One array of a gradient list: a pointer and its element count.

@@ -89,69 +89,88 @@ bool step_projection(const SeqShape& s, int gates) {
 }
 
 // --- Pointwise rows -----------------------------------------------------------------------
-// One row n of one step over a slice of hsz hidden units, through the cell's forward/backward.
-// The bodies are templates inlined into per-ISA clones (AVX-512, AVX2+FMA, baseline x86-64)
-// picked at load time, so the cell math vectorizes to the widest registers the CPU has without
-// building for one machine.
-//   The pre-activation of gate k, unit jj is p[k*ps + jj] (+ z[k*hsz + jj] when z is given)
+// One row n of one step over a slice of hsz hidden units, through the cell's forward/backward
+// (CellCall: every cell takes what it declares). The bodies are templates inlined into per-ISA
+// clones (AVX-512, AVX2+FMA, baseline x86-64) picked at load time, so the cell math vectorizes
+// to the widest registers the CPU has without building for one machine.
+//   Gate k's pre-activation of unit jj is p[k*ps + jj] (+ z[k*hsz + jj] when z is given)
 //   + b[k*H + jj]: p is the slice's part of a projection row (A, gate stride H) or of the
-//   step's GEMM result (Z, gate stride hsz); z the recurrent GEMM result of the BLAS path.
-//   cp: c_{t-1}; c_out, h_out: outputs (cp may equal c_out; both unused without a cell
-//   state); g: where the activations go when training (gate stride H; may equal p); P: the
-//   cell's per-unit parameters at the slice start (row stride H; unused without them).
+//   step's GEMM result (Z, gate stride hsz); z the recurrent GEMM result when it is apart (the
+//   BLAS path, and cells with split blocks). For a split block (the last kSplit of a cell
+//   whose recurrent part stays apart) the recurrent part goes to the cell separately: it is
+//   z's block when z is given, else p's (Z holds it), and then the input part is sx's
+//   (gate stride sxs).
+//   hp: h_{t-1} of the slice (cells with split blocks); cp: c_{t-1}; c_out, h_out: outputs (cp
+//   may equal c_out; both unused without a cell state); g: where the kS saved activations go
+//   when training (gate stride H; may equal p); P: the cell's per-unit parameters at the slice
+//   start (row stride H; unused without them).
 template <class Cell, class T, bool kSave, bool kZ>
 __attribute__((always_inline)) inline void fwd_row_body(int64_t H, int64_t hsz, const T* p,
-                                                        int64_t ps, const T* z, const T* b,
+                                                        int64_t ps, const T* z, const T* sx,
+                                                        int64_t sxs, const T* b, const T* hp,
                                                         const T* cp, T* c_out, T* h_out, T* g,
                                                         const T* P) {
-  constexpr int G = Cell::kGates;
   using Call = CellCall<Cell>;
+  constexpr int G = Call::kG, kSplit = Call::kSplit, kShared = G - kSplit;
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
-    T pre[G], pv[Call::kP] = {};
-#pragma GCC unroll 4
-    for (int k = 0; k < Cell::kUnitParams; ++k) pv[k] = P[k * H + jj];
+    T pre[G], hsplit[Call::kSp] = {}, pv[Call::kP] = {};
 #pragma GCC unroll 16  // (the gate loops must be gone before the jj loop is vectorized)
-    for (int k = 0; k < G; ++k) {  // (x-part + h-part) + bias
+    for (int k = 0; k < kShared; ++k) {  // (x-part + h-part) + bias
       pre[k] = p[k * ps + jj];
       if constexpr (kZ) pre[k] += z[k * hsz + jj];
       pre[k] += b[k * H + jj];
     }
-    T act[G], c, h;
-    Call::forward(pre, Cell::kHasCellState ? cp[jj] : T(0), pv, act, c, h);
+#pragma GCC unroll 4
+    for (int k = kShared; k < G; ++k) {  // x-part + bias; the h-part apart
+      if constexpr (kZ) {
+        pre[k] = p[k * ps + jj] + b[k * H + jj];
+        hsplit[k - kShared] = z[k * hsz + jj];
+      } else {
+        pre[k] = sx[(k - kShared) * sxs + jj] + b[k * H + jj];
+        hsplit[k - kShared] = p[k * ps + jj];
+      }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < Cell::kUnitParams; ++k) pv[k] = P[k * H + jj];
+    T act[Call::kS], c, h;
+    Call::forward(pre, hsplit, kSplit > 0 ? hp[jj] : T(0), Cell::kHasCellState ? cp[jj] : T(0),
+                  pv, act, c, h);
     if constexpr (kSave) {  // training: keep the activations for backward
 #pragma GCC unroll 16
-      for (int k = 0; k < G; ++k) g[k * H + jj] = act[k];
+      for (int k = 0; k < Call::kS; ++k) g[k * H + jj] = act[k];
     }
     if constexpr (Cell::kHasCellState) c_out[jj] = c;
     h_out[jj] = h;
   }
 }
 
-//   gt: saved activations at the slice start (gate k at gt[k*H + jj]); c, cp: c_t and c_{t-1};
-//   dh_up: dhs row; dhc, dcc: carried dh (read) and dc (read, then overwritten with dc_{t-1});
-//   da: dA row at the slice start (gate k at da[k*H + jj]). c, cp, dcc are unused without a
-//   cell state. P: per-unit parameters as in fwd_row_body; dpacc: this thread's sums of their
-//   gradient, in double (row k at dpacc[k*hsz + jj]); both unused without them.
+//   gt: saved activations at the slice start (k at gt[k*H + jj]); c, cp: c_t and c_{t-1};
+//   hp: h_{t-1} (cells with split blocks); dh_up: dhs row; dhc, dcc: carried dh and dc (read,
+//   then overwritten: dcc with dc_{t-1}, dhc with the direct part of dh_{t-1} for a cell with
+//   one, which the recurrent GEMM then adds to); da: dA row at the slice start (k at
+//   da[k*H + jj], kS blocks). c, cp, dcc are unused without a cell state. P: per-unit
+//   parameters as in fwd_row_body; dpacc: this thread's sums of their gradient, in double
+//   (row k at dpacc[k*hsz + jj]); both unused without them.
 template <class Cell, class T>
 __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, const T* gt,
-                                                        const T* c, const T* cp, const T* dh_up,
-                                                        const T* dhc, T* dcc, T* da, const T* P,
-                                                        double* dpacc) {
-  constexpr int G = Cell::kGates;
-  constexpr bool kC = Cell::kHasCellState;
+                                                        const T* c, const T* cp, const T* hp,
+                                                        const T* dh_up, T* dhc, T* dcc, T* da,
+                                                        const T* P, double* dpacc) {
   using Call = CellCall<Cell>;
+  constexpr int kS = Call::kS;
+  constexpr bool kC = Cell::kHasCellState;
 #pragma omp simd
   for (int64_t jj = 0; jj < hsz; ++jj) {
-    T act[G], d[G], dcp, pv[Call::kP] = {};
+    T act[kS], d[kS], dcp, dhd, pv[Call::kP] = {};
 #pragma GCC unroll 16
-    for (int k = 0; k < G; ++k) act[k] = gt[k * H + jj];
+    for (int k = 0; k < kS; ++k) act[k] = gt[k * H + jj];
 #pragma GCC unroll 4
     for (int k = 0; k < Cell::kUnitParams; ++k) pv[k] = P[k * H + jj];
-    Call::backward(act, kC ? c[jj] : T(0), kC ? cp[jj] : T(0), pv, dh_up[jj] + dhc[jj],
-                   kC ? dcc[jj] : T(0), d, dcp);
+    Call::backward(act, kC ? c[jj] : T(0), kC ? cp[jj] : T(0), Call::kSplit > 0 ? hp[jj] : T(0),
+                   pv, dh_up[jj] + dhc[jj], kC ? dcc[jj] : T(0), d, dcp, dhd);
 #pragma GCC unroll 16
-    for (int k = 0; k < G; ++k) da[k * H + jj] = d[k];
+    for (int k = 0; k < kS; ++k) da[k * H + jj] = d[k];
     if constexpr (Cell::kUnitParams > 0) {
       T dp[Cell::kUnitParams];
       Cell::param_grads(act, kC ? c[jj] : T(0), kC ? cp[jj] : T(0), d, dp);
@@ -159,22 +178,24 @@ __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, 
       for (int k = 0; k < Cell::kUnitParams; ++k) dpacc[k * hsz + jj] += double(dp[k]);
     }
     if constexpr (kC) dcc[jj] = dcp;
+    if constexpr (Call::kDirectH) dhc[jj] = dhd;
   }
 }
 
 // Non-template entry points per (cell, dtype), each with its per-ISA clones; the cell is a tag.
 #define PYLSTM_ROW_FUNCS(Cell, T)                                                               \
   PYLSTM_CLONES void fwd_row(Cell, int64_t H, int64_t hsz, const T* p, int64_t ps, const T* z, \
-                             const T* b, const T* cp, T* c_out, T* h_out, T* g, const T* P) {   \
-    if (g && z) fwd_row_body<Cell, T, true, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g, P); \
-    else if (g) fwd_row_body<Cell, T, true, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g, P);\
-    else if (z) fwd_row_body<Cell, T, false, true>(H, hsz, p, ps, z, b, cp, c_out, h_out, g, P);\
-    else fwd_row_body<Cell, T, false, false>(H, hsz, p, ps, z, b, cp, c_out, h_out, g, P);      \
+                             const T* sx, int64_t sxs, const T* b, const T* hp, const T* cp,    \
+                             T* c_out, T* h_out, T* g, const T* P) {                            \
+    if (g && z) fwd_row_body<Cell, T, true, true>(H, hsz, p, ps, z, sx, sxs, b, hp, cp, c_out, h_out, g, P);   \
+    else if (g) fwd_row_body<Cell, T, true, false>(H, hsz, p, ps, z, sx, sxs, b, hp, cp, c_out, h_out, g, P);  \
+    else if (z) fwd_row_body<Cell, T, false, true>(H, hsz, p, ps, z, sx, sxs, b, hp, cp, c_out, h_out, g, P);  \
+    else fwd_row_body<Cell, T, false, false>(H, hsz, p, ps, z, sx, sxs, b, hp, cp, c_out, h_out, g, P);        \
   }                                                                                             \
   PYLSTM_CLONES void bwd_row(Cell, int64_t H, int64_t hsz, const T* gt, const T* c,             \
-                             const T* cp, const T* dh_up, const T* dhc, T* dcc, T* da,          \
+                             const T* cp, const T* hp, const T* dh_up, T* dhc, T* dcc, T* da,   \
                              const T* P, double* dpacc) {                                       \
-    bwd_row_body<Cell, T>(H, hsz, gt, c, cp, dh_up, dhc, dcc, da, P, dpacc);                    \
+    bwd_row_body<Cell, T>(H, hsz, gt, c, cp, hp, dh_up, dhc, dcc, da, P, dpacc);                \
   }
 #define PYLSTM_ROW_FUNCS_ALL(Cell, name) PYLSTM_ROW_FUNCS(Cell, float) PYLSTM_ROW_FUNCS(Cell, double)
 PYLSTM_FOR_EACH_CELL(PYLSTM_ROW_FUNCS_ALL)
@@ -213,10 +234,13 @@ int64_t seq_forward_cpu_workspace_size(const SeqShape& s, bool save) {
 
 template <class Cell, class T>
 void seq_forward_cpu(const ForwardArgs<T>& a) {
-  constexpr int kG = Cell::kGates;
+  using Call = CellCall<Cell>;
+  constexpr int kG = Cell::kGates, kSplit = Call::kSplit, kShared = kG - kSplit;
   constexpr bool kC = Cell::kHasCellState;
   const SeqShape& s = a.s;
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = kG * H;
+  // G: the gate columns of Wx, Wh, b; GS: a row of the pre-activations / saved activations
+  // (kS blocks: a cell with split blocks saves more than it has gates).
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = kG * H, GS = Call::kS * H;
   const T *xs = a.xs, *h0 = a.h0, *c0 = kC ? a.c0 : nullptr, *Wx = a.Wx, *Wh = a.Wh, *b = a.b;
   T *hs = a.hs, *hT = a.hT, *cT = kC ? a.cT : nullptr, *gates = a.gates;
   T* cs = kC ? a.cs : nullptr;
@@ -233,14 +257,17 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
   }
   // Two schedules of the same GEMMs (see step_projection):
   //  - projection first: one GEMM over all N*T rows into A (the gates buffer when saving, else
-  //    the workspace), then per step the slice of A_t copied into Z and Z += h_{t-1} @ Wh[:,
-  //    slice] (with BLAS: Z = h_{t-1} @ Wh[:, slice] and the pointwise pass adds A, Z and b);
+  //    the workspace; rows of GS), then per step the slice of A_t copied into Z and Z +=
+  //    h_{t-1} @ Wh[:, slice] (with BLAS: Z = h_{t-1} @ Wh[:, slice] and the pointwise pass adds
+  //    A, Z and b);
   //  - step projection: per step Z = x_t @ Wx[:, slice] before the step's barrier, then
   //    Z += h_{t-1} @ Wh[:, slice]; the (N, T, G*H) pre-activations never exist.
+  // A split block's Z columns start from zero instead, so they hold its recurrent part alone;
+  // its input part stays in A (projection first) or moves to Xs (step projection).
   const bool step_proj = packed && (step_projection(s, kG) || small_work);
   T* A = step_proj ? nullptr : save ? gates : a.work;
   // forward-only with a cell state: running c, (N, H), after A when there is one
-  T* c_run = save || !kC ? nullptr : step_proj ? a.work : a.work + N * Tn * G;
+  T* c_run = save || !kC ? nullptr : step_proj ? a.work : a.work + N * Tn * GS;
 
   parallel_run(threads_for(s, kG), [&](const Team& team) {
     int64_t j0, j1;  // this thread's hidden units; it alone reads and writes their columns
@@ -252,15 +279,18 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
     }
     // The slice's columns of Wh (and, for the step projection, of Wx) side by side, (H,
     // G*hsz), so each step is one GEMM into the contiguous Z (N, G*hsz): packed into 16-column
-    // panels for the kernel, else row-major for BLAS. Plus zeros standing in for absent h0/c0.
+    // panels for the kernel, else row-major for BLAS. Plus zeros standing in for absent h0/c0,
+    // and Xs for the split blocks' input part under the step projection.
     const int64_t hw = kG * hsz;
     const int64_t wsize = packed ? packed_b_size(H, hw) : H * hw;
     const int64_t xsize = packed ? (step_proj ? packed_b_size(D, hw) : packed_b_size(D, hsz)) : 0;
-    T* scratch = thread_scratch<T>(size_t(wsize + xsize + N * hw + hw));
+    const int64_t xssize = step_proj ? N * kSplit * hsz : 0;
+    T* scratch = thread_scratch<T>(size_t(wsize + xsize + N * hw + hw + xssize));
     T* Whp = scratch;
     T* Wxp = Whp + wsize;
     T* Z = Wxp + xsize;
     T* zeros = Z + N * hw;
+    T* Xs = zeros + hw;
     std::fill(zeros, zeros + hw, T(0));
     const T* Pj = offset(a.P, j0);  // this slice's per-unit parameters
     auto slice_col = [&](const T* W, int64_t n) { return W + (n / hsz) * H + j0 + n % hsz; };
@@ -275,7 +305,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
           //    (1/G of the scratch of all; hsz < 16 pads each block to 16 columns).
           for (int k = 0; k < kG; ++k) {
             pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp);
-            gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp, A + k * H + j0, G);
+            gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp, A + k * H + j0, GS);
           }
         }
       }
@@ -283,7 +313,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
     if (!packed) {
       for (int k = 0; k < kG; ++k) {  // 1., on BLAS
         gemm(false, false, int(N * Tn), int(hsz), int(D), T(1), xs, int(D), Wx + k * H + j0,
-             int(G), T(0), A + k * H + j0, int(G));
+             int(G), T(0), A + k * H + j0, int(GS));
       }
       for (int64_t r = 0; r < H; ++r) {
         for (int k = 0; k < kG; ++k) {
@@ -309,10 +339,18 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         // x-part in C is what makes the two schedules round identically.
         if (step_proj) {
           gemm_packed_b(N, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
+          for (int64_t n = 0; n < N; ++n) {  // split blocks: their x-part to Xs
+            for (int k = kShared; k < kG; ++k) {
+              T* zk = Z + n * hw + k * hsz;
+              std::memcpy(Xs + (n * kSplit + k - kShared) * hsz, zk, sizeof(T) * hsz);
+              std::fill(zk, zk + hsz, T(0));
+            }
+          }
         } else if (packed) {
           for (int64_t n = 0; n < N; ++n) {
-            const T* ar = A + (n * Tn + t) * G + j0;
-            for (int k = 0; k < kG; ++k) std::memcpy(Z + n * hw + k * hsz, ar + k * H, sizeof(T) * hsz);
+            const T* ar = A + (n * Tn + t) * GS + j0;
+            for (int k = 0; k < kShared; ++k) std::memcpy(Z + n * hw + k * hsz, ar + k * H, sizeof(T) * hsz);
+            std::fill(Z + n * hw + kShared * hsz, Z + (n + 1) * hw, T(0));
           }
         }
       }
@@ -332,6 +370,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
       for (int64_t n = 0; n < N; ++n) {
         const int64_t row = n * Tn + t;
         T* h_out = hs + row * H + j0;
+        const T* hp = h_prev ? h_prev + n * ld_h + j0 : zeros;
         const T* cp = nullptr;
         T* c_out = nullptr;
         if (kC && save) {
@@ -341,12 +380,14 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
           c_out = c_run + n * H + j0;
           cp = c_out;  // updated in place, element by element
         }
-        T* g = save ? gates + row * G + j0 : nullptr;
-        if (packed) {  // Z holds x-part + h-part
-          fwd_row(Cell{}, H, hsz, Z + n * hw, hsz, nullptr, b + j0, cp, c_out, h_out, g, Pj);
+        T* g = save ? gates + row * GS + j0 : nullptr;
+        if (packed) {  // Z holds x-part + h-part (a split block's h-part alone)
+          const T* sx = step_proj ? Xs + n * kSplit * hsz : A + row * GS + j0 + kShared * H;
+          fwd_row(Cell{}, H, hsz, Z + n * hw, hsz, nullptr, sx, step_proj ? hsz : H, b + j0, hp,
+                  cp, c_out, h_out, g, Pj);
         } else {
-          fwd_row(Cell{}, H, hsz, A + row * G + j0, H, h_prev ? Z + n * hw : zeros, b + j0, cp,
-                  c_out, h_out, g, Pj);
+          fwd_row(Cell{}, H, hsz, A + row * GS + j0, H, h_prev ? Z + n * hw : zeros, nullptr, 0,
+                  b + j0, hp, cp, c_out, h_out, g, Pj);
         }
       }
       if (t + 1 < Tn) token = team.arrive();  // this thread's part of h_t is written
@@ -363,23 +404,29 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
 
 template <class Cell, class T>
 void seq_backward_cpu(const BackwardArgs<T>& a) {
-  constexpr int kG = Cell::kGates;
+  using Call = CellCall<Cell>;
+  constexpr int kG = Cell::kGates, kSplit = Call::kSplit;
   constexpr bool kC = Cell::kHasCellState;
   const SeqShape& s = a.s;
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = kG * H, DH = D + H, R = N * Tn;
+  // dA rows hold GS = kS*H columns: the recurrent side's kG blocks first (what multiplies Wh),
+  // then the split blocks' input side. Gs: columns shared by both sides.
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = kG * H, GS = Call::kS * H, DH = D + H,
+                R = N * Tn, Gs = (kG - kSplit) * H;
   const T *xs = a.xs, *h0 = a.h0, *c0 = kC ? a.c0 : nullptr, *Wx = a.Wx, *Wh = a.Wh, *hs = a.hs;
   const T *gates = a.gates, *cs = kC ? a.cs : nullptr, *dhs = a.dhs, *dhT = a.dhT;
   const T* dcT = kC ? a.dcT : nullptr;
   T *dxs = a.dxs, *dW = a.dW, *db = a.db;
-  T* dA = a.work;          // (N, T, G*H)
-  T* XH = a.work + R * G;  // (N*T, D+H): [x_t | h_{t-1}] per row
+  T* dA = a.work;           // (N, T, GS)
+  T* XH = a.work + R * GS;  // (N*T, D+H): [x_t | h_{t-1}] per row
   // dh0 / dc0 double as the carried gradients while walking back in time.
   T* dh_carry = a.dh0;
   T* dc_carry = kC ? a.dc0 : nullptr;
   const bool packed = std::is_same<T, float>::value && packed_gemm_enabled();
-  // Wx^T, (G*H, D), packed once for every thread's dX rows (step 3): the threads pack
-  // a share of its panels each, all done by the step loop's first barrier.
-  T* WxTp = packed ? thread_scratch<T, 1>(size_t(packed_b_size(G, D))) : nullptr;
+  // Wx^T, (G*H, D), packed once for every thread's dX rows (step 3) in two parts, the shared
+  // blocks' rows and the split blocks' (their dA columns are apart): the threads pack a share
+  // of the panels each, all done by the step loop's first barrier.
+  const int64_t wxt1 = packed ? packed_b_size(Gs, D) : 0;
+  T* WxTp = packed ? thread_scratch<T, 1>(size_t(wxt1 + packed_b_size(G - Gs, D) + 1)) : nullptr;
   // db's double sums, every thread's columns (allocated here: nothing allocates inside the run).
   double* dbsum_all = thread_scratch<double, 2>(size_t(G + 16));
 
@@ -388,7 +435,7 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
     // Wh[slice, :]^T, (G*H, hsz), packed for the packed-weight kernel (float); zeros stand in
-    // for an absent c0.
+    // for an absent c0 and h0.
     int64_t c0_, c1_;  // this thread's columns of dW and db (step 4)
     team.split(G, kSliceAlign, c0_, c1_);
     const int64_t wsize = packed ? packed_b_size(G, hsz) : 0;
@@ -404,8 +451,12 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         int64_t p0, p1;  // this thread's 16-column panels of Wx^T
         team.split((D + 15) / 16, 1, p0, p1);
         if (p1 > p0) {
-          pack_b(G, std::min(D, p1 * 16) - p0 * 16,
-                 [&](int64_t n) { return Wx + (p0 * 16 + n) * G; }, 1, WxTp + p0 * G * 16);
+          const int64_t w = std::min(D, p1 * 16) - p0 * 16;
+          pack_b(Gs, w, [&](int64_t n) { return Wx + (p0 * 16 + n) * G; }, 1, WxTp + p0 * Gs * 16);
+          if (kSplit > 0) {
+            pack_b(G - Gs, w, [&](int64_t n) { return Wx + (p0 * 16 + n) * G + Gs; }, 1,
+                   WxTp + wxt1 + p0 * (G - Gs) * 16);
+          }
         }
       }
     }
@@ -428,31 +479,45 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         const int64_t row = n * Tn + t;
         const T* c = offset(cs, row * H + j0);
         const T* cp = !kC ? nullptr : t > 0 ? c - H : (c0 ? c0 + n * H + j0 : zeros);
-        bwd_row(Cell{}, H, hsz, gates + row * G + j0, c, cp, dhs + row * H + j0,
-                dh_carry + n * H + j0, offset(dc_carry, n * H + j0), dA + row * G + j0, Pj, dpacc);
+        const T* hp = t > 0 ? hs + (row - 1) * H + j0 : (h0 ? h0 + n * H + j0 : zeros);
+        bwd_row(Cell{}, H, hsz, gates + row * GS + j0, c, cp, hp, dhs + row * H + j0,
+                dh_carry + n * H + j0, offset(dc_carry, n * H + j0), dA + row * GS + j0, Pj, dpacc);
       }
       team.barrier();  // all of dA_t written before the GEMM reads every column
-      // 2. dh_{t-1}[:, slice] = dA_t @ Wh[slice, :]^T  (at t = 0 this is dh0).
+      // 2. dh_{t-1}[:, slice] = dA_t[:, :G] @ Wh[slice, :]^T (at t = 0 this is dh0), added to
+      //    the direct part the pointwise pass left there for a cell with one.
       if constexpr (std::is_same<T, float>::value) {
-        if (packed && hsz > 0) gemm_packed_b(N, hsz, G, dA + t * G, Tn * G, WhTp, dh_carry + j0, H);
+        if (packed && hsz > 0) {
+          gemm_packed_b(N, hsz, G, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, Call::kDirectH);
+        }
       }
       if (hsz > 0 && !packed) {
-        gemm(false, true, int(N), int(hsz), int(G), T(1), dA + t * G, int(Tn * G), Wh + j0 * G,
-             int(G), T(0), dh_carry + j0, int(H));
+        gemm(false, true, int(N), int(hsz), int(G), T(1), dA + t * GS, int(Tn * GS), Wh + j0 * G,
+             int(G), T(Call::kDirectH ? 1 : 0), dh_carry + j0, int(H));
       }
     }
     for (int k = 0; k < kP; ++k) {
       for (int64_t jj = 0; jj < hsz; ++jj) a.dP[k * H + j0 + jj] = T(dpacc[k * hsz + jj]);
     }
-    // 3. dX = dA @ Wx^T, and the [X | H_prev] rows, split by rows.
+    // 3. dX = dA_x @ Wx^T (dA_x: the shared blocks and the split blocks' input side), and the
+    //    [X | H_prev] rows, split by rows.
     int64_t r0, r1;
     team.split(R, 8, r0, r1);
     if constexpr (std::is_same<T, float>::value) {
-      if (packed && r1 > r0) gemm_packed_b(r1 - r0, D, G, dA + r0 * G, G, WxTp, dxs + r0 * D, D);
+      if (packed && r1 > r0) {
+        gemm_packed_b(r1 - r0, D, Gs, dA + r0 * GS, GS, WxTp, dxs + r0 * D, D);
+        if (kSplit > 0) {
+          gemm_packed_b(r1 - r0, D, G - Gs, dA + r0 * GS + G, GS, WxTp + wxt1, dxs + r0 * D, D, true);
+        }
+      }
     }
     if (!packed && r1 > r0) {
-      gemm(false, true, int(r1 - r0), int(D), int(G), T(1), dA + r0 * G, int(G), Wx, int(G), T(0),
+      gemm(false, true, int(r1 - r0), int(D), int(Gs), T(1), dA + r0 * GS, int(GS), Wx, int(G), T(0),
            dxs + r0 * D, int(D));
+      if (kSplit > 0) {
+        gemm(false, true, int(r1 - r0), int(D), int(G - Gs), T(1), dA + r0 * GS + G, int(GS),
+             Wx + Gs, int(G), T(1), dxs + r0 * D, int(D));
+      }
     }
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / Tn, t = r % Tn;
@@ -463,22 +528,51 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
       else std::fill(row + D, row + DH, T(0));
     }
     team.barrier();  // XH complete
-    // 4. [dWx; dWh] = [X | H_prev]^T dA in one GEMM, split by output columns; 5. db = column
-    //    sums of dA, rows added in order in double (deterministic).
+    // 4. [dWx; dWh] = [X | H_prev]^T dA, split by output columns: in one GEMM for the shared
+    //    columns; a split block's columns take X^T of its input side and H_prev^T of its
+    //    recurrent side. 5. db = column sums of the input-side dA, rows added in order in
+    //    double (deterministic).
+    // Pieces of this thread's columns: [lo, hi) with the dA column the X rows read (xc) and the
+    // one the H_prev rows read (hc); shared columns are one piece read by both.
+    struct Piece {
+      int64_t lo, hi, xc, hc;
+    };
+    Piece pieces[2];
+    int npieces = 0;
+    if (c0_ < std::min(c1_, Gs)) pieces[npieces++] = {c0_, std::min(c1_, Gs), c0_, c0_};
+    if (std::max(c0_, Gs) < c1_) {
+      const int64_t lo = std::max(c0_, Gs);
+      pieces[npieces++] = {lo, c1_, lo + (G - Gs), lo};
+    }
     if (c1_ > c0_) {
       // db in double whatever T: a float sum over N*T rows drifts far past numpy's pairwise
       // float32 sum. This thread's columns of the shared buffer (with room for the packing's
-      // 16-wide padding past G).
+      // 16-wide padding past G); a split piece sums into its own buffer (the padding of a
+      // piece that starts mid-range would reach the next thread's columns).
       double* dbsum = dbsum_all + c0_;
       std::fill(dbsum, dbsum + (c1_ - c0_ + 15) / 16 * 16, 0.0);
+      double* splitsum = kSplit > 0 ? thread_scratch<double, 4>(size_t(c1_ - c0_ + 32)) : nullptr;
+      if (splitsum) std::fill(splitsum, splitsum + (c1_ - c0_ + 32), 0.0);
       if constexpr (std::is_same<T, float>::value) {
         if (packed) {
           // In row chunks: each chunk of dA is packed (and added to db) just before the GEMM
           // reads it, so it is still in cache, and the packed copy is one chunk, not all rows.
           for (int64_t k0 = 0; k0 < R; k0 += kPackRows) {
             const int64_t kb = std::min(kPackRows, R - k0);
-            pack_b_rows(kb, c1_ - c0_, dA + k0 * G + c0_, G, dAp, dbsum);
-            gemm_at_packed_b(DH, c1_ - c0_, kb, XH + k0 * DH, DH, dAp, dW + c0_, G, k0 > 0);
+            const T* xh = XH + k0 * DH;
+            for (int q = 0; q < npieces; ++q) {
+              const Piece& pc = pieces[q];
+              const int64_t w = pc.hi - pc.lo;
+              if (pc.xc == pc.hc) {
+                pack_b_rows(kb, w, dA + k0 * GS + pc.xc, GS, dAp, dbsum + (pc.lo - c0_));
+                gemm_at_packed_b(DH, w, kb, xh, DH, dAp, dW + pc.lo, G, k0 > 0);
+              } else {
+                pack_b_rows(kb, w, dA + k0 * GS + pc.xc, GS, dAp, splitsum);
+                gemm_at_packed_b(D, w, kb, xh, DH, dAp, dW + pc.lo, G, k0 > 0);
+                pack_b_rows(kb, w, dA + k0 * GS + pc.hc, GS, dAp);
+                gemm_at_packed_b(H, w, kb, xh + D, DH, dAp, dW + D * G + pc.lo, G, k0 > 0);
+              }
+            }
           }
         }
       }
@@ -487,14 +581,35 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         // with N*T; chunks accumulated into dW keep it near the reference's N-then-T sums).
         const int64_t kc = blas_weight_grad_rows<T>(R);
         for (int64_t k0 = 0; k0 < R; k0 += kc) {
-          gemm(true, false, int(DH), int(c1_ - c0_), int(std::min(kc, R - k0)), T(1), XH + k0 * DH,
-               int(DH), dA + k0 * G + c0_, int(G), T(k0 > 0 ? 1 : 0), dW + c0_, int(G));
+          const int kn = int(std::min(kc, R - k0));
+          const T beta = T(k0 > 0 ? 1 : 0);
+          for (int q = 0; q < npieces; ++q) {
+            const Piece& pc = pieces[q];
+            const int w = int(pc.hi - pc.lo);
+            if (pc.xc == pc.hc) {
+              gemm(true, false, int(DH), w, kn, T(1), XH + k0 * DH, int(DH), dA + k0 * GS + pc.xc,
+                   int(GS), beta, dW + pc.lo, int(G));
+            } else {
+              gemm(true, false, int(D), w, kn, T(1), XH + k0 * DH, int(DH), dA + k0 * GS + pc.xc,
+                   int(GS), beta, dW + pc.lo, int(G));
+              gemm(true, false, int(H), w, kn, T(1), XH + k0 * DH + D, int(DH),
+                   dA + k0 * GS + pc.hc, int(GS), beta, dW + D * G + pc.lo, int(G));
+            }
+          }
         }
         for (int64_t r = 0; r < R; ++r) {
-          const T* da = dA + r * G + c0_;
+          for (int q = 0; q < npieces; ++q) {
+            const Piece& pc = pieces[q];
+            const T* da = dA + r * GS + pc.xc;
+            double* sum = pc.xc == pc.hc ? dbsum + (pc.lo - c0_) : splitsum;
 #pragma omp simd
-          for (int64_t j = 0; j < c1_ - c0_; ++j) dbsum[j] += da[j];
+            for (int64_t j = 0; j < pc.hi - pc.lo; ++j) sum[j] += da[j];
+          }
         }
+      }
+      for (int q = 0; q < npieces; ++q) {
+        const Piece& pc = pieces[q];
+        if (pc.xc != pc.hc) std::copy(splitsum, splitsum + (pc.hi - pc.lo), dbsum + (pc.lo - c0_));
       }
       for (int64_t j = c0_; j < c1_; ++j) db[j] = T(dbsum[j - c0_]);
     }

@@ -51,52 +51,65 @@ __device__ inline void load_unit_params(const T* P, int64_t H, int64_t j,
   for (int k = 0; k < CellCall<Cell>::kP; ++k) pv[k] = k < Cell::kUnitParams ? P[k * H + j] : T(0);
 }
 
-// One thread per (n, j): the cell's forward for step t (activations, c and h). A_t rows at
-// stride T*G*H; c_prev / c_out are null for a cell without a cell state.
+// One thread per (n, j): the cell's forward for step t (activations, c and h). A_t rows of
+// kS blocks at stride T*kS*H: the shared blocks' x-part + h-part, the split blocks' x-part,
+// then (in the spare blocks) the split blocks' h-part when have_h. h_prev (ld hp_ld) is read
+// by cells with split blocks, null when absent; c_prev / c_out are null for a cell without a
+// cell state.
 template <class Cell, class T>
 __global__ void seq_fwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
+                                         const T* h_prev, int64_t hp_ld, bool have_h,
                                          const T* c_prev, int64_t cp_ld, T* c_out, int64_t c_ld,
                                          T* h_out, bool save, const T* P) {
-  constexpr int kG = Cell::kGates;
+  using Call = CellCall<Cell>;
+  constexpr int kG = Call::kG, kShared = kG - Call::kSplit;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * H) return;
   const int64_t n = idx / H, j = idx % H;
-  T* a = A_t + n * Tn * kG * H;
-  T pre[kG], act[kG], c, h, pv[CellCall<Cell>::kP];
+  T* a = A_t + n * Tn * Call::kS * H;
+  T pre[kG], hsplit[Call::kSp] = {}, act[Call::kS], c, h, pv[Call::kP];
   for (int k = 0; k < kG; ++k) pre[k] = a[k * H + j] + b[k * H + j];
+  for (int k = kShared; k < kG; ++k) hsplit[k - kShared] = have_h ? a[(k + Call::kSplit) * H + j] : T(0);
   load_unit_params<Cell>(P, H, j, pv);
-  CellCall<Cell>::forward(pre, c_prev ? c_prev[n * cp_ld + j] : T(0), pv, act, c, h);
+  const T hp = Call::kSplit > 0 && h_prev ? h_prev[n * hp_ld + j] : T(0);
+  Call::forward(pre, hsplit, hp, c_prev ? c_prev[n * cp_ld + j] : T(0), pv, act, c, h);
   if (save) {
-    for (int k = 0; k < kG; ++k) a[k * H + j] = act[k];
+    for (int k = 0; k < Call::kS; ++k) a[k * H + j] = act[k];
   }
   if (c_out) c_out[n * c_ld + j] = c;
   h_out[n * Tn * H + j] = h;
 }
 
 // One thread per (n, j): the cell's backward, dA_t (and dc_{t-1}) from dh_t = dhs[:, t] +
-// carried dh. cs, c0, dc_carry are null for a cell without a cell state.
+// carried dh; for a cell with a direct dh path, its part of dh_{t-1} replaces the carried dh
+// (the recurrent GEMM adds onto it). cs, c0, dc_carry are null for a cell without a cell state.
 template <class Cell, class T>
 __global__ void seq_bwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t,
-                                         const T* gates, const T* cs, const T* c0, const T* dhs,
-                                         const T* dh_carry, T* dc_carry, T* dA, const T* P) {
-  constexpr int kG = Cell::kGates;
+                                         const T* gates, const T* cs, const T* c0, const T* hs,
+                                         const T* h0, const T* dhs, T* dh_carry, T* dc_carry,
+                                         T* dA, const T* P) {
+  using Call = CellCall<Cell>;
+  constexpr int kS = Call::kS;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * H) return;
-  const int64_t n = idx / H, j = idx % H, row = n * Tn + t, G = kG * H;
-  const T* gt = gates + row * G;
-  T act[kG], da[kG], dcp, pv[CellCall<Cell>::kP];
-  for (int k = 0; k < kG; ++k) act[k] = gt[k * H + j];
+  const int64_t n = idx / H, j = idx % H, row = n * Tn + t, GS = kS * H;
+  const T* gt = gates + row * GS;
+  T act[kS], da[kS], dcp, dhd, pv[Call::kP];
+  for (int k = 0; k < kS; ++k) act[k] = gt[k * H + j];
   load_unit_params<Cell>(P, H, j, pv);
+  T hp = T(0);
+  if (Call::kSplit > 0) hp = t > 0 ? hs[(row - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
   T c = T(0), cp = T(0), dc = T(0);
   if (cs) {
     c = cs[row * H + j];
     cp = t > 0 ? cs[(row - 1) * H + j] : (c0 ? c0[n * H + j] : T(0));
     dc = dc_carry[n * H + j];
   }
-  CellCall<Cell>::backward(act, c, cp, pv, dhs[row * H + j] + dh_carry[n * H + j], dc, da, dcp);
-  T* d = dA + row * G;
-  for (int k = 0; k < kG; ++k) d[k * H + j] = da[k];
+  Call::backward(act, c, cp, hp, pv, dhs[row * H + j] + dh_carry[n * H + j], dc, da, dcp, dhd);
+  T* d = dA + row * GS;
+  for (int k = 0; k < kS; ++k) d[k * H + j] = da[k];
   if (cs) dc_carry[n * H + j] = dcp;
+  if (Call::kDirectH) dh_carry[n * H + j] = dhd;
 }
 
 // dst[n, :] = src[n, :] for N rows of H (strided source), or zeros when src is null.
@@ -135,13 +148,17 @@ __global__ void build_xh_kernel(int64_t R, int64_t Tn, int64_t D, int64_t H, con
 // writes db itself.
 inline int64_t column_sum_rows(int64_t R) { return std::max<int64_t>(16, (R + 255) / 256); }
 
+// dA rows have ld columns; column j >= split reads column j + shift (a split block's input
+// side: cells/gru.h).
 template <class T, class Out>
-__global__ void column_partial_kernel(int64_t R, int64_t G, int64_t rc, const T* dA, Out* out) {
+__global__ void column_partial_kernel(int64_t R, int64_t G, int64_t rc, const T* dA, int64_t ld,
+                                      int64_t split, int64_t shift, Out* out) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= G) return;
   const int64_t r0 = int64_t(blockIdx.y) * rc, r1 = R - r0 < rc ? R : r0 + rc;
+  const int64_t src = j < split ? j : j + shift;
   double acc = 0.0;
-  for (int64_t r = r0; r < r1; ++r) acc += double(dA[r * G + j]);
+  for (int64_t r = r0; r < r1; ++r) acc += double(dA[r * ld + src]);
   out[int64_t(blockIdx.y) * G + j] = Out(acc);
 }
 
@@ -153,17 +170,17 @@ template <class Cell, class T, class Out>
 __global__ void unit_param_partial_kernel(int64_t R, int64_t Tn, int64_t H, int64_t rc,
                                           const T* gates, const T* cs, const T* c0, const T* dA,
                                           Out* out) {
-  constexpr int kG = Cell::kGates, kK = Cell::kUnitParams;
+  constexpr int kS = CellCall<Cell>::kS, kK = Cell::kUnitParams;
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= H) return;
   const int64_t r0 = int64_t(blockIdx.y) * rc, r1 = R - r0 < rc ? R : r0 + rc;
   double acc[kK] = {};
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t t = r % Tn;
-    T act[kG], da[kG], dp[kK];
-    for (int k = 0; k < kG; ++k) {
-      act[k] = gates[r * kG * H + k * H + j];
-      da[k] = dA[r * kG * H + k * H + j];
+    T act[kS], da[kS], dp[kK];
+    for (int k = 0; k < kS; ++k) {
+      act[k] = gates[r * kS * H + k * H + j];
+      da[k] = dA[r * kS * H + k * H + j];
     }
     T c = T(0), cp = T(0);
     if (cs) {
@@ -201,22 +218,32 @@ int64_t weight_grad_chunk(int64_t R) {
 
 template <class Cell, class T>
 void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
+  using Call = CellCall<Cell>;
   constexpr bool kC = Cell::kHasCellState;
   const SeqShape& s = a.s;
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = Cell::kGates * H;
+  // A rows of GS = kS*H (cpu/sequence.cpp): a split block's recurrent part goes to the spare
+  // blocks after the kG gate blocks, apart from its input part.
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = Cell::kGates * H, GS = Call::kS * H,
+                Gs = (Cell::kGates - Call::kSplit) * H;
   const T *xs = a.xs, *h0 = a.h0, *c0 = kC ? a.c0 : nullptr, *Wx = a.Wx, *Wh = a.Wh, *b = a.b;
   T *hs = a.hs, *cs = kC ? a.cs : nullptr;
   const bool save = a.gates != nullptr;
   T* A = save ? a.gates : a.work;
-  T* c_run = save || !kC ? nullptr : a.work + N * Tn * G;
+  T* c_run = save || !kC ? nullptr : a.work + N * Tn * GS;
   cudaStream_t st = ctx.stream;
   if (c_run) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, c0, H, c_run);
-  dev_gemm<T>(ctx, false, false, N * Tn, G, D, T(1), xs, D, Wx, G, T(0), A, G);
+  dev_gemm<T>(ctx, false, false, N * Tn, G, D, T(1), xs, D, Wx, G, T(0), A, GS);
   for (int64_t t = 0; t < Tn; ++t) {
-    T* A_t = A + t * G;
+    T* A_t = A + t * GS;
     const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
     const int64_t ld_h = t > 0 ? Tn * H : H;
-    if (h_prev) dev_gemm<T>(ctx, false, false, N, G, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * G);
+    if (h_prev) {
+      dev_gemm<T>(ctx, false, false, N, Gs, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * GS);
+      if (Call::kSplit > 0) {
+        dev_gemm<T>(ctx, false, false, N, G - Gs, H, T(1), h_prev, ld_h, Wh + Gs, G, T(0), A_t + G,
+                    Tn * GS);
+      }
+    }
     const T* cp = nullptr;
     int64_t cp_ld = H, c_ld = H;
     T* c_out = nullptr;
@@ -230,7 +257,8 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
       cp = c_run;
     }
     PYLSTM_LAUNCH((seq_fwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn,
-                  A_t, b, cp, cp_ld, c_out, c_ld, hs + t * H, save, a.P);
+                  A_t, b, h_prev, ld_h, h_prev != nullptr, cp, cp_ld, c_out, c_ld, hs + t * H, save,
+                  a.P);
   }
   PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, hs + (Tn - 1) * H, Tn * H, a.hT);
   if (kC) {
@@ -241,11 +269,15 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
 
 template <class Cell, class T>
 void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
+  using Call = CellCall<Cell>;
   constexpr bool kC = Cell::kHasCellState;
   const SeqShape& s = a.s;
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = Cell::kGates * H, R = N * Tn;
+  // dA rows of GS = kS*H: the recurrent side's kG blocks, then the split blocks' input side
+  // (cpu/sequence.cpp); Gs columns are shared by both sides.
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, G = Cell::kGates * H, R = N * Tn,
+                GS = Call::kS * H, Gs = (Cell::kGates - Call::kSplit) * H;
   T* dA = a.work;
-  T* XH = a.work + R * G;
+  T* XH = a.work + R * GS;
   T* dh0 = a.dh0;
   T* dc0 = kC ? a.dc0 : nullptr;
   cudaStream_t st = ctx.stream;
@@ -253,16 +285,29 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
   if (kC) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, a.dcT, H, dc0);
   for (int64_t t = Tn - 1; t >= 0; --t) {
     PYLSTM_LAUNCH((seq_bwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t,
-                  a.gates, kC ? a.cs : nullptr, kC ? a.c0 : nullptr, a.dhs, dh0, dc0, dA, a.P);
-    dev_gemm<T>(ctx, false, true, N, H, G, T(1), dA + t * G, Tn * G, a.Wh, G, T(0), dh0, H);
+                  a.gates, kC ? a.cs : nullptr, kC ? a.c0 : nullptr, a.hs, a.h0, a.dhs, dh0, dc0,
+                  dA, a.P);
+    dev_gemm<T>(ctx, false, true, N, H, G, T(1), dA + t * GS, Tn * GS, a.Wh, G,
+                T(Call::kDirectH ? 1 : 0), dh0, H);
   }
-  dev_gemm<T>(ctx, false, true, R, D, G, T(1), dA, G, a.Wx, G, T(0), a.dxs, D);
+  dev_gemm<T>(ctx, false, true, R, D, Gs, T(1), dA, GS, a.Wx, G, T(0), a.dxs, D);
+  if (Call::kSplit > 0) {
+    dev_gemm<T>(ctx, false, true, R, D, G - Gs, T(1), dA + G, GS, a.Wx + Gs, G, T(1), a.dxs, D);
+  }
   PYLSTM_LAUNCH(build_xh_kernel<T>, blocks_for(R * (D + H)), kBlock, st, R, Tn, D, H, a.xs, a.hs,
                 a.h0, XH);
   const int64_t kc = weight_grad_chunk<T>(R);
   for (int64_t k0 = 0; k0 < R; k0 += kc) {
-    dev_gemm<T>(ctx, true, false, D + H, G, std::min(kc, R - k0), T(1), XH + k0 * (D + H), D + H,
-                dA + k0 * G, G, k0 > 0 ? T(1) : T(0), a.dW, G);
+    const int64_t kn = std::min(kc, R - k0), DH = D + H;
+    const T beta = k0 > 0 ? T(1) : T(0);
+    const T* xh = XH + k0 * DH;
+    dev_gemm<T>(ctx, true, false, DH, Gs, kn, T(1), xh, DH, dA + k0 * GS, GS, beta, a.dW, G);
+    if (Call::kSplit > 0) {  // X^T (input side), H_prev^T (recurrent side)
+      dev_gemm<T>(ctx, true, false, D, G - Gs, kn, T(1), xh, DH, dA + k0 * GS + G, GS, beta,
+                  a.dW + Gs, G);
+      dev_gemm<T>(ctx, true, false, H, G - Gs, kn, T(1), xh + D, DH, dA + k0 * GS + Gs, GS, beta,
+                  a.dW + D * G + Gs, G);
+    }
   }
   // db last: its partials reuse the XH scratch, free once the weight-gradient GEMMs have run
   // (stream order). P*G doubles fit there: rc >= 16 rows, so P*G*8 <= (R/16 + 1)*8*kGates*H
@@ -276,10 +321,10 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
   double* partials = reinterpret_cast<double*>((at + 7) / 8 * 8);
   if (P == 1) {
     PYLSTM_LAUNCH((column_partial_kernel<T, T>), dim3(blocks_for(G), 1), kBlock, st, R, G, rc, dA,
-                  a.db);
+                  GS, Gs, G - Gs, a.db);
   } else {
     PYLSTM_LAUNCH((column_partial_kernel<T, double>), dim3(blocks_for(G), unsigned(P)), kBlock, st,
-                  R, G, rc, dA, partials);
+                  R, G, rc, dA, GS, Gs, G - Gs, partials);
     PYLSTM_LAUNCH(column_finish_kernel<T>, blocks_for(G), kBlock, st, P, G, partials, a.db);
   }
   if constexpr (Cell::kUnitParams > 0) {

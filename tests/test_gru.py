@@ -1,0 +1,284 @@
+"""The GRU (reset_after, reset_before, the book's): the reference against finite differences and
+against the book's class."""
+
+import numpy as np
+import pytest
+
+from helpers import assert_close
+from pylstm import reference as ref
+
+VARIANTS = ref.GRU_VARIANTS
+
+
+def make_gru_inputs(shape, dtype=np.float64, seed=0, with_state=True, variant="reset_after"):
+    N, T, D, H = shape
+    rng = np.random.default_rng(seed)
+    d = {
+        "xs": rng.standard_normal((N, T, D)),
+        "Wx": rng.standard_normal((D, 3 * H)) / np.sqrt(D),
+        "Wh": rng.standard_normal((H, 3 * H)) / np.sqrt(H),
+        "b": rng.standard_normal(3 * H) * 0.5,
+        "b_hn": rng.standard_normal(H) * 0.5 if variant == "reset_after" else None,
+        "h0": rng.standard_normal((N, H)) if with_state else None,
+        "dhs": rng.standard_normal((N, T, H)),
+        "dhT": rng.standard_normal((N, H)),
+    }
+    return {k: (None if v is None else np.ascontiguousarray(v, dtype=dtype)) for k, v in d.items()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("with_state", [True, False])
+def test_reference_matches_finite_differences(variant, with_state):
+    d = make_gru_inputs((2, 4, 3, 5), seed=1, with_state=with_state, variant=variant)
+
+    def loss(**over):
+        a = {**d, **over}
+        hs, hT, _ = ref.gru_forward_ref(a["xs"], a["h0"], a["Wx"], a["Wh"], a["b"], a["b_hn"], variant)
+        return float((hs * d["dhs"]).sum() + (hT * d["dhT"]).sum())
+
+    _, _, cache = ref.gru_forward_ref(d["xs"], d["h0"], d["Wx"], d["Wh"], d["b"], d["b_hn"], variant)
+    if not with_state:
+        cache = cache._replace(h0=np.zeros((2, 5)))
+    dxs, dh0, dWx, dWh, db, db_hn = ref.gru_backward_ref(d["dhs"], cache, d["dhT"])
+    grads = {"xs": dxs, "Wx": dWx, "Wh": dWh, "b": db}
+    if variant == "reset_after":
+        grads["b_hn"] = db_hn
+    else:
+        assert db_hn is None
+    if with_state:
+        grads["h0"] = dh0
+    eps = 1e-6
+    for name, g in grads.items():
+        num = np.zeros_like(g)
+        for idx in np.ndindex(g.shape):
+            plus, minus = d[name].copy(), d[name].copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            num[idx] = (loss(**{name: plus}) - loss(**{name: minus})) / (2 * eps)
+        assert_close(f"d{name}", g, num, rtol=1e-6)
+
+
+# --- the kernels (the reset_after variant) -------------------------------------------------
+import pylstm  # noqa: E402
+from helpers import SHAPES, max_rel_error, to_device, to_host  # noqa: E402
+from pylstm import _backend  # noqa: E402
+
+KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
+if _backend.cuda_emu is not None:
+    KERNEL_BACKENDS.append("cuda-emu")
+NAMES = ("hs", "hT", "dxs", "dh0", "dWx", "dWh", "db", "db_hn")
+
+
+def _run_on(d, backend):
+    hs, hT, cache = pylstm.gru_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], backend=backend)
+    return dict(zip(NAMES, (hs, hT) + tuple(pylstm.gru_backward(d["dhs"], cache, d["dhT"]))))
+
+
+def _run(d, backend):
+    if backend == "cuda":
+        return {k: to_host(v) for k, v in _run_on({k: to_device(v) for k, v in d.items()}, backend).items()}
+    return _run_on(d, backend)
+
+
+def _reference64(d):
+    return _run({k: (None if v is None else v.astype(np.float64)) for k, v in d.items()}, "numpy")
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_float64_matches_reference(backend, shape, with_state):
+    d = make_gru_inputs(shape, np.float64, seed=3, with_state=with_state)
+    got, want = _run(d, backend), _reference64(d)
+    for name in NAMES:
+        assert_close(name, got[name], want[name], rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_float32_within_twice_naive_error(cpu_path, shape):
+    d32 = make_gru_inputs(shape, np.float32, seed=4)
+    want, naive, got = _reference64(d32), _run(d32, "numpy"), _run(d32, "cpu")
+    eps32 = float(np.finfo(np.float32).eps)
+    for name in NAMES:
+        err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
+        assert err <= 2 * naive_err + 4 * eps32, f"{name}: {err:.3e} > 2 x naive {naive_err:.3e} + 4 eps"
+        assert got[name].dtype == np.float32
+
+
+def test_float32_emulated_cuda_within_twice_naive_error():
+    if _backend.cuda_emu is None:
+        pytest.skip("no emulated CUDA module")
+    for shape in [(4, 9, 40, 24), (83, 50, 6, 20)]:  # the second: several ragged db/db_hn row chunks
+        d32 = make_gru_inputs(shape, np.float32, seed=5)
+        want, naive, got = _reference64(d32), _run(d32, "numpy"), _run(d32, "cuda-emu")
+        eps32 = float(np.finfo(np.float32).eps)
+        for name in NAMES:
+            err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
+            assert err <= 2 * naive_err + 4 * eps32, f"{shape} {name}: {err:.3e} > 2 x naive {naive_err:.3e}"
+
+
+@pytest.mark.parametrize("shape", [(8, 35, 64, 128), (20, 7, 50, 40), (3, 7, 17, 33)])
+def test_forward_schedules_bit_identical(shape):
+    if _backend.cpu is None or not _backend.cpu._small_m_kernel_enabled():
+        pytest.skip("no packed-weight kernel on this CPU")
+    d = make_gru_inputs(shape, np.float32, seed=6)
+    args = (d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"])
+    out = {}
+    for schedule in ("projection-first", "step-projection"):
+        old = _backend.cpu._set_forward_schedule(schedule)
+        try:
+            hs, hT, _ = pylstm.gru_forward(*args, backend="cpu")
+            hs_i, _ = pylstm.gru_inference(*args, backend="cpu")
+        finally:
+            _backend.cpu._set_forward_schedule(old)
+        out[schedule] = (hs, hT, hs_i)
+    for a, b in zip(out["projection-first"], out["step-projection"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_thread_count_does_not_change_results():
+    d = make_gru_inputs((16, 10, 64, 96), np.float32, seed=8)
+    old = pylstm.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            pylstm.set_num_threads(n)
+            runs.append(_run(d, "cpu"))
+    finally:
+        pylstm.set_num_threads(old)
+    for r in runs[1:]:
+        for name in NAMES:
+            np.testing.assert_array_equal(r[name], runs[0][name], err_msg=name)
+
+
+def test_matches_torch_nn_gru_outputs_and_gradients():
+    torch = pytest.importorskip("torch")
+    from pylstm import convert
+
+    d = make_gru_inputs((3, 6, 4, 7), seed=11)
+    gru = torch.nn.GRU(4, 7, batch_first=True).double()
+    with torch.no_grad():
+        for name, v in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
+                           convert.gru_to_torch(d["Wx"], d["Wh"], d["b"], d["b_hn"])):
+            getattr(gru, name).copy_(torch.from_numpy(v))
+    x = torch.from_numpy(d["xs"]).requires_grad_()
+    h0 = torch.from_numpy(d["h0"])[None].requires_grad_()
+    out, hT = gru(x, h0)
+    (out * torch.from_numpy(d["dhs"])).sum().add((hT[0] * torch.from_numpy(d["dhT"])).sum()).backward()
+    got = _run(d, "cpu")
+    assert_close("hs", got["hs"], out.detach().numpy(), rtol=1e-12)
+    assert_close("hT", got["hT"], hT[0].detach().numpy(), rtol=1e-12)
+    assert_close("dxs", got["dxs"], x.grad.numpy(), rtol=1e-10)
+    assert_close("dh0", got["dh0"], h0.grad[0].numpy(), rtol=1e-10)
+    dWx, dWh, db, db_hn = convert.gru_from_torch(*(getattr(gru, n).grad.numpy() for n in
+                                                   ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")))
+    # torch's two bias gradients are equal on z and r; gru_from_torch adds them, so halve there
+    H = 7
+    db[: 2 * H] /= 2
+    for name, w in zip(("dWx", "dWh", "db", "db_hn"), (dWx, dWh, db, db_hn)):
+        assert_close(name, got[name], w, rtol=1e-10)
+    back = convert.gru_from_torch(*(getattr(gru, n).detach().numpy() for n in
+                                    ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")))
+    for name, g, orig in zip(("Wx", "Wh", "b", "b_hn"), back, (d["Wx"], d["Wh"], d["b"], d["b_hn"])):
+        assert_close(name, g, orig, rtol=1e-15)
+
+
+def _keras_gru(xs, kernel, rk, bias, reset_after):
+    """Keras's GRU cell (keras/src/layers/rnn/gru.py, its documented equations) in NumPy:
+    blocks z, r, h; h_t = z * h_{t-1} + (1 - z) * hh."""
+    N, T, _ = xs.shape
+    H = rk.shape[0]
+    h = np.zeros((N, H))
+    b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias, np.zeros(3 * H))
+    sig = ref.sigmoid_ref
+    for t in range(T):
+        xp = xs[:, t] @ kernel + b_in
+        if reset_after:
+            hp = h @ rk + b_rec
+            z, r = sig(xp[:, :H] + hp[:, :H]), sig(xp[:, H:2 * H] + hp[:, H:2 * H])
+            hh = np.tanh(xp[:, 2 * H:] + r * hp[:, 2 * H:])
+        else:
+            z = sig(xp[:, :H] + h @ rk[:, :H])
+            r = sig(xp[:, H:2 * H] + h @ rk[:, H:2 * H])
+            hh = np.tanh(xp[:, 2 * H:] + (r * h) @ rk[:, 2 * H:])
+        h = z * h + (1 - z) * hh
+    return h
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_keras_gru_weights_load_and_give_keras_outputs(reset_after):
+    from pylstm import convert
+
+    rng = np.random.default_rng(12)
+    D, H = 4, 5
+    kernel, rk = rng.standard_normal((D, 3 * H)) * 0.5, rng.standard_normal((H, 3 * H)) * 0.5
+    bias = rng.standard_normal((2, 3 * H) if reset_after else 3 * H) * 0.5
+    xs = rng.standard_normal((2, 6, D))
+    want = _keras_gru(xs, kernel, rk, bias, reset_after)
+    Wx, Wh, b, b_hn = convert.gru_from_keras(kernel, rk, bias)
+    assert (b_hn is not None) == reset_after
+    _, hT, _ = ref.gru_forward_ref(xs, None, Wx, Wh, b, b_hn, "reset_after" if reset_after else "reset_before")
+    assert_close("hT", hT, want, rtol=1e-12)
+    k2, rk2, bias2 = convert.gru_to_keras(Wx, Wh, b, b_hn)
+    assert_close("keras round trip", _keras_gru(xs, k2, rk2, bias2, reset_after), want, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"^bias must have shape \(15,\)"):
+        convert.gru_from_keras(kernel, rk, np.zeros(7))
+    with pytest.raises(ValueError, match="^b_hn must be an array"):
+        convert.gru_to_torch(Wx, Wh, b, None)
+
+
+def test_bad_inputs_name_the_argument():
+    d = make_gru_inputs((2, 3, 4, 5), np.float32)
+    args = (d["xs"], d["Wx"], d["Wh"], d["b"])
+    lstm_Wx, lstm_Wh = np.zeros((4, 20), np.float32), np.zeros((5, 20), np.float32)
+    for backend in ["numpy"] + [b for b in KERNEL_BACKENDS if b != "cuda"]:
+        with pytest.raises(ValueError, match=r"^Wh must have shape \(5, 15\)"):  # an LSTM's weights
+            pylstm.gru_forward(d["xs"], lstm_Wx, lstm_Wh, np.zeros(20, np.float32), d["b_hn"], backend=backend)
+        with pytest.raises(ValueError, match=r"^b_hn must be an array of shape \(H,\)"):
+            pylstm.gru_forward(*args, None, backend=backend)
+        with pytest.raises(ValueError, match=r"^b_hn must have rank 1"):
+            pylstm.gru_forward(*args, np.zeros((1, 5), np.float32), backend=backend)
+        with pytest.raises(ValueError, match=r"^b_hn must have shape \(5,\)"):
+            pylstm.gru_forward(*args, np.zeros(6, np.float32), backend=backend)
+        with pytest.raises(TypeError, match="^b_hn must have dtype float32"):
+            pylstm.gru_forward(*args, d["b_hn"].astype(np.float64), backend=backend)
+        _, _, cache = pylstm.gru_forward(*args, d["b_hn"], backend=backend)
+        with pytest.raises(ValueError, match="^dhs must have shape"):
+            pylstm.gru_backward(np.zeros((2, 3, 6), np.float32), cache)
+        with pytest.raises(ValueError, match="^cache comes from a gru forward pass"):
+            pylstm.rnn_backward(d["dhs"], cache)
+    with pytest.raises(ValueError, match="^variant must be one of"):
+        pylstm.gru_forward(*args, d["b_hn"], variant="minimal")
+    with pytest.raises(NotImplementedError, match="reset_before"):
+        pylstm.gru_forward(*args, None, variant="reset_before")
+
+
+def test_time_gru_layer_variants_and_truncated_chunks():
+    from pylstm.layers import TimeGRU
+
+    d = make_gru_inputs((3, 6, 4, 5), seed=10, with_state=False)
+    layer = TimeGRU(d["Wx"], d["Wh"], d["b"], stateful=True, b_hn=d["b_hn"], backend="cpu")
+    assert layer.variant == "reset_after" and len(layer.params) == len(layer.grads) == 4
+    hs = np.concatenate([layer.forward(np.ascontiguousarray(d["xs"][:, c]))
+                         for c in (slice(0, 2), slice(2, 6))], axis=1)
+    want, _, _ = ref.gru_forward_ref(d["xs"], None, d["Wx"], d["Wh"], d["b"], d["b_hn"])
+    assert_close("hs", hs, want, rtol=1e-12)
+    dxs = layer.backward(np.ascontiguousarray(d["dhs"][:, 2:]))
+    _, _, rc = ref.gru_forward_ref(np.ascontiguousarray(d["xs"][:, 2:]), want[:, 1].copy(), d["Wx"], d["Wh"],
+                                   d["b"], d["b_hn"])
+    wd = ref.gru_backward_ref(np.ascontiguousarray(d["dhs"][:, 2:]), rc)
+    assert_close("dxs", dxs, wd[0], rtol=1e-12)
+    assert_close("dh", layer.dh, wd[1], rtol=1e-12)
+    for name, g, w in zip(("dWx", "dWh", "db", "db_hn"), layer.grads, wd[2:]):
+        assert_close(name, g, w, rtol=1e-12)
+    # the book's signature selects the book's variant
+    book = TimeGRU(d["Wx"], d["Wh"], d["b"])
+    assert book.variant == "book" and len(book.params) == 3
+    with pytest.raises(ValueError, match="^b_hn must be given for the reset_after variant"):
+        TimeGRU(d["Wx"], d["Wh"], d["b"], b_hn=d["b_hn"], variant="book")
+    with pytest.raises(ValueError, match="^variant must be one of"):
+        TimeGRU(d["Wx"], d["Wh"], d["b"], variant="lru")
