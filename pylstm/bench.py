@@ -1,8 +1,8 @@
-"""Times pylstm's fused LSTM (or vanilla RNN, --cell rnn; or the peephole LSTM against the plain
-one, --cell peephole) against the NumPy reference (the book's
-algorithm) and PyTorch's CPU nn.LSTM / nn.RNN (oneDNN), side by side in one run, after checking
+"""Times pylstm's fused LSTM (or GRU, --cell gru; vanilla RNN, --cell rnn; or the peephole LSTM
+against the plain one, --cell peephole) against the NumPy reference (the book's
+algorithm) and PyTorch's CPU nn.LSTM / nn.GRU / nn.RNN (oneDNN), side by side in one run, after checking
 every candidate against the float64 reference. Run: pylstm bench, or python -m pylstm.bench
-[--cell lstm|peephole|rnn] [--shapes N,T,D,H ...] [--json out.json]
+[--cell lstm|gru|peephole|rnn] [--shapes N,T,D,H ...] [--json out.json]
 
 Rows: median (and min) ms for forward (saving for backward), backward, the training step
 (forward + backward), and forward-only inference; GFLOP/s of the training step
@@ -65,7 +65,7 @@ def _timeit(fn) -> float:
     return time.perf_counter() - t0
 
 
-GATES = {"lstm": 4, "peephole": 4, "rnn": 1}
+GATES = {"lstm": 4, "peephole": 4, "gru": 3, "rnn": 1}
 
 
 def make_inputs(shape, dtype, seed=0, cell="lstm"):
@@ -81,6 +81,7 @@ def make_inputs(shape, dtype, seed=0, cell="lstm"):
         "c0": (rng.standard_normal((N, H)) * 0.5).astype(dtype),
         "dhs": rng.standard_normal((N, T, H)).astype(dtype),
         "P": (rng.standard_normal((3, H)) * 0.5).astype(dtype),
+        "b_hn": (rng.standard_normal(H) * 0.1).astype(dtype),
     }
 
 
@@ -123,6 +124,25 @@ class PylstmPeepholeCand(PylstmCand):
                                          backend=self.backend)
 
 
+class PylstmGruCand(PylstmCand):
+    """pylstm's GRU (reset-after, PyTorch's) on one backend."""
+
+    def forward(self):
+        d = self.d
+        self.out = pylstm.gru_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], backend=self.backend)
+
+    def backward(self):
+        self.grads = pylstm.gru_backward(self.d["dhs"], self.out[2])
+
+    def inference(self):
+        d = self.d
+        return pylstm.gru_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], backend=self.backend)
+
+    def results(self):
+        return {"hs": self.out[0], "dxs": self.grads[0], "dWx": self.grads[2], "dWh": self.grads[3],
+                "db": self.grads[4], "dh0": self.grads[1]}
+
+
 class PylstmRnnCand(PylstmCand):
     """pylstm's vanilla RNN (tanh) on one backend."""
 
@@ -147,14 +167,18 @@ class TorchCand:
     gradients (inputs, initial states, weights, biases)."""
 
     def __init__(self, d, torch, cell="lstm"):
-        self.torch, self.name, self.lstm = torch, "torch", cell == "lstm"
+        self.torch, self.name, self.lstm, self.cell = torch, "torch", cell == "lstm", cell
         N, T, D = d["xs"].shape
         H = d["Wh"].shape[0]
-        to_torch = convert.to_torch if self.lstm else convert.rnn_to_torch
-        self.rnn = (torch.nn.LSTM if self.lstm else torch.nn.RNN)(D, H, batch_first=True)
+        module, to_torch, params = {
+            "lstm": (torch.nn.LSTM, convert.to_torch, ("Wx", "Wh", "b")),
+            "gru": (torch.nn.GRU, convert.gru_to_torch, ("Wx", "Wh", "b", "b_hn")),
+            "rnn": (torch.nn.RNN, convert.rnn_to_torch, ("Wx", "Wh", "b")),
+        }[cell]
+        self.rnn = module(D, H, batch_first=True)
         with torch.no_grad():
             for n, v in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
-                            to_torch(d["Wx"], d["Wh"], d["b"])):
+                            to_torch(*(d[k] for k in params))):
                 getattr(self.rnn, n).copy_(torch.from_numpy(v))
         self.x = torch.from_numpy(d["xs"]).requires_grad_()
         self.h0 = torch.from_numpy(d["h0"])[None].requires_grad_()
@@ -177,7 +201,10 @@ class TorchCand:
 
     def results(self):
         w = [getattr(self.rnn, n).grad.numpy() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0")]
-        dWx, dWh, db = (convert.from_torch if self.lstm else convert.rnn_from_torch)(w[0], w[1], w[2])
+        if self.cell == "gru":  # b's gradient is bias_ih's (bias_hh's z, r parts are equal to it)
+            dWx, dWh, db, _ = convert.gru_from_torch(w[0], w[1], w[2])
+        else:
+            dWx, dWh, db = (convert.from_torch if self.lstm else convert.rnn_from_torch)(w[0], w[1], w[2])
         return {"hs": self.out.detach().numpy(), "dxs": self.x.grad.numpy(), "dWx": dWx, "dWh": dWh,
                 "db": db, "dh0": self.h0.grad[0].numpy()}
 
@@ -201,6 +228,10 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
         hs, _, _, rc = ref.lstm_forward_ref(*args64)
         dxs, dh0, _, dWx, dWh, db = ref.lstm_backward_ref(d64["dhs"], rc)
         ours = PylstmCand
+    elif cell == "gru":
+        hs, _, rc = ref.gru_forward_ref(d64["xs"], d64["h0"], d64["Wx"], d64["Wh"], d64["b"], d64["b_hn"])
+        dxs, dh0, dWx, dWh, db, _ = ref.gru_backward_ref(d64["dhs"], rc)
+        ours = PylstmGruCand
     elif cell == "peephole":
         hs, _, _, rc = ref.peephole_forward_ref(*args64, d64["P"])
         dxs, dh0, _, dWx, dWh, db, _ = ref.peephole_backward_ref(d64["dhs"], rc)
@@ -284,7 +315,7 @@ def main(argv=None, prog=None):
                                 epilog="The default grid takes a few minutes on 2 cores with torch installed "
                                        "(--repeats and --no-numpy shorten it).")
     p.add_argument("--cell", choices=sorted(GATES), default="lstm",
-                   help="lstm, peephole (timed beside the plain LSTM) or rnn (tanh); default lstm")
+                   help="lstm, gru, peephole (timed beside the plain LSTM) or rnn (tanh); default lstm")
     p.add_argument("--shapes", nargs="+", type=_shape, metavar="N,T,D,H",
                    help="shapes to time (default: " + " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES) + ")")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default float32")
