@@ -607,9 +607,11 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
           }
         }
       }
-      for (int q = 0; q < npieces; ++q) {
-        const Piece& pc = pieces[q];
-        if (pc.xc != pc.hc) std::copy(splitsum, splitsum + (pc.hi - pc.lo), dbsum + (pc.lo - c0_));
+      if constexpr (kSplit > 0) {
+        for (int q = 0; q < npieces; ++q) {
+          const Piece& pc = pieces[q];
+          if (pc.xc != pc.hc) std::copy(splitsum, splitsum + (pc.hi - pc.lo), dbsum + (pc.lo - c0_));
+        }
       }
       for (int64_t j = c0_; j < c1_; ++j) db[j] = T(dbsum[j - c0_]);
     }

@@ -54,35 +54,48 @@ std::vector<T> cast(const std::vector<double>& v) {
 }
 
 // The plain-loop reference of one cell's layer, in double: forward, then backward from dhs and
-// dhT (h0 and c0 given; cs, dcT, dc0 only with a cell state).
+// dhT (h0 and c0 given; cs, dcT, dc0 only with a cell state; P, dP only with unit parameters).
+// A split block's recurrent part goes to the cell apart; its dA's recurrent side multiplies Wh
+// and its input side Wx (cells/gru.h).
 template <class Cell>
 struct Reference {
-  std::vector<double> hs, hT, cT, dxs, dh0, dc0, dWx, dWh, db;
+  std::vector<double> hs, hT, cT, dxs, dh0, dc0, dWx, dWh, db, dP;
 
   Reference(const SeqShape& s, const std::vector<double>& xs, const std::vector<double>& h0,
             const std::vector<double>& c0, const std::vector<double>& Wx,
             const std::vector<double>& Wh, const std::vector<double>& b,
-            const std::vector<double>& dhs, const std::vector<double>& dhT) {
-    constexpr int G = Cell::kGates;
+            const std::vector<double>& P, const std::vector<double>& dhs,
+            const std::vector<double>& dhT) {
+    using Call = CellCall<Cell>;
+    constexpr int G = Cell::kGates, S = Call::kS, kShared = G - Call::kSplit, K = Cell::kUnitParams;
     const int64_t N = s.N, T = s.T, D = s.D, H = s.H, GH = G * H;
-    std::vector<double> acts(N * T * GH), cs(N * T * H);
+    std::vector<double> acts(N * T * S * H), cs(N * T * H);
     hs.assign(N * T * H, 0);
+    auto h_prev = [&](int64_t n, int64_t t, int64_t i) {
+      return t > 0 ? hs[(n * T + t - 1) * H + i] : h0[n * H + i];
+    };
+    auto params = [&](int64_t j, double (&pv)[Call::kP]) {
+      for (int k = 0; k < Call::kP; ++k) pv[k] = k < K ? P[k * H + j] : 0.0;
+    };
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t t = 0; t < T; ++t) {
         for (int64_t j = 0; j < H; ++j) {
-          double pre[G], act[G], c, h;
+          double pre[G], hsplit[Call::kSp] = {}, act[S], pv[Call::kP], c, h;
           for (int k = 0; k < G; ++k) {
-            double a = b[k * H + j];
-            for (int64_t d = 0; d < D; ++d) a += xs[(n * T + t) * D + d] * Wx[d * GH + k * H + j];
-            for (int64_t i = 0; i < H; ++i) {
-              const double hp = t > 0 ? hs[(n * T + t - 1) * H + i] : h0[n * H + i];
-              a += hp * Wh[i * GH + k * H + j];
+            double ax = b[k * H + j], ah = 0;
+            for (int64_t d = 0; d < D; ++d) ax += xs[(n * T + t) * D + d] * Wx[d * GH + k * H + j];
+            for (int64_t i = 0; i < H; ++i) ah += h_prev(n, t, i) * Wh[i * GH + k * H + j];
+            if (k < kShared) {
+              pre[k] = ax + ah;
+            } else {
+              pre[k] = ax;
+              hsplit[k - kShared] = ah;
             }
-            pre[k] = a;
           }
+          params(j, pv);
           const double cp = t > 0 ? cs[(n * T + t - 1) * H + j] : c0[n * H + j];
-          Cell::forward(pre, cp, act, c, h);
-          for (int k = 0; k < G; ++k) acts[(n * T + t) * GH + k * H + j] = act[k];
+          Call::forward(pre, hsplit, h_prev(n, t, j), cp, pv, act, c, h);
+          for (int k = 0; k < S; ++k) acts[(n * T + t) * S * H + k * H + j] = act[k];
           cs[(n * T + t) * H + j] = c;
           hs[(n * T + t) * H + j] = h;
         }
@@ -100,30 +113,40 @@ struct Reference {
     dWx.assign(D * GH, 0);
     dWh.assign(H * GH, 0);
     db.assign(GH, 0);
-    std::vector<double> dh = dhT, dc(N * H, 0.0), da(GH);
+    dP.assign(K * H, 0);
+    std::vector<double> dh = dhT, dc(N * H, 0.0), da(S * H);
     for (int64_t t = T - 1; t >= 0; --t) {
       std::vector<double> dh_prev(N * H, 0.0);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t row = n * T + t;
         for (int64_t j = 0; j < H; ++j) {
-          double act[G], d[G], dcp;
-          for (int k = 0; k < G; ++k) act[k] = acts[row * GH + k * H + j];
+          double act[S], d[S], pv[Call::kP], dcp, dhd;
+          for (int k = 0; k < S; ++k) act[k] = acts[row * S * H + k * H + j];
+          params(j, pv);
           const double cp = t > 0 ? cs[(row - 1) * H + j] : c0[n * H + j];
-          Cell::backward(act, cs[row * H + j], cp, dhs[row * H + j] + dh[n * H + j], dc[n * H + j], d,
-                         dcp);
-          for (int k = 0; k < G; ++k) da[k * H + j] = d[k];
+          Call::backward(act, cs[row * H + j], cp, h_prev(n, t, j), pv, dhs[row * H + j] + dh[n * H + j],
+                         dc[n * H + j], d, dcp, dhd);
+          for (int k = 0; k < S; ++k) da[k * H + j] = d[k];
           dc[n * H + j] = dcp;
+          dh_prev[n * H + j] += dhd;
+          if constexpr (K > 0) {
+            double dp[K > 0 ? K : 1];
+            Cell::param_grads(act, cs[row * H + j], cp, d, dp);
+            for (int k = 0; k < K; ++k) dP[k * H + j] += dp[k];
+          }
         }
         for (int64_t c = 0; c < GH; ++c) {
-          db[c] += da[c];
+          const int k = int(c / H);
+          const double dx = da[(k < kShared ? k : G + k - kShared) * H + c % H];  // input side
+          const double dr = da[c];                                                // recurrent side
+          db[c] += dx;
           for (int64_t d = 0; d < D; ++d) {
-            dWx[d * GH + c] += xs[row * D + d] * da[c];
-            dxs[row * D + d] += da[c] * Wx[d * GH + c];
+            dWx[d * GH + c] += xs[row * D + d] * dx;
+            dxs[row * D + d] += dx * Wx[d * GH + c];
           }
           for (int64_t i = 0; i < H; ++i) {
-            const double hp = t > 0 ? hs[(row - 1) * H + i] : h0[n * H + i];
-            dWh[i * GH + c] += hp * da[c];
-            dh_prev[n * H + i] += da[c] * Wh[i * GH + c];
+            dWh[i * GH + c] += h_prev(n, t, i) * dr;
+            dh_prev[n * H + i] += dr * Wh[i * GH + c];
           }
         }
       }
@@ -138,34 +161,39 @@ struct Reference {
 template <class Cell, class T>
 void check_cell(const char* name, const SeqShape& s, const char* path, uint64_t seed) {
   const bool with_state = seed % 2 == 1;
-  constexpr int G = Cell::kGates;
+  constexpr int G = Cell::kGates, K = Cell::kUnitParams;
   constexpr bool kC = Cell::kHasCellState;
-  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, GH = G * H;
+  const int64_t N = s.N, Tn = s.T, D = s.D, H = s.H, GH = G * H, GS = CellCall<Cell>::kS * H;
   std::mt19937_64 rng(seed);
   const std::vector<double> zeros(N * H, 0.0);
   const auto xs = randn(rng, N * Tn * D, 1.0), h0 = with_state ? randn(rng, N * H, 0.5) : zeros,
              c0 = kC && with_state ? randn(rng, N * H, 0.5) : zeros,
              Wx = randn(rng, D * GH, 1.0 / std::sqrt(double(D))),
              Wh = randn(rng, H * GH, 1.0 / std::sqrt(double(H))), b = randn(rng, GH, 0.3),
-             dhs = randn(rng, N * Tn * H, 1.0), dhT = randn(rng, N * H, 1.0);
-  const Reference<Cell> ref(s, xs, h0, c0, Wx, Wh, b, dhs, dhT);
+             dhs = randn(rng, N * Tn * H, 1.0), dhT = randn(rng, N * H, 1.0),
+             P = randn(rng, K * H, 0.5);
+  const Reference<Cell> ref(s, xs, h0, c0, Wx, Wh, b, P, dhs, dhT);
   const auto xs_ = cast<T>(xs), h0_ = cast<T>(h0), c0_ = cast<T>(c0), Wx_ = cast<T>(Wx),
-             Wh_ = cast<T>(Wh), b_ = cast<T>(b), dhs_ = cast<T>(dhs), dhT_ = cast<T>(dhT);
-  std::vector<T> hs(N * Tn * H), hT(N * H), cT(N * H), gates(N * Tn * GH), cs(N * Tn * H);
+             Wh_ = cast<T>(Wh), b_ = cast<T>(b), dhs_ = cast<T>(dhs), dhT_ = cast<T>(dhT),
+             P_ = cast<T>(P);
+  std::vector<T> hs(N * Tn * H), hT(N * H), cT(N * H), gates(N * Tn * GS), cs(N * Tn * H);
   const T* h0p = with_state ? h0_.data() : nullptr;
   const T* c0p = kC && with_state ? c0_.data() : nullptr;
   ForwardArgs<T> f{s,         xs_.data(), h0p,                  c0p,
                    Wx_.data(), Wh_.data(), b_.data(),            hs.data(),
                    hT.data(),  kC ? cT.data() : nullptr, gates.data(), kC ? cs.data() : nullptr,
                    nullptr};
+  f.P = K > 0 ? P_.data() : nullptr;
   seq_forward_cpu<Cell, T>(f);
-  std::vector<T> dxs(N * Tn * D), dh0(N * H), dc0(N * H), dW((D + H) * GH), db(GH);
+  std::vector<T> dxs(N * Tn * D), dh0(N * H), dc0(N * H), dW((D + H) * GH), db(GH), dP(K * H + 1);
   std::vector<T> work(seq_backward_workspace_size<Cell>(s));
   BackwardArgs<T> bw{s,          xs_.data(),  h0p,         c0p,
                      Wx_.data(), Wh_.data(),  hs.data(),   gates.data(),
                      kC ? cs.data() : nullptr, dhs_.data(), dhT_.data(), nullptr,
                      dxs.data(), dh0.data(), kC ? dc0.data() : nullptr, dW.data(), db.data(),
                      work.data()};
+  bw.P = f.P;
+  bw.dP = K > 0 ? dP.data() : nullptr;
   seq_backward_cpu<Cell, T>(bw);
   // Forward-only with the smallest scratch the call may take (exercises its bound check too).
   std::vector<T> hs_i(N * Tn * H), hT_i(N * H), cT_i(N * H);
@@ -194,6 +222,10 @@ void check_cell(const char* name, const SeqShape& s, const char* path, uint64_t 
   expect(rel_err(dh0, ref.dh0) < tol, tag + ": dh0");
   expect(rel_err(dW, dW_ref) < tol, tag + ": dW");
   expect(rel_err(db, ref.db) < tol, tag + ": db");
+  if (K > 0) {
+    dP.resize(K * H);
+    expect(rel_err(dP, ref.dP) < tol, tag + ": dP");
+  }
   if (kC) {
     expect(rel_err(cT, ref.cT) < tol, tag + ": cT");
     expect(rel_err(dc0, ref.dc0) < tol, tag + ": dc0");
