@@ -68,6 +68,11 @@ def _build_parser():
     t.add_argument("--lr", type=_positive_float, default=None, help=f"learning rate ({_level_default('lr')})")
     t.add_argument("--clip", type=_positive_float, default=None,
                    help=f"global-norm gradient clip ({_level_default('clip')})")
+    t.add_argument("--clip-value", type=_positive_float, default=None,
+                   help="also clamp every gradient element to [-v, v] first (default: off; the "
+                        "character-level recipe of min-char-rnn uses 5)")
+    t.add_argument("--init", choices=["book", "keras", "torch"], default="book",
+                   help="weight initialization: the book's (default), Keras's or PyTorch's defaults")
     t.add_argument("--batch", type=_positive_int, default=None,
                    help=f"batch size, parallel streams ({_level_default('batch')})")
     t.add_argument("--time", type=_positive_int, default=None,
@@ -221,6 +226,8 @@ _RUN_SETTINGS = {
     "optimizer": lambda v: v in ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"),
     "lr": lambda v: _is_number(v) and v > 0,
     "clip": lambda v: _is_number(v) and v > 0,
+    "clip_value": lambda v: v is None or (_is_number(v) and v > 0),
+    "init": lambda v: v in ("book", "keras", "torch"),
     "batch": lambda v: _is_int(v) and v >= 1,
     "time": lambda v: _is_int(v) and v >= 1,
     "eval_interval": lambda v: _is_int(v) and v >= 1,
@@ -299,7 +306,7 @@ def _cmd_train(a):
             raise ValueError(f"the {name} part of the corpus has {len(part)} tokens; --batch x --time "
                              f"needs at least {need} (use a longer corpus or smaller --batch/--time)")
     model = LstmLM(V, a.wordvec, a.hidden, num_layers=a.layers, dropout_ratio=a.dropout,
-                   tie_weights=a.tie, backend=a.backend, seed=a.seed, cell=a.cell)
+                   tie_weights=a.tie, backend=a.backend, seed=a.seed, cell=a.cell, init=a.init)
     if a.cuda_graphs and a.device != "cuda":
         raise ValueError("--cuda-graphs needs --device cuda")
     if a.device != "cpu":
@@ -324,7 +331,8 @@ def _cmd_train(a):
     print(f"corpus {a.corpus} ({level} level): train {len(train)}, val {len(val)}, test {len(test)} tokens, "
           f"vocabulary {V}")
     print(f"model: {a.layers} x {a.cell.upper()}(D={a.wordvec}, H={a.hidden}), {n_params} parameters | {a.optimizer} "
-          f"lr {a.lr} | clip {a.clip} | batch {a.batch} x time {a.time} | {a.epochs} epochs")
+          f"lr {a.lr} | clip {a.clip}" + (f" (value {a.clip_value})" if a.clip_value else "") +
+          f" | init {a.init} | batch {a.batch} x time {a.time} | {a.epochs} epochs")
     corpus = a.corpus if a.corpus in ("embedded", "ptb") else os.path.abspath(a.corpus)
     settings = {k: getattr(a, k) for k in _RUN_SETTINGS}
     settings.update(corpus=corpus, level=level)
@@ -336,7 +344,8 @@ def _cmd_train(a):
     try:
         trainer.fit(train[:-1], train[1:], max_epoch=a.epochs, batch_size=a.batch, time_size=a.time, max_grad=a.clip,
                     eval_interval=a.eval_interval, val_corpus=val, checkpoint=ckpt,
-                    progress=not a.no_progress, max_steps=a.max_steps, max_time=a.max_time)
+                    progress=not a.no_progress, max_steps=a.max_steps, max_time=a.max_time,
+                    clip_value=a.clip_value)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last complete epoch's checkpoint is kept at {ckpt}" if os.path.exists(ckpt)
               else "\ninterrupted before the first epoch ended: no checkpoint written", file=sys.stderr)

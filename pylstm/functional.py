@@ -37,6 +37,7 @@ __all__ = [
     "rnn_backward",
     "global_norm",
     "clip_grads",
+    "clip_grads_by_value",
     "matmul",
     "softmax_cross_entropy",
     "available_backends",
@@ -266,6 +267,10 @@ class _Reference:
         _check_grads(grads, writable=True)
         return ref.clip_grads_ref(grads, max_norm, error_if_nonfinite)
 
+    def clip_value(self, grads, limit):
+        _check_grads(grads, writable=True)
+        ref.clip_value_ref(grads, limit)
+
 
 class _Cpu:
     """The compiled CPU kernels (``pylstm._cpu``) on host arrays; the binding checks every
@@ -293,6 +298,10 @@ class _Cpu:
     def clip_grads(self, grads, max_norm, error_if_nonfinite):
         _screen_grads(grads)
         return _backend.require_cpu().clip_grads(grads, max_norm, error_if_nonfinite)
+
+    def clip_value(self, grads, limit):
+        _screen_grads(grads)
+        _backend.require_cpu().clip_value(grads, limit)
 
 
 class _Device:
@@ -357,6 +366,21 @@ class _Device:
 
     def clip_grads(self, grads, max_norm, error_if_nonfinite):
         return self._clip(grads, max_norm, error_if_nonfinite)
+
+    def clip_value(self, grads, limit):
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"grads must be a list or tuple of device arrays, got {type(grads).__name__}")
+        mod, lib = _device_target(self.name, grads[0] if grads else None)
+        if not grads:
+            return
+        w = lib.wrap if lib is not None else (lambda a: a)
+        wrapped = [w(g) for g in grads]
+        if lib is None:
+            _, dev = mod.clip_plan(wrapped)  # (the device, for the array library's stream)
+            if dev < 0:
+                return  # every array is empty
+            lib = _devices.library_of(grads[0], dev, "grads[0]")
+        mod.clip_value(wrapped, limit, lib.stream())
 
     def _clip(self, grads, max_norm: float, error_if_nonfinite: bool):
         """Clipping (max_norm > 0) or the norm (max_norm = 0): two launches, no host
@@ -642,6 +666,29 @@ def clip_grads(grads: Sequence[np.ndarray], max_norm: float, error_if_nonfinite:
     _reject_masked_list(grads)
     probe = grads[0] if isinstance(grads, (list, tuple)) and grads else None
     return _resolve(backend, probe).clip_grads(grads, float(max_norm), bool(error_if_nonfinite))
+
+
+def clip_grads_by_value(grads: Sequence[np.ndarray], limit: float, backend: str = "auto") -> None:
+    """Clipping by value in place: every element of every array clamped to [-limit, limit]
+    (the character-level recipe's ``np.clip(g, -5, 5, out=g)``), one pass, on the thread pool
+    ("cpu") or one launch per 4096 chunks on the current stream ("cuda").
+
+    NaN policy: a NaN element stays NaN (``numpy.clip``'s rule: clamping cannot repair it, and
+    hiding it would let a diverged run go on silently); +-inf become +-limit. Combine with
+    ``clip_grads`` (which raises on a non-finite norm) to stop on NaN. ``limit``: a finite
+    number > 0.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, (int, float, np.integer, np.floating)):
+        raise TypeError(f"limit must be a number, got {type(limit).__name__}")
+    try:
+        finite = bool(np.isfinite(float(limit)))
+    except OverflowError:
+        finite = False
+    if not (finite and limit > 0):
+        raise ValueError(f"limit must be a finite number > 0, got {limit}")
+    _reject_masked_list(grads)
+    probe = grads[0] if isinstance(grads, (list, tuple)) and grads else None
+    _resolve(backend, probe).clip_value(grads, float(limit))
 
 
 def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):

@@ -16,6 +16,7 @@ import numpy as np
 
 from ._devices import array_module, device_module, to_host, to_module
 from .checkpoint import CheckpointError, checkpoint_extra, read_checkpoint, read_checkpoint_extra, write_checkpoint
+from .init import SCHEMES, glorot_uniform, init_recurrent
 from .layers import (
     TimeAffine,
     TimeDropout,
@@ -133,14 +134,15 @@ def _set_layer_state(layer, h, c) -> None:
 
 
 def _check_init(init):
-    """'book', or a uniform bound a > 0 that float32 weights can hold (uniform(-inf, inf) is an
-    OverflowError, a NaN bound gives NaN weights)."""
+    """A scheme of pylstm.init ('book', 'keras', 'torch'), or a uniform bound a > 0 that float32
+    weights can hold (uniform(-inf, inf) is an OverflowError, a NaN bound gives NaN weights)."""
     if isinstance(init, str):
-        if init != "book":
-            raise ValueError(f"init must be 'book' or a number a > 0 (uniform(-a, a)), got {init!r}")
+        if init not in SCHEMES:
+            raise ValueError(f"init must be one of {SCHEMES} or a number a > 0 (uniform(-a, a)), got {init!r}")
         return init
-    if not 0.0 < _number(init, "init", "'book' or a number a > 0") <= _F32_MAX:
-        raise ValueError(f"init must be 'book' or a number in (0, {_F32_MAX:.4g}] (uniform(-a, a)), got {init}")
+    if not 0.0 < _number(init, "init", "'book', 'keras', 'torch' or a number a > 0") <= _F32_MAX:
+        raise ValueError(f"init must be one of {SCHEMES} or a number in (0, {_F32_MAX:.4g}] (uniform(-a, a)), "
+                         f"got {init}")
     return init
 
 
@@ -159,7 +161,8 @@ class LstmLM:
     tie_weights : use ``embed_W.T`` as the output projection (needs D == H).
     backend : LSTM backend, "auto" | "cpu" | "numpy".
     seed : initialization and dropout seed (None: fresh randomness).
-    init : "book" (the book's scaled normal init) or a float a > 0: uniform(-a, a) everywhere
+    init : "book" (the book's scaled normal init), "keras" or "torch" (those libraries' defaults
+           for every layer: ``pylstm.init``), or a float a > 0: uniform(-a, a) everywhere
            (Zaremba et al.).
     """
 
@@ -181,18 +184,28 @@ class LstmLM:
                            init=init, cell=cell)
         rng = np.random.default_rng(seed)
         f32 = np.float32
-        if init == "book":
-            def rn(*shape, scale):
-                return (rng.standard_normal(shape) * scale).astype(f32)
-            embed_W = rn(V, D, scale=0.01)
-            lstm_params = []
-            for layer in range(num_layers):
-                In = D if layer == 0 else H
-                lstm_params.append([rn(In, G * H, scale=1 / np.sqrt(In)), rn(H, G * H, scale=1 / np.sqrt(H)),
-                                    np.zeros(G * H, f32)])
-                if K:
-                    lstm_params[-1].append(np.zeros(_extra_shape(cell, H), f32))
-            affine_W = None if tie_weights else rn(H, V, scale=1 / np.sqrt(H))
+        affine_b = np.zeros(V, f32)
+        if isinstance(init, str):
+            # the embedding and the output layer as each tradition starts them (the book: N(0, 0.01^2)
+            # and N(0, 1/H); Keras: uniform(-0.05, 0.05) and glorot_uniform; PyTorch: nn.Embedding's
+            # N(0, 1) and nn.Linear's uniform(-1/sqrt(H), 1/sqrt(H)), bias too)
+            if init == "book":
+                embed_W = (rng.standard_normal((V, D)) * 0.01).astype(f32)
+            elif init == "keras":
+                embed_W = rng.uniform(-0.05, 0.05, (V, D)).astype(f32)
+            else:
+                embed_W = rng.standard_normal((V, D)).astype(f32)
+            lstm_params = [init_recurrent(cell, D if layer == 0 else H, H, init, rng) for layer in range(num_layers)]
+            affine_W = None
+            if not tie_weights:
+                if init == "book":
+                    affine_W = (rng.standard_normal((H, V)) * (1 / np.sqrt(H))).astype(f32)
+                elif init == "keras":
+                    affine_W = glorot_uniform((H, V), rng).astype(f32)
+                else:
+                    affine_W = rng.uniform(-1 / np.sqrt(H), 1 / np.sqrt(H), (H, V)).astype(f32)
+            if init == "torch":
+                affine_b = rng.uniform(-1 / np.sqrt(H), 1 / np.sqrt(H), V).astype(f32)
         else:
             a = float(init)
 
@@ -202,7 +215,6 @@ class LstmLM:
             lstm_params = [[un(D if layer == 0 else H, G * H), un(H, G * H), un(G * H)]
                            + ([un(*_extra_shape(cell, H))] if K else []) for layer in range(num_layers)]
             affine_W = None if tie_weights else un(H, V)
-        affine_b = np.zeros(V, f32)
         if tie_weights:
             affine_W = embed_W.T
 

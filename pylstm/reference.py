@@ -93,6 +93,9 @@ Global-norm clipping (DLfS2 semantics)::
 A non-finite total raises ``FloatingPointError`` unless ``error_if_nonfinite=False`` (then
 nothing is scaled and the total is returned).
 
+Clipping by value (the character-level seed's ``np.clip(g, -5, 5, out=g)``): every element
+clamped to ``[-limit, limit]`` in place; NaN stays NaN, +-inf become +-limit.
+
 Every function works in the dtype of its inputs (float32 or float64).
 """
 
@@ -117,6 +120,7 @@ __all__ = [
     "rnn_forward_ref",
     "rnn_backward_ref",
     "global_norm_ref",
+    "clip_value_ref",
     "clip_grads_ref",
     "softmax_cross_entropy_ref",
 ]
@@ -438,6 +442,12 @@ def gru_backward_ref(dhs, cache: GRUCacheRef, dhT=None):
         db += da_x.sum(axis=0)
         dxs[:, t] = da_x @ Wx.T
     return dxs, dh_next, dWx, dWh, db, db_hn
+
+
+def clip_value_ref(grads: Sequence[np.ndarray], limit: float) -> None:
+    """Clipping by value in place (module docstring)."""
+    for g in grads:
+        np.clip(g, -g.dtype.type(limit), g.dtype.type(limit), out=g)
 
 
 def global_norm_ref(grads: Sequence[np.ndarray]) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._devices import array_module, to_host, to_module
 from .checkpoint import CheckpointError, read_checkpoint_extra
-from .functional import clip_grads
+from .functional import clip_grads, clip_grads_by_value
 from .models import LstmLM, _layer_state, _set_layer_state, unique_params
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
@@ -234,8 +234,13 @@ class RnnlmTrainer:
             max_grad: Optional[float] = None, eval_interval: Optional[int] = 20,
             val_corpus=None, lr_decay: float = 0.25, checkpoint: Optional[str] = None,
             progress: bool = True, lr_schedule: Optional[Callable[[int], float]] = None,
-            max_steps: Optional[int] = None, max_time: Optional[float] = None):
+            max_steps: Optional[int] = None, max_time: Optional[float] = None,
+            clip_value: Optional[float] = None):
         """Train for epochs ``current_epoch .. max_epoch - 1``.
+
+        ``clip_value``: clamp every gradient element to [-clip_value, clip_value]
+        (``clip_grads_by_value``) before the global-norm clipping of ``max_grad``; either, both
+        or neither.
 
         ``max_steps`` / ``max_time`` (seconds) stop this call early, at an iteration boundary: the
         checkpoint is then written where it stopped (mid-epoch included) and ``resume`` + ``fit``
@@ -255,6 +260,9 @@ class RnnlmTrainer:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if max_grad is not None and not max_grad > 0:
             raise ValueError(f"max_grad must be > 0 or None, got {max_grad}")
+        if clip_value is not None and not (isinstance(clip_value, (int, float)) and not isinstance(clip_value, bool)
+                                           and 0 < clip_value < float("inf")):
+            raise ValueError(f"clip_value must be a finite number > 0 or None, got {clip_value!r}")
         if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) < 1):
             raise ValueError(f"max_steps must be an integer >= 1 or None, got {max_steps}")
         if max_time is not None and not (isinstance(max_time, (int, float)) and max_time > 0):
@@ -305,6 +313,8 @@ class RnnlmTrainer:
                     loss = model.forward(bx, bt)
                     model.backward()
                     params, grads = unique_params(model.params, model.grads)
+                    if clip_value is not None:
+                        clip_grads_by_value(grads, clip_value)
                     if max_grad is not None:
                         norm = clip_grads(grads, max_grad, error_if_nonfinite=not on_device)
                         if on_device:

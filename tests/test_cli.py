@@ -256,9 +256,12 @@ def test_eval_opens_a_text_file_named_in_a_checkpoint_only_when_asked(trained, t
 
 @pytest.mark.parametrize("cell", ["rnn", "peephole", "gru"])
 def test_train_with_other_cells(tmp_path, cell):
-    r = run("train", "--out", str(tmp_path), "--cell", cell, *QUICK)
+    extra = ("--clip-value", "5", "--init", "keras") if cell == "gru" else ()
+    r = run("train", "--out", str(tmp_path), "--cell", cell, *extra, *QUICK)
     assert r.returncode == 0, r.stderr
     assert f"1 x {cell.upper()}(D=16, H=32)" in r.stdout
+    if extra:
+        assert "(value 5.0) | init keras" in r.stdout
     ppl = float(r.stdout.split("held-out (test) perplexity: ")[1].split()[0])
     uni = float(r.stdout.split("unigram baseline on the same split: ")[1].split()[0])
     assert ppl < uni

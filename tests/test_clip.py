@@ -177,3 +177,41 @@ def test_clip_grads_survives_a_concurrent_re_view():
     finally:
         stop.set()
         t.join()
+
+
+# --- clipping by value ----------------------------------------------------------------------
+_VALUE_BACKENDS = ["numpy", "cpu"] + (["cuda-emu"] if _backend.cuda_emu is not None else [])
+
+
+@pytest.mark.parametrize("backend", _VALUE_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_by_value_clamps_in_place_and_keeps_nan(backend, dtype):
+    rng = np.random.default_rng(0)
+    grads = [(rng.standard_normal(70001) * 10).astype(dtype), (rng.standard_normal((3, 5)) * 10).astype(dtype),
+             np.zeros(0, dtype), np.array([np.nan, np.inf, -np.inf, 4.999, -5.0, 7.0], dtype)]
+    want = [np.clip(g, -5, 5) for g in grads]
+    ids = [id(g) for g in grads]
+    assert pylstm.clip_grads_by_value(grads, 5, backend=backend) is None
+    assert [id(g) for g in grads] == ids
+    for g, w in zip(grads, want):
+        np.testing.assert_array_equal(g, w)  # NaN stays NaN, +-inf become +-5
+    assert np.isnan(grads[3][0]) and grads[3][1] == 5 and grads[3][2] == -5
+    pylstm.clip_grads_by_value([], 1.0, backend=backend)  # nothing to do
+
+
+@pytest.mark.parametrize("backend", _VALUE_BACKENDS)
+def test_clip_by_value_bad_input(backend):
+    g = [np.ones(4, np.float32)]
+    for bad in (0, -1.0, float("nan"), float("inf"), 10**400):
+        with pytest.raises(ValueError, match="^limit must be a finite number > 0"):
+            pylstm.clip_grads_by_value(g, bad, backend=backend)
+    for bad in (True, "5", None):
+        with pytest.raises(TypeError, match="^limit must be a number"):
+            pylstm.clip_grads_by_value(g, bad, backend=backend)
+    ro = np.ones(4, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^grads\[1\] must be writable"):
+        pylstm.clip_grads_by_value([np.ones(3, np.float32), ro], 1.0, backend=backend)
+    with pytest.raises(TypeError, match=r"^grads\[1\] has dtype float64"):
+        pylstm.clip_grads_by_value([np.ones(3, np.float32), np.ones(3)], 1.0, backend=backend)
+    assert np.all(g[0] == 1)  # nothing modified by a refused call

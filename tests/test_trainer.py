@@ -355,3 +355,20 @@ def test_max_steps_stops_mid_epoch_and_resume_continues_exactly(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="^max_time must be"):
         t3.fit(c[:-1], c[1:], max_epoch=3, max_time=-1, **kw)
+
+
+def test_clip_value_clamps_every_gradient_element_before_the_update():
+    """fit(clip_value=v) with plain SGD (lr 1): no parameter moves by more than v per step."""
+    from pylstm.models import LstmLM
+    from pylstm.optimizers import SGD
+
+    c = _corpus(600, seed=5)
+    m = LstmLM(12, 8, 16, cell="gru", seed=2)
+    before = [p.copy() for p in m.params]
+    t = RnnlmTrainer(m, SGD(1.0), log=lambda s: None)
+    t.fit(c[:-1], c[1:], max_epoch=1, batch_size=4, time_size=8, clip_value=1e-4, progress=False,
+          eval_interval=None, max_steps=3)
+    moved = max(float(np.abs(p - q).max()) for p, q in zip(m.params, before))
+    assert 0 < moved <= 3 * 1e-4 * 1.01  # (plus the float32 rounding of the updated parameters)
+    with pytest.raises(ValueError, match="^clip_value must be a finite number > 0"):
+        t.fit(c[:-1], c[1:], max_epoch=2, batch_size=4, time_size=8, clip_value=-1.0, progress=False)

@@ -73,6 +73,24 @@ double global_norm(const py::object& grads) {
                  : norm_and_clip<double>(std::move(arrays), false, 0.0, false);
 }
 
+// clip_value(grads, limit): clamps every element to [-limit, limit] in place.
+void clip_value(const py::object& grads, double limit) {
+  if (!(limit > 0.0) || !std::isfinite(limit)) {
+    throw py::value_error("limit must be a finite number > 0, got " + std::to_string(limit));
+  }
+  std::vector<py::array> arrays;
+  const int is = check_grad_list(grads, true, arrays);
+  if (is == 0) return;
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    const GradList<T> g = grad_spans<T>(std::move(arrays));
+    py::gil_scoped_release nogil;
+    clip_value_cpu<T>(g.spans, limit);
+  };
+  if (is == 4) run(0.0f);
+  else run(0.0);
+}
+
 double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfinite) {
   check_max_norm(max_norm);
   std::vector<py::array> arrays;
@@ -301,6 +319,8 @@ PYBIND11_MODULE(_cpu, m) {
   }, py::arg("grads"), py::arg("writable"),
         "The argument rules of global_norm (writable=False) and clip_grads (True), without running them.");
   m.def("global_norm", &global_norm, py::arg("grads"));
+  m.def("clip_value", &clip_value, py::arg("grads"), py::arg("limit"),
+        "Clamps every element of every array to [-limit, limit] in place (NaN stays NaN).");
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"),
         py::arg("error_if_nonfinite") = true);
   m.def("set_num_threads", [](int n) {

@@ -334,7 +334,7 @@ inline int check_grad_list(const py::object& grads, bool writable, std::vector<p
                             py::str(a.attr("strides")).cast<std::string>());
     }
     if (writable && !a.writeable()) {
-      throw py::value_error(name + " must be writable (clipping scales it in place), got a "
+      throw py::value_error(name + " must be writable (clipping writes it in place), got a "
                                    "read-only array");
     }
     arrays.push_back(a);

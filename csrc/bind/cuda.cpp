@@ -444,7 +444,7 @@ std::vector<DevArray> read_grads(const py::object& grads, bool writable) {
     }
     if (writable && g.readonly) {
       throw py::value_error(name +
-                            " must be writable (clipping scales it in place), got a read-only array");
+                            " must be writable (clipping writes it in place), got a read-only array");
     }
     out.push_back(g);
   }
@@ -502,6 +502,31 @@ void clip_grads(const py::object& grads, double max_norm, const py::object& work
   gpu::wait_for_producers(producers, stream);
   if (f32) clip_grads_cuda<float>(ctx, cf.data(), nchunks, max_norm, w + 4, counter, w);
   else clip_grads_cuda<double>(ctx, cd.data(), nchunks, max_norm, w + 4, counter, w);
+}
+
+// clip_value(grads, limit, stream): every element clamped to [-limit, limit] in place.
+void clip_value(const py::object& grads, double limit, std::uintptr_t stream) {
+  if (!(limit > 0.0) || !std::isfinite(limit)) {
+    throw py::value_error("limit must be a finite number > 0, got " + std::to_string(limit));
+  }
+  const std::vector<DevArray> g = read_grads(grads, true);
+  if (g.empty()) return;
+  std::vector<const DevArray*> all;
+  for (const DevArray& a : g) all.push_back(&a);
+  const int dev = check_devices(all, all.size());
+  if (dev < 0) return;  // every array empty
+  const std::vector<std::uintptr_t> producers = producer_streams(all);
+  const bool f32 = g[0].itemsize == 4;
+  std::vector<ClipChunk<float>> cf;
+  std::vector<ClipChunk<double>> cd;
+  if (f32) cf = plan<float>(g);
+  else cd = plan<double>(g);
+  py::gil_scoped_release nogil;
+  gpu::DeviceGuard guard(dev);
+  const GpuContext ctx = gpu::context(dev, stream);
+  gpu::wait_for_producers(producers, stream);
+  if (f32) clip_value_cuda<float>(ctx, cf.data(), int64_t(cf.size()), limit);
+  else clip_value_cuda<double>(ctx, cd.data(), int64_t(cd.size()), limit);
 }
 
 #if !defined(PYLSTM_REAL_CUDA)
@@ -592,6 +617,7 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
           py::arg("dP").none(true) = py::none());
   }
   m.def("clip_plan", &clip_plan, py::arg("grads"));
+  m.def("clip_value", &clip_value, py::arg("grads"), py::arg("limit"), py::arg("stream") = 0);
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"), py::arg("work"),
         py::arg("stream") = 0);
   m.def("set_allow_tf32", &gpu::set_allow_tf32, py::arg("on"));

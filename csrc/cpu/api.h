@@ -37,6 +37,11 @@ double global_norm_cpu(const std::vector<Span<T>>& arrays);
 template <class T>
 void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate);
 
+// Clipping by value: every element of every array clamped to [-limit, limit] in place (limit >
+// 0, finite); NaN stays NaN, +-inf become +-limit.
+template <class T>
+void clip_value_cpu(const std::vector<Span<T>>& arrays, double limit);
+
 // C (M, N, ldc) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major, on the thread pool (the
 // output split by columns or rows, one single-threaded BLAS call per thread). op = transpose
 // when trans_*; lda/ldb are the leading dimensions of A and B as stored.

@@ -60,9 +60,27 @@ void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate) {
   }
 }
 
+template <class T>
+void clip_value_cpu(const std::vector<Span<T>>& arrays, double limit) {
+  // The bound rounded to T once: a limit past float32's range clamps nothing, as it should.
+  // Comparisons are false for NaN, so a NaN stays NaN (numpy.clip's rule); +-inf become +-limit.
+  const T hi = T(limit), lo = -hi;
+  for (const auto& a : arrays) {
+    parallel_chunks(a.size, kChunk, 2 * kChunk, [&](int64_t b, int64_t e) {
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) {
+        const T v = a.data[i];
+        a.data[i] = v > hi ? hi : v < lo ? lo : v;
+      }
+    });
+  }
+}
+
 template double global_norm_cpu<float>(const std::vector<Span<float>>&);
 template double global_norm_cpu<double>(const std::vector<Span<double>>&);
 template void scale_arrays_cpu<float>(const std::vector<Span<float>>&, double);
 template void scale_arrays_cpu<double>(const std::vector<Span<double>>&, double);
+template void clip_value_cpu<float>(const std::vector<Span<float>>&, double);
+template void clip_value_cpu<double>(const std::vector<Span<double>>&, double);
 
 }  // namespace pylstm

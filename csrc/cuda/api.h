@@ -77,6 +77,11 @@ template <class T>
 void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* chunks, int64_t nchunks,
                      double max_norm, double* partials, unsigned* counter, double* out);
 
+// Clipping by value over the same chunk table: every element clamped to [-limit, limit] in
+// place, one launch per kClipMaxChunks chunks; NaN stays NaN.
+template <class T>
+void clip_value_cuda(const GpuContext& ctx, const ClipChunk<T>* chunks, int64_t nchunks, double limit);
+
 #if defined(__CUDACC__) || defined(PYLSTM_REAL_CUDA)
 // Raises std::runtime_error naming the kernel when its launch failed (cuda/glue.cpp).
 void check_launch(const char* kernel);

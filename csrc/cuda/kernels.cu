@@ -415,6 +415,16 @@ __global__ void clip_scale_kernel(ClipTable<T> tab, const double* out) {
   for (int64_t i = threadIdx.x; i < c.size; i += blockDim.x) c.data[i] = T(double(c.data[i]) * rate);
 }
 
+// Clipping by value: block b clamps chunk b in place (NaN stays NaN; the CPU's rule).
+template <class T>
+__global__ void clip_value_kernel(ClipTable<T> tab, T hi) {
+  const ClipChunk<T> c = tab.chunk[blockIdx.x];
+  for (int64_t i = threadIdx.x; i < c.size; i += blockDim.x) {
+    const T v = c.data[i];
+    c.data[i] = v > hi ? hi : v < -hi ? -hi : v;
+  }
+}
+
 __global__ void clip_empty_kernel(double* out) {
   out[0] = 0.0;
   out[1] = 1.0;
@@ -454,6 +464,17 @@ void clip_grads_cuda(const GpuContext& ctx, const ClipChunk<T>* chunks, int64_t 
   }
 }
 
+template <class T>
+void clip_value_cuda(const GpuContext& ctx, const ClipChunk<T>* chunks, int64_t nchunks, double limit) {
+  for (int64_t first = 0; first < nchunks; first += kClipMaxChunks) {
+    const int64_t count = nchunks - first < kClipMaxChunks ? nchunks - first : kClipMaxChunks;
+    PYLSTM_LAUNCH(clip_value_kernel<T>, unsigned(count), kClipThreads, ctx.stream,
+                  table_slice(chunks, first, count), T(limit));
+  }
+}
+
+template void clip_value_cuda<float>(const GpuContext&, const ClipChunk<float>*, int64_t, double);
+template void clip_value_cuda<double>(const GpuContext&, const ClipChunk<double>*, int64_t, double);
 template void clip_grads_cuda<float>(const GpuContext&, const ClipChunk<float>*, int64_t, double,
                                      double*, unsigned*, double*);
 template void clip_grads_cuda<double>(const GpuContext&, const ClipChunk<double>*, int64_t,
