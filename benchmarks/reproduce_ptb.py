@@ -42,6 +42,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch count")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cell", choices=["lstm", "gru", "peephole", "rnn"], default="lstm",
+                   help="recurrent cell of every layer, same recipe (default lstm)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     r = dict(RECIPES[a.recipe])
@@ -53,14 +55,15 @@ def main(argv=None):
     test, _, _ = ptb.load_data("test", data_dir=data_dir, download=False)
     V = len(w2i)
     model = LstmLM(V, r["wordvec"], r["hidden"], num_layers=r["layers"], backend=a.backend, seed=a.seed,
-                   init=r["init"])
+                   init=r["init"], cell=a.cell)
     opt = SGD(r["lr"])
     trainer = RnnlmTrainer(model, opt)
     schedule = None
     if r["decay_from"] is not None:
         lr0, start = r["lr"], r["decay_from"]
         schedule = lambda epoch: lr0 * 0.5 ** max(0, epoch + 1 - start)  # noqa: E731
-    print(f"recipe {a.recipe}: {r} | backend {a.backend} | threads {pylstm.get_num_threads()}", flush=True)
+    print(f"recipe {a.recipe}: {r} | cell {a.cell} | backend {a.backend} | threads {pylstm.get_num_threads()}",
+          flush=True)
     t0 = time.time()
     trainer.fit(train[:-1], train[1:], max_epoch=r["epochs"], batch_size=r["batch"], time_size=r["time"],
                 max_grad=r["clip"], eval_interval=100, progress=False, lr_schedule=schedule,
@@ -69,11 +72,11 @@ def main(argv=None):
     t1 = time.time()
     test_ppl = eval_perplexity(model, test, batch_size=r["eval_batch"], time_size=r["eval_time"])
     eval_s = time.time() - t1
-    print(f"RESULT recipe={a.recipe} backend={a.backend} epochs={r['epochs']} train_time_s={train_s:.1f} "
+    print(f"RESULT recipe={a.recipe} cell={a.cell} backend={a.backend} epochs={r['epochs']} train_time_s={train_s:.1f} "
           f"test_ppl={test_ppl:.2f} eval_time_s={eval_s:.1f}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"recipe": a.recipe, "config": r, "backend": a.backend, "train_time_s": train_s,
+            json.dump({"recipe": a.recipe, "cell": a.cell, "config": r, "backend": a.backend, "train_time_s": train_s,
                        "test_ppl": test_ppl, "eval_time_s": eval_s, "date": time.strftime("%Y-%m-%d")}, f)
 
 

@@ -144,6 +144,7 @@ def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str =
 # The cells the kernels have: gate blocks, whether a cell state travels beside h, rows of
 # per-unit parameters P, saved activations per unit (the C++ list is csrc/cells/registry.h).
 _CELLS = {"lstm": (4, True, 0, 4), "peephole": (4, True, 3, 4), "gru": (3, False, 1, 4),
+          "gru_reset_before": (3, False, 0, 3), "gru_book": (3, False, 0, 3),
           "rnn_tanh": (1, False, 0, 1), "rnn_relu": (1, False, 0, 1)}
 _NONLINEARITIES = ("tanh", "relu")
 
@@ -513,17 +514,16 @@ def peephole_backward(dhs, cache, dhT=None, dcT=None):
 
 
 GRU_VARIANTS = ref.GRU_VARIANTS
-# The kernel cell of each GRU variant the engine has.
-_GRU_CELLS = {"reset_after": "gru"}
+# The kernel cell of each GRU variant.
+_GRU_CELLS = {"reset_after": "gru", "reset_before": "gru_reset_before", "book": "gru_book"}
 _GRU_VARIANT_OF = {v: k for k, v in _GRU_CELLS.items()}
 
 
-def _gru_cell(variant) -> str:
+def _gru_cell(variant, b_hn) -> str:
     if not isinstance(variant, str) or variant not in GRU_VARIANTS:
         raise ValueError(f"variant must be one of {GRU_VARIANTS}, got {variant!r}")
-    if variant not in _GRU_CELLS:
-        raise NotImplementedError(f"variant {variant!r} is specified in pylstm.reference (gru_forward_ref) "
-                                  f"but not yet in the kernels, which run {tuple(_GRU_CELLS)}")
+    if variant != "reset_after" and b_hn is not None:
+        raise ValueError(f"b_hn must be None for the {variant} variant (only reset_after has it)")
     return _GRU_CELLS[variant]
 
 
@@ -539,22 +539,21 @@ def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after",
         None for the other variants.
     h0 : (N, H) initial state, or None for zeros.
     variant : "reset_after" (PyTorch nn.GRU, cuDNN, Keras reset_after=True; the default),
-        "reset_before" (Keras reset_after=False) or "book" (DLfS2's GRU); the kernels run
-        reset_after so far (the others raise NotImplementedError; ``pylstm.reference`` has them).
+        "reset_before" (Keras reset_after=False) or "book" (DLfS2's GRU: z weighs n).
     backend : "auto" | "cpu" | "cuda" | "numpy".
 
     Returns
     -------
     hs : (N, T, H); hT : (N, H); cache for ``gru_backward``.
     """
-    cell = _gru_cell(variant)
+    cell = _gru_cell(variant, b_hn)
     hs, hT, _, cache = _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, True, b_hn)
     return hs, hT, cache
 
 
 def gru_inference(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto"):
     """Forward-only GRU: like ``gru_forward`` but saves nothing. Returns (hs, hT)."""
-    cell = _gru_cell(variant)
+    cell = _gru_cell(variant, b_hn)
     return _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, False, b_hn)[:2]
 
 

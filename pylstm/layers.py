@@ -293,8 +293,7 @@ class TimeGRU:
     b_hn : (H,) the candidate's recurrent bias; giving it selects the reset_after variant.
     variant : "reset_after", "reset_before" or "book"; None (the default) means reset_after
         when ``b_hn`` is given, else the book's (called with the book's signature, the layer is
-        the book's class). The kernels run reset_after so far: the others raise
-        NotImplementedError at the first forward (``pylstm.reference`` specifies them).
+        the book's class).
     backend : "auto" | "cpu" | "numpy".
 
     ``params`` / ``grads``: [Wx, Wh, b] (+ [b_hn]). After backward, ``dh`` holds the gradient with

@@ -69,19 +69,22 @@ if _backend.cuda_emu is not None:
 NAMES = ("hs", "hT", "dxs", "dh0", "dWx", "dWh", "db", "db_hn")
 
 
-def _run_on(d, backend):
-    hs, hT, cache = pylstm.gru_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], backend=backend)
-    return dict(zip(NAMES, (hs, hT) + tuple(pylstm.gru_backward(d["dhs"], cache, d["dhT"]))))
+def _run_on(d, backend, variant):
+    hs, hT, cache = pylstm.gru_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], variant=variant,
+                                       backend=backend)
+    out = dict(zip(NAMES, (hs, hT) + tuple(pylstm.gru_backward(d["dhs"], cache, d["dhT"]))))
+    return out if variant == "reset_after" else {k: v for k, v in out.items() if k != "db_hn"}
 
 
-def _run(d, backend):
+def _run(d, backend, variant="reset_after"):
     if backend == "cuda":
-        return {k: to_host(v) for k, v in _run_on({k: to_device(v) for k, v in d.items()}, backend).items()}
-    return _run_on(d, backend)
+        dd = {k: to_device(v) for k, v in d.items()}
+        return {k: to_host(v) for k, v in _run_on(dd, backend, variant).items()}
+    return _run_on(d, backend, variant)
 
 
-def _reference64(d):
-    return _run({k: (None if v is None else v.astype(np.float64)) for k, v in d.items()}, "numpy")
+def _reference64(d, variant="reset_after"):
+    return _run({k: (None if v is None else v.astype(np.float64)) for k, v in d.items()}, "numpy", variant)
 
 
 @pytest.fixture(params=KERNEL_BACKENDS)
@@ -89,50 +92,54 @@ def backend(request):
     return request.param
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float64_matches_reference(backend, shape, with_state):
-    d = make_gru_inputs(shape, np.float64, seed=3, with_state=with_state)
-    got, want = _run(d, backend), _reference64(d)
-    for name in NAMES:
+def test_float64_matches_reference(backend, shape, with_state, variant):
+    d = make_gru_inputs(shape, np.float64, seed=3, with_state=with_state, variant=variant)
+    got, want = _run(d, backend, variant), _reference64(d, variant)
+    for name in want:
         assert_close(name, got[name], want[name], rtol=1e-9)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float32_within_twice_naive_error(cpu_path, shape):
-    d32 = make_gru_inputs(shape, np.float32, seed=4)
-    want, naive, got = _reference64(d32), _run(d32, "numpy"), _run(d32, "cpu")
+def test_float32_within_twice_naive_error(cpu_path, shape, variant):
+    d32 = make_gru_inputs(shape, np.float32, seed=4, variant=variant)
+    want, naive, got = _reference64(d32, variant), _run(d32, "numpy", variant), _run(d32, "cpu", variant)
     eps32 = float(np.finfo(np.float32).eps)
-    for name in NAMES:
+    for name in want:
         err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
         assert err <= 2 * naive_err + 4 * eps32, f"{name}: {err:.3e} > 2 x naive {naive_err:.3e} + 4 eps"
         assert got[name].dtype == np.float32
 
 
-def test_float32_emulated_cuda_within_twice_naive_error():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_emulated_cuda_within_twice_naive_error(variant):
     if _backend.cuda_emu is None:
         pytest.skip("no emulated CUDA module")
     for shape in [(4, 9, 40, 24), (83, 50, 6, 20)]:  # the second: several ragged db/db_hn row chunks
-        d32 = make_gru_inputs(shape, np.float32, seed=5)
-        want, naive, got = _reference64(d32), _run(d32, "numpy"), _run(d32, "cuda-emu")
+        d32 = make_gru_inputs(shape, np.float32, seed=5, variant=variant)
+        want, naive, got = _reference64(d32, variant), _run(d32, "numpy", variant), _run(d32, "cuda-emu", variant)
         eps32 = float(np.finfo(np.float32).eps)
-        for name in NAMES:
+        for name in want:
             err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
             assert err <= 2 * naive_err + 4 * eps32, f"{shape} {name}: {err:.3e} > 2 x naive {naive_err:.3e}"
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("shape", [(8, 35, 64, 128), (20, 7, 50, 40), (3, 7, 17, 33)])
-def test_forward_schedules_bit_identical(shape):
+def test_forward_schedules_bit_identical(shape, variant):
     if _backend.cpu is None or not _backend.cpu._small_m_kernel_enabled():
         pytest.skip("no packed-weight kernel on this CPU")
-    d = make_gru_inputs(shape, np.float32, seed=6)
+    d = make_gru_inputs(shape, np.float32, seed=6, variant=variant)
     args = (d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"])
     out = {}
     for schedule in ("projection-first", "step-projection"):
         old = _backend.cpu._set_forward_schedule(schedule)
         try:
-            hs, hT, _ = pylstm.gru_forward(*args, backend="cpu")
-            hs_i, _ = pylstm.gru_inference(*args, backend="cpu")
+            hs, hT, _ = pylstm.gru_forward(*args, variant=variant, backend="cpu")
+            hs_i, _ = pylstm.gru_inference(*args, variant=variant, backend="cpu")
         finally:
             _backend.cpu._set_forward_schedule(old)
         out[schedule] = (hs, hT, hs_i)
@@ -140,18 +147,19 @@ def test_forward_schedules_bit_identical(shape):
         np.testing.assert_array_equal(a, b)
 
 
-def test_thread_count_does_not_change_results():
-    d = make_gru_inputs((16, 10, 64, 96), np.float32, seed=8)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_thread_count_does_not_change_results(variant):
+    d = make_gru_inputs((16, 10, 64, 96), np.float32, seed=8, variant=variant)
     old = pylstm.get_num_threads()
     try:
         runs = []
         for n in (1, 2, 3):
             pylstm.set_num_threads(n)
-            runs.append(_run(d, "cpu"))
+            runs.append(_run(d, "cpu", variant))
     finally:
         pylstm.set_num_threads(old)
     for r in runs[1:]:
-        for name in NAMES:
+        for name in runs[0]:
             np.testing.assert_array_equal(r[name], runs[0][name], err_msg=name)
 
 
@@ -253,8 +261,15 @@ def test_bad_inputs_name_the_argument():
             pylstm.rnn_backward(d["dhs"], cache)
     with pytest.raises(ValueError, match="^variant must be one of"):
         pylstm.gru_forward(*args, d["b_hn"], variant="minimal")
-    with pytest.raises(NotImplementedError, match="reset_before"):
-        pylstm.gru_forward(*args, None, variant="reset_before")
+    with pytest.raises(ValueError, match="^b_hn must be None for the reset_before variant"):
+        pylstm.gru_forward(*args, d["b_hn"], variant="reset_before")
+    _, _, book_cache = pylstm.gru_forward(*args, None, variant="book")
+    book_cache.cell = "gru"  # a reset_after backward over the book variant's saved arrays
+    with pytest.raises(ValueError, match=r"^cache\.b_hn must be an array of shape \(H,\)"):
+        pylstm.gru_backward(d["dhs"], book_cache)
+    book_cache.P = d["b_hn"]
+    with pytest.raises(ValueError, match=r"^cache\.gates must have shape \(2, 3, 20\)"):
+        pylstm.gru_backward(d["dhs"], book_cache)
 
 
 def test_time_gru_layer_variants_and_truncated_chunks():
@@ -282,3 +297,76 @@ def test_time_gru_layer_variants_and_truncated_chunks():
         TimeGRU(d["Wx"], d["Wh"], d["b"], b_hn=d["b_hn"], variant="book")
     with pytest.raises(ValueError, match="^variant must be one of"):
         TimeGRU(d["Wx"], d["Wh"], d["b"], variant="lru")
+
+
+class BookTimeGRU:
+    """DLfS2's TimeGRU (its common/time_layers.py GRU: reset before the candidate's product,
+    h = (1 - z) h_prev + z h_hat), in NumPy, for the drop-in check."""
+
+    def __init__(self, Wx, Wh, b, stateful=False):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        self.h, self.dh, self.stateful = None, None, stateful
+
+    def forward(self, xs):
+        Wx, Wh, b = self.params
+        N, T, _ = xs.shape
+        H = Wh.shape[0]
+        if not self.stateful or self.h is None:
+            self.h = np.zeros((N, H))
+        self.cache, hs = [], np.empty((N, T, H))
+        for t in range(T):
+            x, hp = xs[:, t], self.h
+            z = ref.sigmoid_ref(x @ Wx[:, :H] + hp @ Wh[:, :H] + b[:H])
+            r = ref.sigmoid_ref(x @ Wx[:, H:2 * H] + hp @ Wh[:, H:2 * H] + b[H:2 * H])
+            hh = np.tanh(x @ Wx[:, 2 * H:] + (r * hp) @ Wh[:, 2 * H:] + b[2 * H:])
+            self.h = (1 - z) * hp + z * hh
+            self.cache.append((x, hp, z, r, hh))
+            hs[:, t] = self.h
+        return hs
+
+    def backward(self, dhs):
+        Wx, Wh, _ = self.params
+        H = Wh.shape[0]
+        N, T, _ = dhs.shape
+        dxs = np.empty((N, T, Wx.shape[0]))
+        dh = np.zeros((N, H))
+        gWx, gWh, gb = np.zeros_like(Wx), np.zeros_like(Wh), np.zeros(3 * H)
+        for t in reversed(range(T)):
+            x, hp, z, r, hh = self.cache[t]
+            dn = dhs[:, t] + dh
+            d_hh = dn * z
+            d_hp = dn * (1 - z)
+            da_h = d_hh * (1 - hh ** 2)  # the candidate
+            d_rh = da_h @ Wh[:, 2 * H:].T
+            d_hp += r * d_rh
+            da_z = (dn * hh - dn * hp) * z * (1 - z)  # the update gate
+            d_hp += da_z @ Wh[:, :H].T
+            da_r = d_rh * hp * r * (1 - r)  # the reset gate
+            d_hp += da_r @ Wh[:, H:2 * H].T
+            gWx += x.T @ np.hstack([da_z, da_r, da_h])
+            gWh += np.hstack([hp.T @ da_z, hp.T @ da_r, (r * hp).T @ da_h])
+            gb += np.hstack([da_z.sum(0), da_r.sum(0), da_h.sum(0)])
+            dxs[:, t] = np.hstack([da_z, da_r, da_h]) @ Wx.T
+            dh = d_hp
+        for g, v in zip(self.grads, (gWx, gWh, gb)):
+            g[...] = v
+        self.dh = dh
+        return dxs
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "cpu"])
+def test_time_gru_with_the_books_signature_is_the_books_class(backend_name):
+    from pylstm.layers import TimeGRU
+
+    d = make_gru_inputs((3, 5, 4, 6), np.float64, seed=13, variant="book")
+    ours = TimeGRU(d["Wx"], d["Wh"], d["b"], stateful=True, backend=backend_name)
+    book = BookTimeGRU(d["Wx"], d["Wh"], d["b"], stateful=True)
+    for chunk in (slice(0, 2), slice(2, 5)):  # truncated BPTT: the state carries over
+        xs = np.ascontiguousarray(d["xs"][:, chunk])
+        dhs = np.ascontiguousarray(d["dhs"][:, chunk])
+        assert_close("hs", ours.forward(xs), book.forward(xs), rtol=1e-12)
+        assert_close("dxs", ours.backward(dhs), book.backward(dhs), rtol=1e-12)
+        for name, g, w in zip(("dWx", "dWh", "db"), ours.grads, book.grads):
+            assert_close(name, g, w, rtol=1e-12)
+        assert_close("dh", ours.dh, book.dh, rtol=1e-12)

@@ -18,12 +18,15 @@
   X(LstmCell, "lstm")           \
   X(PeepholeCell, "peephole")   \
   X(GruCell, "gru")             \
+  X(GruBeforeKerasCell, "gru_reset_before") \
+  X(GruBookCell, "gru_book")    \
   X(RnnTanhCell, "rnn_tanh")    \
   X(RnnReluCell, "rnn_relu")
 
 namespace pylstm {
 
-// The valid names, for error messages: 'lstm', 'peephole', 'gru', 'rnn_tanh', 'rnn_relu'.
+// The valid names, for error messages: 'lstm', 'peephole', 'gru', 'gru_reset_before', 'gru_book',
+// 'rnn_tanh', 'rnn_relu'.
 inline std::string cell_names() {
   std::string out;
 #define PYLSTM_CELL_NAME(type, name) out += std::string(out.empty() ? "'" : ", '") + name + "'";
@@ -53,6 +56,10 @@ struct split_of : std::integral_constant<int, 0> {};
 template <class C>
 struct split_of<C, std::void_t<decltype(C::kSplit)>> : std::integral_constant<int, C::kSplit> {};
 template <class C, class = void>
+struct gated_of : std::integral_constant<int, 0> {};
+template <class C>
+struct gated_of<C, std::void_t<decltype(C::kGated)>> : std::integral_constant<int, C::kGated> {};
+template <class C, class = void>
 struct direct_h_of : std::false_type {};
 template <class C>
 struct direct_h_of<C, std::void_t<decltype(C::kDirectH)>> : std::bool_constant<C::kDirectH> {};
@@ -67,13 +74,19 @@ struct CellCall {
   static constexpr int kSplit = split_of<Cell>::value;
   static constexpr int kS = kG + kSplit;  // saved activations = dA blocks per unit
   static constexpr bool kDirectH = direct_h_of<Cell>::value;
+  // The last kGated blocks take (gate * h_prev) @ Wh in a second phase of each step
+  // (cells/gru.h, GruBeforeCell); such a cell is driven through its phase functions, not these.
+  static constexpr int kGated = gated_of<Cell>::value;
   static constexpr int kP = Cell::kUnitParams > 0 ? Cell::kUnitParams : 1;
   static constexpr int kSp = kSplit > 0 ? kSplit : 1;
 
   template <class T>
   PYLSTM_HD static void forward(const T (&pre)[kG], const T (&hsplit)[kSp], T h_prev, T c_prev,
                                 const T (&p)[kP], T (&act)[kS], T& c, T& h) {
-    if constexpr (kSplit > 0) {
+    if constexpr (kGated > 0) {
+      (void)pre, (void)hsplit, (void)h_prev, (void)act;
+      c = h = T(0);  // (never called: the drivers run a gated cell's phases themselves)
+    } else if constexpr (kSplit > 0) {
       Cell::forward(pre, hsplit, h_prev, p, act, h);
       c = T(0);
     } else if constexpr (Cell::kUnitParams > 0) {
@@ -87,7 +100,9 @@ struct CellCall {
                                  T dh, T dc, T (&da)[kS], T& dc_prev, T& dh_direct) {
     dh_direct = T(0);
     dc_prev = T(0);
-    if constexpr (kSplit > 0) {
+    if constexpr (kGated > 0) {
+      (void)act, (void)h_prev, (void)dh, (void)da;
+    } else if constexpr (kSplit > 0) {
       Cell::backward(act, h_prev, dh, da, dh_direct);
     } else if constexpr (Cell::kUnitParams > 0) {
       Cell::backward(act, c, c_prev, p, dh, dc, da, dc_prev);

@@ -67,15 +67,20 @@ struct BackwardArgs {
 //   forward with saving for backward: none (the gates buffer holds the pre-activations first);
 //   forward-only: N*T*S*H (input projection) + N*H (running c, with a cell state);
 //   backward: N*T*S*H (dA) + N*T*(D+H) ([X | H_prev] rows for the merged weight-gradient GEMM).
+// A cell with a gated recurrence (cells/gru.h, GruBeforeCell) needs N*H more in the forward
+// (the gated input r * h_prev of a step) and N*T*H + N*H more in the backward (those inputs of
+// every row, for the candidate's weight gradient, and a step's dA_n Wh_n^T).
 // The same sizes hold for the CUDA drivers (cuda/api.h).
 template <class Cell>
 int64_t seq_forward_workspace_size(const SeqShape& s, bool save_for_backward) {
-  if (save_for_backward) return 0;
-  return s.N * s.T * CellCall<Cell>::kS * s.H + (Cell::kHasCellState ? s.N * s.H : 0);
+  const int64_t gated = CellCall<Cell>::kGated > 0 ? s.N * s.H : 0;
+  if (save_for_backward) return gated;
+  return s.N * s.T * CellCall<Cell>::kS * s.H + (Cell::kHasCellState ? s.N * s.H : 0) + gated;
 }
 template <class Cell>
 int64_t seq_backward_workspace_size(const SeqShape& s) {
-  return s.N * s.T * CellCall<Cell>::kS * s.H + s.N * s.T * (s.D + s.H);
+  const int64_t gated = CellCall<Cell>::kGated > 0 ? s.N * s.T * s.H + s.N * s.H : 0;
+  return s.N * s.T * CellCall<Cell>::kS * s.H + s.N * s.T * (s.D + s.H) + gated;
 }
 
 // One array of a gradient list: a pointer and its element count.

@@ -182,6 +182,90 @@ __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, 
   }
 }
 
+// A gated cell's (cells/gru.h, GruBeforeCell) two phases of a step, forward and backward, over
+// one row of the slice. Forward phase 1 (gate_row): z and r from p (+ z) + b as in
+// fwd_row_body, into zr (the row's Z blocks 0 and 1, overwriting what they held) and g when
+// training; rh = r * h_prev into rh_out. Phase 2 (out_row): n from pn (+ zn) + bn and z from
+// zr; h and, training, n into g's block 2.
+template <class Cell, class T, bool kZ>
+__attribute__((always_inline)) inline void gate_row_body(int64_t H, int64_t hsz, const T* p,
+                                                         int64_t ps, const T* z, const T* b,
+                                                         const T* hp, T* zr, T* rh_out, T* g) {
+  if constexpr (CellCall<Cell>::kGated > 0) {
+#pragma omp simd
+    for (int64_t jj = 0; jj < hsz; ++jj) {
+      T pre[2], act[3], rh;
+#pragma GCC unroll 2
+      for (int k = 0; k < 2; ++k) {
+        pre[k] = p[k * ps + jj];
+        if constexpr (kZ) pre[k] += z[k * hsz + jj];
+        pre[k] += b[k * H + jj];
+      }
+      Cell::forward_gate(pre, hp[jj], act, rh);
+      zr[jj] = act[0];
+      zr[hsz + jj] = act[1];
+      rh_out[jj] = rh;
+      if (g) {
+        g[jj] = act[0];
+        g[H + jj] = act[1];
+      }
+    }
+  }
+}
+
+template <class Cell, class T, bool kZ>
+__attribute__((always_inline)) inline void out_row_body(int64_t H, int64_t hsz, const T* pn,
+                                                        const T* zn, const T* bn, const T* hp,
+                                                        const T* zr, T* h_out, T* g) {
+  if constexpr (CellCall<Cell>::kGated > 0) {
+#pragma omp simd
+    for (int64_t jj = 0; jj < hsz; ++jj) {
+      T act[3] = {zr[jj], zr[hsz + jj], T(0)}, h;
+      T pre = pn[jj];
+      if constexpr (kZ) pre += zn[jj];
+      Cell::forward_out(pre + bn[jj], hp[jj], act, h);
+      h_out[jj] = h;
+      if (g) g[2 * H + jj] = act[2];
+    }
+  }
+}
+
+// Backward phase 1 (bwd_out_row): dz, dn into da's blocks 0 and 2 from dh = dh_up + dhc, and
+// the direct part of dh_{t-1} into dhc. Phase 2 (bwd_gate_row): dr into da's block 1 from drh
+// (this row's dA_n Wh_n^T), and drh's part of dh_{t-1} added to dhc.
+template <class Cell, class T>
+__attribute__((always_inline)) inline void bwd_out_row_body(int64_t H, int64_t hsz, const T* gt,
+                                                            const T* hp, const T* dh_up, T* dhc,
+                                                            T* da) {
+  if constexpr (CellCall<Cell>::kGated > 0) {
+#pragma omp simd
+    for (int64_t jj = 0; jj < hsz; ++jj) {
+      const T act[3] = {gt[jj], gt[H + jj], gt[2 * H + jj]};
+      T d[3] = {}, direct;
+      Cell::backward_out(act, hp[jj], dh_up[jj] + dhc[jj], d, direct);
+      da[jj] = d[0];
+      da[2 * H + jj] = d[2];
+      dhc[jj] = direct;
+    }
+  }
+}
+
+template <class Cell, class T>
+__attribute__((always_inline)) inline void bwd_gate_row_body(int64_t H, int64_t hsz, const T* gt,
+                                                             const T* hp, const T* drh, T* dhc,
+                                                             T* da) {
+  if constexpr (CellCall<Cell>::kGated > 0) {
+#pragma omp simd
+    for (int64_t jj = 0; jj < hsz; ++jj) {
+      const T act[3] = {gt[jj], gt[H + jj], gt[2 * H + jj]};
+      T d[3] = {}, dgate;
+      Cell::backward_gate(act, hp[jj], drh[jj], d, dgate);
+      da[H + jj] = d[1];
+      dhc[jj] += dgate;
+    }
+  }
+}
+
 // Non-template entry points per (cell, dtype), each with its per-ISA clones; the cell is a tag.
 #define PYLSTM_ROW_FUNCS(Cell, T)                                                               \
   PYLSTM_CLONES void fwd_row(Cell, int64_t H, int64_t hsz, const T* p, int64_t ps, const T* z, \
@@ -196,6 +280,24 @@ __attribute__((always_inline)) inline void bwd_row_body(int64_t H, int64_t hsz, 
                              const T* cp, const T* hp, const T* dh_up, T* dhc, T* dcc, T* da,   \
                              const T* P, double* dpacc) {                                       \
     bwd_row_body<Cell, T>(H, hsz, gt, c, cp, hp, dh_up, dhc, dcc, da, P, dpacc);                \
+  }                                                                                             \
+  PYLSTM_CLONES void gate_row(Cell, int64_t H, int64_t hsz, const T* p, int64_t ps, const T* z, \
+                              const T* b, const T* hp, T* zr, T* rh_out, T* g) {                \
+    if (z) gate_row_body<Cell, T, true>(H, hsz, p, ps, z, b, hp, zr, rh_out, g);                \
+    else gate_row_body<Cell, T, false>(H, hsz, p, ps, z, b, hp, zr, rh_out, g);                 \
+  }                                                                                             \
+  PYLSTM_CLONES void out_row(Cell, int64_t H, int64_t hsz, const T* pn, const T* zn,            \
+                             const T* bn, const T* hp, const T* zr, T* h_out, T* g) {           \
+    if (zn) out_row_body<Cell, T, true>(H, hsz, pn, zn, bn, hp, zr, h_out, g);                  \
+    else out_row_body<Cell, T, false>(H, hsz, pn, zn, bn, hp, zr, h_out, g);                    \
+  }                                                                                             \
+  PYLSTM_CLONES void bwd_out_row(Cell, int64_t H, int64_t hsz, const T* gt, const T* hp,        \
+                                 const T* dh_up, T* dhc, T* da) {                               \
+    bwd_out_row_body<Cell, T>(H, hsz, gt, hp, dh_up, dhc, da);                                  \
+  }                                                                                             \
+  PYLSTM_CLONES void bwd_gate_row(Cell, int64_t H, int64_t hsz, const T* gt, const T* hp,       \
+                                  const T* drh, T* dhc, T* da) {                                \
+    bwd_gate_row_body<Cell, T>(H, hsz, gt, hp, drh, dhc, da);                                   \
   }
 #define PYLSTM_ROW_FUNCS_ALL(Cell, name) PYLSTM_ROW_FUNCS(Cell, float) PYLSTM_ROW_FUNCS(Cell, double)
 PYLSTM_FOR_EACH_CELL(PYLSTM_ROW_FUNCS_ALL)
@@ -227,7 +329,7 @@ template <class Cell, class T>
 int64_t seq_forward_cpu_workspace_size(const SeqShape& s, bool save) {
   if (!save && std::is_same<T, float>::value && packed_gemm_enabled() &&
       step_projection(s, Cell::kGates)) {
-    return Cell::kHasCellState ? s.N * s.H : 0;
+    return (Cell::kHasCellState ? s.N * s.H : 0) + (CellCall<Cell>::kGated > 0 ? s.N * s.H : 0);
   }
   return seq_forward_workspace_size<Cell>(s, save);
 }
@@ -235,7 +337,7 @@ int64_t seq_forward_cpu_workspace_size(const SeqShape& s, bool save) {
 template <class Cell, class T>
 void seq_forward_cpu(const ForwardArgs<T>& a) {
   using Call = CellCall<Cell>;
-  constexpr int kG = Cell::kGates, kSplit = Call::kSplit, kShared = kG - kSplit;
+  constexpr int kG = Cell::kGates, kSplit = Call::kSplit, kShared = kG - kSplit, kGated = Call::kGated;
   constexpr bool kC = Cell::kHasCellState;
   const SeqShape& s = a.s;
   // G: the gate columns of Wx, Wh, b; GS: a row of the pre-activations / saved activations
@@ -250,7 +352,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
   // A forward-only call given only the step projection's scratch must take that schedule.
   const int64_t full_work = seq_forward_workspace_size<Cell>(s, false);
   const bool small_work = !save && a.work_size >= 0 && a.work_size < full_work;
-  if (small_work && (!packed || a.work_size < (kC ? N * H : 0))) {
+  if (small_work && (!packed || a.work_size < (kC ? N * H : 0) + (kGated ? N * H : 0))) {
     throw std::invalid_argument("work: " + std::to_string(a.work_size) +
                                 " elements are too few for this forward-only call (needs " +
                                 std::to_string(full_work) + ")");
@@ -268,13 +370,19 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
   T* A = step_proj ? nullptr : save ? gates : a.work;
   // forward-only with a cell state: running c, (N, H), after A when there is one
   T* c_run = save || !kC ? nullptr : step_proj ? a.work : a.work + N * Tn * GS;
+  // A gated cell's r * h_{t-1} of every unit, (N, H), shared by the threads: after the rest.
+  T* RH = !kGated ? nullptr
+                  : a.work + (save || step_proj ? 0 : N * Tn * GS) + (save || !kC ? 0 : N * H);
 
   parallel_run(threads_for(s, kG), [&](const Team& team) {
     int64_t j0, j1;  // this thread's hidden units; it alone reads and writes their columns
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
     if (hsz == 0) {
-      for (int64_t t = 1; t < Tn; ++t) team.barrier();  // the loop's arrive/wait pairs
+      for (int64_t t = 0; t < Tn; ++t) {  // the loop's arrive/wait pairs (and a gated cell's
+        if (kGated) team.barrier();       // second phase)
+        if (t + 1 < Tn) team.barrier();
+      }
       return;
     }
     // The slice's columns of Wh (and, for the step projection, of Wx) side by side, (H,
@@ -282,7 +390,11 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
     // panels for the kernel, else row-major for BLAS. Plus zeros standing in for absent h0/c0,
     // and Xs for the split blocks' input part under the step projection.
     const int64_t hw = kG * hsz;
-    const int64_t wsize = packed ? packed_b_size(H, hw) : H * hw;
+    // A gated cell's first GEMM covers the other blocks (hw1 columns), its second the gated
+    // ones, packed apart (the gated block need not start on a 16-column panel).
+    const int64_t hw1 = (kG - kGated) * hsz;
+    const int64_t wsize1 = packed ? packed_b_size(H, hw1) : 0;
+    const int64_t wsize = packed ? wsize1 + (kGated ? packed_b_size(H, hw - hw1) : 0) : H * hw;
     const int64_t xsize = packed ? (step_proj ? packed_b_size(D, hw) : packed_b_size(D, hsz)) : 0;
     const int64_t xssize = step_proj ? N * kSplit * hsz : 0;
     T* scratch = thread_scratch<T>(size_t(wsize + xsize + N * hw + hw + xssize));
@@ -296,7 +408,8 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
     auto slice_col = [&](const T* W, int64_t n) { return W + (n / hsz) * H + j0 + n % hsz; };
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
-        pack_b(H, hw, [&](int64_t n) { return slice_col(Wh, n); }, G, Whp);
+        pack_b(H, hw1, [&](int64_t n) { return slice_col(Wh, n); }, G, Whp);
+        if (kGated) pack_b(H, hw - hw1, [&](int64_t n) { return slice_col(Wh, hw1 + n); }, G, Whp + wsize1);
         if (step_proj) {
           pack_b(D, hw, [&](int64_t n) { return slice_col(Wx, n); }, G, Wxp);
         } else {
@@ -355,6 +468,55 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         }
       }
       if (t > 0) team.wait(token);  // h_{t-1} complete before this step's GEMM reads it
+      if constexpr (kGated > 0) {
+        // A gated cell's step in two phases: z, r and rh = r * h_{t-1} (GEMM over the other
+        // blocks, then phase 1), every thread's rh written (a barrier), then n's GEMM over rh
+        // and phase 2. Z's z and r blocks hold the activations between the phases.
+        if (h_prev) {
+          if constexpr (std::is_same<T, float>::value) {
+            if (packed) gemm_packed_b(N, hw1, H, h_prev, ld_h, Whp, Z, hw, true);
+          }
+          if (!packed) {
+            gemm(false, false, int(N), int(hw1), int(H), T(1), h_prev, int(ld_h), Whp, int(hw), T(0), Z,
+                 int(hw));
+          }
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t row = n * Tn + t;
+          const T* hp = h_prev ? h_prev + n * ld_h + j0 : zeros;
+          T* g = save ? gates + row * GS + j0 : nullptr;
+          if (packed) {
+            gate_row(Cell{}, H, hsz, Z + n * hw, hsz, nullptr, b + j0, hp, Z + n * hw, RH + n * H + j0, g);
+          } else {
+            gate_row(Cell{}, H, hsz, A + row * GS + j0, H, h_prev ? Z + n * hw : zeros, b + j0, hp,
+                     Z + n * hw, RH + n * H + j0, g);
+          }
+        }
+        team.barrier();  // every unit's rh written before n's GEMM reads it
+        if (h_prev) {
+          if constexpr (std::is_same<T, float>::value) {
+            if (packed) gemm_packed_b(N, hw - hw1, H, RH, H, Whp + wsize1, Z + hw1, hw, true);
+          }
+          if (!packed) {
+            gemm(false, false, int(N), int(hw - hw1), int(H), T(1), RH, int(H), Whp + hw1, int(hw), T(0),
+                 Z + hw1, int(hw));
+          }
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t row = n * Tn + t;
+          const T* hp = h_prev ? h_prev + n * ld_h + j0 : zeros;
+          T* g = save ? gates + row * GS + j0 : nullptr;
+          const T* bn = b + j0 + (kG - 1) * H;
+          if (packed) {
+            out_row(Cell{}, H, hsz, Z + n * hw + hw1, nullptr, bn, hp, Z + n * hw, hs + row * H + j0, g);
+          } else {
+            out_row(Cell{}, H, hsz, A + row * GS + j0 + (kG - 1) * H, h_prev ? Z + n * hw + hw1 : zeros, bn,
+                    hp, Z + n * hw, hs + row * H + j0, g);
+          }
+        }
+        if (t + 1 < Tn) token = team.arrive();
+        continue;
+      }
       // 2a. Recurrent GEMM for this slice: Z (+)= h_{t-1} @ Wh[:, slice] (none at t = 0 when
       //     there is no h0: the spec's h0 = None).
       if (h_prev) {
@@ -405,7 +567,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
 template <class Cell, class T>
 void seq_backward_cpu(const BackwardArgs<T>& a) {
   using Call = CellCall<Cell>;
-  constexpr int kG = Cell::kGates, kSplit = Call::kSplit;
+  constexpr int kG = Cell::kGates, kSplit = Call::kSplit, kGated = Call::kGated;
   constexpr bool kC = Cell::kHasCellState;
   const SeqShape& s = a.s;
   // dA rows hold GS = kS*H columns: the recurrent side's kG blocks first (what multiplies Wh),
@@ -418,6 +580,10 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
   T *dxs = a.dxs, *dW = a.dW, *db = a.db;
   T* dA = a.work;           // (N, T, GS)
   T* XH = a.work + R * GS;  // (N*T, D+H): [x_t | h_{t-1}] per row
+  // A gated cell's r_t * h_{t-1} per row, (N*T, H): the candidate's weight gradient takes these.
+  T* RHrows = kGated ? XH + R * DH : nullptr;
+  // Kh: rows of Wh^T the step's dh GEMM takes at once (a gated cell's gated block apart).
+  const int64_t Kh = G - kGated * H;
   // dh0 / dc0 double as the carried gradients while walking back in time.
   T* dh_carry = a.dh0;
   T* dc_carry = kC ? a.dc0 : nullptr;
@@ -438,16 +604,19 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
     // for an absent c0 and h0.
     int64_t c0_, c1_;  // this thread's columns of dW and db (step 4)
     team.split(G, kSliceAlign, c0_, c1_);
-    const int64_t wsize = packed ? packed_b_size(G, hsz) : 0;
+    const int64_t wsize1 = packed ? packed_b_size(Kh, hsz) : 0;
+    const int64_t wsize = packed ? wsize1 + (kGated ? packed_b_size(G - Kh, hsz) : 0) : 0;
     const int64_t asize = packed ? packed_b_size(std::min(R, kPackRows), c1_ - c0_) : 0;
-    T* scratch = thread_scratch<T>(size_t(wsize + asize + hsz + 1));
+    T* scratch = thread_scratch<T>(size_t(wsize + asize + hsz + 1 + (kGated ? N * hsz : 0)));
     T* WhTp = scratch;
     T* dAp = WhTp + wsize;  // this thread's columns of dA, packed for step 4
     T* zeros = dAp + asize;
+    T* drh = zeros + hsz + 1;  // a gated cell's dA_n Wh_n^T of this slice, (N, hsz)
     std::fill(zeros, zeros + hsz, T(0));
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
-        pack_b(G, hsz, [&](int64_t n) { return Wh + (j0 + n) * G; }, 1, WhTp);
+        pack_b(Kh, hsz, [&](int64_t n) { return Wh + (j0 + n) * G; }, 1, WhTp);
+        if (kGated) pack_b(G - Kh, hsz, [&](int64_t n) { return Wh + (j0 + n) * G + Kh; }, 1, WhTp + wsize1);
         int64_t p0, p1;  // this thread's 16-column panels of Wx^T
         team.split((D + 15) / 16, 1, p0, p1);
         if (p1 > p0) {
@@ -473,6 +642,46 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
     double* dpacc = kP > 0 ? thread_scratch<double, 3>(size_t(kP * hsz + 1)) : nullptr;
     if (dpacc) std::fill(dpacc, dpacc + kP * hsz, 0.0);
     for (int64_t t = Tn - 1; t >= 0; --t) {
+      if constexpr (kGated > 0) {
+        // A gated cell's step in two phases: dz, dn and the direct dh (phase 1); every
+        // unit's dn written (a barrier); drh = dn @ Wh_n^T for the slice; dr and drh's part of
+        // dh (phase 2); every dz, dr written (a barrier); dh += [dz, dr] @ Wh_zr^T.
+        auto hp_of = [&](int64_t n) {
+          const int64_t row = n * Tn + t;
+          return t > 0 ? hs + (row - 1) * H + j0 : (h0 ? h0 + n * H + j0 : zeros);
+        };
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t row = n * Tn + t;
+          bwd_out_row(Cell{}, H, hsz, gates + row * GS + j0, hp_of(n), dhs + row * H + j0,
+                      dh_carry + n * H + j0, dA + row * GS + j0);
+        }
+        team.barrier();
+        if (hsz > 0) {
+          if constexpr (std::is_same<T, float>::value) {
+            if (packed) gemm_packed_b(N, hsz, G - Kh, dA + t * GS + Kh, Tn * GS, WhTp + wsize1, drh, hsz);
+          }
+          if (!packed) {
+            gemm(false, true, int(N), int(hsz), int(G - Kh), T(1), dA + t * GS + Kh, int(Tn * GS),
+                 Wh + j0 * G + Kh, int(G), T(0), drh, int(hsz));
+          }
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t row = n * Tn + t;
+          bwd_gate_row(Cell{}, H, hsz, gates + row * GS + j0, hp_of(n), drh + n * hsz,
+                       dh_carry + n * H + j0, dA + row * GS + j0);
+        }
+        team.barrier();
+        if (hsz > 0) {
+          if constexpr (std::is_same<T, float>::value) {
+            if (packed) gemm_packed_b(N, hsz, Kh, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, true);
+          }
+          if (!packed) {
+            gemm(false, true, int(N), int(hsz), int(Kh), T(1), dA + t * GS, int(Tn * GS), Wh + j0 * G,
+                 int(G), T(1), dh_carry + j0, int(H));
+          }
+        }
+        continue;
+      }
       // 1. Fused pointwise pass over the slice: the cell's backward, dA_t (and dc_{t-1}) from
       //    dh_t = dhs[:, t] + carried dh.
       for (int64_t n = 0; n < N; ++n) {
@@ -526,6 +735,11 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
       const T* hp = t > 0 ? hs + (r - 1) * H : (h0 ? h0 + n * H : nullptr);
       if (hp) std::memcpy(row + D, hp, sizeof(T) * H);
       else std::fill(row + D, row + DH, T(0));
+      if constexpr (kGated > 0) {  // r_t * h_{t-1} (r: the saved block 1)
+        const T* rr = gates + r * GS + H;
+        T* rh = RHrows + r * H;
+        for (int64_t j = 0; j < H; ++j) rh[j] = hp ? rr[j] * hp[j] : T(0);
+      }
     }
     team.barrier();  // XH complete
     // 4. [dWx; dWh] = [X | H_prev]^T dA, split by output columns: in one GEMM for the shared
@@ -533,16 +747,22 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
     //    recurrent side. 5. db = column sums of the input-side dA, rows added in order in
     //    double (deterministic).
     // Pieces of this thread's columns: [lo, hi) with the dA column the X rows read (xc) and the
-    // one the H_prev rows read (hc); shared columns are one piece read by both.
+    // one the recurrent rows read (hc), and those rows (hrows, ld hld: H_prev in XH, or a gated
+    // cell's r * h_prev); shared columns are one piece read by both (merged).
     struct Piece {
       int64_t lo, hi, xc, hc;
+      bool merged;
+      const T* hrows;
+      int64_t hld;
     };
+    const int64_t Gm = kGated ? Kh : Gs;  // the merged columns end here
     Piece pieces[2];
     int npieces = 0;
-    if (c0_ < std::min(c1_, Gs)) pieces[npieces++] = {c0_, std::min(c1_, Gs), c0_, c0_};
-    if (std::max(c0_, Gs) < c1_) {
-      const int64_t lo = std::max(c0_, Gs);
-      pieces[npieces++] = {lo, c1_, lo + (G - Gs), lo};
+    if (c0_ < std::min(c1_, Gm)) pieces[npieces++] = {c0_, std::min(c1_, Gm), c0_, c0_, true, XH + D, DH};
+    if (std::max(c0_, Gm) < c1_) {
+      const int64_t lo = std::max(c0_, Gm);
+      if (kGated) pieces[npieces++] = {lo, c1_, lo, lo, false, RHrows, H};
+      else pieces[npieces++] = {lo, c1_, lo + (G - Gs), lo, false, XH + D, DH};
     }
     if (c1_ > c0_) {
       // db in double whatever T: a float sum over N*T rows drifts far past numpy's pairwise
@@ -551,7 +771,7 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
       // piece that starts mid-range would reach the next thread's columns).
       double* dbsum = dbsum_all + c0_;
       std::fill(dbsum, dbsum + (c1_ - c0_ + 15) / 16 * 16, 0.0);
-      double* splitsum = kSplit > 0 ? thread_scratch<double, 4>(size_t(c1_ - c0_ + 32)) : nullptr;
+      double* splitsum = kSplit + kGated > 0 ? thread_scratch<double, 4>(size_t(c1_ - c0_ + 32)) : nullptr;
       if (splitsum) std::fill(splitsum, splitsum + (c1_ - c0_ + 32), 0.0);
       if constexpr (std::is_same<T, float>::value) {
         if (packed) {
@@ -563,14 +783,14 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
             for (int q = 0; q < npieces; ++q) {
               const Piece& pc = pieces[q];
               const int64_t w = pc.hi - pc.lo;
-              if (pc.xc == pc.hc) {
+              if (pc.merged) {
                 pack_b_rows(kb, w, dA + k0 * GS + pc.xc, GS, dAp, dbsum + (pc.lo - c0_));
                 gemm_at_packed_b(DH, w, kb, xh, DH, dAp, dW + pc.lo, G, k0 > 0);
               } else {
                 pack_b_rows(kb, w, dA + k0 * GS + pc.xc, GS, dAp, splitsum);
                 gemm_at_packed_b(D, w, kb, xh, DH, dAp, dW + pc.lo, G, k0 > 0);
-                pack_b_rows(kb, w, dA + k0 * GS + pc.hc, GS, dAp);
-                gemm_at_packed_b(H, w, kb, xh + D, DH, dAp, dW + D * G + pc.lo, G, k0 > 0);
+                if (pc.hc != pc.xc) pack_b_rows(kb, w, dA + k0 * GS + pc.hc, GS, dAp);
+                gemm_at_packed_b(H, w, kb, pc.hrows + k0 * pc.hld, pc.hld, dAp, dW + D * G + pc.lo, G, k0 > 0);
               }
             }
           }
@@ -586,13 +806,13 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
           for (int q = 0; q < npieces; ++q) {
             const Piece& pc = pieces[q];
             const int w = int(pc.hi - pc.lo);
-            if (pc.xc == pc.hc) {
+            if (pc.merged) {
               gemm(true, false, int(DH), w, kn, T(1), XH + k0 * DH, int(DH), dA + k0 * GS + pc.xc,
                    int(GS), beta, dW + pc.lo, int(G));
             } else {
               gemm(true, false, int(D), w, kn, T(1), XH + k0 * DH, int(DH), dA + k0 * GS + pc.xc,
                    int(GS), beta, dW + pc.lo, int(G));
-              gemm(true, false, int(H), w, kn, T(1), XH + k0 * DH + D, int(DH),
+              gemm(true, false, int(H), w, kn, T(1), pc.hrows + k0 * pc.hld, int(pc.hld),
                    dA + k0 * GS + pc.hc, int(GS), beta, dW + D * G + pc.lo, int(G));
             }
           }
@@ -601,16 +821,16 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
           for (int q = 0; q < npieces; ++q) {
             const Piece& pc = pieces[q];
             const T* da = dA + r * GS + pc.xc;
-            double* sum = pc.xc == pc.hc ? dbsum + (pc.lo - c0_) : splitsum;
+            double* sum = pc.merged ? dbsum + (pc.lo - c0_) : splitsum;
 #pragma omp simd
             for (int64_t j = 0; j < pc.hi - pc.lo; ++j) sum[j] += da[j];
           }
         }
       }
-      if constexpr (kSplit > 0) {
+      if constexpr (kSplit + kGated > 0) {
         for (int q = 0; q < npieces; ++q) {
           const Piece& pc = pieces[q];
-          if (pc.xc != pc.hc) std::copy(splitsum, splitsum + (pc.hi - pc.lo), dbsum + (pc.lo - c0_));
+          if (!pc.merged) std::copy(splitsum, splitsum + (pc.hi - pc.lo), dbsum + (pc.lo - c0_));
         }
       }
       for (int64_t j = c0_; j < c1_; ++j) db[j] = T(dbsum[j - c0_]);

@@ -112,6 +112,89 @@ __global__ void seq_bwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, int64
   if (Call::kDirectH) dh_carry[n * H + j] = dhd;
 }
 
+// A gated cell's (cells/gru.h, GruBeforeCell) phases, one thread per (n, j). Forward phase 1:
+// z, r from A_t's blocks 0, 1 (+ b), written back there as activations; rh = r * h_prev into
+// RH (N, H). Phase 2: n from block 2 (+ b_n), which then holds n's activation; h. h_prev null:
+// zeros (t = 0 without h0).
+template <class Cell, class T>
+__global__ void gated_fwd_gate_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
+                                      const T* h_prev, int64_t hp_ld, T* RH) {
+  if constexpr (CellCall<Cell>::kGated > 0) {
+    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= N * H) return;
+    const int64_t n = idx / H, j = idx % H;
+    T* a = A_t + n * Tn * 3 * H;
+    T pre[2] = {a[j] + b[j], a[H + j] + b[H + j]}, act[3], rh;
+    Cell::forward_gate(pre, h_prev ? h_prev[n * hp_ld + j] : T(0), act, rh);
+    a[j] = act[0];
+    a[H + j] = act[1];
+    RH[n * H + j] = rh;
+  }
+}
+
+template <class Cell, class T>
+__global__ void gated_fwd_out_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
+                                     const T* h_prev, int64_t hp_ld, T* h_out) {
+  if constexpr (CellCall<Cell>::kGated > 0) {
+    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= N * H) return;
+    const int64_t n = idx / H, j = idx % H;
+    T* a = A_t + n * Tn * 3 * H;
+    T act[3] = {a[j], a[H + j], T(0)}, h;
+    Cell::forward_out(a[2 * H + j] + b[2 * H + j], h_prev ? h_prev[n * hp_ld + j] : T(0), act, h);
+    a[2 * H + j] = act[2];
+    h_out[n * Tn * H + j] = h;
+  }
+}
+
+// Backward phase 1: dz, dn into dA_t's blocks 0 and 2, the direct part of dh_{t-1} into
+// dh_carry; phase 2: dr into block 1 from drh (N, H), drh's part added to dh_carry.
+template <class Cell, class T>
+__global__ void gated_bwd_out_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t, const T* gates,
+                                     const T* hs, const T* h0, const T* dhs, T* dh_carry, T* dA) {
+  if constexpr (CellCall<Cell>::kGated > 0) {
+    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= N * H) return;
+    const int64_t n = idx / H, j = idx % H, row = n * Tn + t;
+    const T* g = gates + row * 3 * H;
+    const T act[3] = {g[j], g[H + j], g[2 * H + j]};
+    const T hp = t > 0 ? hs[(row - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+    T d[3] = {}, direct;
+    Cell::backward_out(act, hp, dhs[row * H + j] + dh_carry[n * H + j], d, direct);
+    dA[row * 3 * H + j] = d[0];
+    dA[row * 3 * H + 2 * H + j] = d[2];
+    dh_carry[n * H + j] = direct;
+  }
+}
+
+template <class Cell, class T>
+__global__ void gated_bwd_gate_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t, const T* gates,
+                                      const T* hs, const T* h0, const T* drh, T* dh_carry, T* dA) {
+  if constexpr (CellCall<Cell>::kGated > 0) {
+    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= N * H) return;
+    const int64_t n = idx / H, j = idx % H, row = n * Tn + t;
+    const T* g = gates + row * 3 * H;
+    const T act[3] = {g[j], g[H + j], g[2 * H + j]};
+    const T hp = t > 0 ? hs[(row - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+    T d[3] = {}, dgate;
+    Cell::backward_gate(act, hp, drh[n * H + j], d, dgate);
+    dA[row * 3 * H + H + j] = d[1];
+    dh_carry[n * H + j] += dgate;
+  }
+}
+
+// RH[r, j] = r_t * h_{t-1} for every row r = n*T + t (r: the saved block 1 of rows of 3H).
+template <class T>
+__global__ void gated_rows_kernel(int64_t R, int64_t Tn, int64_t H, const T* gates, const T* hs,
+                                  const T* h0, T* RH) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= R * H) return;
+  const int64_t r = idx / H, j = idx % H, n = r / Tn, t = r % Tn;
+  const T hp = t > 0 ? hs[(r - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+  RH[idx] = gates[r * 3 * H + H + j] * hp;
+}
+
 // dst[n, :] = src[n, :] for N rows of H (strided source), or zeros when src is null.
 template <class T>
 __global__ void copy_rows_kernel(int64_t N, int64_t H, const T* src, int64_t src_ld, T* dst) {
@@ -230,6 +313,8 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
   const bool save = a.gates != nullptr;
   T* A = save ? a.gates : a.work;
   T* c_run = save || !kC ? nullptr : a.work + N * Tn * GS;
+  // a gated cell's r * h_{t-1} of a step (N, H), after the rest of the workspace
+  T* RH = a.work + (save ? 0 : N * Tn * GS + (kC ? N * H : 0));
   cudaStream_t st = ctx.stream;
   if (c_run) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, c0, H, c_run);
   dev_gemm<T>(ctx, false, false, N * Tn, G, D, T(1), xs, D, Wx, G, T(0), A, GS);
@@ -237,6 +322,16 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
     T* A_t = A + t * GS;
     const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
     const int64_t ld_h = t > 0 ? Tn * H : H;
+    if constexpr (Call::kGated > 0) {  // two phases (cells/gru.h): z, r and rh; then n, h
+      const int64_t Kh = G - H;
+      if (h_prev) dev_gemm<T>(ctx, false, false, N, Kh, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * GS);
+      PYLSTM_LAUNCH((gated_fwd_gate_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, A_t, b,
+                    h_prev, ld_h, RH);
+      if (h_prev) dev_gemm<T>(ctx, false, false, N, H, H, T(1), RH, H, Wh + Kh, G, T(1), A_t + Kh, Tn * GS);
+      PYLSTM_LAUNCH((gated_fwd_out_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, A_t, b,
+                    h_prev, ld_h, hs + t * H);
+      continue;
+    }
     if (h_prev) {
       dev_gemm<T>(ctx, false, false, N, Gs, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * GS);
       if (Call::kSplit > 0) {
@@ -278,12 +373,25 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
                 GS = Call::kS * H, Gs = (Cell::kGates - Call::kSplit) * H;
   T* dA = a.work;
   T* XH = a.work + R * GS;
+  // a gated cell's r * h_{t-1} per row (R, H) and a step's dA_n Wh_n^T (N, H)
+  T* RHrows = XH + R * (D + H);
+  T* DRH = RHrows + R * H;
+  const int64_t Kh = G - Call::kGated * H;  // columns the merged weight-gradient GEMM takes
   T* dh0 = a.dh0;
   T* dc0 = kC ? a.dc0 : nullptr;
   cudaStream_t st = ctx.stream;
   PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, a.dhT, H, dh0);
   if (kC) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, a.dcT, H, dc0);
   for (int64_t t = Tn - 1; t >= 0; --t) {
+    if constexpr (Call::kGated > 0) {
+      PYLSTM_LAUNCH((gated_bwd_out_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t, a.gates,
+                    a.hs, a.h0, a.dhs, dh0, dA);
+      dev_gemm<T>(ctx, false, true, N, H, H, T(1), dA + t * GS + Kh, Tn * GS, a.Wh + Kh, G, T(0), DRH, H);
+      PYLSTM_LAUNCH((gated_bwd_gate_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t, a.gates,
+                    a.hs, a.h0, DRH, dh0, dA);
+      dev_gemm<T>(ctx, false, true, N, H, Kh, T(1), dA + t * GS, Tn * GS, a.Wh, G, T(1), dh0, H);
+      continue;
+    }
     PYLSTM_LAUNCH((seq_bwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t,
                   a.gates, kC ? a.cs : nullptr, kC ? a.c0 : nullptr, a.hs, a.h0, a.dhs, dh0, dc0,
                   dA, a.P);
@@ -296,12 +404,21 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
   }
   PYLSTM_LAUNCH(build_xh_kernel<T>, blocks_for(R * (D + H)), kBlock, st, R, Tn, D, H, a.xs, a.hs,
                 a.h0, XH);
+  if (Call::kGated > 0) {
+    PYLSTM_LAUNCH(gated_rows_kernel<T>, blocks_for(R * H), kBlock, st, R, Tn, H, a.gates, a.hs, a.h0,
+                  RHrows);
+  }
   const int64_t kc = weight_grad_chunk<T>(R);
   for (int64_t k0 = 0; k0 < R; k0 += kc) {
     const int64_t kn = std::min(kc, R - k0), DH = D + H;
     const T beta = k0 > 0 ? T(1) : T(0);
     const T* xh = XH + k0 * DH;
-    dev_gemm<T>(ctx, true, false, DH, Gs, kn, T(1), xh, DH, dA + k0 * GS, GS, beta, a.dW, G);
+    dev_gemm<T>(ctx, true, false, DH, std::min(Gs, Kh), kn, T(1), xh, DH, dA + k0 * GS, GS, beta, a.dW, G);
+    if (Call::kGated > 0) {  // the gated block: X^T, and (r * h_prev)^T for its Wh
+      dev_gemm<T>(ctx, true, false, D, G - Kh, kn, T(1), xh, DH, dA + k0 * GS + Kh, GS, beta, a.dW + Kh, G);
+      dev_gemm<T>(ctx, true, false, H, G - Kh, kn, T(1), RHrows + k0 * H, H, dA + k0 * GS + Kh, GS, beta,
+                  a.dW + D * G + Kh, G);
+    }
     if (Call::kSplit > 0) {  // X^T (input side), H_prev^T (recurrent side)
       dev_gemm<T>(ctx, true, false, D, G - Gs, kn, T(1), xh, DH, dA + k0 * GS + G, GS, beta,
                   a.dW + Gs, G);

@@ -67,6 +67,10 @@ struct Reference {
             const std::vector<double>& P, const std::vector<double>& dhs,
             const std::vector<double>& dhT) {
     using Call = CellCall<Cell>;
+    if constexpr (Call::kGated > 0) {
+      gated(s, xs, h0, Wx, Wh, b, dhs, dhT);
+      return;
+    }
     constexpr int G = Cell::kGates, S = Call::kS, kShared = G - Call::kSplit, K = Cell::kUnitParams;
     const int64_t N = s.N, T = s.T, D = s.D, H = s.H, GH = G * H;
     std::vector<double> acts(N * T * S * H), cs(N * T * H);
@@ -155,6 +159,99 @@ struct Reference {
     dh0 = dh;
     dc0 = dc;
   }
+
+  // A gated cell (cells/gru.h, GruBeforeCell), step by step: z, r of every unit, then n from
+  // (r * h_prev) @ Wh_n; backward in the same two phases.
+  void gated(const SeqShape& s, const std::vector<double>& xs, const std::vector<double>& h0,
+             const std::vector<double>& Wx, const std::vector<double>& Wh,
+             const std::vector<double>& b, const std::vector<double>& dhs,
+             const std::vector<double>& dhT) {
+    const int64_t N = s.N, T = s.T, D = s.D, H = s.H, GH = 3 * H;
+    std::vector<double> acts(N * T * GH);
+    hs.assign(N * T * H, 0);
+    auto hprev = [&](int64_t n, int64_t t, int64_t i) {
+      return t > 0 ? hs[(n * T + t - 1) * H + i] : h0[n * H + i];
+    };
+    auto xproj = [&](int64_t row, int64_t col) {
+      double a = b[col];
+      for (int64_t d = 0; d < D; ++d) a += xs[row * D + d] * Wx[d * GH + col];
+      return a;
+    };
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t row = n * T + t;
+        double* act = &acts[row * GH];
+        std::vector<double> rh(H);
+        for (int64_t j = 0; j < H; ++j) {
+          double pre[2], a3[3], r;
+          for (int k = 0; k < 2; ++k) {
+            pre[k] = xproj(row, k * H + j);
+            for (int64_t i = 0; i < H; ++i) pre[k] += hprev(n, t, i) * Wh[i * GH + k * H + j];
+          }
+          Cell::forward_gate(pre, hprev(n, t, j), a3, r);
+          act[j] = a3[0];
+          act[H + j] = a3[1];
+          rh[j] = r;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          double an = xproj(row, 2 * H + j), a3[3] = {act[j], act[H + j], 0}, h;
+          for (int64_t i = 0; i < H; ++i) an += rh[i] * Wh[i * GH + 2 * H + j];
+          Cell::forward_out(an, hprev(n, t, j), a3, h);
+          act[2 * H + j] = a3[2];
+          hs[row * H + j] = h;
+        }
+      }
+    }
+    hT.assign(N * H, 0);
+    cT.assign(N * H, 0);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < H; ++j) hT[n * H + j] = hs[(n * T + T - 1) * H + j];
+    dxs.assign(N * T * D, 0);
+    dWx.assign(D * GH, 0);
+    dWh.assign(H * GH, 0);
+    db.assign(GH, 0);
+    std::vector<double> dh = dhT;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      std::vector<double> dh_prev(N * H, 0.0);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t row = n * T + t;
+        const double* act = &acts[row * GH];
+        std::vector<double> da(GH), drh(H, 0.0);
+        for (int64_t j = 0; j < H; ++j) {
+          const double a3[3] = {act[j], act[H + j], act[2 * H + j]};
+          double d[3] = {}, direct;
+          Cell::backward_out(a3, hprev(n, t, j), dhs[row * H + j] + dh[n * H + j], d, direct);
+          da[j] = d[0];
+          da[2 * H + j] = d[2];
+          dh_prev[n * H + j] += direct;
+        }
+        for (int64_t i = 0; i < H; ++i)
+          for (int64_t j = 0; j < H; ++j) drh[i] += da[2 * H + j] * Wh[i * GH + 2 * H + j];
+        for (int64_t i = 0; i < H; ++i) {
+          const double a3[3] = {act[i], act[H + i], act[2 * H + i]};
+          double d[3] = {}, dgate;
+          Cell::backward_gate(a3, hprev(n, t, i), drh[i], d, dgate);
+          da[H + i] = d[1];
+          dh_prev[n * H + i] += dgate;
+        }
+        for (int64_t c = 0; c < GH; ++c) {
+          db[c] += da[c];
+          for (int64_t d = 0; d < D; ++d) {
+            dWx[d * GH + c] += xs[row * D + d] * da[c];
+            dxs[row * D + d] += da[c] * Wx[d * GH + c];
+          }
+          for (int64_t i = 0; i < H; ++i) {
+            const double in = c < 2 * H ? hprev(n, t, i) : act[H + i] * hprev(n, t, i);
+            dWh[i * GH + c] += in * da[c];
+            if (c < 2 * H) dh_prev[n * H + i] += da[c] * Wh[i * GH + c];
+          }
+        }
+      }
+      dh = dh_prev;
+    }
+    dh0 = dh;
+    dc0.assign(N * H, 0);
+  }
 };
 
 // with_state false: h0 and c0 absent (nullptr to the kernels, zeros for the reference).
@@ -179,11 +276,13 @@ void check_cell(const char* name, const SeqShape& s, const char* path, uint64_t 
   std::vector<T> hs(N * Tn * H), hT(N * H), cT(N * H), gates(N * Tn * GS), cs(N * Tn * H);
   const T* h0p = with_state ? h0_.data() : nullptr;
   const T* c0p = kC && with_state ? c0_.data() : nullptr;
+  std::vector<T> swork(std::max<int64_t>(1, seq_forward_workspace_size<Cell>(s, true)));
   ForwardArgs<T> f{s,         xs_.data(), h0p,                  c0p,
                    Wx_.data(), Wh_.data(), b_.data(),            hs.data(),
                    hT.data(),  kC ? cT.data() : nullptr, gates.data(), kC ? cs.data() : nullptr,
                    nullptr};
   f.P = K > 0 ? P_.data() : nullptr;
+  f.work = swork.data();
   seq_forward_cpu<Cell, T>(f);
   std::vector<T> dxs(N * Tn * D), dh0(N * H), dc0(N * H), dW((D + H) * GH), db(GH), dP(K * H + 1);
   std::vector<T> work(seq_backward_workspace_size<Cell>(s));
