@@ -1,0 +1,192 @@
+"""pylstm.torch: LSTM / GRU / RNN modules against torch.nn's (outputs and every gradient),
+gradcheck, state_dict interchange, the once-per-update weight conversion, a training loop, and
+bad inputs. Run when torch is installed."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pt = pytest.importorskip("pylstm.torch")
+
+CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"})]
+
+
+def _pair(mode, kw, *args, **kwargs):
+    """(torch.nn module, pylstm.torch module) with the same parameters."""
+    ref = getattr(torch.nn, mode)(*args, **kw, **kwargs)
+    ours = getattr(pt, mode)(*args, **kw, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _state(mode, L, N, H, dtype, unbatched=False):
+    shape = (L, H) if unbatched else (L, N, H)
+    h = torch.randn(*shape, dtype=dtype)
+    return (h, torch.randn(*shape, dtype=dtype)) if mode == "LSTM" else h
+
+
+def _clone_state(hx):
+    if hx is None:
+        return None
+    if isinstance(hx, tuple):
+        return tuple(t.detach().clone().requires_grad_() for t in hx)
+    return hx.detach().clone().requires_grad_()
+
+
+def _leaves(hx):
+    return [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
+
+
+@pytest.mark.parametrize("mode,kw", CASES)
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("with_hx", [True, False])
+def test_outputs_and_every_gradient_match_torch_nn(mode, kw, layers, batch_first, with_hx):
+    torch.manual_seed(layers + 10 * batch_first)
+    N, T, D, H = 3, 5, 4, 6
+    ref, ours = _pair(mode, kw, D, H, num_layers=layers, batch_first=batch_first, dtype=torch.float64)
+    x = torch.randn(*((N, T, D) if batch_first else (T, N, D)), dtype=torch.float64)
+    hx = _state(mode, layers, N, H, torch.float64) if with_hx else None
+    results = []
+    for m in (ref, ours):
+        xi, hi = x.clone().requires_grad_(), _clone_state(hx)
+        out, st = m(xi, hi)
+        h_n = st[0] if mode == "LSTM" else st
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum() + h_n.pow(2).sum()
+        if mode == "LSTM":
+            loss = loss + 0.5 * st[1].sum()
+        loss.backward()
+        results.append([out, h_n] + ([st[1]] if mode == "LSTM" else []) + [xi.grad] +
+                       [t.grad for t in _leaves(hi)] + [p.grad for p in m.parameters()])
+    names = ["output", "h_n"] + (["c_n"] if mode == "LSTM" else []) + ["d input"] + \
+        [f"d hx[{i}]" for i in range(len(_leaves(hx)))] + [f"d {n}" for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, *results):
+        np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("mode,kw", CASES[:3])
+def test_float32_bias_false_and_unbatched(mode, kw):
+    torch.manual_seed(1)
+    ref, ours = _pair(mode, kw, 8, 16, num_layers=2, bias=False)
+    x = torch.randn(7, 8)  # unbatched (T, D)
+    hx = _state(mode, 2, 1, 16, torch.float32, unbatched=True)
+    (o1, s1), (o2, s2) = ref(x, hx), ours(x, hx)
+    np.testing.assert_allclose(o2.detach().numpy(), o1.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert o2.shape == o1.shape == (7, 16)
+    h1, h2 = (s1[0], s2[0]) if mode == "LSTM" else (s1, s2)
+    assert h2.shape == h1.shape == (2, 16)
+    assert len(list(ours.parameters())) == 4
+
+
+@pytest.mark.parametrize("mode,kw", CASES[:3])
+def test_gradcheck_float64(mode, kw):
+    torch.manual_seed(2)
+    m = getattr(pt, mode)(3, 4, num_layers=2, batch_first=True, dtype=torch.float64, **kw)
+    x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    hx = _clone_state(_state(mode, 2, 2, 4, torch.float64))
+
+    def f(x, *states):
+        out, st = m(x, tuple(states) if mode == "LSTM" else states[0])
+        return out, (st[0] if mode == "LSTM" else st)
+
+    assert torch.autograd.gradcheck(f, (x, *_leaves(hx)))
+
+
+def test_state_dict_round_trip_and_conversion_once_per_update():
+    torch.manual_seed(3)
+    ours = pt.LSTM(4, 5, num_layers=2)
+    ref = torch.nn.LSTM(4, 5, num_layers=2)
+    ref.load_state_dict(ours.state_dict())  # pylstm -> torch
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    x = torch.randn(3, 2, 4)
+    np.testing.assert_allclose(ours(x)[0].detach().numpy(), ref(x)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+    converted = ours._kernel_params(0)
+    ours(x)
+    assert ours._kernel_params(0) is converted  # no weight update: the cached conversion
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    ours(x)[0].sum().backward()
+    opt.step()
+    assert ours._kernel_params(0) is not converted  # the step bumped the versions
+    ref.load_state_dict(ours.state_dict())
+    np.testing.assert_allclose(ours(x)[0].detach().numpy(), ref(x)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_word_lm_training_loop_follows_torch_nn(mode):
+    """A small PyTorch word LM (embedding, 2-layer recurrent layer, linear, cross-entropy, Adam)
+    with nn.LSTM / nn.GRU swapped for pylstm's: the same loss curve. (Without dropout: torch
+    draws its masks inside nn.LSTM, so no two implementations share them.)"""
+    V, D, H, N, T = 30, 8, 12, 4, 6
+    starts = torch.randint(0, V, (20, N, 1), generator=torch.Generator().manual_seed(0))
+    data = (starts + 3 * torch.arange(T + 1)) % V  # learnable: each token fixes the next
+
+    def run(rnn_cls):
+        torch.manual_seed(5)
+        emb, lin = torch.nn.Embedding(V, D).double(), torch.nn.Linear(H, V).double()
+        rnn = rnn_cls(D, H, num_layers=2, batch_first=True, dtype=torch.float64)
+        params = list(emb.parameters()) + list(rnn.parameters()) + list(lin.parameters())
+        return emb, rnn, lin, params
+
+    e1, r1, l1, p1 = run(getattr(torch.nn, mode))
+    e2, r2, l2, p2 = run(getattr(pt, mode))
+    r2.load_state_dict(r1.state_dict())
+    o1, o2 = torch.optim.Adam(p1, lr=0.01), torch.optim.Adam(p2, lr=0.01)
+    losses = {1: [], 2: []}
+    for batch in data:
+        for k, (e, r, lin, opt) in ((1, (e1, r1, l1, o1)), (2, (e2, r2, l2, o2))):
+            out, _ = r(e(batch[:, :-1]))
+            loss = torch.nn.functional.cross_entropy(lin(out).reshape(-1, V), batch[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[k].append(loss.item())
+    np.testing.assert_allclose(losses[2], losses[1], rtol=1e-9)
+    assert losses[1][-1] < losses[1][0]
+
+
+def test_bad_inputs():
+    m = pt.LSTM(4, 5, num_layers=2, batch_first=True)
+    with pytest.raises(ValueError, match="^input must have rank 3"):
+        m(torch.randn(2, 3, 4, 1))
+    with pytest.raises(ValueError, match="^input must have size 4 in its last dimension"):
+        m(torch.randn(2, 3, 5))
+    with pytest.raises(TypeError, match="^input must have dtype torch.float32 or torch.float64"):
+        m(torch.randn(2, 3, 4).half())
+    with pytest.raises(TypeError, match="^input has dtype torch.float64 but the parameters have torch.float32"):
+        m(torch.randn(2, 3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^hx\[0\] must have shape \(2, 2, 5\)"):
+        m(torch.randn(2, 3, 4), (torch.zeros(1, 2, 5), torch.zeros(2, 2, 5)))
+    with pytest.raises(TypeError, match=r"^hx must be a tuple \(h_0, c_0\)"):
+        m(torch.randn(2, 3, 4), torch.zeros(2, 2, 5))
+    with pytest.raises(TypeError, match=r"^hx\[1\] must have dtype torch.float32"):
+        m(torch.randn(2, 3, 4), (torch.zeros(2, 2, 5), torch.zeros(2, 2, 5, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="^input must not be empty"):
+        m(torch.randn(0, 3, 4))
+    with pytest.raises(NotImplementedError, match="bidirectional"):
+        pt.GRU(4, 5, bidirectional=True)
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(2, 3, 4), [3, 2], batch_first=True)
+        m(packed)
+    with pytest.raises(TypeError, match="^dtype must be torch.float32 or torch.float64"):
+        pt.RNN(4, 5, dtype=torch.float16)
+    with pytest.raises(ValueError, match="^nonlinearity must be"):
+        pt.RNN(4, 5, nonlinearity="gelu")
+    with pytest.raises(ValueError, match="^hidden_size must be an integer >= 1"):
+        pt.LSTM(4, 0)
+    # a non-contiguous input is copied once, never read wrongly
+    x = torch.randn(3, 2, 4).transpose(0, 1)
+    assert not x.is_contiguous()
+    np.testing.assert_array_equal(m(x)[0].detach().numpy(), m(x.contiguous())[0].detach().numpy())
+
+
+def test_dropout_between_layers_only_in_training():
+    torch.manual_seed(4)
+    m = pt.GRU(4, 32, num_layers=2, dropout=0.5, batch_first=True)
+    ref = torch.nn.GRU(4, 32, num_layers=2, dropout=0.5, batch_first=True)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(3, 5, 4)
+    a, b = m(x)[0], m(x)[0]
+    assert not torch.equal(a, b)  # training: fresh masks each call
+    m.eval()
+    ref.eval()
+    np.testing.assert_allclose(m(x)[0].detach().numpy(), ref(x)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
