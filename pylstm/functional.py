@@ -673,8 +673,9 @@ def clip_grads_by_value(grads: Sequence[np.ndarray], limit: float, backend: str 
     ("cpu") or one launch per 4096 chunks on the current stream ("cuda").
 
     NaN policy: a NaN element stays NaN (``numpy.clip``'s rule: clamping cannot repair it, and
-    hiding it would let a diverged run go on silently); +-inf become +-limit. Combine with
-    ``clip_grads`` (which raises on a non-finite norm) to stop on NaN. ``limit``: a finite
+    hiding it would let a diverged run go on silently); +-inf become +-limit (the limit rounded
+    to the arrays' dtype: past float32's range, float32 arrays are left as they are). Combine
+    with ``clip_grads`` (which raises on a non-finite norm) to stop on NaN. ``limit``: a finite
     number > 0.
     """
     if isinstance(limit, bool) or not isinstance(limit, (int, float, np.integer, np.floating)):

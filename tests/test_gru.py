@@ -370,3 +370,14 @@ def test_time_gru_with_the_books_signature_is_the_books_class(backend_name):
         for name, g, w in zip(("dWx", "dWh", "db"), ours.grads, book.grads):
             assert_close(name, g, w, rtol=1e-12)
         assert_close("dh", ours.dh, book.dh, rtol=1e-12)
+
+
+def test_32_bit_guard_counts_the_saved_width():
+    """The reset-after GRU saves 4 blocks per unit (dA rows too): T*4H is a leading dimension the
+    drivers pass as a 32-bit int, so it is what the guard bounds (T*3H would let it wrap)."""
+    T, H = 200_000, 3000  # T*3H = 1.8e9 fits an int, T*4H = 2.4e9 does not
+    xs = np.empty((1, T, 1), np.float32)  # (untouched: the checks allocate nothing)
+    Wx, Wh, b = np.empty((1, 3 * H), np.float32), np.empty((H, 3 * H), np.float32), np.empty(3 * H, np.float32)
+    with pytest.raises(ValueError, match="too large for 32-bit BLAS indexing"):
+        _backend.cpu.forward_check(xs, Wx, Wh, b, None, None, cell="gru", P=np.empty(H, np.float32))
+    assert _backend.cpu.forward_check(xs, Wx, Wh, b, None, None, cell="gru_book")[:4] == (1, T, 1, H)

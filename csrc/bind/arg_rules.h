@@ -164,8 +164,11 @@ inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const Ar
   }
   if (P.present) check_view(P, is, pshape, false, xs.name);
   // BLAS (and cuBLAS) take 32-bit sizes and leading dimensions.
-  const int64_t biggest = N * T * std::max(kG * H, D + H);
-  if (biggest > INT_MAX || T * kG * H > INT_MAX) {
+  // (rows of the saved activations and dA are S*H wide, S >= G: those are the leading
+  // dimensions the drivers pass)
+  const int64_t GS = c.saved * H;
+  const int64_t biggest = N * T * std::max(GS, D + H);
+  if (biggest > INT_MAX || T * GS > INT_MAX) {
     throw py::value_error(xs.name + ": N*T*max(" + gh + ", D+H) = " + std::to_string(biggest) +
                           " is too large for 32-bit BLAS indexing");
   }

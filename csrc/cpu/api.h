@@ -38,7 +38,8 @@ template <class T>
 void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate);
 
 // Clipping by value: every element of every array clamped to [-limit, limit] in place (limit >
-// 0, finite); NaN stays NaN, +-inf become +-limit.
+// 0, finite; rounded to T, so past float32's range it clamps nothing); NaN stays NaN, +-inf
+// become +-limit.
 template <class T>
 void clip_value_cpu(const std::vector<Span<T>>& arrays, double limit);
 

@@ -366,6 +366,10 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
   //    Z += h_{t-1} @ Wh[:, slice]; the (N, T, G*H) pre-activations never exist.
   // A split block's Z columns start from zero instead, so they hold its recurrent part alone;
   // its input part stays in A (projection first) or moves to Xs (step projection).
+  if (kGated && save && (a.work == nullptr || (a.work_size >= 0 && a.work_size < N * H))) {
+    throw std::invalid_argument("work: a training forward of this cell needs " + std::to_string(N * H) +
+                                " elements of workspace (seq_forward_workspace_size)");
+  }
   const bool step_proj = packed && (step_projection(s, kG) || small_work);
   T* A = step_proj ? nullptr : save ? gates : a.work;
   // forward-only with a cell state: running c, (N, H), after A when there is one

@@ -401,7 +401,10 @@ void check_dense(uint64_t seed) {
 
 template <class Cell>
 void check_cell_all(const char* name) {
-  const SeqShape shapes[] = {{1, 1, 1, 1}, {2, 3, 4, 5}, {3, 7, 17, 33}, {9, 4, 20, 40}, {4, 3, 9, 70}};
+  // (20, 60, 24, 40): N*T = 1200 rows, past one 1024-row chunk of the weight-gradient GEMM, with
+  // enough work per step for every cell to run on more than one thread, and H not a multiple of 16
+  const SeqShape shapes[] = {{1, 1, 1, 1}, {2, 3, 4, 5}, {3, 7, 17, 33}, {9, 4, 20, 40}, {4, 3, 9, 70},
+                             {20, 60, 24, 40}};
   uint64_t seed = 1;
   for (const SeqShape& s : shapes) {
     check_cell<Cell, double>(name, s, "blas", seed);
