@@ -58,6 +58,18 @@ def _scatter_add_rows(dW: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> None
     dW[sidx[starts]] += np.add.reduceat(rows[order], starts, axis=0)
 
 
+def _initial_state(layer, xs) -> tuple:
+    """(h0, c0) of a recurrent layer's call: its stored state when stateful (c0 None for a cell
+    without one), else (None, None) (zeros)."""
+    if not layer.stateful:
+        return None, None
+    N = xs.shape[0] if xs.ndim == 3 else None
+    if layer.h is not None and layer.h.shape[0] != N:
+        raise ValueError(f"xs: batch size {N} differs from the stored state's {layer.h.shape[0]}; "
+                         "call reset_state() first")
+    return layer.h, getattr(layer, "c", None)
+
+
 class Embedding:
     """Row lookup: ``forward(idx) = W[idx]``. W: (V, D)."""
 
@@ -146,20 +158,10 @@ class TimeLSTM:
         self.dc: Optional[np.ndarray] = None
         self.cache = None
 
-    def _initial_state(self, xs):
-        """(h0, c0) for this call: the stored state when stateful, else None (zeros)."""
-        if not self.stateful:
-            return None, None
-        N = xs.shape[0] if xs.ndim == 3 else None
-        if self.h is not None and self.h.shape[0] != N:
-            raise ValueError(f"xs: batch size {N} differs from the stored state's {self.h.shape[0]}; "
-                             "call reset_state() first")
-        return self.h, self.c
-
     def forward(self, xs: np.ndarray) -> np.ndarray:
         Wx, Wh, b = self.params
         xs = _xp(Wx).ascontiguousarray(xs)
-        h0, c0 = self._initial_state(xs)
+        h0, c0 = _initial_state(self, xs)
         hs, hT, cT, self.cache = F.lstm_forward(xs, Wx, Wh, b, h0, c0, backend=self.backend)
         if self.stateful:
             self.h, self.c = hT, cT
@@ -205,7 +207,7 @@ class TimePeepholeLSTM(TimeLSTM):
     def forward(self, xs: np.ndarray) -> np.ndarray:
         Wx, Wh, b, P = self.params
         xs = _xp(Wx).ascontiguousarray(xs)
-        h0, c0 = self._initial_state(xs)
+        h0, c0 = _initial_state(self, xs)
         hs, hT, cT, self.cache = F.peephole_forward(xs, Wx, Wh, b, P, h0, c0, backend=self.backend)
         if self.stateful:
             self.h, self.c = hT, cT
@@ -221,7 +223,19 @@ class TimePeepholeLSTM(TimeLSTM):
         return dxs
 
 
-class TimeRNN:
+class _HState:
+    """The carried state of a recurrent layer whose state is h alone (TimeRNN, TimeGRU)."""
+
+    def set_state(self, h: np.ndarray) -> None:
+        """Set the state used by the next forward call (stateful layers)."""
+        xp = _xp(self.params[0])
+        self.h = xp.ascontiguousarray(xp.asarray(h), dtype=self.params[0].dtype)
+
+    def reset_state(self) -> None:
+        self.h = None
+
+
+class TimeRNN(_HState):
     """The book's TimeRNN (DLfS2 ch. 5) on pylstm's fused kernels (a drop-in replacement).
 
     Parameters
@@ -251,13 +265,7 @@ class TimeRNN:
     def forward(self, xs: np.ndarray) -> np.ndarray:
         Wx, Wh, b = self.params
         xs = _xp(Wx).ascontiguousarray(xs)
-        N = xs.shape[0] if xs.ndim == 3 else None
-        h0 = None
-        if self.stateful:
-            if self.h is not None and self.h.shape[0] != N:
-                raise ValueError(f"xs: batch size {N} differs from the stored state's {self.h.shape[0]}; "
-                                 "call reset_state() first")
-            h0 = self.h
+        h0 = _initial_state(self, xs)[0]
         hs, hT, self.cache = F.rnn_forward(xs, Wx, Wh, b, h0, self.nonlinearity, backend=self.backend)
         if self.stateful:
             self.h = hT
@@ -273,16 +281,9 @@ class TimeRNN:
         self.dh = dh0
         return dxs
 
-    def set_state(self, h: np.ndarray) -> None:
-        """Set the state used by the next forward call (stateful layers)."""
-        xp = _xp(self.params[0])
-        self.h = xp.ascontiguousarray(xp.asarray(h), dtype=self.params[0].dtype)
-
-    def reset_state(self) -> None:
-        self.h = None
 
 
-class TimeGRU:
+class TimeGRU(_HState):
     """The book's TimeGRU (DLfS2 common/time_layers.py) and the reset-after GRU of PyTorch, cuDNN
     and Keras, on pylstm's fused kernels.
 
@@ -321,13 +322,7 @@ class TimeGRU:
         Wx, Wh, b = self.params[:3]
         b_hn = self.params[3] if len(self.params) > 3 else None
         xs = _xp(Wx).ascontiguousarray(xs)
-        h0 = None
-        if self.stateful:
-            N = xs.shape[0] if xs.ndim == 3 else None
-            if self.h is not None and self.h.shape[0] != N:
-                raise ValueError(f"xs: batch size {N} differs from the stored state's {self.h.shape[0]}; "
-                                 "call reset_state() first")
-            h0 = self.h
+        h0 = _initial_state(self, xs)[0]
         hs, hT, self.cache = F.gru_forward(xs, Wx, Wh, b, b_hn, h0, self.variant, backend=self.backend)
         if self.stateful:
             self.h = hT
@@ -342,13 +337,6 @@ class TimeGRU:
         self.dh = dh0
         return dxs
 
-    def set_state(self, h: np.ndarray) -> None:
-        """Set the state used by the next forward call (stateful layers)."""
-        xp = _xp(self.params[0])
-        self.h = xp.ascontiguousarray(xp.asarray(h), dtype=self.params[0].dtype)
-
-    def reset_state(self) -> None:
-        self.h = None
 
 
 class TimeDropout:

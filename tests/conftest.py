@@ -4,7 +4,14 @@ tests run only when selected (``-m slow``); the fixtures the kernel tests of eve
 import pytest
 
 import pylstm
+from helpers import KERNEL_BACKENDS
 from pylstm import _backend
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def backend(request):
+    """Each kernel backend in turn (test files with other backends parametrize their own)."""
+    return request.param
 
 
 def pytest_collection_modifyitems(config, items):

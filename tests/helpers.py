@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+import pylstm
+from pylstm import _backend
+
+# The backends that run compiled kernels: the CPU module, a real GPU ("cuda", CuPy arrays) when
+# one is visible, and the CUDA sources run on the CPU through the emulation shim (csrc/cuda/emu.h).
+KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
+if _backend.cuda_emu is not None:
+    KERNEL_BACKENDS.append("cuda-emu")
+
 # The shapes every backend is checked on: (N, T, D, H).
 # (3, 4, 1000, 24): D + H = 1024, so the weight gradient's transposed operand has rows 4 KB apart
 # and the packed-weight kernel copies it into tiles first (cpu/packed_gemm.cpp, pack_at);
@@ -72,3 +81,43 @@ def to_host(a):
     import cupy
 
     return cupy.asnumpy(a)
+
+
+def assert_within_twice_naive(got: dict, want: dict, naive: dict, tag: str = "") -> None:
+    """The float32 rule (ARCHITECTURE.md, "Tests and error rules"): each tensor of a float32
+    kernel run within twice the error of the reference run in float32 (``naive``), both against
+    the float64 reference (``want``), plus a few ulp where the naive sum is nearly exact; and
+    still float32."""
+    eps32 = float(np.finfo(np.float32).eps)
+    for name in want:
+        err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
+        assert err <= 2 * naive_err + 4 * eps32, f"{tag}{name}: {err:.3e} > 2 x naive {naive_err:.3e} + 4 eps"
+        assert got[name].dtype == np.float32, f"{tag}{name}: dtype {got[name].dtype}"
+
+
+def assert_matches_finite_differences(loss, d: dict, grads: dict, eps: float = 1e-6, rtol: float = 1e-6) -> None:
+    """Each ``grads[name]`` against central differences of ``loss(**{name: perturbed})`` over
+    every element of ``d[name]`` (float64: truncation ~eps^2, rounding ~1e-16/eps)."""
+    for name, g in grads.items():
+        num = np.zeros_like(g)
+        for idx in np.ndindex(g.shape):
+            plus, minus = d[name].copy(), d[name].copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            num[idx] = (loss(**{name: plus}) - loss(**{name: minus})) / (2 * eps)
+        assert_close(f"d{name}", g, num, rtol=rtol)
+
+
+def assert_same_at_thread_counts(run, counts=(1, 2, 3)) -> None:
+    """``run()`` (a dict of arrays) gives bitwise the same results at every thread count."""
+    old = pylstm.get_num_threads()
+    try:
+        runs = []
+        for n in counts:
+            pylstm.set_num_threads(n)
+            runs.append(run())
+    finally:
+        pylstm.set_num_threads(old)
+    for r in runs[1:]:
+        for name in runs[0]:
+            np.testing.assert_array_equal(r[name], runs[0][name], err_msg=name)

@@ -4,7 +4,7 @@ against the book's class."""
 import numpy as np
 import pytest
 
-from helpers import assert_close
+from helpers import assert_close, assert_matches_finite_differences
 from pylstm import reference as ref
 
 VARIANTS = ref.GRU_VARIANTS
@@ -47,25 +47,21 @@ def test_reference_matches_finite_differences(variant, with_state):
         assert db_hn is None
     if with_state:
         grads["h0"] = dh0
-    eps = 1e-6
-    for name, g in grads.items():
-        num = np.zeros_like(g)
-        for idx in np.ndindex(g.shape):
-            plus, minus = d[name].copy(), d[name].copy()
-            plus[idx] += eps
-            minus[idx] -= eps
-            num[idx] = (loss(**{name: plus}) - loss(**{name: minus})) / (2 * eps)
-        assert_close(f"d{name}", g, num, rtol=1e-6)
+    assert_matches_finite_differences(loss, d, grads)
 
 
 # --- the kernels (the reset_after variant) -------------------------------------------------
 import pylstm  # noqa: E402
-from helpers import SHAPES, max_rel_error, to_device, to_host  # noqa: E402
+from helpers import (  # noqa: E402
+    KERNEL_BACKENDS,  # noqa: E402
+    SHAPES,
+    assert_same_at_thread_counts,
+    assert_within_twice_naive,
+    to_device,
+    to_host,
+)
 from pylstm import _backend  # noqa: E402
 
-KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
-if _backend.cuda_emu is not None:
-    KERNEL_BACKENDS.append("cuda-emu")
 NAMES = ("hs", "hT", "dxs", "dh0", "dWx", "dWh", "db", "db_hn")
 
 
@@ -87,11 +83,6 @@ def _reference64(d, variant="reset_after"):
     return _run({k: (None if v is None else v.astype(np.float64)) for k, v in d.items()}, "numpy", variant)
 
 
-@pytest.fixture(params=KERNEL_BACKENDS)
-def backend(request):
-    return request.param
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
@@ -106,12 +97,7 @@ def test_float64_matches_reference(backend, shape, with_state, variant):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_float32_within_twice_naive_error(cpu_path, shape, variant):
     d32 = make_gru_inputs(shape, np.float32, seed=4, variant=variant)
-    want, naive, got = _reference64(d32, variant), _run(d32, "numpy", variant), _run(d32, "cpu", variant)
-    eps32 = float(np.finfo(np.float32).eps)
-    for name in want:
-        err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
-        assert err <= 2 * naive_err + 4 * eps32, f"{name}: {err:.3e} > 2 x naive {naive_err:.3e} + 4 eps"
-        assert got[name].dtype == np.float32
+    assert_within_twice_naive(_run(d32, "cpu", variant), _reference64(d32, variant), _run(d32, "numpy", variant))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -120,11 +106,8 @@ def test_float32_emulated_cuda_within_twice_naive_error(variant):
         pytest.skip("no emulated CUDA module")
     for shape in [(4, 9, 40, 24), (83, 50, 6, 20)]:  # the second: several ragged db/db_hn row chunks
         d32 = make_gru_inputs(shape, np.float32, seed=5, variant=variant)
-        want, naive, got = _reference64(d32, variant), _run(d32, "numpy", variant), _run(d32, "cuda-emu", variant)
-        eps32 = float(np.finfo(np.float32).eps)
-        for name in want:
-            err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
-            assert err <= 2 * naive_err + 4 * eps32, f"{shape} {name}: {err:.3e} > 2 x naive {naive_err:.3e}"
+        assert_within_twice_naive(_run(d32, "cuda-emu", variant), _reference64(d32, variant),
+                                  _run(d32, "numpy", variant), f"{shape} ")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -150,17 +133,7 @@ def test_forward_schedules_bit_identical(shape, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_thread_count_does_not_change_results(variant):
     d = make_gru_inputs((16, 10, 64, 96), np.float32, seed=8, variant=variant)
-    old = pylstm.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 3):
-            pylstm.set_num_threads(n)
-            runs.append(_run(d, "cpu", variant))
-    finally:
-        pylstm.set_num_threads(old)
-    for r in runs[1:]:
-        for name in runs[0]:
-            np.testing.assert_array_equal(r[name], runs[0][name], err_msg=name)
+    assert_same_at_thread_counts(lambda: _run(d, "cpu", variant))
 
 
 def test_matches_torch_nn_gru_outputs_and_gradients():

@@ -8,11 +8,6 @@ from helpers import SHAPES, assert_close, make_lstm_inputs, max_rel_error, to_de
 from pylstm import _backend
 from pylstm import reference as ref
 
-KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
-# The CUDA sources, run on the CPU through the emulation shim (csrc/cuda/emu.h); "cuda" (a real
-# GPU, CuPy arrays) is in available_backends() when one is visible.
-if _backend.cuda_emu is not None:
-    KERNEL_BACKENDS.append("cuda-emu")
 NAMES_FWD = ("hs", "hT", "cT")
 NAMES_BWD = ("dxs", "dh0", "dc0", "dWx", "dWh", "db")
 
@@ -34,11 +29,6 @@ def _run_on(d, backend):
 def _reference64(d):
     d64 = {k: (None if v is None else v.astype(np.float64)) for k, v in d.items()}
     return _run(d64, "numpy")
-
-
-@pytest.fixture(params=KERNEL_BACKENDS)
-def backend(request):
-    return request.param
 
 
 @pytest.fixture(params=["small-m-kernel", "blas"])

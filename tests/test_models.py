@@ -330,19 +330,20 @@ def test_checkpoint_config_values_are_checked(tmp_path, field, value):
         load_checkpoint(bad)
 
 
-def test_rnn_cell_model_checkpoint_generate_and_torch_round_trip(tmp_path):
+@pytest.mark.parametrize("cell,torch_class,n_params", [("rnn", "RNN", 3), ("gru", "GRU", 4)])
+def test_cell_model_checkpoint_generate_and_torch_round_trip(tmp_path, cell, torch_class, n_params):
     torch = pytest.importorskip("torch")
-    m = LstmLM(10, 4, 6, num_layers=2, cell="rnn", seed=7)
-    assert m.config["cell"] == "rnn" and len(m.params) == 1 + 3 * 2 + 2
-    path = str(tmp_path / "rnn.npz")
+    m = LstmLM(10, 4, 6, num_layers=2, cell=cell, seed=7, init=0.3)
+    assert m.config["cell"] == cell and len(m.params) == 1 + n_params * 2 + 2
+    path = str(tmp_path / f"{cell}.npz")
     m.save(path)
     m2, _ = load_checkpoint(path)
     assert m2.config == m.config
     for a, b in zip(m.params, m2.params):
         np.testing.assert_array_equal(a, b)
     assert m2.generate(1, sample_size=8, seed=0) == m.generate(1, sample_size=8, seed=0)
-    # the layers are torch.nn.RNN's: same outputs from the exported state dict
-    rnn = torch.nn.RNN(4, 6, num_layers=2, batch_first=True).double()
+    # the layers are torch.nn.RNN's / GRU's: same outputs from the exported state dict
+    rnn = getattr(torch.nn, torch_class)(4, 6, num_layers=2, batch_first=True).double()
     rnn.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in m.lstm_state_dict_torch().items()})
     xs = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
     h = xs
@@ -352,7 +353,7 @@ def test_rnn_cell_model_checkpoint_generate_and_torch_round_trip(tmp_path):
     with torch.no_grad():
         want = rnn(torch.from_numpy(xs.astype(np.float64)))[0].numpy()
     assert_close("hs", h, want, rtol=1e-5)
-    m3 = LstmLM(10, 4, 6, num_layers=2, cell="rnn", seed=8)
+    m3 = LstmLM(10, 4, 6, num_layers=2, cell=cell, seed=8)
     m3.load_lstm_state_dict_torch(rnn.state_dict())
     for a, b in zip(m.lstm_layers, m3.lstm_layers):
         for p, q in zip(a.params, b.params):
@@ -383,32 +384,6 @@ def test_peephole_model_checkpoint_and_no_torch_counterpart(tmp_path):
         load_checkpoint(lstm_cfg)
     with pytest.raises(CheckpointError, match="checkpoint is for"):
         LstmLM(10, 4, 6, num_layers=2, seed=7).load_params(path)
-
-
-def test_gru_model_checkpoint_and_torch_round_trip(tmp_path):
-    torch = pytest.importorskip("torch")
-    m = LstmLM(10, 4, 6, num_layers=2, cell="gru", seed=7, init=0.3)
-    assert len(m.params) == 1 + 4 * 2 + 2 and m.lstm_layers[1].params[3].shape == (6,)
-    path = str(tmp_path / "gru.npz")
-    m.save(path)
-    m2, _ = load_checkpoint(path)
-    for a, b in zip(m.params, m2.params):
-        np.testing.assert_array_equal(a, b)
-    gru = torch.nn.GRU(4, 6, num_layers=2, batch_first=True).double()
-    gru.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in m.lstm_state_dict_torch().items()})
-    xs = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
-    h = xs
-    for layer in m.lstm_layers:
-        layer.reset_state()
-        h = layer.forward(h)
-    with torch.no_grad():
-        want = gru(torch.from_numpy(xs.astype(np.float64)))[0].numpy()
-    assert_close("hs", h, want, rtol=1e-5)
-    m3 = LstmLM(10, 4, 6, num_layers=2, cell="gru", seed=8)
-    m3.load_lstm_state_dict_torch(gru.state_dict())
-    for a, b in zip(m.lstm_layers, m3.lstm_layers):
-        for p, q in zip(a.params, b.params):
-            np.testing.assert_allclose(p, q, rtol=1e-6)
 
 
 def test_cell_is_checked_and_old_checkpoints_are_lstm(tmp_path):

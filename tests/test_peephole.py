@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 
 import pylstm
-from helpers import SHAPES, assert_close, make_lstm_inputs, max_rel_error, to_device, to_host
+from helpers import (
+    KERNEL_BACKENDS,
+    SHAPES,
+    assert_close,
+    assert_matches_finite_differences,
+    assert_same_at_thread_counts,
+    assert_within_twice_naive,
+    make_lstm_inputs,
+    to_device,
+    to_host,
+)
 from pylstm import _backend
 from pylstm import reference as ref
 
-KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
-if _backend.cuda_emu is not None:
-    KERNEL_BACKENDS.append("cuda-emu")
 NAMES = ("hs", "hT", "cT", "dxs", "dh0", "dc0", "dWx", "dWh", "db", "dP")
 
 
@@ -41,11 +48,6 @@ def _reference64(d):
     return _run({k: (None if v is None else v.astype(np.float64)) for k, v in d.items()}, "numpy")
 
 
-@pytest.fixture(params=KERNEL_BACKENDS)
-def backend(request):
-    return request.param
-
-
 @pytest.mark.parametrize("with_state", [True, False])
 def test_reference_matches_finite_differences(with_state):
     d = make_inputs((2, 4, 3, 5), np.float64, seed=1, with_state=with_state)
@@ -60,15 +62,7 @@ def test_reference_matches_finite_differences(with_state):
     grads = {"xs": dxs, "Wx": dWx, "Wh": dWh, "b": db, "P": dP}
     if with_state:
         grads.update(h0=dh0, c0=dc0)
-    eps = 1e-6
-    for name, g in grads.items():
-        num = np.zeros_like(g)
-        for idx in np.ndindex(g.shape):
-            plus, minus = d[name].copy(), d[name].copy()
-            plus[idx] += eps
-            minus[idx] -= eps
-            num[idx] = (loss(**{name: plus}) - loss(**{name: minus})) / (2 * eps)
-        assert_close(f"d{name}", g, num, rtol=1e-6)
+    assert_matches_finite_differences(loss, d, grads)
 
 
 def test_zero_peepholes_are_the_lstm():
@@ -93,12 +87,7 @@ def test_float64_matches_reference(backend, shape, with_state):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_float32_within_twice_naive_error(cpu_path, shape):
     d32 = make_inputs(shape, np.float32, seed=4)
-    want, naive, got = _reference64(d32), _run(d32, "numpy"), _run(d32, "cpu")
-    eps32 = float(np.finfo(np.float32).eps)
-    for name in NAMES:
-        err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
-        assert err <= 2 * naive_err + 4 * eps32, f"{name}: {err:.3e} > 2 x naive {naive_err:.3e} + 4 eps"
-        assert got[name].dtype == np.float32
+    assert_within_twice_naive(_run(d32, "cpu"), _reference64(d32), _run(d32, "numpy"))
 
 
 def test_float32_emulated_cuda_within_twice_naive_error():
@@ -107,11 +96,7 @@ def test_float32_emulated_cuda_within_twice_naive_error():
     # N*T = 4150 rows: several row chunks of the two-launch dP sum, the last one ragged
     for shape in [(4, 9, 40, 24), (83, 50, 6, 20)]:
         d32 = make_inputs(shape, np.float32, seed=5)
-        want, naive, got = _reference64(d32), _run(d32, "numpy"), _run(d32, "cuda-emu")
-        eps32 = float(np.finfo(np.float32).eps)
-        for name in NAMES:
-            err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
-            assert err <= 2 * naive_err + 4 * eps32, f"{shape} {name}: {err:.3e} > 2 x naive {naive_err:.3e}"
+        assert_within_twice_naive(_run(d32, "cuda-emu"), _reference64(d32), _run(d32, "numpy"), f"{shape} ")
 
 
 @pytest.mark.parametrize("shape", [(8, 35, 64, 128), (3, 7, 17, 33)])
@@ -135,17 +120,7 @@ def test_forward_schedules_bit_identical(shape):
 
 def test_thread_count_does_not_change_results():
     d = make_inputs((16, 10, 64, 96), np.float32, seed=8)
-    old = pylstm.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 3):
-            pylstm.set_num_threads(n)
-            runs.append(_run(d, "cpu"))
-    finally:
-        pylstm.set_num_threads(old)
-    for r in runs[1:]:
-        for name in NAMES:
-            np.testing.assert_array_equal(r[name], runs[0][name], err_msg=name)
+    assert_same_at_thread_counts(lambda: _run(d, "cpu"))
 
 
 def test_bad_inputs_name_the_argument():

@@ -6,13 +6,19 @@ import numpy as np
 import pytest
 
 import pylstm
-from helpers import SHAPES, assert_close, max_rel_error, to_device, to_host
+from helpers import (
+    KERNEL_BACKENDS,
+    SHAPES,
+    assert_close,
+    assert_matches_finite_differences,
+    assert_same_at_thread_counts,
+    assert_within_twice_naive,
+    to_device,
+    to_host,
+)
 from pylstm import _backend
 from pylstm import reference as ref
 
-KERNEL_BACKENDS = [b for b in pylstm.available_backends() if b != "numpy"]
-if _backend.cuda_emu is not None:
-    KERNEL_BACKENDS.append("cuda-emu")
 NAMES = ("hs", "hT", "dxs", "dh0", "dWx", "dWh", "db")
 ACTS = ("tanh", "relu")
 
@@ -50,11 +56,6 @@ def _reference64(d, act):
     return _run({k: (None if v is None else v.astype(np.float64)) for k, v in d.items()}, "numpy", act)
 
 
-@pytest.fixture(params=KERNEL_BACKENDS)
-def backend(request):
-    return request.param
-
-
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("with_state", [True, False])
 def test_reference_matches_finite_differences(act, with_state):
@@ -74,16 +75,7 @@ def test_reference_matches_finite_differences(act, with_state):
     grads = {"xs": dxs, "Wx": dWx, "Wh": dWh, "b": db}
     if with_state:
         grads["h0"] = dh0
-    eps = 1e-6
-    for name, g in grads.items():
-        num = np.zeros_like(g)
-        for idx in np.ndindex(g.shape):
-            plus, minus = d[name].copy(), d[name].copy()
-            plus[idx] += eps
-            minus[idx] -= eps
-            num[idx] = (loss(**{name: plus}) - loss(**{name: minus})) / (2 * eps)
-        # central differences in float64: truncation ~eps^2, rounding ~1e-16/eps
-        assert_close(f"d{name}", g, num, rtol=1e-6)
+    assert_matches_finite_differences(loss, d, grads)
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -100,13 +92,7 @@ def test_float64_matches_reference(backend, act, shape, with_state):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_float32_within_twice_naive_error(cpu_path, act, shape):
     d32 = make_rnn_inputs(shape, np.float32, seed=4)
-    want, naive, got = _reference64(d32, act), _run(d32, "numpy", act), _run(d32, "cpu", act)
-    eps32 = float(np.finfo(np.float32).eps)
-    for name in NAMES:
-        err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
-        # the flash-attention rule, with a few ulp of slack where the naive sum is nearly exact
-        assert err <= 2 * naive_err + 4 * eps32, f"{name}: {err:.3e} > 2 x naive {naive_err:.3e} + 4 eps"
-        assert got[name].dtype == np.float32
+    assert_within_twice_naive(_run(d32, "cpu", act), _reference64(d32, act), _run(d32, "numpy", act))
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -114,11 +100,7 @@ def test_float32_emulated_cuda_within_twice_naive_error(act):
     if _backend.cuda_emu is None:
         pytest.skip("no emulated CUDA module")
     d32 = make_rnn_inputs((4, 9, 40, 24), np.float32, seed=5)
-    want, naive, got = _reference64(d32, act), _run(d32, "numpy", act), _run(d32, "cuda-emu", act)
-    eps32 = float(np.finfo(np.float32).eps)
-    for name in NAMES:
-        err, naive_err = max_rel_error(got[name], want[name]), max_rel_error(naive[name], want[name])
-        assert err <= 2 * naive_err + 4 * eps32, f"{name}: {err:.3e} > 2 x naive {naive_err:.3e} + 4 eps"
+    assert_within_twice_naive(_run(d32, "cuda-emu", act), _reference64(d32, act), _run(d32, "numpy", act))
 
 
 @pytest.mark.parametrize("shape", [(8, 35, 64, 128), (20, 7, 50, 40), (3, 7, 17, 33)])
@@ -152,17 +134,7 @@ def test_inference_matches_training_forward(backend, act):
 
 def test_thread_count_does_not_change_results():
     d = make_rnn_inputs((16, 10, 64, 96), np.float32, seed=8)
-    old = pylstm.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 3):
-            pylstm.set_num_threads(n)
-            runs.append(_run(d, "cpu", "tanh"))
-    finally:
-        pylstm.set_num_threads(old)
-    for r in runs[1:]:
-        for name in NAMES:
-            np.testing.assert_array_equal(r[name], runs[0][name], err_msg=name)
+    assert_same_at_thread_counts(lambda: _run(d, "cpu", "tanh"))
 
 
 @pytest.mark.parametrize("backend_name", ["numpy"] + KERNEL_BACKENDS)
