@@ -32,6 +32,7 @@ __all__ = ["LSTM", "GRU", "RNN"]
 # pylstm f, g, i, o; GRU: torch r, z, n -> pylstm z, r, n).
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _TO_PYLSTM = {"LSTM": [1, 2, 0, 3], "GRU": [1, 0, 2], "RNN_TANH": [0], "RNN_RELU": [0]}
+_TO_TORCH = {mode: np.argsort(perm).tolist() for mode, perm in _TO_PYLSTM.items()}
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -44,8 +45,7 @@ def _to_pylstm_rows(w: torch.Tensor, mode: str) -> torch.Tensor:
 def _to_torch_rows(w: torch.Tensor, mode: str) -> torch.Tensor:
     """(G*H, ...) in pylstm's block order -> torch's."""
     G = _GATES[mode]
-    inv = np.argsort(_TO_PYLSTM[mode]).tolist()
-    return w.reshape(G, w.shape[0] // G, *w.shape[1:])[inv].reshape(w.shape)
+    return w.reshape(G, w.shape[0] // G, *w.shape[1:])[_TO_TORCH[mode]].reshape(w.shape)
 
 
 def _as_kernel_array(t: Optional[torch.Tensor]):

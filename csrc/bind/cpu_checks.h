@@ -52,7 +52,11 @@ inline ArgView view_of(const py::array& a, const std::string& name) {
 #else
   v.native_order = bo == '=' || bo == '|' || bo == '>';
 #endif
-  v.dtype = dtype_str(a);
+  // the dtype's name, for messages: the common ones without asking NumPy (its dtype.__str__ is
+  // Python code, a noticeable share of a small call when taken for every argument)
+  v.dtype = v.kind == 'f' && v.native_order && v.itemsize == 4   ? "float32"
+            : v.kind == 'f' && v.native_order && v.itemsize == 8 ? "float64"
+                                                                  : dtype_str(a);
   v.shape.assign(a.shape(), a.shape() + a.ndim());
   v.c_contiguous = (a.flags() & py::array::c_style) != 0;
   if (!v.c_contiguous) v.strides = py::str(a.attr("strides")).cast<std::string>();
