@@ -70,7 +70,7 @@ def main(argv=None):
     layer = getattr(pt, name)(D, H, batch_first=True)
     x = torch.randn(N, T, D, requires_grad=True)
     over = {"module": [], "kernels": []}
-    Wx, Wh, b, extra = (t.numpy() if t is not None else None for t in layer._kernel_params(0))
+    Wx, Wh, b, extra = (t.detach().numpy() if t is not None else None for t in layer._kernel_params(0))
     xs, dhs = x.detach().numpy(), np.ones((N, T, H), np.float32)
     for r in range(a.rounds * 4 + 1):
         t0 = time.perf_counter()

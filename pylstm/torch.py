@@ -178,7 +178,7 @@ class _RNNBase(nn.Module):
                 b_ih, b_hh = params[2], params[3]
                 if mode == "GRU":  # b_hh's r and z parts add to b; its n part is b_hn
                     b = _to_pylstm_rows(b_ih + torch.cat([b_hh[: 2 * H], torch.zeros_like(b_hh[2 * H:])]), mode)
-                    extra = b_hh[2 * H:].contiguous()
+                    extra = b_hh[2 * H:].detach().clone()
                 else:
                     b = _to_pylstm_rows(b_ih + b_hh, mode)
                     extra = None
