@@ -158,11 +158,17 @@ class TimeLSTM:
         self.dc: Optional[np.ndarray] = None
         self.cache = None
 
+    # The cell's functional pair (TimePeepholeLSTM passes its P through the same calls).
+    def _cell_forward(self, xs, h0, c0):
+        return F.lstm_forward(xs, *self.params, h0, c0, backend=self.backend)
+
+    def _cell_backward(self, dhs):
+        return F.lstm_backward(dhs, self.cache)
+
     def forward(self, xs: np.ndarray) -> np.ndarray:
-        Wx, Wh, b = self.params
-        xs = _xp(Wx).ascontiguousarray(xs)
+        xs = _xp(self.params[0]).ascontiguousarray(xs)
         h0, c0 = _initial_state(self, xs)
-        hs, hT, cT, self.cache = F.lstm_forward(xs, Wx, Wh, b, h0, c0, backend=self.backend)
+        hs, hT, cT, self.cache = self._cell_forward(xs, h0, c0)
         if self.stateful:
             self.h, self.c = hT, cT
         return hs
@@ -170,10 +176,9 @@ class TimeLSTM:
     def backward(self, dhs: np.ndarray) -> np.ndarray:
         if self.cache is None:
             raise RuntimeError("backward called before forward")
-        dxs, dh0, dc0, dWx, dWh, db = F.lstm_backward(_xp(dhs).ascontiguousarray(dhs), self.cache)
-        self.grads[0][...] = dWx
-        self.grads[1][...] = dWh
-        self.grads[2][...] = db
+        dxs, dh0, dc0, *grads = self._cell_backward(_xp(dhs).ascontiguousarray(dhs))
+        for g, v in zip(self.grads, grads):  # dWx, dWh, db (, dP)
+            g[...] = v
         self.dh, self.dc = dh0, dc0
         return dxs
 
@@ -204,23 +209,11 @@ class TimePeepholeLSTM(TimeLSTM):
         self.params.append(P)
         self.grads.append(_xp(P).zeros_like(P))
 
-    def forward(self, xs: np.ndarray) -> np.ndarray:
-        Wx, Wh, b, P = self.params
-        xs = _xp(Wx).ascontiguousarray(xs)
-        h0, c0 = _initial_state(self, xs)
-        hs, hT, cT, self.cache = F.peephole_forward(xs, Wx, Wh, b, P, h0, c0, backend=self.backend)
-        if self.stateful:
-            self.h, self.c = hT, cT
-        return hs
+    def _cell_forward(self, xs, h0, c0):
+        return F.peephole_forward(xs, *self.params, h0, c0, backend=self.backend)
 
-    def backward(self, dhs: np.ndarray) -> np.ndarray:
-        if self.cache is None:
-            raise RuntimeError("backward called before forward")
-        dxs, dh0, dc0, *grads = F.peephole_backward(_xp(dhs).ascontiguousarray(dhs), self.cache)
-        for g, v in zip(self.grads, grads):  # dWx, dWh, db, dP
-            g[...] = v
-        self.dh, self.dc = dh0, dc0
-        return dxs
+    def _cell_backward(self, dhs):
+        return F.peephole_backward(dhs, self.cache)
 
 
 class _HState:

@@ -147,6 +147,15 @@ __global__ void gated_fwd_out_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, c
   }
 }
 
+// Unit j of row `row` (step t of sequence n): its saved z, r, n and h_{t-1}.
+template <class T>
+__device__ inline T gated_saved(const T* gates, const T* hs, const T* h0, int64_t H, int64_t n,
+                                int64_t t, int64_t row, int64_t j, T (&act)[3]) {
+  const T* g = gates + row * 3 * H;
+  for (int k = 0; k < 3; ++k) act[k] = g[k * H + j];
+  return t > 0 ? hs[(row - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+}
+
 // Backward phase 1: dz, dn into dA_t's blocks 0 and 2, the direct part of dh_{t-1} into
 // dh_carry; phase 2: dr into block 1 from drh (N, H), drh's part added to dh_carry.
 template <class Cell, class T>
@@ -156,9 +165,8 @@ __global__ void gated_bwd_out_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t
     const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= N * H) return;
     const int64_t n = idx / H, j = idx % H, row = n * Tn + t;
-    const T* g = gates + row * 3 * H;
-    const T act[3] = {g[j], g[H + j], g[2 * H + j]};
-    const T hp = t > 0 ? hs[(row - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+    T act[3];
+    const T hp = gated_saved(gates, hs, h0, H, n, t, row, j, act);
     T d[3] = {}, direct;
     Cell::backward_out(act, hp, dhs[row * H + j] + dh_carry[n * H + j], d, direct);
     dA[row * 3 * H + j] = d[0];
@@ -174,9 +182,8 @@ __global__ void gated_bwd_gate_kernel(int64_t N, int64_t H, int64_t Tn, int64_t 
     const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= N * H) return;
     const int64_t n = idx / H, j = idx % H, row = n * Tn + t;
-    const T* g = gates + row * 3 * H;
-    const T act[3] = {g[j], g[H + j], g[2 * H + j]};
-    const T hp = t > 0 ? hs[(row - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+    T act[3];
+    const T hp = gated_saved(gates, hs, h0, H, n, t, row, j, act);
     T d[3] = {}, dgate;
     Cell::backward_gate(act, hp, drh[n * H + j], d, dgate);
     dA[row * 3 * H + H + j] = d[1];
