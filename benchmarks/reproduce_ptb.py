@@ -11,6 +11,10 @@
   --backend numpy runs the same layers on the NumPy reference: the book's algorithm in NumPy,
   for the wall-time comparison in the same sitting.
 
+  Data-parallel: `mpiexec -n K python benchmarks/reproduce_ptb.py ...` (or --distributed) trains
+  with K ranks, each taking batch/K of the streams (pylstm.distributed); set the threads per rank
+  with PYLSTM_NUM_THREADS. --max-steps stops early and reports the training steps per second.
+
 The PTB files come from --data-dir, else wherever pylstm.datasets.ptb finds them ($PYLSTM_DATA_DIR,
 the cache); nothing is downloaded.
 """
@@ -23,6 +27,7 @@ import time
 
 import pylstm
 from pylstm.datasets import ptb
+from pylstm.distributed import DataParallel, mpi_launched
 from pylstm.models import LstmLM
 from pylstm.optimizers import SGD
 from pylstm.trainer import RnnlmTrainer, eval_perplexity
@@ -45,6 +50,8 @@ def main(argv=None):
     p.add_argument("--cell", choices=["lstm", "gru", "peephole", "rnn"], default="lstm",
                    help="recurrent cell of every layer, same recipe (default lstm)")
     p.add_argument("--json", default=None)
+    p.add_argument("--distributed", action="store_true", help="MPI data-parallel (implied under mpiexec -n K>1)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (throughput runs)")
     a = p.parse_args(argv)
     r = dict(RECIPES[a.recipe])
     if a.epochs:
@@ -57,27 +64,37 @@ def main(argv=None):
     model = LstmLM(V, r["wordvec"], r["hidden"], num_layers=r["layers"], backend=a.backend, seed=a.seed,
                    init=r["init"], cell=a.cell)
     opt = SGD(r["lr"])
-    trainer = RnnlmTrainer(model, opt)
+    dist = DataParallel() if (a.distributed or mpi_launched() > 1) else None
+    root = dist is None or dist.rank == 0
+    say = print if root else (lambda *args, **kwargs: None)
+    trainer = RnnlmTrainer(model, opt, comm=dist)
     schedule = None
     if r["decay_from"] is not None:
         lr0, start = r["lr"], r["decay_from"]
         schedule = lambda epoch: lr0 * 0.5 ** max(0, epoch + 1 - start)  # noqa: E731
-    print(f"recipe {a.recipe}: {r} | cell {a.cell} | backend {a.backend} | threads {pylstm.get_num_threads()}",
-          flush=True)
+    ranks = 1 if dist is None else dist.size
+    say(f"recipe {a.recipe}: {r} | cell {a.cell} | backend {a.backend} | threads {pylstm.get_num_threads()}"
+        f" | ranks {ranks}", flush=True)
     t0 = time.time()
     trainer.fit(train[:-1], train[1:], max_epoch=r["epochs"], batch_size=r["batch"], time_size=r["time"],
                 max_grad=r["clip"], eval_interval=100, progress=False, lr_schedule=schedule,
-                val_corpus=val if a.recipe == "zaremba" else None)
+                val_corpus=val if a.recipe == "zaremba" and not a.max_steps else None, max_steps=a.max_steps)
     train_s = time.time() - t0
+    if a.max_steps:  # a throughput run: no evaluation
+        steps = a.max_steps if trainer.stopped_early else None
+        say(f"RESULT recipe={a.recipe} cell={a.cell} ranks={ranks} threads={pylstm.get_num_threads()} "
+            f"steps={steps} train_time_s={train_s:.2f} steps_per_s={steps / train_s:.2f}", flush=True)
+        return
     t1 = time.time()
-    test_ppl = eval_perplexity(model, test, batch_size=r["eval_batch"], time_size=r["eval_time"])
+    test_ppl = eval_perplexity(model, test, batch_size=r["eval_batch"], time_size=r["eval_time"], comm=dist)
     eval_s = time.time() - t1
-    print(f"RESULT recipe={a.recipe} cell={a.cell} backend={a.backend} epochs={r['epochs']} train_time_s={train_s:.1f} "
-          f"test_ppl={test_ppl:.2f} eval_time_s={eval_s:.1f}", flush=True)
-    if a.json:
+    say(f"RESULT recipe={a.recipe} cell={a.cell} backend={a.backend} epochs={r['epochs']} ranks={ranks} "
+        f"train_time_s={train_s:.1f} test_ppl={test_ppl:.2f} eval_time_s={eval_s:.1f}", flush=True)
+    if a.json and root:
         with open(a.json, "w") as f:
             json.dump({"recipe": a.recipe, "cell": a.cell, "config": r, "backend": a.backend, "train_time_s": train_s,
-                       "test_ppl": test_ppl, "eval_time_s": eval_s, "date": time.strftime("%Y-%m-%d")}, f)
+                       "test_ppl": test_ppl, "eval_time_s": eval_s, "ranks": ranks,
+                       "threads_per_rank": pylstm.get_num_threads(), "date": time.strftime("%Y-%m-%d")}, f)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,12 @@ def _build_parser():
     t.add_argument("--cuda-graphs", action="store_true",
                    help="with --device cuda: run each LSTM forward/backward as a CUDA graph")
     t.add_argument("--seed", type=int, default=1)
-    t.add_argument("--threads", type=_positive_int, default=None)
+    t.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads per process (default: $PYLSTM_NUM_THREADS, else the cores, shared out "
+                        "among the ranks on each host)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over MPI (on by itself under mpiexec -n K with K > 1; "
+                        "needs pip install 'pylstm[mpi]')")
     t.add_argument("--out", default="pylstm-run", help="output directory (checkpoint, plot, sample)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument("--overwrite", action="store_true",
@@ -278,12 +283,66 @@ def _apply_stored_settings(a, ckpt: str, explicit: set) -> None:
         setattr(a, key, value)
 
 
+def _start_ranks(a):
+    """(dist, say): the DataParallel of an MPI run (None for one process) and the print of this
+    rank (rank 0's prints; the others' are dropped)."""
+    from .distributed import MPI_INSTALL_HINT, DataParallel, mpi_launched
+
+    launched = mpi_launched()
+    if not (a.distributed or launched > 1):
+        return None, print
+    try:
+        dist = DataParallel()
+    except ImportError:
+        how = f"started by mpiexec with {launched} processes" if launched > 1 else "--distributed"
+        raise ValueError(f"{how}: {MPI_INSTALL_HINT}") from None
+    return dist, (print if dist.rank == 0 else (lambda *args, **kwargs: None))
+
+
+def _threads_per_rank(dist) -> int:
+    """The cores this process may use, shared out among the ranks of its host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = dist.comm.Split_type(dist.MPI.COMM_TYPE_SHARED).Get_size()
+    return max(1, cores // local)
+
+
 def _cmd_train(a):
+    dist, say = _start_ranks(a)
+    if dist is None:
+        return _train(a, None, print)
+    # Start-up errors (arguments, files, corpus) are collected from every rank and reported once
+    # by rank 0, and every rank returns 1: no rank is left waiting and nothing is aborted.
+    try:
+        setup, err = _setup_train(a, dist, say), None
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        setup, err = None, f"{exc}"
+    errors = dist.comm.allgather(err)
+    if any(errors):
+        if dist.rank == 0:
+            for msg in dict.fromkeys(e for e in errors if e):
+                ranks = [r for r, e in enumerate(errors) if e == msg]
+                where = "every rank" if len(ranks) == dist.size else f"rank(s) {ranks}"
+                print(f"pylstm train: error ({where}): {msg}", file=sys.stderr)
+        return 1
+    # From here a failure on one rank ends the job (RnnlmTrainer's abort_on_error).
+    try:
+        return _run_train(a, dist, say, *setup)
+    except Exception as exc:  # noqa: BLE001  (after fit: evaluation, plot, sample)
+        if dist.size > 1:
+            dist.abort(exc, prefix="pylstm train")
+        raise
+
+
+def _train(a, dist, say):
+    return _run_train(a, dist, say, *_setup_train(a, dist, say))
+
+
+def _setup_train(a, dist, say):
     import pylstm
 
     from .models import LstmLM
     from .optimizers import OPTIMIZERS
-    from .trainer import RnnlmTrainer, eval_perplexity
+    from .trainer import RnnlmTrainer
 
     ckpt = os.path.join(a.out, "checkpoint.npz")
     if a.resume and a.overwrite:
@@ -298,6 +357,8 @@ def _cmd_train(a):
     _defaults(a)
     if a.threads:
         pylstm.set_num_threads(a.threads)
+    elif dist is not None and not os.environ.get("PYLSTM_NUM_THREADS"):
+        pylstm.set_num_threads(_threads_per_rank(dist))
     train, val, test, vocab, level = _load_corpus(a.corpus, a.level, a.max_chars, a.data_dir)
     V = len(vocab)
     need = a.batch * a.time + 1
@@ -315,7 +376,9 @@ def _cmd_train(a):
         set_cuda_graphs(True)
     opt = OPTIMIZERS[a.optimizer](lr=a.lr)
     os.makedirs(a.out, exist_ok=True)
-    trainer = RnnlmTrainer(model, opt)
+    trainer = RnnlmTrainer(model, opt, comm=dist)
+    if dist is not None:
+        dist.rows(a.batch, "--batch")  # (a clear error when the ranks outnumber the streams)
     if not a.resume:  # (a resumed run keeps its trained bias)
         model.init_output_bias(train)
     if a.resume:
@@ -324,13 +387,18 @@ def _cmd_train(a):
             raise ValueError(f"--resume: {ckpt} was trained on another vocabulary or level "
                              f"({saved_level}, {len(saved_vocab)} tokens); this run has {level}, {V} tokens")
         trainer.resume(ckpt)
-        print(f"resumed from {ckpt} at epoch {trainer.current_epoch}")
+        say(f"resumed from {ckpt} at epoch {trainer.current_epoch}")
     n_params = sum(p.size for p in _unique(model.params))
-    print(f"pylstm {pylstm.__version__} | backend {a.backend} -> {pylstm.available_backends()[0]} | "
-          f"threads {pylstm.get_num_threads()}")
-    print(f"corpus {a.corpus} ({level} level): train {len(train)}, val {len(val)}, test {len(test)} tokens, "
+    say(f"pylstm {pylstm.__version__} | backend {a.backend} -> {pylstm.available_backends()[0]} | "
+        f"threads {pylstm.get_num_threads()}" + ("" if dist is None else " per rank"))
+    if dist is not None:
+        r0, r1 = dist.rows(a.batch)
+        say(f"distributed: {dist.size} ranks (MPI: {dist.MPI.Get_library_version().splitlines()[0].strip()}), "
+            f"rank 0 takes streams {r0}..{r1 - 1} of {a.batch}; gradients averaged by one allreduce of "
+            f"{4 * n_params / 1e6:.1f} MB per step")
+    say(f"corpus {a.corpus} ({level} level): train {len(train)}, val {len(val)}, test {len(test)} tokens, "
           f"vocabulary {V}")
-    print(f"model: {a.layers} x {a.cell.upper()}(D={a.wordvec}, H={a.hidden}), {n_params} parameters | {a.optimizer} "
+    say(f"model: {a.layers} x {a.cell.upper()}(D={a.wordvec}, H={a.hidden}), {n_params} parameters | {a.optimizer} "
           f"lr {a.lr} | clip {a.clip}" + (f" (value {a.clip_value})" if a.clip_value else "") +
           f" | init {a.init} | batch {a.batch} x time {a.time} | {a.epochs} epochs")
     corpus = a.corpus if a.corpus in ("embedded", "ptb") else os.path.abspath(a.corpus)
@@ -340,6 +408,13 @@ def _cmd_train(a):
                     "settings": settings}
     if corpus not in ("embedded", "ptb"):  # eval recognizes the file by its content, wherever it is
         trainer.meta["corpus_sha256"] = _file_sha256(corpus)
+    return trainer, model, ckpt, train, val, test, vocab, level
+
+
+def _run_train(a, dist, say, trainer, model, ckpt, train, val, test, vocab, level):
+    from .trainer import eval_perplexity
+
+    V = len(vocab)
     t0 = time.time()
     try:
         trainer.fit(train[:-1], train[1:], max_epoch=a.epochs, batch_size=a.batch, time_size=a.time, max_grad=a.clip,
@@ -352,9 +427,11 @@ def _cmd_train(a):
         return 130
     elapsed = time.time() - t0
     if trainer.stopped_early:
-        print(f"stopped by --max-steps/--max-time in epoch {trainer.current_epoch + 1} after iteration "
+        say(f"stopped by --max-steps/--max-time in epoch {trainer.current_epoch + 1} after iteration "
               f"{trainer.epoch_iter}; --resume continues from there")
-    test_ppl = eval_perplexity(model, test, batch_size=min(10, a.batch), time_size=a.time)
+    test_ppl = eval_perplexity(model, test, batch_size=min(10, a.batch), time_size=a.time, comm=dist)
+    if not trainer.is_root:
+        return 0
     uni = _unigram_perplexity(train, test, V)
     print(f"trained in {elapsed:.1f} s")
     print(f"held-out (test) perplexity: {test_ppl:.2f} | unigram baseline on the same split: {uni:.2f}")

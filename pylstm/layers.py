@@ -17,6 +17,7 @@ import numpy as np
 
 from . import functional as F
 from ._devices import array_module as _xp
+from .distributed import draw_rows
 
 __all__ = [
     "Embedding",
@@ -345,13 +346,22 @@ class TimeDropout:
         self.train_flg = True
         self.rng = rng if rng is not None else np.random.default_rng()
         self._device_rng = None  # CuPy's generator, seeded from rng on first use on the GPU
+        # (row0, total): this batch is rows [row0, row0 + N) of a batch of `total` rows, whose
+        # mask is drawn as one (data-parallel training: pylstm.distributed)
+        self.rows = None
 
     def _random(self, xs):
         xp = _xp(xs)
         if xp is np:
+            if self.rows is not None:
+                return draw_rows(self.rng, xs.shape, *self.rows)
             return self.rng.random(xs.shape, dtype=np.float32)
         if self._device_rng is None:
             self._device_rng = xp.random.default_rng(int(self.rng.integers(2**63)))
+        if self.rows is not None:
+            row0, total = self.rows
+            full = self._device_rng.random((total,) + tuple(xs.shape[1:]), dtype=np.float32)
+            return full[row0:row0 + xs.shape[0]]
         return self._device_rng.random(xs.shape, dtype=np.float32)
 
     def forward(self, xs: np.ndarray) -> np.ndarray:

@@ -4,6 +4,9 @@ perplexity evaluation, learning-rate decay, per-epoch checkpoints and exact resu
 Batching (the book's): the corpus is read by ``batch_size`` cursors spaced
 ``jump = len // batch_size`` apart; each iteration takes the next ``time_size`` ids from every
 cursor, and the LSTM state carries over between iterations.
+
+Data-parallel training (``RnnlmTrainer(..., comm=...)``, MPI): each rank takes a block of the
+cursors; see ``pylstm.distributed``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from ._devices import array_module, to_host, to_module
 from .checkpoint import CheckpointError, read_checkpoint_extra
+from .distributed import DataParallel, RanksDisagree, corpus_digest
 from .functional import clip_grads, clip_grads_by_value
 from .models import LstmLM, _layer_state, _set_layer_state, unique_params
 
@@ -49,20 +53,33 @@ def _check_corpus(name, corpus, min_len):
     return corpus
 
 
+def _as_dist(comm, check_every: int = 100) -> Optional[DataParallel]:
+    """None, a DataParallel, or an mpi4py communicator (wrapped)."""
+    if comm is None or isinstance(comm, DataParallel):
+        return comm
+    return DataParallel(comm, check_every=check_every)
+
+
 def eval_perplexity(model: LstmLM, corpus, batch_size: int = 10, time_size: int = 35,
-                    verbose: bool = False) -> float:
+                    verbose: bool = False, comm=None) -> float:
     """The book's eval_perplexity: exp(mean loss) over the corpus read as batch_size streams.
-    The model's state is reset before and after."""
+    The model's state is reset before and after.
+
+    ``comm`` (an mpi4py communicator or a ``DataParallel``): the streams are shared out among
+    the ranks (a rank may get none) and the losses summed, weighted by each rank's share; every
+    rank returns the same perplexity, that of the whole corpus."""
     corpus = _check_corpus("corpus", corpus, batch_size * time_size + 1)
+    dist = _as_dist(comm)
     n = corpus.size
     max_iters = (n - 1) // (batch_size * time_size)
     jump = (n - 1) // batch_size
+    r0, r1 = dist.shard_rows(batch_size) if dist is not None else (0, batch_size)
     model.reset_state()
     total = 0.0
     xp = array_module(model.params[0])
     corpus = to_module(corpus.astype(np.int32), xp)  # on the GPU: moved once
-    offsets = to_module(np.arange(batch_size)[:, None] * jump + np.arange(time_size)[None, :], xp)
-    for it in range(max_iters):
+    offsets = to_module(np.arange(r0, r1)[:, None] * jump + np.arange(time_size)[None, :], xp)
+    for it in range(max_iters if r1 > r0 else 0):
         pos = offsets + it * time_size
         xs = corpus[pos % n]
         ts = corpus[(pos + 1) % n]
@@ -72,7 +89,10 @@ def eval_perplexity(model: LstmLM, corpus, batch_size: int = 10, time_size: int 
     if verbose:
         sys.stderr.write("\n")
     model.reset_state()
-    return perplexity(float(total) / max_iters)
+    total = float(total)
+    if dist is not None:
+        total = dist.allreduce_sum(total * (r1 - r0) / batch_size)
+    return perplexity(total / max_iters)
 
 
 class _Progress:
@@ -112,11 +132,25 @@ class RnnlmTrainer:
     ``fit(xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval)`` as in the book;
     optional: validation corpus with lr decay when its perplexity stops improving, a checkpoint
     path written atomically after every epoch, and ``resume`` from such a checkpoint.
+
+    ``comm``: an mpi4py communicator (or a ``pylstm.distributed.DataParallel``) for data-parallel
+    training: every rank builds the same trainer and calls ``fit`` with the same arguments and
+    corpus (checked at its start); each takes its block of the batch's rows, the gradients are
+    averaged over the ranks every step, and the result is that of one process with the whole
+    batch, to rounding. Rank 0 logs, shows progress and writes checkpoints; every rank reads the
+    checkpoint it resumes from. When ``fit`` raises on one rank of several (``abort_on_error``),
+    the error is printed there and the whole job is ended (``Abort``): the other ranks would wait
+    for it forever. ``check_every``: steps between checks that the ranks' parameters are identical.
     """
 
-    def __init__(self, model: LstmLM, optimizer, log: Callable[[str], None] = print):
+    def __init__(self, model: LstmLM, optimizer, log: Callable[[str], None] = print, comm=None,
+                 check_every: int = 100, abort_on_error: bool = True):
         self.model = model
         self.optimizer = optimizer
+        self.dist = _as_dist(comm, check_every)
+        self.abort_on_error = abort_on_error
+        if self.dist is not None and self.dist.rank != 0:
+            log = _no_log  # one copy of every line: rank 0's
         self.time_idx = 0
         self.ppl_list: list = []
         self.val_ppl_list: list = []
@@ -130,8 +164,17 @@ class RnnlmTrainer:
         self.loss_sum, self.loss_count = 0.0, 0  # losses since the last perplexity line
         self.meta: dict = {}  # JSON-able values saved in every checkpoint (e.g. the vocabulary)
 
+    @property
+    def is_root(self) -> bool:
+        """Whether this process logs and writes files (rank 0, or a single process)."""
+        return self.dist is None or self.dist.rank == 0
+
+    def _rows(self, batch_size: int) -> tuple:
+        return self.dist.rows(batch_size) if self.dist is not None else (0, batch_size)
+
     def get_batch(self, xs, ts, batch_size, time_size):
-        idx = batch_indices(len(xs), batch_size, time_size, self.time_idx)
+        r0, r1 = self._rows(batch_size)
+        idx = batch_indices(len(xs), batch_size, time_size, self.time_idx)[r0:r1]
         self.time_idx += time_size
         return xs[idx].astype(np.int32), ts[idx].astype(np.int32)
 
@@ -147,6 +190,12 @@ class RnnlmTrainer:
             st[f"opt_{k}"] = v if isinstance(v, np.ndarray) else float(v)
         for i, layer in enumerate(self.model.lstm_layers):
             h, c = _layer_state(layer)
+            if self.dist is not None:  # the whole batch's state, rows in rank order (a collective)
+                have = self.dist.comm.allgather(h is not None)
+                if not all(have):
+                    continue
+                h = self.dist.gather_rows(to_host(h))
+                c = self.dist.gather_rows(to_host(c)) if c is not None else None
             if h is not None:
                 st[f"lstm{i}_h"] = to_host(h)
                 if c is not None:
@@ -154,7 +203,11 @@ class RnnlmTrainer:
         return st
 
     def save_checkpoint(self, path: str) -> None:
-        self.model.save(path, extra=self._state())
+        """Write the model and the training state (atomically). Data-parallel: every rank must
+        call it (the LSTM states are gathered); rank 0 writes."""
+        extra = self._state()
+        if self.is_root:
+            self.model.save(path, extra=extra)
 
     def resume(self, path: str) -> None:
         """Load a checkpoint written by ``fit`` (model, optimizer, cursors, LSTM states, RNG):
@@ -251,6 +304,34 @@ class RnnlmTrainer:
         ``checkpoint``: path written atomically after each epoch (and on Ctrl-C, the last
         complete epoch's file is kept). Returns the list of training perplexities.
         """
+        try:
+            return self._fit(xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
+                             lr_decay, checkpoint, progress, lr_schedule, max_steps, max_time, clip_value)
+        except BaseException as exc:
+            if self.dist is not None and self.dist.size > 1 and self.abort_on_error \
+                    and not isinstance(exc, RanksDisagree):
+                self.dist.abort(exc, prefix="pylstm fit")
+            raise
+
+    def _start_ranks(self, xs, ts, val_corpus, settings: dict) -> None:
+        """Data-parallel start: the same run on every rank (else a clear error everywhere), then
+        rank 0's parameters, optimizer state and dropout generator everywhere."""
+        dist, model = self.dist, self.model
+        params = unique_params(model.params, model.grads)[0]
+        same = dict(settings)
+        same.update(model=model.config, params=[(tuple(p.shape), str(p.dtype)) for p in params],
+                    optimizer=type(self.optimizer).__name__, lr=float(self.optimizer.lr),
+                    xs=corpus_digest(xs), ts=corpus_digest(ts), val_corpus=corpus_digest(val_corpus),
+                    position=(self.current_epoch, self.epoch_iter, self.time_idx))
+        dist.check_same(same, "the training runs")
+        dist.broadcast_arrays(params)
+        opt = dist.broadcast(self.optimizer.state_dict() if dist.rank == 0 else None)
+        if dist.rank != 0:
+            self.optimizer.load_state_dict(opt)
+        _set_rng_states(model, dist.broadcast(_rng_states(model) if dist.rank == 0 else None))
+
+    def _fit(self, xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
+             lr_decay, checkpoint, progress, lr_schedule, max_steps, max_time, clip_value):
         xs = _check_corpus("xs", xs, batch_size * time_size)
         ts = _check_corpus("ts", ts, batch_size * time_size)
         if len(xs) != len(ts):
@@ -269,9 +350,21 @@ class RnnlmTrainer:
             raise ValueError(f"max_time must be a number of seconds > 0 or None, got {max_time}")
         self.stopped_early = False
         steps = 0
-        model, optimizer = self.model, self.optimizer
-        for layer in model.lstm_layers:  # a state left by predict() on another batch size
-            if layer.h is not None and layer.h.shape[0] != batch_size:
+        model, dist = self.model, self.dist
+        r0, r1 = self._rows(batch_size)  # this rank's rows of every batch
+        weight = (r1 - r0) / batch_size  # its share of the mean gradient
+        if dist is not None:
+            self._start_ranks(xs, ts, val_corpus, dict(
+                max_epoch=max_epoch, batch_size=batch_size, time_size=time_size, max_grad=max_grad,
+                clip_value=clip_value, eval_interval=eval_interval, lr_decay=lr_decay,
+                lr_schedule=lr_schedule is not None, max_steps=max_steps, max_time=max_time))
+        for layer in model.lstm_layers:
+            h, c = _layer_state(layer)
+            if h is None:
+                continue
+            if dist is not None and h.shape[0] == batch_size != r1 - r0:  # a resumed run's whole batch
+                _set_layer_state(layer, h[r0:r1].copy(), None if c is None else c[r0:r1].copy())
+            elif h.shape[0] != r1 - r0:  # a state left by predict() on another batch size
                 layer.reset_state()
         max_iters = len(xs) // (batch_size * time_size)
         xp = array_module(model.params[0])
@@ -285,22 +378,44 @@ class RnnlmTrainer:
                 if c.min() < 0 or c.max() >= V:
                     raise ValueError(f"{name}: ids must be in [0, {V}), got values in [{c.min()}, {c.max()}]")
             xs_dev, ts_dev = xp.asarray(xs.astype(np.int32)), xp.asarray(ts.astype(np.int32))
-            base = xp.asarray(batch_indices(len(xs), batch_size, time_size, 0))
+            base = xp.asarray(batch_indices(len(xs), batch_size, time_size, 0)[r0:r1])
             nonfinite = xp.zeros((), np.int32)
         self.eval_interval = eval_interval
         start = time.time()
         best_val = min(self.val_ppl_list) if self.val_ppl_list else float("inf")
+        for layer in model.drop_layers:  # data-parallel: this rank's rows of the batch's masks
+            layer.rows = (r0, batch_size) if dist is not None else None
+        try:
+            self._epochs(xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
+                         lr_decay, checkpoint, progress, lr_schedule, max_steps, max_time, clip_value,
+                         steps, start, best_val, max_iters, weight, xp, on_device, saved_checks,
+                         (xs_dev, ts_dev, base, nonfinite) if on_device else None)
+        finally:
+            for layer in model.drop_layers:
+                layer.rows = None
+        if dist is not None:
+            dist.check_identical(unique_params(model.params, model.grads)[0], "at the end of fit")
+        return self.ppl_list
+
+    def _epochs(self, xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
+                lr_decay, checkpoint, progress, lr_schedule, max_steps, max_time, clip_value,
+                steps, start, best_val, max_iters, weight, xp, on_device, saved_checks, dev):
+        model, optimizer, dist = self.model, self.optimizer, self.dist
+        if on_device:
+            xs_dev, ts_dev, base, nonfinite = dev
         for epoch in range(self.current_epoch, max_epoch):
             if lr_schedule is not None:
                 optimizer.lr = float(lr_schedule(epoch))
             epoch_lr = float(optimizer.lr)
-            bar = _Progress(max_iters, f"epoch {epoch + 1}/{max_epoch}", progress)
+            bar = _Progress(max_iters, f"epoch {epoch + 1}/{max_epoch}", progress and self.is_root)
             if on_device:  # checked once above; per-step checks would wait for the GPU
                 model.layers[0].check_ids = model.loss_layer.check_labels = False
             try:
                 for it in range(min(self.epoch_iter, max_iters), max_iters):
-                    if (max_steps is not None and steps >= max_steps) or \
-                            (max_time is not None and time.time() - start >= max_time):
+                    out_of_time = max_time is not None and time.time() - start >= max_time
+                    if dist is not None and max_time is not None:
+                        out_of_time = dist.broadcast(out_of_time)  # the ranks stop at the same step
+                    if (max_steps is not None and steps >= max_steps) or out_of_time:
                         self.stopped_early = True
                         break
                     steps += 1
@@ -313,6 +428,11 @@ class RnnlmTrainer:
                     loss = model.forward(bx, bt)
                     model.backward()
                     params, grads = unique_params(model.params, model.grads)
+                    if dist is not None:  # the whole batch's mean gradient and loss, on every rank
+                        dist.allreduce_grads(grads, weight)
+                        loss = dist.allreduce_sum(float(loss) * weight)
+                        if steps % dist.check_every == 0:
+                            dist.check_identical(params, f"step {steps}")
                     if clip_value is not None:
                         clip_grads_by_value(grads, clip_value)
                     if max_grad is not None:
@@ -350,7 +470,8 @@ class RnnlmTrainer:
             self.lr_list.append(epoch_lr)
             if val_corpus is not None:
                 saved = [_layer_state(layer) for layer in model.lstm_layers]
-                val = eval_perplexity(model, val_corpus, batch_size=min(10, batch_size), time_size=time_size)
+                val = eval_perplexity(model, val_corpus, batch_size=min(10, batch_size), time_size=time_size,
+                                      comm=dist)
                 for layer, (h, c) in zip(model.lstm_layers, saved):
                     _set_layer_state(layer, h, c)
                 self.val_ppl_list.append(val)
@@ -462,6 +583,10 @@ def _lstm_state(extra: dict, key: str, dtype) -> np.ndarray:
     if a.dtype.kind != "f":  # a complex state would lose its imaginary part in the cast
         raise TypeError(f"{key} must be a real floating-point array, got dtype {a.dtype}")
     return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _no_log(msg: str) -> None:
+    """The log of the ranks other than 0."""
 
 
 def _rng_states(model) -> list:

@@ -1,0 +1,115 @@
+"""One rank of a data-parallel run for tests/test_distributed.py (started by mpiexec, or alone as
+the one-process reference).
+
+    python mpi_worker.py OUT [--batch B] [--time T] [--steps S] [--float64] [--dropout R]
+                             [--distributed] [--checkpoint] [--resume] [--val]
+                             [--fail-rank R] [--corrupt-rank R]
+
+Writes OUT/params.npz (rank 0: the unique parameters after training), OUT/crc_<rank> (every rank:
+the CRC-32 of its parameters) and, with --checkpoint, OUT/checkpoint.npz.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from pylstm.distributed import params_crc
+from pylstm.models import LstmLM, unique_params
+from pylstm.optimizers import Adam
+from pylstm.trainer import RnnlmTrainer, eval_perplexity
+
+
+def corpus(n=3000, V=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return (np.cumsum(rng.integers(1, 4, n)) % V).astype(np.int64)  # a learnable sequence
+
+
+def to_float64(model):
+    """The model's parameters and gradients as float64 copies (ties kept)."""
+    new = []
+    for p in model.params:
+        for j, q in enumerate(model.params[:len(new)]):
+            if p is q:
+                new.append(new[j])
+                break
+            if p.base is q:  # the tied output projection: a transposed view
+                new.append(new[j].T)
+                break
+        else:
+            new.append(p.astype(np.float64))
+    k = 0
+    for layer in model.layers:
+        n = len(layer.params)
+        layer.params[:] = new[k:k + n]
+        layer.grads[:] = [np.zeros_like(q) for q in layer.params]
+        k += n
+    model._collect()
+    return model
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--batch", type=int, default=6)
+    ap.add_argument("--time", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--float64", action="store_true")
+    ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--distributed", action="store_true")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--checkpoint", action="store_true")
+    ap.add_argument("--fail-rank", type=int, default=None, help="this rank raises at its 3rd step")
+    ap.add_argument("--corrupt-rank", type=int, default=None, help="this rank's update drifts at its 3rd step")
+    ap.add_argument("--val", action="store_true", help="also evaluate a validation corpus")
+    a = ap.parse_args()
+
+    comm, rank = None, 0
+    if a.distributed:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        rank = comm.Get_rank()
+    model = LstmLM(40, 10, 10, num_layers=2, dropout_ratio=a.dropout, tie_weights=True, seed=3)
+    if a.float64:
+        to_float64(model)
+    if a.fail_rank is not None and rank == a.fail_rank:
+        forward, calls = model.forward, [0]
+
+        def failing_forward(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 3:
+                raise RuntimeError("injected failure at step 3")
+            return forward(*args, **kwargs)
+        model.forward = failing_forward
+    opt = Adam(lr=0.01)
+    if a.corrupt_rank is not None and rank == a.corrupt_rank:
+        update, steps = opt.update, [0]
+
+        def drifting_update(params, grads):
+            update(params, grads)
+            steps[0] += 1
+            if steps[0] == 3:
+                params[1][0, 0] += 1e-6
+        opt.update = drifting_update
+    trainer = RnnlmTrainer(model, opt, log=lambda msg: None, comm=comm, check_every=5)
+    ckpt = os.path.join(a.out, "checkpoint.npz")
+    if a.resume:
+        trainer.resume(ckpt)
+    data = corpus()
+    trainer.fit(data[:-1], data[1:], max_epoch=100, batch_size=a.batch, time_size=a.time, max_grad=1.0,
+                eval_interval=None, progress=False, max_steps=a.steps,
+                val_corpus=data[:500] if a.val else None, checkpoint=ckpt if a.checkpoint else None)
+    params = unique_params(model.params, model.grads)[0]
+    with open(os.path.join(a.out, f"crc_{rank}"), "w") as f:
+        f.write(str(params_crc(params)))
+    ppl = eval_perplexity(model, data[:700], batch_size=5, time_size=a.time, comm=comm)
+    if rank == 0:
+        np.savez(os.path.join(a.out, "params.npz"), *params, ppl=ppl,
+                 time_idx=trainer.time_idx, loss_sum=trainer.loss_sum)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
