@@ -371,6 +371,11 @@ def _setup_train(a, dist, say):
     if a.cuda_graphs and a.device != "cuda":
         raise ValueError("--cuda-graphs needs --device cuda")
     if a.device != "cpu":
+        if dist is not None:
+            from ._devices import device_module
+
+            device_module(a.device)  # (a clear error when there is no GPU)
+            dist.use_local_gpu()  # one GPU per rank of a host
         model.to(a.device)  # before resume: the checkpoint loads into the device arrays
     if a.cuda_graphs:
         set_cuda_graphs(True)
@@ -415,6 +420,8 @@ def _run_train(a, dist, say, trainer, model, ckpt, train, val, test, vocab, leve
     from .trainer import eval_perplexity
 
     V = len(vocab)
+    if dist is not None and a.device == "cuda":  # (a collective: after the start-up error check)
+        say(f"distributed: device gradients reduced by {dist._device_transport()}")
     t0 = time.time()
     try:
         trainer.fit(train[:-1], train[1:], max_epoch=a.epochs, batch_size=a.batch, time_size=a.time, max_grad=a.clip,

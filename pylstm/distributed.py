@@ -13,8 +13,10 @@ the same generator state, skips the other ranks' rows (``draw_rows``) and draws 
 K-rank run follows the one-process run to the rounding of the gradient sum, with or without
 dropout, and a checkpoint resumes exactly with any K.
 
-Device arrays (CuPy) are reduced by CUDA-aware MPI when the library says it is, else through
-host memory; ``DataParallel.transport`` names the choice.
+Device arrays (CuPy) are reduced by CUDA-aware MPI when every rank's library says it is one,
+else by NCCL (``cupy.cuda.nccl``) when every rank has it, else through host memory; the choice is
+made once, by all ranks together, and ``DataParallel.transport`` names it. Each rank of a host
+takes its own GPU (``use_local_gpu``).
 """
 
 from __future__ import annotations
@@ -143,21 +145,54 @@ class DataParallel:
     # --- collectives -----------------------------------------------------------------------
     @property
     def transport(self) -> str:
-        """How device buffers are reduced: "host" (NumPy arrays, or device arrays staged through
-        host memory) or "cuda-aware" (the MPI library reads device memory itself)."""
+        """How device buffers are reduced: "cuda-aware" (the MPI library reads device memory),
+        "nccl", or "host" (staged through host memory; also what NumPy arrays use)."""
         return self._transport or "host"
+
+    def use_local_gpu(self) -> int:
+        """Make this rank's current CuPy device the GPU of its rank among the ranks of its host
+        (round robin when the ranks outnumber the GPUs); returns its index."""
+        import cupy
+
+        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED).Get_rank()
+        dev = local % cupy.cuda.runtime.getDeviceCount()
+        cupy.cuda.Device(dev).use()
+        return dev
 
     def _device_transport(self) -> str:
         if self._transport is None:
             query = getattr(self.MPI, "Query_cuda_support", None)
             aware = bool(query()) if query is not None else False
+            try:
+                from cupy.cuda import nccl
+
+                has_nccl = bool(nccl.available) if hasattr(nccl, "available") else True
+            except ImportError:
+                has_nccl = False
             # every rank must take the same path
-            self._transport = "cuda-aware" if self.comm.allreduce(int(aware), op=self.MPI.MIN) else "host"
+            if self.comm.allreduce(int(aware), op=self.MPI.MIN):
+                self._transport = "cuda-aware"
+            elif self.comm.allreduce(int(has_nccl), op=self.MPI.MIN):
+                from cupy.cuda import nccl
+
+                uid = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
+                self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
+                self._transport = "nccl"
+            else:
+                self._transport = "host"
         return self._transport
 
     def _allreduce_inplace(self, buf) -> None:
         xp = array_module(buf)
-        if xp is np or self._device_transport() == "cuda-aware":
+        way = "host" if xp is np else self._device_transport()
+        if way == "nccl":  # queued on the current stream, in order with the kernels around it
+            from cupy.cuda import nccl
+
+            kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[str(buf.dtype)]
+            self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kind, nccl.NCCL_SUM,
+                                 xp.cuda.get_current_stream().ptr)
+            return
+        if xp is np or way == "cuda-aware":
             if xp is not np:
                 xp.cuda.get_current_stream().synchronize()  # MPI does not order on CUDA streams
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
