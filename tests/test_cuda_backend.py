@@ -284,8 +284,8 @@ def test_gpu_cuda_graphs_replay_and_match_direct_launches():
         for _ in range(4):  # CuPy's pool returns the same blocks: captures then replays
             for a, b in zip(step(), direct):
                 np.testing.assert_array_equal(a, b)
-        replays, captures = _backend.cuda._graph_stats()
-        assert captures >= 2 and replays >= 1, (replays, captures)
+        replays, captures, updates = _backend.cuda._graph_stats()
+        assert captures >= 2 and replays + updates >= 1, (replays, captures, updates)
     finally:
         pylstm.set_cuda_graphs(old)
         _backend.cuda._clear_graphs()
@@ -357,22 +357,69 @@ def test_cuda_graph_is_captured_once_and_replays_new_contents(graphs_on):
                               (want[0], want[1], want[2], want[5])):
             assert_close(name, g, w, 1e-12)
         assert_close("dW", grads["dW"], np.concatenate([want[3], want[4]]), 1e-12)
-        assert tuple(emu._graph_stats()) == (3 * call, 3)  # (replays, captures)
+        assert tuple(emu._graph_stats()) == (3 * call, 3, 0)  # (replays, captures, updates)
 
 
 @needs_emu
-def test_cuda_graphs_key_on_every_address_and_keep_eight(graphs_on):
+def test_cuda_graphs_of_one_shape_keep_four_address_sets_then_update(graphs_on):
+    """A shape's first four address sets are captured; a fifth updates the least recently used
+    executable in place (no new one); a cached address set replays; every call computes on its
+    own arrays."""
     d = _inputs()
     outs = [_outputs(np.float64) for _ in range(10)]
-    for out in outs:  # ten different output addresses: ten captures
+    for out in outs[:4]:
         _forward_binding(d, out)
-    assert tuple(emu._graph_stats()) == (0, 10)
-    _forward_binding(d, outs[-1])  # among the 8 most recent: a replay
-    assert tuple(emu._graph_stats()) == (1, 10)
-    _forward_binding(d, outs[0])  # evicted: captured again
-    assert tuple(emu._graph_stats()) == (1, 11)
+    assert tuple(emu._graph_stats()) == (0, 4, 0)  # (replays, captures, updates)
+    for out in outs[4:]:  # six new address sets: updates, no captures
+        _forward_binding(d, out)
+    assert tuple(emu._graph_stats()) == (0, 4, 6)
+    _forward_binding(d, outs[-1])  # among the four most recent of its shape: a replay
+    assert tuple(emu._graph_stats()) == (1, 4, 6)
+    _forward_binding(d, outs[0])  # updated away long ago: an update
+    assert tuple(emu._graph_stats()) == (1, 4, 7)
+    _forward_binding(d, _outputs(np.float64, save=False), work=np.zeros(emu.forward_workspace_size(N, T, D, H, False)))
+    assert tuple(emu._graph_stats()) == (1, 5, 7)  # inference: another shape (no gates, no cs)
     for out in outs:
         np.testing.assert_array_equal(out["hs"], outs[0]["hs"])
+
+
+@needs_emu
+def test_cuda_graphs_in_a_training_loop_stop_capturing(graphs_on):
+    """Three stacked LSTM layers trained 20 steps through the functional API, outputs allocated
+    afresh by every call (as the layers do): a bounded number of captures, all in the first
+    steps; every later call replays or updates; the same bits as without graphs."""
+    rng = np.random.default_rng(11)
+    n, t, dims = 2, 5, (7, 6, 6, 6)  # layers 2 and 3 share a shape
+    weights = [(rng.standard_normal((dims[k], 4 * dims[k + 1])) * 0.3,
+                rng.standard_normal((dims[k + 1], 4 * dims[k + 1])) * 0.3,
+                rng.standard_normal(4 * dims[k + 1]) * 0.1) for k in range(3)]
+
+    def step(x):
+        caches, h = [], Dev(x)
+        for Wx, Wh, b in weights:
+            h, _, _, cache = pylstm.lstm_forward(h, Dev(Wx), Dev(Wh), Dev(b))
+            caches.append(cache)
+        dh = Dev(np.ones_like(h.array) * 0.1)
+        for cache in reversed(caches):
+            dh = pylstm.lstm_backward(dh, cache)[0]
+        return dh.array.copy()
+
+    xs = [rng.standard_normal((n, t, dims[0])) for _ in range(20)]
+    with_graphs, counts = [], []
+    for x in xs:
+        with_graphs.append(step(x))
+        counts.append(tuple(emu._graph_stats()))
+    replays, captures, updates = counts[-1]
+    assert captures <= 4 * GRAPHS_PER_SHAPE, counts[-1]  # 4 shapes: 2 forward, 2 backward
+    first_still_capturing = max(k for k in range(20) if counts[k][1] != (counts[k - 1][1] if k else 0))
+    assert first_still_capturing < 2 * GRAPHS_PER_SHAPE, counts
+    assert replays + updates + captures == 20 * 6
+    pylstm.set_cuda_graphs(False)
+    for x, got in zip(xs, with_graphs):
+        np.testing.assert_array_equal(step(x), got)
+
+
+GRAPHS_PER_SHAPE = 4  # GraphCache::kPerShape (csrc/cuda/graph_cache.h)
 
 
 @needs_emu

@@ -283,16 +283,25 @@ py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::ob
   return py::make_tuple(a.s.N, a.s.T, a.s.D, a.s.H, a.itemsize, dev);
 }
 
-// What a cached CUDA graph of a call depends on (gpu::run_maybe_graphed): which call and cell,
-// the dtype, the shape and every array's address (0 for an absent one).
-std::vector<std::uint64_t> graph_key(int kind, const LstmArgs& a,
-                                     const std::vector<const DevArray*>& arrays) {
+// What a cached CUDA graph of a call depends on (gpu::run_maybe_graphed): its shape (which call
+// and cell, the dtype, the sizes, which optional arrays are present) and its addresses.
+std::vector<std::uint64_t> graph_shape(int kind, const LstmArgs& a,
+                                       const std::vector<const DevArray*>& arrays) {
   std::vector<std::uint64_t> key = {std::uint64_t(kind), std::uint64_t(a.itemsize),
                                     std::uint64_t(a.s.N), std::uint64_t(a.s.T),
                                     std::uint64_t(a.s.D), std::uint64_t(a.s.H),
                                     std::uint64_t(std::hash<std::string>()(a.cell.name))};
-  for (const DevArray* x : arrays) key.push_back(x->present() ? std::uint64_t(x->ptr) : 0u);
+  std::uint64_t present = 0;
+  for (size_t i = 0; i < arrays.size(); ++i) present |= std::uint64_t(arrays[i]->present()) << (i % 64);
+  key.push_back(present);
+  key.push_back(arrays.size());
   return key;
+}
+
+std::vector<std::uint64_t> graph_addrs(const std::vector<const DevArray*>& arrays) {
+  std::vector<std::uint64_t> addrs;
+  for (const DevArray* x : arrays) addrs.push_back(x->present() ? std::uint64_t(x->ptr) : 0u);
+  return addrs;
 }
 
 // The common end of forward / backward, shapes and dtypes checked: one device and no
@@ -304,11 +313,11 @@ void run_on_device(int kind, const LstmArgs& a, const std::vector<const DevArray
                    size_t first_output, std::uintptr_t stream, Body&& body) {
   const int dev = check_devices(all, first_output);
   const std::vector<std::uintptr_t> producers = producer_streams(all);
-  const std::vector<std::uint64_t> key = graph_key(kind, a, all);
+  const std::vector<std::uint64_t> shape = graph_shape(kind, a, all), addrs = graph_addrs(all);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   gpu::wait_for_producers(producers, stream);
-  gpu::run_maybe_graphed(dev, stream, key, body);
+  gpu::run_maybe_graphed(dev, stream, shape, addrs, body);
 }
 
 void seq_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
@@ -627,7 +636,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
     return old;
   }, py::arg("on"), "Run each LSTM forward/backward as a cached CUDA graph; returns the old setting.");
   m.def("get_cuda_graphs", &gpu::get_use_graphs);
-  m.def("_graph_stats", &gpu::graph_stats, "This thread's (graph replays, graph captures).");
+  m.def("_graph_stats", &gpu::graph_stats,
+        "This thread's graph cache: [replays, captures of a new executable, updates to new addresses].");
   m.def("_clear_graphs", &gpu::clear_graphs);
 #if !defined(PYLSTM_REAL_CUDA)
   m.def("_emu_selftest", &emu_selftest, py::arg("values"), py::arg("mode"));

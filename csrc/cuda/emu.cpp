@@ -182,17 +182,20 @@ void drop(Recording&) {}
 void set_use_graphs(bool on) { emu_graphs.store(on); }
 bool get_use_graphs() { return emu_graphs.load(); }
 
-void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& key,
+void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& shape,
+                       const std::vector<std::uint64_t>& addrs,
                        const std::function<void(const GpuContext&)>& fn) {
   const GpuContext ctx = context(dev, stream);
   if (!emu_graphs.load() || pylstm_emu::recording != nullptr) {
     fn(ctx);
     return;
   }
-  std::vector<std::uint64_t> full = GraphCache<Recording>::full_key(key, dev, get_allow_tf32());
-  Recording* rec = emu_cache.find(full);
-  if (rec == nullptr) {
-    Recording work;
+  using Cache = GraphCache<Recording>;
+  std::vector<std::uint64_t> full = Cache::full_key(shape, dev, get_allow_tf32());
+  auto found = emu_cache.find(full, addrs);
+  Recording* rec = found.first;
+  if (found.second != Cache::Found::kReplay) {
+    Recording work;  // a capture: the launches recorded, not run
     pylstm_emu::recording = &work;
     try {
       fn(ctx);
@@ -201,12 +204,17 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
       throw;
     }
     pylstm_emu::recording = nullptr;
-    rec = &emu_cache.add(std::move(full), std::move(work), drop);
+    if (found.second == Cache::Found::kNone) {
+      rec = &emu_cache.add(std::move(full), addrs, std::move(work), drop);
+    } else {  // an update in place: the same launches on the new addresses
+      *rec = std::move(work);
+      emu_cache.updated(addrs);
+    }
   }
   for (const auto& w : *rec) w();
 }
 
-std::pair<std::int64_t, std::int64_t> graph_stats() { return emu_cache.stats(); }
+std::vector<std::int64_t> graph_stats() { return emu_cache.stats(); }
 void clear_graphs() { emu_cache.clear(drop); }
 
 // One host thread runs every emulated launch in order: nothing to wait for.

@@ -304,10 +304,10 @@ GraphStream& graph_device(int dev) {
   return d;
 }
 
-// Captures fn's work on `stream` into an executable graph. On any failure the capture is ended
-// and discarded (the stream leaves capture mode) before the error propagates.
-cudaGraphExec_t capture(cudaStream_t stream, const GpuContext& ctx,
-                        const std::function<void(const GpuContext&)>& fn) {
+// Captures fn's work on `stream` into a graph (launches recorded, not run). On any failure the
+// capture is ended and discarded (the stream leaves capture mode) before the error propagates.
+cudaGraph_t capture(cudaStream_t stream, const GpuContext& ctx,
+                    const std::function<void(const GpuContext&)>& fn) {
   check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
              "cudaStreamBeginCapture");
   cudaGraph_t graph = nullptr;
@@ -320,6 +320,11 @@ cudaGraphExec_t capture(cudaStream_t stream, const GpuContext& ctx,
     throw;
   }
   check_cuda(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  return graph;
+}
+
+// An executable of `graph`, which it destroys.
+cudaGraphExec_t instantiate(cudaGraph_t graph) {
   cudaGraphExec_t exec = nullptr;
   const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
@@ -331,7 +336,8 @@ cudaGraphExec_t capture(cudaStream_t stream, const GpuContext& ctx,
 void set_use_graphs(bool on) { use_graphs.store(on); }
 bool get_use_graphs() { return use_graphs.load(); }
 
-void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& key,
+void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& shape,
+                       const std::vector<std::uint64_t>& addrs,
                        const std::function<void(const GpuContext&)>& fn) {
   const cudaStream_t caller = stream_of(stream);
   if (!use_graphs.load()) {
@@ -345,13 +351,24 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
     return;
   }
   GraphStream& d = graph_device(dev);
-  GraphCache<cudaGraphExec_t>& cache = thread_graphs.cache;
-  std::vector<std::uint64_t> full = GraphCache<cudaGraphExec_t>::full_key(key, dev, allow_tf32.load());
-  cudaGraphExec_t* exec = cache.find(full);
-  if (exec == nullptr) {
-    exec = &cache.add(std::move(full),
-                      capture(d.stream, context(dev, reinterpret_cast<std::uintptr_t>(d.stream)), fn),
-                      destroy_exec);
+  using Cache = GraphCache<cudaGraphExec_t>;
+  Cache& cache = thread_graphs.cache;
+  std::vector<std::uint64_t> full = Cache::full_key(shape, dev, allow_tf32.load());
+  auto found = cache.find(full, addrs);
+  cudaGraphExec_t* exec = found.first;
+  const GpuContext ctx = context(dev, reinterpret_cast<std::uintptr_t>(d.stream));
+  if (found.second == Cache::Found::kNone) {
+    exec = &cache.add(std::move(full), addrs, instantiate(capture(d.stream, ctx, fn)), destroy_exec);
+  } else if (found.second == Cache::Found::kUpdate) {
+    cudaGraph_t graph = capture(d.stream, ctx, fn);
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(*exec, graph, &info) == cudaSuccess) {
+      cudaGraphDestroy(graph);
+      cache.updated(addrs);
+    } else {  // a topology the executable cannot take: a new one in its place
+      cudaGetLastError();
+      exec = &cache.replace(addrs, instantiate(graph), destroy_exec);
+    }
   }
   check_cuda(cudaEventRecord(d.in, caller), "cudaEventRecord");
   check_cuda(cudaStreamWaitEvent(d.stream, d.in, 0), "cudaStreamWaitEvent");
@@ -360,7 +377,7 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
   check_cuda(cudaStreamWaitEvent(caller, d.out, 0), "cudaStreamWaitEvent");
 }
 
-std::pair<std::int64_t, std::int64_t> graph_stats() { return thread_graphs.cache.stats(); }
+std::vector<std::int64_t> graph_stats() { return thread_graphs.cache.stats(); }
 
 void clear_graphs() { thread_graphs.cache.clear(destroy_exec); }
 

@@ -53,20 +53,24 @@ GpuContext context(int dev, std::uintptr_t stream);
 void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer);
 
 // CUDA graphs for the LSTM calls (off by default). With them on, run_maybe_graphed runs `fn`'s
-// work (an LSTM forward or backward: one or two launches per step) as a CUDA graph cached
-// under `key`: captured and instantiated on the first call with that key, then replayed with
-// one cudaGraphLaunch per call. The key must hold everything the work depends on (shape,
-// dtype, every pointer): a hit replays the same kernels on the same memory. Replays run on a
+// work (an LSTM forward or backward: one or two launches per step) as a CUDA graph: `shape`
+// holds everything the graph's topology depends on (call, cell, dtype, sizes, which optional
+// arrays are present), `addrs` every array's address. The first call of a shape captures and
+// instantiates; a call on cached addresses replays with one cudaGraphLaunch; a call on new
+// addresses of a shape that already has GraphCache::kPerShape graphs re-captures (cheap: the
+// launches are recorded, not run) and updates the least recently used executable in place
+// (cudaGraphExecUpdate; instantiated anew only if the update is refused). Replays run on a
 // private stream of this thread and device, joined to the caller's stream by events both ways
 // (the legacy default stream cannot be captured). When the caller's stream is itself being
 // captured, or graphs are off, fn runs directly on the caller's stream. Per host thread, the
-// 8 most recently used graphs are kept.
+// GraphCache::kMaxGraphs most recently used executables are kept.
 void set_use_graphs(bool on);
 bool get_use_graphs();
-void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& key,
+void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& shape,
+                       const std::vector<std::uint64_t>& addrs,
                        const std::function<void(const GpuContext&)>& fn);
-// This thread's graph cache: (replays of a cached graph, captures); clear_graphs empties it.
-std::pair<std::int64_t, std::int64_t> graph_stats();
+// This thread's graph cache: (replays, captures, updates); clear_graphs empties it.
+std::vector<std::int64_t> graph_stats();
 void clear_graphs();
 
 // TF32 tensor-core math for float32 GEMMs (off by default: strict fp32).
