@@ -266,6 +266,52 @@ def test_gpu_results_stay_on_the_device_and_match_cpu():
     assert float(norm) == pytest.approx(ref.global_norm_ref(list(wg)), rel=1e-12)
 
 
+class _OnStream:
+    """A CuPy array whose __cuda_array_interface__ names another producer stream."""
+
+    def __init__(self, a, stream_ptr):
+        self.a, self.stream_ptr = a, stream_ptr
+
+    @property
+    def __cuda_array_interface__(self):
+        return dict(self.a.__cuda_array_interface__, stream=self.stream_ptr)
+
+
+@pytest.mark.cuda
+def test_gpu_threads_that_exit_hand_on_their_handles_streams_and_events():
+    """16 short-lived threads, one after another, each a graphed forward whose inputs name
+    another producer stream (so the call records a sync event): the handles, graph streams and
+    events of the exited threads are reused, not created anew per thread."""
+    import threading
+
+    cupy = pytest.importorskip("cupy")
+    d = make_lstm_inputs((2, 3, 4, 5), np.float32, seed=4)
+    producer = cupy.cuda.Stream(non_blocking=True)
+    dev = {k: None if v is None else _OnStream(cupy.asarray(v), producer.ptr) for k, v in d.items()}
+    before = _backend.cuda._resource_counts()
+    old = pylstm.set_cuda_graphs(True)
+    errors = []
+
+    def call():
+        try:
+            with cupy.cuda.Stream(non_blocking=True):
+                pylstm.lstm_forward(dev["xs"], dev["Wx"], dev["Wh"], dev["b"], dev["h0"], dev["c0"])
+            cupy.cuda.Device().synchronize()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    try:
+        for _ in range(16):
+            th = threading.Thread(target=call)
+            th.start()
+            th.join()
+    finally:
+        pylstm.set_cuda_graphs(old)
+    assert not errors, errors
+    created = [b - a for a, b in zip(before, _backend.cuda._resource_counts())]
+    assert all(c <= 1 for c in created), created  # (handles, graph streams, events)
+
+
 @pytest.mark.cuda
 def test_gpu_cuda_graphs_replay_and_match_direct_launches():
     cupy = pytest.importorskip("cupy")

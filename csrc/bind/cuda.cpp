@@ -639,6 +639,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
   m.def("_graph_stats", &gpu::graph_stats,
         "This thread's graph cache: [replays, captures of a new executable, updates to new addresses].");
   m.def("_clear_graphs", &gpu::clear_graphs);
+  m.def("_resource_counts", &gpu::resource_counts,
+        "[cuBLAS handles, graph streams, sync events] created by this process (pooled per thread).");
 #if !defined(PYLSTM_REAL_CUDA)
   m.def("_emu_selftest", &emu_selftest, py::arg("values"), py::arg("mode"));
 #endif

@@ -219,6 +219,7 @@ void clear_graphs() { emu_cache.clear(drop); }
 
 // One host thread runs every emulated launch in order: nothing to wait for.
 void wait_for_producers(const std::vector<std::uintptr_t>&, std::uintptr_t) {}
+std::vector<std::int64_t> resource_counts() { return {0, 0, 0}; }  // (the emulation has none)
 void set_allow_tf32(bool on) { emu_tf32 = on; }
 bool get_allow_tf32() { return emu_tf32; }
 

@@ -86,6 +86,10 @@ class DevicePool {
   std::vector<std::vector<Item>> free_;  // per device
 };
 
+// How many of each pooled resource this process created (gpu::resource_counts): a thread churn
+// test checks that exiting threads hand theirs on instead of leaking them.
+std::atomic<std::int64_t> created_handles{0}, created_streams{0}, created_events{0};
+
 DevicePool<HandleSlot>& handle_pool() {
   static auto* pool = new DevicePool<HandleSlot>;  // never destroyed (see above)
   return *pool;
@@ -106,6 +110,7 @@ HandleSlot take_handle(int dev) {
   HandleSlot slot;
   if (handle_pool().take(dev, slot)) return slot;
   check_cublas(cublasCreate(&slot.handle), "cublasCreate");
+  ++created_handles;
   check_cublas(cublasSetMathMode(slot.handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
   return slot;
 }
@@ -226,8 +231,33 @@ cudaStream_t stream_of(std::uintptr_t h) {
 }
 
 // One reusable event per host thread and device (recorded and waited on in stream order, so
-// reusing it between calls is safe); never destroyed, like the cuBLAS handles.
-thread_local std::vector<cudaEvent_t> sync_events;
+// reusing it between calls is safe); an exiting thread hands its events to the pool, like the
+// cuBLAS handles, and they are never destroyed.
+DevicePool<cudaEvent_t>& event_pool() {
+  static auto* pool = new DevicePool<cudaEvent_t>;
+  return *pool;
+}
+
+struct ThreadEvents {
+  std::vector<cudaEvent_t> ev;  // per device
+  ~ThreadEvents() {
+    for (size_t d = 0; d < ev.size(); ++d) {
+      if (ev[d] != nullptr) event_pool().give(int(d), ev[d]);
+    }
+  }
+};
+thread_local ThreadEvents sync_events;
+
+cudaEvent_t sync_event(int dev) {
+  std::vector<cudaEvent_t>& v = sync_events.ev;
+  if (v.size() <= size_t(dev)) v.resize(size_t(dev) + 1, nullptr);
+  cudaEvent_t& e = v[size_t(dev)];
+  if (e == nullptr && !event_pool().take(dev, e)) {
+    check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    ++created_events;
+  }
+  return e;
+}
 }  // namespace
 
 void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer) {
@@ -238,23 +268,17 @@ void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintp
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   check_cuda(cudaStreamIsCapturing(to, &status), "cudaStreamIsCapturing");
   if (status != cudaStreamCaptureStatusNone) return;
-  int dev = 0;
-  bool have_dev = false;
+  cudaEvent_t event = nullptr;
   for (const std::uintptr_t p : producers) {
     const cudaStream_t from = stream_of(p);
     if (from == to) continue;
-    if (!have_dev) {
+    if (event == nullptr) {
+      int dev = 0;
       check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-      have_dev = true;
-      if (sync_events.size() <= size_t(dev)) sync_events.resize(size_t(dev) + 1, nullptr);
-      if (sync_events[size_t(dev)] == nullptr) {
-        check_cuda(cudaEventCreateWithFlags(&sync_events[size_t(dev)], cudaEventDisableTiming),
-                   "cudaEventCreateWithFlags");
-      }
+      event = sync_event(dev);
     }
-    check_cuda(cudaEventRecord(sync_events[size_t(dev)], from),
-               "cudaEventRecord on an input array's stream");
-    check_cuda(cudaStreamWaitEvent(to, sync_events[size_t(dev)], 0), "cudaStreamWaitEvent");
+    check_cuda(cudaEventRecord(event, from), "cudaEventRecord on an input array's stream");
+    check_cuda(cudaStreamWaitEvent(to, event, 0), "cudaStreamWaitEvent");
   }
 }
 
@@ -300,6 +324,7 @@ GraphStream& graph_device(int dev) {
     check_cuda(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking), "cudaStreamCreate");
     check_cuda(cudaEventCreateWithFlags(&d.in, cudaEventDisableTiming), "cudaEventCreate");
     check_cuda(cudaEventCreateWithFlags(&d.out, cudaEventDisableTiming), "cudaEventCreate");
+    ++created_streams;
   }
   return d;
 }
@@ -380,6 +405,10 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
 std::vector<std::int64_t> graph_stats() { return thread_graphs.cache.stats(); }
 
 void clear_graphs() { thread_graphs.cache.clear(destroy_exec); }
+
+std::vector<std::int64_t> resource_counts() {
+  return {created_handles.load(), created_streams.load(), created_events.load()};
+}
 
 void set_allow_tf32(bool on) { allow_tf32.store(on); }
 bool get_allow_tf32() { return allow_tf32.load(); }

@@ -73,6 +73,10 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
 std::vector<std::int64_t> graph_stats();
 void clear_graphs();
 
+// How many cuBLAS handles, graph streams and synchronization events this process has created
+// (each kept per host thread and device, handed to a pool when the thread exits).
+std::vector<std::int64_t> resource_counts();
+
 // TF32 tensor-core math for float32 GEMMs (off by default: strict fp32).
 void set_allow_tf32(bool on);
 bool get_allow_tf32();
