@@ -358,6 +358,40 @@ def test_emulator_barriers_are_real_and_misuse_is_caught():
         emu._emu_selftest(v.tolist(), 2)
 
 
+class _Shaped:
+    """Only the shape of a device array: __cuda_array_interface__ over memory that is never
+    touched (the checks allocate and read nothing)."""
+
+    def __init__(self, *shape, dtype=np.float32):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": np.dtype(dtype).str,
+                                         "data": (1 << 20, False), "strides": None, "version": 3}
+
+
+def _lstm_args(N, T, D, H):
+    return (_Shaped(N, T, D), _Shaped(D, 4 * H), _Shaped(H, 4 * H), _Shaped(4 * H))
+
+
+@needs_emu
+def test_cuda_size_guard_bounds_only_what_cublas_takes_as_int():
+    """N*T = 10^6 rows at H = 4096: 1.6e10 elements of saved gates, past 2^31, but every cuBLAS
+    size and leading dimension fits an int: accepted by the CUDA rules (the CPU driver's rule,
+    which bounds element counts, still refuses it); a leading dimension (T*4H) or a row count
+    (N*T) past int range is refused, naming it."""
+    big = _lstm_args(1000, 1000, 4096, 4096)
+    assert emu.forward_check(*big)[:4] == (1000, 1000, 4096, 4096)
+    # 2^20 rows x 4H = 2400: 2.5e9 elements, in arrays small enough to exist on the host
+    N, H = 1 << 20, 600
+    host = (np.empty((N, 1, 1), np.float32), np.empty((1, 4 * H), np.float32),
+            np.empty((H, 4 * H), np.float32), np.empty(4 * H, np.float32))
+    with pytest.raises(ValueError, match="too large for 32-bit BLAS indexing"):
+        _backend.cpu.forward_check(*host, None, None)
+    assert emu.forward_check(*_lstm_args(N, 1, 1, H))[:4] == (N, 1, 1, H)
+    with pytest.raises(ValueError, match=r"^xs: T\*4H = 3276800000 is too large for cuBLAS's 32-bit sizes"):
+        emu.forward_check(*_lstm_args(1, 200_000, 8, 4096))
+    with pytest.raises(ValueError, match=r"^xs: N\*T = 4294967296 is too large for cuBLAS"):
+        emu.forward_check(*_lstm_args(65536, 65536, 1, 1))
+
+
 @pytest.fixture
 def graphs_on():
     old = pylstm.set_cuda_graphs(True)

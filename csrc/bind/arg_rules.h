@@ -12,6 +12,7 @@
 #include <climits>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cells/registry.h"
@@ -112,13 +113,19 @@ inline void check_no_cell_state(const ArgView& a, const CellFacts& c) {
   }
 }
 
+// What a backend's sizes must fit in 32 bits. The CPU driver and its BLAS index some products
+// of sizes (a step's rows across all N*T rows) as int: every such product is bounded. The CUDA
+// kernels index in 64 bits; only what cuBLAS takes as int (m, n, k, leading dimensions) is.
+enum class IndexRule { kCpuElements, kCublasArgs };
+
 // The inputs of a forward call: xs (N, T, D), Wx (D, G*H), Wh (H, G*H), b (G*H,), h0 / c0
 // (N, H) or absent, P (K, H) for a cell with K rows of per-unit parameters ((H,) when K = 1;
 // named as the cell names it: the P of a view named "<prefix>P" is renamed), else absent.
 // Returns the shape; *itemsize gets the dtype's.
 inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const ArgView& Wx,
                                  const ArgView& Wh, const ArgView& b, const ArgView& h0,
-                                 const ArgView& c0, const ArgView& P_in, int* itemsize) {
+                                 const ArgView& c0, const ArgView& P_in, int* itemsize,
+                                 IndexRule rule = IndexRule::kCpuElements) {
   ArgView P = P_in;
   if (!P.name.empty() && P.name.back() == 'P') P.name = P.name.substr(0, P.name.size() - 1) + c.param_name;
   const int64_t kG = c.gates;
@@ -163,14 +170,27 @@ inline SeqShape check_seq_inputs(const CellFacts& c, const ArgView& xs, const Ar
                           " cell has no per-unit parameters");
   }
   if (P.present) check_view(P, is, pshape, false, xs.name);
-  // BLAS (and cuBLAS) take 32-bit sizes and leading dimensions.
   // (rows of the saved activations and dA are S*H wide, S >= G: those are the leading
-  // dimensions the drivers pass)
+  // dimensions the drivers pass; a step's rows of them are T*S*H apart)
   const int64_t GS = c.saved * H;
-  const int64_t biggest = N * T * std::max(GS, D + H);
-  if (biggest > INT_MAX || T * GS > INT_MAX) {
-    throw py::value_error(xs.name + ": N*T*max(" + gh + ", D+H) = " + std::to_string(biggest) +
-                          " is too large for 32-bit BLAS indexing");
+  if (rule == IndexRule::kCpuElements) {
+    const int64_t biggest = N * T * std::max(GS, D + H);
+    if (biggest > INT_MAX || T * GS > INT_MAX) {
+      throw py::value_error(xs.name + ": N*T*max(" + gh + ", D+H) = " + std::to_string(biggest) +
+                            " is too large for 32-bit BLAS indexing");
+    }
+  } else {
+    // cuBLAS's m, n, k and leading dimensions: N*T rows (the input projection, dX), T*S*H
+    // (a step's rows), D+H (dW's rows) and S*H (a row of the saved activations)
+    const std::string sh = c.saved == 1 ? "H" : std::to_string(c.saved) + "H";
+    const std::pair<int64_t, std::string> args[] = {
+        {N * T, "N*T"}, {T * GS, "T*" + sh}, {D + H, "D+H"}, {GS, sh}};
+    for (const auto& a : args) {
+      if (a.first > INT_MAX) {
+        throw py::value_error(xs.name + ": " + a.second + " = " + std::to_string(a.first) +
+                              " is too large for cuBLAS's 32-bit sizes and leading dimensions");
+      }
+    }
   }
   *itemsize = is;
   return s;

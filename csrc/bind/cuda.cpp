@@ -254,7 +254,8 @@ LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::objec
   a.c0 = parse_opt(c0, "c0");
   a.P = parse_opt(P, "P");
   a.s = bind::check_seq_inputs(a.cell, view_of(a.xs), view_of(a.Wx), view_of(a.Wh), view_of(a.b),
-                               view_of(a.h0), view_of(a.c0), view_of(a.P), &a.itemsize);
+                               view_of(a.h0), view_of(a.c0), view_of(a.P), &a.itemsize,
+                               bind::IndexRule::kCublasArgs);
   return a;
 }
 
