@@ -146,7 +146,39 @@ class OnStream:
 
     @property
     def __cuda_array_interface__(self):
-        return dict(Dev(self.a).__cuda_array_interface__, stream=self.stream)
+        iface = getattr(self.a, "__cuda_array_interface__", None) or Dev(self.a).__cuda_array_interface__
+        return dict(iface, stream=self.stream)
+
+
+@needs_emu
+def test_a_producer_stream_that_captures_a_graph_is_refused():
+    """An input produced on a stream that is capturing a CUDA graph, with pylstm on a stream that
+    is not: a clear error naming the array (the wait would pull pylstm into that graph). With
+    pylstm's own stream capturing too, the call goes through. The legacy stream blocked by
+    another capture: a clear error naming it."""
+    d = _inputs()
+    capturing = 0x7F00DEAD
+    out = _outputs(np.float64)
+    args = lambda xs_stream: (OnStream(d["xs"], xs_stream), Dev(d["Wx"]), Dev(d["Wh"]), Dev(d["b"]),  # noqa: E731
+                              None, None, Dev(out["hs"]), Dev(out["hT"]), Dev(out["cT"]), Dev(out["gates"]),
+                              Dev(out["cs"]), None)
+    emu._set_capture_state(capturing, 1)
+    try:
+        with pytest.raises(ValueError, match="^xs: its __cuda_array_interface__ stream is capturing a CUDA graph"):
+            emu.lstm_forward(*args(capturing), stream=0x1234)
+        emu.lstm_forward(*args(capturing), stream=capturing)  # pylstm's stream is the capturing one
+        emu.lstm_forward(*args(2), stream=0x1234)  # another producer: fine
+        emu._set_capture_state(1, 2)
+        with pytest.raises(RuntimeError, match="^stream: the legacy default stream cannot be used while"):
+            emu.lstm_forward(*args(2), stream=0)
+        with pytest.raises(RuntimeError, match="^xs: the legacy default stream cannot be used while"):
+            emu.lstm_forward(*args(1), stream=0x1234)
+    finally:
+        emu._set_capture_state(capturing, 0)
+        emu._set_capture_state(1, 0)
+    if _backend.cuda is not None:  # the real module keeps the hook to the emulation
+        with pytest.raises(RuntimeError, match="emulation's tests only"):
+            _backend.cuda._set_capture_state(1, 1)
 
 
 @needs_emu
@@ -266,17 +298,6 @@ def test_gpu_results_stay_on_the_device_and_match_cpu():
     assert float(norm) == pytest.approx(ref.global_norm_ref(list(wg)), rel=1e-12)
 
 
-class _OnStream:
-    """A CuPy array whose __cuda_array_interface__ names another producer stream."""
-
-    def __init__(self, a, stream_ptr):
-        self.a, self.stream_ptr = a, stream_ptr
-
-    @property
-    def __cuda_array_interface__(self):
-        return dict(self.a.__cuda_array_interface__, stream=self.stream_ptr)
-
-
 @pytest.mark.cuda
 def test_gpu_threads_that_exit_hand_on_their_handles_streams_and_events():
     """16 short-lived threads, one after another, each a graphed forward whose inputs name
@@ -287,7 +308,7 @@ def test_gpu_threads_that_exit_hand_on_their_handles_streams_and_events():
     cupy = pytest.importorskip("cupy")
     d = make_lstm_inputs((2, 3, 4, 5), np.float32, seed=4)
     producer = cupy.cuda.Stream(non_blocking=True)
-    dev = {k: None if v is None else _OnStream(cupy.asarray(v), producer.ptr) for k, v in d.items()}
+    dev = {k: None if v is None else OnStream(cupy.asarray(v), producer.ptr) for k, v in d.items()}
     before = _backend.cuda._resource_counts()
     old = pylstm.set_cuda_graphs(True)
     errors = []

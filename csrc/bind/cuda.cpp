@@ -158,6 +158,38 @@ std::vector<std::uintptr_t> producer_streams(const std::vector<const DevArray*>&
   return out;
 }
 
+bool is_legacy(std::uintptr_t s) { return s == 0 || s == 1; }
+
+// Before waiting on the arrays' producer streams: a producer that is capturing a CUDA graph
+// while pylstm's stream is not would pull pylstm's kernels into that foreign graph (the event
+// wait joins the capture), and the legacy default stream cannot be used at all while another
+// blocking stream captures in global mode: both are clear errors here rather than a broken
+// capture or a bare CUDA error later. When pylstm's own stream is capturing, the caller's graph
+// orders its streams and the waits are skipped (gpu::wait_for_producers).
+void wait_for_inputs(const std::vector<const DevArray*>& arrays,
+                     const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer) {
+  static const char* legacy =
+      "the legacy default stream cannot be used while another stream captures a CUDA graph in "
+      "global mode (it would invalidate that capture): call pylstm on a non-blocking stream, or "
+      "capture in thread-local or relaxed mode";
+  const gpu::Capture mine = gpu::capture_state(consumer);
+  if (mine == gpu::Capture::kLegacyBlocked) throw std::runtime_error(std::string("stream: ") + legacy);
+  for (const DevArray* a : arrays) {
+    if (!a->present() || a->stream < 0) continue;
+    const auto s = std::uintptr_t(a->stream);
+    if (s == consumer || (is_legacy(s) && is_legacy(consumer))) continue;
+    const gpu::Capture theirs = gpu::capture_state(s);
+    if (theirs == gpu::Capture::kLegacyBlocked) throw std::runtime_error(a->name + ": " + legacy);
+    if (theirs == gpu::Capture::kActive && mine != gpu::Capture::kActive) {
+      throw std::invalid_argument(
+          a->name + ": its __cuda_array_interface__ stream is capturing a CUDA graph and pylstm's "
+          "stream is not: waiting for it would pull pylstm's kernels into that graph. Call pylstm "
+          "on the capturing stream, or end the capture first");
+    }
+  }
+  gpu::wait_for_producers(producers, consumer);
+}
+
 // Parses obj, or returns an absent DevArray for None.
 DevArray parse_opt(const py::object& obj, const char* name) {
   if (!obj.is_none()) return parse(obj, name);
@@ -317,7 +349,7 @@ void run_on_device(int kind, const LstmArgs& a, const std::vector<const DevArray
   const std::vector<std::uint64_t> shape = graph_shape(kind, a, all), addrs = graph_addrs(all);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
-  gpu::wait_for_producers(producers, stream);
+  wait_for_inputs(all, producers, stream);
   gpu::run_maybe_graphed(dev, stream, shape, addrs, body);
 }
 
@@ -509,7 +541,7 @@ void clip_grads(const py::object& grads, double max_norm, const py::object& work
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   const GpuContext ctx = gpu::context(dev, stream);
-  gpu::wait_for_producers(producers, stream);
+  wait_for_inputs(all, producers, stream);
   if (f32) clip_grads_cuda<float>(ctx, cf.data(), nchunks, max_norm, w + 4, counter, w);
   else clip_grads_cuda<double>(ctx, cd.data(), nchunks, max_norm, w + 4, counter, w);
 }
@@ -534,7 +566,7 @@ void clip_value(const py::object& grads, double limit, std::uintptr_t stream) {
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   const GpuContext ctx = gpu::context(dev, stream);
-  gpu::wait_for_producers(producers, stream);
+  wait_for_inputs(all, producers, stream);
   if (f32) clip_value_cuda<float>(ctx, cf.data(), int64_t(cf.size()), limit);
   else clip_value_cuda<double>(ctx, cd.data(), int64_t(cd.size()), limit);
 }
@@ -640,6 +672,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
   m.def("_graph_stats", &gpu::graph_stats,
         "This thread's graph cache: [replays, captures of a new executable, updates to new addresses].");
   m.def("_clear_graphs", &gpu::clear_graphs);
+  m.def("_set_capture_state", &gpu::emu_set_capture_state, py::arg("stream"), py::arg("state"),
+        "Emulation only: the capture state (0 none, 1 capturing, 2 legacy stream blocked) reported for a stream.");
   m.def("_resource_counts", &gpu::resource_counts,
         "[cuBLAS handles, graph streams, sync events] created by this process (pooled per thread).");
 #if !defined(PYLSTM_REAL_CUDA)

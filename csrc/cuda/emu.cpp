@@ -6,7 +6,9 @@
 #include <ucontext.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -216,6 +218,24 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
 
 std::vector<std::int64_t> graph_stats() { return emu_cache.stats(); }
 void clear_graphs() { emu_cache.clear(drop); }
+
+namespace {
+std::mutex capture_mutex;
+std::map<std::uintptr_t, int> capture_states;  // set by tests (emu_set_capture_state)
+}  // namespace
+
+Capture capture_state(std::uintptr_t stream) {
+  std::lock_guard<std::mutex> lock(capture_mutex);
+  const auto it = capture_states.find(stream == 0 ? 1 : stream);  // 0 and 1: the legacy stream
+  return it == capture_states.end() ? Capture::kNone : Capture(it->second);
+}
+
+void emu_set_capture_state(std::uintptr_t stream, int state) {
+  if (state < 0 || state > int(Capture::kLegacyBlocked)) throw std::invalid_argument("state must be 0, 1 or 2");
+  std::lock_guard<std::mutex> lock(capture_mutex);
+  if (state == 0) capture_states.erase(stream == 0 ? 1 : stream);
+  else capture_states[stream == 0 ? 1 : stream] = state;
+}
 
 // One host thread runs every emulated launch in order: nothing to wait for.
 void wait_for_producers(const std::vector<std::uintptr_t>&, std::uintptr_t) {}

@@ -260,6 +260,21 @@ cudaEvent_t sync_event(int dev) {
 }
 }  // namespace
 
+Capture capture_state(std::uintptr_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t err = cudaStreamIsCapturing(stream_of(stream), &status);
+  if (err == cudaErrorStreamCaptureImplicit) {
+    cudaGetLastError();
+    return Capture::kLegacyBlocked;
+  }
+  check_cuda(err, "cudaStreamIsCapturing");
+  return status == cudaStreamCaptureStatusNone ? Capture::kNone : Capture::kActive;
+}
+
+void emu_set_capture_state(std::uintptr_t, int) {
+  throw std::logic_error("_set_capture_state exists for the emulation's tests only");
+}
+
 void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer) {
   const cudaStream_t to = stream_of(consumer);
   if (producers.empty()) return;

@@ -52,6 +52,15 @@ GpuContext context(int dev, std::uintptr_t stream);
 // skipped. Call with the arrays' device current.
 void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer);
 
+// The capture state of a stream handle as the interface gives it (see wait_for_producers).
+// kLegacyBlocked: the legacy default stream while another blocking stream captures a graph in
+// global mode (any use of it would invalidate that capture: cudaErrorStreamCaptureImplicit).
+enum class Capture { kNone, kActive, kLegacyBlocked };
+Capture capture_state(std::uintptr_t stream);
+// Emulation only (tests): capture_state reports `state` (a Capture) for `stream` from now on;
+// the real runtime raises std::logic_error.
+void emu_set_capture_state(std::uintptr_t stream, int state);
+
 // CUDA graphs for the LSTM calls (off by default). With them on, run_maybe_graphed runs `fn`'s
 // work (an LSTM forward or backward: one or two launches per step) as a CUDA graph: `shape`
 // holds everything the graph's topology depends on (call, cell, dtype, sizes, which optional
