@@ -383,9 +383,9 @@ class _Shaped:
     """Only the shape of a device array: __cuda_array_interface__ over memory that is never
     touched (the checks allocate and read nothing)."""
 
-    def __init__(self, *shape, dtype=np.float32):
+    def __init__(self, *shape, dtype=np.float32, ptr=1 << 20):
         self.__cuda_array_interface__ = {"shape": shape, "typestr": np.dtype(dtype).str,
-                                         "data": (1 << 20, False), "strides": None, "version": 3}
+                                         "data": (ptr, False), "strides": None, "version": 3}
 
 
 def _lstm_args(N, T, D, H):
@@ -411,6 +411,20 @@ def test_cuda_size_guard_bounds_only_what_cublas_takes_as_int():
         emu.forward_check(*_lstm_args(1, 200_000, 8, 4096))
     with pytest.raises(ValueError, match=r"^xs: N\*T = 4294967296 is too large for cuBLAS"):
         emu.forward_check(*_lstm_args(65536, 65536, 1, 1))
+
+
+@needs_emu
+def test_clip_plan_gives_a_huge_array_its_blocks_among_many_small_ones():
+    """The chunk plan depends on the element counts, not on how many arrays share the list: a
+    10^8-element array keeps its blocks among 300 small arrays (it used to get one block once
+    the list held ~250 arrays)."""
+    huge = _Shaped(10**8, ptr=1 << 40)
+    small = [_Shaped(100, ptr=(1 << 30) + 4096 * k) for k in range(300)]
+    alone = emu._clip_chunk_counts([huge])[0]
+    mixed = emu._clip_chunk_counts([huge] + small)
+    assert alone >= 32 and mixed[0] >= alone, (alone, mixed[0])
+    assert mixed[1:] == [1] * 300
+    assert emu.clip_plan([huge] + small)[0] == 4 + sum(mixed)
 
 
 @pytest.fixture

@@ -494,10 +494,10 @@ std::vector<DevArray> read_grads(const py::object& grads, bool writable) {
 }
 
 template <class T>
-std::vector<ClipChunk<T>> plan(const std::vector<DevArray>& g) {
+std::vector<ClipChunk<T>> plan(const std::vector<DevArray>& g, int dev) {
   std::vector<Span<T>> spans;
   for (const DevArray& a : g) spans.push_back({reinterpret_cast<T*>(a.ptr), a.size});
-  return plan_clip_chunks(spans);
+  return plan_clip_chunks(spans, dev < 0 ? 1 : gpu::clip_target_blocks(dev));
 }
 
 // clip_plan(grads) -> (doubles of `work` clip_grads needs, device): work holds [norm, rate,
@@ -505,11 +505,29 @@ std::vector<ClipChunk<T>> plan(const std::vector<DevArray>& g) {
 py::tuple clip_plan(const py::object& grads) {
   const std::vector<DevArray> g = read_grads(grads, false);
   if (g.empty()) return py::make_tuple(int64_t(4), -1);
-  const size_t chunks = g[0].itemsize == 4 ? plan<float>(g).size() : plan<double>(g).size();
   std::vector<const DevArray*> all;
   for (const DevArray& a : g) all.push_back(&a);
   const int dev = check_devices(all, all.size());
+  const size_t chunks = g[0].itemsize == 4 ? plan<float>(g, dev).size() : plan<double>(g, dev).size();
   return py::make_tuple(4 + int64_t(chunks), dev);
+}
+
+// _clip_chunk_counts(grads) -> the number of chunks (blocks) each array gets (tests).
+std::vector<int64_t> clip_chunk_counts(const py::object& grads) {
+  const std::vector<DevArray> g = read_grads(grads, false);
+  std::vector<const DevArray*> all;
+  for (const DevArray& a : g) all.push_back(&a);
+  const int dev = g.empty() ? -1 : check_devices(all, all.size());
+  std::vector<int64_t> counts;
+  if (g.empty()) return counts;
+  const auto chunks = plan<double>(g, dev);  // (the plan depends on element counts only)
+  size_t k = 0;  // the chunks come in array order and cover each array exactly
+  for (const DevArray& a : g) {
+    int64_t n = 0;
+    for (int64_t left = a.size; left > 0 && k < chunks.size(); ++k, ++n) left -= chunks[k].size;
+    counts.push_back(n);
+  }
+  return counts;
 }
 
 // Measures (max_norm <= 0) or clips in place; results in work[0..3) (see above). work must be
@@ -522,19 +540,19 @@ void clip_grads(const py::object& grads, double max_norm, const py::object& work
   const std::vector<DevArray> g = read_grads(grads, max_norm > 0.0);
   DevArray work = parse(work_o, "work");
   check(work, 8, {-1}, true, "the clipping workspace");
+  std::vector<const DevArray*> all = {&work};
+  for (const DevArray& a : g) all.push_back(&a);
+  const int dev = check_devices(all, 1);
   std::vector<ClipChunk<float>> cf;
   std::vector<ClipChunk<double>> cd;
   const bool f32 = !g.empty() && g[0].itemsize == 4;
-  if (f32) cf = plan<float>(g);
-  else if (!g.empty()) cd = plan<double>(g);
+  if (f32) cf = plan<float>(g, dev);
+  else if (!g.empty()) cd = plan<double>(g, dev);
   const int64_t nchunks = f32 ? int64_t(cf.size()) : int64_t(cd.size());
   if (work.size < 4 + nchunks) {
     throw py::value_error("work must have at least " + std::to_string(4 + nchunks) +
                           " elements (clip_plan(grads)[0]), got " + std::to_string(work.size));
   }
-  std::vector<const DevArray*> all = {&work};
-  for (const DevArray& a : g) all.push_back(&a);
-  const int dev = check_devices(all, 1);
   const std::vector<std::uintptr_t> producers = producer_streams(all);
   double* w = reinterpret_cast<double*>(work.ptr);
   unsigned* counter = reinterpret_cast<unsigned*>(w + 3);
@@ -561,8 +579,8 @@ void clip_value(const py::object& grads, double limit, std::uintptr_t stream) {
   const bool f32 = g[0].itemsize == 4;
   std::vector<ClipChunk<float>> cf;
   std::vector<ClipChunk<double>> cd;
-  if (f32) cf = plan<float>(g);
-  else cd = plan<double>(g);
+  if (f32) cf = plan<float>(g, dev);
+  else cd = plan<double>(g, dev);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   const GpuContext ctx = gpu::context(dev, stream);
@@ -659,6 +677,7 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
           py::arg("dP").none(true) = py::none());
   }
   m.def("clip_plan", &clip_plan, py::arg("grads"));
+  m.def("_clip_chunk_counts", &clip_chunk_counts, py::arg("grads"));
   m.def("clip_value", &clip_value, py::arg("grads"), py::arg("limit"), py::arg("stream") = 0);
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"), py::arg("work"),
         py::arg("stream") = 0);

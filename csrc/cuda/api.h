@@ -43,17 +43,18 @@ struct ClipTable {
   ClipChunk<T> chunk[kClipMaxChunks];
 };
 
-// Cuts arrays (device pointers, element counts) into chunks of one size, chosen so that the
-// whole list takes one launch when it has fewer than kClipMaxChunks arrays: 2 launches in all.
+// Cuts arrays (device pointers, element counts) into chunks of one size, chosen from the total
+// element count alone so that the list makes about `target_blocks` chunks (the blocks the device
+// runs at once, times two: gpu::clip_target_blocks) and never fewer than kClipMinChunk elements
+// each: how many chunks an array gets depends on its size and the total, not on how many other
+// arrays share the list (one chunk per array would leave a 10^8-element array among 300 small
+// ones to a single block). Tables of more than kClipMaxChunks chunks take several launches.
 template <class T>
-std::vector<ClipChunk<T>> plan_clip_chunks(const std::vector<Span<T>>& arrays) {
-  int64_t total = 0, nonempty = 0;
-  for (const auto& a : arrays) {
-    total += a.size;
-    nonempty += a.size > 0;
-  }
-  const int64_t room = nonempty < kClipMaxChunks ? kClipMaxChunks - nonempty : 1;
-  int64_t chunk = (total + room - 1) / room;
+std::vector<ClipChunk<T>> plan_clip_chunks(const std::vector<Span<T>>& arrays, int64_t target_blocks) {
+  int64_t total = 0;
+  for (const auto& a : arrays) total += a.size;
+  const int64_t target = target_blocks > 0 ? target_blocks : 1;
+  int64_t chunk = (total + target - 1) / target;
   chunk = chunk < kClipMinChunk ? kClipMinChunk : (chunk + 1023) / 1024 * 1024;
   std::vector<ClipChunk<T>> out;
   for (const auto& a : arrays)

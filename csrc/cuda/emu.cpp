@@ -239,6 +239,8 @@ void emu_set_capture_state(std::uintptr_t stream, int state) {
 
 // One host thread runs every emulated launch in order: nothing to wait for.
 void wait_for_producers(const std::vector<std::uintptr_t>&, std::uintptr_t) {}
+// The emulated device: 16 multiprocessors of 2048 threads (the plan's arithmetic, not speed).
+int64_t clip_target_blocks(int) { return 2 * (2048 / int64_t(kClipThreads)) * 16; }
 std::vector<std::int64_t> resource_counts() { return {0, 0, 0}; }  // (the emulation has none)
 void set_allow_tf32(bool on) { emu_tf32 = on; }
 bool get_allow_tf32() { return emu_tf32; }

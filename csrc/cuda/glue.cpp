@@ -223,6 +223,22 @@ GpuContext context(int dev, std::uintptr_t stream) {
   return ctx;
 }
 
+int64_t clip_target_blocks(int dev) {
+  static std::mutex mutex;
+  static std::vector<int64_t> cached;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cached.size() <= size_t(dev)) cached.resize(size_t(dev) + 1, 0);
+  if (cached[size_t(dev)] == 0) {
+    int sms = 0, threads = 0;
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&threads, cudaDevAttrMaxThreadsPerMultiProcessor, dev),
+               "cudaDeviceGetAttribute");
+    const int64_t per_sm = std::max<int64_t>(1, threads / int64_t(kClipThreads));
+    cached[size_t(dev)] = 2 * per_sm * std::max(1, sms);
+  }
+  return cached[size_t(dev)];
+}
+
 namespace {
 cudaStream_t stream_of(std::uintptr_t h) {
   if (h == 0 || h == 1) return cudaStreamLegacy;

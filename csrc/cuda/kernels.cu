@@ -531,12 +531,23 @@ __global__ void clip_norm_kernel(ClipTable<T> tab, int64_t total_blocks, double 
   }
 }
 
+// Four loads in flight per thread (one per iteration would leave a large chunk's block
+// latency-bound); the product in double, rounded once, as on the CPU and in the reference.
 template <class T>
 __global__ void clip_scale_kernel(ClipTable<T> tab, const double* out) {
   const double rate = out[1];
   if (rate >= 1.0) return;
   const ClipChunk<T> c = tab.chunk[blockIdx.x];
-  for (int64_t i = threadIdx.x; i < c.size; i += blockDim.x) c.data[i] = T(double(c.data[i]) * rate);
+  const int64_t B = blockDim.x;
+  int64_t i = threadIdx.x;
+  for (; i + 3 * B < c.size; i += 4 * B) {
+    const T v0 = c.data[i], v1 = c.data[i + B], v2 = c.data[i + 2 * B], v3 = c.data[i + 3 * B];
+    c.data[i] = T(double(v0) * rate);
+    c.data[i + B] = T(double(v1) * rate);
+    c.data[i + 2 * B] = T(double(v2) * rate);
+    c.data[i + 3 * B] = T(double(v3) * rate);
+  }
+  for (; i < c.size; i += B) c.data[i] = T(double(c.data[i]) * rate);
 }
 
 // Clipping by value: block b clamps chunk b in place (NaN stays NaN; the CPU's rule).

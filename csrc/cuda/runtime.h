@@ -44,6 +44,10 @@ class DeviceGuard {
 // host thread and device (created on first use).
 GpuContext context(int dev, std::uintptr_t stream);
 
+// Blocks for one clipping launch to fill device dev: as many kClipThreads-thread blocks as its
+// multiprocessors hold at once, times two (for the uneven tail); cached per device.
+int64_t clip_target_blocks(int dev);
+
 // Makes `consumer` (the stream the kernels run on) wait for the work already queued on each
 // producer stream (the `stream` entries of the arrays' __cuda_array_interface__, version 3),
 // without blocking the host: an event recorded on the producer, waited on by the consumer.
