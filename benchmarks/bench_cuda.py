@@ -42,6 +42,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", default=None)
     ap.add_argument("--clip-elements", type=int, default=50_000_000)
+    ap.add_argument("--review", action="store_true",
+                    help="also the checks of the CUDA review's fixes (graphs in a 3-layer loop, > 2^31 elements)")
     a = ap.parse_args(argv)
 
     import cupy
@@ -122,7 +124,7 @@ def main(argv=None):
         assert np.array_equal(hs_g, cupy.asnumpy(pylstm.lstm_inference(g["xs"], g["Wx"], g["Wh"], g["b"])[0]))
         r["fwd_graph_ms"] = _time(ours_fwd, a.repeats, cupy)
         r["train_graph_ms"] = _time(ours_train, a.repeats, cupy)
-        r["graph_replays"], r["graph_captures"] = pylstm._backend.cuda._graph_stats()
+        r["graph_replays"], r["graph_captures"], r["graph_updates"] = pylstm._backend.cuda._graph_stats()
         pylstm.set_cuda_graphs(False)
         pylstm._backend.cuda._clear_graphs()
         flops = 24 * N * T * H * (D + H)
@@ -136,24 +138,72 @@ def main(argv=None):
         print(f"{'':>22}  with CUDA graphs: train {r['train_graph_ms']:8.3f} ms "
               f"(x{r['train_ms'] / r['train_graph_ms']:.2f} over no graphs), fwd {r['fwd_graph_ms']:7.3f} ms "
               f"(x{r['fwd_ms'] / r['fwd_graph_ms']:.2f}); replays {r['graph_replays']}, "
-              f"captures {r['graph_captures']}")
+              f"captures {r['graph_captures']}, updates {r['graph_updates']}")
 
-    # clipping: 50M float32 elements in 100 arrays; bytes = read (norm) + read and write (scale)
-    n_arr = 100
-    per = a.clip_elements // n_arr
-    arrays = [cupy.random.standard_normal(per, dtype=cupy.float32) for _ in range(n_arr)]
-    ms = _time(lambda: pylstm.clip_grads(arrays, 1e30, error_if_nonfinite=False), a.repeats, cupy)
-    ms_scale = _time(lambda: pylstm.clip_grads(arrays, 1e-3, error_if_nonfinite=False), a.repeats, cupy)
+    # clipping: 50M float32 elements in one array, in 100, and one large array among 300 and
+    # 3000 small ones (the chunk plan must not starve it); bytes = read (norm) + read and write
+    # (scale)
     peak = 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8 / 1e9  # GB/s
-    gbs_norm = per * n_arr * 4 / ms / 1e6
-    gbs_clip = per * n_arr * 12 / ms_scale / 1e6
-    print(f"clip {per * n_arr / 1e6:.0f}M float32 in {n_arr} arrays: norm only {ms:.3f} ms = {gbs_norm:.0f} GB/s; "
-          f"norm + scale {ms_scale:.3f} ms = {gbs_clip:.0f} GB/s; theoretical peak {peak:.0f} GB/s "
-          f"({100 * gbs_clip / peak:.0f}%)")
+    clip = []
+    layouts = {"1 array": (1, 0), "100 equal arrays": (100, 0), "1 + 300 small": (1, 300), "1 + 3000 small": (1, 3000)}
+    for n_big, n_small in layouts.values():
+        per = (a.clip_elements - 1000 * n_small) // n_big
+        arrays = [cupy.random.standard_normal(per, dtype=cupy.float32) for _ in range(n_big)]
+        arrays += [cupy.random.standard_normal(1000, dtype=cupy.float32) for _ in range(n_small)]
+        total = sum(int(x.size) for x in arrays)
+        ms = _time(lambda: pylstm.clip_grads(arrays, 1e30, error_if_nonfinite=False), a.repeats, cupy)
+        ms_scale = _time(lambda: pylstm.clip_grads(arrays, 1e-3, error_if_nonfinite=False), a.repeats, cupy)
+        row = {"arrays": len(arrays), "elements": total, "norm_ms": ms, "clip_ms": ms_scale,
+               "norm_GBs": total * 4 / ms / 1e6, "clip_GBs": total * 12 / ms_scale / 1e6}
+        clip.append(row)
+        print(f"clip {total / 1e6:.0f}M float32 in {len(arrays)} arrays: norm only {ms:.3f} ms = "
+              f"{row['norm_GBs']:.0f} GB/s; norm + scale {ms_scale:.3f} ms = {row['clip_GBs']:.0f} GB/s; "
+              f"theoretical peak {peak:.0f} GB/s ({100 * row['clip_GBs'] / peak:.0f}%)")
+    review = review_checks(cupy, pylstm) if a.review else None
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": name, "rows": rows, "clip": {"norm_ms": ms, "clip_ms": ms_scale,
-                       "norm_GBs": gbs_norm, "clip_GBs": gbs_clip, "peak_GBs": peak}}, f, indent=1)
+            json.dump({"device": name, "rows": rows, "clip": clip, "peak_GBs": peak, "review": review}, f, indent=1)
+
+
+def review_checks(cupy, pylstm):
+    """What a first GPU run must confirm of the CUDA review's fixes: graph replays in a 3-layer
+    training loop, and a shape with more than 2^31 elements of saved gates."""
+    from pylstm.models import LstmLM
+    from pylstm.optimizers import SGD
+    from pylstm.trainer import RnnlmTrainer
+
+    out = {}
+    # a 3-layer model trained 20 steps with graphs on: captures stop early, later steps replay
+    rng = np.random.default_rng(0)
+    corpus = (np.cumsum(rng.integers(1, 4, 20000)) % 200).astype(np.int64)
+    model = LstmLM(200, 64, 64, num_layers=3, seed=0).to("cuda")
+    pylstm.set_cuda_graphs(True)
+    pylstm._backend.cuda._clear_graphs()
+    RnnlmTrainer(model, SGD(1.0), log=lambda m: None).fit(corpus[:-1], corpus[1:], max_epoch=1, batch_size=8,
+                                                          time_size=16, max_grad=1.0, eval_interval=None,
+                                                          progress=False, max_steps=20)
+    replays, captures, updates = pylstm._backend.cuda._graph_stats()
+    pylstm.set_cuda_graphs(False)
+    out["graphs_3_layers_20_steps"] = {"replays": replays, "captures": captures, "updates": updates}
+    print(f"3-layer training loop, 20 steps with graphs: replays {replays}, captures {captures}, "
+          f"updates {updates} (of {20 * 6} calls)")
+    # past 2^31 elements: N*T*4H = 1024*512*4096 gates; rows 0-1 must equal a separate N = 2 call
+    N, T, D, H = 1024, 512, 64, 1024
+    xs = cupy.random.standard_normal((N, T, D), dtype=cupy.float32)
+    Wx = cupy.random.standard_normal((D, 4 * H), dtype=cupy.float32) / 8
+    Wh = cupy.random.standard_normal((H, 4 * H), dtype=cupy.float32) / 32
+    b = cupy.zeros(4 * H, cupy.float32)
+    hs, hT, cT, cache = pylstm.lstm_forward(xs, Wx, Wh, b)
+    dxs = pylstm.lstm_backward(hs * 0 + 1, cache)[0]
+    hs2, _, _, cache2 = pylstm.lstm_forward(xs[:2].copy(), Wx, Wh, b)
+    dxs2 = pylstm.lstm_backward(hs2 * 0 + 1, cache2)[0]
+    err = float(cupy.abs(hs[:2] - hs2).max())
+    err_d = float(cupy.abs(dxs[:2] - dxs2).max() / cupy.abs(dxs2).max())
+    out["past_2_31"] = {"shape": [N, T, D, H], "gates_elements": N * T * 4 * H, "hs_err": err, "dxs_rel_err": err_d}
+    print(f"(N, T, D, H) = {(N, T, D, H)}: {N * T * 4 * H / 2**31:.2f} x 2^31 gate elements; rows 0-1 against "
+          f"an N = 2 call: hs max diff {err:.1e}, dxs rel {err_d:.1e}")
+    del hs, hT, cT, cache, dxs
+    return out
 
 
 if __name__ == "__main__":

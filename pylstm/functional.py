@@ -326,7 +326,7 @@ class _Device:
         cT = lib.empty((N, H), dt) if has_c else None
         gates = lib.empty((N, T, saved * H), dt) if save else None
         cs = lib.empty((N, T, H), dt) if save and has_c else None
-        size = mod.forward_workspace_size(N, T, D, H, save, cell=cell)
+        size = mod.forward_workspace_size(N, T, D, H, save, cell=cell, device=dev)  # (+ cuBLAS's)
         work = lib.empty((size,), dt) if size else None
         mod.forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
                     lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
@@ -345,7 +345,7 @@ class _Device:
         w = lib.wrap
         # The saved sizes decide the allocations below: they must be the cached inputs' own (the
         # binding checks the saved activations against these once it has the outputs).
-        N, T, D, H, itemsize, _ = mod.forward_check(w(cache.xs), w(cache.Wx), w(cache.Wh), w(cache.b),
+        N, T, D, H, itemsize, dev = mod.forward_check(w(cache.xs), w(cache.Wx), w(cache.Wh), w(cache.b),
                                                     w(cache.h0), w(cache.c0), cell=cache.cell, P=w(cache.P))
         if tuple(dims) != (N, T, D, H) or np.dtype(dt).itemsize != itemsize:
             raise ValueError(f"cache.device: sizes {tuple(dims)} and dtype {dt} saved for inputs of sizes "
@@ -354,7 +354,7 @@ class _Device:
         dc0 = lib.empty((N, H), dt) if has_c else None
         dW, db = lib.empty((D + H, gates_n * H), dt), lib.empty((gates_n * H,), dt)
         dP = lib.empty((n_params, H) if n_params > 1 else (H,), dt) if n_params else None
-        work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell),), dt)
+        work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell, device=dev),), dt)
         mod.backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
                      w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
                      w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream(), cell=cache.cell,

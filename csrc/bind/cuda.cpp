@@ -299,6 +299,12 @@ void check_work(const DevArray& w, int itemsize, int64_t need) {
   }
 }
 
+// Elements (of 4 bytes or more) that hold cuBLAS's workspace on `device` after the kernels'
+// part, with room to align it to 256 bytes; 0 for device -1.
+int64_t blas_workspace_elements(int device) {
+  return device < 0 ? 0 : (gpu::cublas_workspace_bytes(device) + 256 + 3) / 4;
+}
+
 int64_t forward_workspace(const std::string& cell, const SeqShape& s, bool save) {
   return with_cell(cell, [&](auto c) { return seq_forward_workspace_size<decltype(c)>(s, save); });
 }
@@ -343,14 +349,28 @@ std::vector<std::uint64_t> graph_addrs(const std::vector<const DevArray*>& array
 // cached CUDA graph of kind `kind`).
 template <class Body>
 void run_on_device(int kind, const LstmArgs& a, const std::vector<const DevArray*>& all,
-                   size_t first_output, std::uintptr_t stream, Body&& body) {
+                   size_t first_output, std::uintptr_t stream, Body&& body, const DevArray& work,
+                   int64_t kernel_need) {
   const int dev = check_devices(all, first_output);
+  // cuBLAS's workspace: the part of `work` past what the kernels need, when the caller made it
+  // that large (the *_workspace_size functions with `device`): memory from the caller's
+  // allocator, ordered on the caller's stream, a plain address inside a graph.
+  void* blas_work = nullptr;
+  std::size_t blas_bytes = 0;
+  if (work.present()) {
+    const std::int64_t want = gpu::cublas_workspace_bytes(dev);
+    const std::uintptr_t start = (work.ptr + std::uintptr_t(kernel_need * a.itemsize) + 255) & ~std::uintptr_t(255);
+    if (want > 0 && start + std::uintptr_t(want) <= work.end()) {
+      blas_work = reinterpret_cast<void*>(start);
+      blas_bytes = std::size_t(want);
+    }
+  }
   const std::vector<std::uintptr_t> producers = producer_streams(all);
   const std::vector<std::uint64_t> shape = graph_shape(kind, a, all), addrs = graph_addrs(all);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   wait_for_inputs(all, producers, stream);
-  gpu::run_maybe_graphed(dev, stream, shape, addrs, body);
+  gpu::run_maybe_graphed(dev, stream, shape, addrs, body, blas_work, blas_bytes);
 }
 
 void seq_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
@@ -402,7 +422,7 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
       else run(0.0);
       return 0;
     });
-  });
+  }, work, need);
 }
 
 void seq_backward(const py::object& xs, const py::object& h0, const py::object& c0,
@@ -441,7 +461,8 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
   if (v[8].present()) check(v[8], is, {N, H}, true);
   check(v[9], is, {D + H, G}, true);
   check(v[10], is, {G}, true);
-  check_work(v[11], is, backward_workspace(cell, a.s));
+  const int64_t need = backward_workspace(cell, a.s);
+  check_work(v[11], is, need);
   std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0, &a.P};
   for (const DevArray& x : v) all.push_back(&x);
   run_on_device(2, a, all, 13, stream, [&](const GpuContext& ctx) {
@@ -462,7 +483,7 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
       else run(0.0);
       return 0;
     });
-  });
+  }, v[11], need);
 }
 
 // --- clipping ---------------------------------------------------------------------------------
@@ -649,16 +670,19 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
         py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none(),
         py::arg("cell") = "lstm", py::arg("P").none(true) = py::none());
   m.def("forward_workspace_size",
-        [](int64_t N, int64_t T, int64_t D, int64_t H, bool save, const std::string& cell) {
-          return forward_workspace(cell, SeqShape{N, T, D, H}, save);
+        [](int64_t N, int64_t T, int64_t D, int64_t H, bool save, const std::string& cell, int device) {
+          return forward_workspace(cell, SeqShape{N, T, D, H}, save) + blas_workspace_elements(device);
         },
         py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save_for_backward"),
-        py::arg("cell") = "lstm");
+        py::arg("cell") = "lstm", py::arg("device") = -1,
+        "Elements of `work` for forward; with `device`, also room for cuBLAS's workspace on it.");
   m.def("backward_workspace_size",
-        [](int64_t N, int64_t T, int64_t D, int64_t H, const std::string& cell) {
-          return backward_workspace(cell, SeqShape{N, T, D, H});
+        [](int64_t N, int64_t T, int64_t D, int64_t H, const std::string& cell, int device) {
+          return backward_workspace(cell, SeqShape{N, T, D, H}) + blas_workspace_elements(device);
         },
-        py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("cell") = "lstm");
+        py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("cell") = "lstm",
+        py::arg("device") = -1,
+        "Elements of `work` for backward; with `device`, also room for cuBLAS's workspace on it.");
   // One entry per pass for every cell; lstm_* are the same functions with the LSTM default.
   for (const char* name : {"forward", "lstm_forward"}) {
     m.def(name, &seq_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),

@@ -167,7 +167,8 @@ int device_count(std::string* why) {
 int pointer_device(const void*, const char*) { return 0; }
 DeviceGuard::DeviceGuard(int dev) : prev_(dev) {}
 DeviceGuard::~DeviceGuard() = default;
-GpuContext context(int, std::uintptr_t stream) {
+std::int64_t cublas_workspace_bytes(int) { return 0; }
+GpuContext context(int, std::uintptr_t stream, void*, std::size_t) {
   GpuContext ctx;
   ctx.stream = reinterpret_cast<cudaStream_t>(stream);
   return ctx;
@@ -186,7 +187,7 @@ bool get_use_graphs() { return emu_graphs.load(); }
 
 void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& shape,
                        const std::vector<std::uint64_t>& addrs,
-                       const std::function<void(const GpuContext&)>& fn) {
+                       const std::function<void(const GpuContext&)>& fn, void*, std::size_t) {
   const GpuContext ctx = context(dev, stream);
   if (!emu_graphs.load() || pylstm_emu::recording != nullptr) {
     fn(ctx);

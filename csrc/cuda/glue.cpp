@@ -203,7 +203,20 @@ DeviceGuard::~DeviceGuard() {
   cudaGetLastError();
 }
 
-GpuContext context(int dev, std::uintptr_t stream) {
+std::int64_t cublas_workspace_bytes(int dev) {
+  static std::mutex mutex;
+  static std::vector<std::int64_t> cached;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cached.size() <= size_t(dev)) cached.resize(size_t(dev) + 1, 0);
+  if (cached[size_t(dev)] == 0) {
+    int major = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+    cached[size_t(dev)] = major >= 9 ? (std::int64_t(32) << 20) : (std::int64_t(4) << 20);
+  }
+  return cached[size_t(dev)];
+}
+
+GpuContext context(int dev, std::uintptr_t stream, void* blas_work, std::size_t blas_bytes) {
   if (dev < 0) throw std::invalid_argument("device index must be >= 0");
   std::vector<HandleSlot>& slots = handles.slots;
   if (slots.size() <= size_t(dev)) slots.resize(size_t(dev) + 1);
@@ -220,6 +233,9 @@ GpuContext context(int dev, std::uintptr_t stream) {
   ctx.stream = reinterpret_cast<cudaStream_t>(stream);
   ctx.blas_handle = slot.handle;
   check_cublas(cublasSetStream(slot.handle, ctx.stream), "cublasSetStream");
+  if (blas_work != nullptr) {  // after cublasSetStream, which resets it
+    check_cublas(cublasSetWorkspace(slot.handle, blas_work, blas_bytes), "cublasSetWorkspace");
+  }
   return ctx;
 }
 
@@ -394,16 +410,17 @@ bool get_use_graphs() { return use_graphs.load(); }
 
 void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& shape,
                        const std::vector<std::uint64_t>& addrs,
-                       const std::function<void(const GpuContext&)>& fn) {
+                       const std::function<void(const GpuContext&)>& fn, void* blas_work,
+                       std::size_t blas_bytes) {
   const cudaStream_t caller = stream_of(stream);
   if (!use_graphs.load()) {
-    fn(context(dev, stream));
+    fn(context(dev, stream, blas_work, blas_bytes));
     return;
   }
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   check_cuda(cudaStreamIsCapturing(caller, &status), "cudaStreamIsCapturing");
   if (status != cudaStreamCaptureStatusNone) {  // part of the caller's own graph
-    fn(context(dev, stream));
+    fn(context(dev, stream, blas_work, blas_bytes));
     return;
   }
   GraphStream& d = graph_device(dev);
@@ -412,7 +429,7 @@ void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::ui
   std::vector<std::uint64_t> full = Cache::full_key(shape, dev, allow_tf32.load());
   auto found = cache.find(full, addrs);
   cudaGraphExec_t* exec = found.first;
-  const GpuContext ctx = context(dev, reinterpret_cast<std::uintptr_t>(d.stream));
+  const GpuContext ctx = context(dev, reinterpret_cast<std::uintptr_t>(d.stream), blas_work, blas_bytes);
   if (found.second == Cache::Found::kNone) {
     exec = &cache.add(std::move(full), addrs, instantiate(capture(d.stream, ctx, fn)), destroy_exec);
   } else if (found.second == Cache::Found::kUpdate) {

@@ -5,6 +5,7 @@
 // RuntimeError; messages name the argument.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <utility>
@@ -41,8 +42,15 @@ class DeviceGuard {
 };
 
 // The context for a call on `stream` of the current device: the cuBLAS handle cached for this
-// host thread and device (created on first use).
-GpuContext context(int dev, std::uintptr_t stream);
+// host thread and device (created on first use), bound to the stream and, when `blas_work` is
+// given, to that workspace (cublasSetStream resets the handle's workspace, so it is set again
+// on every call). Without one, cuBLAS allocates its own: since CUDA 12.2 with cudaMallocAsync,
+// outside the caller's memory pool, and as graph memory nodes inside a capture.
+GpuContext context(int dev, std::uintptr_t stream, void* blas_work = nullptr, std::size_t blas_bytes = 0);
+
+// The cuBLAS workspace a call on device dev should be given: 32 MiB on Hopper and later (what
+// cuBLAS asks for there), 4 MiB before; 0 in the emulation (no cuBLAS).
+std::int64_t cublas_workspace_bytes(int dev);
 
 // Blocks for one clipping launch to fill device dev: as many kClipThreads-thread blocks as its
 // multiprocessors hold at once, times two (for the uneven tail); cached per device.
@@ -81,7 +89,8 @@ void set_use_graphs(bool on);
 bool get_use_graphs();
 void run_maybe_graphed(int dev, std::uintptr_t stream, const std::vector<std::uint64_t>& shape,
                        const std::vector<std::uint64_t>& addrs,
-                       const std::function<void(const GpuContext&)>& fn);
+                       const std::function<void(const GpuContext&)>& fn, void* blas_work = nullptr,
+                       std::size_t blas_bytes = 0);
 // This thread's graph cache: (replays, captures, updates); clear_graphs empties it.
 std::vector<std::int64_t> graph_stats();
 void clear_graphs();
