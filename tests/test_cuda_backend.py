@@ -151,6 +151,30 @@ class OnStream:
 
 
 @needs_emu
+def test_threads_that_exit_hand_on_their_sync_events():
+    """16 short-lived threads, one after another, each a call whose input names another producer
+    stream (so the call records a sync event): the exited threads' events are reused through
+    the pool the CUDA build shares (cuda/pools.h), not created anew per thread."""
+    import threading
+    import time
+
+    d = _inputs()
+    out = _outputs(np.float64)
+    before = emu._resource_counts()[2]
+
+    def call():
+        emu.lstm_forward(OnStream(d["xs"], 0x1234), Dev(d["Wx"]), Dev(d["Wh"]), Dev(d["b"]), None, None,
+                         Dev(out["hs"]), Dev(out["hT"]), Dev(out["cT"]), Dev(out["gates"]), Dev(out["cs"]), None)
+
+    for _ in range(16):
+        th = threading.Thread(target=call)
+        th.start()
+        th.join()
+        time.sleep(0.02)  # (join returns before the OS thread runs its thread_local destructors)
+    assert emu._resource_counts()[2] - before <= 3  # a leak would be 16
+
+
+@needs_emu
 def test_a_producer_stream_that_captures_a_graph_is_refused():
     """An input produced on a stream that is capturing a CUDA graph, with pylstm on a stream that
     is not: a clear error naming the array (the wait would pull pylstm into that graph). With
@@ -304,6 +328,7 @@ def test_gpu_threads_that_exit_hand_on_their_handles_streams_and_events():
     another producer stream (so the call records a sync event): the handles, graph streams and
     events of the exited threads are reused, not created anew per thread."""
     import threading
+    import time
 
     cupy = pytest.importorskip("cupy")
     d = make_lstm_inputs((2, 3, 4, 5), np.float32, seed=4)
@@ -326,11 +351,12 @@ def test_gpu_threads_that_exit_hand_on_their_handles_streams_and_events():
             th = threading.Thread(target=call)
             th.start()
             th.join()
+            time.sleep(0.02)  # (join returns before the OS thread runs its thread_local destructors)
     finally:
         pylstm.set_cuda_graphs(old)
     assert not errors, errors
     created = [b - a for a, b in zip(before, _backend.cuda._resource_counts())]
-    assert all(c <= 1 for c in created), created  # (handles, graph streams, events)
+    assert all(c <= 3 for c in created), created  # (handles, graph streams, events); a leak: 16 each
 
 
 @pytest.mark.cuda

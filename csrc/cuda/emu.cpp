@@ -16,6 +16,7 @@
 #include "cuda/emu.h"
 #include "cuda/runtime.h"
 #include "cuda/graph_cache.h"
+#include "cuda/pools.h"
 
 namespace pylstm_emu {
 namespace {
@@ -238,11 +239,28 @@ void emu_set_capture_state(std::uintptr_t stream, int state) {
   else capture_states[stream == 0 ? 1 : stream] = state;
 }
 
-// One host thread runs every emulated launch in order: nothing to wait for.
-void wait_for_producers(const std::vector<std::uintptr_t>&, std::uintptr_t) {}
+// One host thread runs every emulated launch in order: nothing to wait for. The event a real
+// wait records is stood in for by a number from the same per-thread slots and pool as the CUDA
+// build's (cuda/pools.h), so that a thread churn test counts what exiting threads leak.
+namespace {
+std::atomic<std::int64_t> emu_events_created{0};
+DevicePool<std::int64_t>& emu_event_pool() {
+  static auto* pool = new DevicePool<std::int64_t>;
+  return *pool;
+}
+thread_local ThreadSlots<std::int64_t> emu_sync_events(emu_event_pool());
+}  // namespace
+
+void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer) {
+  for (const std::uintptr_t p : producers) {
+    if (p == consumer || ((p == 0 || p == 1) && (consumer == 0 || consumer == 1))) continue;
+    emu_sync_events.get(0, [](int) { return ++emu_events_created; });
+    return;
+  }
+}
 // The emulated device: 16 multiprocessors of 2048 threads (the plan's arithmetic, not speed).
 int64_t clip_target_blocks(int) { return 2 * (2048 / int64_t(kClipThreads)) * 16; }
-std::vector<std::int64_t> resource_counts() { return {0, 0, 0}; }  // (the emulation has none)
+std::vector<std::int64_t> resource_counts() { return {0, 0, emu_events_created.load()}; }  // (stand-in events only)
 void set_allow_tf32(bool on) { emu_tf32 = on; }
 bool get_allow_tf32() { return emu_tf32; }
 

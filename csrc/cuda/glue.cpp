@@ -14,11 +14,15 @@
 
 #include "cuda/runtime.h"
 #include "cuda/graph_cache.h"
+#include "cuda/pools.h"
 #include "cuda/api.h"
 
 namespace pylstm {
 
 namespace {
+
+using gpu::DevicePool;
+using gpu::ThreadSlots;
 
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -55,35 +59,10 @@ std::atomic<bool> allow_tf32{false};
 // threads at once, and binding it to the caller's stream per call is then race-free. A thread
 // that exits hands its handles to a process-wide pool, where the next thread that needs one on
 // that device takes it (short-lived threads would otherwise leave a handle and its cuBLAS
-// workspace behind each). Handles are never destroyed: destroying them from thread-exit or
-// process-exit destructors can run after the CUDA runtime has shut down; the driver reclaims
-// them with the process.
+// workspace behind each). Handles are never destroyed (cuda/pools.h).
 struct HandleSlot {
   cublasHandle_t handle = nullptr;
   bool tf32 = false;
-};
-
-// Per-device resources that exited threads leave for the next thread (never destroyed, see
-// above): cuBLAS handles, and the graph path's streams and events.
-template <class Item>
-class DevicePool {
- public:
-  void give(int dev, const Item& item) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (free_.size() <= size_t(dev)) free_.resize(size_t(dev) + 1);
-    free_[size_t(dev)].push_back(item);
-  }
-  bool take(int dev, Item& item) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (free_.size() <= size_t(dev) || free_[size_t(dev)].empty()) return false;
-    item = free_[size_t(dev)].back();
-    free_[size_t(dev)].pop_back();
-    return true;
-  }
-
- private:
-  std::mutex mutex_;
-  std::vector<std::vector<Item>> free_;  // per device
 };
 
 // How many of each pooled resource this process created (gpu::resource_counts): a thread churn
@@ -264,31 +243,20 @@ cudaStream_t stream_of(std::uintptr_t h) {
 
 // One reusable event per host thread and device (recorded and waited on in stream order, so
 // reusing it between calls is safe); an exiting thread hands its events to the pool, like the
-// cuBLAS handles, and they are never destroyed.
+// cuBLAS handles (cuda/pools.h).
 DevicePool<cudaEvent_t>& event_pool() {
-  static auto* pool = new DevicePool<cudaEvent_t>;
+  static auto* pool = new DevicePool<cudaEvent_t>;  // never destroyed (cuda/pools.h)
   return *pool;
 }
-
-struct ThreadEvents {
-  std::vector<cudaEvent_t> ev;  // per device
-  ~ThreadEvents() {
-    for (size_t d = 0; d < ev.size(); ++d) {
-      if (ev[d] != nullptr) event_pool().give(int(d), ev[d]);
-    }
-  }
-};
-thread_local ThreadEvents sync_events;
+thread_local ThreadSlots<cudaEvent_t> sync_events(event_pool());
 
 cudaEvent_t sync_event(int dev) {
-  std::vector<cudaEvent_t>& v = sync_events.ev;
-  if (v.size() <= size_t(dev)) v.resize(size_t(dev) + 1, nullptr);
-  cudaEvent_t& e = v[size_t(dev)];
-  if (e == nullptr && !event_pool().take(dev, e)) {
+  return sync_events.get(dev, [](int) {
+    cudaEvent_t e = nullptr;
     check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
     ++created_events;
-  }
-  return e;
+    return e;
+  });
 }
 }  // namespace
 
