@@ -197,6 +197,7 @@ def test_a_producer_stream_that_captures_a_graph_is_refused():
             emu.lstm_forward(*args(2), stream=0)
         with pytest.raises(RuntimeError, match="^xs: the legacy default stream cannot be used while"):
             emu.lstm_forward(*args(1), stream=0x1234)
+        emu.lstm_forward(*args(1), stream=capturing)  # inside the caller's own capture: no waits, no checks
     finally:
         emu._set_capture_state(capturing, 0)
         emu._set_capture_state(1, 0)

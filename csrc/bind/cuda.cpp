@@ -163,24 +163,28 @@ bool is_legacy(std::uintptr_t s) { return s == 0 || s == 1; }
 // Before waiting on the arrays' producer streams: a producer that is capturing a CUDA graph
 // while pylstm's stream is not would pull pylstm's kernels into that foreign graph (the event
 // wait joins the capture), and the legacy default stream cannot be used at all while another
-// blocking stream captures in global mode: both are clear errors here rather than a broken
+// blocking stream of the device captures: both are clear errors here rather than a broken
 // capture or a bare CUDA error later. When pylstm's own stream is capturing, the caller's graph
-// orders its streams and the waits are skipped (gpu::wait_for_producers).
+// orders its streams and the waits are skipped (gpu::wait_for_producers), producers unchecked.
 void wait_for_inputs(const std::vector<const DevArray*>& arrays,
                      const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer) {
   static const char* legacy =
-      "the legacy default stream cannot be used while another stream captures a CUDA graph in "
-      "global mode (it would invalidate that capture): call pylstm on a non-blocking stream, or "
-      "capture in thread-local or relaxed mode";
+      "the legacy default stream cannot be used while a blocking stream of the device captures a "
+      "CUDA graph (it would invalidate that capture): call pylstm on a non-legacy stream, or "
+      "capture on a cudaStreamNonBlocking stream";
   const gpu::Capture mine = gpu::capture_state(consumer);
   if (mine == gpu::Capture::kLegacyBlocked) throw std::runtime_error(std::string("stream: ") + legacy);
+  if (mine == gpu::Capture::kActive) {  // the caller's graph orders its streams: no waits
+    gpu::wait_for_producers(producers, consumer);
+    return;
+  }
   for (const DevArray* a : arrays) {
     if (!a->present() || a->stream < 0) continue;
     const auto s = std::uintptr_t(a->stream);
     if (s == consumer || (is_legacy(s) && is_legacy(consumer))) continue;
     const gpu::Capture theirs = gpu::capture_state(s);
     if (theirs == gpu::Capture::kLegacyBlocked) throw std::runtime_error(a->name + ": " + legacy);
-    if (theirs == gpu::Capture::kActive && mine != gpu::Capture::kActive) {
+    if (theirs == gpu::Capture::kActive) {
       throw std::invalid_argument(
           a->name + ": its __cuda_array_interface__ stream is capturing a CUDA graph and pylstm's "
           "stream is not: waiting for it would pull pylstm's kernels into that graph. Call pylstm "
@@ -366,7 +370,9 @@ void run_on_device(int kind, const LstmArgs& a, const std::vector<const DevArray
     }
   }
   const std::vector<std::uintptr_t> producers = producer_streams(all);
-  const std::vector<std::uint64_t> shape = graph_shape(kind, a, all), addrs = graph_addrs(all);
+  std::vector<std::uint64_t> shape = graph_shape(kind, a, all);
+  shape.push_back(blas_bytes);  // (a graph captured with cuBLAS's workspace in `work` needs one there)
+  const std::vector<std::uint64_t> addrs = graph_addrs(all);
   py::gil_scoped_release nogil;
   gpu::DeviceGuard guard(dev);
   wait_for_inputs(all, producers, stream);

@@ -53,7 +53,8 @@ template <class T>
 std::vector<ClipChunk<T>> plan_clip_chunks(const std::vector<Span<T>>& arrays, int64_t target_blocks) {
   int64_t total = 0;
   for (const auto& a : arrays) total += a.size;
-  const int64_t target = target_blocks > 0 ? target_blocks : 1;
+  // (at most one launch's table for the whole list when the arrays are few)
+  const int64_t target = target_blocks < 1 ? 1 : target_blocks > kClipMaxChunks ? kClipMaxChunks : target_blocks;
   int64_t chunk = (total + target - 1) / target;
   chunk = chunk < kClipMinChunk ? kClipMinChunk : (chunk + 1023) / 1024 * 1024;
   std::vector<ClipChunk<T>> out;

@@ -182,7 +182,18 @@ DeviceGuard::~DeviceGuard() {
   cudaGetLastError();
 }
 
+// dev must be a visible device (checked before any per-device table grows to it).
+static void check_device_index(int dev) {
+  std::string why;
+  const int n = device_count(&why);
+  if (dev < 0 || dev >= n) {
+    throw std::invalid_argument("device " + std::to_string(dev) + " is not one of the " + std::to_string(n) +
+                                " visible GPUs" + (why.empty() ? "" : " (" + why + ")"));
+  }
+}
+
 std::int64_t cublas_workspace_bytes(int dev) {
+  check_device_index(dev);
   static std::mutex mutex;
   static std::vector<std::int64_t> cached;
   std::lock_guard<std::mutex> lock(mutex);
@@ -219,6 +230,7 @@ GpuContext context(int dev, std::uintptr_t stream, void* blas_work, std::size_t 
 }
 
 int64_t clip_target_blocks(int dev) {
+  check_device_index(dev);
   static std::mutex mutex;
   static std::vector<int64_t> cached;
   std::lock_guard<std::mutex> lock(mutex);

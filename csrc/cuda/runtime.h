@@ -65,8 +65,8 @@ int64_t clip_target_blocks(int dev);
 void wait_for_producers(const std::vector<std::uintptr_t>& producers, std::uintptr_t consumer);
 
 // The capture state of a stream handle as the interface gives it (see wait_for_producers).
-// kLegacyBlocked: the legacy default stream while another blocking stream captures a graph in
-// global mode (any use of it would invalidate that capture: cudaErrorStreamCaptureImplicit).
+// kLegacyBlocked: the legacy default stream while a blocking stream of the device captures a
+// graph (any use of it would invalidate that capture: cudaErrorStreamCaptureImplicit).
 enum class Capture { kNone, kActive, kLegacyBlocked };
 Capture capture_state(std::uintptr_t stream);
 // Emulation only (tests): capture_state reports `state` (a Capture) for `stream` from now on;
