@@ -45,7 +45,8 @@ struct ClipTable {
 
 // Cuts arrays (device pointers, element counts) into chunks of one size, chosen from the total
 // element count alone so that the list makes about `target_blocks` chunks (the blocks the device
-// runs at once, times two: gpu::clip_target_blocks) and never fewer than kClipMinChunk elements
+// runs at once, times two: gpu::clip_target_blocks; at most kClipMaxChunks, one launch's table)
+// and never fewer than kClipMinChunk elements
 // each: how many chunks an array gets depends on its size and the total, not on how many other
 // arrays share the list (one chunk per array would leave a 10^8-element array among 300 small
 // ones to a single block). Tables of more than kClipMaxChunks chunks take several launches.
