@@ -249,6 +249,17 @@ class LstmLM:
         is again a view of the new embedding), gradients are re-created, LSTM states move with
         the model. Optimizer state follows on the optimizer's next update. Returns self."""
         xp = device_module(device)
+        self._map_params(lambda p: to_module(p, xp))
+        for layer in self.lstm_layers:
+            h, c = _layer_state(layer)
+            _set_layer_state(layer, to_module(h, xp), to_module(c, xp))
+            layer.cache = None
+        self.device = device
+        return self
+
+    def _map_params(self, fn) -> None:
+        """Every parameter replaced by fn(parameter), once per array: a repeated array and a
+        tied transposed view stay tied to the new one; gradients re-created as zeros."""
         new = []
         for i, p in enumerate(self.params):
             for j in range(i):
@@ -259,20 +270,14 @@ class LstmLM:
                     new.append(new[j].T)
                     break
             else:
-                new.append(to_module(p, xp))
+                new.append(fn(p))
         k = 0
         for layer in self.layers:
             n = len(layer.params)
             layer.params[:] = new[k:k + n]
-            layer.grads[:] = [xp.zeros_like(q) for q in layer.params]
+            layer.grads[:] = [array_module(q).zeros_like(q) for q in layer.params]
             k += n
-            if isinstance(layer, (TimeLSTM, TimeRNN)):
-                h, c = _layer_state(layer)
-                _set_layer_state(layer, to_module(h, xp), to_module(c, xp))
-                layer.cache = None
-        self.device = device
         self._collect()
-        return self
 
     def init_output_bias(self, corpus) -> None:
         """Set the output layer's bias to the log unigram frequencies of ``corpus`` (token ids;

@@ -28,24 +28,7 @@ def corpus(n=3000, V=40, seed=0):
 
 def to_float64(model):
     """The model's parameters and gradients as float64 copies (ties kept)."""
-    new = []
-    for p in model.params:
-        for j, q in enumerate(model.params[:len(new)]):
-            if p is q:
-                new.append(new[j])
-                break
-            if p.base is q:  # the tied output projection: a transposed view
-                new.append(new[j].T)
-                break
-        else:
-            new.append(p.astype(np.float64))
-    k = 0
-    for layer in model.layers:
-        n = len(layer.params)
-        layer.params[:] = new[k:k + n]
-        layer.grads[:] = [np.zeros_like(q) for q in layer.params]
-        k += n
-    model._collect()
+    model._map_params(lambda p: p.astype(np.float64))
     return model
 
 
