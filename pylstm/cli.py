@@ -398,9 +398,9 @@ def _setup_train(a, dist, say):
         f"threads {pylstm.get_num_threads()}" + ("" if dist is None else " per rank"))
     if dist is not None:
         r0, r1 = dist.rows(a.batch)
-        say(f"distributed: {dist.size} ranks (MPI: {dist.MPI.Get_library_version().splitlines()[0].strip()}), "
-            f"rank 0 takes streams {r0}..{r1 - 1} of {a.batch}; gradients averaged by one allreduce of "
-            f"{4 * n_params / 1e6:.1f} MB per step")
+        say(f"distributed: {dist.size} rank{'s' if dist.size > 1 else ''} (MPI: "
+            f"{dist.MPI.Get_library_version().splitlines()[0].strip()}), rank 0 takes streams {r0}..{r1 - 1} "
+            f"of {a.batch}; gradients averaged by an allreduce of {4 * n_params / 1e6:.2f} MB per step")
     say(f"corpus {a.corpus} ({level} level): train {len(train)}, val {len(val)}, test {len(test)} tokens, "
           f"vocabulary {V}")
     say(f"model: {a.layers} x {a.cell.upper()}(D={a.wordvec}, H={a.hidden}), {n_params} parameters | {a.optimizer} "
