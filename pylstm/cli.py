@@ -302,20 +302,20 @@ def _start_ranks(a):
 def _threads_per_rank(dist) -> int:
     """The cores this process may use, shared out among the ranks of its host."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = dist.comm.Split_type(dist.MPI.COMM_TYPE_SHARED).Get_size()
-    return max(1, cores // local)
+    return max(1, cores // dist.local_size)
 
 
 def _cmd_train(a):
     dist, say = _start_ranks(a)
     if dist is None:
         return _train(a, None, print)
-    # Start-up errors (arguments, files, corpus) are collected from every rank and reported once
-    # by rank 0, and every rank returns 1: no rank is left waiting and nothing is aborted.
+    # Start-up errors (arguments, files, corpus, devices) are collected from every rank and
+    # reported once by rank 0, and every rank returns 1: no rank is left waiting and nothing is
+    # aborted. (_setup_train holds no collective: one rank failing early cannot strand the rest.)
     try:
         setup, err = _setup_train(a, dist, say), None
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        setup, err = None, f"{exc}"
+    except Exception as exc:  # noqa: BLE001  (any of them must reach the gather below)
+        setup, err = None, f"{exc}" if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
     errors = dist.comm.allgather(err)
     if any(errors):
         if dist.rank == 0:

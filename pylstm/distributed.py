@@ -11,7 +11,9 @@ it by the global norm and applies the same update, so the parameters stay identi
 Dropout masks are rows of the mask one process would draw for the whole batch: every rank keeps
 the same generator state, skips the other ranks' rows (``draw_rows``) and draws its own. Hence a
 K-rank run follows the one-process run to the rounding of the gradient sum, with or without
-dropout, and a checkpoint resumes exactly with any K.
+dropout, and a checkpoint resumes with any K to that rounding. (On the GPU, CuPy's generator is
+seeded from that state when a ``fit`` starts: the ranks agree, but a resumed run's GPU masks are
+not the uninterrupted run's.)
 
 Device arrays (CuPy) are reduced by CUDA-aware MPI when every rank's library says it is one,
 else by NCCL (``cupy.cuda.nccl``) when every rank has it, else through host memory; the choice is
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import zlib
 from typing import Optional, Sequence
 
@@ -122,6 +125,11 @@ class DataParallel:
         if isinstance(check_every, bool) or int(check_every) < 1:
             raise ValueError(f"check_every must be an integer >= 1, got {check_every}")
         self.check_every = int(check_every)
+        # this rank among the ranks of its host (a collective: here, where every rank constructs
+        # its DataParallel, not later where a failure on one rank could leave the others waiting)
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        local.Free()
         self._buf = None
         self._transport = None
 
@@ -154,8 +162,7 @@ class DataParallel:
         (round robin when the ranks outnumber the GPUs); returns its index."""
         import cupy
 
-        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED).Get_rank()
-        dev = local % cupy.cuda.runtime.getDeviceCount()
+        dev = self.local_rank % cupy.cuda.runtime.getDeviceCount()
         cupy.cuda.Device(dev).use()
         return dev
 
@@ -164,9 +171,12 @@ class DataParallel:
             query = getattr(self.MPI, "Query_cuda_support", None)
             aware = bool(query()) if query is not None else False
             try:
+                import cupy
                 from cupy.cuda import nccl
 
                 has_nccl = bool(nccl.available) if hasattr(nccl, "available") else True
+                # NCCL refuses two ranks on one GPU
+                has_nccl = has_nccl and self.local_size <= cupy.cuda.runtime.getDeviceCount()
             except ImportError:
                 has_nccl = False
             # every rank must take the same path
@@ -286,6 +296,7 @@ class DataParallel:
         sys.stdout.flush()
         sys.stderr.write(f"{prefix} (rank {self.rank} of {self.size}): {type(exc).__name__}: {exc}\n")
         sys.stderr.flush()
+        time.sleep(0.3)  # the launcher forwards output asynchronously; Abort tears the job down at once
         self.comm.Abort(1)
         os._exit(1)  # (Abort does not return; should a library's return, this rank still ends)
 

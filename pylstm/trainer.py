@@ -83,7 +83,12 @@ def eval_perplexity(model: LstmLM, corpus, batch_size: int = 10, time_size: int 
         pos = offsets + it * time_size
         xs = corpus[pos % n]
         ts = corpus[(pos + 1) % n]
-        total += model.forward(xs, ts, train_flg=False)  # a device scalar on the GPU: no wait
+        try:
+            total += model.forward(xs, ts, train_flg=False)  # a device scalar on the GPU: no wait
+        except BaseException as exc:
+            if dist is not None and dist.size > 1:  # the other ranks wait in the reduction below
+                dist.abort(exc, prefix="pylstm eval_perplexity")
+            raise
         if verbose:
             sys.stderr.write(f"\reval {it + 1}/{max_iters}")
     if verbose:
@@ -137,10 +142,13 @@ class RnnlmTrainer:
     training: every rank builds the same trainer and calls ``fit`` with the same arguments and
     corpus (checked at its start); each takes its block of the batch's rows, the gradients are
     averaged over the ranks every step, and the result is that of one process with the whole
-    batch, to rounding. Rank 0 logs, shows progress and writes checkpoints; every rank reads the
-    checkpoint it resumes from. When ``fit`` raises on one rank of several (``abort_on_error``),
-    the error is printed there and the whole job is ended (``Abort``): the other ranks would wait
-    for it forever. ``check_every``: steps between checks that the ranks' parameters are identical.
+    batch, to rounding. Rank 0 logs, shows progress and writes checkpoints (every rank passes the
+    same ``checkpoint``: the LSTM states are gathered); every rank reads the checkpoint it resumes
+    from. When ``fit`` raises on one rank of several once the ranks have begun to communicate
+    (``abort_on_error``), the error is printed there and the whole job is ended (``Abort``): the
+    other ranks would wait for it forever (with ``abort_on_error=False`` they do). Argument
+    errors, raised alike on every rank before that, are plain exceptions. ``check_every``: steps
+    between checks that the ranks' parameters are identical.
     """
 
     def __init__(self, model: LstmLM, optimizer, log: Callable[[str], None] = print, comm=None,
@@ -149,6 +157,8 @@ class RnnlmTrainer:
         self.optimizer = optimizer
         self.dist = _as_dist(comm, check_every)
         self.abort_on_error = abort_on_error
+        self._resumed_states = None  # data-parallel resume: the whole batch's states, for fit
+        self._in_collectives = False
         if self.dist is not None and self.dist.rank != 0:
             log = _no_log  # one copy of every line: rank 0's
         self.time_idx = 0
@@ -277,10 +287,16 @@ class RnnlmTrainer:
         self.ppl_list, self.val_ppl_list = ppl_list, val_ppl_list
         self.epoch_marks, self.lr_list = epoch_marks, lr_list
         self.optimizer.load_state_dict(opt)
-        for i, (h, c) in states.items():
-            layer = self.model.lstm_layers[i]
-            xp = array_module(layer.params[0])
-            _set_layer_state(layer, to_module(h, xp), to_module(c, xp))
+        if self.dist is not None:  # each rank takes its rows when fit knows the batch size
+            self._resumed_states = {i: (h, c if hasattr(self.model.lstm_layers[i], "c") else None)
+                                    for i, (h, c) in states.items()}
+            for layer in self.model.lstm_layers:
+                layer.reset_state()
+        else:
+            for i, (h, c) in states.items():
+                layer = self.model.lstm_layers[i]
+                xp = array_module(layer.params[0])
+                _set_layer_state(layer, to_module(h, xp), to_module(c, xp))
         _set_rng_states(self.model, rng)
 
     def fit(self, xs, ts, max_epoch: int = 10, batch_size: int = 20, time_size: int = 35,
@@ -304,14 +320,17 @@ class RnnlmTrainer:
         ``checkpoint``: path written atomically after each epoch (and on Ctrl-C, the last
         complete epoch's file is kept). Returns the list of training perplexities.
         """
+        self._in_collectives = False  # (argument errors, raised alike on every rank, need no abort)
         try:
             return self._fit(xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
                              lr_decay, checkpoint, progress, lr_schedule, max_steps, max_time, clip_value)
         except BaseException as exc:
             if self.dist is not None and self.dist.size > 1 and self.abort_on_error \
-                    and not isinstance(exc, RanksDisagree):
+                    and self._in_collectives and not isinstance(exc, RanksDisagree):
                 self.dist.abort(exc, prefix="pylstm fit")
             raise
+        finally:
+            self._in_collectives = False
 
     def _start_ranks(self, xs, ts, val_corpus, settings: dict) -> None:
         """Data-parallel start: the same run on every rank (else a clear error everywhere), then
@@ -320,6 +339,7 @@ class RnnlmTrainer:
         params = unique_params(model.params, model.grads)[0]
         same = dict(settings)
         same.update(model=model.config, params=[(tuple(p.shape), str(p.dtype)) for p in params],
+                    arrays=array_module(params[0]).__name__,
                     optimizer=type(self.optimizer).__name__, lr=float(self.optimizer.lr),
                     xs=corpus_digest(xs), ts=corpus_digest(ts), val_corpus=corpus_digest(val_corpus),
                     position=(self.current_epoch, self.epoch_iter, self.time_idx))
@@ -354,17 +374,25 @@ class RnnlmTrainer:
         r0, r1 = self._rows(batch_size)  # this rank's rows of every batch
         weight = (r1 - r0) / batch_size  # its share of the mean gradient
         if dist is not None:
+            self._in_collectives = True  # from here a failure on one rank must end them all
             self._start_ranks(xs, ts, val_corpus, dict(
                 max_epoch=max_epoch, batch_size=batch_size, time_size=time_size, max_grad=max_grad,
                 clip_value=clip_value, eval_interval=eval_interval, lr_decay=lr_decay,
-                lr_schedule=lr_schedule is not None, max_steps=max_steps, max_time=max_time))
-        for layer in model.lstm_layers:
-            h, c = _layer_state(layer)
-            if h is None:
+                lr_schedule=lr_schedule is not None, max_steps=max_steps, max_time=max_time,
+                checkpoint=bool(checkpoint)))  # (save_checkpoint is a collective: every rank or none)
+        pending, self._resumed_states = self._resumed_states, None
+        for i, layer in enumerate(model.lstm_layers):
+            if pending is not None and i in pending:  # a resumed run's whole batch: this rank's rows
+                h, c = pending[i]
+                xp_l = array_module(layer.params[0])
+                if h.shape[0] == batch_size:
+                    _set_layer_state(layer, to_module(h[r0:r1].copy(), xp_l),
+                                     to_module(c[r0:r1].copy(), xp_l) if c is not None else None)
+                else:
+                    layer.reset_state()
                 continue
-            if dist is not None and h.shape[0] == batch_size != r1 - r0:  # a resumed run's whole batch
-                _set_layer_state(layer, h[r0:r1].copy(), None if c is None else c[r0:r1].copy())
-            elif h.shape[0] != r1 - r0:  # a state left by predict() on another batch size
+            h, c = _layer_state(layer)
+            if h is not None and h.shape[0] != r1 - r0:  # a state left by predict() on another batch size
                 layer.reset_state()
         max_iters = len(xs) // (batch_size * time_size)
         xp = array_module(model.params[0])
@@ -596,3 +624,4 @@ def _rng_states(model) -> list:
 def _set_rng_states(model, states) -> None:
     for layer, st in zip(model.drop_layers, states):
         layer.rng.bit_generator.state = st
+        layer._device_rng = None  # (CuPy's generator: seeded again from this state on first use)
