@@ -115,6 +115,8 @@ def _build_parser():
     g.add_argument("--top-k", type=_positive_int, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--prompt", default=None, help="text to start from (default: a newline / <eos>)")
+    g.add_argument("--num-samples", type=_positive_int, default=1,
+                   help="sequences to sample at once, as one batch (printed one after another)")
 
     e = sub.add_parser("eval", help="perplexity of a checkpoint on a corpus split",
                        description="Perplexity of a checkpoint on a split of its training corpus (or of "
@@ -521,10 +523,14 @@ def _cmd_generate(a):
                          + ", ".join(repr(t) for t in missing[:5]))
     if a.top_k is not None and a.top_k > len(vocab):
         raise ValueError(f"--top-k must be <= the vocabulary size {len(vocab)}, got {a.top_k}")
-    ids = model.generate([w2i[t] for t in prompt], sample_size=max(a.length, len(prompt)),
-                         temperature=a.temperature, top_k=a.top_k, seed=a.seed,
-                         skip_ids=[w2i["<unk>"]] if "<unk>" in w2i else None)
-    print(_decode(ids, vocab, level))
+    kwargs = dict(sample_size=max(a.length, len(prompt)), temperature=a.temperature, top_k=a.top_k,
+                  seed=a.seed, skip_ids=[w2i["<unk>"]] if "<unk>" in w2i else None)
+    if a.num_samples == 1:
+        print(_decode(model.generate([w2i[t] for t in prompt], **kwargs), vocab, level))
+        return 0
+    rows = model.generate([w2i[t] for t in prompt], num_samples=a.num_samples, **kwargs)
+    for k, ids in enumerate(rows):
+        print(f"--- sample {k + 1} of {len(rows)} ---\n{_decode(ids, vocab, level)}")
     return 0
 
 

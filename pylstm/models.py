@@ -9,6 +9,7 @@ Parameter order is the book's, so the book's trained weight files load position 
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Iterable, Optional, Sequence
 
@@ -326,11 +327,20 @@ class LstmLM:
 
     # --- generation ---------------------------------------------------------------------
     def generate(self, start_id, skip_ids: Optional[Iterable[int]] = None, sample_size: int = 100,
-                 temperature: float = 1.0, top_k: Optional[int] = None, seed=None) -> list:
+                 temperature: float = 1.0, top_k: Optional[int] = None, seed=None,
+                 num_samples: Optional[int] = None) -> list:
         """Sample ids. ``start_id`` is an id or a list of ids (a prompt, fed first); returns the
         prompt followed by sampled ids, ``sample_size`` ids in all. ``skip_ids`` are never
-        sampled. The training state of the LSTM layers is saved and restored around the call."""
+        sampled. The training state of the LSTM layers is saved and restored around the call.
+
+        ``num_samples``: that many sequences sampled at once, as one batch through the model
+        (one LSTM step per token for all of them); returns a list of ``num_samples`` lists. Each
+        row draws with one uniform number per step (inverse CDF of its own distribution)."""
         V = self.config["vocab_size"]
+        if num_samples is not None:
+            if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+                raise ValueError(f"num_samples must be an integer >= 1 or None, got {num_samples!r}")
+            self._check_batch_memory(int(num_samples), "num_samples")
         prompt = [int(start_id)] if np.ndim(start_id) == 0 else [int(i) for i in start_id]
         if not prompt:
             raise ValueError("start_id must be an id or a non-empty list of ids")
@@ -351,6 +361,8 @@ class LstmLM:
         saved = [_layer_state(layer) for layer in self.lstm_layers]
         self.reset_state()
         try:
+            if num_samples is not None:
+                return self._generate_batch(prompt, int(num_samples), sample_size, temperature, top_k, banned, rng)
             ids = list(prompt)
             score = to_host(self.predict(np.array(prompt, dtype=np.int32)[None])[0, -1])
             while len(ids) < sample_size:
@@ -369,6 +381,42 @@ class LstmLM:
         finally:
             for layer, (h, c) in zip(self.lstm_layers, saved):
                 _set_layer_state(layer, h, c)
+
+    def _check_batch_memory(self, n: int, name: str) -> None:
+        """A clear error, before anything is allocated, when n sequences at once need more
+        memory than the machine has: per step the (n, V) scores in float32 and float64 twice
+        (logits, probabilities), and per layer the (n, H) states."""
+        V, H = self.config["vocab_size"], self.config["hidden_size"]
+        need = n * (V * (4 + 8 + 8) + H * 4 * 6 * self.config["num_layers"])
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return
+        if need > have:
+            raise ValueError(f"{name}: {n} sequences at once need about {need / 2**30:.1f} GiB per step (the "
+                             f"({n}, {V}) scores), more than this machine's {have / 2**30:.1f} GiB of memory")
+
+    def _generate_batch(self, prompt, n, sample_size, temperature, top_k, banned, rng) -> list:
+        V = self.config["vocab_size"]
+        out = np.empty((n, sample_size), np.int64)
+        out[:, :len(prompt)] = prompt
+        score = to_host(self.predict(np.repeat(np.array(prompt, dtype=np.int32)[None], n, axis=0))[:, -1])
+        for k in range(len(prompt), sample_size):
+            logits = score.astype(np.float64) / temperature
+            logits[:, banned] = -np.inf
+            if top_k is not None:
+                kth = np.partition(logits, V - int(top_k), axis=1)[:, V - int(top_k)]
+                logits[logits < kth[:, None]] = -np.inf
+            if not np.isfinite(logits).any(axis=1).all():
+                raise ValueError("skip_ids excludes every id that could be sampled")
+            p = softmax(logits)
+            cdf = np.cumsum(p, axis=1)
+            u = rng.random(n) * cdf[:, -1]  # (scaled by the last entry: the rounding of the sum)
+            nxt = (cdf <= u[:, None]).sum(axis=1)
+            nxt = np.minimum(nxt, V - 1)
+            out[:, k] = nxt
+            score = to_host(self.predict(nxt.astype(np.int32)[:, None])[:, -1])
+        return out.tolist()
 
     # --- PyTorch interchange ------------------------------------------------------------
     def lstm_state_dict_torch(self) -> dict:

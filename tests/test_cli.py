@@ -52,6 +52,16 @@ def test_generate_and_eval(trained):
     assert "val perplexity" in e.stdout
 
 
+def test_generate_num_samples(trained):
+    out, _ = trained
+    r = run("generate", str(out / "checkpoint.npz"), "--length", "30", "--seed", "3", "--prompt", "KING",
+            "--num-samples", "3")
+    assert r.returncode == 0, r.stderr
+    parts = r.stdout.split("--- sample ")[1:]
+    assert [p.split(" ")[0] for p in parts] == ["1", "2", "3"]
+    assert all(p.split("---\n", 1)[1].startswith("KING") for p in parts)
+
+
 def test_resume_continues(trained, tmp_path):
     out, _ = trained
     args = list(QUICK)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_close
+from pylstm.layers import softmax
 from pylstm.models import BetterRnnlm, CheckpointError, LstmLM, Rnnlm, load_checkpoint, unique_params
 
 
@@ -101,6 +102,34 @@ def test_generate_is_seeded_respects_skip_and_top_k():
         ids.append(int(np.argmax(score)))
         m.reset_state()
     assert greedy == ids
+
+
+def test_generate_num_samples_draws_a_batch_from_each_rows_distribution():
+    """num_samples sequences in one batch: the prompt first, seeded, skip_ids respected; greedy
+    rows equal the one-sequence greedy result; the first sampled token's frequencies over 4000
+    rows follow the model's distribution (inverse CDF sampling)."""
+    m = LstmLM(12, 6, 8, seed=3)
+    rows = m.generate([1, 2], num_samples=5, sample_size=20, seed=4, skip_ids=[7])
+    assert len(rows) == 5 and all(len(r) == 20 and r[:2] == [1, 2] for r in rows)
+    assert all(7 not in r[2:] for r in rows)
+    assert rows == m.generate([1, 2], num_samples=5, sample_size=20, seed=4, skip_ids=[7])
+    greedy = m.generate(3, sample_size=9, top_k=1, seed=0)
+    assert m.generate(3, sample_size=9, top_k=1, num_samples=3, seed=1) == [greedy] * 3
+    m.reset_state()
+    p = softmax(m.predict(np.array([[5]], dtype=np.int32))[0, -1].astype(np.float64)[None])[0]
+    m.reset_state()
+    first = np.array([r[1] for r in m.generate(5, num_samples=4000, sample_size=2, seed=9)])
+    freq = np.bincount(first, minlength=12) / 4000
+    assert np.abs(freq - p).max() < 4 * np.sqrt(p.max() / 4000), (freq, p)
+
+
+def test_generate_num_samples_rejects_bad_counts_before_allocating():
+    m = LstmLM(12, 6, 8, seed=3)
+    for bad in (0, -2, True, 1.5, "3"):
+        with pytest.raises(ValueError, match="^num_samples must be an integer >= 1"):
+            m.generate(1, num_samples=bad)
+    with pytest.raises(ValueError, match=r"^num_samples: 1000000000000 sequences at once need about .* GiB"):
+        m.generate(1, num_samples=10**12)
 
 
 def test_generate_preserves_training_state_and_rejects_bad_ids():
