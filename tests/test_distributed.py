@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -37,7 +38,8 @@ def _run(args, ranks=None, expect_ok=True):
     env = dict(os.environ, PYLSTM_NUM_THREADS="1")
     for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE"):  # (pytest itself under a launcher)
         env.pop(var, None)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    # (from outside the repository: in its root `-m pylstm` would import the source tree)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tempfile.gettempdir())
     if expect_ok and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
     return r
@@ -154,7 +156,7 @@ def test_train_distributed_without_mpi4py_says_how_to_install(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "nompi"))
     r = subprocess.run([sys.executable, "-m", "pylstm", "train", "--distributed", "--out", str(tmp_path / "run"),
                         "--max-chars", "20000", "--no-progress"], capture_output=True, text=True, env=env,
-                       timeout=TIMEOUT)
+                       timeout=TIMEOUT, cwd=tempfile.gettempdir())
     assert r.returncode == 1
     assert "pip install 'pylstm[mpi]'" in r.stderr and "--distributed" in r.stderr, r.stderr
 
