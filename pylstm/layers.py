@@ -26,6 +26,7 @@ __all__ = [
     "TimeAffine",
     "TimeLSTM",
     "TimePeepholeLSTM",
+    "TimeBiLSTM",
     "TimeGRU",
     "TimeRNN",
     "TimeDropout",
@@ -192,6 +193,45 @@ class TimeLSTM:
 
     def reset_state(self) -> None:
         self.h, self.c = None, None
+
+
+class TimeBiLSTM:
+    """The book's TimeBiLSTM (common/time_layers.py): one TimeLSTM reads the sequence forwards,
+    another backwards, and their outputs are concatenated on the last axis, forward first.
+
+    Parameters
+    ----------
+    Wx1, Wh1, b1 : the forward LSTM's (D, 4H), (H, 4H), (4H,); Wx2, Wh2, b2 : the backward one's.
+    stateful, backend : as TimeLSTM's (each direction keeps its own state).
+
+    ``forward(xs (N, T, D)) -> (N, T, 2H)``; ``backward(dhs (N, T, 2H)) -> dxs``. The backward
+    direction runs on a time-reversed copy of its input and output gradient (one copy each way).
+    """
+
+    def __init__(self, Wx1, Wh1, b1, Wx2, Wh2, b2, stateful: bool = False, backend: str = "auto"):
+        self.forward_lstm = TimeLSTM(Wx1, Wh1, b1, stateful, backend)
+        self.backward_lstm = TimeLSTM(Wx2, Wh2, b2, stateful, backend)
+        self.params = self.forward_lstm.params + self.backward_lstm.params
+        self.grads = self.forward_lstm.grads + self.backward_lstm.grads
+
+    def forward(self, xs: np.ndarray) -> np.ndarray:
+        xp = _xp(self.params[0])
+        o1 = self.forward_lstm.forward(xs)
+        o2 = self.backward_lstm.forward(xp.ascontiguousarray(xs[:, ::-1]))[:, ::-1]
+        return xp.concatenate((o1, o2), axis=2)
+
+    def backward(self, dhs: np.ndarray) -> np.ndarray:
+        xp = _xp(self.params[0])
+        H = self.params[1].shape[0]
+        if getattr(dhs, "ndim", 0) != 3 or dhs.shape[2] != 2 * H:
+            raise ValueError(f"dhs must have shape (N, T, 2H) = (N, T, {2 * H}), got {getattr(dhs, 'shape', None)}")
+        dxs1 = self.forward_lstm.backward(xp.ascontiguousarray(dhs[:, :, :H]))
+        dxs2 = self.backward_lstm.backward(xp.ascontiguousarray(dhs[:, ::-1, H:]))[:, ::-1]
+        return dxs1 + dxs2
+
+    def reset_state(self) -> None:
+        self.forward_lstm.reset_state()
+        self.backward_lstm.reset_state()
 
 
 class TimePeepholeLSTM(TimeLSTM):

@@ -460,3 +460,55 @@ def test_matmul_checks_the_same_on_every_backend(case):
             pylstm.matmul(a, b, backend=backend, **kw)
         messages.add(str(info.value))
     assert len(messages) == 1, messages
+
+
+def _book_bilstm(xs, p, dhs):
+    """The book's TimeBiLSTM computed with the reference: the second LSTM on the reversed
+    sequence, outputs concatenated forward first; dxs the sum of both directions'."""
+    H = p[1].shape[0]
+    hs1, _, _, c1 = ref.lstm_forward_ref(xs, None, None, *p[:3])
+    hs2, _, _, c2 = ref.lstm_forward_ref(xs[:, ::-1].copy(), None, None, *p[3:])
+    g1 = ref.lstm_backward_ref(dhs[:, :, :H], c1)
+    g2 = ref.lstm_backward_ref(dhs[:, ::-1, H:].copy(), c2)
+    out = np.concatenate([hs1, hs2[:, ::-1]], axis=2)
+    return out, g1[0] + g2[0][:, ::-1], list(g1[3:6]) + list(g2[3:6])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_time_bilstm_is_the_books(backend):
+    rng = np.random.default_rng(21)
+    N, T, D, H = 3, 5, 4, 6
+    p = [rng.standard_normal(s) / np.sqrt(s[0]) for s in ((D, 4 * H), (H, 4 * H))] + [rng.standard_normal(4 * H) * 0.1]
+    p += [rng.standard_normal(s) / np.sqrt(s[0]) for s in ((D, 4 * H), (H, 4 * H))] + [rng.standard_normal(4 * H) * 0.1]
+    xs, dhs = rng.standard_normal((N, T, D)), rng.standard_normal((N, T, 2 * H))
+    layer = L.TimeBiLSTM(*p, backend=backend)
+    out = layer.forward(xs)
+    dxs = layer.backward(dhs)
+    want_out, want_dxs, want_grads = _book_bilstm(xs, p, dhs)
+    assert_close("out", out, want_out, 1e-12)
+    assert_close("dxs", dxs, want_dxs, 1e-12)
+    for name, g, w in zip(("dWx1", "dWh1", "db1", "dWx2", "dWh2", "db2"), layer.grads, want_grads):
+        assert_close(name, g, w, 1e-12)
+    assert layer.params[3] is p[3] and len(layer.grads) == 6
+    with pytest.raises(ValueError, match=r"^dhs must have shape \(N, T, 2H\)"):
+        layer.backward(dhs[:, :, :H])
+
+
+def test_time_bilstm_gradient_matches_finite_differences():
+    rng = np.random.default_rng(22)
+    N, T, D, H = 2, 3, 2, 3
+    p = [rng.standard_normal(s) * 0.5 for s in ((D, 4 * H), (H, 4 * H), (4 * H,), (D, 4 * H), (H, 4 * H), (4 * H,))]
+    xs, dhs = rng.standard_normal((N, T, D)), rng.standard_normal((N, T, 2 * H))
+
+    def loss(xs=xs):
+        return float((L.TimeBiLSTM(*p, backend="cpu").forward(xs) * dhs).sum())
+
+    layer = L.TimeBiLSTM(*p, backend="cpu")
+    layer.forward(xs)
+    num = np.zeros_like(xs)
+    for idx in np.ndindex(xs.shape):
+        a, b = xs.copy(), xs.copy()
+        a[idx] += 1e-6
+        b[idx] -= 1e-6
+        num[idx] = (loss(a) - loss(b)) / 2e-6
+    assert_close("dxs", layer.backward(dhs), num, 1e-6)
