@@ -187,14 +187,16 @@ def test_an_uneven_split_still_gives_the_whole_batch_mean(tmp_path, batch, ranks
 
 
 @needs_mpi
-@pytest.mark.parametrize("first,second", [(2, None), (None, 2)])
-def test_a_checkpoint_resumes_with_another_number_of_ranks(tmp_path, first, second):
+@pytest.mark.parametrize("first,second,batch", [(2, None, 6), (None, 2, 6), (2, 3, 5)])
+def test_a_checkpoint_resumes_with_another_number_of_ranks(tmp_path, first, second, batch):
     """10 steps on one side, checkpoint, 10 steps on the other: the 20-step one-process result
-    (the checkpoint holds the whole batch's LSTM states and the one dropout stream)."""
-    _worker(tmp_path / "ref", "--float64", "--steps", "20")
+    (the checkpoint holds the whole batch's LSTM states, gathered in rank order also from an
+    uneven split, and the one dropout stream)."""
+    b = ["--batch", str(batch)]
+    _worker(tmp_path / "ref", "--float64", "--steps", "20", *b)
     run = tmp_path / "run"
-    _worker(run, "--float64", "--steps", "10", "--checkpoint", ranks=first)
-    _worker(run, "--float64", "--steps", "10", "--resume", ranks=second)
+    _worker(run, "--float64", "--steps", "10", "--checkpoint", *b, ranks=first)
+    _worker(run, "--float64", "--steps", "10", "--resume", *b, ranks=second)
     _assert_same_params(_params(tmp_path / "ref"), _params(run), 1e-12)
 
 
