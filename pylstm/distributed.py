@@ -38,9 +38,6 @@ __all__ = ["DataParallel", "RanksDisagree", "mpi_launched", "import_mpi", "draw_
 MPI_INSTALL_HINT = ("data-parallel training needs mpi4py and an MPI library: pip install 'pylstm[mpi]' "
                     "(mpi4py and MPICH, with mpiexec, as wheels)")
 
-# Gradients of at least this many elements are reduced in place, the smaller ones in one buffer.
-_IN_PLACE_MIN = 1 << 16
-
 # Environment variables by which the common launchers tell a process the job's size.
 _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
 
@@ -115,9 +112,11 @@ class DataParallel:
     """One model trained by the ranks of ``comm`` (an mpi4py communicator; default COMM_WORLD).
 
     ``check_every``: steps between the checks that the ranks' parameters are still identical.
+    ``shard_min``: arrays of at least this many elements are reduced where they lie and, in the
+    sharded update, split among the ranks; smaller ones travel packed in one buffer.
     """
 
-    def __init__(self, comm=None, check_every: int = 100):
+    def __init__(self, comm=None, check_every: int = 100, shard_min: int = 1 << 16):
         MPI = import_mpi()
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
@@ -125,6 +124,9 @@ class DataParallel:
         if isinstance(check_every, bool) or int(check_every) < 1:
             raise ValueError(f"check_every must be an integer >= 1, got {check_every}")
         self.check_every = int(check_every)
+        if isinstance(shard_min, bool) or int(shard_min) < 1:
+            raise ValueError(f"shard_min must be an integer >= 1, got {shard_min}")
+        self.shard_min = int(shard_min)
         # this rank among the ranks of its host (a collective: here, where every rank constructs
         # its DataParallel, not later where a failure on one rank could leave the others waiting)
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
@@ -225,7 +227,7 @@ class DataParallel:
         w = dtype.type(weight)
         small = []
         for g in grads:
-            if g.size >= _IN_PLACE_MIN and g.flags.c_contiguous:
+            if g.size >= self.shard_min and g.flags.c_contiguous:
                 if weight != 1.0:
                     g *= w
                 self._allreduce_inplace(g.reshape(-1))
@@ -245,6 +247,91 @@ class DataParallel:
         for g in small:
             g[...] = buf[o:o + g.size].reshape(g.shape)
             o += g.size
+
+    # --- the sharded update (NumPy arrays) -------------------------------------------------
+    def _shards(self, arrays) -> list:
+        """(index, lo, hi, counts, displs) of every large contiguous array: this rank's part
+        [lo, hi) of its flat elements, the parts in rank order."""
+        out = []
+        for i, a in enumerate(arrays):
+            if a.size >= self.shard_min and a.flags.c_contiguous:
+                q, extra = divmod(int(a.size), self.size)
+                counts = [q + (1 if r < extra else 0) for r in range(self.size)]
+                displs = [sum(counts[:r]) for r in range(self.size)]
+                out.append((i, displs[self.rank], displs[self.rank] + counts[self.rank], counts, displs))
+        return out
+
+    def _mpi_type(self, dtype):
+        return self.MPI.FLOAT if dtype == np.float32 else self.MPI.DOUBLE
+
+    def sharded_step(self, params: Sequence, grads: Sequence, weight: float, optimizer,
+                     max_grad: Optional[float], clip_value: Optional[float], clip_by_value, global_norm) -> float:
+        """One update with the work split: each large gradient is reduce-scattered (this rank
+        gets the whole batch's sum of its part), the small ones allreduced; this rank clips its
+        parts (the global norm from every rank's sum of squares) and updates its part of every
+        parameter (and of the optimizer's state); the parameters are then allgathered. The
+        clip, the update and the reduction's second half each touch 1/K of the elements, so
+        they shrink with K instead of being repeated on every rank. Returns the norm (NaN when
+        not clipping by norm)."""
+        MPI = self.MPI
+        shards = self._shards(params)
+        large = {i for i, *_ in shards}
+        small = [k for k in range(len(grads)) if k not in large]
+        w = grads[0].dtype.type(weight)
+        part_g = []
+        for i, lo, hi, counts, _ in shards:
+            g = grads[i].reshape(-1)
+            if weight != 1.0:
+                g *= w
+            buf = np.empty(hi - lo, g.dtype)
+            self.comm.Reduce_scatter(g, buf, recvcounts=counts, op=MPI.SUM)
+            g[lo:hi] = buf  # (the rest of g is not this rank's: left as it is)
+            part_g.append(g[lo:hi])
+        small_g = [grads[k] for k in small]
+        if small_g:
+            self.allreduce_grads(small_g, weight)
+        G = part_g + small_g
+        P = [params[i].reshape(-1)[lo:hi] for i, lo, hi, _, _ in shards] + [params[k] for k in small]
+        if clip_value is not None:
+            clip_by_value(G, clip_value)
+        norm = float("nan")
+        if max_grad is not None:
+            mine = float(global_norm(part_g)) ** 2 if part_g else 0.0
+            rest = float(global_norm(small_g)) ** 2 if small_g else 0.0
+            norm = float(np.sqrt(self.comm.allreduce(mine, op=MPI.SUM) + rest))
+            if not np.isfinite(norm):
+                raise FloatingPointError(f"grads: the global norm is {norm}; nothing was scaled")
+            rate = max_grad / (norm + 1e-6)  # the rule of clip_grads (common/clip_rule.h)
+            if rate < 1:
+                for g in G:  # in double, rounded once, as clip_grads does
+                    np.multiply(g, np.float64(rate), out=g, dtype=np.float64, casting="unsafe")
+        # The optimizer works on this rank's parts, its state as views into the full arrays.
+        optimizer._init_state(list(params))
+        full = {name: getattr(optimizer, name) for name in optimizer._state_names}
+        try:
+            for name, st in full.items():
+                setattr(optimizer, name, [st[i].reshape(-1)[lo:hi] for i, lo, hi, _, _ in shards] +
+                        [st[k] for k in small])
+            optimizer.update(P, G)
+        finally:
+            for name, st in full.items():
+                setattr(optimizer, name, st)
+        for i, _, _, counts, displs in shards:
+            p = params[i].reshape(-1)
+            self.comm.Allgatherv(MPI.IN_PLACE, [p, counts, displs, self._mpi_type(p.dtype)])
+        return norm
+
+    def gather_optimizer_state(self, params: Sequence, optimizer) -> None:
+        """After sharded steps each rank's optimizer state is current only in its parts:
+        allgather them (before saving it, and at the end of fit)."""
+        shards = self._shards(params)
+        for name in optimizer._state_names:
+            st = getattr(optimizer, name)
+            if st is None:
+                continue
+            for i, _, _, counts, displs in shards:
+                a = st[i].reshape(-1)
+                self.comm.Allgatherv(self.MPI.IN_PLACE, [a, counts, displs, self._mpi_type(a.dtype)])
 
     def allreduce_sum(self, value: float) -> float:
         return float(self.comm.allreduce(float(value), op=self.MPI.SUM))

@@ -23,7 +23,7 @@ import numpy as np
 from ._devices import array_module, to_host, to_module
 from .checkpoint import CheckpointError, read_checkpoint_extra
 from .distributed import DataParallel, RanksDisagree, corpus_digest
-from .functional import clip_grads, clip_grads_by_value
+from .functional import clip_grads, clip_grads_by_value, global_norm
 from .models import LstmLM, _layer_state, _set_layer_state, unique_params
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
@@ -152,11 +152,12 @@ class RnnlmTrainer:
     """
 
     def __init__(self, model: LstmLM, optimizer, log: Callable[[str], None] = print, comm=None,
-                 check_every: int = 100, abort_on_error: bool = True):
+                 check_every: int = 100, abort_on_error: bool = True, sharded_update: bool = True):
         self.model = model
         self.optimizer = optimizer
         self.dist = _as_dist(comm, check_every)
         self.abort_on_error = abort_on_error
+        self.sharded_update = bool(sharded_update)
         self._resumed_states = None  # data-parallel resume: the whole batch's states, for fit
         self._in_collectives = False
         if self.dist is not None and self.dist.rank != 0:
@@ -195,6 +196,9 @@ class RnnlmTrainer:
               "ppl_list": list(self.ppl_list), "val_ppl_list": list(self.val_ppl_list),
               "epoch_marks": list(self.epoch_marks), "lr_list": list(self.lr_list),
               "rng": _rng_states(self.model)})
+        if self.dist is not None and self.dist.size > 1:  # (sharded steps leave each rank its parts)
+            params = unique_params(self.model.params, self.model.grads)[0]
+            self.dist.gather_optimizer_state(params, self.optimizer)
         st["optimizer"] = type(self.optimizer).__name__
         for k, v in self.optimizer.state_dict().items():
             st[f"opt_{k}"] = v if isinstance(v, np.ndarray) else float(v)
@@ -422,13 +426,17 @@ class RnnlmTrainer:
             for layer in model.drop_layers:
                 layer.rows = None
         if dist is not None:
-            dist.check_identical(unique_params(model.params, model.grads)[0], "at the end of fit")
+            params = unique_params(model.params, model.grads)[0]
+            dist.check_identical(params, "at the end of fit")
+            if dist.size > 1:
+                dist.gather_optimizer_state(params, self.optimizer)
         return self.ppl_list
 
     def _epochs(self, xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
                 lr_decay, checkpoint, progress, lr_schedule, max_steps, max_time, clip_value,
                 steps, start, best_val, max_iters, weight, xp, on_device, saved_checks, dev):
         model, optimizer, dist = self.model, self.optimizer, self.dist
+        sharded = dist is not None and dist.size > 1 and not on_device and self.sharded_update
         if on_device:
             xs_dev, ts_dev, base, nonfinite = dev
         for epoch in range(self.current_epoch, max_epoch):
@@ -456,18 +464,23 @@ class RnnlmTrainer:
                     loss = model.forward(bx, bt)
                     model.backward()
                     params, grads = unique_params(model.params, model.grads)
-                    if dist is not None:  # the whole batch's mean gradient and loss, on every rank
-                        dist.allreduce_grads(grads, weight)
+                    if dist is not None:  # the whole batch's loss on every rank
                         loss = dist.allreduce_sum(float(loss) * weight)
                         if steps % dist.check_every == 0:
                             dist.check_identical(params, f"step {steps}")
-                    if clip_value is not None:
-                        clip_grads_by_value(grads, clip_value)
-                    if max_grad is not None:
-                        norm = clip_grads(grads, max_grad, error_if_nonfinite=not on_device)
-                        if on_device:
-                            nonfinite += ~xp.isfinite(norm)
-                    optimizer.update(params, grads)
+                    if sharded:  # reduce-scatter, each rank clips and updates its part, allgather
+                        dist.sharded_step(params, grads, weight, optimizer, max_grad, clip_value,
+                                          clip_grads_by_value, global_norm)
+                    else:
+                        if dist is not None:  # the whole batch's mean gradient on every rank
+                            dist.allreduce_grads(grads, weight)
+                        if clip_value is not None:
+                            clip_grads_by_value(grads, clip_value)
+                        if max_grad is not None:
+                            norm = clip_grads(grads, max_grad, error_if_nonfinite=not on_device)
+                            if on_device:
+                                nonfinite += ~xp.isfinite(norm)
+                        optimizer.update(params, grads)
                     self.loss_sum += loss
                     self.loss_count += 1
                     self.epoch_iter = it + 1

@@ -46,14 +46,18 @@ def main():
     ap.add_argument("--fail-rank", type=int, default=None, help="this rank raises at its 3rd step")
     ap.add_argument("--corrupt-rank", type=int, default=None, help="this rank's update drifts at its 3rd step")
     ap.add_argument("--val", action="store_true", help="also evaluate a validation corpus")
+    ap.add_argument("--shard-min", type=int, default=1 << 16, help="DataParallel's shard_min (1: shard everything)")
+    ap.add_argument("--no-shard", action="store_true", help="every rank updates every parameter")
     a = ap.parse_args()
 
     comm, rank = None, 0
     if a.distributed:
         from mpi4py import MPI
 
-        comm = MPI.COMM_WORLD
-        rank = comm.Get_rank()
+        from pylstm.distributed import DataParallel
+
+        comm = DataParallel(MPI.COMM_WORLD, check_every=5, shard_min=a.shard_min)
+        rank = comm.rank
     model = LstmLM(40, 10, 10, num_layers=2, dropout_ratio=a.dropout, tie_weights=True, seed=3)
     if a.float64:
         to_float64(model)
@@ -76,7 +80,7 @@ def main():
             if steps[0] == 3:
                 params[1][0, 0] += 1e-6
         opt.update = drifting_update
-    trainer = RnnlmTrainer(model, opt, log=lambda msg: None, comm=comm, check_every=5)
+    trainer = RnnlmTrainer(model, opt, log=lambda msg: None, comm=comm, sharded_update=not a.no_shard)
     ckpt = os.path.join(a.out, "checkpoint.npz")
     if a.resume:
         trainer.resume(ckpt)

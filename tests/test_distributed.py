@@ -162,16 +162,22 @@ def test_train_distributed_without_mpi4py_says_how_to_install(tmp_path):
 
 
 # --- K ranks against one process ---------------------------------------------------------------
+# How the ranks update: every array split among them (shard_min 1), only the large ones (none in
+# these small models: the packed path), or each rank updating everything after an allreduce.
+MODES = {"sharded": ["--shard-min", "1"], "packed": [], "replicated": ["--no-shard"]}
+
+
 @needs_mpi
+@pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("dtype_flag,rtol", [("--float64", 1e-12), ("", 2e-5)])
-def test_two_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol):
+def test_two_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol, mode):
     """2 ranks x batch 3 against 1 process x batch 6, 20 steps of Adam with dropout 0.3, tied
     weights and global-norm clipping: the same parameters to rounding (float64: 1e-12; float32:
     the gradient sums' rounding, amplified by 20 Adam steps, measured ~1e-6), identical on both
     ranks, and the same sharded evaluation."""
     flags = [dtype_flag] if dtype_flag else []
     _worker(tmp_path / "one", *flags, "--val")
-    _worker(tmp_path / "two", *flags, "--val", ranks=2)
+    _worker(tmp_path / "two", *flags, "--val", *MODES[mode], ranks=2)
     _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "two"), rtol)
     crcs = _crcs(tmp_path / "two", 2)
     assert crcs[0] == crcs[1]
@@ -181,7 +187,7 @@ def test_two_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol):
 @pytest.mark.parametrize("batch,ranks", [(5, 2), (7, 3)])
 def test_an_uneven_split_still_gives_the_whole_batch_mean(tmp_path, batch, ranks):
     _worker(tmp_path / "one", "--float64", "--batch", str(batch))
-    _worker(tmp_path / "k", "--float64", "--batch", str(batch), ranks=ranks)
+    _worker(tmp_path / "k", "--float64", "--batch", str(batch), "--shard-min", "1", ranks=ranks)
     _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "k"), 1e-12)
     assert len(set(_crcs(tmp_path / "k", ranks))) == 1
 
@@ -192,7 +198,7 @@ def test_a_checkpoint_resumes_with_another_number_of_ranks(tmp_path, first, seco
     """10 steps on one side, checkpoint, 10 steps on the other: the 20-step one-process result
     (the checkpoint holds the whole batch's LSTM states, gathered in rank order also from an
     uneven split, and the one dropout stream)."""
-    b = ["--batch", str(batch)]
+    b = ["--batch", str(batch), "--shard-min", "1"]  # (Adam's state in parts: gathered to save)
     _worker(tmp_path / "ref", "--float64", "--steps", "20", *b)
     run = tmp_path / "run"
     _worker(run, "--float64", "--steps", "10", "--checkpoint", *b, ranks=first)
