@@ -6,10 +6,12 @@ K ranks (one thread each by default), alternated in one run, and the overlap exp
 Variants, each a fresh `mpiexec -n K` job running the same global batch:
   1 rank       the step of RnnlmTrainer: forward, backward, clip, update
   K ranks      the same with each rank on batch/K rows and the gradients allreduced after backward
-               (RnnlmTrainer(comm=...)'s reduction: pylstm.distributed.DataParallel)
-  K overlap    the output layer's gradients (the largest block, final first in the backward)
-               reduced with a non-blocking Iallreduce started as soon as that layer's backward
-               returns, waited for after the rest of the backward
+               (DataParallel.allreduce_grads), every rank clipping and updating everything
+  K sharded    RnnlmTrainer(comm=...)'s step: large gradients reduce-scattered, each rank clips
+               and updates its part, parameters allgathered (DataParallel.sharded_step)
+  K overlap    (--overlap) the output layer's gradients (the largest block, final first in the
+               backward) reduced with a non-blocking Iallreduce started as soon as that layer's
+               backward returns, waited for after the rest of the backward
 
 Also prints the host (CPU model), the bytes allreduced per step and the time of one Allreduce of
 that size between the K ranks, the numbers behind the K-host estimate in the README.
@@ -48,7 +50,7 @@ def worker(a) -> None:
     """One rank of one variant: times a.steps steps after a.warmup, prints JSON on rank 0."""
     from pylstm.datasets import ptb
     from pylstm.distributed import DataParallel
-    from pylstm.functional import clip_grads
+    from pylstm.functional import clip_grads, clip_grads_by_value, global_norm
     from pylstm.models import LstmLM, unique_params
     from pylstm.optimizers import SGD
     from pylstm.trainer import batch_indices
@@ -79,6 +81,9 @@ def worker(a) -> None:
         else:
             model.backward()
         params, grads = unique_params(model.params, model.grads)
+        if a.variant == "sharded":
+            dist.sharded_step(params, grads, weight, opt, clip, None, clip_grads_by_value, global_norm)
+            return
         if dist is not None:
             rest = [g for g in grads if not any(g is h for h in affine.grads)] if reqs else grads
             dist.allreduce_grads(rest, weight)
@@ -119,7 +124,7 @@ def driver(a) -> None:
     base = [sys.executable, os.path.abspath(__file__), "--worker", "--recipe", a.recipe, "--steps", str(a.steps),
             "--warmup", str(a.warmup)] + (["--data-dir", a.data_dir] if a.data_dir else [])
     jobs = [("one", base + ["--variant", "one"])]
-    for v in ("blocking", "overlap"):
+    for v in ("blocking", "sharded") + (("overlap",) if a.overlap else ()):
         jobs.append((v, [mpiexec, "-n", str(a.ranks)] + base + ["--variant", v]))
     results = {v: [] for v, _ in jobs}
     extra = {}
@@ -138,7 +143,8 @@ def driver(a) -> None:
     print(f"gradient bytes per step {extra.get('allreduce_bytes', 0) / 1e6:.1f} MB, one Allreduce of them between "
           f"{a.ranks} ranks {extra.get('allreduce_ms', float('nan')):.2f} ms")
     print("| variant | steps/s | vs 1 rank |\n|---|---|---|")
-    names = {"one": "1 rank", "blocking": f"{a.ranks} ranks", "overlap": f"{a.ranks} ranks, overlap"}
+    names = {"one": "1 rank", "blocking": f"{a.ranks} ranks, replicated update",
+             "sharded": f"{a.ranks} ranks, sharded update", "overlap": f"{a.ranks} ranks, overlap"}
     for v, xs in results.items():
         m = statistics.median(xs)
         print(f"| {names[v]} | {m:.2f} ({min(xs):.2f}-{max(xs):.2f}) | {m / one:.2f}x |")
@@ -154,7 +160,9 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--variant", choices=["one", "blocking", "overlap"], default="one", help=argparse.SUPPRESS)
+    p.add_argument("--overlap", action="store_true", help="also the overlapped variant")
+    p.add_argument("--variant", choices=["one", "blocking", "sharded", "overlap"], default="one",
+                   help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.ranks < 2:
         p.error("--ranks must be >= 2")
