@@ -50,7 +50,7 @@ def worker(a) -> None:
     """One rank of one variant: times a.steps steps after a.warmup, prints JSON on rank 0."""
     from pylstm.datasets import ptb
     from pylstm.distributed import DataParallel
-    from pylstm.functional import clip_grads, clip_grads_by_value, global_norm
+    from pylstm.functional import clip_grads
     from pylstm.models import LstmLM, unique_params
     from pylstm.optimizers import SGD
     from pylstm.trainer import batch_indices
@@ -82,7 +82,7 @@ def worker(a) -> None:
             model.backward()
         params, grads = unique_params(model.params, model.grads)
         if a.variant == "sharded":
-            dist.sharded_step(params, grads, weight, opt, clip, None, clip_grads_by_value, global_norm)
+            dist.sharded_step(params, grads, weight, opt, clip, None)
             return
         if dist is not None:
             rest = [g for g in grads if not any(g is h for h in affine.grads)] if reqs else grads

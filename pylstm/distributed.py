@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ._devices import array_module, to_host
+from .functional import clip_grads_by_value, global_norm
 
 __all__ = ["DataParallel", "RanksDisagree", "mpi_launched", "import_mpi", "draw_rows", "MPI_INSTALL_HINT"]
 
@@ -133,6 +134,7 @@ class DataParallel:
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
         self._buf = None
+        self._parts: dict = {}  # sharded_step's receive buffers, by array index
         self._transport = None
 
     # --- the split -----------------------------------------------------------------------
@@ -261,11 +263,19 @@ class DataParallel:
                 out.append((i, displs[self.rank], displs[self.rank] + counts[self.rank], counts, displs))
         return out
 
+    def _part_buffer(self, i: int, n: int, dtype) -> np.ndarray:
+        """The receive buffer of array i's part, kept between steps (a fresh one every step
+        would be fresh pages every step)."""
+        buf = self._parts.get(i)
+        if buf is None or buf.size != n or buf.dtype != dtype:
+            buf = self._parts[i] = np.empty(n, dtype)
+        return buf
+
     def _mpi_type(self, dtype):
         return self.MPI.FLOAT if dtype == np.float32 else self.MPI.DOUBLE
 
     def sharded_step(self, params: Sequence, grads: Sequence, weight: float, optimizer,
-                     max_grad: Optional[float], clip_value: Optional[float], clip_by_value, global_norm) -> float:
+                     max_grad: Optional[float], clip_value: Optional[float]) -> float:
         """One update with the work split: each large gradient is reduce-scattered (this rank
         gets the whole batch's sum of its part), the small ones allreduced; this rank clips its
         parts (the global norm from every rank's sum of squares) and updates its part of every
@@ -283,7 +293,7 @@ class DataParallel:
             g = grads[i].reshape(-1)
             if weight != 1.0:
                 g *= w
-            buf = np.empty(hi - lo, g.dtype)
+            buf = self._part_buffer(i, hi - lo, g.dtype)
             self.comm.Reduce_scatter(g, buf, recvcounts=counts, op=MPI.SUM)
             g[lo:hi] = buf  # (the rest of g is not this rank's: left as it is)
             part_g.append(g[lo:hi])
@@ -293,7 +303,7 @@ class DataParallel:
         G = part_g + small_g
         P = [params[i].reshape(-1)[lo:hi] for i, lo, hi, _, _ in shards] + [params[k] for k in small]
         if clip_value is not None:
-            clip_by_value(G, clip_value)
+            clip_grads_by_value(G, clip_value)
         norm = float("nan")
         if max_grad is not None:
             mine = float(global_norm(part_g)) ** 2 if part_g else 0.0

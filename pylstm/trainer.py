@@ -23,7 +23,7 @@ import numpy as np
 from ._devices import array_module, to_host, to_module
 from .checkpoint import CheckpointError, read_checkpoint_extra
 from .distributed import DataParallel, RanksDisagree, corpus_digest
-from .functional import clip_grads, clip_grads_by_value, global_norm
+from .functional import clip_grads, clip_grads_by_value
 from .models import LstmLM, _layer_state, _set_layer_state, unique_params
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
@@ -469,8 +469,7 @@ class RnnlmTrainer:
                         if steps % dist.check_every == 0:
                             dist.check_identical(params, f"step {steps}")
                     if sharded:  # reduce-scatter, each rank clips and updates its part, allgather
-                        dist.sharded_step(params, grads, weight, optimizer, max_grad, clip_value,
-                                          clip_grads_by_value, global_norm)
+                        dist.sharded_step(params, grads, weight, optimizer, max_grad, clip_value)
                     else:
                         if dist is not None:  # the whole batch's mean gradient on every rank
                             dist.allreduce_grads(grads, weight)
