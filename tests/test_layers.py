@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import pylstm
-from helpers import assert_close
+from helpers import assert_close, assert_within_twice_naive
 from pylstm import layers as L
 from pylstm import reference as ref
 
@@ -474,24 +474,42 @@ def _book_bilstm(xs, p, dhs):
     return out, g1[0] + g2[0][:, ::-1], list(g1[3:6]) + list(g2[3:6])
 
 
+def _bilstm_case(N, T, D, H, seed):
+    rng = np.random.default_rng(seed)
+    p = []
+    for _ in range(2):
+        p += [rng.standard_normal((D, 4 * H)) / np.sqrt(D), rng.standard_normal((H, 4 * H)) / np.sqrt(H),
+              rng.standard_normal(4 * H) * 0.1]
+    return p, rng.standard_normal((N, T, D)), rng.standard_normal((N, T, 2 * H))
+
+
+def _run_bilstm(p, xs, dhs, backend, dtype):
+    layer = L.TimeBiLSTM(*[a.astype(dtype) for a in p], backend=backend)
+    out = layer.forward(xs.astype(dtype))
+    dxs = layer.backward(dhs.astype(dtype))
+    return dict(zip(("out", "dxs", "dWx1", "dWh1", "db1", "dWx2", "dWh2", "db2"), [out, dxs, *layer.grads]))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (1, 1, 1, 1), (2, 3, 4, 5)])
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
-def test_time_bilstm_is_the_books(backend):
-    rng = np.random.default_rng(21)
-    N, T, D, H = 3, 5, 4, 6
-    p = [rng.standard_normal(s) / np.sqrt(s[0]) for s in ((D, 4 * H), (H, 4 * H))] + [rng.standard_normal(4 * H) * 0.1]
-    p += [rng.standard_normal(s) / np.sqrt(s[0]) for s in ((D, 4 * H), (H, 4 * H))] + [rng.standard_normal(4 * H) * 0.1]
-    xs, dhs = rng.standard_normal((N, T, D)), rng.standard_normal((N, T, 2 * H))
-    layer = L.TimeBiLSTM(*p, backend=backend)
-    out = layer.forward(xs)
-    dxs = layer.backward(dhs)
+def test_time_bilstm_is_the_books(backend, shape):
+    p, xs, dhs = _bilstm_case(*shape, seed=21)
+    H = shape[3]
     want_out, want_dxs, want_grads = _book_bilstm(xs, p, dhs)
-    assert_close("out", out, want_out, 1e-12)
-    assert_close("dxs", dxs, want_dxs, 1e-12)
-    for name, g, w in zip(("dWx1", "dWh1", "db1", "dWx2", "dWh2", "db2"), layer.grads, want_grads):
-        assert_close(name, g, w, 1e-12)
+    want = dict(zip(("out", "dxs", "dWx1", "dWh1", "db1", "dWx2", "dWh2", "db2"), [want_out, want_dxs, *want_grads]))
+    got = _run_bilstm(p, xs, dhs, backend, np.float64)
+    for name in want:
+        assert_close(name, got[name], want[name], 1e-12)
+    got32 = _run_bilstm(p, xs, dhs, backend, np.float32)
+    naive = _run_bilstm(p, xs, dhs, "numpy", np.float32)  # the reference run in float32
+    assert_within_twice_naive(got32, want, naive, tag=f"float32 {backend}: ")
+    layer = L.TimeBiLSTM(*p, backend=backend)
     assert layer.params[3] is p[3] and len(layer.grads) == 6
+    layer.forward(xs)
     with pytest.raises(ValueError, match=r"^dhs must have shape \(N, T, 2H\)"):
         layer.backward(dhs[:, :, :H])
+    with pytest.raises(ValueError, match=r"^dhs must have shape \(N, T, 2H\)"):
+        layer.backward(dhs[0])
 
 
 def test_time_bilstm_gradient_matches_finite_differences():
