@@ -2,9 +2,12 @@
 module: embedding, a 2-layer recurrent layer, linear, cross-entropy, Adam, on the CPU; steps per
 second, alternating the two candidates, medians over rounds. Also the module's own overhead:
 the autograd Function and the layout conversion against the bare kernels (pylstm.lstm_forward /
-backward) on the same layer.
+backward) on the same layer. With --variable-length, every batch's sequences get lengths drawn
+uniformly from [T/4, T] and both modules take them as one PackedSequence (PyTorch's packed path
+against pylstm's per-sequence lengths).
 
 Run: python benchmarks/bench_torch_module.py [--cell lstm|gru] [--shape N,T,D,H] [--threads 2]
+     [--variable-length]
 """
 
 from __future__ import annotations
@@ -29,10 +32,16 @@ def make(cls, V, D, H, seed):
     return emb, rnn, lin, torch.optim.Adam(params, lr=1e-3)
 
 
-def step(model, batch, V):
+def step(model, batch, V, lengths=None):
     emb, rnn, lin, opt = model
-    out, _ = rnn(emb(batch[:, :-1]))
-    loss = torch.nn.functional.cross_entropy(lin(out).reshape(-1, V), batch[:, 1:].reshape(-1))
+    if lengths is None:
+        out, _ = rnn(emb(batch[:, :-1]))
+        loss = torch.nn.functional.cross_entropy(lin(out).reshape(-1, V), batch[:, 1:].reshape(-1))
+    else:  # packed: the loss over the valid positions only
+        pack = torch.nn.utils.rnn.pack_padded_sequence
+        out, _ = rnn(pack(emb(batch[:, :-1]), lengths, batch_first=True, enforce_sorted=False))
+        targets = pack(batch[:, 1:], lengths, batch_first=True, enforce_sorted=False).data
+        loss = torch.nn.functional.cross_entropy(lin(out.data), targets)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -47,6 +56,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=5, help="timed steps per round and candidate")
+    p.add_argument("--variable-length", action="store_true",
+                   help="lengths uniform in [T/4, T] per sequence, as PackedSequences")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     N, T, D, H = (int(v) for v in a.shape.split(","))
@@ -56,14 +67,17 @@ def main(argv=None):
     name = a.cell.upper()
     cands = {f"torch.nn.{name}": make(getattr(torch.nn, name), V, D, H, 0),
              f"pylstm.torch.{name}": make(getattr(pt, name), V, D, H, 0)}
-    data = torch.randint(0, V, (a.steps, N, T + 1), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    data = torch.randint(0, V, (a.steps, N, T + 1), generator=gen)
+    lens = [torch.randint(max(1, T // 4), T + 1, (N,), generator=gen) if a.variable_length else None
+            for _ in range(a.steps)]
     times = {k: [] for k in cands}
     for r in range(a.rounds + 1):
         for k, model in cands.items():
-            step(model, data[0], V)  # untimed: the loop's steady state
+            step(model, data[0], V, lens[0])  # untimed: the loop's steady state
             t0 = time.perf_counter()
-            for b in data:
-                step(model, b, V)
+            for b, ln in zip(data, lens):
+                step(model, b, V, ln)
             if r:
                 times[k].append((time.perf_counter() - t0) / a.steps)
     # The module's overhead over the bare kernels, one layer, forward + backward.
@@ -89,8 +103,10 @@ def main(argv=None):
             over["kernels"].append(t2 - t1)
     res = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
     mod, ker = 1e3 * float(np.median(over["module"])), 1e3 * float(np.median(over["kernels"]))
+    vl = ", lengths uniform in [T/4, T] (PackedSequence)" if a.variable_length else ""
     print(f"# {cpu_name()} | commit {git_commit()} | {a.threads} threads | torch {torch.__version__} | "
-          f"{name} 2 layers, N,T,D,H = {a.shape}, V = {V}, Adam; medians of {a.rounds} rounds x {a.steps} steps")
+          f"{name} 2 layers, N,T,D,H = {a.shape}, V = {V}, Adam{vl}; "
+          f"medians of {a.rounds} rounds x {a.steps} steps")
     for k, v in res.items():
         print(f"{k}: {v:.1f} ms/step ({1e3 / v:.2f} steps/s)")
     ours, theirs = res[f"pylstm.torch.{name}"], res[f"torch.nn.{name}"]
@@ -100,7 +116,8 @@ def main(argv=None):
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"cpu": cpu_name(), "commit": git_commit(), "threads": a.threads, "cell": a.cell,
-                       "shape": a.shape, "vocab": V, "ms_per_step": res, "module_ms": mod, "kernels_ms": ker,
+                       "shape": a.shape, "vocab": V, "variable_length": a.variable_length, "ms_per_step": res,
+                       "module_ms": mod, "kernels_ms": ker,
                        "date": time.strftime("%Y-%m-%d")}, f, indent=1)
 
 

@@ -68,6 +68,10 @@ class ArrayLib:
     def stream(self) -> int:
         return 0
 
+    def from_host(self, a: np.ndarray):
+        """A device copy of the host array a (ordered on this library's current stream)."""
+        raise NotImplementedError
+
     def wrap(self, a):
         """What the binding receives for an array of this library."""
         return a
@@ -104,6 +108,9 @@ class EmuLib(ArrayLib):
     def zeros(self, shape, dtype):
         return self._out(np.zeros(shape, dtype))
 
+    def from_host(self, a):
+        return EmuDeviceArray(np.array(a))
+
     def wrap(self, a):
         if self.host_io and isinstance(a, np.ndarray):
             return EmuDeviceArray(a)
@@ -138,6 +145,10 @@ class CupyLib(ArrayLib):
         with self.cp.cuda.Device(self.device):
             return self.cp.zeros(shape, dtype)
 
+    def from_host(self, a):
+        with self.cp.cuda.Device(self.device):
+            return self.cp.asarray(a)
+
     def stream(self) -> int:
         with self.cp.cuda.Device(self.device):
             return int(self.cp.cuda.get_current_stream().ptr)
@@ -160,6 +171,9 @@ class TorchLib(ArrayLib):
     def zeros(self, shape, dtype):
         return self.torch.zeros(shape, dtype=self._dtype(dtype), device=self.device)
 
+    def from_host(self, a):
+        return self.torch.from_numpy(np.array(a)).to(self.device)
+
     def stream(self) -> int:
         return int(self.torch.cuda.current_stream(self.device).cuda_stream)
 
@@ -180,6 +194,10 @@ class NumbaLib(ArrayLib):
         a = self.empty(shape, dtype)
         a[...] = 0
         return a
+
+    def from_host(self, a):
+        with self.cuda.gpus[self.device]:
+            return self.cuda.to_device(np.array(a))
 
     def scalar(self, work, index):
         return work[index : index + 1]  # a 1-element device array: Numba has no 0-d views

@@ -172,11 +172,31 @@ def _screen_host(arrays: dict, prefix: str = "") -> None:
                 )
 
 
-def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P):
+def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P, lengths=None):
     """A forward call's arguments under the shared rules (the reference backend's checks: the
     compiled backend's binding makes the same ones itself). Returns (N, T, D, H)."""
     _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0, "P": P})
-    return _backend.require_cpu().forward_check(xs, Wx, Wh, b, h0, c0, cell=cell, P=P)[:4]
+    return _backend.require_cpu().forward_check(xs, Wx, Wh, b, h0, c0, cell=cell, P=P, lengths=lengths)[:4]
+
+
+def _walk_args(lengths, reverse) -> tuple:
+    """(lengths as a C-contiguous int64 host array or None, reverse) for the kernels, whose rules
+    check the lengths' shape and values (each in [1, T]). Any integer dtype is taken; lists too."""
+    if not isinstance(reverse, (bool, np.bool_)):
+        raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
+    if lengths is None:
+        return None, bool(reverse)
+    if _devices.is_device_array(lengths) and not isinstance(lengths, np.ndarray):
+        raise TypeError(f"lengths must be a host array (numpy, or a list of ints), got {_type_desc(lengths)}: "
+                        "the kernels read the lengths on the host on every backend")
+    if isinstance(lengths, np.ndarray):
+        _reject_masked(lengths, "lengths")
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must have an integer dtype, got {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError("lengths: a length is past the int64 range")
+    return np.ascontiguousarray(arr, dtype=np.int64), bool(reverse)
 
 
 def _check_host_cache(cache, dhs, dhT, dcT) -> tuple:
@@ -190,7 +210,16 @@ def _check_host_cache(cache, dhs, dhT, dcT) -> tuple:
     _screen_host({f: getattr(cache, f) for f in fields + ("P",)}, "cache.")
     _screen_host({"dhs": dhs, "dhT": dhT, "dcT": dcT})
     return _backend.require_cpu().backward_check(*(getattr(cache, f) for f in fields), dhs, dhT, dcT,
-                                                 cell=cache.cell, prefix="cache.", P=cache.P)[:4]
+                                                 cell=cache.cell, prefix="cache.", P=cache.P,
+                                                 lengths=cache.lengths)[:4]
+
+
+def _check_lengths(lengths, N: int, T: int) -> np.ndarray:
+    """lengths under the recurrent functions' rules, for a layer that takes them without calling
+    one (the loss): an int64 host array of shape (N,), each value in [1, T]."""
+    lengths, _ = _walk_args(lengths, False)
+    _backend.require_cpu().lengths_check(lengths, N, T)
+    return lengths
 
 
 class RecurrentCache:
@@ -202,14 +231,17 @@ class RecurrentCache:
     name ``cache.<field>``), on every backend, before it allocates anything.
     """
 
-    __slots__ = ("cell", "backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device", "P")
+    __slots__ = ("cell", "backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device", "P",
+                 "lengths", "reverse")
 
-    def __init__(self, cell, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs, device=None, P=None):
+    def __init__(self, cell, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs, device=None, P=None,
+                 lengths=None, reverse=False):
         self.cell, self.backend = cell, backend
         self.xs, self.h0, self.c0, self.Wx, self.Wh, self.b = xs, h0, c0, Wx, Wh, b
         self.hs, self.gates, self.cs = hs, gates, cs
-        self.device = device  # (module, array library, (N, T, D, H), dtype) for device calls
+        self.device = device  # (module, library, (N, T, D, H), dtype, lengths' device copy): device calls
         self.P = P  # the cell's per-unit parameters (peepholes), or None
+        self.lengths, self.reverse = lengths, reverse  # the forward's walk (int64 host array or None)
 
     @property
     def nbytes(self) -> int:
@@ -227,38 +259,58 @@ class _Reference:
 
     name = "numpy"
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None):
-        _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P)
-        if cell in ("lstm", "peephole"):
-            hs, hT, cT, rc = ref.peephole_forward_ref(xs, h0, c0, Wx, Wh, b, P)
-            gates, cs = rc.gates, rc.cs
-        elif cell in _GRU_CELLS.values():
-            hs, hT, rc = ref.gru_forward_ref(xs, h0, Wx, Wh, b, P, _GRU_VARIANT_OF[cell])
-            cT, gates, cs = None, rc.gates, None
-        else:  # the RNN saves its output as its activation
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False):
+        N, T, D, H = _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P, lengths)
+
+        def plain(xs, h0, c0):  # -> hs, hT, cT, (gates, cs)
+            if cell in ("lstm", "peephole"):
+                hs, hT, cT, rc = ref.peephole_forward_ref(xs, h0, c0, Wx, Wh, b, P)
+                return hs, hT, cT, (rc.gates, rc.cs)
+            if cell in _GRU_CELLS.values():
+                hs, hT, rc = ref.gru_forward_ref(xs, h0, Wx, Wh, b, P, _GRU_VARIANT_OF[cell])
+                return hs, hT, None, (rc.gates,)
             hs, hT, _ = ref.rnn_forward_ref(xs, h0, Wx, Wh, b, cell[len("rnn_"):])
-            cT, gates, cs = None, hs, None
-        cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, P=P) if save else None
+            return hs, hT, None, (hs,)  # the RNN saves its output as its activation
+
+        if lengths is None and not reverse:
+            hs, hT, cT, saved = plain(xs, h0, c0)
+        else:
+            hs, hT, cT, saved = ref.walk_forward_ref(plain, xs, h0, c0, H, lengths, reverse)
+        gates, cs = saved[0], (saved[1] if len(saved) > 1 else None)
+        cache = None
+        if save:
+            cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, P=P,
+                                   lengths=lengths, reverse=reverse)
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
         """(dxs, dh0, dc0, dWx, dWh, db, dP); dc0 and dP None where the cell has none."""
-        N, T, D, H = _check_host_cache(cache, dhs, dhT, dcT)
-        dt = cache.xs.dtype
-        h0 = np.zeros((N, H), dt) if cache.h0 is None else cache.h0
-        if cache.cell in ("lstm", "peephole"):
-            c0 = np.zeros((N, H), dt) if cache.c0 is None else cache.c0
-            rc = ref.LSTMCacheRef(cache.xs, h0, c0, cache.Wx, cache.Wh, cache.hs, cache.gates, cache.cs,
-                                  cache.P)
-            return ref.peephole_backward_ref(dhs, rc, dhT, dcT)
-        if cache.cell in _GRU_CELLS.values():
-            rc = ref.GRUCacheRef(cache.xs, h0, cache.Wx, cache.Wh, cache.P, cache.hs, cache.gates,
-                                 _GRU_VARIANT_OF[cache.cell])
-            dxs, dh0, dWx, dWh, db, db_hn = ref.gru_backward_ref(dhs, rc, dhT)
-            return dxs, dh0, None, dWx, dWh, db, db_hn
-        rc = ref.RNNCacheRef(cache.xs, h0, cache.Wx, cache.Wh, cache.hs, cache.cell[len("rnn_"):])
-        dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(dhs, rc, dhT)
-        return dxs, dh0, None, dWx, dWh, db, None
+        _check_host_cache(cache, dhs, dhT, dcT)
+        cell = cache.cell
+
+        def plain(xs, h0, c0, saved, dhs, dhT, dcT):  # saved: hs, gates(, cs)
+            N, _, _ = xs.shape
+            H = dhs.shape[2]
+            h0 = np.zeros((N, H), xs.dtype) if h0 is None else h0
+            if cell in ("lstm", "peephole"):
+                c0 = np.zeros((N, H), xs.dtype) if c0 is None else c0
+                rc = ref.LSTMCacheRef(xs, h0, c0, cache.Wx, cache.Wh, *saved, cache.P)
+                return ref.peephole_backward_ref(dhs, rc, dhT, dcT)
+            if cell in _GRU_CELLS.values():
+                rc = ref.GRUCacheRef(xs, h0, cache.Wx, cache.Wh, cache.P, *saved, _GRU_VARIANT_OF[cell])
+                dxs, dh0, dWx, dWh, db, db_hn = ref.gru_backward_ref(dhs, rc, dhT)
+                return dxs, dh0, None, dWx, dWh, db, db_hn
+            rc = ref.RNNCacheRef(xs, h0, cache.Wx, cache.Wh, saved[0], cell[len("rnn_"):])
+            dxs, dh0, dWx, dWh, db = ref.rnn_backward_ref(dhs, rc, dhT)
+            return dxs, dh0, None, dWx, dWh, db, None
+
+        saved = [a for a in (cache.hs, cache.gates, cache.cs) if a is not None]
+        if cell.startswith("rnn_"):
+            saved = saved[:1]
+        if cache.lengths is None and not cache.reverse:
+            return plain(cache.xs, cache.h0, cache.c0, saved, dhs, dhT, dcT)
+        return ref.walk_backward_ref(plain, cache.xs, cache.h0, cache.c0, dhs, dhT, dcT, saved,
+                                     cache.lengths, cache.reverse)
 
     def global_norm(self, grads):
         _check_grads(grads, writable=False)
@@ -279,17 +331,22 @@ class _Cpu:
 
     name = "cpu"
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None):
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False):
         _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0, "P": P})
-        hs, hT, cT, gates, cs = _backend.require_cpu().forward(xs, Wx, Wh, b, h0, c0, save, cell=cell, P=P)
-        cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, P=P) if save else None
+        hs, hT, cT, gates, cs = _backend.require_cpu().forward(xs, Wx, Wh, b, h0, c0, save, cell=cell, P=P,
+                                                               lengths=lengths, reverse=reverse)
+        cache = None
+        if save:
+            cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, P=P,
+                                   lengths=lengths, reverse=reverse)
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
         _check_host_cache(cache, dhs, dhT, dcT)  # (named cache.<field>, as on every backend)
         return _backend.require_cpu().backward(
             cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
-            cache.cs, dhs, dhT, dcT, cell=cache.cell, P=cache.P,
+            cache.cs, dhs, dhT, dcT, cell=cache.cell, P=cache.P, lengths=cache.lengths,
+            reverse=cache.reverse,
         )
 
     def global_norm(self, grads):
@@ -313,7 +370,7 @@ class _Device:
     def __init__(self, name):
         self.name = name
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None):
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False):
         _, has_c, _, saved = _CELLS[cell]
         mod, lib = _device_target(self.name, xs)
         w = lib.wrap if lib is not None else (lambda a: a)
@@ -328,17 +385,22 @@ class _Device:
         cs = lib.empty((N, T, H), dt) if save and has_c else None
         size = mod.forward_workspace_size(N, T, D, H, save, cell=cell, device=dev)  # (+ cuBLAS's)
         work = lib.empty((size,), dt) if size else None
+        lengths_dev = None if lengths is None else lib.from_host(lengths)
         mod.forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
                     lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
-                    lib.wrap(cs), lib.wrap(work), lib.stream(), cell=cell, P=lib.wrap(P))
+                    lib.wrap(cs), lib.wrap(work), lib.stream(), cell=cell, P=lib.wrap(P),
+                    lengths=lengths, lengths_dev=lengths_dev, reverse=reverse)
         cache = None
         if save:
             cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs,
-                                   (mod, lib, (N, T, D, H), dt), P=P)
+                                   (mod, lib, (N, T, D, H), dt, lengths_dev), P=P, lengths=lengths,
+                                   reverse=reverse)
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
-        mod, lib, dims, dt = cache.device
+        if not (isinstance(cache.device, tuple) and len(cache.device) == 5):
+            raise TypeError("cache.device is not what the forward saved (module, array library, sizes, dtype, lengths)")
+        mod, lib, dims, dt, lengths_dev = cache.device
         if mod is None or mod not in (_backend.cuda, _backend.cuda_emu) or not isinstance(lib, _devices.ArrayLib):
             raise TypeError("cache.device is not what the forward saved (module, array library, sizes, dtype)")
         gates_n, has_c, n_params, _ = _CELLS[cache.cell]
@@ -358,7 +420,8 @@ class _Device:
         mod.backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
                      w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
                      w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream(), cell=cache.cell,
-                     P=w(cache.P), dP=w(dP))
+                     P=w(cache.P), dP=w(dP), lengths=cache.lengths, lengths_dev=lengths_dev,
+                     reverse=cache.reverse)
         dWx, dWh = lib.split_rows(dW, D)
         return dxs, dh0, dc0, dWx, dWh, db, dP
 
@@ -433,7 +496,7 @@ def _check_cache(cache, cells: tuple, forward: str):
         raise ValueError(f"cache comes from a {cache.cell} forward pass, not from {forward}")
 
 
-def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
+def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False):
     """Fused LSTM forward over a whole sequence, saving what backward needs.
 
     Parameters
@@ -443,22 +506,31 @@ def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
     Wx : (D, 4H); Wh : (H, 4H); b : (4H,), gate blocks f, g, i, o; same dtype as xs.
     h0, c0 : (N, H) initial states, or None for zeros.
     backend : "auto" | "cpu" | "cuda" | "numpy".
+    lengths : (N,) integers in [1, T] on the host, or None: each sequence's own length. Its
+        outputs past it are zero and pass no gradient; hT, cT are its states at its own last
+        step. Sorted longest first, no step computes a finished sequence. (Every recurrent
+        function of this module takes ``lengths`` and ``reverse``; the backward reads them from
+        the cache.)
+    reverse : walk time backwards (the reverse direction of a bidirectional layer, without a
+        reversed copy of xs); with lengths each sequence starts at its own last step, from h0.
 
     Returns
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCache for ``lstm_backward``.
     """
-    return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, True)
+    return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, True, None,
+                                             *_walk_args(lengths, reverse))
 
 
-def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto"):
+def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False):
     """Forward-only LSTM: like ``lstm_forward`` but saves nothing for backward.
 
     Returns
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H)
     """
-    return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, False)[:3]
+    return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, False, None,
+                                             *_walk_args(lengths, reverse))[:3]
 
 
 def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
@@ -478,7 +550,7 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
     return _backend_of(cache).seq_backward(cache, dhs, dhT, dcT)[:6]
 
 
-def peephole_forward(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto"):
+def peephole_forward(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False):
     """Fused peephole LSTM forward (Gers & Schmidhuber; ``pylstm.reference`` has the equations),
     saving what backward needs.
 
@@ -492,13 +564,15 @@ def peephole_forward(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto"):
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache for ``peephole_backward``.
     """
-    return _resolve(backend, xs).seq_forward("peephole", xs, Wx, Wh, b, h0, c0, True, P)
+    return _resolve(backend, xs).seq_forward("peephole", xs, Wx, Wh, b, h0, c0, True, P,
+                                             *_walk_args(lengths, reverse))
 
 
-def peephole_inference(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto"):
+def peephole_inference(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False):
     """Forward-only peephole LSTM: like ``peephole_forward`` but saves nothing. Returns
     (hs, hT, cT)."""
-    return _resolve(backend, xs).seq_forward("peephole", xs, Wx, Wh, b, h0, c0, False, P)[:3]
+    return _resolve(backend, xs).seq_forward("peephole", xs, Wx, Wh, b, h0, c0, False, P,
+                                             *_walk_args(lengths, reverse))[:3]
 
 
 def peephole_backward(dhs, cache, dhT=None, dcT=None):
@@ -527,7 +601,8 @@ def _gru_cell(variant, b_hn) -> str:
     return _GRU_CELLS[variant]
 
 
-def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto"):
+def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto", *,
+                lengths=None, reverse=False):
     """Fused GRU forward (``pylstm.reference`` has the equations of every variant), saving what
     backward needs.
 
@@ -547,14 +622,17 @@ def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after",
     hs : (N, T, H); hT : (N, H); cache for ``gru_backward``.
     """
     cell = _gru_cell(variant, b_hn)
-    hs, hT, _, cache = _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, True, b_hn)
+    hs, hT, _, cache = _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, True, b_hn,
+                                                         *_walk_args(lengths, reverse))
     return hs, hT, cache
 
 
-def gru_inference(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto"):
+def gru_inference(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto", *,
+                  lengths=None, reverse=False):
     """Forward-only GRU: like ``gru_forward`` but saves nothing. Returns (hs, hT)."""
     cell = _gru_cell(variant, b_hn)
-    return _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, False, b_hn)[:2]
+    return _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, False, b_hn,
+                                             *_walk_args(lengths, reverse))[:2]
 
 
 def gru_backward(dhs, cache, dhT=None):
@@ -570,7 +648,8 @@ def gru_backward(dhs, cache, dhT=None):
     return dxs, dh0, dWx, dWh, db, db_hn
 
 
-def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto"):
+def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto", *,
+                lengths=None, reverse=False):
     """Fused vanilla RNN forward, ``h_t = act(x_t Wx + h_{t-1} Wh + b)``, saving what backward
     needs (``pylstm.reference`` has the equations).
 
@@ -586,13 +665,16 @@ def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str
     -------
     hs : (N, T, H); hT : (N, H); cache : RNNCache for ``rnn_backward``.
     """
-    hs, hT, _, cache = _resolve(backend, xs).seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, True)
+    hs, hT, _, cache = _resolve(backend, xs).seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, True,
+                                                         None, *_walk_args(lengths, reverse))
     return hs, hT, cache
 
 
-def rnn_inference(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto"):
+def rnn_inference(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto", *,
+                  lengths=None, reverse=False):
     """Forward-only vanilla RNN: like ``rnn_forward`` but saves nothing. Returns (hs, hT)."""
-    return _resolve(backend, xs).seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, False)[:2]
+    return _resolve(backend, xs).seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, False, None,
+                                             *_walk_args(lengths, reverse))[:2]
 
 
 def rnn_backward(dhs, cache: RNNCache, dhT=None):

@@ -143,17 +143,22 @@ class TimeLSTM:
     Wx : (D, 4H); Wh : (H, 4H); b : (4H,), gate blocks f, g, i, o.
     stateful : keep (h, c) between forward calls (truncated BPTT), as in the book.
     backend : "auto" | "cpu" | "numpy".
+    reverse : read each sequence from its last step to its first (a bidirectional layer's
+        backward direction; no reversed copy is made).
 
-    ``forward(xs (N, T, D)) -> hs (N, T, H)``; ``backward(dhs) -> dxs``. After backward, ``dh``
-    (and ``dc``) hold the gradients with respect to the initial state.
+    ``forward(xs (N, T, D), lengths=None) -> hs (N, T, H)``; ``backward(dhs) -> dxs``. After
+    backward, ``dh`` (and ``dc``) hold the gradients with respect to the initial state.
+    ``lengths`` (N,) gives each sequence its own length (``pylstm.lstm_forward``): outputs past
+    it are zero and the carried state is the one at its own last step.
     """
 
-    def __init__(self, Wx, Wh, b, stateful: bool = False, backend: str = "auto"):
+    def __init__(self, Wx, Wh, b, stateful: bool = False, backend: str = "auto", reverse: bool = False):
         self.params = [Wx, Wh, b]
         xp = _xp(Wx)
         self.grads = [xp.zeros_like(Wx), xp.zeros_like(Wh), xp.zeros_like(b)]
         self.stateful = stateful
         self.backend = backend
+        self.reverse = reverse
         self.h: Optional[np.ndarray] = None
         self.c: Optional[np.ndarray] = None
         self.dh: Optional[np.ndarray] = None
@@ -161,16 +166,17 @@ class TimeLSTM:
         self.cache = None
 
     # The cell's functional pair (TimePeepholeLSTM passes its P through the same calls).
-    def _cell_forward(self, xs, h0, c0):
-        return F.lstm_forward(xs, *self.params, h0, c0, backend=self.backend)
+    def _cell_forward(self, xs, h0, c0, lengths):
+        return F.lstm_forward(xs, *self.params, h0, c0, backend=self.backend, lengths=lengths,
+                              reverse=self.reverse)
 
     def _cell_backward(self, dhs):
         return F.lstm_backward(dhs, self.cache)
 
-    def forward(self, xs: np.ndarray) -> np.ndarray:
+    def forward(self, xs: np.ndarray, lengths=None) -> np.ndarray:
         xs = _xp(self.params[0]).ascontiguousarray(xs)
         h0, c0 = _initial_state(self, xs)
-        hs, hT, cT, self.cache = self._cell_forward(xs, h0, c0)
+        hs, hT, cT, self.cache = self._cell_forward(xs, h0, c0, lengths)
         if self.stateful:
             self.h, self.c = hT, cT
         return hs
@@ -204,20 +210,21 @@ class TimeBiLSTM:
     Wx1, Wh1, b1 : the forward LSTM's (D, 4H), (H, 4H), (4H,); Wx2, Wh2, b2 : the backward one's.
     stateful, backend : as TimeLSTM's (each direction keeps its own state).
 
-    ``forward(xs (N, T, D)) -> (N, T, 2H)``; ``backward(dhs (N, T, 2H)) -> dxs``. The backward
-    direction runs on a time-reversed copy of its input and output gradient (one copy each way).
+    ``forward(xs (N, T, D), lengths=None) -> (N, T, 2H)``; ``backward(dhs (N, T, 2H)) -> dxs``.
+    The backward direction is the kernels' reverse walk (no reversed copies); with ``lengths``
+    each sequence's backward direction starts at its own last step.
     """
 
     def __init__(self, Wx1, Wh1, b1, Wx2, Wh2, b2, stateful: bool = False, backend: str = "auto"):
         self.forward_lstm = TimeLSTM(Wx1, Wh1, b1, stateful, backend)
-        self.backward_lstm = TimeLSTM(Wx2, Wh2, b2, stateful, backend)
+        self.backward_lstm = TimeLSTM(Wx2, Wh2, b2, stateful, backend, reverse=True)
         self.params = self.forward_lstm.params + self.backward_lstm.params
         self.grads = self.forward_lstm.grads + self.backward_lstm.grads
 
-    def forward(self, xs: np.ndarray) -> np.ndarray:
+    def forward(self, xs: np.ndarray, lengths=None) -> np.ndarray:
         xp = _xp(self.params[0])
-        o1 = self.forward_lstm.forward(xs)
-        o2 = self.backward_lstm.forward(xp.ascontiguousarray(xs[:, ::-1]))[:, ::-1]
+        o1 = self.forward_lstm.forward(xs, lengths)
+        o2 = self.backward_lstm.forward(xs, lengths)
         return xp.concatenate((o1, o2), axis=2)
 
     def backward(self, dhs: np.ndarray) -> np.ndarray:
@@ -226,8 +233,9 @@ class TimeBiLSTM:
         if getattr(dhs, "ndim", 0) != 3 or dhs.shape[2] != 2 * H:
             raise ValueError(f"dhs must have shape (N, T, 2H) = (N, T, {2 * H}), got {getattr(dhs, 'shape', None)}")
         dxs1 = self.forward_lstm.backward(xp.ascontiguousarray(dhs[:, :, :H]))
-        dxs2 = self.backward_lstm.backward(xp.ascontiguousarray(dhs[:, ::-1, H:]))[:, ::-1]
-        return dxs1 + dxs2
+        dxs2 = self.backward_lstm.backward(xp.ascontiguousarray(dhs[:, :, H:]))
+        dxs1 += dxs2
+        return dxs1
 
     def reset_state(self) -> None:
         self.forward_lstm.reset_state()
@@ -245,13 +253,14 @@ class TimePeepholeLSTM(TimeLSTM):
     stateful, backend : as TimeLSTM's.
     """
 
-    def __init__(self, Wx, Wh, b, P, stateful: bool = False, backend: str = "auto"):
-        super().__init__(Wx, Wh, b, stateful=stateful, backend=backend)
+    def __init__(self, Wx, Wh, b, P, stateful: bool = False, backend: str = "auto", reverse: bool = False):
+        super().__init__(Wx, Wh, b, stateful=stateful, backend=backend, reverse=reverse)
         self.params.append(P)
         self.grads.append(_xp(P).zeros_like(P))
 
-    def _cell_forward(self, xs, h0, c0):
-        return F.peephole_forward(xs, *self.params, h0, c0, backend=self.backend)
+    def _cell_forward(self, xs, h0, c0, lengths):
+        return F.peephole_forward(xs, *self.params, h0, c0, backend=self.backend, lengths=lengths,
+                                  reverse=self.reverse)
 
     def _cell_backward(self, dhs):
         return F.peephole_backward(dhs, self.cache)
@@ -278,13 +287,15 @@ class TimeRNN(_HState):
     stateful : keep h between forward calls (truncated BPTT), as in the book.
     nonlinearity : "tanh" (the book's) or "relu".
     backend : "auto" | "cpu" | "numpy".
+    reverse : read each sequence backwards (as TimeLSTM's).
 
-    ``forward(xs (N, T, D)) -> hs (N, T, H)``; ``backward(dhs) -> dxs``. After backward, ``dh``
-    holds the gradient with respect to the initial state.
+    ``forward(xs (N, T, D), lengths=None) -> hs (N, T, H)``; ``backward(dhs) -> dxs``. After
+    backward, ``dh`` holds the gradient with respect to the initial state. ``lengths``: as
+    TimeLSTM's.
     """
 
     def __init__(self, Wx, Wh, b, stateful: bool = False, nonlinearity: str = "tanh",
-                 backend: str = "auto"):
+                 backend: str = "auto", reverse: bool = False):
         F._rnn_cell(nonlinearity)  # a bad name fails here, not at the first forward
         self.params = [Wx, Wh, b]
         xp = _xp(Wx)
@@ -292,15 +303,17 @@ class TimeRNN(_HState):
         self.stateful = stateful
         self.nonlinearity = nonlinearity
         self.backend = backend
+        self.reverse = reverse
         self.h: Optional[np.ndarray] = None
         self.dh: Optional[np.ndarray] = None
         self.cache = None
 
-    def forward(self, xs: np.ndarray) -> np.ndarray:
+    def forward(self, xs: np.ndarray, lengths=None) -> np.ndarray:
         Wx, Wh, b = self.params
         xs = _xp(Wx).ascontiguousarray(xs)
         h0 = _initial_state(self, xs)[0]
-        hs, hT, self.cache = F.rnn_forward(xs, Wx, Wh, b, h0, self.nonlinearity, backend=self.backend)
+        hs, hT, self.cache = F.rnn_forward(xs, Wx, Wh, b, h0, self.nonlinearity, backend=self.backend,
+                                           lengths=lengths, reverse=self.reverse)
         if self.stateful:
             self.h = hT
         return hs
@@ -330,13 +343,14 @@ class TimeGRU(_HState):
         when ``b_hn`` is given, else the book's (called with the book's signature, the layer is
         the book's class).
     backend : "auto" | "cpu" | "numpy".
+    reverse : read each sequence backwards (as TimeLSTM's).
 
     ``params`` / ``grads``: [Wx, Wh, b] (+ [b_hn]). After backward, ``dh`` holds the gradient with
-    respect to the initial state.
+    respect to the initial state. ``forward(xs, lengths=None)``: lengths as TimeLSTM's.
     """
 
     def __init__(self, Wx, Wh, b, stateful: bool = False, b_hn=None, variant: Optional[str] = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", reverse: bool = False):
         if variant is None:
             variant = "reset_after" if b_hn is not None else "book"
         if variant not in F.GRU_VARIANTS:
@@ -347,17 +361,18 @@ class TimeGRU(_HState):
         self.params = [Wx, Wh, b] + ([b_hn] if b_hn is not None else [])
         xp = _xp(Wx)
         self.grads = [xp.zeros_like(p) for p in self.params]
-        self.stateful, self.variant, self.backend = stateful, variant, backend
+        self.stateful, self.variant, self.backend, self.reverse = stateful, variant, backend, reverse
         self.h: Optional[np.ndarray] = None
         self.dh: Optional[np.ndarray] = None
         self.cache = None
 
-    def forward(self, xs: np.ndarray) -> np.ndarray:
+    def forward(self, xs: np.ndarray, lengths=None) -> np.ndarray:
         Wx, Wh, b = self.params[:3]
         b_hn = self.params[3] if len(self.params) > 3 else None
         xs = _xp(Wx).ascontiguousarray(xs)
         h0 = _initial_state(self, xs)[0]
-        hs, hT, self.cache = F.gru_forward(xs, Wx, Wh, b, b_hn, h0, self.variant, backend=self.backend)
+        hs, hT, self.cache = F.gru_forward(xs, Wx, Wh, b, b_hn, h0, self.variant, backend=self.backend,
+                                           lengths=lengths, reverse=self.reverse)
         if self.stateful:
             self.h = hT
         return hs
@@ -443,7 +458,9 @@ class SoftmaxWithLoss:
 class TimeSoftmaxWithLoss:
     """Softmax + cross-entropy averaged over every (n, t) whose label is not ``ignore_label``.
     xs: (N, T, V) scores; ts: (N, T) integer labels (or (N, T, V) one-hot). The gradient is
-    computed in the same pass as the loss unless ``need_grad`` is False (evaluation)."""
+    computed in the same pass as the loss unless ``need_grad`` is False (evaluation).
+    ``forward(xs, ts, lengths=None)``: with lengths (N,) in [1, T], positions t >= lengths[n]
+    are padding, left out like ignored labels (loss, gradient and so the perplexity)."""
 
     def __init__(self, ignore_label: int = -1, backend: str = "auto"):
         self.params, self.grads = [], []
@@ -453,12 +470,16 @@ class TimeSoftmaxWithLoss:
         self.check_labels = True  # on the GPU a host synchronization (see Embedding.check_ids)
         self.dx = None
 
-    def forward(self, xs: np.ndarray, ts: np.ndarray) -> float:
+    def forward(self, xs: np.ndarray, ts: np.ndarray, lengths=None) -> float:
         N, T, V = xs.shape
         if ts.ndim == 3:  # one-hot labels
             ts = ts.argmax(axis=2)
         if ts.shape != (N, T):
             raise ValueError(f"ts must have shape {(N, T)}, got {ts.shape}")
+        if lengths is not None:
+            xp = _xp(ts)
+            L = xp.asarray(F._check_lengths(lengths, N, T))
+            ts = xp.where(xp.arange(T)[None, :] < L[:, None], ts, xp.asarray(self.ignore_label, ts.dtype))
         loss, d = F.softmax_cross_entropy(_xp(xs).ascontiguousarray(xs).reshape(N * T, V), ts.reshape(-1),
                                           self.ignore_label, self.need_grad, backend=self.backend,
                                           check_labels=self.check_labels)

@@ -80,6 +80,15 @@ dz = dh * (n - h_{t-1}), direct = dh * (1 - z))::
                   dWh_zr += h_{t-1}^T [dza, dra];  dWh_n += (r * h_{t-1})^T dna
     both:         dWx += x_t^T [dza, dra, dna];  db += sum of rows;  dx_t = [dza, dra, dna] @ Wx^T
 
+Per-sequence lengths and the reverse direction (every cell). ``lengths`` (N,) gives each
+sequence its own length ``L_n`` in [1, T]; ``reverse`` walks time backwards. Sequence n runs the
+cell as if it were alone and ``L_n`` long, over ``t = 0 .. L_n-1`` (or ``L_n-1 .. 0`` reversed),
+from its row of h0/c0; its outputs at ``t >= L_n`` are zero and get no gradient, and its hT/cT
+(and dh0/dc0) are its states at its own last step (``t = L_n-1``, or ``t = 0`` reversed).
+Reversed, a sequence shorter than the longest starts after the walk's first step: without h0
+its recurrent term is a product with zeros (as with an h0 of zeros), not absent.
+``walk_forward_ref`` / ``walk_backward_ref`` apply this to any of the functions above.
+
 Activations at the edges: sigmoid(x) is exactly 0 where its value is subnormal (x below -87 in
 float32, -708 in float64) and relu keeps NaN; NaN and inf propagate as the formulas say.
 
@@ -123,6 +132,8 @@ __all__ = [
     "clip_value_ref",
     "clip_grads_ref",
     "softmax_cross_entropy_ref",
+    "walk_forward_ref",
+    "walk_backward_ref",
 ]
 
 
@@ -495,3 +506,68 @@ def softmax_cross_entropy_ref(scores: np.ndarray, labels: np.ndarray, ignore_lab
     d[np.arange(M), t] -= 1.0
     d *= (use / max(count, 1))[:, None]
     return loss, d.astype(scores.dtype)
+
+
+def _walk_steps(lengths, N: int, T: int, reverse: bool):
+    """For each sequence: its time indices in walk order, and whether it starts after the walk's
+    first step (reversed and shorter than the longest)."""
+    lens = [T] * N if lengths is None else [int(v) for v in lengths]
+    longest = max(lens)
+    for L in lens:
+        idx = np.arange(L)[::-1] if reverse else np.arange(L)
+        yield idx, reverse and L < longest
+
+
+def walk_forward_ref(forward, xs, h0, c0, H: int, lengths=None, reverse=False):
+    """``forward(xs, h0, c0) -> (hs, hT, cT, saved)`` (cT None without a cell state, saved a
+    tuple of (1, L, W) arrays; H the hidden size) run per sequence as the lengths and direction
+    say. Returns hs, hT, cT and the saved arrays laid out like hs (zeros in the padding)."""
+    N, T, _ = xs.shape
+    dt = xs.dtype
+    hs = hT = cT = None
+    saved = []
+    for n, (idx, mid) in enumerate(_walk_steps(lengths, N, T, reverse)):
+        h0n = h0[n:n + 1] if h0 is not None else (np.zeros((1, H), dt) if mid else None)
+        c0n = None if c0 is None else c0[n:n + 1]
+        hs_n, hT_n, cT_n, sv = forward(np.ascontiguousarray(xs[n:n + 1, idx]), h0n, c0n)
+        if hs is None:
+            H = hs_n.shape[2]
+            hs, hT = np.zeros((N, T, H), dt), np.zeros((N, H), dt)
+            cT = None if cT_n is None else np.zeros((N, H), dt)
+            saved = [np.zeros((N, T, a.shape[2]), dt) for a in sv]
+        hs[n, idx], hT[n] = hs_n[0], hT_n[0]
+        if cT is not None:
+            cT[n] = cT_n[0]
+        for out, a in zip(saved, sv):
+            out[n, idx] = a[0]
+    return hs, hT, cT, tuple(saved)
+
+
+def walk_backward_ref(backward, xs, h0, c0, dhs, dhT, dcT, arrays, lengths=None, reverse=False):
+    """``backward(xs, h0, c0, arrays, dhs, dhT, dcT) -> (dxs, dh0, dc0, *weight grads)`` (dc0
+    None without a cell state; ``arrays`` the sequence's slices of the saved (N, T, *) arrays)
+    run per sequence as the lengths and direction say; the weight gradients are summed over
+    sequences. Returns dxs (zeros in the padding), dh0, dc0 and the summed weight gradients."""
+    N, T, _ = xs.shape
+    H = dhs.shape[2]
+    dt = xs.dtype
+    dxs = np.zeros(xs.shape, dt)
+    dh0 = np.zeros((N, H), dt)
+    dc0 = None
+    sums = None
+    for n, (idx, mid) in enumerate(_walk_steps(lengths, N, T, reverse)):
+        h0n = h0[n:n + 1] if h0 is not None else (np.zeros((1, H), dt) if mid else None)
+        c0n = None if c0 is None else c0[n:n + 1]
+        rows = [np.ascontiguousarray(a[n:n + 1, idx]) for a in arrays]
+        out = backward(np.ascontiguousarray(xs[n:n + 1, idx]), h0n, c0n, rows,
+                       np.ascontiguousarray(dhs[n:n + 1, idx]), None if dhT is None else dhT[n:n + 1],
+                       None if dcT is None else dcT[n:n + 1])
+        dxs[n, idx], dh0[n] = out[0][0], out[1][0]
+        if out[2] is not None:
+            if dc0 is None:
+                dc0 = np.zeros((N, H), dt)
+            dc0[n] = out[2][0]
+        grads = out[3:]
+        sums = [None if g is None else g.copy() for g in grads] if sums is None else [
+            None if s_ is None else s_ + g for s_, g in zip(sums, grads)]
+    return (dxs, dh0, dc0, *sums)

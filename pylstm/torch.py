@@ -9,10 +9,13 @@ Parameters are PyTorch's (``weight_ih_l{k}`` (G*H, D), ``weight_hh_l{k}``, ``bia
 for the LSTM, z, r, n for the GRU): each layer converts its parameters once per weight update, not
 per call: the converted tensors are cached and rebuilt only when a parameter is replaced or its
 version counter moves (every in-place update bumps it: an optimizer step, ``load_state_dict``,
-``reset_parameters``). Gradients are converted back once per backward.
+``reset_parameters``). Gradients are converted back once per backward, in one pass each.
 
-Not yet: ``bidirectional=True``, ``PackedSequence`` inputs and ``proj_size`` raise
-``NotImplementedError`` (per-sequence lengths and the reverse direction are not in the kernels yet).
+``bidirectional=True`` runs the reverse direction on the kernels' reverse walk (no reversed
+copy of the input), and a ``PackedSequence`` input runs on the kernels' per-sequence lengths:
+the batch is padded once, in PackedSequence's longest-first order (no step computes a finished
+sequence), and the output is packed again with the input's ordering. ``proj_size`` raises
+``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -63,23 +66,36 @@ def _as_tensor(a, like: torch.Tensor) -> Optional[torch.Tensor]:
     return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.as_tensor(a, device=like.device)
 
 
+def _grad_to_torch(dW: torch.Tensor, mode: str) -> torch.Tensor:
+    """(K, G*H) in pylstm's block order -> its transpose (G*H, K) in torch's, in one pass (a copy
+    of each transposed block straight to its place)."""
+    G = _GATES[mode]
+    K, GH = dW.shape
+    H = GH // G
+    out = torch.empty((GH, K), dtype=dW.dtype, device=dW.device)
+    for k, src in enumerate(_TO_PYLSTM[mode]):  # pylstm block k is torch block src
+        out[src * H:(src + 1) * H].copy_(dW[:, k * H:(k + 1) * H].t())
+    return out
+
+
 class _Layer(torch.autograd.Function):
     """One layer, one direction, over a whole (N, T, D) batch: pylstm's fused forward, and its
     fused backward converted to PyTorch's parameter layout."""
 
     @staticmethod
-    def forward(ctx, mode, kernel_params, has_bias, xs, h0, c0, *params):
+    def forward(ctx, mode, kernel_params, has_bias, walk, xs, h0, c0, *params):
         backend = "cpu" if xs.device.type == "cpu" else "cuda"
         Wx, Wh, b, extra = (_as_kernel_array(p) for p in kernel_params)
         x, h, c = _as_kernel_array(xs), _as_kernel_array(h0), _as_kernel_array(c0)
+        kw = dict(backend=backend, lengths=walk[0], reverse=walk[1])  # (lengths: host int64 or None)
         if mode == "LSTM":
-            hs, hT, cT, cache = F.lstm_forward(x, Wx, Wh, b, h, c, backend=backend)
+            hs, hT, cT, cache = F.lstm_forward(x, Wx, Wh, b, h, c, **kw)
         elif mode == "GRU":
-            hs, hT, cache = F.gru_forward(x, Wx, Wh, b, extra, h, backend=backend)
+            hs, hT, cache = F.gru_forward(x, Wx, Wh, b, extra, h, **kw)
             cT = None
         else:
             nl = "tanh" if mode == "RNN_TANH" else "relu"
-            hs, hT, cache = F.rnn_forward(x, Wx, Wh, b, h, nl, backend=backend)
+            hs, hT, cache = F.rnn_forward(x, Wx, Wh, b, h, nl, **kw)
             cT = None
         ctx.mode, ctx.cache, ctx.has_bias = mode, cache, has_bias
         ctx.h0_given, ctx.c0_given = h0 is not None, c0 is not None
@@ -100,9 +116,7 @@ class _Layer(torch.autograd.Function):
             dxs, dh0, dWx, dWh, db = F.rnn_backward(d, cache, dT)
         like = dhs
         t = [_as_tensor(a, like) for a in (dxs, dh0, dc0, dWx, dWh, db, db_hn)]
-        g_ih = _to_torch_rows(t[3].t(), mode).contiguous()
-        g_hh = _to_torch_rows(t[4].t(), mode).contiguous()
-        grads = [g_ih, g_hh]
+        grads = [_grad_to_torch(t[3], mode), _grad_to_torch(t[4], mode)]
         if ctx.has_bias:
             g_bih = _to_torch_rows(t[5], mode).contiguous()
             if mode == "GRU":  # b = b_ih + [b_hh's r and z parts]; b_hn = b_hh's n part
@@ -113,7 +127,7 @@ class _Layer(torch.autograd.Function):
             grads += [g_bih, g_bhh]
         dh0_ = t[1] if ctx.h0_given else None
         dc0_ = t[2] if ctx.c0_given else None
-        return (None, None, None, t[0], dh0_, dc0_, *grads)
+        return (None, None, None, None, t[0], dh0_, dc0_, *grads)
 
 
 class _RNNBase(nn.Module):
@@ -128,9 +142,6 @@ class _RNNBase(nn.Module):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        if bidirectional:
-            raise NotImplementedError("bidirectional=True: the reverse direction is not in pylstm's kernels yet; "
-                                      f"use torch.nn.{type(self).__name__} for now")
         if proj_size:
             raise NotImplementedError("proj_size: LSTM projections are not in pylstm's kernels")
         dtype = torch.get_default_dtype() if dtype is None else dtype
@@ -138,15 +149,18 @@ class _RNNBase(nn.Module):
             raise TypeError(f"dtype must be torch.float32 or torch.float64 (the kernels' dtypes), got {dtype}")
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bool(bias), bool(batch_first)
-        self.dropout, self.bidirectional, self.proj_size = float(dropout), False, 0
+        self.dropout, self.bidirectional, self.proj_size = float(dropout), bool(bidirectional), 0
+        self.num_directions = 2 if self.bidirectional else 1
         G, H = _GATES[mode], hidden_size
         for k in range(num_layers):
-            D = input_size if k == 0 else H
-            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(G * H, D, device=device, dtype=dtype)))
-            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(G * H, H, device=device, dtype=dtype)))
-            if self.bias:
-                self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(G * H, device=device, dtype=dtype)))
-                self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(G * H, device=device, dtype=dtype)))
+            D = input_size if k == 0 else H * self.num_directions
+            for sfx in ("", "_reverse")[:self.num_directions]:
+                shapes = [("weight_ih", (G * H, D)), ("weight_hh", (G * H, H))]
+                if self.bias:
+                    shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
+                for name, shape in shapes:
+                    param = nn.Parameter(torch.empty(*shape, device=device, dtype=dtype))
+                    self.register_parameter(f"{name}_l{k}{sfx}", param)
         self._kernel_cache = {}
         self.reset_parameters()
 
@@ -157,16 +171,17 @@ class _RNNBase(nn.Module):
             for p in self.parameters():
                 p.uniform_(-k, k)
 
-    def _layer_params(self, k: int) -> list:
+    def _layer_params(self, k: int, direction: int = 0) -> list:
         names = [f"weight_ih_l{k}", f"weight_hh_l{k}"] + ([f"bias_ih_l{k}", f"bias_hh_l{k}"] if self.bias else [])
-        return [getattr(self, n) for n in names]
+        sfx = "_reverse" if direction else ""
+        return [getattr(self, n + sfx) for n in names]
 
-    def _kernel_params(self, k: int):
-        """Layer k's parameters in pylstm's layout, converted once per weight update (cached on
-        each parameter's identity and version counter)."""
-        params = self._layer_params(k)
+    def _kernel_params(self, k: int, direction: int = 0):
+        """Layer k's parameters (of one direction) in pylstm's layout, converted once per weight
+        update (cached on each parameter's identity and version counter)."""
+        params = self._layer_params(k, direction)
         key = tuple((id(p), p._version, p.device, p.dtype) for p in params)
-        hit = self._kernel_cache.get(k)
+        hit = self._kernel_cache.get((k, direction))
         if hit is not None and hit[0] == key:
             return hit[1]
         mode, G, H = self.mode, _GATES[self.mode], self.hidden_size
@@ -186,13 +201,10 @@ class _RNNBase(nn.Module):
                 b = torch.zeros(G * H, dtype=w_ih.dtype, device=w_ih.device)
                 extra = torch.zeros(H, dtype=w_ih.dtype, device=w_ih.device) if mode == "GRU" else None
             out = (Wx, Wh, b.contiguous(), extra)
-        self._kernel_cache[k] = (key, out)
+        self._kernel_cache[(k, direction)] = (key, out)
         return out
 
     def _check_input(self, input):
-        if isinstance(input, nn.utils.rnn.PackedSequence):
-            raise NotImplementedError("PackedSequence input: per-sequence lengths are not in pylstm's kernels yet; "
-                                      "pass a padded tensor, or use torch.nn for packed batches")
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -214,11 +226,13 @@ class _RNNBase(nn.Module):
             raise ValueError(f"input must not be empty, got shape {tuple(input.shape)}")
 
     def _check_state(self, t, name: str, N: int, like: torch.Tensor, unbatched: bool):
-        want = (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, N, self.hidden_size)
+        L = self.num_layers * self.num_directions
+        want = (L, self.hidden_size) if unbatched else (L, N, self.hidden_size)
+        what = "num_layers * num_directions" if self.bidirectional else "num_layers"
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if tuple(t.shape) != want:
-            raise ValueError(f"{name} must have shape {want} (num_layers, {'' if unbatched else 'N, '}hidden_size), "
+            raise ValueError(f"{name} must have shape {want} ({what}, {'' if unbatched else 'N, '}hidden_size), "
                              f"got {tuple(t.shape)}")
         if t.dtype != like.dtype:
             raise TypeError(f"{name} must have dtype {like.dtype} (the input's), got {t.dtype}")
@@ -227,39 +241,76 @@ class _RNNBase(nn.Module):
         return t.unsqueeze(1) if unbatched else t
 
     def forward(self, input, hx=None):
-        self._check_input(input)
-        unbatched = input.dim() == 2
-        x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
-        xs = (x if self.batch_first else x.transpose(0, 1)).contiguous()  # (N, T, D), copied if needed
+        packed = isinstance(input, nn.utils.rnn.PackedSequence)
+        lengths = order = None
+        if packed:
+            # Padded once, longest first (PackedSequence's own order: the kernels then skip every
+            # finished sequence), and packed again with the input's ordering at the end.
+            data = input.data
+            if not isinstance(data, torch.Tensor) or data.dim() != 2:
+                raise ValueError("input: a PackedSequence of (sum of lengths, input_size) data is expected")
+            self._check_input(data)
+            padded, lens = nn.utils.rnn.pad_packed_sequence(input, batch_first=True)
+            order = input.sorted_indices
+            if order is not None:
+                padded, lens = padded.index_select(0, order), lens.index_select(0, order.to(lens.device))
+            xs = padded.contiguous()
+            lengths = lens.to("cpu", torch.int64).numpy()
+            unbatched = False
+        else:
+            self._check_input(input)
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+            xs = (x if self.batch_first else x.transpose(0, 1)).contiguous()  # (N, T, D), copied if needed
+        like = xs
         N = xs.shape[0]
         h0 = c0 = None
         if hx is not None:
             if self.mode == "LSTM":
                 if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                     raise TypeError("hx must be a tuple (h_0, c_0) for an LSTM")
-                h0 = self._check_state(hx[0], "hx[0]", N, input, unbatched)
-                c0 = self._check_state(hx[1], "hx[1]", N, input, unbatched)
+                h0 = self._check_state(hx[0], "hx[0]", N, like, unbatched)
+                c0 = self._check_state(hx[1], "hx[1]", N, like, unbatched)
             else:
-                h0 = self._check_state(hx, "hx", N, input, unbatched)
+                h0 = self._check_state(hx, "hx", N, like, unbatched)
+            if order is not None:  # (given in the batch's order, run in the sorted one)
+                h0 = h0.index_select(1, order)
+                c0 = None if c0 is None else c0.index_select(1, order)
         hn, cn = [], []
         out = xs
         for k in range(self.num_layers):
             if k > 0 and self.dropout > 0 and self.training:
                 out = nn.functional.dropout(out, self.dropout, training=True)
-            params = self._layer_params(k)
-            h0k = None if h0 is None else h0[k].contiguous()
-            c0k = None if c0 is None else c0[k].contiguous()
-            out, hT, cT = _Layer.apply(self.mode, self._kernel_params(k), self.bias, out.contiguous(), h0k, c0k,
-                                       *params)
-            hn.append(hT)
-            cn.append(cT)
+            inp = out.contiguous()
+            outs = []
+            for direction in range(self.num_directions):
+                i = k * self.num_directions + direction
+                h0k = None if h0 is None else h0[i].contiguous()
+                c0k = None if c0 is None else c0[i].contiguous()
+                o, hT, cT = _Layer.apply(self.mode, self._kernel_params(k, direction), self.bias,
+                                         (lengths, direction == 1), inp, h0k, c0k,
+                                         *self._layer_params(k, direction))
+                outs.append(o)
+                hn.append(hT)
+                cn.append(cT)
+            out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         h_n = torch.stack(hn)
-        output = out if self.batch_first else out.transpose(0, 1).contiguous()
-        if unbatched:
-            output, h_n = output.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        c_n = torch.stack(cn) if self.mode == "LSTM" else None
+        if packed:
+            data = nn.utils.rnn.pack_padded_sequence(out, torch.from_numpy(lengths), batch_first=True,
+                                                     enforce_sorted=True).data
+            output = nn.utils.rnn.PackedSequence(data, input.batch_sizes, input.sorted_indices,
+                                                 input.unsorted_indices)
+            if input.unsorted_indices is not None:  # states back in the batch's order
+                h_n = h_n.index_select(1, input.unsorted_indices)
+                c_n = None if c_n is None else c_n.index_select(1, input.unsorted_indices)
+        else:
+            output = out if self.batch_first else out.transpose(0, 1).contiguous()
+            if unbatched:
+                output, h_n = output.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+                c_n = None if c_n is None else c_n.squeeze(1)
         if self.mode == "LSTM":
-            c_n = torch.stack(cn)
-            return output, (h_n, c_n.squeeze(1) if unbatched else c_n)
+            return output, (h_n, c_n)
         return output, h_n
 
     def extra_repr(self) -> str:
@@ -272,6 +323,8 @@ class _RNNBase(nn.Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
         return s
 
 

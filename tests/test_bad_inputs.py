@@ -398,8 +398,8 @@ def test_backward_checks_the_sizes_saved_in_a_device_cache():
     """The sizes a device cache saved decide what backward allocates: they must be its arrays'."""
     d = _device(_args())
     cache = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"])[3]
-    mod, lib, (n, t, dd, h), dt = cache.device
-    cache.device = (mod, lib, (n + 2**31, t, dd, h), dt)
+    mod, lib, (n, t, dd, h), dt, lengths_dev = cache.device
+    cache.device = (mod, lib, (n + 2**31, t, dd, h), dt, lengths_dev)
     with pytest.raises(ValueError, match=r"^cache\b"):
         pylstm.lstm_backward(_devices.EmuDeviceArray(np.ones((N, T, H), np.float32)), cache)
 

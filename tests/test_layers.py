@@ -530,3 +530,73 @@ def test_time_bilstm_gradient_matches_finite_differences():
         b[idx] -= 1e-6
         num[idx] = (loss(a) - loss(b)) / 2e-6
     assert_close("dxs", layer.backward(dhs), num, 1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_time_bilstm_with_lengths_is_the_books_per_sequence(backend):
+    """With lengths, each sequence gets what the book's class gives it alone on its own slice:
+    the backward direction starts at the sequence's own last step; padding outputs are zero."""
+    N, T, D, H = 4, 6, 3, 5
+    p, xs, dhs = _bilstm_case(N, T, D, H, seed=23)
+    lengths = np.array([6, 2, 4, 1])
+    got = L.TimeBiLSTM(*p, backend=backend)
+    out = got.forward(xs, lengths)
+    dxs = got.backward(dhs)
+    sums = [0.0] * 6
+    for n, ln in enumerate(lengths):
+        o, dx, grads = _book_bilstm(xs[n:n + 1, :ln], p, dhs[n:n + 1, :ln].copy())
+        assert_close(f"out[{n}]", out[n, :ln], o[0], 1e-12)
+        assert_close(f"dxs[{n}]", dxs[n, :ln], dx[0], 1e-12)
+        np.testing.assert_array_equal(out[n, ln:], 0.0)
+        np.testing.assert_array_equal(dxs[n, ln:], 0.0)
+        sums = [s + g for s, g in zip(sums, grads)]
+    for k, (g, s) in enumerate(zip(got.grads, sums)):
+        assert_close(f"grad {k}", g, s, 1e-11)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_time_layers_pass_lengths_and_direction(backend):
+    rng = np.random.default_rng(24)
+    N, T, D, H = 3, 5, 4, 6
+    xs = rng.standard_normal((N, T, D))
+    lengths = np.array([5, 2, 3])
+    for reverse in (False, True):
+        Wx, Wh, b = (rng.standard_normal(s) * 0.3 for s in ((D, 3 * H), (H, 3 * H), (3 * H,)))
+        gru = L.TimeGRU(Wx, Wh, b, variant="reset_before", backend=backend, reverse=reverse)
+        want = pylstm.gru_inference(xs, Wx, Wh, b, None, None, "reset_before", backend="numpy", lengths=lengths,
+                                    reverse=reverse)[0]
+        assert_close("TimeGRU", gru.forward(xs, lengths), want, 1e-12)
+        Wx, Wh, b = rng.standard_normal((D, H)) * 0.3, rng.standard_normal((H, H)) * 0.3, rng.standard_normal(H)
+        rnn = L.TimeRNN(Wx, Wh, b, backend=backend, reverse=reverse)
+        want = pylstm.rnn_inference(xs, Wx, Wh, b, backend="numpy", lengths=lengths, reverse=reverse)[0]
+        assert_close("TimeRNN", rnn.forward(xs, lengths), want, 1e-12)
+        Wx, Wh, b = (rng.standard_normal(s) * 0.3 for s in ((D, 4 * H), (H, 4 * H), (4 * H,)))
+        P = rng.standard_normal((3, H)) * 0.3
+        ph = L.TimePeepholeLSTM(Wx, Wh, b, P, backend=backend, reverse=reverse)
+        want = pylstm.peephole_inference(xs, Wx, Wh, b, P, backend="numpy", lengths=lengths, reverse=reverse)[0]
+        assert_close("TimePeepholeLSTM", ph.forward(xs, lengths), want, 1e-12)
+        lstm = L.TimeLSTM(Wx, Wh, b, stateful=True, backend=backend, reverse=reverse)
+        lstm.forward(xs, lengths)
+        want_hT = pylstm.lstm_inference(xs, Wx, Wh, b, backend="numpy", lengths=lengths, reverse=reverse)[1]
+        assert_close("TimeLSTM carried state", lstm.h, want_hT, 1e-12)
+
+
+def test_time_softmax_with_loss_leaves_the_padding_out(backend):
+    rng = np.random.default_rng(25)
+    N, T, V = 3, 4, 7
+    xs = rng.standard_normal((N, T, V))
+    ts = rng.integers(0, V, (N, T)).astype(np.int32)
+    lengths = np.array([4, 1, 2])
+    masked = ts.copy()
+    for n, ln in enumerate(lengths):
+        masked[n, ln:] = -1
+    a, b = L.TimeSoftmaxWithLoss(backend=backend), L.TimeSoftmaxWithLoss(backend=backend)
+    assert a.forward(xs, ts, lengths) == pytest.approx(b.forward(xs, masked), rel=1e-14)
+    np.testing.assert_array_equal(a.backward(), b.backward())
+    np.testing.assert_array_equal(a.backward()[1, 1:], 0.0)
+    with pytest.raises(ValueError, match=r"^lengths\[2\] = 5: every length must be in \[1, T\] = \[1, 4\]"):
+        a.forward(xs, ts, np.array([4, 1, 5]))
+    with pytest.raises(ValueError, match=r"^lengths must have shape \(3,\)"):
+        a.forward(xs, ts, np.array([4, 1]))
+    with pytest.raises(TypeError, match="^lengths must have an integer dtype"):
+        a.forward(xs, ts, np.array([4.0, 1.0, 2.0]))

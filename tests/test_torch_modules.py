@@ -41,12 +41,14 @@ def _leaves(hx):
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("with_hx", [True, False])
-def test_outputs_and_every_gradient_match_torch_nn(mode, kw, layers, batch_first, with_hx):
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_outputs_and_every_gradient_match_torch_nn(mode, kw, layers, batch_first, with_hx, bidirectional):
     torch.manual_seed(layers + 10 * batch_first)
     N, T, D, H = 3, 5, 4, 6
-    ref, ours = _pair(mode, kw, D, H, num_layers=layers, batch_first=batch_first, dtype=torch.float64)
+    ref, ours = _pair(mode, kw, D, H, num_layers=layers, batch_first=batch_first, dtype=torch.float64,
+                      bidirectional=bidirectional)
     x = torch.randn(*((N, T, D) if batch_first else (T, N, D)), dtype=torch.float64)
-    hx = _state(mode, layers, N, H, torch.float64) if with_hx else None
+    hx = _state(mode, layers * (1 + bidirectional), N, H, torch.float64) if with_hx else None
     results = []
     for m in (ref, ours):
         xi, hi = x.clone().requires_grad_(), _clone_state(hx)
@@ -62,6 +64,62 @@ def test_outputs_and_every_gradient_match_torch_nn(mode, kw, layers, batch_first
         [f"d hx[{i}]" for i in range(len(_leaves(hx)))] + [f"d {n}" for n, _ in ref.named_parameters()]
     for name, a, b in zip(names, *results):
         np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def _packed_loss(out, st, mode):
+    padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+    h_n = st[0] if mode == "LSTM" else st
+    w = torch.linspace(-1, 1, padded.numel(), dtype=padded.dtype).reshape(padded.shape)
+    loss = (padded * w).sum() + h_n.pow(2).sum()
+    return loss + (0.5 * st[1].sum() if mode == "LSTM" else 0.0), padded, h_n
+
+
+@pytest.mark.parametrize("mode,kw", CASES)
+@pytest.mark.parametrize("sort", ["unsorted", "sorted"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_packed_sequences_match_torch_nn(mode, kw, sort, bidirectional, with_hx):
+    """PackedSequence in, PackedSequence out (the same data, batch sizes and orderings as
+    nn.LSTM's), h_n / c_n at each sequence's own last step in the batch's order, and every
+    gradient, for unsorted (enforce_sorted=False) and sorted lengths."""
+    torch.manual_seed(7 + bidirectional)
+    N, T, D, H, layers = 5, 7, 4, 6, 2
+    ref, ours = _pair(mode, kw, D, H, num_layers=layers, batch_first=True, dtype=torch.float64,
+                      bidirectional=bidirectional)
+    lengths = torch.tensor([3, 7, 1, 5, 7] if sort == "unsorted" else [7, 7, 5, 3, 1])
+    x = torch.randn(N, T, D, dtype=torch.float64)
+    hx = _state(mode, layers * (1 + bidirectional), N, H, torch.float64) if with_hx else None
+    results = []
+    for m in (ref, ours):
+        xi, hi = x.clone().requires_grad_(), _clone_state(hx)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, batch_first=True,
+                                                         enforce_sorted=sort == "sorted")
+        out, st = m(packed, hi)
+        assert isinstance(out, torch.nn.utils.rnn.PackedSequence)
+        loss, padded, h_n = _packed_loss(out, st, mode)
+        loss.backward()
+        results.append([out.data, out.batch_sizes, padded, h_n] + ([st[1]] if mode == "LSTM" else []) +
+                       [xi.grad] + [t.grad for t in _leaves(hi)] + [p.grad for p in m.parameters()])
+        for a, b in ((out.sorted_indices, packed.sorted_indices), (out.unsorted_indices, packed.unsorted_indices)):
+            assert (a is None and b is None) or torch.equal(a, b)
+    names = ["output.data", "batch_sizes", "padded output", "h_n"] + (["c_n"] if mode == "LSTM" else []) + \
+        ["d input"] + [f"d hx[{i}]" for i in range(len(_leaves(hx)))] + [f"d {n}" for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, *results):
+        np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_packed_gradcheck_float64():
+    torch.manual_seed(8)
+    m = pt.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([2, 4, 1])
+
+    def f(x):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, (h, c) = m(packed)
+        return out.data, h, c
+
+    assert torch.autograd.gradcheck(f, (x,))
 
 
 @pytest.mark.parametrize("mode,kw", CASES[:3])
@@ -162,11 +220,13 @@ def test_bad_inputs():
         m(torch.randn(2, 3, 4), (torch.zeros(2, 2, 5), torch.zeros(2, 2, 5, dtype=torch.float64)))
     with pytest.raises(ValueError, match="^input must not be empty"):
         m(torch.randn(0, 3, 4))
-    with pytest.raises(NotImplementedError, match="bidirectional"):
-        pt.GRU(4, 5, bidirectional=True)
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(2, 3, 4), [3, 2], batch_first=True)
-        m(packed)
+    with pytest.raises(ValueError, match=r"^hx\[0\] must have shape \(4, 2, 5\) \(num_layers \* num_directions"):
+        pt.LSTM(4, 5, num_layers=2, bidirectional=True)(torch.randn(3, 2, 4), (torch.zeros(2, 2, 5),) * 2)
+    with pytest.raises(TypeError, match="^input has dtype torch.float64 but the parameters have torch.float32"):
+        m(torch.nn.utils.rnn.pack_padded_sequence(torch.randn(2, 3, 4, dtype=torch.float64), [3, 2],
+                                                  batch_first=True))
+    with pytest.raises(ValueError, match="^input must have size 4 in its last dimension"):
+        m(torch.nn.utils.rnn.pack_padded_sequence(torch.randn(2, 3, 5), [3, 2], batch_first=True))
     with pytest.raises(TypeError, match="^dtype must be torch.float32 or torch.float64"):
         pt.RNN(4, 5, dtype=torch.float16)
     with pytest.raises(ValueError, match="^nonlinearity must be"):

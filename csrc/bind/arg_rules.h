@@ -6,6 +6,7 @@
 // ValueError whose message starts with the argument's name.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -214,6 +215,37 @@ inline void check_seq_saved(const CellFacts& c, const SeqShape& s, int is, const
   check_view(dhs, is, {N, T, H}, false, owner);
   if (dhT.present) check_view(dhT, is, {N, H}, false, owner);
   if (dcT.present) check_view(dcT, is, {N, H}, false, owner);
+}
+
+// lengths: None, or (N,) int64 on the host (a NumPy array), C-contiguous, each in [1, T]. Returns
+// a copy of the values (empty for None): the drivers index hs and xs with them, so they are
+// taken once, here, and the array cannot change them afterwards.
+inline std::vector<int64_t> read_lengths(const py::object& o, const SeqShape& s, const std::string& name) {
+  if (o.is_none()) return {};
+  if (!py::isinstance<py::array>(o)) {
+    throw py::type_error(name + " must be a numpy.ndarray of int64 on the host, got " +
+                         py::str(py::type::of(o).attr("__name__")).cast<std::string>());
+  }
+  const py::array a = py::reinterpret_borrow<py::array>(o);
+  const py::dtype dt = a.dtype();
+  if (!(dt.kind() == 'i' && dt.itemsize() == 8 && dt.byteorder() != '>')) {
+    throw py::type_error(name + " must have dtype int64, got " + py::str(dt).cast<std::string>());
+  }
+  if (a.ndim() != 1 || a.shape(0) != s.N) {
+    throw py::value_error(name + " must have shape (" + std::to_string(s.N) +
+                          ",) (one length per sequence), got " +
+                          shape_str(std::vector<int64_t>(a.shape(), a.shape() + a.ndim())));
+  }
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(name + " must be C-contiguous");
+  const int64_t* v = static_cast<const int64_t*>(a.data());
+  std::vector<int64_t> out(v, v + s.N);
+  for (int64_t n = 0; n < s.N; ++n) {
+    if (out[n] < 1 || out[n] > s.T) {
+      throw py::value_error(name + "[" + std::to_string(n) + "] = " + std::to_string(out[n]) +
+                            ": every length must be in [1, T] = [1, " + std::to_string(s.T) + "]");
+    }
+  }
+  return out;
 }
 
 }  // namespace bind

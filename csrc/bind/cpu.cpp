@@ -289,30 +289,38 @@ PYBIND11_MODULE(_cpu, m) {
     m.def(name, &seq_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
           py::arg("h0").none(true), py::arg("c0").none(true), py::arg("save_for_backward"),
           py::arg("cell") = "lstm", py::arg("P").none(true) = py::none(),
+          py::arg("lengths").none(true) = py::none(), py::arg("reverse") = false,
           "Fused recurrent forward. Returns (hs, hT, cT, gates, cs); gates and cs are None when "
           "save_for_backward is False, cT and cs for a cell without a cell state. P: the cell's "
-          "per-unit parameters (peepholes), None for a cell without them.");
+          "per-unit parameters (peepholes), None for a cell without them. lengths: (N,) int64 "
+          "per-sequence lengths or None; reverse: walk each sequence from its last step.");
   }
   for (const char* name : {"backward", "lstm_backward"}) {
     m.def(name, &seq_backward, py::arg("xs"), py::arg("h0").none(true), py::arg("c0").none(true),
           py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"), py::arg("gates"),
           py::arg("cs").none(true), py::arg("dhs"), py::arg("dhT").none(true),
           py::arg("dcT").none(true), py::arg("cell") = "lstm", py::arg("P").none(true) = py::none(),
+          py::arg("lengths").none(true) = py::none(), py::arg("reverse") = false,
           "Fused recurrent backward. Returns (dxs, dh0, dc0, dWx, dWh, db, dP); dc0 is None for a "
           "cell without a cell state, dP for one without per-unit parameters.");
   }
   m.def("forward_check", &forward_check, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
         py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none(),
         py::arg("cell") = "lstm", py::arg("prefix") = "", py::arg("P").none(true) = py::none(),
+        py::arg("lengths").none(true) = py::none(),
         "The argument rules of a forward call, without running it: (N, T, D, H, itemsize). "
         "Argument names in errors get `prefix`.");
   m.def("backward_check", &backward_check, py::arg("xs"), py::arg("h0").none(true),
         py::arg("c0").none(true), py::arg("Wx"), py::arg("Wh"), py::arg("b"), py::arg("hs"),
         py::arg("gates"), py::arg("cs").none(true), py::arg("dhs"), py::arg("dhT").none(true),
         py::arg("dcT").none(true), py::arg("cell") = "lstm", py::arg("prefix") = "",
-        py::arg("P").none(true) = py::none(),
+        py::arg("P").none(true) = py::none(), py::arg("lengths").none(true) = py::none(),
         "The argument rules of a backward call, without running it: (N, T, D, H, itemsize). "
         "The forward's inputs and saved arrays are named with `prefix`.");
+  m.def("lengths_check", [](const py::object& lengths, int64_t N, int64_t T) {
+    bind::read_lengths(lengths, SeqShape{N, T, 1, 1}, "lengths");
+  }, py::arg("lengths"), py::arg("N"), py::arg("T"),
+        "The rule of the recurrent functions' lengths (for layers that take lengths without calling them).");
   m.def("grads_check", [](const py::object& grads, bool writable) {
     std::vector<py::array> arrays;
     check_grad_list(grads, writable, arrays);

@@ -139,13 +139,17 @@ T* cached_workspace(int64_t n) {
 struct Dims {
   SeqShape s;
   int itemsize;
+  // The checked lengths, copied (the array could change while the GIL is released), or empty.
+  std::vector<int64_t> lengths;
+  const int64_t* lens() const { return lengths.empty() ? nullptr : lengths.data(); }
 };
 
 // The inputs of a forward call checked by the shared rules; names get `prefix` ("cache." when
 // the arrays come from a cache).
 inline Dims read_dims(const CellFacts& c, const py::object& xs, const py::object& Wx,
                       const py::object& Wh, const py::object& b, const py::object& h0,
-                      const py::object& c0, const py::object& P, const std::string& prefix = "") {
+                      const py::object& c0, const py::object& P, const std::string& prefix = "",
+                      const py::object& lengths = py::none()) {
   Dims d;
   // xs and Wh first: the rules read the sizes from them (and name them in errors)
   const ArgView vxs = view_arg(xs, prefix + "xs"), vWh = view_arg(Wh, prefix + "Wh");
@@ -153,13 +157,14 @@ inline Dims read_dims(const CellFacts& c, const py::object& xs, const py::object
   const ArgView vWx = view_arg(Wx, prefix + "Wx"), vb = view_arg(b, prefix + "b");
   d.s = check_seq_inputs(c, vxs, vWx, vWh, vb, view_opt(h0, prefix + "h0"),
                          view_opt(c0, prefix + "c0"), view_opt(P, prefix + "P"), &d.itemsize);
+  d.lengths = read_lengths(lengths, d.s, prefix + "lengths");
   return d;
 }
 
 template <class Cell, class T>
 py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx,
                        const py::object& Wh, const py::object& b, const py::object& h0,
-                       const py::object& c0, const py::object& P, bool save) {
+                       const py::object& c0, const py::object& P, bool save, bool reverse) {
   const auto& s = d.s;
   const int64_t GS = CellCall<Cell>::kS * s.H;
   py::array hs = empty<T>({s.N, s.T, s.H});
@@ -168,6 +173,8 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
   ForwardArgs<T> a{s, cptr<T>(xs), cptr<T>(h0), cptr<T>(c0), cptr<T>(Wx), cptr<T>(Wh),
                    cptr<T>(b), mptr<T>(hs), mptr<T>(hT), nullptr, nullptr, nullptr, nullptr};
   a.P = cptr<T>(P);
+  a.lengths = d.lens();
+  a.reverse = reverse;
   if (Cell::kHasCellState) {
     py::array c = empty<T>({s.N, s.H});
     a.cT = mptr<T>(c);
@@ -196,12 +203,13 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
 // cs are None for a cell without a cell state, gates and cs when not saving.
 inline py::tuple seq_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
                              const py::object& b, const py::object& h0, const py::object& c0,
-                             bool save_for_backward, const std::string& cell, const py::object& P) {
-  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P);
+                             bool save_for_backward, const std::string& cell, const py::object& P,
+                             const py::object& lengths, bool reverse) {
+  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P, "", lengths);
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
-    if (d.itemsize == 4) return forward_impl<Cell, float>(d, xs, Wx, Wh, b, h0, c0, P, save_for_backward);
-    return forward_impl<Cell, double>(d, xs, Wx, Wh, b, h0, c0, P, save_for_backward);
+    if (d.itemsize == 4) return forward_impl<Cell, float>(d, xs, Wx, Wh, b, h0, c0, P, save_for_backward, reverse);
+    return forward_impl<Cell, double>(d, xs, Wx, Wh, b, h0, c0, P, save_for_backward, reverse);
   });
 }
 
@@ -210,8 +218,8 @@ inline py::tuple seq_forward(const py::object& xs, const py::object& Wx, const p
 inline py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::object& Wh,
                                const py::object& b, const py::object& h0, const py::object& c0,
                                const std::string& cell, const std::string& prefix,
-                               const py::object& P) {
-  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P, prefix);
+                               const py::object& P, const py::object& lengths) {
+  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P, prefix, lengths);
   return py::make_tuple(d.s.N, d.s.T, d.s.D, d.s.H, d.itemsize);
 }
 
@@ -220,7 +228,7 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
                         const py::object& c0, const py::object& Wx, const py::object& Wh,
                         const py::object& hs, const py::object& gates, const py::object& cs,
                         const py::object& dhs, const py::object& dhT, const py::object& dcT,
-                        const py::object& P) {
+                        const py::object& P, bool reverse) {
   const auto& s = d.s;
   const int64_t G = Cell::kGates * s.H;
   py::array dxs = empty<T>({s.N, s.T, s.D});
@@ -232,6 +240,8 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
                     cptr<T>(hs), cptr<T>(gates), cptr<T>(cs), cptr<T>(dhs), cptr<T>(dhT),
                     cptr<T>(dcT), mptr<T>(dxs), mptr<T>(dh0), nullptr, mptr<T>(dW),
                     mptr<T>(db), nullptr};
+  a.lengths = d.lens();
+  a.reverse = reverse;
   if (Cell::kHasCellState) {
     py::array c = empty<T>({s.N, s.H});
     a.dc0 = mptr<T>(c);
@@ -261,8 +271,9 @@ inline Dims check_backward(const CellFacts& c, const py::object& xs, const py::o
                            const py::object& c0, const py::object& Wx, const py::object& Wh,
                            const py::object& b, const py::object& hs, const py::object& gates,
                            const py::object& cs, const py::object& dhs, const py::object& dhT,
-                           const py::object& dcT, const py::object& P, const std::string& prefix) {
-  const Dims d = read_dims(c, xs, Wx, Wh, b, h0, c0, P, prefix);
+                           const py::object& dcT, const py::object& P, const std::string& prefix,
+                           const py::object& lengths) {
+  Dims d = read_dims(c, xs, Wx, Wh, b, h0, c0, P, prefix, lengths);
   check_seq_saved(c, d.s, d.itemsize, prefix + "xs", view_arg(hs, prefix + "hs"),
                   view_arg(gates, prefix + "gates"),
                   c.has_c ? view_arg(cs, prefix + "cs") : view_opt(cs, prefix + "cs"),
@@ -276,13 +287,14 @@ inline py::tuple seq_backward(const py::object& xs, const py::object& h0, const 
                               const py::object& Wx, const py::object& Wh, const py::object& b,
                               const py::object& hs, const py::object& gates, const py::object& cs,
                               const py::object& dhs, const py::object& dhT, const py::object& dcT,
-                              const std::string& cell, const py::object& P) {
+                              const std::string& cell, const py::object& P,
+                              const py::object& lengths, bool reverse) {
   const Dims d = check_backward(cell_facts(cell), xs, h0, c0, Wx, Wh, b, hs, gates, cs, dhs, dhT,
-                                dcT, P, "");
+                                dcT, P, "", lengths);
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
-    if (d.itemsize == 4) return backward_impl<Cell, float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT, P);
-    return backward_impl<Cell, double>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT, P);
+    if (d.itemsize == 4) return backward_impl<Cell, float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT, P, reverse);
+    return backward_impl<Cell, double>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT, P, reverse);
   });
 }
 
@@ -292,9 +304,9 @@ inline py::tuple backward_check(const py::object& xs, const py::object& h0, cons
                                 const py::object& hs, const py::object& gates, const py::object& cs,
                                 const py::object& dhs, const py::object& dhT, const py::object& dcT,
                                 const std::string& cell, const std::string& prefix,
-                                const py::object& P) {
+                                const py::object& P, const py::object& lengths) {
   const Dims d = check_backward(cell_facts(cell), xs, h0, c0, Wx, Wh, b, hs, gates, cs, dhs, dhT,
-                                dcT, P, prefix);
+                                dcT, P, prefix, lengths);
   return py::make_tuple(d.s.N, d.s.T, d.s.D, d.s.H, d.itemsize);
 }
 

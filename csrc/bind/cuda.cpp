@@ -274,7 +274,33 @@ struct LstmArgs {
   SeqShape s{};
   int itemsize = 0;
   bind::CellFacts cell;
+  // The walk (common/seq_args.h): the host's lengths (empty for all T), their device copy
+  // (lengths_dev, which the kernels read), the direction.
+  std::vector<int64_t> lengths;
+  DevArray lengths_dev;
+  bool reverse = false;
 };
+
+// lengths (host, checked by the shared rule) and lengths_dev: both or neither; lengths_dev an
+// int64 (N,) device array holding the same values (the Python layer uploads them; the kernels
+// clamp what they read to [1, T] whatever it holds).
+void read_walk(LstmArgs& a, const py::object& lengths, const py::object& lengths_dev, bool reverse) {
+  a.lengths = bind::read_lengths(lengths, a.s, "lengths");
+  a.lengths_dev = parse_opt(lengths_dev, "lengths_dev");
+  a.reverse = reverse;
+  if (a.lengths.empty() != !a.lengths_dev.present()) {
+    throw py::value_error("lengths and lengths_dev must both be given (a host array and its device copy) or both be None");
+  }
+  if (a.lengths_dev.present()) {
+    const DevArray& d = a.lengths_dev;
+    if (d.typestr.size() < 2 || d.typestr.substr(1) != "i8" || d.typestr[0] == '>') {
+      throw py::type_error("lengths_dev must have dtype int64, got " + dtype_name(d.typestr));
+    }
+    if (d.shape != std::vector<int64_t>{a.s.N} || !d.c_contiguous) {
+      throw py::value_error("lengths_dev must be a C-contiguous array of shape (" + std::to_string(a.s.N) + ",)");
+    }
+  }
+}
 
 LstmArgs read_inputs(const py::object& xs, const py::object& Wx, const py::object& Wh,
                      const py::object& b, const py::object& h0, const py::object& c0,
@@ -338,6 +364,10 @@ std::vector<std::uint64_t> graph_shape(int kind, const LstmArgs& a,
   for (size_t i = 0; i < arrays.size(); ++i) present |= std::uint64_t(arrays[i]->present()) << (i % 64);
   key.push_back(present);
   key.push_back(arrays.size());
+  // the walk: the lengths decide the steps and each step's rows, which the graph records
+  key.push_back(std::uint64_t(a.reverse));
+  key.push_back(a.lengths.size());
+  for (int64_t v : a.lengths) key.push_back(std::uint64_t(v));
   return key;
 }
 
@@ -383,8 +413,10 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
                  const py::object& b, const py::object& h0, const py::object& c0,
                  const py::object& hs_o, const py::object& hT_o, const py::object& cT_o,
                  const py::object& gates_o, const py::object& cs_o, const py::object& work_o,
-                 std::uintptr_t stream, const std::string& cell, const py::object& P) {
-  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
+                 std::uintptr_t stream, const std::string& cell, const py::object& P,
+                 const py::object& lengths, const py::object& lengths_dev, bool reverse) {
+  LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
+  read_walk(a, lengths, lengths_dev, reverse);
   const int64_t N = a.s.N, T = a.s.T, H = a.s.H;
   const int is = a.itemsize;
   const DevArray hs = parse(hs_o, "hs"), hT = parse(hT_o, "hT");
@@ -412,8 +444,8 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
   }
   if (work.present()) check_work(work, is, need);
   const std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b,  &a.h0, &a.c0, &a.P,
-                                            &hs,   &hT,   &cT,   &gates, &cs,   &work};
-  run_on_device(1, a, all, 7, stream, [&](const GpuContext& ctx) {
+                                            &a.lengths_dev, &hs, &hT, &cT, &gates, &cs, &work};
+  run_on_device(1, a, all, 8, stream, [&](const GpuContext& ctx) {
     with_cell(cell, [&](auto c) {
       using Cell = decltype(c);
       auto run = [&](auto zero) {
@@ -422,6 +454,9 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
                          in<T>(a.Wh), in<T>(a.b), mut<T>(hs),     mut<T>(hT),  mut<T>(cT),
                          mut<T>(gates), mut<T>(cs), mut<T>(work)};
         f.P = in<T>(a.P);
+        f.lengths = a.lengths.empty() ? nullptr : a.lengths.data();
+        f.dev_lengths = reinterpret_cast<const int64_t*>(a.lengths_dev.ptr);
+        f.reverse = a.reverse;
         seq_forward_cuda<Cell, T>(ctx, f);
       };
       if (is == 4) run(0.0f);
@@ -438,8 +473,10 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
                   const py::object& dxs_o, const py::object& dh0_o, const py::object& dc0_o,
                   const py::object& dW_o, const py::object& db_o, const py::object& work_o,
                   std::uintptr_t stream, const std::string& cell, const py::object& P,
-                  const py::object& dP_o) {
-  const LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
+                  const py::object& dP_o, const py::object& lengths, const py::object& lengths_dev,
+                  bool reverse) {
+  LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
+  read_walk(a, lengths, lengths_dev, reverse);
   const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, G = a.cell.gates * H;
   const int is = a.itemsize;
   // The cell-state arguments are required with a cell state and must be None without one.
@@ -469,9 +506,9 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
   check(v[10], is, {G}, true);
   const int64_t need = backward_workspace(cell, a.s);
   check_work(v[11], is, need);
-  std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0, &a.P};
+  std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0, &a.P, &a.lengths_dev};
   for (const DevArray& x : v) all.push_back(&x);
-  run_on_device(2, a, all, 13, stream, [&](const GpuContext& ctx) {
+  run_on_device(2, a, all, 14, stream, [&](const GpuContext& ctx) {
     with_cell(cell, [&](auto c) {
       using Cell = decltype(c);
       auto run = [&](auto zero) {
@@ -483,6 +520,9 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
                           mut<T>(v[9]), mut<T>(v[10]), mut<T>(v[11])};
         g.P = in<T>(a.P);
         g.dP = mut<T>(v[12]);
+        g.lengths = a.lengths.empty() ? nullptr : a.lengths.data();
+        g.dev_lengths = reinterpret_cast<const int64_t*>(a.lengths_dev.ptr);
+        g.reverse = a.reverse;
         seq_backward_cuda<Cell, T>(ctx, g);
       };
       if (is == 4) run(0.0f);
@@ -695,7 +735,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
           py::arg("h0").none(true), py::arg("c0").none(true), py::arg("hs"), py::arg("hT"),
           py::arg("cT").none(true), py::arg("gates").none(true), py::arg("cs").none(true),
           py::arg("work").none(true), py::arg("stream") = 0, py::arg("cell") = "lstm",
-          py::arg("P").none(true) = py::none());
+          py::arg("P").none(true) = py::none(), py::arg("lengths").none(true) = py::none(),
+          py::arg("lengths_dev").none(true) = py::none(), py::arg("reverse") = false);
   }
   for (const char* name : {"backward", "lstm_backward"}) {
     m.def(name, &seq_backward, py::arg("xs"), py::arg("h0").none(true),
@@ -704,7 +745,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
           py::arg("dcT").none(true), py::arg("dxs"), py::arg("dh0"), py::arg("dc0").none(true),
           py::arg("dW"), py::arg("db"), py::arg("work"), py::arg("stream") = 0,
           py::arg("cell") = "lstm", py::arg("P").none(true) = py::none(),
-          py::arg("dP").none(true) = py::none());
+          py::arg("dP").none(true) = py::none(), py::arg("lengths").none(true) = py::none(),
+          py::arg("lengths_dev").none(true) = py::none(), py::arg("reverse") = false);
   }
   m.def("clip_plan", &clip_plan, py::arg("grads"));
   m.def("_clip_chunk_counts", &clip_chunk_counts, py::arg("grads"));

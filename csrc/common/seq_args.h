@@ -32,6 +32,8 @@ using LstmShape = SeqShape;
 //         work_size is too small for the call)
 //   P     (C::kUnitParams, H) in: the cell's per-unit parameters (peepholes); nullptr for a
 //         cell without them
+//   lengths (N,) in, or nullptr for all T: sequence n's own length L_n in [1, T] (SeqWalk)
+//   reverse: walk each sequence from its last step to its first (SeqWalk)
 template <class T>
 struct ForwardArgs {
   SeqShape s;
@@ -39,6 +41,9 @@ struct ForwardArgs {
   T *hs, *hT, *cT, *gates, *cs, *work;
   int64_t work_size = -1;
   const T* P = nullptr;
+  const int64_t* lengths = nullptr;
+  bool reverse = false;
+  const int64_t* dev_lengths = nullptr;  // CUDA: the same lengths in device memory
 };
 
 // The arrays of one backward call (t = T-1 .. 0), from the state the forward saved.
@@ -53,6 +58,7 @@ struct ForwardArgs {
 //   work  seq_backward_workspace_size elements, scratch
 //   P     (C::kUnitParams, H) in, as given to forward;  dP (C::kUnitParams, H) out, summed over
 //         rows and steps in double like db (both nullptr for a cell without unit parameters)
+//   lengths, reverse: as given to forward
 template <class T>
 struct BackwardArgs {
   SeqShape s;
@@ -60,6 +66,42 @@ struct BackwardArgs {
   T *dxs, *dh0, *dc0, *dW, *db, *work;
   const T* P = nullptr;
   T* dP = nullptr;
+  const int64_t* lengths = nullptr;
+  bool reverse = false;
+  const int64_t* dev_lengths = nullptr;
+};
+
+// The order in which a call walks time, and which rows take part in each step. Step s (0 ..
+// steps-1) is time index t = at(s): s itself, or counting down from the longest sequence's last
+// step when reverse. Sequence n takes part at t < L_n (all t without lengths): there it runs the
+// cell as if it were alone and L_n long, so reversed it starts from h0 at its own last step.
+// Elsewhere its outputs are zero, its state stays as it was, and it passes no gradient: hT and
+// cT are its state after its last step (t = L_n - 1 forward, t = 0 reversed). No step past the
+// longest sequence is walked.
+struct SeqWalk {
+  int64_t T = 0, steps = 0;
+  const int64_t* len = nullptr;  // (on the device for the CUDA kernels: a copy of the host's)
+  bool reverse = false;
+
+  SeqWalk(const SeqShape& s, const int64_t* lengths, bool rev) : T(s.T), steps(s.T), len(lengths), reverse(rev) {
+    if (len) {
+      steps = 0;
+      for (int64_t n = 0; n < s.N; ++n) steps = length(n) > steps ? length(n) : steps;
+    }
+  }
+  // (clamped: the bindings check the lengths, and no value may index past the arrays)
+  PYLSTM_HD int64_t length(int64_t n) const {
+    if (!len) return T;
+    const int64_t L = len[n];
+    return L < 1 ? 1 : L > T ? T : L;
+  }
+  PYLSTM_HD int64_t at(int64_t s) const { return reverse ? steps - 1 - s : s; }
+  PYLSTM_HD int64_t prev(int64_t t) const { return reverse ? t + 1 : t - 1; }
+  PYLSTM_HD bool active(int64_t n, int64_t t) const { return !len || t < length(n); }
+  // The sequence's first step: its recurrent input is h0 (c0).
+  PYLSTM_HD bool first(int64_t n, int64_t t) const { return reverse ? t == length(n) - 1 : t == 0; }
+  // The time index of its last step (where hT, cT come from).
+  PYLSTM_HD int64_t last(int64_t n) const { return reverse ? 0 : length(n) - 1; }
 };
 
 // Elements of scratch memory the drivers need (the caller allocates it), for a cell saving S

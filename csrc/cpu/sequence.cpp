@@ -319,6 +319,20 @@ P* offset(P* p, int64_t off) {
   return p ? p + off : nullptr;
 }
 
+// With lengths: for each time index t, the rows a step covers, [0, 1 + the last row still
+// running at t) (every running row, and none past them: with lengths sorted longest first, no
+// finished row at all). nullptr without lengths (every row, every step). Kept per calling
+// thread (nothing allocates inside a run).
+const int64_t* step_rows(const SeqWalk& w, int64_t N) {
+  if (!w.len) return nullptr;
+  int64_t* m = thread_scratch<int64_t, 6>(size_t(w.T));
+  std::fill(m, m + w.T, int64_t(0));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t t = 0; t < w.len[n]; ++t) m[t] = n + 1;
+  }
+  return m;
+}
+
 }  // namespace
 
 ForwardSchedule set_forward_schedule(ForwardSchedule mode) {
@@ -377,17 +391,37 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
   // A gated cell's r * h_{t-1} of every unit, (N, H), shared by the threads: after the rest.
   T* RH = !kGated ? nullptr
                   : a.work + (save || step_proj ? 0 : N * Tn * GS) + (save || !kC ? 0 : N * H);
+  const SeqWalk walk(s, a.lengths, a.reverse);
+  const int64_t* rows_at = step_rows(walk, N);
+  // Reversed with lengths, a sequence shorter than the longest starts mid-walk, and the step's
+  // GEMM reads its h_{t+1} row from hs: h0 waits there (in the padding at t = L_n) until the
+  // walk is over.
+  const bool stash = walk.reverse && walk.len && h0;
 
   parallel_run(threads_for(s, kG), [&](const Team& team) {
     int64_t j0, j1;  // this thread's hidden units; it alone reads and writes their columns
     team.split(H, kSliceAlign, j0, j1);
     const int64_t hsz = j1 - j0;
     if (hsz == 0) {
-      for (int64_t t = 0; t < Tn; ++t) {  // the loop's arrive/wait pairs (and a gated cell's
-        if (kGated) team.barrier();       // second phase)
-        if (t + 1 < Tn) team.barrier();
+      for (int64_t st = 0; st < walk.steps; ++st) {  // the loop's arrive/wait pairs (and a
+        if (kGated) team.barrier();                  // gated cell's second phase)
+        if (st + 1 < walk.steps) team.barrier();
       }
+      if (stash) team.barrier();
       return;
+    }
+    if (walk.len) {  // this slice of the padding: zero outputs (and h0 where it waits)
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t t = walk.length(n); t < Tn; ++t) {
+          const int64_t row = n * Tn + t;
+          if (stash && t == walk.length(n) && t < walk.steps) {
+            std::memcpy(hs + row * H + j0, h0 + n * H + j0, sizeof(T) * hsz);
+          } else {
+            std::fill(hs + row * H + j0, hs + row * H + j1, T(0));
+          }
+          if (kC && save) std::fill(cs + row * H + j0, cs + row * H + j1, T(0));
+        }
+      }
     }
     // The slice's columns of Wh (and, for the step projection, of Wx) side by side, (H,
     // G*hsz), so each step is one GEMM into the contiguous Z (N, G*hsz): packed into 16-column
@@ -443,10 +477,16 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         for (int64_t j = j0; j < j1; ++j) c_run[n * H + j] = c0 ? c0[n * H + j] : T(0);
       }
     }
+    // The recurrent input of row n at step t: h0's row (or zeros) at its first step.
+    auto hp_of = [&](int64_t n, int64_t t) -> const T* {
+      if (walk.first(n, t)) return h0 ? h0 + n * H + j0 : zeros;
+      return hs + (n * Tn + walk.prev(t)) * H + j0;
+    };
     int token = 0;
-    for (int64_t t = 0; t < Tn; ++t) {
-      const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
-      const int64_t ld_h = t > 0 ? Tn * H : H;
+    for (int64_t st = 0; st < walk.steps; ++st) {
+      const int64_t t = walk.at(st), M = rows_at ? rows_at[t] : N;  // rows [0, M) take part
+      const T* h_prev = st > 0 ? hs + walk.prev(t) * H : h0;
+      const int64_t ld_h = st > 0 ? Tn * H : H;
       if constexpr (std::is_same<T, float>::value) {
         // Z = the x-part of this step's pre-activations, computed (step projection) or copied
         // from A (projection first). It needs no other thread's work, so it runs between this
@@ -455,8 +495,8 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         // the kernel adds its partial sums to C every 128 products, so starting from the
         // x-part in C is what makes the two schedules round identically.
         if (step_proj) {
-          gemm_packed_b(N, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
-          for (int64_t n = 0; n < N; ++n) {  // split blocks: their x-part to Xs
+          gemm_packed_b(M, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
+          for (int64_t n = 0; n < M; ++n) {  // split blocks: their x-part to Xs
             for (int k = kShared; k < kG; ++k) {
               T* zk = Z + n * hw + k * hsz;
               std::memcpy(Xs + (n * kSplit + k - kShared) * hsz, zk, sizeof(T) * hsz);
@@ -464,30 +504,31 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
             }
           }
         } else if (packed) {
-          for (int64_t n = 0; n < N; ++n) {
+          for (int64_t n = 0; n < M; ++n) {
             const T* ar = A + (n * Tn + t) * GS + j0;
             for (int k = 0; k < kShared; ++k) std::memcpy(Z + n * hw + k * hsz, ar + k * H, sizeof(T) * hsz);
             std::fill(Z + n * hw + kShared * hsz, Z + (n + 1) * hw, T(0));
           }
         }
       }
-      if (t > 0) team.wait(token);  // h_{t-1} complete before this step's GEMM reads it
+      if (st > 0) team.wait(token);  // h_{t-1} complete before this step's GEMM reads it
       if constexpr (kGated > 0) {
         // A gated cell's step in two phases: z, r and rh = r * h_{t-1} (GEMM over the other
         // blocks, then phase 1), every thread's rh written (a barrier), then n's GEMM over rh
         // and phase 2. Z's z and r blocks hold the activations between the phases.
         if (h_prev) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(N, hw1, H, h_prev, ld_h, Whp, Z, hw, true);
+            if (packed) gemm_packed_b(M, hw1, H, h_prev, ld_h, Whp, Z, hw, true);
           }
           if (!packed) {
-            gemm(false, false, int(N), int(hw1), int(H), T(1), h_prev, int(ld_h), Whp, int(hw), T(0), Z,
+            gemm(false, false, int(M), int(hw1), int(H), T(1), h_prev, int(ld_h), Whp, int(hw), T(0), Z,
                  int(hw));
           }
         }
-        for (int64_t n = 0; n < N; ++n) {
+        for (int64_t n = 0; n < M; ++n) {
+          if (!walk.active(n, t)) continue;
           const int64_t row = n * Tn + t;
-          const T* hp = h_prev ? h_prev + n * ld_h + j0 : zeros;
+          const T* hp = hp_of(n, t);
           T* g = save ? gates + row * GS + j0 : nullptr;
           if (packed) {
             gate_row(Cell{}, H, hsz, Z + n * hw, hsz, nullptr, b + j0, hp, Z + n * hw, RH + n * H + j0, g);
@@ -499,16 +540,17 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         team.barrier();  // every unit's rh written before n's GEMM reads it
         if (h_prev) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(N, hw - hw1, H, RH, H, Whp + wsize1, Z + hw1, hw, true);
+            if (packed) gemm_packed_b(M, hw - hw1, H, RH, H, Whp + wsize1, Z + hw1, hw, true);
           }
           if (!packed) {
-            gemm(false, false, int(N), int(hw - hw1), int(H), T(1), RH, int(H), Whp + hw1, int(hw), T(0),
+            gemm(false, false, int(M), int(hw - hw1), int(H), T(1), RH, int(H), Whp + hw1, int(hw), T(0),
                  Z + hw1, int(hw));
           }
         }
-        for (int64_t n = 0; n < N; ++n) {
+        for (int64_t n = 0; n < M; ++n) {
+          if (!walk.active(n, t)) continue;
           const int64_t row = n * Tn + t;
-          const T* hp = h_prev ? h_prev + n * ld_h + j0 : zeros;
+          const T* hp = hp_of(n, t);
           T* g = save ? gates + row * GS + j0 : nullptr;
           const T* bn = b + j0 + (kG - 1) * H;
           if (packed) {
@@ -518,30 +560,31 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
                     hp, Z + n * hw, hs + row * H + j0, g);
           }
         }
-        if (t + 1 < Tn) token = team.arrive();
+        if (st + 1 < walk.steps) token = team.arrive();
         continue;
       }
       // 2a. Recurrent GEMM for this slice: Z (+)= h_{t-1} @ Wh[:, slice] (none at t = 0 when
       //     there is no h0: the spec's h0 = None).
       if (h_prev) {
         if constexpr (std::is_same<T, float>::value) {
-          if (packed) gemm_packed_b(N, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/true);
+          if (packed) gemm_packed_b(M, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/true);
         }
         if (!packed) {
-          gemm(false, false, int(N), int(hw), int(H), T(1), h_prev, int(ld_h), Whp, int(hw),
+          gemm(false, false, int(M), int(hw), int(H), T(1), h_prev, int(ld_h), Whp, int(hw),
                T(0), Z, int(hw));
         }
       }
       // 2b. Fused pointwise pass over the slice: the cell's forward.
-      for (int64_t n = 0; n < N; ++n) {
+      for (int64_t n = 0; n < M; ++n) {
+        if (!walk.active(n, t)) continue;
         const int64_t row = n * Tn + t;
         T* h_out = hs + row * H + j0;
-        const T* hp = h_prev ? h_prev + n * ld_h + j0 : zeros;
+        const T* hp = hp_of(n, t);
         const T* cp = nullptr;
         T* c_out = nullptr;
         if (kC && save) {
           c_out = cs + row * H + j0;
-          cp = t > 0 ? c_out - H : (c0 ? c0 + n * H + j0 : zeros);
+          cp = !walk.first(n, t) ? cs + (n * Tn + walk.prev(t)) * H + j0 : (c0 ? c0 + n * H + j0 : zeros);
         } else if (kC) {
           c_out = c_run + n * H + j0;
           cp = c_out;  // updated in place, element by element
@@ -556,13 +599,21 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
                   b + j0, hp, cp, c_out, h_out, g, Pj);
         }
       }
-      if (t + 1 < Tn) token = team.arrive();  // this thread's part of h_t is written
+      if (st + 1 < walk.steps) token = team.arrive();  // this thread's part of h_t is written
     }
     for (int64_t n = 0; n < N; ++n) {
-      std::memcpy(hT + n * H + j0, hs + (n * Tn + Tn - 1) * H + j0, sizeof(T) * hsz);
+      const int64_t last = n * Tn + walk.last(n);
+      std::memcpy(hT + n * H + j0, hs + last * H + j0, sizeof(T) * hsz);
       if (kC) {
-        const T* c_last = save ? cs + (n * Tn + Tn - 1) * H : c_run + n * H;
+        const T* c_last = save ? cs + last * H : c_run + n * H;
         std::memcpy(cT + n * H + j0, c_last + j0, sizeof(T) * hsz);
+      }
+    }
+    if (stash) {  // every thread's last GEMM is done: h0 leaves the padding
+      team.barrier();
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t t = walk.length(n);
+        if (t < walk.steps) std::fill(hs + (n * Tn + t) * H + j0, hs + (n * Tn + t) * H + j1, T(0));
       }
     }
   });
@@ -599,6 +650,11 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
   T* WxTp = packed ? thread_scratch<T, 1>(size_t(wxt1 + packed_b_size(G - Gs, D) + 1)) : nullptr;
   // db's double sums, every thread's columns (allocated here: nothing allocates inside the run).
   double* dbsum_all = thread_scratch<double, 2>(size_t(G + 16));
+  const SeqWalk walk(s, a.lengths, a.reverse);
+  const int64_t* rows_at = step_rows(walk, N);
+  // With lengths the step's dh GEMM adds onto the carried dh (the pointwise pass zeroes what it
+  // consumed): a row that is not running keeps its dhT (not started yet) or its dh0 (done).
+  const bool dh_accumulate = Call::kDirectH || walk.len;
 
   parallel_run(threads_for(s, kG), [&](const Team& team) {
     int64_t j0, j1;
@@ -638,49 +694,65 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         dh_carry[n * H + j] = dhT ? dhT[n * H + j] : T(0);
         if (kC) dc_carry[n * H + j] = dcT ? dcT[n * H + j] : T(0);
       }
+      for (int64_t t = walk.length(n); t < Tn; ++t) {  // padding rows pass no gradient
+        for (int k = 0; k < Call::kS; ++k) {
+          T* da = dA + (n * Tn + t) * GS + k * H;
+          std::fill(da + j0, da + j1, T(0));
+        }
+      }
     }
+    // The recurrent input of row n at step t, and its cell state: h0's and c0's rows (or zeros)
+    // at its first step.
+    auto hp_of = [&](int64_t n, int64_t t) -> const T* {
+      if (walk.first(n, t)) return h0 ? h0 + n * H + j0 : zeros;
+      return hs + (n * Tn + walk.prev(t)) * H + j0;
+    };
+    auto cp_of = [&](int64_t n, int64_t t) -> const T* {
+      if (!kC) return nullptr;
+      if (walk.first(n, t)) return c0 ? c0 + n * H + j0 : zeros;
+      return cs + (n * Tn + walk.prev(t)) * H + j0;
+    };
     // The per-unit parameters' gradient: this thread's units, summed in double over steps and
     // rows in a fixed order (t down, n up) whatever the thread count.
     constexpr int kP = Cell::kUnitParams;
     const T* Pj = offset(a.P, j0);
     double* dpacc = kP > 0 ? thread_scratch<double, 3>(size_t(kP * hsz + 1)) : nullptr;
     if (dpacc) std::fill(dpacc, dpacc + kP * hsz, 0.0);
-    for (int64_t t = Tn - 1; t >= 0; --t) {
+    for (int64_t st = walk.steps - 1; st >= 0; --st) {
+      const int64_t t = walk.at(st), M = rows_at ? rows_at[t] : N;  // rows [0, M) take part
       if constexpr (kGated > 0) {
         // A gated cell's step in two phases: dz, dn and the direct dh (phase 1); every
         // unit's dn written (a barrier); drh = dn @ Wh_n^T for the slice; dr and drh's part of
         // dh (phase 2); every dz, dr written (a barrier); dh += [dz, dr] @ Wh_zr^T.
-        auto hp_of = [&](int64_t n) {
+        for (int64_t n = 0; n < M; ++n) {
+          if (!walk.active(n, t)) continue;
           const int64_t row = n * Tn + t;
-          return t > 0 ? hs + (row - 1) * H + j0 : (h0 ? h0 + n * H + j0 : zeros);
-        };
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t row = n * Tn + t;
-          bwd_out_row(Cell{}, H, hsz, gates + row * GS + j0, hp_of(n), dhs + row * H + j0,
+          bwd_out_row(Cell{}, H, hsz, gates + row * GS + j0, hp_of(n, t), dhs + row * H + j0,
                       dh_carry + n * H + j0, dA + row * GS + j0);
         }
         team.barrier();
         if (hsz > 0) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(N, hsz, G - Kh, dA + t * GS + Kh, Tn * GS, WhTp + wsize1, drh, hsz);
+            if (packed) gemm_packed_b(M, hsz, G - Kh, dA + t * GS + Kh, Tn * GS, WhTp + wsize1, drh, hsz);
           }
           if (!packed) {
-            gemm(false, true, int(N), int(hsz), int(G - Kh), T(1), dA + t * GS + Kh, int(Tn * GS),
+            gemm(false, true, int(M), int(hsz), int(G - Kh), T(1), dA + t * GS + Kh, int(Tn * GS),
                  Wh + j0 * G + Kh, int(G), T(0), drh, int(hsz));
           }
         }
-        for (int64_t n = 0; n < N; ++n) {
+        for (int64_t n = 0; n < M; ++n) {
+          if (!walk.active(n, t)) continue;
           const int64_t row = n * Tn + t;
-          bwd_gate_row(Cell{}, H, hsz, gates + row * GS + j0, hp_of(n), drh + n * hsz,
+          bwd_gate_row(Cell{}, H, hsz, gates + row * GS + j0, hp_of(n, t), drh + n * hsz,
                        dh_carry + n * H + j0, dA + row * GS + j0);
         }
         team.barrier();
         if (hsz > 0) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(N, hsz, Kh, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, true);
+            if (packed) gemm_packed_b(M, hsz, Kh, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, true);
           }
           if (!packed) {
-            gemm(false, true, int(N), int(hsz), int(Kh), T(1), dA + t * GS, int(Tn * GS), Wh + j0 * G,
+            gemm(false, true, int(M), int(hsz), int(Kh), T(1), dA + t * GS, int(Tn * GS), Wh + j0 * G,
                  int(G), T(1), dh_carry + j0, int(H));
           }
         }
@@ -688,25 +760,25 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
       }
       // 1. Fused pointwise pass over the slice: the cell's backward, dA_t (and dc_{t-1}) from
       //    dh_t = dhs[:, t] + carried dh.
-      for (int64_t n = 0; n < N; ++n) {
+      for (int64_t n = 0; n < M; ++n) {
+        if (!walk.active(n, t)) continue;
         const int64_t row = n * Tn + t;
-        const T* c = offset(cs, row * H + j0);
-        const T* cp = !kC ? nullptr : t > 0 ? c - H : (c0 ? c0 + n * H + j0 : zeros);
-        const T* hp = t > 0 ? hs + (row - 1) * H + j0 : (h0 ? h0 + n * H + j0 : zeros);
-        bwd_row(Cell{}, H, hsz, gates + row * GS + j0, c, cp, hp, dhs + row * H + j0,
-                dh_carry + n * H + j0, offset(dc_carry, n * H + j0), dA + row * GS + j0, Pj, dpacc);
+        T* dhc = dh_carry + n * H + j0;
+        bwd_row(Cell{}, H, hsz, gates + row * GS + j0, offset(cs, row * H + j0), cp_of(n, t), hp_of(n, t),
+                dhs + row * H + j0, dhc, offset(dc_carry, n * H + j0), dA + row * GS + j0, Pj, dpacc);
+        if (dh_accumulate && !Call::kDirectH) std::fill(dhc, dhc + hsz, T(0));
       }
       team.barrier();  // all of dA_t written before the GEMM reads every column
-      // 2. dh_{t-1}[:, slice] = dA_t[:, :G] @ Wh[slice, :]^T (at t = 0 this is dh0), added to
-      //    the direct part the pointwise pass left there for a cell with one.
+      // 2. dh_{t-1}[:, slice] = dA_t[:, :G] @ Wh[slice, :]^T (at the walk's end this is dh0),
+      //    added to the direct part the pointwise pass left there for a cell with one.
       if constexpr (std::is_same<T, float>::value) {
         if (packed && hsz > 0) {
-          gemm_packed_b(N, hsz, G, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, Call::kDirectH);
+          gemm_packed_b(M, hsz, G, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, dh_accumulate);
         }
       }
       if (hsz > 0 && !packed) {
-        gemm(false, true, int(N), int(hsz), int(G), T(1), dA + t * GS, int(Tn * GS), Wh + j0 * G,
-             int(G), T(Call::kDirectH ? 1 : 0), dh_carry + j0, int(H));
+        gemm(false, true, int(M), int(hsz), int(G), T(1), dA + t * GS, int(Tn * GS), Wh + j0 * G,
+             int(G), T(dh_accumulate ? 1 : 0), dh_carry + j0, int(H));
       }
     }
     for (int k = 0; k < kP; ++k) {
@@ -735,8 +807,14 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / Tn, t = r % Tn;
       T* row = XH + r * DH;
+      if (!walk.active(n, t)) {  // padding: whatever xs holds there stays out of dW
+        std::fill(row, row + DH, T(0));
+        std::fill(dxs + r * D, dxs + (r + 1) * D, T(0));
+        if (kGated > 0) std::fill(RHrows + r * H, RHrows + (r + 1) * H, T(0));
+        continue;
+      }
       std::memcpy(row, xs + r * D, sizeof(T) * D);
-      const T* hp = t > 0 ? hs + (r - 1) * H : (h0 ? h0 + n * H : nullptr);
+      const T* hp = !walk.first(n, t) ? hs + (n * Tn + walk.prev(t)) * H : (h0 ? h0 + n * H : nullptr);
       if (hp) std::memcpy(row + D, hp, sizeof(T) * H);
       else std::fill(row + D, row + DH, T(0));
       if constexpr (kGated > 0) {  // r_t * h_{t-1} (r: the saved block 1)

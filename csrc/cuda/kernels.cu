@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "cuda/emu.h"
 #include "cells/registry.h"
@@ -51,28 +52,43 @@ __device__ inline void load_unit_params(const T* P, int64_t H, int64_t j,
   for (int k = 0; k < CellCall<Cell>::kP; ++k) pv[k] = k < Cell::kUnitParams ? P[k * H + j] : T(0);
 }
 
+// The walk's h_{t-1} of unit j of row n at step t, from hs (N, T, H): h0's row (or zero) at
+// the sequence's first step.
+template <class T>
+__device__ inline T walk_h_prev(const SeqWalk& w, int64_t n, int64_t t, int64_t j, int64_t H,
+                                const T* hs, const T* h0) {
+  if (w.first(n, t)) return h0 ? h0[n * H + j] : T(0);
+  return hs[(n * w.T + w.prev(t)) * H + j];
+}
+
 // One thread per (n, j): the cell's forward for step t (activations, c and h). A_t rows of
 // kS blocks at stride T*kS*H: the shared blocks' x-part + h-part, the split blocks' x-part,
-// then (in the spare blocks) the split blocks' h-part when have_h. h_prev (ld hp_ld) is read
-// by cells with split blocks, null when absent; c_prev / c_out are null for a cell without a
-// cell state.
+// then (in the spare blocks) the split blocks' h-part when have_h. h_{t-1} (read by cells
+// with split blocks) comes from hs or h0 (walk_h_prev); c_prev / c_out are null for a cell
+// without a cell state. A row runs only where the walk has it (step t); at its first step its
+// c_prev is c_first's row (zeros when null; c_first is c0, or the running c).
 template <class Cell, class T>
 __global__ void seq_fwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
-                                         const T* h_prev, int64_t hp_ld, bool have_h,
+                                         const T* hs, bool have_h,
                                          const T* c_prev, int64_t cp_ld, T* c_out, int64_t c_ld,
-                                         T* h_out, bool save, const T* P) {
+                                         T* h_out, bool save, const T* P, SeqWalk w, int64_t t,
+                                         const T* h0, const T* c_first) {
   using Call = CellCall<Cell>;
   constexpr int kG = Call::kG, kShared = kG - Call::kSplit;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * H) return;
   const int64_t n = idx / H, j = idx % H;
+  if (!w.active(n, t)) return;
+  const bool first = w.first(n, t);
   T* a = A_t + n * Tn * Call::kS * H;
   T pre[kG], hsplit[Call::kSp] = {}, act[Call::kS], c, h, pv[Call::kP];
   for (int k = 0; k < kG; ++k) pre[k] = a[k * H + j] + b[k * H + j];
   for (int k = kShared; k < kG; ++k) hsplit[k - kShared] = have_h ? a[(k + Call::kSplit) * H + j] : T(0);
   load_unit_params<Cell>(P, H, j, pv);
-  const T hp = Call::kSplit > 0 && h_prev ? h_prev[n * hp_ld + j] : T(0);
-  Call::forward(pre, hsplit, hp, c_prev ? c_prev[n * cp_ld + j] : T(0), pv, act, c, h);
+  T hp = T(0), cp = T(0);
+  if (Call::kSplit > 0) hp = walk_h_prev(w, n, t, j, H, hs, h0);
+  if (c_prev) cp = first ? (c_first ? c_first[n * H + j] : T(0)) : c_prev[n * cp_ld + j];
+  Call::forward(pre, hsplit, hp, cp, pv, act, c, h);
   if (save) {
     for (int k = 0; k < Call::kS; ++k) a[k * H + j] = act[k];
   }
@@ -83,49 +99,55 @@ __global__ void seq_fwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, T* A_
 // One thread per (n, j): the cell's backward, dA_t (and dc_{t-1}) from dh_t = dhs[:, t] +
 // carried dh; for a cell with a direct dh path, its part of dh_{t-1} replaces the carried dh
 // (the recurrent GEMM adds onto it). cs, c0, dc_carry are null for a cell without a cell state.
+// With lengths (dh_accumulate), the carried dh it consumed is zeroed (the GEMM then adds onto
+// it) and a row the walk does not have at t is left alone: its dA row was zeroed beforehand.
 template <class Cell, class T>
 __global__ void seq_bwd_pointwise_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t,
                                          const T* gates, const T* cs, const T* c0, const T* hs,
                                          const T* h0, const T* dhs, T* dh_carry, T* dc_carry,
-                                         T* dA, const T* P) {
+                                         T* dA, const T* P, SeqWalk w, bool dh_accumulate) {
   using Call = CellCall<Cell>;
   constexpr int kS = Call::kS;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * H) return;
   const int64_t n = idx / H, j = idx % H, row = n * Tn + t, GS = kS * H;
+  if (!w.active(n, t)) return;
+  const bool first = w.first(n, t);
   const T* gt = gates + row * GS;
   T act[kS], da[kS], dcp, dhd, pv[Call::kP];
   for (int k = 0; k < kS; ++k) act[k] = gt[k * H + j];
   load_unit_params<Cell>(P, H, j, pv);
   T hp = T(0);
-  if (Call::kSplit > 0) hp = t > 0 ? hs[(row - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+  if (Call::kSplit > 0) hp = walk_h_prev(w, n, t, j, H, hs, h0);
   T c = T(0), cp = T(0), dc = T(0);
   if (cs) {
     c = cs[row * H + j];
-    cp = t > 0 ? cs[(row - 1) * H + j] : (c0 ? c0[n * H + j] : T(0));
+    cp = first ? (c0 ? c0[n * H + j] : T(0)) : cs[(n * Tn + w.prev(t)) * H + j];
     dc = dc_carry[n * H + j];
   }
   Call::backward(act, c, cp, hp, pv, dhs[row * H + j] + dh_carry[n * H + j], dc, da, dcp, dhd);
   T* d = dA + row * GS;
   for (int k = 0; k < kS; ++k) d[k * H + j] = da[k];
   if (cs) dc_carry[n * H + j] = dcp;
-  if (Call::kDirectH) dh_carry[n * H + j] = dhd;
+  if (Call::kDirectH || dh_accumulate) dh_carry[n * H + j] = dhd;  // (0 without a direct path)
 }
 
 // A gated cell's (cells/gru.h, GruBeforeCell) phases, one thread per (n, j). Forward phase 1:
 // z, r from A_t's blocks 0, 1 (+ b), written back there as activations; rh = r * h_prev into
 // RH (N, H). Phase 2: n from block 2 (+ b_n), which then holds n's activation; h. h_prev null:
 // zeros (t = 0 without h0).
+
 template <class Cell, class T>
 __global__ void gated_fwd_gate_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
-                                      const T* h_prev, int64_t hp_ld, T* RH) {
+                                      const T* hs, T* RH, SeqWalk w, int64_t t, const T* h0) {
   if constexpr (CellCall<Cell>::kGated > 0) {
     const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= N * H) return;
     const int64_t n = idx / H, j = idx % H;
+    if (!w.active(n, t)) return;
     T* a = A_t + n * Tn * 3 * H;
     T pre[2] = {a[j] + b[j], a[H + j] + b[H + j]}, act[3], rh;
-    Cell::forward_gate(pre, h_prev ? h_prev[n * hp_ld + j] : T(0), act, rh);
+    Cell::forward_gate(pre, walk_h_prev(w, n, t, j, H, hs, h0), act, rh);
     a[j] = act[0];
     a[H + j] = act[1];
     RH[n * H + j] = rh;
@@ -134,14 +156,15 @@ __global__ void gated_fwd_gate_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, 
 
 template <class Cell, class T>
 __global__ void gated_fwd_out_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, const T* b,
-                                     const T* h_prev, int64_t hp_ld, T* h_out) {
+                                     const T* hs, T* h_out, SeqWalk w, int64_t t, const T* h0) {
   if constexpr (CellCall<Cell>::kGated > 0) {
     const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= N * H) return;
     const int64_t n = idx / H, j = idx % H;
+    if (!w.active(n, t)) return;
     T* a = A_t + n * Tn * 3 * H;
     T act[3] = {a[j], a[H + j], T(0)}, h;
-    Cell::forward_out(a[2 * H + j] + b[2 * H + j], h_prev ? h_prev[n * hp_ld + j] : T(0), act, h);
+    Cell::forward_out(a[2 * H + j] + b[2 * H + j], walk_h_prev(w, n, t, j, H, hs, h0), act, h);
     a[2 * H + j] = act[2];
     h_out[n * Tn * H + j] = h;
   }
@@ -150,23 +173,26 @@ __global__ void gated_fwd_out_kernel(int64_t N, int64_t H, int64_t Tn, T* A_t, c
 // Unit j of row `row` (step t of sequence n): its saved z, r, n and h_{t-1}.
 template <class T>
 __device__ inline T gated_saved(const T* gates, const T* hs, const T* h0, int64_t H, int64_t n,
-                                int64_t t, int64_t row, int64_t j, T (&act)[3]) {
+                                int64_t t, int64_t row, int64_t j, T (&act)[3], const SeqWalk& w) {
   const T* g = gates + row * 3 * H;
   for (int k = 0; k < 3; ++k) act[k] = g[k * H + j];
-  return t > 0 ? hs[(row - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+  (void)row;
+  return walk_h_prev(w, n, t, j, H, hs, h0);
 }
 
 // Backward phase 1: dz, dn into dA_t's blocks 0 and 2, the direct part of dh_{t-1} into
 // dh_carry; phase 2: dr into block 1 from drh (N, H), drh's part added to dh_carry.
 template <class Cell, class T>
 __global__ void gated_bwd_out_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t, const T* gates,
-                                     const T* hs, const T* h0, const T* dhs, T* dh_carry, T* dA) {
+                                     const T* hs, const T* h0, const T* dhs, T* dh_carry, T* dA,
+                                     SeqWalk w) {
   if constexpr (CellCall<Cell>::kGated > 0) {
     const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= N * H) return;
     const int64_t n = idx / H, j = idx % H, row = n * Tn + t;
+    if (!w.active(n, t)) return;
     T act[3];
-    const T hp = gated_saved(gates, hs, h0, H, n, t, row, j, act);
+    const T hp = gated_saved(gates, hs, h0, H, n, t, row, j, act, w);
     T d[3] = {}, direct;
     Cell::backward_out(act, hp, dhs[row * H + j] + dh_carry[n * H + j], d, direct);
     dA[row * 3 * H + j] = d[0];
@@ -177,13 +203,15 @@ __global__ void gated_bwd_out_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t
 
 template <class Cell, class T>
 __global__ void gated_bwd_gate_kernel(int64_t N, int64_t H, int64_t Tn, int64_t t, const T* gates,
-                                      const T* hs, const T* h0, const T* drh, T* dh_carry, T* dA) {
+                                      const T* hs, const T* h0, const T* drh, T* dh_carry, T* dA,
+                                      SeqWalk w) {
   if constexpr (CellCall<Cell>::kGated > 0) {
     const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= N * H) return;
     const int64_t n = idx / H, j = idx % H, row = n * Tn + t;
+    if (!w.active(n, t)) return;
     T act[3];
-    const T hp = gated_saved(gates, hs, h0, H, n, t, row, j, act);
+    const T hp = gated_saved(gates, hs, h0, H, n, t, row, j, act, w);
     T d[3] = {}, dgate;
     Cell::backward_gate(act, hp, drh[n * H + j], d, dgate);
     dA[row * 3 * H + H + j] = d[1];
@@ -194,12 +222,15 @@ __global__ void gated_bwd_gate_kernel(int64_t N, int64_t H, int64_t Tn, int64_t 
 // RH[r, j] = r_t * h_{t-1} for every row r = n*T + t (r: the saved block 1 of rows of 3H).
 template <class T>
 __global__ void gated_rows_kernel(int64_t R, int64_t Tn, int64_t H, const T* gates, const T* hs,
-                                  const T* h0, T* RH) {
+                                  const T* h0, T* RH, SeqWalk w) {
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= R * H) return;
   const int64_t r = idx / H, j = idx % H, n = r / Tn, t = r % Tn;
-  const T hp = t > 0 ? hs[(r - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
-  RH[idx] = gates[r * 3 * H + H + j] * hp;
+  if (!w.active(n, t)) {
+    RH[idx] = T(0);
+    return;
+  }
+  RH[idx] = gates[r * 3 * H + H + j] * walk_h_prev(w, n, t, j, H, hs, h0);
 }
 
 // dst[n, :] = src[n, :] for N rows of H (strided source), or zeros when src is null.
@@ -212,21 +243,63 @@ __global__ void copy_rows_kernel(int64_t N, int64_t H, const T* src, int64_t src
 }
 
 // XH[r] = [x_r | h_{t-1}] for every row r = n*T + t (one thread per element).
+// Padding rows (not in the walk) are zeros, whatever xs holds there.
 template <class T>
 __global__ void build_xh_kernel(int64_t R, int64_t Tn, int64_t D, int64_t H, const T* xs,
-                                const T* hs, const T* h0, T* XH) {
+                                const T* hs, const T* h0, T* XH, SeqWalk w) {
   const int64_t DH = D + H;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= R * DH) return;
-  const int64_t r = idx / DH, k = idx % DH;
-  T v;
-  if (k < D) {
+  const int64_t r = idx / DH, k = idx % DH, n = r / Tn, t = r % Tn;
+  T v = T(0);
+  if (!w.active(n, t)) {
+  } else if (k < D) {
     v = xs[r * D + k];
   } else {
-    const int64_t n = r / Tn, t = r % Tn, j = k - D;
-    v = t > 0 ? hs[(r - 1) * H + j] : (h0 ? h0[n * H + j] : T(0));
+    v = walk_h_prev(w, n, t, k - D, H, hs, h0);
   }
   XH[idx] = v;
+}
+
+// With lengths, before a forward walk: the padding's outputs zeroed (hs; cs when saving), and
+// h0 where a reversed sequence that starts mid-walk has its h_{t+1} row, for the step's GEMM
+// (stash; walk_unstash_kernel zeros it after the walk).
+template <class T>
+__global__ void walk_pad_kernel(int64_t N, int64_t Tn, int64_t H, SeqWalk w, T* hs, T* cs,
+                                const T* h0, bool stash) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= N * Tn * H) return;
+  const int64_t j = idx % H, r = idx / H, n = r / Tn, t = r % Tn;
+  if (w.active(n, t)) return;
+  hs[idx] = stash && t == w.length(n) && t < w.steps ? h0[n * H + j] : T(0);
+  if (cs) cs[idx] = T(0);
+}
+
+template <class T>
+__global__ void walk_unstash_kernel(int64_t N, int64_t Tn, int64_t H, SeqWalk w, T* hs) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= N * H) return;
+  const int64_t n = idx / H, j = idx % H, t = w.length(n);
+  if (t < w.steps) hs[(n * Tn + t) * H + j] = T(0);
+}
+
+// dst[n, :] = src[n, t_n, :], t_n each sequence's last step (hT, cT from hs, cs).
+template <class T>
+__global__ void walk_last_kernel(int64_t N, int64_t Tn, int64_t H, SeqWalk w, const T* src, T* dst) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= N * H) return;
+  const int64_t n = idx / H, j = idx % H;
+  dst[idx] = src[(n * Tn + w.last(n)) * H + j];
+}
+
+// With lengths, before a backward walk: the padding rows of dA (W columns each) zeroed; after
+// it, those of dxs (D columns).
+template <class T>
+__global__ void walk_zero_padding_kernel(int64_t R, int64_t Tn, int64_t W, SeqWalk w, T* rows) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= R * W) return;
+  const int64_t r = idx / W;
+  if (!w.active(r / Tn, r % Tn)) rows[idx] = T(0);
 }
 
 // db[j] = sum over rows of dA[:, j], in double whatever T (a float sum over N*T rows drifts well
@@ -259,14 +332,15 @@ __global__ void column_partial_kernel(int64_t R, int64_t G, int64_t rc, const T*
 template <class Cell, class T, class Out>
 __global__ void unit_param_partial_kernel(int64_t R, int64_t Tn, int64_t H, int64_t rc,
                                           const T* gates, const T* cs, const T* c0, const T* dA,
-                                          Out* out) {
+                                          Out* out, SeqWalk w) {
   constexpr int kS = CellCall<Cell>::kS, kK = Cell::kUnitParams;
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= H) return;
   const int64_t r0 = int64_t(blockIdx.y) * rc, r1 = R - r0 < rc ? R : r0 + rc;
   double acc[kK] = {};
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t t = r % Tn;
+    const int64_t n = r / Tn, t = r % Tn;
+    if (!w.active(n, t)) continue;  // (the padding's saved activations are not written)
     T act[kS], da[kS], dp[kK];
     for (int k = 0; k < kS; ++k) {
       act[k] = gates[r * kS * H + k * H + j];
@@ -275,7 +349,7 @@ __global__ void unit_param_partial_kernel(int64_t R, int64_t Tn, int64_t H, int6
     T c = T(0), cp = T(0);
     if (cs) {
       c = cs[r * H + j];
-      cp = t > 0 ? cs[(r - 1) * H + j] : (c0 ? c0[(r / Tn) * H + j] : T(0));
+      cp = w.first(n, t) ? (c0 ? c0[n * H + j] : T(0)) : cs[(n * Tn + w.prev(t)) * H + j];
     }
     Cell::param_grads(act, c, cp, da, dp);
     for (int k = 0; k < kK; ++k) acc[k] += double(dp[k]);
@@ -304,6 +378,16 @@ int64_t weight_grad_chunk(int64_t R) {
   return std::max<int64_t>(128, (per + 127) / 128 * 128);
 }
 
+// With lengths: for each time index t, the rows a step covers, [0, 1 + the last row still
+// running at t) (cpu/sequence.cpp); empty without.
+inline std::vector<int64_t> step_rows(const SeqWalk& w, int64_t N) {
+  std::vector<int64_t> m(w.len ? size_t(w.T) : 0, 0);
+  for (int64_t n = 0; w.len && n < N; ++n) {
+    for (int64_t t = 0; t < w.length(n); ++t) m[size_t(t)] = n + 1;
+  }
+  return m;
+}
+
 }  // namespace
 
 template <class Cell, class T>
@@ -323,50 +407,63 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
   // a gated cell's r * h_{t-1} of a step (N, H), after the rest of the workspace
   T* RH = a.work + (save ? 0 : N * Tn * GS + (kC ? N * H : 0));
   cudaStream_t st = ctx.stream;
+  // The walk (common/seq_args.h): the host's lengths decide the steps and each step's rows
+  // (rows_at: [0, 1 + the last row still running)), the kernels read the device copy.
+  const SeqWalk walk(s, a.lengths, a.reverse);
+  SeqWalk dw = walk;
+  dw.len = a.lengths ? a.dev_lengths : nullptr;
+  const std::vector<int64_t> rows_at = step_rows(walk, N);
+  const bool stash = walk.reverse && walk.len && h0;  // (cpu/sequence.cpp)
   if (c_run) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, c0, H, c_run);
+  if (walk.len) {
+    PYLSTM_LAUNCH(walk_pad_kernel<T>, blocks_for(N * Tn * H), kBlock, st, N, Tn, H, dw, hs, save ? cs : nullptr,
+                  h0, stash);
+  }
   dev_gemm<T>(ctx, false, false, N * Tn, G, D, T(1), xs, D, Wx, G, T(0), A, GS);
-  for (int64_t t = 0; t < Tn; ++t) {
+  for (int64_t step = 0; step < walk.steps; ++step) {
+    const int64_t t = walk.at(step), M = walk.len ? rows_at[t] : N;  // rows [0, M) take part
     T* A_t = A + t * GS;
-    const T* h_prev = t > 0 ? hs + (t - 1) * H : h0;
-    const int64_t ld_h = t > 0 ? Tn * H : H;
+    const T* h_prev = step > 0 ? hs + walk.prev(t) * H : h0;
+    const int64_t ld_h = step > 0 ? Tn * H : H;
     if constexpr (Call::kGated > 0) {  // two phases (cells/gru.h): z, r and rh; then n, h
       const int64_t Kh = G - H;
-      if (h_prev) dev_gemm<T>(ctx, false, false, N, Kh, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * GS);
-      PYLSTM_LAUNCH((gated_fwd_gate_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, A_t, b,
-                    h_prev, ld_h, RH);
-      if (h_prev) dev_gemm<T>(ctx, false, false, N, H, H, T(1), RH, H, Wh + Kh, G, T(1), A_t + Kh, Tn * GS);
-      PYLSTM_LAUNCH((gated_fwd_out_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, A_t, b,
-                    h_prev, ld_h, hs + t * H);
+      if (h_prev) dev_gemm<T>(ctx, false, false, M, Kh, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * GS);
+      PYLSTM_LAUNCH((gated_fwd_gate_kernel<Cell, T>), blocks_for(M * H), kBlock, st, M, H, Tn, A_t, b,
+                    hs, RH, dw, t, h0);
+      if (h_prev) dev_gemm<T>(ctx, false, false, M, H, H, T(1), RH, H, Wh + Kh, G, T(1), A_t + Kh, Tn * GS);
+      PYLSTM_LAUNCH((gated_fwd_out_kernel<Cell, T>), blocks_for(M * H), kBlock, st, M, H, Tn, A_t, b,
+                    hs, hs + t * H, dw, t, h0);
       continue;
     }
     if (h_prev) {
-      dev_gemm<T>(ctx, false, false, N, Gs, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * GS);
+      dev_gemm<T>(ctx, false, false, M, Gs, H, T(1), h_prev, ld_h, Wh, G, T(1), A_t, Tn * GS);
       if (Call::kSplit > 0) {
-        dev_gemm<T>(ctx, false, false, N, G - Gs, H, T(1), h_prev, ld_h, Wh + Gs, G, T(0), A_t + G,
+        dev_gemm<T>(ctx, false, false, M, G - Gs, H, T(1), h_prev, ld_h, Wh + Gs, G, T(0), A_t + G,
                     Tn * GS);
       }
     }
     const T* cp = nullptr;
+    const T* c_first = nullptr;
     int64_t cp_ld = H, c_ld = H;
     T* c_out = nullptr;
     if (kC && save) {
       c_out = cs + t * H;
       c_ld = Tn * H;
-      cp = t > 0 ? cs + (t - 1) * H : c0;
-      cp_ld = t > 0 ? Tn * H : H;
+      cp = step > 0 ? cs + walk.prev(t) * H : c0;
+      cp_ld = step > 0 ? Tn * H : H;
+      c_first = c0;
     } else if (kC) {
       c_out = c_run;
-      cp = c_run;
+      cp = c_first = c_run;
     }
-    PYLSTM_LAUNCH((seq_fwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn,
-                  A_t, b, h_prev, ld_h, h_prev != nullptr, cp, cp_ld, c_out, c_ld, hs + t * H, save,
-                  a.P);
+    PYLSTM_LAUNCH((seq_fwd_pointwise_kernel<Cell, T>), blocks_for(M * H), kBlock, st, M, H, Tn,
+                  A_t, b, hs, h_prev != nullptr, cp, cp_ld, c_out, c_ld, hs + t * H, save,
+                  a.P, dw, t, h0, c_first);
   }
-  PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, hs + (Tn - 1) * H, Tn * H, a.hT);
-  if (kC) {
-    PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H,
-                  save ? cs + (Tn - 1) * H : c_run, save ? Tn * H : H, a.cT);
-  }
+  PYLSTM_LAUNCH(walk_last_kernel<T>, blocks_for(N * H), kBlock, st, N, Tn, H, dw, hs, a.hT);
+  if (kC && save) PYLSTM_LAUNCH(walk_last_kernel<T>, blocks_for(N * H), kBlock, st, N, Tn, H, dw, cs, a.cT);
+  if (kC && !save) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, c_run, H, a.cT);
+  if (stash) PYLSTM_LAUNCH(walk_unstash_kernel<T>, blocks_for(N * H), kBlock, st, N, Tn, H, dw, hs);
 }
 
 template <class Cell, class T>
@@ -387,33 +484,42 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
   T* dh0 = a.dh0;
   T* dc0 = kC ? a.dc0 : nullptr;
   cudaStream_t st = ctx.stream;
+  const SeqWalk walk(s, a.lengths, a.reverse);  // (as in seq_forward_cuda)
+  SeqWalk dw = walk;
+  dw.len = a.lengths ? a.dev_lengths : nullptr;
+  const std::vector<int64_t> rows_at = step_rows(walk, N);
+  // With lengths the step's dh GEMM adds onto the carried dh (cpu/sequence.cpp).
+  const bool dh_accumulate = Call::kDirectH || walk.len;
   PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, a.dhT, H, dh0);
   if (kC) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, a.dcT, H, dc0);
-  for (int64_t t = Tn - 1; t >= 0; --t) {
+  if (walk.len) PYLSTM_LAUNCH(walk_zero_padding_kernel<T>, blocks_for(R * GS), kBlock, st, R, Tn, GS, dw, dA);
+  for (int64_t step = walk.steps - 1; step >= 0; --step) {
+    const int64_t t = walk.at(step), M = walk.len ? rows_at[t] : N;  // rows [0, M) take part
     if constexpr (Call::kGated > 0) {
-      PYLSTM_LAUNCH((gated_bwd_out_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t, a.gates,
-                    a.hs, a.h0, a.dhs, dh0, dA);
-      dev_gemm<T>(ctx, false, true, N, H, H, T(1), dA + t * GS + Kh, Tn * GS, a.Wh + Kh, G, T(0), DRH, H);
-      PYLSTM_LAUNCH((gated_bwd_gate_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t, a.gates,
-                    a.hs, a.h0, DRH, dh0, dA);
-      dev_gemm<T>(ctx, false, true, N, H, Kh, T(1), dA + t * GS, Tn * GS, a.Wh, G, T(1), dh0, H);
+      PYLSTM_LAUNCH((gated_bwd_out_kernel<Cell, T>), blocks_for(M * H), kBlock, st, M, H, Tn, t, a.gates,
+                    a.hs, a.h0, a.dhs, dh0, dA, dw);
+      dev_gemm<T>(ctx, false, true, M, H, H, T(1), dA + t * GS + Kh, Tn * GS, a.Wh + Kh, G, T(0), DRH, H);
+      PYLSTM_LAUNCH((gated_bwd_gate_kernel<Cell, T>), blocks_for(M * H), kBlock, st, M, H, Tn, t, a.gates,
+                    a.hs, a.h0, DRH, dh0, dA, dw);
+      dev_gemm<T>(ctx, false, true, M, H, Kh, T(1), dA + t * GS, Tn * GS, a.Wh, G, T(1), dh0, H);
       continue;
     }
-    PYLSTM_LAUNCH((seq_bwd_pointwise_kernel<Cell, T>), blocks_for(N * H), kBlock, st, N, H, Tn, t,
+    PYLSTM_LAUNCH((seq_bwd_pointwise_kernel<Cell, T>), blocks_for(M * H), kBlock, st, M, H, Tn, t,
                   a.gates, kC ? a.cs : nullptr, kC ? a.c0 : nullptr, a.hs, a.h0, a.dhs, dh0, dc0,
-                  dA, a.P);
-    dev_gemm<T>(ctx, false, true, N, H, G, T(1), dA + t * GS, Tn * GS, a.Wh, G,
-                T(Call::kDirectH ? 1 : 0), dh0, H);
+                  dA, a.P, dw, dh_accumulate);
+    dev_gemm<T>(ctx, false, true, M, H, G, T(1), dA + t * GS, Tn * GS, a.Wh, G,
+                T(dh_accumulate ? 1 : 0), dh0, H);
   }
   dev_gemm<T>(ctx, false, true, R, D, Gs, T(1), dA, GS, a.Wx, G, T(0), a.dxs, D);
   if (Call::kSplit > 0) {
     dev_gemm<T>(ctx, false, true, R, D, G - Gs, T(1), dA + G, GS, a.Wx + Gs, G, T(1), a.dxs, D);
   }
+  if (walk.len) PYLSTM_LAUNCH(walk_zero_padding_kernel<T>, blocks_for(R * D), kBlock, st, R, Tn, D, dw, a.dxs);
   PYLSTM_LAUNCH(build_xh_kernel<T>, blocks_for(R * (D + H)), kBlock, st, R, Tn, D, H, a.xs, a.hs,
-                a.h0, XH);
+                a.h0, XH, dw);
   if (Call::kGated > 0) {
     PYLSTM_LAUNCH(gated_rows_kernel<T>, blocks_for(R * H), kBlock, st, R, Tn, H, a.gates, a.hs, a.h0,
-                  RHrows);
+                  RHrows, dw);
   }
   const int64_t kc = weight_grad_chunk<T>(R);
   for (int64_t k0 = 0; k0 < R; k0 += kc) {
@@ -457,10 +563,10 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
     const T* c0 = kC ? a.c0 : nullptr;
     if (P == 1) {
       PYLSTM_LAUNCH((unit_param_partial_kernel<Cell, T, T>), dim3(blocks_for(H), 1), kBlock, st, R,
-                    Tn, H, rc, a.gates, cs, c0, dA, a.dP);
+                    Tn, H, rc, a.gates, cs, c0, dA, a.dP, dw);
     } else {
       PYLSTM_LAUNCH((unit_param_partial_kernel<Cell, T, double>), dim3(blocks_for(H), unsigned(P)),
-                    kBlock, st, R, Tn, H, rc, a.gates, cs, c0, dA, partials);
+                    kBlock, st, R, Tn, H, rc, a.gates, cs, c0, dA, partials, dw);
       PYLSTM_LAUNCH(column_finish_kernel<T>, blocks_for(KH), kBlock, st, P, KH, partials, a.dP);
     }
   }
