@@ -181,7 +181,9 @@ def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P, lengths=None):
 
 def _walk_args(lengths, reverse) -> tuple:
     """(lengths as a C-contiguous int64 host array or None, reverse) for the kernels, whose rules
-    check the lengths' shape and values (each in [1, T]). Any integer dtype is taken; lists too."""
+    check the lengths' shape and values (each in [1, T]). Any integer dtype is taken; lists too.
+    The lengths are a read-only copy: the cache keeps them for the backward, which must walk
+    what the forward walked whatever the caller does with its array meanwhile."""
     if not isinstance(reverse, (bool, np.bool_)):
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
     if lengths is None:
@@ -196,7 +198,9 @@ def _walk_args(lengths, reverse) -> tuple:
         raise TypeError(f"lengths must have an integer dtype, got {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError("lengths: a length is past the int64 range")
-    return np.ascontiguousarray(arr, dtype=np.int64), bool(reverse)
+    out = np.array(arr, dtype=np.int64, order="C", copy=True)
+    out.setflags(write=False)
+    return out, bool(reverse)
 
 
 def _check_host_cache(cache, dhs, dhT, dcT) -> tuple:

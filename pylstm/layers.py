@@ -479,6 +479,8 @@ class TimeSoftmaxWithLoss:
         if lengths is not None:
             xp = _xp(ts)
             L = xp.asarray(F._check_lengths(lengths, N, T))
+            if ts.dtype.kind == "u":  # (room for a negative ignore_label)
+                ts = ts.astype(np.int64)
             ts = xp.where(xp.arange(T)[None, :] < L[:, None], ts, xp.asarray(self.ignore_label, ts.dtype))
         loss, d = F.softmax_cross_entropy(_xp(xs).ascontiguousarray(xs).reshape(N * T, V), ts.reshape(-1),
                                           self.ignore_label, self.need_grad, backend=self.backend,

@@ -600,3 +600,27 @@ def test_time_softmax_with_loss_leaves_the_padding_out(backend):
         a.forward(xs, ts, np.array([4, 1]))
     with pytest.raises(TypeError, match="^lengths must have an integer dtype"):
         a.forward(xs, ts, np.array([4.0, 1.0, 2.0]))
+    # unsigned labels: the padding still becomes the (negative) ignore_label
+    assert a.forward(xs, ts.astype(np.uint8), lengths) == pytest.approx(b.forward(xs, masked), rel=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (650, 130), (33, 1000)])
+def test_transpose_of_a_column_block(dtype, shape):
+    if "cpu" not in BACKENDS:
+        pytest.skip("no CPU backend")
+    from pylstm import _backend
+
+    R, C = shape
+    wide = np.random.default_rng(26).standard_normal((R, 3 * C)).astype(dtype)
+    src = wide[:, C:2 * C]  # rows 3C apart
+    out = np.full((C, R), np.nan, dtype)
+    _backend.cpu.transpose(src, out)
+    np.testing.assert_array_equal(out, src.T)
+    with pytest.raises(ValueError, match=r"^out must have shape"):
+        _backend.cpu.transpose(src, np.empty((C, R + 1), dtype))
+    with pytest.raises(ValueError, match="^src must be a 2-D array with adjacent elements"):
+        _backend.cpu.transpose(wide[:, ::2], np.empty((wide[:, ::2].shape[1], R), dtype))
+    with pytest.raises(ValueError, match="^out must not overlap src"):
+        square = np.zeros((4, 4), dtype)
+        _backend.cpu.transpose(square, square)

@@ -289,3 +289,17 @@ def test_the_binding_refuses_bad_lengths_itself():
         _backend.cpu.forward(*args, lengths=np.array([5, 2, 9]))
     with pytest.raises(TypeError, match="^lengths must be a numpy.ndarray"):
         _backend.cpu.forward(*args, lengths=[5, 2, 4])
+
+
+def test_backward_walks_what_the_forward_walked(backend):
+    """The cache keeps its own copy of the lengths: a caller reusing its array between forward
+    and backward changes nothing."""
+    d = make_inputs("lstm", 3, 5, 4, 9, seed=13)
+    L = np.array([5, 2, 4])
+    want = run_all("lstm", d, backend, L.copy(), True)
+    hs, hT, cT, cache = forward("lstm", d, backend, L, True)
+    L[:] = [1, 1, 1]
+    got = backward("lstm", d, cache)
+    for name, v in got.items():
+        np.testing.assert_array_equal(np.asarray(v), want[name], err_msg=name)
+    assert not cache.lengths.flags.writeable

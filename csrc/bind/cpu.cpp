@@ -317,6 +317,32 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("P").none(true) = py::none(), py::arg("lengths").none(true) = py::none(),
         "The argument rules of a backward call, without running it: (N, T, D, H, itemsize). "
         "The forward's inputs and saved arrays are named with `prefix`.");
+  m.def("transpose", [](const py::object& src_o, const py::object& out_o) {
+    // src (R, C): rows may be apart (a column block of a wider array), elements adjacent;
+    // out (C, R) C-contiguous, writable, not overlapping src.
+    py::array src = as_array(src_o, "src");
+    const int is = float_itemsize(src, "src");
+    if (src.ndim() != 2 || src.strides(1) != is || src.strides(0) < src.shape(1) * is ||
+        src.strides(0) % is != 0) {
+      throw py::value_error("src must be a 2-D array with adjacent elements in each row, got shape " +
+                            shape_str(src) + " and strides " + py::str(src.attr("strides")).cast<std::string>());
+    }
+    py::array out = as_array(out_o, "out");
+    check_array(out, "out", is, {src.shape(1), src.shape(0)}, true, "src");
+    if (py::module_::import("numpy").attr("shares_memory")(out, src).cast<bool>()) {
+      throw py::value_error("out must not overlap src");
+    }
+    const int64_t R = src.shape(0), C = src.shape(1), lds = src.strides(0) / is;
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      const T* s = static_cast<const T*>(src.data());
+      T* d = mptr<T>(out);
+      py::gil_scoped_release nogil;
+      transpose_cpu<T>(R, C, s, lds, d, R);
+    };
+    if (is == 4) run(0.0f);
+    else run(0.0);
+  }, py::arg("src"), py::arg("out"), "out = src.T in cache tiles on the thread pool (src rows may be strided).");
   m.def("lengths_check", [](const py::object& lengths, int64_t N, int64_t T) {
     bind::read_lengths(lengths, SeqShape{N, T, 1, 1}, "lengths");
   }, py::arg("lengths"), py::arg("N"), py::arg("T"),

@@ -54,6 +54,11 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
                 const T* bias = nullptr, T* colsum = nullptr);
 
+// dst (C, R; rows ldd apart) = src (R, C; rows lds apart) transposed, in cache tiles on the
+// thread pool (the PyTorch module's weight gradients: pylstm's (K, G*H) blocks to torch's rows).
+template <class T>
+void transpose_cpu(int64_t R, int64_t C, const T* src, int64_t lds, T* dst, int64_t ldd);
+
 // Softmax cross-entropy over M rows of V scores (row-major), labels in [0, V) or ignore_label.
 //   lse      (M,)   out: log-sum-exp of each row
 //   dscores  (M, V) out, or nullptr: grad_scale * (softmax - onehot), zero rows where ignored

@@ -227,6 +227,23 @@ double softmax_xent_cpu(int64_t M, int64_t V, const T* scores, const int32_t* la
   return total;
 }
 
+template <class T>
+void transpose_cpu(int64_t R, int64_t C, const T* src, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int64_t kTile = 32;  // 32 x 32 tiles: the rows of both sides stay in L1
+  const int64_t min_rows = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(R, 1));
+  parallel_chunks(C, kTile, min_rows, [&](int64_t c0, int64_t c1) {
+    for (int64_t r0 = 0; r0 < R; r0 += kTile) {
+      const int64_t r1 = std::min(R, r0 + kTile);
+      for (int64_t c = c0; c < c1; ++c) {
+        T* d = dst + c * ldd;
+        for (int64_t r = r0; r < r1; ++r) d[r] = src[r * lds + c];
+      }
+    }
+  });
+}
+
+template void transpose_cpu<float>(int64_t, int64_t, const float*, int64_t, float*, int64_t);
+template void transpose_cpu<double>(int64_t, int64_t, const double*, int64_t, double*, int64_t);
 template void matmul_cpu<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
                                 const float*, int64_t, float, float*, int64_t, const float*,
                                 float*);

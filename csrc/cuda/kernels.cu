@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "cuda/emu.h"
@@ -380,6 +381,14 @@ int64_t weight_grad_chunk(int64_t R) {
 
 // With lengths: for each time index t, the rows a step covers, [0, 1 + the last row still
 // running at t) (cpu/sequence.cpp); empty without.
+// The lengths the kernels read: both copies or neither (the host's decide the steps).
+inline const int64_t* device_lengths(const int64_t* host, const int64_t* dev) {
+  if ((host == nullptr) != (dev == nullptr)) {
+    throw std::invalid_argument("lengths and dev_lengths: both copies of the lengths, or neither");
+  }
+  return dev;
+}
+
 inline std::vector<int64_t> step_rows(const SeqWalk& w, int64_t N) {
   std::vector<int64_t> m(w.len ? size_t(w.T) : 0, 0);
   for (int64_t n = 0; w.len && n < N; ++n) {
@@ -411,7 +420,7 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
   // (rows_at: [0, 1 + the last row still running)), the kernels read the device copy.
   const SeqWalk walk(s, a.lengths, a.reverse);
   SeqWalk dw = walk;
-  dw.len = a.lengths ? a.dev_lengths : nullptr;
+  dw.len = device_lengths(a.lengths, a.dev_lengths);
   const std::vector<int64_t> rows_at = step_rows(walk, N);
   const bool stash = walk.reverse && walk.len && h0;  // (cpu/sequence.cpp)
   if (c_run) PYLSTM_LAUNCH(copy_rows_kernel<T>, blocks_for(N * H), kBlock, st, N, H, c0, H, c_run);
@@ -486,7 +495,7 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
   cudaStream_t st = ctx.stream;
   const SeqWalk walk(s, a.lengths, a.reverse);  // (as in seq_forward_cuda)
   SeqWalk dw = walk;
-  dw.len = a.lengths ? a.dev_lengths : nullptr;
+  dw.len = device_lengths(a.lengths, a.dev_lengths);
   const std::vector<int64_t> rows_at = step_rows(walk, N);
   // With lengths the step's dh GEMM adds onto the carried dh (cpu/sequence.cpp).
   const bool dh_accumulate = Call::kDirectH || walk.len;
