@@ -328,7 +328,7 @@ const int64_t* step_rows(const SeqWalk& w, int64_t N) {
   int64_t* m = thread_scratch<int64_t, 6>(size_t(w.T));
   std::fill(m, m + w.T, int64_t(0));
   for (int64_t n = 0; n < N; ++n) {
-    for (int64_t t = 0; t < w.len[n]; ++t) m[t] = n + 1;
+    for (int64_t t = 0; t < w.length(n); ++t) m[t] = n + 1;
   }
   return m;
 }
