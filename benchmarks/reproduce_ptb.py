@@ -49,6 +49,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cell", choices=["lstm", "gru", "peephole", "rnn"], default="lstm",
                    help="recurrent cell of every layer, same recipe (default lstm)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the GEMMs' operands (bf16: rounded to bfloat16, float32 sums)")
     p.add_argument("--json", default=None)
     p.add_argument("--distributed", action="store_true", help="MPI data-parallel (implied under mpiexec -n K>1)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (throughput runs)")
@@ -62,7 +64,7 @@ def main(argv=None):
     test, _, _ = ptb.load_data("test", data_dir=data_dir, download=False)
     V = len(w2i)
     model = LstmLM(V, r["wordvec"], r["hidden"], num_layers=r["layers"], backend=a.backend, seed=a.seed,
-                   init=r["init"], cell=a.cell)
+                   init=r["init"], cell=a.cell, precision=a.precision)
     opt = SGD(r["lr"])
     dist = DataParallel() if (a.distributed or mpi_launched() > 1) else None
     root = dist is None or dist.rank == 0
@@ -82,17 +84,20 @@ def main(argv=None):
     train_s = time.time() - t0
     if a.max_steps:  # a throughput run: no evaluation
         steps = a.max_steps if trainer.stopped_early else None
-        say(f"RESULT recipe={a.recipe} cell={a.cell} ranks={ranks} threads={pylstm.get_num_threads()} "
+        say(f"RESULT recipe={a.recipe} cell={a.cell} precision={a.precision} ranks={ranks} "
+            f"threads={pylstm.get_num_threads()} "
             f"steps={steps} train_time_s={train_s:.2f} steps_per_s={steps / train_s:.2f}", flush=True)
         return
     t1 = time.time()
     test_ppl = eval_perplexity(model, test, batch_size=r["eval_batch"], time_size=r["eval_time"], comm=dist)
     eval_s = time.time() - t1
-    say(f"RESULT recipe={a.recipe} cell={a.cell} backend={a.backend} epochs={r['epochs']} ranks={ranks} "
+    say(f"RESULT recipe={a.recipe} cell={a.cell} precision={a.precision} backend={a.backend} epochs={r['epochs']} "
+        f"ranks={ranks} "
         f"train_time_s={train_s:.1f} test_ppl={test_ppl:.2f} eval_time_s={eval_s:.1f}", flush=True)
     if a.json and root:
         with open(a.json, "w") as f:
-            json.dump({"recipe": a.recipe, "cell": a.cell, "config": r, "backend": a.backend, "train_time_s": train_s,
+            json.dump({"recipe": a.recipe, "cell": a.cell, "precision": a.precision, "config": r,
+                       "backend": a.backend, "train_time_s": train_s,
                        "test_ppl": test_ppl, "eval_time_s": eval_s, "ranks": ranks,
                        "threads_per_rank": pylstm.get_num_threads(), "date": time.strftime("%Y-%m-%d")}, f)
 

@@ -60,6 +60,9 @@ def _build_parser():
     t.add_argument("--layers", type=_positive_int, default=1, help="recurrent layers (default 1)")
     t.add_argument("--cell", choices=sorted(MODEL_CELLS), default="lstm",
                    help="recurrent cell: LSTM (default), peephole LSTM, or a vanilla RNN (tanh, or relu)")
+    t.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the GEMMs' operands: fp32 (default) or bf16 (rounded to bfloat16, float32 sums; CPUs "
+                        "with AVX512-BF16). A run setting: --resume may change it")
     t.add_argument("--dropout", type=_ratio, default=0.0, help="dropout ratio (default 0)")
     t.add_argument("--tie", action="store_true", help="tie embedding and output weights (D == H)")
     t.add_argument("--epochs", type=_positive_int, default=None, help=f"({_level_default('epochs')})")
@@ -369,7 +372,8 @@ def _setup_train(a, dist, say):
             raise ValueError(f"the {name} part of the corpus has {len(part)} tokens; --batch x --time "
                              f"needs at least {need} (use a longer corpus or smaller --batch/--time)")
     model = LstmLM(V, a.wordvec, a.hidden, num_layers=a.layers, dropout_ratio=a.dropout,
-                   tie_weights=a.tie, backend=a.backend, seed=a.seed, cell=a.cell, init=a.init)
+                   tie_weights=a.tie, backend=a.backend, seed=a.seed, cell=a.cell, init=a.init,
+                   precision=a.precision)
     if a.cuda_graphs and a.device != "cuda":
         raise ValueError("--cuda-graphs needs --device cuda")
     if a.device != "cpu":

@@ -11,6 +11,7 @@ a message that starts with the argument's name. Nothing is cast or copied silent
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from typing import Sequence
 
@@ -172,22 +173,29 @@ def _screen_host(arrays: dict, prefix: str = "") -> None:
                 )
 
 
-def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P, lengths=None):
+def _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P, lengths=None, precision="fp32"):
     """A forward call's arguments under the shared rules (the reference backend's checks: the
     compiled backend's binding makes the same ones itself). Returns (N, T, D, H)."""
     _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0, "P": P})
-    return _backend.require_cpu().forward_check(xs, Wx, Wh, b, h0, c0, cell=cell, P=P, lengths=lengths)[:4]
+    return _backend.require_cpu().forward_check(xs, Wx, Wh, b, h0, c0, cell=cell, P=P, lengths=lengths,
+                                                precision=precision)[:4]
 
 
-def _walk_args(lengths, reverse) -> tuple:
-    """(lengths as a C-contiguous int64 host array or None, reverse) for the kernels, whose rules
-    check the lengths' shape and values (each in [1, T]). Any integer dtype is taken; lists too.
+_PRECISIONS = ("fp32", "bf16")
+
+
+def _walk_args(lengths, reverse, precision="fp32") -> tuple:
+    """(lengths as a C-contiguous int64 host array or None, reverse, precision) for the kernels,
+    whose rules check the precision's name and dtype and the
+    lengths' shape and values (each in [1, T]). Any integer dtype is taken; lists too.
     The lengths are a read-only copy: the cache keeps them for the backward, which must walk
     what the forward walked whatever the caller does with its array meanwhile."""
     if not isinstance(reverse, (bool, np.bool_)):
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
+    if not isinstance(precision, str):
+        raise TypeError(f"precision must be one of {_PRECISIONS} (a str), got {type(precision).__name__}")
     if lengths is None:
-        return None, bool(reverse)
+        return None, bool(reverse), precision
     if _devices.is_device_array(lengths) and not isinstance(lengths, np.ndarray):
         raise TypeError(f"lengths must be a host array (numpy, or a list of ints), got {_type_desc(lengths)}: "
                         "the kernels read the lengths on the host on every backend")
@@ -200,7 +208,7 @@ def _walk_args(lengths, reverse) -> tuple:
         raise ValueError("lengths: a length is past the int64 range")
     out = np.array(arr, dtype=np.int64, order="C", copy=True)
     out.setflags(write=False)
-    return out, bool(reverse)
+    return out, bool(reverse), precision
 
 
 def _check_host_cache(cache, dhs, dhT, dcT) -> tuple:
@@ -215,13 +223,13 @@ def _check_host_cache(cache, dhs, dhT, dcT) -> tuple:
     _screen_host({"dhs": dhs, "dhT": dhT, "dcT": dcT})
     return _backend.require_cpu().backward_check(*(getattr(cache, f) for f in fields), dhs, dhT, dcT,
                                                  cell=cache.cell, prefix="cache.", P=cache.P,
-                                                 lengths=cache.lengths)[:4]
+                                                 lengths=cache.lengths, precision=cache.precision)[:4]
 
 
 def _check_lengths(lengths, N: int, T: int) -> np.ndarray:
     """lengths under the recurrent functions' rules, for a layer that takes them without calling
     one (the loss): an int64 host array of shape (N,), each value in [1, T]."""
-    lengths, _ = _walk_args(lengths, False)
+    lengths = _walk_args(lengths, False)[0]
     _backend.require_cpu().lengths_check(lengths, N, T)
     return lengths
 
@@ -236,16 +244,17 @@ class RecurrentCache:
     """
 
     __slots__ = ("cell", "backend", "xs", "h0", "c0", "Wx", "Wh", "b", "hs", "gates", "cs", "device", "P",
-                 "lengths", "reverse")
+                 "lengths", "reverse", "precision")
 
     def __init__(self, cell, backend, xs, h0, c0, Wx, Wh, b, hs, gates, cs, device=None, P=None,
-                 lengths=None, reverse=False):
+                 lengths=None, reverse=False, precision="fp32"):
         self.cell, self.backend = cell, backend
         self.xs, self.h0, self.c0, self.Wx, self.Wh, self.b = xs, h0, c0, Wx, Wh, b
         self.hs, self.gates, self.cs = hs, gates, cs
         self.device = device  # (module, library, (N, T, D, H), dtype, lengths' device copy): device calls
         self.P = P  # the cell's per-unit parameters (peepholes), or None
         self.lengths, self.reverse = lengths, reverse  # the forward's walk (int64 host array or None)
+        self.precision = precision  # the GEMMs' operands: "fp32" or "bf16"
 
     @property
     def nbytes(self) -> int:
@@ -257,14 +266,21 @@ LSTMCache = RecurrentCache
 RNNCache = RecurrentCache
 
 
+def _bf16_mode(precision: str):
+    """The reference's bfloat16 GEMMs for precision "bf16"; otherwise whatever mode the caller
+    set (tests run the float64 specification under ``reference.bf16_gemms()``)."""
+    return ref.bf16_gemms() if precision == "bf16" else contextlib.nullcontext()
+
+
 # --- Backends: one object each; every public function resolves one, then calls it ----------
 class _Reference:
     """The NumPy reference (``pylstm.reference``) on host arrays, behind the shared rules."""
 
     name = "numpy"
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False):
-        N, T, D, H = _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P, lengths)
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False,
+                    precision="fp32"):
+        N, T, D, H = _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P, lengths, precision)
 
         def plain(xs, h0, c0):  # -> hs, hT, cT, (gates, cs)
             if cell in ("lstm", "peephole"):
@@ -276,15 +292,16 @@ class _Reference:
             hs, hT, _ = ref.rnn_forward_ref(xs, h0, Wx, Wh, b, cell[len("rnn_"):])
             return hs, hT, None, (hs,)  # the RNN saves its output as its activation
 
-        if lengths is None and not reverse:
-            hs, hT, cT, saved = plain(xs, h0, c0)
-        else:
-            hs, hT, cT, saved = ref.walk_forward_ref(plain, xs, h0, c0, H, lengths, reverse)
+        with _bf16_mode(precision):
+            if lengths is None and not reverse:
+                hs, hT, cT, saved = plain(xs, h0, c0)
+            else:
+                hs, hT, cT, saved = ref.walk_forward_ref(plain, xs, h0, c0, H, lengths, reverse)
         gates, cs = saved[0], (saved[1] if len(saved) > 1 else None)
         cache = None
         if save:
             cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, P=P,
-                                   lengths=lengths, reverse=reverse)
+                                   lengths=lengths, reverse=reverse, precision=precision)
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
@@ -311,10 +328,11 @@ class _Reference:
         saved = [a for a in (cache.hs, cache.gates, cache.cs) if a is not None]
         if cell.startswith("rnn_"):
             saved = saved[:1]
-        if cache.lengths is None and not cache.reverse:
-            return plain(cache.xs, cache.h0, cache.c0, saved, dhs, dhT, dcT)
-        return ref.walk_backward_ref(plain, cache.xs, cache.h0, cache.c0, dhs, dhT, dcT, saved,
-                                     cache.lengths, cache.reverse)
+        with _bf16_mode(cache.precision):
+            if cache.lengths is None and not cache.reverse:
+                return plain(cache.xs, cache.h0, cache.c0, saved, dhs, dhT, dcT)
+            return ref.walk_backward_ref(plain, cache.xs, cache.h0, cache.c0, dhs, dhT, dcT, saved,
+                                         cache.lengths, cache.reverse)
 
     def global_norm(self, grads):
         _check_grads(grads, writable=False)
@@ -335,14 +353,16 @@ class _Cpu:
 
     name = "cpu"
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False):
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False,
+                    precision="fp32"):
         _screen_host({"xs": xs, "Wx": Wx, "Wh": Wh, "b": b, "h0": h0, "c0": c0, "P": P})
         hs, hT, cT, gates, cs = _backend.require_cpu().forward(xs, Wx, Wh, b, h0, c0, save, cell=cell, P=P,
-                                                               lengths=lengths, reverse=reverse)
+                                                               lengths=lengths, reverse=reverse,
+                                                               precision=precision)
         cache = None
         if save:
             cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs, P=P,
-                                   lengths=lengths, reverse=reverse)
+                                   lengths=lengths, reverse=reverse, precision=precision)
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
@@ -350,7 +370,7 @@ class _Cpu:
         return _backend.require_cpu().backward(
             cache.xs, cache.h0, cache.c0, cache.Wx, cache.Wh, cache.b, cache.hs, cache.gates,
             cache.cs, dhs, dhT, dcT, cell=cache.cell, P=cache.P, lengths=cache.lengths,
-            reverse=cache.reverse,
+            reverse=cache.reverse, precision=cache.precision,
         )
 
     def global_norm(self, grads):
@@ -374,7 +394,13 @@ class _Device:
     def __init__(self, name):
         self.name = name
 
-    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False):
+    def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False,
+                    precision="fp32"):
+        if precision != "fp32":
+            if precision not in _PRECISIONS:
+                raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+            raise NotImplementedError(f"precision={precision!r} is not in the CUDA kernels yet: use "
+                                      "precision='fp32' on the GPU, or the CPU backend")
         _, has_c, _, saved = _CELLS[cell]
         mod, lib = _device_target(self.name, xs)
         w = lib.wrap if lib is not None else (lambda a: a)
@@ -500,7 +526,8 @@ def _check_cache(cache, cells: tuple, forward: str):
         raise ValueError(f"cache comes from a {cache.cell} forward pass, not from {forward}")
 
 
-def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False):
+def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False,
+                  precision: str = "fp32"):
     """Fused LSTM forward over a whole sequence, saving what backward needs.
 
     Parameters
@@ -517,16 +544,21 @@ def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, leng
         the cache.)
     reverse : walk time backwards (the reverse direction of a bidirectional layer, without a
         reversed copy of xs); with lengths each sequence starts at its own last step, from h0.
+    precision : "fp32", or "bf16": every GEMM's operands rounded to bfloat16 (to nearest even)
+        and accumulated in float32, on CPUs with AVX512-BF16, for float32 arrays; arrays in and
+        out, the cell state and the pointwise math stay float32 (``pylstm.reference`` states the
+        rounding). Every recurrent function takes it; the backward reads it from the cache.
 
     Returns
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCache for ``lstm_backward``.
     """
     return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, True, None,
-                                             *_walk_args(lengths, reverse))
+                                             *_walk_args(lengths, reverse, precision))
 
 
-def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False):
+def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False,
+                  precision: str = "fp32"):
     """Forward-only LSTM: like ``lstm_forward`` but saves nothing for backward.
 
     Returns
@@ -534,7 +566,7 @@ def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, le
     hs : (N, T, H); hT : (N, H); cT : (N, H)
     """
     return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, False, None,
-                                             *_walk_args(lengths, reverse))[:3]
+                                             *_walk_args(lengths, reverse, precision))[:3]
 
 
 def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
@@ -554,7 +586,8 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
     return _backend_of(cache).seq_backward(cache, dhs, dhT, dcT)[:6]
 
 
-def peephole_forward(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False):
+def peephole_forward(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False,
+                  precision: str = "fp32"):
     """Fused peephole LSTM forward (Gers & Schmidhuber; ``pylstm.reference`` has the equations),
     saving what backward needs.
 
@@ -569,14 +602,15 @@ def peephole_forward(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto", 
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache for ``peephole_backward``.
     """
     return _resolve(backend, xs).seq_forward("peephole", xs, Wx, Wh, b, h0, c0, True, P,
-                                             *_walk_args(lengths, reverse))
+                                             *_walk_args(lengths, reverse, precision))
 
 
-def peephole_inference(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False):
+def peephole_inference(xs, Wx, Wh, b, P, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False,
+                  precision: str = "fp32"):
     """Forward-only peephole LSTM: like ``peephole_forward`` but saves nothing. Returns
     (hs, hT, cT)."""
     return _resolve(backend, xs).seq_forward("peephole", xs, Wx, Wh, b, h0, c0, False, P,
-                                             *_walk_args(lengths, reverse))[:3]
+                                             *_walk_args(lengths, reverse, precision))[:3]
 
 
 def peephole_backward(dhs, cache, dhT=None, dcT=None):
@@ -606,7 +640,7 @@ def _gru_cell(variant, b_hn) -> str:
 
 
 def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto", *,
-                lengths=None, reverse=False):
+                lengths=None, reverse=False, precision: str = "fp32"):
     """Fused GRU forward (``pylstm.reference`` has the equations of every variant), saving what
     backward needs.
 
@@ -627,16 +661,16 @@ def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after",
     """
     cell = _gru_cell(variant, b_hn)
     hs, hT, _, cache = _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, True, b_hn,
-                                                         *_walk_args(lengths, reverse))
+                                                         *_walk_args(lengths, reverse, precision))
     return hs, hT, cache
 
 
 def gru_inference(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto", *,
-                  lengths=None, reverse=False):
+                  lengths=None, reverse=False, precision: str = "fp32"):
     """Forward-only GRU: like ``gru_forward`` but saves nothing. Returns (hs, hT)."""
     cell = _gru_cell(variant, b_hn)
     return _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, False, b_hn,
-                                             *_walk_args(lengths, reverse))[:2]
+                                             *_walk_args(lengths, reverse, precision))[:2]
 
 
 def gru_backward(dhs, cache, dhT=None):
@@ -653,7 +687,7 @@ def gru_backward(dhs, cache, dhT=None):
 
 
 def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto", *,
-                lengths=None, reverse=False):
+                lengths=None, reverse=False, precision: str = "fp32"):
     """Fused vanilla RNN forward, ``h_t = act(x_t Wx + h_{t-1} Wh + b)``, saving what backward
     needs (``pylstm.reference`` has the equations).
 
@@ -670,15 +704,15 @@ def rnn_forward(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str
     hs : (N, T, H); hT : (N, H); cache : RNNCache for ``rnn_backward``.
     """
     hs, hT, _, cache = _resolve(backend, xs).seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, True,
-                                                         None, *_walk_args(lengths, reverse))
+                                                         None, *_walk_args(lengths, reverse, precision))
     return hs, hT, cache
 
 
 def rnn_inference(xs, Wx, Wh, b, h0=None, nonlinearity: str = "tanh", backend: str = "auto", *,
-                  lengths=None, reverse=False):
+                  lengths=None, reverse=False, precision: str = "fp32"):
     """Forward-only vanilla RNN: like ``rnn_forward`` but saves nothing. Returns (hs, hT)."""
     return _resolve(backend, xs).seq_forward(_rnn_cell(nonlinearity), xs, Wx, Wh, b, h0, None, False, None,
-                                             *_walk_args(lengths, reverse))[:2]
+                                             *_walk_args(lengths, reverse, precision))[:2]
 
 
 def rnn_backward(dhs, cache: RNNCache, dhT=None):
@@ -777,7 +811,7 @@ def clip_grads_by_value(grads: Sequence[np.ndarray], limit: float, backend: str 
     _resolve(backend, probe).clip_value(grads, float(limit))
 
 
-def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
+def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto", *, precision: str = "fp32"):
     """``a @ b (+ bias)`` for 2-D float arrays on pylstm's thread pool ("cpu"), NumPy ("numpy"), or
     CuPy's own kernels for CuPy arrays ("cuda", what "auto" picks for device arrays; like every
     function, it raises ``DeviceUnavailableError`` when backend 'cuda' is not usable).
@@ -788,12 +822,19 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
     pass). ``colsum`` (N,), when given, receives ``b.sum(axis=0)`` (the Affine layer's
     ``db``; on the CPU summed in double while b is read for the product). Both C-contiguous,
     colsum writable and apart from every other operand. Every dimension must be >= 1. The
-    host backends ("cpu", "numpy") check all of this the same way.
+    host backends ("cpu", "numpy") check all of this the same way. ``precision="bf16"``: a and b
+    rounded to bfloat16, float32 sums (float32 arrays, CPUs with AVX512-BF16; the output layer
+    of a bf16 model), as the recurrent functions.
     """
     operands = (("a", a), ("b", b), ("out", out), ("bias", bias), ("colsum", colsum))
     for vname, v in operands:
         _reject_masked(v, vname)
     name = _resolve_backend(backend, a)
+    _walk_args(None, False, precision)  # (its type)
+    if precision != "fp32" and name in _DEVICE_BACKENDS:
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+        raise NotImplementedError(f"precision={precision!r} is not on the CUDA backend yet")
     if name in _DEVICE_BACKENDS:  # CuPy: its own cuBLAS matmul
         xp = _require_cupy_operands(name, "matmul", operands)
         for vname, v in (("bias", bias), ("colsum", colsum)):
@@ -813,12 +854,14 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto"):
     _check_matmul_operands(a, b, out, bias, colsum)
     if name != "numpy":
         if out is None or out.flags.c_contiguous:
-            return _backend.cpu.matmul(a, b, out, bias, colsum)
+            return _backend.cpu.matmul(a, b, out, bias, colsum, precision=precision)
         # a Fortran-order out: out^T = b^T @ a^T through the C-contiguous transpose view
-        _backend.cpu.matmul(b.T, a.T, out.T)
+        _backend.cpu.matmul(b.T, a.T, out.T, precision=precision)
         r = out
     else:
-        r = np.matmul(a, b, out=out)
+        _backend.require_cpu().precision_check(precision, a.dtype.itemsize, "a")  # (the kernels' rule)
+        with _bf16_mode(precision):
+            r = np.matmul(*(ref._mm_operands(a, b)), out=out)
     if bias is not None:
         r += bias
     if colsum is not None:

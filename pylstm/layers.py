@@ -110,25 +110,26 @@ class Affine:
     W may be a transposed view (``embed_W.T`` for tied weights). The products run on pylstm's
     thread pool (``backend``), like the LSTM kernels."""
 
-    def __init__(self, W: np.ndarray, b: np.ndarray, backend: str = "auto"):
+    def __init__(self, W: np.ndarray, b: np.ndarray, backend: str = "auto", precision: str = "fp32"):
         self.params = [W, b]
         self.grads = [_xp(W).zeros_like(W), _xp(b).zeros_like(b)]
         self.backend = backend
+        self.precision = precision  # "bf16": the three products' operands in bfloat16 (matmul)
         self.x = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         W, b = self.params
         self.x = x = _xp(W).ascontiguousarray(x)
         lead = x.shape[:-1]
-        out = F.matmul(x.reshape(-1, x.shape[-1]), W, bias=b, backend=self.backend)
+        out = F.matmul(x.reshape(-1, x.shape[-1]), W, bias=b, backend=self.backend, precision=self.precision)
         return out.reshape(*lead, W.shape[1])
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         W, _ = self.params
         x2 = self.x.reshape(-1, self.x.shape[-1])
         d2 = _xp(W).ascontiguousarray(dout).reshape(-1, dout.shape[-1])
-        F.matmul(x2.T, d2, out=self.grads[0], colsum=self.grads[1], backend=self.backend)
-        return F.matmul(d2, W.T, backend=self.backend).reshape(self.x.shape)
+        F.matmul(x2.T, d2, out=self.grads[0], colsum=self.grads[1], backend=self.backend, precision=self.precision)
+        return F.matmul(d2, W.T, backend=self.backend, precision=self.precision).reshape(self.x.shape)
 
 
 class TimeAffine(Affine):
@@ -145,6 +146,8 @@ class TimeLSTM:
     backend : "auto" | "cpu" | "numpy".
     reverse : read each sequence from its last step to its first (a bidirectional layer's
         backward direction; no reversed copy is made).
+    precision : "fp32" or "bf16" (the GEMMs' operands rounded to bfloat16: ``lstm_forward``);
+        a run setting, an attribute that may change between calls.
 
     ``forward(xs (N, T, D), lengths=None) -> hs (N, T, H)``; ``backward(dhs) -> dxs``. After
     backward, ``dh`` (and ``dc``) hold the gradients with respect to the initial state.
@@ -152,13 +155,15 @@ class TimeLSTM:
     it are zero and the carried state is the one at its own last step.
     """
 
-    def __init__(self, Wx, Wh, b, stateful: bool = False, backend: str = "auto", reverse: bool = False):
+    def __init__(self, Wx, Wh, b, stateful: bool = False, backend: str = "auto", reverse: bool = False,
+                 precision: str = "fp32"):
         self.params = [Wx, Wh, b]
         xp = _xp(Wx)
         self.grads = [xp.zeros_like(Wx), xp.zeros_like(Wh), xp.zeros_like(b)]
         self.stateful = stateful
         self.backend = backend
         self.reverse = reverse
+        self.precision = precision
         self.h: Optional[np.ndarray] = None
         self.c: Optional[np.ndarray] = None
         self.dh: Optional[np.ndarray] = None
@@ -168,7 +173,7 @@ class TimeLSTM:
     # The cell's functional pair (TimePeepholeLSTM passes its P through the same calls).
     def _cell_forward(self, xs, h0, c0, lengths):
         return F.lstm_forward(xs, *self.params, h0, c0, backend=self.backend, lengths=lengths,
-                              reverse=self.reverse)
+                              reverse=self.reverse, precision=self.precision)
 
     def _cell_backward(self, dhs):
         return F.lstm_backward(dhs, self.cache)
@@ -253,14 +258,15 @@ class TimePeepholeLSTM(TimeLSTM):
     stateful, backend : as TimeLSTM's.
     """
 
-    def __init__(self, Wx, Wh, b, P, stateful: bool = False, backend: str = "auto", reverse: bool = False):
-        super().__init__(Wx, Wh, b, stateful=stateful, backend=backend, reverse=reverse)
+    def __init__(self, Wx, Wh, b, P, stateful: bool = False, backend: str = "auto", reverse: bool = False,
+                 precision: str = "fp32"):
+        super().__init__(Wx, Wh, b, stateful=stateful, backend=backend, reverse=reverse, precision=precision)
         self.params.append(P)
         self.grads.append(_xp(P).zeros_like(P))
 
     def _cell_forward(self, xs, h0, c0, lengths):
         return F.peephole_forward(xs, *self.params, h0, c0, backend=self.backend, lengths=lengths,
-                                  reverse=self.reverse)
+                                  reverse=self.reverse, precision=self.precision)
 
     def _cell_backward(self, dhs):
         return F.peephole_backward(dhs, self.cache)
@@ -295,7 +301,7 @@ class TimeRNN(_HState):
     """
 
     def __init__(self, Wx, Wh, b, stateful: bool = False, nonlinearity: str = "tanh",
-                 backend: str = "auto", reverse: bool = False):
+                 backend: str = "auto", reverse: bool = False, precision: str = "fp32"):
         F._rnn_cell(nonlinearity)  # a bad name fails here, not at the first forward
         self.params = [Wx, Wh, b]
         xp = _xp(Wx)
@@ -304,6 +310,7 @@ class TimeRNN(_HState):
         self.nonlinearity = nonlinearity
         self.backend = backend
         self.reverse = reverse
+        self.precision = precision
         self.h: Optional[np.ndarray] = None
         self.dh: Optional[np.ndarray] = None
         self.cache = None
@@ -313,7 +320,7 @@ class TimeRNN(_HState):
         xs = _xp(Wx).ascontiguousarray(xs)
         h0 = _initial_state(self, xs)[0]
         hs, hT, self.cache = F.rnn_forward(xs, Wx, Wh, b, h0, self.nonlinearity, backend=self.backend,
-                                           lengths=lengths, reverse=self.reverse)
+                                           lengths=lengths, reverse=self.reverse, precision=self.precision)
         if self.stateful:
             self.h = hT
         return hs
@@ -350,7 +357,7 @@ class TimeGRU(_HState):
     """
 
     def __init__(self, Wx, Wh, b, stateful: bool = False, b_hn=None, variant: Optional[str] = None,
-                 backend: str = "auto", reverse: bool = False):
+                 backend: str = "auto", reverse: bool = False, precision: str = "fp32"):
         if variant is None:
             variant = "reset_after" if b_hn is not None else "book"
         if variant not in F.GRU_VARIANTS:
@@ -362,6 +369,7 @@ class TimeGRU(_HState):
         xp = _xp(Wx)
         self.grads = [xp.zeros_like(p) for p in self.params]
         self.stateful, self.variant, self.backend, self.reverse = stateful, variant, backend, reverse
+        self.precision = precision
         self.h: Optional[np.ndarray] = None
         self.dh: Optional[np.ndarray] = None
         self.cache = None
@@ -372,7 +380,7 @@ class TimeGRU(_HState):
         xs = _xp(Wx).ascontiguousarray(xs)
         h0 = _initial_state(self, xs)[0]
         hs, hT, self.cache = F.gru_forward(xs, Wx, Wh, b, b_hn, h0, self.variant, backend=self.backend,
-                                           lengths=lengths, reverse=self.reverse)
+                                           lengths=lengths, reverse=self.reverse, precision=self.precision)
         if self.stateful:
             self.h = hT
         return hs

@@ -165,11 +165,15 @@ class LstmLM:
     init : "book" (the book's scaled normal init), "keras" or "torch" (those libraries' defaults
            for every layer: ``pylstm.init``), or a float a > 0: uniform(-a, a) everywhere
            (Zaremba et al.).
+    precision : "fp32", or "bf16": the recurrent layers' and the output layer's GEMMs take their
+           operands rounded to bfloat16 (``pylstm.lstm_forward``; CPUs with AVX512-BF16). A run
+           setting (``set_precision``), not part of the parameters: a checkpoint saved at one
+           precision loads and resumes at either.
     """
 
     def __init__(self, vocab_size=10000, wordvec_size=100, hidden_size=100, num_layers=1,
                  dropout_ratio=0.0, tie_weights=False, backend="auto", seed=None, init="book",
-                 cell="lstm"):
+                 cell="lstm", precision="fp32"):
         V, D, H = int(vocab_size), int(wordvec_size), int(hidden_size)
         for name, v in (("vocab_size", V), ("wordvec_size", D), ("hidden_size", H), ("num_layers", num_layers)):
             if v < 1:
@@ -235,7 +239,26 @@ class LstmLM:
         self.drop_layers = [layer for layer in self.layers if isinstance(layer, TimeDropout)]
         self.loss_layer = TimeSoftmaxWithLoss(backend=backend)
         self.device = "cpu"
+        self.backend = backend
+        self.precision = "fp32"
+        self.set_precision(precision)
         self._collect()
+
+    def set_precision(self, precision: str) -> None:
+        """The GEMMs' operand precision from the next call on: "fp32" or "bf16" (the recurrent
+        layers and the output layer; the embedding, the loss and the optimizer stay float32)."""
+        if not isinstance(precision, str) or precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be one of ('fp32', 'bf16'), got {precision!r}")
+        if precision == "bf16" and self.backend in ("auto", "cpu"):
+            from . import _backend
+
+            cpu = _backend.require_cpu()
+            if not cpu._has_avx512_bf16():
+                raise RuntimeError("precision='bf16' needs a CPU with AVX512-BF16 (the avx512_bf16 flag in "
+                                   "/proc/cpuinfo), which this CPU lacks: use precision='fp32'")
+        for layer in self.lstm_layers + [self.layers[-1]]:
+            layer.precision = precision
+        self.precision = precision
 
     def _collect(self) -> None:
         self.params, self.grads = [], []

@@ -89,6 +89,12 @@ Reversed, a sequence shorter than the longest starts after the walk's first step
 its recurrent term is a product with zeros (as with an h0 of zeros), not absent.
 ``walk_forward_ref`` / ``walk_backward_ref`` apply this to any of the functions above.
 
+bfloat16 GEMMs (``precision="bf16"``; ``bf16_gemms()`` here): every matrix product of the
+recurrent functions above (x Wx, h Wh, the gated cell's (r h) Wh_n, dA Wh^T, dA Wx^T, X^T dA,
+H^T dA) takes both operands rounded to bfloat16 (8 significant bits, to nearest even) and sums
+their products in the arrays' dtype (float64 for the specification). Everything else (the
+pointwise math, the cell state, the bias, db and dP) is unchanged.
+
 Activations at the edges: sigmoid(x) is exactly 0 where its value is subnormal (x below -87 in
 float32, -708 in float64) and relu keeps NaN; NaN and inf propagate as the formulas say.
 
@@ -110,6 +116,8 @@ Every function works in the dtype of its inputs (float32 or float64).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -134,7 +142,43 @@ __all__ = [
     "softmax_cross_entropy_ref",
     "walk_forward_ref",
     "walk_backward_ref",
+    "bf16_round_ref",
+    "bf16_gemms",
 ]
+
+
+def bf16_round_ref(x: np.ndarray) -> np.ndarray:
+    """x rounded to bfloat16's 8 significant bits, to nearest even, in x's dtype (directly from
+    float64 for float64 x: no double rounding through float32)."""
+    m, e = np.frexp(x)
+    return np.ldexp(np.round(m * 256) / 256, e).astype(x.dtype, copy=False)
+
+
+_BF16 = contextvars.ContextVar("pylstm_reference_bf16", default=False)
+
+
+@contextlib.contextmanager
+def bf16_gemms(on: bool = True):
+    """Within the block, the recurrent functions' matrix products round their operands to
+    bfloat16 (the module docstring)."""
+    token = _BF16.set(bool(on))
+    try:
+        yield
+    finally:
+        _BF16.reset(token)
+
+
+def _mm_operands(a: np.ndarray, b: np.ndarray) -> tuple:
+    """A GEMM's operands: as they are, or rounded to bfloat16 under bf16_gemms."""
+    if _BF16.get():
+        return bf16_round_ref(a), bf16_round_ref(b)
+    return a, b
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b: every GEMM of the recurrent functions, with operands rounded under bf16_gemms."""
+    a, b = _mm_operands(a, b)
+    return a @ b
 
 
 def sigmoid_ref(x: np.ndarray) -> np.ndarray:
@@ -204,7 +248,7 @@ def _lstm_forward(xs, h0, c0, Wx, Wh, b, P):
     cs = np.empty((N, T, H), dt)
     gates = np.empty((N, T, 4 * H), dt)
     for t in range(T):
-        a = xs[:, t] @ Wx + h @ Wh + b if t > 0 or h0 is not None else xs[:, t] @ Wx + b
+        a = _mm(xs[:, t], Wx) + _mm(h, Wh) + b if t > 0 or h0 is not None else _mm(xs[:, t], Wx) + b
         if P is not None:  # peepholes: f and i see c_{t-1}
             a[:, :H] += P[0] * c
             a[:, 2 * H : 3 * H] += P[1] * c
@@ -282,11 +326,11 @@ def _lstm_backward(dhs, cache, dhT, dcT):
             dc_next = dc_next + df_a * P[0] + di_a * P[1]
             dP += np.stack([(df_a * c_prev).sum(axis=0), (di_a * c_prev).sum(axis=0),
                             (do_a * c).sum(axis=0)])
-        dh_next = da @ Wh.T
-        dWx += xs[:, t].T @ da
-        dWh += h_prev.T @ da
+        dh_next = _mm(da, Wh.T)
+        dWx += _mm(xs[:, t].T, da)
+        dWh += _mm(h_prev.T, da)
         db += da.sum(axis=0)
-        dxs[:, t] = da @ Wx.T
+        dxs[:, t] = _mm(da, Wx.T)
     return dxs, dh_next, dc_next, dWx, dWh, db, dP
 
 
@@ -329,7 +373,7 @@ def rnn_forward_ref(xs: np.ndarray, h0: Optional[np.ndarray], Wx: np.ndarray, Wh
     h0_ = h
     hs = np.empty((N, T, H), dt)
     for t in range(T):
-        a = xs[:, t] @ Wx + h @ Wh + b if t > 0 or h0 is not None else xs[:, t] @ Wx + b
+        a = _mm(xs[:, t], Wx) + _mm(h, Wh) + b if t > 0 or h0 is not None else _mm(xs[:, t], Wx) + b
         h = _rnn_act(a, nonlinearity)
         hs[:, t] = h
     return hs, h.copy(), RNNCacheRef(xs, h0_, Wx, Wh, hs, nonlinearity)
@@ -357,11 +401,11 @@ def rnn_backward_ref(dhs: np.ndarray, cache: RNNCacheRef, dhT: Optional[np.ndarr
             da = dh * (1 - h * h)
         else:
             da = np.where(h > 0, dh, dt.type(0))
-        dh_next = da @ Wh.T
-        dWx += xs[:, t].T @ da
-        dWh += h_prev.T @ da
+        dh_next = _mm(da, Wh.T)
+        dWx += _mm(xs[:, t].T, da)
+        dWh += _mm(h_prev.T, da)
         db += da.sum(axis=0)
-        dxs[:, t] = da @ Wx.T
+        dxs[:, t] = _mm(da, Wx.T)
     return dxs, dh_next, dWx, dWh, db
 
 
@@ -396,8 +440,8 @@ def gru_forward_ref(xs, h0, Wx, Wh, b, b_hn=None, variant: str = "reset_after"):
     gates = np.empty((N, T, (4 if after else 3) * H), dt)
     for t in range(T):
         rec = t > 0 or h0 is not None  # no recurrent product at t = 0 without h0
-        ax = xs[:, t] @ Wx + b
-        ah = h @ Wh if rec else np.zeros((N, 3 * H), dt)
+        ax = _mm(xs[:, t], Wx) + b
+        ah = _mm(h, Wh) if rec else np.zeros((N, 3 * H), dt)
         z = sigmoid_ref(ax[:, :H] + ah[:, :H])
         r = sigmoid_ref(ax[:, H : 2 * H] + ah[:, H : 2 * H])
         if after:
@@ -405,7 +449,7 @@ def gru_forward_ref(xs, h0, Wx, Wh, b, b_hn=None, variant: str = "reset_after"):
             n = np.tanh(ax[:, 2 * H :] + r * hn)
             gates[:, t, 3 * H :] = hn
         else:
-            rh = (r * h) @ Wh[:, 2 * H :] if rec else np.zeros((N, H), dt)
+            rh = _mm(r * h, Wh[:, 2 * H :]) if rec else np.zeros((N, H), dt)
             n = np.tanh(ax[:, 2 * H :] + rh)
         h = z * n + (1 - z) * h if variant == "book" else (1 - z) * n + z * h
         gates[:, t, : 3 * H] = np.concatenate([z, r, n], axis=1)
@@ -439,19 +483,20 @@ def gru_backward_ref(dhs, cache: GRUCacheRef, dhT=None):
             hn = gates[:, t, 3 * H :]
             dra = dna * hn * r * (1 - r)
             da_h = np.concatenate([dza, dra, dna * r], axis=1)
-            dh_next = da_h @ Wh.T + direct
-            dWh += h_prev.T @ da_h
+            dh_next = _mm(da_h, Wh.T) + direct
+            dWh += _mm(h_prev.T, da_h)
             db_hn += (dna * r).sum(axis=0)
         else:
-            drh = dna @ Wh[:, 2 * H :].T
+            drh = _mm(dna, Wh[:, 2 * H :].T)
             dra = drh * h_prev * r * (1 - r)
-            dh_next = np.concatenate([dza, dra], axis=1) @ Wh[:, : 2 * H].T + drh * r + direct
-            dWh[:, : 2 * H] += h_prev.T @ np.concatenate([dza, dra], axis=1)
-            dWh[:, 2 * H :] += (r * h_prev).T @ dna
+            dzr = np.concatenate([dza, dra], axis=1)
+            dh_next = _mm(dzr, Wh[:, : 2 * H].T) + drh * r + direct
+            dWh[:, : 2 * H] += _mm(h_prev.T, dzr)
+            dWh[:, 2 * H :] += _mm((r * h_prev).T, dna)
         da_x = np.concatenate([dza, dra, dna], axis=1)
-        dWx += xs[:, t].T @ da_x
+        dWx += _mm(xs[:, t].T, da_x)
         db += da_x.sum(axis=0)
-        dxs[:, t] = da_x @ Wx.T
+        dxs[:, t] = _mm(da_x, Wx.T)
     return dxs, dh_next, dWx, dWh, db, db_hn
 
 

@@ -217,6 +217,19 @@ inline void check_seq_saved(const CellFacts& c, const SeqShape& s, int is, const
   if (dcT.present) check_view(dcT, is, {N, H}, false, owner);
 }
 
+// precision: "fp32" (false) or "bf16" (true: the GEMMs' operands rounded to bfloat16, which
+// applies to float32 arrays only).
+inline bool read_precision(const std::string& precision, int itemsize, const std::string& dtype_owner) {
+  if (precision != "fp32" && precision != "bf16") {
+    throw py::value_error("precision must be one of 'fp32', 'bf16', got '" + precision + "'");
+  }
+  if (precision == "bf16" && itemsize != 4) {
+    throw py::value_error("precision: 'bf16' applies to float32 arrays, but " + dtype_owner +
+                          " is float64 (use precision='fp32', or float32 arrays)");
+  }
+  return precision == "bf16";
+}
+
 // lengths: None, or (N,) int64 on the host (a NumPy array), C-contiguous, each in [1, T]. Returns
 // a copy of the values (empty for None): the drivers index hs and xs with them, so they are
 // taken once, here, and the array cannot change them afterwards.

@@ -147,7 +147,7 @@ Mat as_matrix(const py::object& o, const char* name, int itemsize, const char* o
 
 template <class T>
 void matmul_impl(const Mat& A, const Mat& B, py::array& out, const py::object& bias,
-                 const py::object& colsum) {
+                 const py::object& colsum, bool bf16) {
   const T* a = static_cast<const T*>(A.a.data());
   const T* b = static_cast<const T*>(B.a.data());
   T* c = mptr<T>(out);
@@ -156,13 +156,17 @@ void matmul_impl(const Mat& A, const Mat& B, py::array& out, const py::object& b
   T* cs = colsum.is_none() ? nullptr : mptr<T>(cs_arr);
   py::gil_scoped_release nogil;
   matmul_cpu<T>(A.trans, B.trans, A.rows, B.cols, A.cols, a, A.ld, b, B.ld, T(0), c,
-                std::max<int64_t>(B.cols, 1), bi, cs);
+                std::max<int64_t>(B.cols, 1), bi, cs, bf16);
 }
 
 py::array matmul(const py::object& a_o, const py::object& b_o, const py::object& out_o,
-                 const py::object& bias_o, const py::object& colsum_o) {
+                 const py::object& bias_o, const py::object& colsum_o, const std::string& precision) {
   py::array a0 = as_array(a_o, "a");
   const int is = float_itemsize(a0, "a");
+  Dims pd;  // (the precision rule and the bf16 kernel's requirements, as the recurrent calls')
+  pd.itemsize = is;
+  pd.bf16 = read_precision(precision, is, "a");
+  require_bf16_kernel(pd);
   Mat A = as_matrix(a_o, "a", is, "a"), B = as_matrix(b_o, "b", is, "a");
   if (A.cols != B.rows) {
     throw py::value_error("b must have " + std::to_string(A.cols) + " rows (a is " +
@@ -207,8 +211,8 @@ py::array matmul(const py::object& a_o, const py::object& b_o, const py::object&
     }
     colsum = cs;
   }
-  if (is == 4) matmul_impl<float>(A, B, out, bias, colsum);
-  else matmul_impl<double>(A, B, out, bias, colsum);
+  if (is == 4) matmul_impl<float>(A, B, out, bias, colsum, pd.bf16);
+  else matmul_impl<double>(A, B, out, bias, colsum, pd.bf16);
   return out;
 }
 
@@ -290,6 +294,7 @@ PYBIND11_MODULE(_cpu, m) {
           py::arg("h0").none(true), py::arg("c0").none(true), py::arg("save_for_backward"),
           py::arg("cell") = "lstm", py::arg("P").none(true) = py::none(),
           py::arg("lengths").none(true) = py::none(), py::arg("reverse") = false,
+          py::arg("precision") = "fp32",
           "Fused recurrent forward. Returns (hs, hT, cT, gates, cs); gates and cs are None when "
           "save_for_backward is False, cT and cs for a cell without a cell state. P: the cell's "
           "per-unit parameters (peepholes), None for a cell without them. lengths: (N,) int64 "
@@ -301,13 +306,14 @@ PYBIND11_MODULE(_cpu, m) {
           py::arg("cs").none(true), py::arg("dhs"), py::arg("dhT").none(true),
           py::arg("dcT").none(true), py::arg("cell") = "lstm", py::arg("P").none(true) = py::none(),
           py::arg("lengths").none(true) = py::none(), py::arg("reverse") = false,
+          py::arg("precision") = "fp32",
           "Fused recurrent backward. Returns (dxs, dh0, dc0, dWx, dWh, db, dP); dc0 is None for a "
           "cell without a cell state, dP for one without per-unit parameters.");
   }
   m.def("forward_check", &forward_check, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
         py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none(),
         py::arg("cell") = "lstm", py::arg("prefix") = "", py::arg("P").none(true) = py::none(),
-        py::arg("lengths").none(true) = py::none(),
+        py::arg("lengths").none(true) = py::none(), py::arg("precision") = "fp32",
         "The argument rules of a forward call, without running it: (N, T, D, H, itemsize). "
         "Argument names in errors get `prefix`.");
   m.def("backward_check", &backward_check, py::arg("xs"), py::arg("h0").none(true),
@@ -315,6 +321,7 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("gates"), py::arg("cs").none(true), py::arg("dhs"), py::arg("dhT").none(true),
         py::arg("dcT").none(true), py::arg("cell") = "lstm", py::arg("prefix") = "",
         py::arg("P").none(true) = py::none(), py::arg("lengths").none(true) = py::none(),
+        py::arg("precision") = "fp32",
         "The argument rules of a backward call, without running it: (N, T, D, H, itemsize). "
         "The forward's inputs and saved arrays are named with `prefix`.");
   m.def("transpose", [](const py::object& src_o, const py::object& out_o) {
@@ -343,6 +350,40 @@ PYBIND11_MODULE(_cpu, m) {
     if (is == 4) run(0.0f);
     else run(0.0);
   }, py::arg("src"), py::arg("out"), "out = src.T in cache tiles on the thread pool (src rows may be strided).");
+  m.def("_packed_gemm", [](const py::array_t<float, py::array::c_style | py::array::forcecast>& a,
+                           const py::array_t<float, py::array::c_style | py::array::forcecast>& b,
+                           bool trans_a, bool pack_rows, bool accumulate, const std::string& precision) {
+    // Test hook: C = op(A) @ B on the packed kernel, B packed by pack_b (from columns) or
+    // pack_b_rows, A row-major (M, K) or stored transposed (K, M); accumulate adds onto C = 1.
+    const bool bf16 = bind::read_precision(precision, 4, "a");
+    if (bf16 && !cpu_has_avx512_bf16()) throw std::runtime_error("this CPU has no AVX512-BF16");
+    if (!packed_gemm_enabled()) throw std::runtime_error("the packed kernel is off or unsupported");
+    if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("a and b must have rank 2");
+    const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+    const int64_t N = b.shape(1);
+    if (b.shape(0) != K) throw py::value_error("b must have K rows");
+    const GemmPrecision prec = bf16 ? GemmPrecision::kBfloat16 : GemmPrecision::kFloat32;
+    std::vector<float> packed(size_t(packed_b_size(K, N) + 16));
+    const float* B = b.data();
+    if (pack_rows) pack_b_rows(K, N, B, N, packed.data(), nullptr, prec);
+    else pack_b(K, N, [&](int64_t n) { return B + n; }, N, packed.data(), prec);
+    py::array_t<float> c({M, N});
+    float* C = c.mutable_data();
+    std::fill(C, C + M * N, accumulate ? 1.0f : 0.0f);
+    if (trans_a) gemm_at_packed_b(M, N, K, a.data(), M, packed.data(), C, N, accumulate, nullptr, prec);
+    else gemm_packed_b(M, N, K, a.data(), K, packed.data(), C, N, accumulate, nullptr, prec);
+    return c;
+  }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("pack_rows") = false,
+        py::arg("accumulate") = false, py::arg("precision") = "fp32");
+  m.def("_has_avx512_bf16", &cpu_has_avx512_bf16);
+  m.def("_amx_bf16_enabled", &amx_bf16_enabled,
+        "Whether the bfloat16 GEMMs run on AMX tiles (CPU, OS permission and the test hook).");
+  m.def("_set_amx_bf16", &set_amx_bf16_enabled, py::arg("on"),
+        "Test hook: the bfloat16 GEMMs on AMX (when available) or on vdpbf16ps; returns the old setting.");
+  m.def("precision_check", [](const std::string& precision, int itemsize, const std::string& owner) {
+    return bind::read_precision(precision, itemsize, owner);
+  }, py::arg("precision"), py::arg("itemsize"), py::arg("owner"),
+        "The rule of `precision` for arrays of this itemsize (owner: the array named in errors).");
   m.def("lengths_check", [](const py::object& lengths, int64_t N, int64_t T) {
     bind::read_lengths(lengths, SeqShape{N, T, 1, 1}, "lengths");
   }, py::arg("lengths"), py::arg("N"), py::arg("T"),
@@ -364,6 +405,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out").none(true) = py::none(),
         py::arg("bias").none(true) = py::none(), py::arg("colsum").none(true) = py::none(),
+        py::arg("precision") = "fp32",
         "a @ b (+ bias, added to every row) on pylstm's thread pool; a and b may be C- or "
         "F-contiguous (transposed views). colsum, when given, receives b.sum(axis=0), summed in "
         "double in the pass that packs b.");

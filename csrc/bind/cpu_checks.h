@@ -11,10 +11,12 @@
 #include <climits>
 #include <cmath>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "bind/arg_rules.h"
+#include "cpu/packed_gemm.h"
 #include "cells/registry.h"
 #include "cpu/api.h"
 
@@ -139,6 +141,7 @@ T* cached_workspace(int64_t n) {
 struct Dims {
   SeqShape s;
   int itemsize;
+  bool bf16 = false;
   // The checked lengths, copied (the array could change while the GIL is released), or empty.
   std::vector<int64_t> lengths;
   const int64_t* lens() const { return lengths.empty() ? nullptr : lengths.data(); }
@@ -149,7 +152,7 @@ struct Dims {
 inline Dims read_dims(const CellFacts& c, const py::object& xs, const py::object& Wx,
                       const py::object& Wh, const py::object& b, const py::object& h0,
                       const py::object& c0, const py::object& P, const std::string& prefix = "",
-                      const py::object& lengths = py::none()) {
+                      const py::object& lengths = py::none(), const std::string& precision = "fp32") {
   Dims d;
   // xs and Wh first: the rules read the sizes from them (and name them in errors)
   const ArgView vxs = view_arg(xs, prefix + "xs"), vWh = view_arg(Wh, prefix + "Wh");
@@ -158,7 +161,21 @@ inline Dims read_dims(const CellFacts& c, const py::object& xs, const py::object
   d.s = check_seq_inputs(c, vxs, vWx, vWh, vb, view_opt(h0, prefix + "h0"),
                          view_opt(c0, prefix + "c0"), view_opt(P, prefix + "P"), &d.itemsize);
   d.lengths = read_lengths(lengths, d.s, prefix + "lengths");
+  d.bf16 = read_precision(precision, d.itemsize, prefix + "xs");
   return d;
+}
+
+// The bfloat16 GEMMs run on the packed-weight kernel with AVX512-BF16: a clear error otherwise.
+inline void require_bf16_kernel(const Dims& d) {
+  if (!d.bf16) return;
+  if (!cpu_has_avx512_bf16()) {
+    throw std::runtime_error("precision='bf16' needs a CPU with AVX512-BF16 (the avx512_bf16 flag in "
+                             "/proc/cpuinfo; vdpbf16ps), which this CPU lacks: use precision='fp32'");
+  }
+  if (!packed_gemm_enabled()) {
+    throw std::runtime_error("precision='bf16' needs the packed-weight kernel, which is switched off "
+                             "(_set_small_m_kernel(False))");
+  }
 }
 
 template <class Cell, class T>
@@ -175,6 +192,8 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
   a.P = cptr<T>(P);
   a.lengths = d.lens();
   a.reverse = reverse;
+  a.bf16 = d.bf16;
+  require_bf16_kernel(d);
   if (Cell::kHasCellState) {
     py::array c = empty<T>({s.N, s.H});
     a.cT = mptr<T>(c);
@@ -204,8 +223,8 @@ py::tuple forward_impl(const Dims& d, const py::object& xs, const py::object& Wx
 inline py::tuple seq_forward(const py::object& xs, const py::object& Wx, const py::object& Wh,
                              const py::object& b, const py::object& h0, const py::object& c0,
                              bool save_for_backward, const std::string& cell, const py::object& P,
-                             const py::object& lengths, bool reverse) {
-  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P, "", lengths);
+                             const py::object& lengths, bool reverse, const std::string& precision) {
+  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P, "", lengths, precision);
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
     if (d.itemsize == 4) return forward_impl<Cell, float>(d, xs, Wx, Wh, b, h0, c0, P, save_for_backward, reverse);
@@ -218,8 +237,8 @@ inline py::tuple seq_forward(const py::object& xs, const py::object& Wx, const p
 inline py::tuple forward_check(const py::object& xs, const py::object& Wx, const py::object& Wh,
                                const py::object& b, const py::object& h0, const py::object& c0,
                                const std::string& cell, const std::string& prefix,
-                               const py::object& P, const py::object& lengths) {
-  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P, prefix, lengths);
+                               const py::object& P, const py::object& lengths, const std::string& precision) {
+  const Dims d = read_dims(cell_facts(cell), xs, Wx, Wh, b, h0, c0, P, prefix, lengths, precision);
   return py::make_tuple(d.s.N, d.s.T, d.s.D, d.s.H, d.itemsize);
 }
 
@@ -242,6 +261,8 @@ py::tuple backward_impl(const Dims& d, const py::object& xs, const py::object& h
                     mptr<T>(db), nullptr};
   a.lengths = d.lens();
   a.reverse = reverse;
+  a.bf16 = d.bf16;
+  require_bf16_kernel(d);
   if (Cell::kHasCellState) {
     py::array c = empty<T>({s.N, s.H});
     a.dc0 = mptr<T>(c);
@@ -272,8 +293,8 @@ inline Dims check_backward(const CellFacts& c, const py::object& xs, const py::o
                            const py::object& b, const py::object& hs, const py::object& gates,
                            const py::object& cs, const py::object& dhs, const py::object& dhT,
                            const py::object& dcT, const py::object& P, const std::string& prefix,
-                           const py::object& lengths) {
-  Dims d = read_dims(c, xs, Wx, Wh, b, h0, c0, P, prefix, lengths);
+                           const py::object& lengths, const std::string& precision) {
+  Dims d = read_dims(c, xs, Wx, Wh, b, h0, c0, P, prefix, lengths, precision);
   check_seq_saved(c, d.s, d.itemsize, prefix + "xs", view_arg(hs, prefix + "hs"),
                   view_arg(gates, prefix + "gates"),
                   c.has_c ? view_arg(cs, prefix + "cs") : view_opt(cs, prefix + "cs"),
@@ -288,9 +309,9 @@ inline py::tuple seq_backward(const py::object& xs, const py::object& h0, const 
                               const py::object& hs, const py::object& gates, const py::object& cs,
                               const py::object& dhs, const py::object& dhT, const py::object& dcT,
                               const std::string& cell, const py::object& P,
-                              const py::object& lengths, bool reverse) {
+                              const py::object& lengths, bool reverse, const std::string& precision) {
   const Dims d = check_backward(cell_facts(cell), xs, h0, c0, Wx, Wh, b, hs, gates, cs, dhs, dhT,
-                                dcT, P, "", lengths);
+                                dcT, P, "", lengths, precision);
   return with_cell(cell, [&](auto c) {
     using Cell = decltype(c);
     if (d.itemsize == 4) return backward_impl<Cell, float>(d, xs, h0, c0, Wx, Wh, hs, gates, cs, dhs, dhT, dcT, P, reverse);
@@ -304,9 +325,9 @@ inline py::tuple backward_check(const py::object& xs, const py::object& h0, cons
                                 const py::object& hs, const py::object& gates, const py::object& cs,
                                 const py::object& dhs, const py::object& dhT, const py::object& dcT,
                                 const std::string& cell, const std::string& prefix,
-                                const py::object& P, const py::object& lengths) {
+                                const py::object& P, const py::object& lengths, const std::string& precision) {
   const Dims d = check_backward(cell_facts(cell), xs, h0, c0, Wx, Wh, b, hs, gates, cs, dhs, dhT,
-                                dcT, P, prefix, lengths);
+                                dcT, P, prefix, lengths, precision);
   return py::make_tuple(d.s.N, d.s.T, d.s.D, d.s.H, d.itemsize);
 }
 

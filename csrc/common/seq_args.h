@@ -44,6 +44,9 @@ struct ForwardArgs {
   const int64_t* lengths = nullptr;
   bool reverse = false;
   const int64_t* dev_lengths = nullptr;  // CUDA: the same lengths in device memory
+  // bf16: the GEMMs' operands rounded to bfloat16, float32 accumulation (float32 on the CPU's
+  // packed kernel only: cpu/packed_gemm.h)
+  bool bf16 = false;
 };
 
 // The arrays of one backward call (t = T-1 .. 0), from the state the forward saved.
@@ -69,6 +72,7 @@ struct BackwardArgs {
   const int64_t* lengths = nullptr;
   bool reverse = false;
   const int64_t* dev_lengths = nullptr;
+  bool bf16 = false;
 };
 
 // The order in which a call walks time, and which rows take part in each step. Step s (0 ..

@@ -49,10 +49,12 @@ void clip_value_cpu(const std::vector<Span<T>>& arrays, double limit);
 //   bias    (N,) or nullptr: C = op(A) op(B) + bias, every row (only with beta = 0)
 //   colsum  (N,) or nullptr, out: the column sums of op(B) over its K rows, summed in double
 //           (the Affine layer's db = dout.sum(axis=0) in the pass that reads dout anyway)
+//   bf16    the operands rounded to bfloat16, float32 accumulation (float32, beta = 0, on the
+//           packed kernel with AVX512-BF16: std::invalid_argument otherwise)
 template <class T>
 void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
-                const T* bias = nullptr, T* colsum = nullptr);
+                const T* bias = nullptr, T* colsum = nullptr, bool bf16 = false);
 
 // dst (C, R; rows ldd apart) = src (R, C; rows lds apart) transposed, in cache tiles on the
 // thread pool (the PyTorch module's weight gradients: pylstm's (K, G*H) blocks to torch's rows).

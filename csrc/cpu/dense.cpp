@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -48,14 +49,14 @@ void add_column_sums(bool trans_b, int64_t K, int64_t c0, int64_t n, const T* B,
 // serves every thread. With sums (row-major B: in the same pass; a transposed B: after it),
 // sums[c0 + j] += column c0 + j of op(B), in double.
 void pack_columns(bool trans_b, int64_t K, int64_t c0, int64_t c1, const float* B, int64_t ldb,
-                  float* packed, double* sums) {
+                  float* packed, double* sums, GemmPrecision prec) {
   if (c1 <= c0) return;
   float* out = packed + (c0 / 16) * K * 16;
   if (trans_b) {
-    pack_b(K, c1 - c0, [&](int64_t j) { return B + (c0 + j) * ldb; }, 1, out);
+    pack_b(K, c1 - c0, [&](int64_t j) { return B + (c0 + j) * ldb; }, 1, out, prec);
     if (sums) add_column_sums(true, K, c0, c1 - c0, B, ldb, sums + c0);
   } else {
-    pack_b_rows(K, c1 - c0, B + c0, ldb, out, sums ? sums + c0 : nullptr);
+    pack_b_rows(K, c1 - c0, B + c0, ldb, out, sums ? sums + c0 : nullptr, prec);
   }
 }
 
@@ -64,14 +65,18 @@ void pack_columns(bool trans_b, int64_t K, int64_t c0, int64_t c1, const float* 
 template <class T>
 void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
-                T* colsum) {
+                T* colsum, bool bf16) {
   int nt = get_num_threads();
   if (M * N * K < (int64_t(1) << 18)) nt = 1;  // too small to split
+  if (bf16 && !(std::is_same<T, float>::value && beta == T(0) && packed_gemm_enabled() && cpu_has_avx512_bf16())) {
+    throw std::invalid_argument("bf16: bfloat16 GEMMs need float32, beta = 0, the packed kernel and AVX512-BF16");
+  }
+  const GemmPrecision prec = bf16 ? GemmPrecision::kBfloat16 : GemmPrecision::kFloat32;
   // float32 with beta = 0 runs on the packed-weight kernel (cpu/packed_gemm.h says why); the rest
   // on BLAS. Split the output along its longer side, so each thread keeps a wide block.
   // (N < 16: the packed panels would pad B to 16 columns, up to 16x its size, for a GEMV-like
   // product the kernel does not speed up)
-  const bool packed = std::is_same<T, float>::value && beta == T(0) && N >= 16 &&
+  const bool packed = std::is_same<T, float>::value && beta == T(0) && (N >= 16 || bf16) &&
                       packed_gemm_enabled();
   const bool by_cols = N >= M;
   // Column sums of op(B), in double, rounded once: the same result at any thread count.
@@ -96,19 +101,19 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
       if (packed) {
         double* sp = colsum ? sums.data() : nullptr;
         if (by_cols) {
-          pack_columns(trans_b, K, c0, c1, B, ldb, pb, sp);
+          pack_columns(trans_b, K, c0, c1, B, ldb, pb, sp, prec);
         } else {
           int64_t p0, p1;
           team.split(N, 16, p0, p1);
-          pack_columns(trans_b, K, p0, p1, B, ldb, pb, sp);
+          pack_columns(trans_b, K, p0, p1, B, ldb, pb, sp, prec);
           team.barrier();
         }
         if (hi <= lo) return;
         const float* bp = pb + (c0 / 16) * K * 16;
         const float* bb = bias ? bias + c0 : nullptr;
         float* cp = C + r0 * ldc + c0;
-        if (trans_a) gemm_at_packed_b(r1 - r0, c1 - c0, K, A + r0, lda, bp, cp, ldc, false, bb);
-        else gemm_packed_b(r1 - r0, c1 - c0, K, A + r0 * lda, lda, bp, cp, ldc, false, bb);
+        if (trans_a) gemm_at_packed_b(r1 - r0, c1 - c0, K, A + r0, lda, bp, cp, ldc, false, bb, prec);
+        else gemm_packed_b(r1 - r0, c1 - c0, K, A + r0 * lda, lda, bp, cp, ldc, false, bb, prec);
         return;
       }
     }
@@ -246,10 +251,10 @@ template void transpose_cpu<float>(int64_t, int64_t, const float*, int64_t, floa
 template void transpose_cpu<double>(int64_t, int64_t, const double*, int64_t, double*, int64_t);
 template void matmul_cpu<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
                                 const float*, int64_t, float, float*, int64_t, const float*,
-                                float*);
+                                float*, bool);
 template void matmul_cpu<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
                                  const double*, int64_t, double, double*, int64_t, const double*,
-                                 double*);
+                                 double*, bool);
 template double softmax_xent_cpu<float>(int64_t, int64_t, const float*, const int32_t*, int32_t,
                                         double*, float*, double, int64_t*);
 template double softmax_xent_cpu<double>(int64_t, int64_t, const double*, const int32_t*, int32_t,

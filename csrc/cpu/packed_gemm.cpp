@@ -202,12 +202,21 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
 }  // namespace
 
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
-                   float* C, int64_t ldc, bool accumulate, const float* bias) {
+                   float* C, int64_t ldc, bool accumulate, const float* bias, GemmPrecision prec) {
+  if (prec == GemmPrecision::kBfloat16) {
+    gemm_bf16_driver<false>(M, N, K, A, lda, reinterpret_cast<const uint16_t*>(Bp), C, ldc, accumulate, bias);
+    return;
+  }
   gemm_driver<false, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, accumulate, bias);
 }
 
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                      const float* Bp, float* C, int64_t ldc, bool accumulate, const float* bias) {
+                      const float* Bp, float* C, int64_t ldc, bool accumulate, const float* bias,
+                      GemmPrecision prec) {
+  if (prec == GemmPrecision::kBfloat16) {
+    gemm_bf16_driver<true>(M, N, K, A, lda, reinterpret_cast<const uint16_t*>(Bp), C, ldc, accumulate, bias);
+    return;
+  }
   gemm_driver<true, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, accumulate, bias);
 }
 
@@ -242,8 +251,14 @@ __attribute__((target("avx512f"))) void pack_rows_avx512(int64_t K, int64_t N, c
 
 #endif
 
-void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out, double* colsum) {
+void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out, double* colsum,
+                 GemmPrecision prec) {
   const int64_t panels = (N + 15) / 16;
+  if (prec == GemmPrecision::kBfloat16) {  // (float32 panels, the sums from them; then converted)
+    pack_b_rows(K, N, B, ldb, out, colsum, GemmPrecision::kFloat32);
+    for (int64_t p = 0; p < panels; ++p) panel_to_bf16(out + p * K * 16, K);
+    return;
+  }
 #if defined(PYLSTM_HAVE_AVX512_KERNEL)
   if (cpu_has_avx512()) {
     pack_rows_avx512(K, N, B, ldb, out, colsum);
@@ -267,9 +282,9 @@ void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out, 
 #if !defined(PYLSTM_HAVE_AVX512_KERNEL)
 
 void gemm_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
-                   int64_t, bool, const float*) {}
+                   int64_t, bool, const float*, GemmPrecision) {}
 void gemm_at_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
-                      int64_t, bool, const float*) {}
+                      int64_t, bool, const float*, GemmPrecision) {}
 
 #endif
 

@@ -6,13 +6,36 @@
 // Why not BLAS for these: per step, a BLAS call re-packs the weights every time, and where
 // OpenBLAS is pinned to AVX2 it runs at half the FMA width; this kernel reaches the FMA peak on
 // the recurrent shapes (benchmarks/RESULTS.md). float only; callers fall back to BLAS for
-// double, on CPUs without AVX-512, or when disabled (test hook).
+// double, on CPUs without AVX-512, or when disabled (test hook). With GemmPrecision::kBfloat16
+// both operands are rounded to bfloat16 as they are packed and the products accumulate in
+// float32 (cpu/packed_gemm_bf16.cpp; CPUs with AVX512-BF16).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
 namespace pylstm {
+
+// The operands of a packed GEMM: float32, or rounded to bfloat16 (to nearest even) with float32
+// accumulation. Parameters, outputs and everything outside the GEMMs stay float32.
+enum class GemmPrecision { kFloat32, kBfloat16 };
+
+// True when the CPU has AVX-512F and AVX512-BF16 (vdpbf16ps).
+bool cpu_has_avx512_bf16();
+// True when the bfloat16 GEMMs run on AMX tiles (the CPU has AMX-BF16, Linux granted the tile
+// state, and the test hook has not switched it off); else on vdpbf16ps.
+bool amx_bf16_enabled();
+// Test hook: AMX off (the vdpbf16ps kernel) or back on. Returns the previous setting.
+bool set_amx_bf16_enabled(bool on);
+
+// f rounded to bfloat16, to nearest even (a NaN stays a quiet NaN of the same sign).
+inline uint16_t bf16_round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((u >> 16) | 0x40u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
 
 // True when the CPU supports AVX-512F and the kernel is enabled (see set_packed_gemm_enabled).
 bool packed_gemm_enabled();
@@ -22,12 +45,20 @@ bool set_packed_gemm_enabled(bool on);
 // Floats needed by pack_b for a K x N matrix: K * 16 * ceil(N / 16).
 inline int64_t packed_b_size(int64_t K, int64_t N) { return K * 16 * ((N + 15) / 16); }
 
+// A float32 panel of K rows of 16 (pack_b's) turned, in place, into its bfloat16 pairs (the
+// first half of its room; cpu/packed_gemm_bf16.cpp).
+void panel_to_bf16(float* panel, int64_t K);
+
 // Packs the K x N matrix B into panels: panel p holds columns [16p, 16p+16), row k at
 // out[p*K*16 + k*16 + c]; columns past N are zero. col(n) gives the address of column n's
 // first element and row_stride the distance between consecutive k in that column, so any
 // strided or transposed source (and the gate-sliced weights of cpu/sequence.cpp) can be packed.
+// With kBfloat16 the panels hold bfloat16 pairs in the first half of the same room
+// (cpu/packed_gemm_bf16.cpp has the layout), so packed sizes and panel offsets are the same:
+// each panel is packed as float32, then converted in place while it is in cache.
 template <class ColPtr>
-void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
+void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out,
+            GemmPrecision prec = GemmPrecision::kFloat32) {
   const int64_t panels = (N + 15) / 16;
   for (int64_t p = 0; p < panels; ++p) {
     float* dst = out + p * K * 16;
@@ -38,6 +69,7 @@ void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
     for (int c = 1; c < w && contiguous; ++c) contiguous = src[c] == src[0] + c;
     if (contiguous) {  // one 64-byte copy per k (the forward's weight slices)
       for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * 16, src[0] + k * row_stride, 64);
+      if (prec == GemmPrecision::kBfloat16) panel_to_bf16(dst, K);
       continue;
     }
     // k outer: consecutive k reuse the cache lines of the previous one in either layout
@@ -47,6 +79,7 @@ void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
       for (int c = 0; c < w; ++c) d[c] = src[c][k * row_stride];
       for (int c = w; c < 16; ++c) d[c] = 0.0f;
     }
+    if (prec == GemmPrecision::kBfloat16) panel_to_bf16(dst, K);
   }
 }
 
@@ -55,19 +88,25 @@ void pack_b(int64_t K, int64_t N, ColPtr col, int64_t row_stride, float* out) {
 // C tile starts from the bias row while it is in L1 (the Affine layers' x @ W + b without a
 // second pass over C).
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
-                   float* C, int64_t ldc, bool accumulate = false, const float* bias = nullptr);
+                   float* C, int64_t ldc, bool accumulate = false, const float* bias = nullptr,
+                   GemmPrecision prec = GemmPrecision::kFloat32);
 
 // C (M x N, ldc) = A^T @ B with A stored as a row-major K x M matrix (lda) and B packed by
 // pack_b; C is overwritten, or with accumulate, C += A^T @ B. Used for the weight gradient [X | H_prev]^T dA.
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                       const float* Bp, float* C, int64_t ldc, bool accumulate = false,
-                      const float* bias = nullptr);
+                      const float* bias = nullptr, GemmPrecision prec = GemmPrecision::kFloat32);
 
 // pack_b for a row-major source (row k of B at B + k*ldb), walking the rows once in order. With
 // colsum, also colsum[c] += B[k][c] for k = 0, 1, ... in order, in double (the same rounding at
 // any thread count, and no float32 error growing with K): the LSTM's db comes out of the
 // passes that pack dA. colsum must hold 16 * ceil(N / 16) doubles (the padding gets zeros).
 void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out,
-                 double* colsum = nullptr);
+                 double* colsum = nullptr, GemmPrecision prec = GemmPrecision::kFloat32);
+
+// The bfloat16 driver behind gemm_packed_b (TA false) and gemm_at_packed_b (TA true).
+template <bool TA>
+void gemm_bf16_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* B,
+                      float* C, int64_t ldc, bool accumulate, const float* bias);
 
 }  // namespace pylstm

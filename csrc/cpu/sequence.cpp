@@ -319,6 +319,17 @@ P* offset(P* p, int64_t off) {
   return p ? p + off : nullptr;
 }
 
+// The packed GEMMs' operand precision; bfloat16 needs float32 on the packed kernel with
+// AVX512-BF16 (the bindings check first, with the reason).
+template <class T>
+GemmPrecision gemm_precision(bool bf16) {
+  if (!bf16) return GemmPrecision::kFloat32;
+  if (!std::is_same<T, float>::value || !packed_gemm_enabled() || !cpu_has_avx512_bf16()) {
+    throw std::invalid_argument("bf16: bfloat16 GEMMs need float32 arrays, the packed kernel and AVX512-BF16");
+  }
+  return GemmPrecision::kBfloat16;
+}
+
 // With lengths: for each time index t, the rows a step covers, [0, 1 + the last row still
 // running at t) (every running row, and none past them: with lengths sorted longest first, no
 // finished row at all). nullptr without lengths (every row, every step). Kept per calling
@@ -363,6 +374,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
   const bool save = gates != nullptr;
   // GEMMs on the packed-weight kernel (float with AVX-512) or BLAS (double, older CPUs).
   const bool packed = std::is_same<T, float>::value && packed_gemm_enabled();
+  const GemmPrecision prec = gemm_precision<T>(a.bf16);
   // A forward-only call given only the step projection's scratch must take that schedule.
   const int64_t full_work = seq_forward_workspace_size<Cell>(s, false);
   const bool small_work = !save && a.work_size >= 0 && a.work_size < full_work;
@@ -446,17 +458,17 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
     auto slice_col = [&](const T* W, int64_t n) { return W + (n / hsz) * H + j0 + n % hsz; };
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
-        pack_b(H, hw1, [&](int64_t n) { return slice_col(Wh, n); }, G, Whp);
-        if (kGated) pack_b(H, hw - hw1, [&](int64_t n) { return slice_col(Wh, hw1 + n); }, G, Whp + wsize1);
+        pack_b(H, hw1, [&](int64_t n) { return slice_col(Wh, n); }, G, Whp, prec);
+        if (kGated) pack_b(H, hw - hw1, [&](int64_t n) { return slice_col(Wh, hw1 + n); }, G, Whp + wsize1, prec);
         if (step_proj) {
-          pack_b(D, hw, [&](int64_t n) { return slice_col(Wx, n); }, G, Wxp);
+          pack_b(D, hw, [&](int64_t n) { return slice_col(Wx, n); }, G, Wxp, prec);
         } else {
           // 1. Input projection of all N*T rows for this slice's gate column blocks (the bias
           //    is added in the pointwise pass), one block at a time through one packed buffer
           //    (1/G of the scratch of all; hsz < 16 pads each block to 16 columns).
           for (int k = 0; k < kG; ++k) {
-            pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp);
-            gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp, A + k * H + j0, GS);
+            pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp, prec);
+            gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp, A + k * H + j0, GS, false, nullptr, prec);
           }
         }
       }
@@ -495,7 +507,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         // the kernel adds its partial sums to C every 128 products, so starting from the
         // x-part in C is what makes the two schedules round identically.
         if (step_proj) {
-          gemm_packed_b(M, hw, D, xs + t * D, Tn * D, Wxp, Z, hw);
+          gemm_packed_b(M, hw, D, xs + t * D, Tn * D, Wxp, Z, hw, false, nullptr, prec);
           for (int64_t n = 0; n < M; ++n) {  // split blocks: their x-part to Xs
             for (int k = kShared; k < kG; ++k) {
               T* zk = Z + n * hw + k * hsz;
@@ -518,7 +530,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         // and phase 2. Z's z and r blocks hold the activations between the phases.
         if (h_prev) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(M, hw1, H, h_prev, ld_h, Whp, Z, hw, true);
+            if (packed) gemm_packed_b(M, hw1, H, h_prev, ld_h, Whp, Z, hw, true, nullptr, prec);
           }
           if (!packed) {
             gemm(false, false, int(M), int(hw1), int(H), T(1), h_prev, int(ld_h), Whp, int(hw), T(0), Z,
@@ -540,7 +552,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         team.barrier();  // every unit's rh written before n's GEMM reads it
         if (h_prev) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(M, hw - hw1, H, RH, H, Whp + wsize1, Z + hw1, hw, true);
+            if (packed) gemm_packed_b(M, hw - hw1, H, RH, H, Whp + wsize1, Z + hw1, hw, true, nullptr, prec);
           }
           if (!packed) {
             gemm(false, false, int(M), int(hw - hw1), int(H), T(1), RH, int(H), Whp + hw1, int(hw), T(0),
@@ -567,7 +579,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
       //     there is no h0: the spec's h0 = None).
       if (h_prev) {
         if constexpr (std::is_same<T, float>::value) {
-          if (packed) gemm_packed_b(M, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/true);
+          if (packed) gemm_packed_b(M, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/true, nullptr, prec);
         }
         if (!packed) {
           gemm(false, false, int(M), int(hw), int(H), T(1), h_prev, int(ld_h), Whp, int(hw),
@@ -643,6 +655,7 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
   T* dh_carry = a.dh0;
   T* dc_carry = kC ? a.dc0 : nullptr;
   const bool packed = std::is_same<T, float>::value && packed_gemm_enabled();
+  const GemmPrecision prec = gemm_precision<T>(a.bf16);
   // Wx^T, (G*H, D), packed once for every thread's dX rows (step 3) in two parts, the shared
   // blocks' rows and the split blocks' (their dA columns are apart): the threads pack a share
   // of the panels each, all done by the step loop's first barrier.
@@ -675,16 +688,16 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
     std::fill(zeros, zeros + hsz, T(0));
     if constexpr (std::is_same<T, float>::value) {
       if (packed) {
-        pack_b(Kh, hsz, [&](int64_t n) { return Wh + (j0 + n) * G; }, 1, WhTp);
-        if (kGated) pack_b(G - Kh, hsz, [&](int64_t n) { return Wh + (j0 + n) * G + Kh; }, 1, WhTp + wsize1);
+        pack_b(Kh, hsz, [&](int64_t n) { return Wh + (j0 + n) * G; }, 1, WhTp, prec);
+        if (kGated) pack_b(G - Kh, hsz, [&](int64_t n) { return Wh + (j0 + n) * G + Kh; }, 1, WhTp + wsize1, prec);
         int64_t p0, p1;  // this thread's 16-column panels of Wx^T
         team.split((D + 15) / 16, 1, p0, p1);
         if (p1 > p0) {
           const int64_t w = std::min(D, p1 * 16) - p0 * 16;
-          pack_b(Gs, w, [&](int64_t n) { return Wx + (p0 * 16 + n) * G; }, 1, WxTp + p0 * Gs * 16);
+          pack_b(Gs, w, [&](int64_t n) { return Wx + (p0 * 16 + n) * G; }, 1, WxTp + p0 * Gs * 16, prec);
           if (kSplit > 0) {
             pack_b(G - Gs, w, [&](int64_t n) { return Wx + (p0 * 16 + n) * G + Gs; }, 1,
-                   WxTp + wxt1 + p0 * (G - Gs) * 16);
+                   WxTp + wxt1 + p0 * (G - Gs) * 16, prec);
           }
         }
       }
@@ -733,7 +746,7 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         team.barrier();
         if (hsz > 0) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(M, hsz, G - Kh, dA + t * GS + Kh, Tn * GS, WhTp + wsize1, drh, hsz);
+            if (packed) gemm_packed_b(M, hsz, G - Kh, dA + t * GS + Kh, Tn * GS, WhTp + wsize1, drh, hsz, false, nullptr, prec);
           }
           if (!packed) {
             gemm(false, true, int(M), int(hsz), int(G - Kh), T(1), dA + t * GS + Kh, int(Tn * GS),
@@ -749,7 +762,7 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         team.barrier();
         if (hsz > 0) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(M, hsz, Kh, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, true);
+            if (packed) gemm_packed_b(M, hsz, Kh, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, true, nullptr, prec);
           }
           if (!packed) {
             gemm(false, true, int(M), int(hsz), int(Kh), T(1), dA + t * GS, int(Tn * GS), Wh + j0 * G,
@@ -773,7 +786,7 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
       //    added to the direct part the pointwise pass left there for a cell with one.
       if constexpr (std::is_same<T, float>::value) {
         if (packed && hsz > 0) {
-          gemm_packed_b(M, hsz, G, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, dh_accumulate);
+          gemm_packed_b(M, hsz, G, dA + t * GS, Tn * GS, WhTp, dh_carry + j0, H, dh_accumulate, nullptr, prec);
         }
       }
       if (hsz > 0 && !packed) {
@@ -790,9 +803,9 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
     team.split(R, 8, r0, r1);
     if constexpr (std::is_same<T, float>::value) {
       if (packed && r1 > r0) {
-        gemm_packed_b(r1 - r0, D, Gs, dA + r0 * GS, GS, WxTp, dxs + r0 * D, D);
+        gemm_packed_b(r1 - r0, D, Gs, dA + r0 * GS, GS, WxTp, dxs + r0 * D, D, false, nullptr, prec);
         if (kSplit > 0) {
-          gemm_packed_b(r1 - r0, D, G - Gs, dA + r0 * GS + G, GS, WxTp + wxt1, dxs + r0 * D, D, true);
+          gemm_packed_b(r1 - r0, D, G - Gs, dA + r0 * GS + G, GS, WxTp + wxt1, dxs + r0 * D, D, true, nullptr, prec);
         }
       }
     }
@@ -866,13 +879,13 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
               const Piece& pc = pieces[q];
               const int64_t w = pc.hi - pc.lo;
               if (pc.merged) {
-                pack_b_rows(kb, w, dA + k0 * GS + pc.xc, GS, dAp, dbsum + (pc.lo - c0_));
-                gemm_at_packed_b(DH, w, kb, xh, DH, dAp, dW + pc.lo, G, k0 > 0);
+                pack_b_rows(kb, w, dA + k0 * GS + pc.xc, GS, dAp, dbsum + (pc.lo - c0_), prec);
+                gemm_at_packed_b(DH, w, kb, xh, DH, dAp, dW + pc.lo, G, k0 > 0, nullptr, prec);
               } else {
-                pack_b_rows(kb, w, dA + k0 * GS + pc.xc, GS, dAp, splitsum);
-                gemm_at_packed_b(D, w, kb, xh, DH, dAp, dW + pc.lo, G, k0 > 0);
-                if (pc.hc != pc.xc) pack_b_rows(kb, w, dA + k0 * GS + pc.hc, GS, dAp);
-                gemm_at_packed_b(H, w, kb, pc.hrows + k0 * pc.hld, pc.hld, dAp, dW + D * G + pc.lo, G, k0 > 0);
+                pack_b_rows(kb, w, dA + k0 * GS + pc.xc, GS, dAp, splitsum, prec);
+                gemm_at_packed_b(D, w, kb, xh, DH, dAp, dW + pc.lo, G, k0 > 0, nullptr, prec);
+                if (pc.hc != pc.xc) pack_b_rows(kb, w, dA + k0 * GS + pc.hc, GS, dAp, nullptr, prec);
+                gemm_at_packed_b(H, w, kb, pc.hrows + k0 * pc.hld, pc.hld, dAp, dW + D * G + pc.lo, G, k0 > 0, nullptr, prec);
               }
             }
           }
