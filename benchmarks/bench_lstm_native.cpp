@@ -82,19 +82,68 @@ __attribute__((target("avx512f"))) static double fma_loop(long iters) {
   return 16.0 * 32.0 * double(iters) / s / 1e9;
 }
 
-static void fma_peak(int threads) {
-  if (!__builtin_cpu_supports("avx512f")) return;
-  const long iters = 50000000;
+// The bfloat16 ceilings, measured the same way: 16 chains of vdpbf16ps (2 products of a pair
+// per float32 lane: 64 FLOP each), and four AMX tiles accumulating TDPBF16PS products
+// (16 x 16 x 32 multiply-adds each) as the kernel's tiles do.
+__attribute__((target("avx512f,avx512bf16"))) static double bf16_dot_loop(long iters) {
+  const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3F803F80);  // (1, 1)
+  __m512 a[16];
+  for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ps(float(i));
+  const auto t0 = Clock::now();
+  for (long k = 0; k < iters; ++k) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) a[i] = _mm512_dpbf16_ps(a[i], m, m);
+  }
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  float sum = 0.f;
+  for (int i = 0; i < 16; ++i) sum += _mm512_reduce_add_ps(a[i]);
+  if (sum == 42.f) std::printf(" ");
+  return 16.0 * 64.0 * double(iters) / s / 1e9;
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) static double amx_loop(long iters) {
+  if (!pylstm::amx_prepare_thread()) return 0.0;
+  alignas(64) static const uint16_t ones[16 * 32] = {};
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const auto t0 = Clock::now();
+  for (long k = 0; k < iters; ++k) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  return 4.0 * 16 * 16 * 32 * 2 * double(iters) / s / 1e9;
+}
+
+// Peak GFLOP/s of one thread (best of 3) and of `threads` threads together.
+template <class Loop>
+static void peak(const char* what, int threads, long iters, Loop loop) {
   double one = 0.0;
-  for (int r = 0; r < 3; ++r) one = std::max(one, fma_loop(iters));
+  for (int r = 0; r < 3; ++r) one = std::max(one, loop(iters));
+  if (one <= 0.0) return;
   std::vector<double> rate(size_t(threads), 0.0);
   std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back([&, t] { rate[size_t(t)] = fma_loop(iters); });
-  rate[0] = fma_loop(iters);
+  for (int t = 1; t < threads; ++t) pool.emplace_back([&, t] { rate[size_t(t)] = loop(iters); });
+  rate[0] = loop(iters);
   for (auto& th : pool) th.join();
   double all = 0.0;
   for (double r : rate) all += r;
-  std::printf("  AVX-512 FMA peak: 1 thread %.1f GFLOP/s, %d threads %.1f GFLOP/s\n", one, threads, all);
+  std::printf("  %s peak: 1 thread %.1f GFLOP/s, %d threads %.1f GFLOP/s\n", what, one, threads, all);
+}
+
+static void fma_peak(int threads) {
+  if (!__builtin_cpu_supports("avx512f")) return;
+  peak("AVX-512 FMA", threads, 50000000, fma_loop);
+  if (pylstm::cpu_has_avx512_bf16()) peak("AVX512-BF16 vdpbf16ps", threads, 50000000, bf16_dot_loop);
+  if (pylstm::amx_prepare_thread()) peak("AMX-BF16 tiles", threads, 2000000, amx_loop);
 }
 #else
 static void fma_peak(int) {}

@@ -88,19 +88,22 @@ def make_inputs(shape, dtype, seed=0, cell="lstm"):
 class PylstmCand:
     """pylstm's functional API on one backend."""
 
-    def __init__(self, d, backend):
-        self.d, self.backend, self.name = d, backend, f"pylstm-{backend}"
+    def __init__(self, d, backend, precision="fp32"):
+        self.d, self.backend, self.precision = d, backend, precision
+        self.name = f"pylstm-{backend}" + ("" if precision == "fp32" else f"-{precision}")
 
     def forward(self):
         d = self.d
-        self.out = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=self.backend)
+        self.out = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=self.backend,
+                                       precision=self.precision)
 
     def backward(self):
         self.grads = pylstm.lstm_backward(self.d["dhs"], self.out[3])
 
     def inference(self):
         d = self.d
-        return pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=self.backend)
+        return pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=self.backend,
+                                     precision=self.precision)
 
     def results(self):
         return {"hs": self.out[0], "dxs": self.grads[0], "dWx": self.grads[3], "dWh": self.grads[4],
@@ -113,7 +116,8 @@ class PylstmPeepholeCand(PylstmCand):
     def forward(self):
         d = self.d
         self.out = pylstm.peephole_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["P"], d["h0"], d["c0"],
-                                           backend=self.backend)
+                                           backend=self.backend,
+                                               precision=self.precision)
 
     def backward(self):
         self.grads = pylstm.peephole_backward(self.d["dhs"], self.out[3])
@@ -121,7 +125,8 @@ class PylstmPeepholeCand(PylstmCand):
     def inference(self):
         d = self.d
         return pylstm.peephole_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["P"], d["h0"], d["c0"],
-                                         backend=self.backend)
+                                         backend=self.backend,
+                                             precision=self.precision)
 
 
 class PylstmGruCand(PylstmCand):
@@ -129,14 +134,16 @@ class PylstmGruCand(PylstmCand):
 
     def forward(self):
         d = self.d
-        self.out = pylstm.gru_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], backend=self.backend)
+        self.out = pylstm.gru_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], backend=self.backend,
+                                      precision=self.precision)
 
     def backward(self):
         self.grads = pylstm.gru_backward(self.d["dhs"], self.out[2])
 
     def inference(self):
         d = self.d
-        return pylstm.gru_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], backend=self.backend)
+        return pylstm.gru_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["b_hn"], d["h0"], backend=self.backend,
+                                    precision=self.precision)
 
     def results(self):
         return {"hs": self.out[0], "dxs": self.grads[0], "dWx": self.grads[2], "dWh": self.grads[3],
@@ -148,14 +155,16 @@ class PylstmRnnCand(PylstmCand):
 
     def forward(self):
         d = self.d
-        self.out = pylstm.rnn_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], backend=self.backend)
+        self.out = pylstm.rnn_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], backend=self.backend,
+                                      precision=self.precision)
 
     def backward(self):
         self.grads = pylstm.rnn_backward(self.d["dhs"], self.out[2])
 
     def inference(self):
         d = self.d
-        return pylstm.rnn_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], backend=self.backend)
+        return pylstm.rnn_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], backend=self.backend,
+                                    precision=self.precision)
 
     def results(self):
         return {"hs": self.out[0], "dxs": self.grads[0], "dWx": self.grads[2], "dWh": self.grads[3],
@@ -209,6 +218,11 @@ class TorchCand:
                 "db": db, "dh0": self.h0.grad[0].numpy()}
 
 
+def _rel(got, want) -> float:
+    """max |got - want| / max |want|, in float64."""
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
 def check(cand, want, tol):
     cand.forward()
     cand.backward()
@@ -220,7 +234,7 @@ def check(cand, want, tol):
                              f"(tolerance {tol:.0e})")
 
 
-def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell="lstm"):
+def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell="lstm", bf16=False):
     d = make_inputs(shape, dtype, cell=cell)
     d64 = {k: v.astype(np.float64) for k, v in d.items()}
     args64 = (d64["xs"], d64["h0"], d64["c0"], d64["Wx"], d64["Wh"], d64["b"])
@@ -244,12 +258,36 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
     tol = 1e-3 if dtype == np.float32 else 1e-9
 
     cands = [ours(d, "cpu")]
+    accuracy = None
+    if bf16:
+        # checked against the reference's bfloat16 specification (float64 sums of the rounded
+        # operands' products): closer to it than it is to the float32 specification, per tensor;
+        # its error against the float64 reference is reported
+        cand = ours(d, "cpu", "bf16")
+        cand.forward()
+        cand.backward()
+        got = cand.results()
+        with ref.bf16_gemms():
+            spec = ours(d64, "numpy")
+            spec.forward()
+            spec.backward()
+            spec = spec.results()
+        accuracy = {}
+        for k, w in want.items():
+            err_spec = _rel(got[k], spec[k])
+            gap = _rel(spec[k], w)
+            if not err_spec <= 0.75 * gap + 1e-6:
+                raise SystemExit(f"refusing to time {cand.name}: {k} is {err_spec:.2e} from the bfloat16 "
+                                 f"specification, which is {gap:.2e} from float32's")
+            accuracy[k] = _rel(got[k], w)
     if with_numpy:
         cands.append(ours(d, "numpy"))
     if with_torch is not None and cell != "peephole":
         cands.append(TorchCand(d, with_torch, cell))
     for c in cands:
         check(c, want, tol)
+    if bf16:
+        cands.append(cand)
     if cell == "peephole":
         # no library has a fused peephole LSTM to compare with: pylstm's plain LSTM is the
         # baseline (checked against its own reference)
@@ -285,6 +323,9 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
     N, T, D, H = shape
     flops = 6 * GATES[cell] * N * T * H * (D + H)
     row = {"shape": list(shape), "cell": cell, "flops_train": flops, "candidates": {}}
+    row["speedup"] = {}
+    if accuracy is not None:
+        row["bf16_error_vs_float64_reference"] = accuracy
     for name, t in times.items():
         row["candidates"][name] = {k: {"median_ms": 1e3 * float(np.median(v)), "min_ms": 1e3 * float(np.min(v))}
                                    for k, v in t.items()}
@@ -323,6 +364,8 @@ def main(argv=None, prog=None):
     p.add_argument("--repeats", type=_positive, default=10, help="timed rounds per candidate (default 10)")
     p.add_argument("--no-torch", action="store_true", help="leave torch out")
     p.add_argument("--no-numpy", action="store_true", help="leave the NumPy reference out (the slowest candidate)")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time pylstm with precision='bf16' (bfloat16 GEMM operands; CPUs with AVX512-BF16)")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
 
@@ -355,7 +398,7 @@ def main(argv=None, prog=None):
     print("|" + "---|" * (cols.count("|") - 1))
     rows = []
     for shape in shapes:
-        row = bench_shape(shape, dtype, a.repeats, torch, not a.no_numpy, cell=a.cell)
+        row = bench_shape(shape, dtype, a.repeats, torch, not a.no_numpy, cell=a.cell, bf16=a.bf16)
         rows.append(row)
         ours = row["candidates"]["pylstm-cpu"]
         for name, c in row["candidates"].items():
@@ -364,12 +407,24 @@ def main(argv=None, prog=None):
                   f"{c['infer']['median_ms']:.2f} | {c['gflops_train']:.1f} | "
                   f"{100 * c['gflops_train'] / ceiling:.0f}% |")
         for name, c in row["candidates"].items():
-            if name == "pylstm-cpu":
+            if name in ("pylstm-cpu", "pylstm-cpu-bf16"):
                 continue
             r_train = c["train"]["median_ms"] / ours["train"]["median_ms"]
             r_infer = c["infer"]["median_ms"] / ours["infer"]["median_ms"]
-            row.setdefault("speedup", {})[name] = {"train": r_train, "infer": r_infer}
+            row["speedup"][name] = {"train": r_train, "infer": r_infer}
             print(f"|   | pylstm-cpu vs {name} | | | **{r_train:.2f}x** | **{r_infer:.2f}x** | | |")
+        if "pylstm-cpu-bf16" in row["candidates"]:
+            b = row["candidates"]["pylstm-cpu-bf16"]
+            for other in ("pylstm-cpu", "torch"):
+                if other in row["candidates"]:
+                    t = row["candidates"][other]
+                    r_train = t["train"]["median_ms"] / b["train"]["median_ms"]
+                    r_infer = t["infer"]["median_ms"] / b["infer"]["median_ms"]
+                    row["speedup"][f"bf16 vs {other}"] = {"train": r_train, "infer": r_infer}
+                    print(f"|   | pylstm-cpu-bf16 vs {other} | | | **{r_train:.2f}x** | **{r_infer:.2f}x** | | |")
+        if "bf16_error_vs_float64_reference" in row:
+            errs = ", ".join(f"{k} {v:.1e}" for k, v in row["bf16_error_vs_float64_reference"].items())
+            print(f"|   | bf16 error vs the float64 reference | {errs} | | | | | |")
         sys.stdout.flush()
     if a.json:
         with open(a.json, "w") as f:

@@ -27,6 +27,9 @@ bool cpu_has_avx512_bf16();
 bool amx_bf16_enabled();
 // Test hook: AMX off (the vdpbf16ps kernel) or back on. Returns the previous setting.
 bool set_amx_bf16_enabled(bool on);
+// Configures the calling thread's tiles as the AMX kernel uses them (0-7: 16 rows of 64 bytes);
+// false where AMX is not available (the native benchmark's peak loop uses it).
+bool amx_prepare_thread();
 
 // f rounded to bfloat16, to nearest even (a NaN stays a quiet NaN of the same sign).
 inline uint16_t bf16_round(float f) {

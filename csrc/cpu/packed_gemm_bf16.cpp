@@ -409,6 +409,12 @@ template void gemm_bf16_driver<true>(int64_t, int64_t, int64_t, const float*, in
 
 bool amx_bf16_enabled() { return g_amx_enabled.load() && amx_available(); }
 
+bool amx_prepare_thread() {
+  if (!amx_available()) return false;
+  amx_configure_thread();
+  return true;
+}
+
 bool set_amx_bf16_enabled(bool on) { return g_amx_enabled.exchange(on); }
 
 void panel_to_bf16(float* panel, int64_t K) {
@@ -431,6 +437,7 @@ void panel_to_bf16(float* panel, int64_t K) {
 
 bool amx_bf16_enabled() { return false; }
 bool set_amx_bf16_enabled(bool) { return false; }
+bool amx_prepare_thread() { return false; }
 void panel_to_bf16(float*, int64_t) {}
 
 template <bool TA>
