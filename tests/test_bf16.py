@@ -177,3 +177,30 @@ def test_bad_precision():
     if not HAS_BF16:
         with pytest.raises(RuntimeError, match="needs a CPU with AVX512-BF16"):
             _forward("lstm", d32, "cpu", "bf16")
+
+
+def test_model_precision_is_a_run_setting(tmp_path):
+    from pylstm.models import LstmLM, load_checkpoint
+
+    xs = np.random.default_rng(6).integers(0, 50, (4, 6))
+    ts = np.roll(xs, -1, axis=1)
+    model = LstmLM(50, 16, 32, num_layers=2, seed=1)
+    loss32 = model.forward(xs, ts, train_flg=False)
+    with pytest.raises(ValueError, match=r"^precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        model.set_precision("fp16")
+    if not HAS_BF16:
+        with pytest.raises(RuntimeError, match="needs a CPU with AVX512-BF16"):
+            model.set_precision("bf16")
+        return
+    model.set_precision("bf16")
+    assert all(layer.precision == "bf16" for layer in model.lstm_layers + [model.layers[-1]])
+    loss16 = model.forward(xs, ts, train_flg=False)
+    assert loss16 != loss32 and abs(loss16 - loss32) < 1e-2 * loss32  # rounded operands, same model
+    model.forward(xs, ts)
+    model.backward()
+    assert all(np.isfinite(g).all() for g in model.grads)
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    again = load_checkpoint(path)[0]  # (precision is not stored: the model comes back float32)
+    assert again.precision == "fp32"
+    assert again.forward(xs, ts, train_flg=False) == pytest.approx(loss32, rel=1e-6)

@@ -181,9 +181,8 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
           const float* b = B + p0 * pstride + k0 * kstride;
           float* c = C + r0 * ldc + p0 * 16;
           bool acc = accumulate || k0 > 0;
-          if (bias && k0 == 0) {  // the tile starts from the bias rows (then in L1)
-            const int64_t cols = std::min<int64_t>(int64_t(np) * 16, N - p0 * 16);
-            for (int r = 0; r < mr; ++r) std::copy(bias + p0 * 16, bias + p0 * 16 + cols, c + r * ldc);
+          if (bias && k0 == 0) {
+            tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), mr, c, ldc);
             acc = true;
           }
           if (pack) {

@@ -107,6 +107,12 @@ void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
 void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out,
                  double* colsum = nullptr, GemmPrecision prec = GemmPrecision::kFloat32);
 
+// The drivers' first K block of a C tile starts from the bias: columns [col0, col0 + cols) of
+// bias copied into `rows` rows of c (ldc apart), while the tile is about to be in L1.
+inline void tile_from_bias(const float* bias, int64_t col0, int64_t cols, int64_t rows, float* c, int64_t ldc) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * ldc, bias + col0, sizeof(float) * size_t(cols));
+}
+
 // The bfloat16 driver behind gemm_packed_b (TA false) and gemm_at_packed_b (TA true).
 template <bool TA>
 void gemm_bf16_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* B,

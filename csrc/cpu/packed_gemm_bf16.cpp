@@ -326,8 +326,7 @@ void gemm_bf16_amx(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
           float* c = C + r0 * ldc + p0 * 16;
           bool acc = accumulate || k0 > 0;
           if (bias && k0 == 0) {
-            const int64_t cols = std::min<int64_t>(int64_t(np) * 16, N - p0 * 16);
-            for (int r = 0; r < nr; ++r) std::copy(bias + p0 * 16, bias + p0 * 16 + cols, c + r * ldc);
+            tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), nr, c, ldc);
             acc = true;
           }
           const uint32_t* a = abuf.data() + (r0 - m0) * pairs;
@@ -387,8 +386,7 @@ void gemm_bf16_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
           float* c = C + r0 * ldc + p0 * 16;
           bool acc = accumulate || k0 > 0;
           if (bias && k0 == 0) {
-            const int64_t cols = std::min<int64_t>(int64_t(np) * 16, N - p0 * 16);
-            for (int r = 0; r < mr; ++r) std::copy(bias + p0 * 16, bias + p0 * 16 + cols, c + r * ldc);
+            tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), mr, c, ldc);
             acc = true;
           }
           if constexpr (TA) {
