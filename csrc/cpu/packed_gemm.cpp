@@ -141,15 +141,7 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
                  const float* bias) {
   const int64_t panels = (N + 15) / 16;
   if (accumulate) bias = nullptr;
-  if (K == 0) {  // an empty sum: C = 0 or the bias (or unchanged when accumulating)
-    if (!accumulate) {
-      for (int64_t r = 0; r < M; ++r) {
-        if (bias) std::copy(bias, bias + N, C + r * ldc);
-        else std::fill(C + r * ldc, C + r * ldc + N, 0.0f);
-      }
-    }
-    return;
-  }
+  if (empty_sum(M, N, K, C, ldc, accumulate, bias)) return;
   // Blocking for the caches: K in blocks of kKC (a 48-column slab of B, kKC x 48 floats = 192 KB,
   // stays in L2 while a row chunk passes), rows in chunks of kMC (an A block of kMC x kKC
   // floats = 384 KB stays in L2 while every slab passes). The recurrent step (M = batch,

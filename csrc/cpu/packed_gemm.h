@@ -113,6 +113,17 @@ inline void tile_from_bias(const float* bias, int64_t col0, int64_t cols, int64_
   for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * ldc, bias + col0, sizeof(float) * size_t(cols));
 }
 
+// Both drivers' K = 0: an empty sum, C = 0 or the bias (unchanged when accumulating, where the
+// bias is not used). Returns whether K was 0.
+inline bool empty_sum(int64_t M, int64_t N, int64_t K, float* C, int64_t ldc, bool accumulate, const float* bias) {
+  if (K != 0) return false;
+  for (int64_t r = 0; r < M && !accumulate; ++r) {
+    if (bias) std::memcpy(C + r * ldc, bias, sizeof(float) * size_t(N));
+    else std::memset(C + r * ldc, 0, sizeof(float) * size_t(N));
+  }
+  return true;
+}
+
 // The bfloat16 driver behind gemm_packed_b (TA false) and gemm_at_packed_b (TA true).
 template <bool TA>
 void gemm_bf16_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* B,

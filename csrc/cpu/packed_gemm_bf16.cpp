@@ -354,15 +354,7 @@ void gemm_bf16_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
                       int64_t ldc, bool accumulate, const float* bias) {
   const int64_t panels = (N + 15) / 16, pstride = K * 32;  // (a float32 panel's room, in bf16)
   if (accumulate) bias = nullptr;
-  if (K == 0) {  // an empty sum: C = 0 or the bias (or unchanged when accumulating)
-    if (!accumulate) {
-      for (int64_t r = 0; r < M; ++r) {
-        if (bias) std::copy(bias, bias + N, C + r * ldc);
-        else std::fill(C + r * ldc, C + r * ldc + N, 0.0f);
-      }
-    }
-    return;
-  }
+  if (empty_sum(M, N, K, C, ldc, accumulate, bias)) return;
   if (g_amx_enabled.load() && amx_available()) {
     gemm_bf16_amx<TA>(M, N, K, A, lda, B, C, ldc, accumulate, bias);
     return;
