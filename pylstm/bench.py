@@ -4,10 +4,16 @@ algorithm) and PyTorch's CPU nn.LSTM / nn.GRU / nn.RNN (oneDNN), side by side in
 every candidate against the float64 reference. Run: pylstm bench, or python -m pylstm.bench
 [--cell lstm|gru|peephole|rnn] [--shapes N,T,D,H ...] [--json out.json]
 
-Rows: median (and min) ms for forward (saving for backward), backward, the training step
-(forward + backward), and forward-only inference; GFLOP/s of the training step
-(6*G*N*T*H*(D+H) with G gate blocks: 24*N*T*H*(D+H) for the LSTM); speedups of pylstm against
-each other candidate.
+Every candidate is timed in three regimes, each fair to every library:
+  loop  the same call repeated back to back, timed once it has settled (a training loop's
+        steady state);
+  warm  after 0.2 s idle, one untimed call, then the timed one (evaluation between epochs, a
+        server that has just answered);
+  cold  after 0.2 s idle, the timed call with nothing primed (a notebook, a first request).
+Rows: median ms of the training step (forward + backward; in the loop regime also forward and
+backward apart, and the min) and of forward-only inference in each regime; GFLOP/s of the
+training step in the loop regime (6*G*N*T*H*(D+H) with G gate blocks: 24*N*T*H*(D+H) for the
+LSTM); speedups of pylstm against each other candidate, per regime.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from pylstm import convert
 from pylstm import reference as ref
 
 DEFAULT_SHAPES = [(20, 35, 650, 650), (64, 100, 256, 256), (1, 200, 128, 128), (32, 35, 1024, 1024),
-                  (8, 35, 64, 128)]
+                  (8, 35, 64, 128), (20, 20, 200, 200), (7, 13, 300, 100), (1, 1, 650, 650)]
+REGIMES = ("loop", "warm", "cold")
+IDLE = 0.2  # seconds of idle before a warm or cold call
 
 
 def cpu_name() -> str:
@@ -298,28 +306,19 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
         check(plain, {"hs": hs, "dxs": dxs, "dWx": dWx, "dWh": dWh, "db": db, "dh0": dh0}, tol)
         cands.append(plain)
 
-    times = {c.name: {"fwd": [], "bwd": [], "train": [], "infer": []} for c in cands}
+    times = {c.name: {r: {"train": [], "infer": []} for r in REGIMES} for c in cands}
+    for c in cands:
+        times[c.name]["loop"].update(fwd=[], bwd=[])
     for r in range(repeats + 1):  # round 0 warms up
         for c in cands:
-            if c.name == "pylstm-numpy" and r > min(repeats, 3):
+            numpy_ref = c.name == "pylstm-numpy"
+            if numpy_ref and r > min(repeats, 3):
                 continue  # the reference is slow; 3 timed rounds are plenty
-            # Let the previous candidate's thread pool (OpenMP, OpenBLAS) go idle first: a pool
-            # still spinning on these 2 cores would slow whoever runs next. Then one untimed step
-            # of this candidate, so that its own threads (and the idle vCPUs of a VM, which can
-            # take milliseconds to wake) are running again: the timed step is a steady-state one,
-            # as in a training loop.
-            time.sleep(settle)
-            c.forward()
-            c.backward()
-            tf = _timeit(c.forward)
-            tb = _timeit(c.backward)
-            ti = _timeit(c.inference)
+            sample = time_round(c, loop_only=numpy_ref, settle=settle)
             if r:
-                t = times[c.name]
-                t["fwd"].append(tf)
-                t["bwd"].append(tb)
-                t["train"].append(tf + tb)
-                t["infer"].append(ti)
+                for regime, kinds in sample.items():
+                    for k, v in kinds.items():
+                        times[c.name][regime][k].append(v)
     N, T, D, H = shape
     flops = 6 * GATES[cell] * N * T * H * (D + H)
     row = {"shape": list(shape), "cell": cell, "flops_train": flops, "candidates": {}}
@@ -327,10 +326,42 @@ def bench_shape(shape, dtype, repeats, with_torch, with_numpy, settle=0.2, cell=
     if accuracy is not None:
         row["bf16_error_vs_float64_reference"] = accuracy
     for name, t in times.items():
-        row["candidates"][name] = {k: {"median_ms": 1e3 * float(np.median(v)), "min_ms": 1e3 * float(np.min(v))}
-                                   for k, v in t.items()}
-        row["candidates"][name]["gflops_train"] = flops / float(np.median(t["train"])) / 1e9
+        row["candidates"][name] = {
+            regime: {k: {"median_ms": 1e3 * float(np.median(v)), "min_ms": 1e3 * float(np.min(v))}
+                     for k, v in kinds.items() if v}
+            for regime, kinds in t.items()}
+        row["candidates"][name]["gflops_train"] = flops / float(np.median(t["loop"]["train"])) / 1e9
     return row
+
+
+def time_round(c, loop_only=False, settle=IDLE, loop_calls=3):
+    """One timed sample of candidate c per regime (see the module docstring), in seconds:
+    {"loop": {fwd, bwd, train, infer}, "warm": {train, infer}, "cold": {train, infer}}."""
+    def step():
+        c.forward()
+        c.backward()
+
+    # Loop: the previous candidate's thread pools (OpenMP, OpenBLAS) go idle first (a pool
+    # still spinning on these cores would slow whoever runs next), then back-to-back calls;
+    # the last one is timed, forward and backward apart.
+    time.sleep(settle)
+    for _ in range(loop_calls):
+        step()
+    tf = _timeit(c.forward)
+    tb = _timeit(c.backward)
+    for _ in range(loop_calls):
+        c.inference()
+    out = {"loop": {"fwd": tf, "bwd": tb, "train": tf + tb, "infer": _timeit(c.inference)}}
+    if loop_only:
+        return out
+    for regime in ("warm", "cold"):
+        out[regime] = {}
+        for kind, fn in (("train", step), ("infer", c.inference)):
+            time.sleep(IDLE)
+            if regime == "warm":
+                fn()
+            out[regime][kind] = _timeit(fn)
+    return out
 
 
 def _shape(text: str) -> tuple:
@@ -393,39 +424,54 @@ def main(argv=None, prog=None):
     print(f"# pylstm {header['pylstm']} ({header['commit']}) | {a.cell} | {header['cpu']} | {threads} threads | "
           f"{a.dtype} | numpy {np.__version__} sgemm 2048^3: {ceiling:.0f} GFLOP/s | OpenBLAS core "
           f"{corename} | torch {header['torch'] or 'not installed'} | {header['date']}")
-    cols = "| N,T,D,H | candidate | fwd ms | bwd ms | train ms (min) | infer ms | train GFLOP/s | % ceiling |"
+    cols = ("| N,T,D,H | candidate | loop fwd ms | loop bwd ms | loop train ms (min) | loop infer ms | "
+            "warm train ms | warm infer ms | cold train ms | cold infer ms | train GFLOP/s | % ceiling |")
     print(cols)
     print("|" + "---|" * (cols.count("|") - 1))
     rows = []
+
+    def med(c, regime, kind):
+        return c[regime][kind]["median_ms"] if kind in c.get(regime, {}) else float("nan")
+
+    def ratios(mine, other):
+        return {f"{regime} {kind}": med(other, regime, kind) / med(mine, regime, kind)
+                for regime in REGIMES for kind in ("train", "infer")}
+
     for shape in shapes:
         row = bench_shape(shape, dtype, a.repeats, torch, not a.no_numpy, cell=a.cell, bf16=a.bf16)
         rows.append(row)
         ours = row["candidates"]["pylstm-cpu"]
         for name, c in row["candidates"].items():
-            print(f"| {','.join(map(str, shape))} | {name} | {c['fwd']['median_ms']:.2f} | "
-                  f"{c['bwd']['median_ms']:.2f} | {c['train']['median_ms']:.2f} ({c['train']['min_ms']:.2f}) | "
-                  f"{c['infer']['median_ms']:.2f} | {c['gflops_train']:.1f} | "
-                  f"{100 * c['gflops_train'] / ceiling:.0f}% |")
+            cells = " | ".join(f"{med(c, r, k):.2f}" for r in ("warm", "cold") for k in ("train", "infer"))
+            print(f"| {','.join(map(str, shape))} | {name} | {med(c, 'loop', 'fwd'):.2f} | "
+                  f"{med(c, 'loop', 'bwd'):.2f} | {med(c, 'loop', 'train'):.2f} "
+                  f"({c['loop']['train']['min_ms']:.2f}) | {med(c, 'loop', 'infer'):.2f} | {cells} | "
+                  f"{c['gflops_train']:.1f} | {100 * c['gflops_train'] / ceiling:.0f}% |")
+
+        def speedup_row(label, mine, other, row=row):
+            r = ratios(mine, other)
+            row["speedup"][label] = r
+            cells = " | ".join(f"**{r[f'{g} {k}']:.2f}x**" for g in ("warm", "cold") for k in ("train", "infer"))
+            print(f"|   | {label} | | | **{r['loop train']:.2f}x** | **{r['loop infer']:.2f}x** | {cells} | | |")
+
         for name, c in row["candidates"].items():
             if name in ("pylstm-cpu", "pylstm-cpu-bf16"):
                 continue
-            r_train = c["train"]["median_ms"] / ours["train"]["median_ms"]
-            r_infer = c["infer"]["median_ms"] / ours["infer"]["median_ms"]
-            row["speedup"][name] = {"train": r_train, "infer": r_infer}
-            print(f"|   | pylstm-cpu vs {name} | | | **{r_train:.2f}x** | **{r_infer:.2f}x** | | |")
+            speedup_row(f"pylstm-cpu vs {name}", ours, c)
         if "pylstm-cpu-bf16" in row["candidates"]:
             b = row["candidates"]["pylstm-cpu-bf16"]
             for other in ("pylstm-cpu", "torch"):
                 if other in row["candidates"]:
-                    t = row["candidates"][other]
-                    r_train = t["train"]["median_ms"] / b["train"]["median_ms"]
-                    r_infer = t["infer"]["median_ms"] / b["infer"]["median_ms"]
-                    row["speedup"][f"bf16 vs {other}"] = {"train": r_train, "infer": r_infer}
-                    print(f"|   | pylstm-cpu-bf16 vs {other} | | | **{r_train:.2f}x** | **{r_infer:.2f}x** | | |")
+                    speedup_row(f"pylstm-cpu-bf16 vs {other}", b, row["candidates"][other])
         if "bf16_error_vs_float64_reference" in row:
             errs = ", ".join(f"{k} {v:.1e}" for k, v in row["bf16_error_vs_float64_reference"].items())
-            print(f"|   | bf16 error vs the float64 reference | {errs} | | | | | |")
+            print(f"|   | bf16 error vs the float64 reference | {errs} | | | | | | | | | |")
         sys.stdout.flush()
+    if _backend.cpu is not None:
+        st = _backend.cpu._pool_stats()
+        header["pool"] = st
+        print(f"# pylstm's thread pool: wake-up latency {st['wake_latency_us']:.0f} us (a running average over "
+              f"{st['parked_wakes']} wake-ups), {st['moved_off_caller_cpu']} workers moved off the caller's CPU")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)

@@ -29,15 +29,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(params=["small-m-kernel", "small-m-kernel+projection-first",
-                        "small-m-kernel+step-projection", "blas"])
+                        "small-m-kernel+step-projection", "small-m-kernel+in-place", "blas"])
 def cpu_path(request):
     """The CPU paths of a float32 kernel test: BLAS, and the packed-weight kernel with each forward
-    schedule forced (auto picks by shape, so some shapes would otherwise only ever run one)."""
+    schedule forced (auto picks by shape, so some shapes would otherwise only ever run one), and
+    with the weights read in place instead of packed (auto does that for short calls only)."""
     if _backend.cpu is None:
         pytest.skip("no CPU backend")
-    kernel, _, schedule = request.param.partition("+")
+    kernel, _, variant = request.param.partition("+")
     old = _backend.cpu._set_small_m_kernel(kernel == "small-m-kernel")
-    old_schedule = _backend.cpu._set_forward_schedule(schedule or "auto")
+    old_schedule = _backend.cpu._set_forward_schedule(variant if variant.endswith("projection") else "auto")
+    old_reading = _backend.cpu._set_weight_reading("in-place" if variant == "in-place" else "auto")
     yield request.param
     _backend.cpu._set_small_m_kernel(old)
     _backend.cpu._set_forward_schedule(old_schedule)
+    _backend.cpu._set_weight_reading(old_reading)

@@ -125,9 +125,12 @@ def test_ctrl_c_keeps_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = list(QUICK)
     args[args.index("--epochs") + 1] = "1000"
+    # (SIGINT back to its default in the child: a test run started in the background of a
+    # shell inherits it ignored)
     proc = subprocess.Popen([sys.executable, "-m", "pylstm", "train", "--out", str(out), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tempfile.gettempdir())
+                            cwd=tempfile.gettempdir(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = out / "checkpoint.npz"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:

@@ -426,6 +426,15 @@ PYBIND11_MODULE(_cpu, m) {
   }, py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save"), py::arg("itemsize"),
         py::arg("cell") = "lstm",
         "Test hook: scratch elements the CPU forward takes for this call.");
+  m.def("_pool_stats", []() {
+    const PoolStats st = pool_stats();
+    py::dict d;
+    d["runs"] = st.runs;
+    d["parked_wakes"] = st.parked_wakes;
+    d["moved_off_caller_cpu"] = st.moved;
+    d["wake_latency_us"] = st.wake_latency_us;
+    return d;
+  }, "The thread pool's counters and its measured wake-up latency (diagnostics).");
   m.def("_pool_stress", &pool_stress, py::arg("runs"), py::arg("max_threads"), py::arg("seed"),
         "Test hook: stress the thread pool (random thread counts, barriers, injected exceptions); "
         "returns (inconsistencies, exceptions caught).");
@@ -441,6 +450,17 @@ PYBIND11_MODULE(_cpu, m) {
                                                                   : "step-projection");
   }, py::arg("mode"),
         "Test hook: the float32 forward schedule of the packed-weight kernel; returns the old one.");
+  m.def("_set_weight_reading", [](const std::string& mode) {
+    WeightReading w;
+    if (mode == "auto") w = WeightReading::kAuto;
+    else if (mode == "packed") w = WeightReading::kPacked;
+    else if (mode == "in-place") w = WeightReading::kInPlace;
+    else throw py::value_error("mode must be 'auto', 'packed' or 'in-place', got '" + mode + "'");
+    const WeightReading old = set_weight_reading(w);
+    return std::string(old == WeightReading::kAuto ? "auto" : old == WeightReading::kPacked ? "packed" : "in-place");
+  }, py::arg("mode"),
+        "Test hook: whether the float32 kernel path packs the weights or reads them in place "
+        "(the recurrent forward and matmul); returns the old setting.");
   m.def("_sigmoid", [](const py::object& x) { return cell_math_any(x, false); }, py::arg("x"));
   m.def("_tanh", [](const py::object& x) { return cell_math_any(x, true); }, py::arg("x"));
   m.def("blas_info", []() {

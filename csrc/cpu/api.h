@@ -77,6 +77,13 @@ double softmax_xent_cpu(int64_t M, int64_t V, const T* scores, const int32_t* la
 enum class ForwardSchedule : int { kAuto = 0, kProjectionFirst = 1, kStepProjection = 2 };
 ForwardSchedule set_forward_schedule(ForwardSchedule s);
 
+// Whether seq_forward_cpu's float32 kernel path packs the weights or reads them in place
+// (cpu/sequence.cpp, weights_in_place): kAuto picks by rows per call; the others force one (a
+// test hook: both give the same bits). Returns the previous setting. matmul_cpu follows it too.
+enum class WeightReading : int { kAuto = 0, kPacked = 1, kInPlace = 2 };
+WeightReading set_weight_reading(WeightReading w);
+WeightReading get_weight_reading();
+
 // Thread count used by the kernels; n is capped at the CPUs this process may run on.
 void set_num_threads(int n);
 int get_num_threads();

@@ -21,6 +21,18 @@ namespace pylstm {
 namespace {
 constexpr int64_t kColAlign = 16;
 constexpr int64_t kRowAlign = 8;
+
+// Products of at most this many rows read a row-major B in place instead of packing it: a few
+// micro-tiles of rows use each element of B a few times, so a packing pass (a read and a write
+// of B) costs more than it saves (the output layer of a generation step: one row against
+// 650 x 10000 took a sixth of the time; benchmarks/RESULTS.md has the crossover).
+constexpr int64_t kInPlaceMaxRows = 32;
+
+bool b_in_place(int64_t M) {
+  const WeightReading w = get_weight_reading();
+  if (w != WeightReading::kAuto) return w == WeightReading::kInPlace;
+  return M <= kInPlaceMaxRows;
+}
 }  // namespace
 
 namespace {
@@ -79,6 +91,8 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
   const bool packed = std::is_same<T, float>::value && beta == T(0) && (N >= 16 || bf16) &&
                       packed_gemm_enabled();
   const bool by_cols = N >= M;
+  // A row-major B, not rounded to bfloat16, with few rows of A: read in place (b_in_place).
+  const bool in_place = packed && !trans_a && !trans_b && !bf16 && b_in_place(M);
   // Column sums of op(B), in double, rounded once: the same result at any thread count.
   std::vector<double> sums(colsum ? size_t((N + 15) / 16 * 16) : 0, 0.0);
   // The packed path packs B once into one buffer (the Affine weights change every step, so
@@ -88,7 +102,7 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
   // meet at a barrier (before, each packed all of B: at (700 x 10000) @ (10000 x 650) 26 MB
   // written per thread per call).
   thread_local std::vector<float> packed_buf;  // the caller's: the lambda uses the pointer
-  const size_t packed_size = packed ? size_t(packed_b_size(K, N)) : 0;
+  const size_t packed_size = packed && !in_place ? size_t(packed_b_size(K, N)) : 0;
   if (packed_buf.size() < packed_size) packed_buf.resize(packed_size);
   float* const pb = packed_buf.data();
   parallel_run(nt, [&](const Team& team) {
@@ -98,6 +112,14 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
     const int64_t r0 = by_cols ? 0 : lo, r1 = by_cols ? M : hi;
     const int64_t c0 = by_cols ? lo : 0, c1 = by_cols ? hi : N;
     if constexpr (std::is_same<T, float>::value) {
+      if (in_place) {
+        if (hi <= lo) return;
+        if (colsum) add_column_sums(false, K, c0, c1 - c0, B, ldb, sums.data() + c0);
+        const float* bb = bias ? bias + c0 : nullptr;
+        float* cp = C + r0 * ldc + c0;
+        gemm_rowmajor_b(r1 - r0, c1 - c0, K, A + r0 * lda, lda, B + c0, ldb, cp, ldc, false, bb);
+        return;
+      }
       if (packed) {
         double* sp = colsum ? sums.data() : nullptr;
         if (by_cols) {

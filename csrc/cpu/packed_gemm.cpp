@@ -201,6 +201,11 @@ void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
   gemm_driver<false, true>(M, N, K, A, lda, Bp, K * 16, 16, C, ldc, accumulate, bias);
 }
 
+void gemm_rowmajor_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                     int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias) {
+  gemm_driver<false, false>(M, N, K, A, lda, B, 16, ldb, C, ldc, accumulate, bias);
+}
+
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                       const float* Bp, float* C, int64_t ldc, bool accumulate, const float* bias,
                       GemmPrecision prec) {
@@ -276,6 +281,8 @@ void gemm_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float
                    int64_t, bool, const float*, GemmPrecision) {}
 void gemm_at_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*,
                       int64_t, bool, const float*, GemmPrecision) {}
+void gemm_rowmajor_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
+                     int64_t, bool, const float*) {}
 
 #endif
 

@@ -94,6 +94,14 @@ void gemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                    float* C, int64_t ldc, bool accumulate = false, const float* bias = nullptr,
                    GemmPrecision prec = GemmPrecision::kFloat32);
 
+// C (M x N, ldc) = A @ B with B a row-major K x N matrix (ldb) read in place: no packing pass,
+// for products whose B is used by too few rows of A to pay one back (a single step, a short
+// sequence, the output layer at one row). The same micro-kernel and order of summation as
+// gemm_packed_b, so the result is bitwise the packed call's. float32 operands only.
+void gemm_rowmajor_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                     int64_t ldb, float* C, int64_t ldc, bool accumulate = false,
+                     const float* bias = nullptr);
+
 // C (M x N, ldc) = A^T @ B with A stored as a row-major K x M matrix (lda) and B packed by
 // pack_b; C is overwritten, or with accumulate, C += A^T @ B. Used for the weight gradient [X | H_prev]^T dA.
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,

@@ -45,6 +45,10 @@ int64_t blas_weight_grad_rows(int64_t R) {
 // second thread costs more than it saves; those calls run on the caller alone.
 constexpr int64_t kMinParallelWork = 1 << 16;
 
+// Calls of one step, or of at most this many rows (N*T), read the weights in place
+// (weights_in_place).
+constexpr int64_t kInPlaceMaxRows = 16;
+
 int threads_for(const SeqShape& s, int gates) {
   const int nt = get_num_threads();
   if (s.N * gates * s.H * (s.D + s.H) < kMinParallelWork) return 1;
@@ -86,6 +90,23 @@ bool step_projection(const SeqShape& s, int gates) {
   if (mode != int(ForwardSchedule::kAuto)) return mode == int(ForwardSchedule::kStepProjection);
   const int64_t weight_bytes = (s.D + s.H) * gates * s.H * int64_t(sizeof(float));
   return s.N >= 8 && weight_bytes * 5 <= last_level_cache_bytes() * 2;
+}
+
+std::atomic<int> g_weight_reading{int(WeightReading::kAuto)};
+
+// Whether the float32 forward reads Wx and Wh in place (row-major, gemm_rowmajor_b) instead of
+// packing each thread's slice into panels first. Packing reads and writes the weights once per
+// call so that every later pass reads contiguous panels; a call whose GEMMs pass over the
+// weights only a few times (a single step, a short sequence, as in generation and streaming)
+// spends more on the packing than it saves. Past a few rows per step the panels win: their
+// contiguous stream prefetches, where the in-place rows lie G*H floats apart (the crossover is
+// in benchmarks/RESULTS.md). Both
+// give the same bits. bfloat16 rounds the weights as it packs them, so it always packs.
+bool weights_in_place(const SeqShape& s, bool bf16) {
+  if (bf16) return false;
+  const int mode = g_weight_reading.load();
+  if (mode != int(WeightReading::kAuto)) return mode == int(WeightReading::kInPlace);
+  return s.T == 1 || s.N * s.T <= kInPlaceMaxRows;
 }
 
 // --- Pointwise rows -----------------------------------------------------------------------
@@ -350,6 +371,9 @@ ForwardSchedule set_forward_schedule(ForwardSchedule mode) {
   return ForwardSchedule(g_schedule.exchange(int(mode)));
 }
 
+WeightReading set_weight_reading(WeightReading w) { return WeightReading(g_weight_reading.exchange(int(w))); }
+WeightReading get_weight_reading() { return WeightReading(g_weight_reading.load()); }
+
 template <class Cell, class T>
 int64_t seq_forward_cpu_workspace_size(const SeqShape& s, bool save) {
   if (!save && std::is_same<T, float>::value && packed_gemm_enabled() &&
@@ -397,6 +421,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
                                 " elements of workspace (seq_forward_workspace_size)");
   }
   const bool step_proj = packed && (step_projection(s, kG) || small_work);
+  const bool in_place = packed && weights_in_place(s, a.bf16);
   T* A = step_proj ? nullptr : save ? gates : a.work;
   // forward-only with a cell state: running c, (N, H), after A when there is one
   T* c_run = save || !kC ? nullptr : step_proj ? a.work : a.work + N * Tn * GS;
@@ -443,9 +468,9 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
     // A gated cell's first GEMM covers the other blocks (hw1 columns), its second the gated
     // ones, packed apart (the gated block need not start on a 16-column panel).
     const int64_t hw1 = (kG - kGated) * hsz;
-    const int64_t wsize1 = packed ? packed_b_size(H, hw1) : 0;
-    const int64_t wsize = packed ? wsize1 + (kGated ? packed_b_size(H, hw - hw1) : 0) : H * hw;
-    const int64_t xsize = packed ? (step_proj ? packed_b_size(D, hw) : packed_b_size(D, hsz)) : 0;
+    const int64_t wsize1 = packed && !in_place ? packed_b_size(H, hw1) : 0;
+    const int64_t wsize = in_place ? 0 : packed ? wsize1 + (kGated ? packed_b_size(H, hw - hw1) : 0) : H * hw;
+    const int64_t xsize = packed && !in_place ? (step_proj ? packed_b_size(D, hw) : packed_b_size(D, hsz)) : 0;
     const int64_t xssize = step_proj ? N * kSplit * hsz : 0;
     T* scratch = thread_scratch<T>(size_t(wsize + xsize + N * hw + hw + xssize));
     T* Whp = scratch;
@@ -456,8 +481,24 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
     std::fill(zeros, zeros + hw, T(0));
     const T* Pj = offset(a.P, j0);  // this slice's per-unit parameters
     auto slice_col = [&](const T* W, int64_t n) { return W + (n / hsz) * H + j0 + n % hsz; };
+    // C (ldc hw) (+)= Am @ the slice's columns of gate blocks [k0, k1) of W (K rows): from the
+    // packed panels Wp, or read in place, one block at a time (the same bits).
+    auto slice_gemm = [&](int64_t M, const auto* Am, int64_t lda, int64_t K, const auto* W, const auto* Wp,
+                          int k0, int k1, auto* C, bool acc) {
+      if (in_place) {
+        for (int k = k0; k < k1; ++k) {
+          gemm_rowmajor_b(M, hsz, K, Am, lda, W + k * H + j0, G, C + (k - k0) * hsz, hw, acc);
+        }
+      } else {
+        gemm_packed_b(M, (k1 - k0) * hsz, K, Am, lda, Wp, C, hw, acc, nullptr, prec);
+      }
+    };
     if constexpr (std::is_same<T, float>::value) {
-      if (packed) {
+      if (in_place && !step_proj) {  // 1. (below) with Wx read in place
+        for (int k = 0; k < kG; ++k) {
+          gemm_rowmajor_b(N * Tn, hsz, D, xs, D, Wx + k * H + j0, G, A + k * H + j0, GS);
+        }
+      } else if (packed && !in_place) {
         pack_b(H, hw1, [&](int64_t n) { return slice_col(Wh, n); }, G, Whp, prec);
         if (kGated) pack_b(H, hw - hw1, [&](int64_t n) { return slice_col(Wh, hw1 + n); }, G, Whp + wsize1, prec);
         if (step_proj) {
@@ -507,7 +548,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         // the kernel adds its partial sums to C every 128 products, so starting from the
         // x-part in C is what makes the two schedules round identically.
         if (step_proj) {
-          gemm_packed_b(M, hw, D, xs + t * D, Tn * D, Wxp, Z, hw, false, nullptr, prec);
+          slice_gemm(M, xs + t * D, Tn * D, D, Wx, Wxp, 0, kG, Z, false);
           for (int64_t n = 0; n < M; ++n) {  // split blocks: their x-part to Xs
             for (int k = kShared; k < kG; ++k) {
               T* zk = Z + n * hw + k * hsz;
@@ -530,7 +571,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         // and phase 2. Z's z and r blocks hold the activations between the phases.
         if (h_prev) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(M, hw1, H, h_prev, ld_h, Whp, Z, hw, true, nullptr, prec);
+            if (packed) slice_gemm(M, h_prev, ld_h, H, Wh, Whp, 0, kG - kGated, Z, true);
           }
           if (!packed) {
             gemm(false, false, int(M), int(hw1), int(H), T(1), h_prev, int(ld_h), Whp, int(hw), T(0), Z,
@@ -552,7 +593,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
         team.barrier();  // every unit's rh written before n's GEMM reads it
         if (h_prev) {
           if constexpr (std::is_same<T, float>::value) {
-            if (packed) gemm_packed_b(M, hw - hw1, H, RH, H, Whp + wsize1, Z + hw1, hw, true, nullptr, prec);
+            if (packed) slice_gemm(M, RH, H, H, Wh, Whp + wsize1, kG - kGated, kG, Z + hw1, true);
           }
           if (!packed) {
             gemm(false, false, int(M), int(hw - hw1), int(H), T(1), RH, int(H), Whp + hw1, int(hw), T(0),
@@ -579,7 +620,7 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
       //     there is no h0: the spec's h0 = None).
       if (h_prev) {
         if constexpr (std::is_same<T, float>::value) {
-          if (packed) gemm_packed_b(M, hw, H, h_prev, ld_h, Whp, Z, hw, /*accumulate=*/true, nullptr, prec);
+          if (packed) slice_gemm(M, h_prev, ld_h, H, Wh, Whp, 0, kG, Z, /*accumulate=*/true);
         }
         if (!packed) {
           gemm(false, false, int(M), int(hw), int(H), T(1), h_prev, int(ld_h), Whp, int(hw),

@@ -1,13 +1,16 @@
-// The thread pool behind parallel_run (cpu/threads.h) and the one thread-count knob. Workers spin
-// for a short while after each run (back-to-back kernel calls stay cheap), then sleep on a
-// condition variable so that they do not compete with NumPy's or PyTorch's threads between
-// calls. OpenBLAS is set to one thread: the pool's threads call it on their own slices.
+// The thread pool behind parallel_run (cpu/threads.h) and the one thread-count knob. A run wakes
+// its sleeping workers once; inside the run nobody sleeps (a barrier spins, then yields the core,
+// so a step never pays a wake-up). After a run workers linger, spinning, for as long as a
+// wake-up costs (measured: the pool's wake-up latency), then sleep on a condition variable so
+// that they do not compete with NumPy's or PyTorch's threads between calls. OpenBLAS is set to
+// one thread: the pool's threads call it on their own slices.
 #include <cblas.h>
 #include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <chrono>
 #include <condition_variable>
 #include <exception>
@@ -22,9 +25,52 @@ namespace pylstm {
 
 namespace {
 
-// How long an idle worker spins before sleeping: long enough to bridge the Python glue between
-// a forward and a backward call, short enough to give the cores back soon after.
-constexpr std::chrono::microseconds kSpinTime(200);
+// Spinning is timed, not counted in pauses: a PAUSE takes about 140 cycles on recent Intel
+// cores and a few to 65 on AMD's, so a count tuned on one spins ten times longer on another.
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The machine's wake-up latency: from a run's publication to a sleeping worker running it (the
+// futex wake, and in a virtual machine waking the idle vCPU: 10-50 us on one host, reportedly
+// milliseconds on others). Measured by every run that finds a worker asleep, it sizes both
+// spins: a worker lingers after a run for as long as a wake-up would cost (if the next call
+// comes later, the spin cost at most what it tried to save: the rent-or-buy rule), and a
+// barrier spins that long before it starts yielding the core. The estimate follows a lower
+// sample at once and a higher one by 1/16 of the gap: a wake-up delayed because other threads
+// held the cores (NumPy's, say) says nothing about the wake-up itself, and spinning longer
+// after it would take the cores from them (a 1 ms linger slowed NumPy matmuls between calls
+// by 1.7x and sped nothing up; benchmarks/RESULTS.md).
+std::atomic<int64_t> g_wake_ns{50'000};
+constexpr int64_t kMinSpinNs = 20'000, kMaxSpinNs = 1'000'000;  // bounds on both spins
+
+int64_t spin_ns() { return std::clamp(g_wake_ns.load(std::memory_order_relaxed), kMinSpinNs, kMaxSpinNs); }
+
+void record_wake(int64_t sample) {
+  const int64_t old = g_wake_ns.load(std::memory_order_relaxed);
+  sample = std::clamp<int64_t>(sample, 0, kMaxSpinNs);
+  // (concurrent workers may lose a sample to each other: harmless for an estimate)
+  g_wake_ns.store(sample <= old ? sample : old + (sample - old) / 16, std::memory_order_relaxed);
+}
+
+std::atomic<int64_t> g_runs{0}, g_parked_wakes{0}, g_moved{0};
+
+// A worker woken on the caller's CPU (the scheduler places a wakee near its waker, and in a
+// VM an idle vCPU may look unavailable) would take turns with the caller at every barrier
+// until a load balancer separates them. Narrowing its affinity to the other CPUs it may use
+// moves it at once; restoring the mask keeps it where it landed.
+void move_off(int cpu) {
+  cpu_set_t mask;
+  if (cpu < 0 || sched_getaffinity(0, sizeof(mask), &mask) != 0) return;
+  if (!CPU_ISSET(cpu, &mask) || CPU_COUNT(&mask) < 2) return;
+  cpu_set_t others = mask;
+  CPU_CLR(cpu, &others);
+  if (sched_setaffinity(0, sizeof(others), &others) == 0) {
+    sched_setaffinity(0, sizeof(mask), &mask);
+    g_moved.fetch_add(1, std::memory_order_relaxed);
+  }
+}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -37,6 +83,12 @@ class Pool {
   void run(int threads, const std::function<void(const Team&)>& fn) {
     std::lock_guard<std::mutex> run_lock(run_mu_);
     threads = std::min<int>(threads, int(kSizeMask));
+    if (cpus_cap_ < threads) {  // no worker is in a run here: safe to replace
+      cpus_.reset(new std::atomic<int>[size_t(threads)]);
+      cpus_cap_ = threads;
+    }
+    for (int i = 0; i < threads; ++i) cpus_[i].store(-1, std::memory_order_relaxed);
+    g_runs.fetch_add(1, std::memory_order_relaxed);
     while (int(workers_) < threads - 1) {
       // The worker starts from the current generation, so it runs the task published below.
       std::thread(&Pool::worker, this, int(workers_) + 1, gen_.load()).detach();
@@ -47,6 +99,8 @@ class Pool {
     failed_.store(false, std::memory_order_relaxed);
     error_ = nullptr;
     remaining_.store(threads - 1, std::memory_order_relaxed);
+    caller_cpu_.store(sched_getcpu(), std::memory_order_relaxed);
+    published_ns_.store(now_ns(), std::memory_order_relaxed);
     {
       // The run's thread count travels in the same word as its generation: a worker left out
       // of one run and preempted must not read the next run's count with the old generation
@@ -65,7 +119,7 @@ class Pool {
  private:
   void run_task(int tid, int size) {
     try {
-      (*task_)(Team(tid, size, &arrived_, &phase_, &failed_));
+      (*task_)(Team(tid, size, &arrived_, &phase_, &failed_, cpus_.get()));
     } catch (const TeamAborted&) {
       // another thread failed first; its exception is the one reported
     } catch (...) {
@@ -77,18 +131,27 @@ class Pool {
   void worker(int wid, uint64_t seen) {
     for (;;) {
       uint64_t g = gen_.load(std::memory_order_acquire);
-      const auto start = std::chrono::steady_clock::now();
+      const int64_t start = now_ns(), linger = spin_ns();
+      bool slept = false;
       for (int spins = 0; g == seen; ++spins) {
         cpu_relax();
-        if ((spins & 63) == 63 && std::chrono::steady_clock::now() - start > kSpinTime) {
+        if ((spins & 63) == 63 && now_ns() - start > linger) {
           std::unique_lock<std::mutex> lk(mu_);
-          cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen; });
+          if (gen_.load(std::memory_order_acquire) == seen) {
+            slept = true;
+            cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen; });
+          }
         }
         g = gen_.load(std::memory_order_acquire);
       }
       seen = g;
       const int size = int(g & kSizeMask);  // this generation's thread count
       if (wid < size) {
+        if (slept) {
+          g_parked_wakes.fetch_add(1, std::memory_order_relaxed);
+          record_wake(now_ns() - published_ns_.load(std::memory_order_relaxed));
+        }
+        if (sched_getcpu() == caller_cpu_.load(std::memory_order_relaxed)) move_off(caller_cpu_.load());
         run_task(wid, size);
         remaining_.fetch_sub(1, std::memory_order_release);
       }
@@ -109,6 +172,10 @@ class Pool {
   std::exception_ptr error_;  // the first exception of the current run
   const std::function<void(const Team&)>* task_ = nullptr;
   size_t workers_ = 0;
+  std::unique_ptr<std::atomic<int>[]> cpus_;  // Team's per-thread CPUs, cpus_cap_ slots
+  int cpus_cap_ = 0;
+  std::atomic<int> caller_cpu_{-1};       // the caller's CPU when it published the run
+  std::atomic<int64_t> published_ns_{0};  // when it published it
 };
 
 // Leaked on purpose: worker threads are detached and may outlive static destructors.
@@ -135,6 +202,7 @@ void Team::barrier() const { wait(arrive()); }
 
 int Team::arrive() const {
   if (size_ <= 1) return 0;
+  if (cpus_) cpus_[tid_].store(sched_getcpu(), std::memory_order_relaxed);
   const int ph = phase_->load(std::memory_order_acquire);
   if (arrived_->fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
     arrived_->store(0, std::memory_order_relaxed);
@@ -145,13 +213,27 @@ int Team::arrive() const {
 
 void Team::wait(int token) const {
   if (size_ <= 1) return;
-  // Spin briefly (the usual wait is a few microseconds), then yield the core: when other
-  // work shares the cores, a thread that only spins keeps the late thread from running (with
-  // more threads than cores, spinning alone made runs about 8 times slower).
+  if (phase_->load(std::memory_order_acquire) != token) return;
+  // Spin for up to the wake-up latency (the usual wait is a few microseconds), then yield the
+  // core at each check: when other work shares the cores, a thread that only spins keeps the
+  // late thread from running (with more threads than cores, spinning alone made runs about 8
+  // times slower). No spin when a thread of the run last arrived on this CPU.
+  int64_t budget = spin_ns();
+  if (cpus_) {
+    const int me = sched_getcpu();
+    for (int i = 0; i < size_; ++i) {
+      if (i != tid_ && cpus_[i].load(std::memory_order_relaxed) == me) budget = 0;
+    }
+  }
+  const int64_t start = budget > 0 ? now_ns() : 0;
   for (int spins = 0; phase_->load(std::memory_order_acquire) == token; ++spins) {
     if (failed_ && failed_->load(std::memory_order_acquire)) throw TeamAborted{};
-    if (spins < 4096) cpu_relax();
-    else std::this_thread::yield();
+    if (budget > 0) {
+      cpu_relax();
+      if ((spins & 63) == 63 && now_ns() - start > budget) budget = 0;
+    } else {
+      std::this_thread::yield();
+    }
   }
 }
 
@@ -191,5 +273,9 @@ void set_num_threads(int n) {
 }
 
 int get_num_threads() { return g_num_threads.load(); }
+
+PoolStats pool_stats() {
+  return {g_runs.load(), g_parked_wakes.load(), g_moved.load(), double(g_wake_ns.load()) / 1e3};
+}
 
 }  // namespace pylstm

@@ -29,8 +29,8 @@ struct TeamAborted {};
 class Team {
  public:
   Team(int tid, int size, std::atomic<int>* arrived, std::atomic<int>* phase,
-       const std::atomic<bool>* failed = nullptr)
-      : tid_(tid), size_(size), arrived_(arrived), phase_(phase), failed_(failed) {}
+       const std::atomic<bool>* failed = nullptr, std::atomic<int>* cpus = nullptr)
+      : tid_(tid), size_(size), arrived_(arrived), phase_(phase), failed_(failed), cpus_(cpus) {}
   int tid() const { return tid_; }
   int size() const { return size_; }
   // Waits until every thread of the run has reached the barrier (memory is synchronized).
@@ -39,7 +39,10 @@ class Team {
   // token; wait(token) returns once every thread has arrived (and their writes are visible).
   // Work between the two overlaps the other threads' lateness. Every thread must arrive
   // exactly once per phase, and wait before arriving again. wait throws TeamAborted when
-  // another thread of the run has thrown.
+  // another thread of the run has thrown. A wait spins for at most the pool's measured wake-up
+  // latency, then yields the core at each check; it never sleeps inside a run. It yields at
+  // once when another thread of the run last arrived on this thread's CPU: spinning there only
+  // delays the thread it waits for.
   int arrive() const;
   void wait(int token) const;
   // The [begin, end) part of [0, n) this thread owns when n is split in multiples of `align`.
@@ -50,7 +53,18 @@ class Team {
   std::atomic<int>* arrived_;
   std::atomic<int>* phase_;
   const std::atomic<bool>* failed_;
+  std::atomic<int>* cpus_;  // the CPU each thread last arrived on (size_ slots), or nullptr
 };
+
+// What the pool has measured and done since the process started (diagnostics for the
+// benchmarks; pylstm._cpu._pool_stats).
+struct PoolStats {
+  int64_t runs;             // parallel runs
+  int64_t parked_wakes;     // workers that were asleep when a run was published
+  int64_t moved;            // workers moved off the caller's CPU at the start of a run
+  double wake_latency_us;   // the measured wake-up latency (its running average)
+};
+PoolStats pool_stats();
 
 // Runs fn(team) on `threads` threads (the caller is thread 0) and returns when all are done.
 // Calls from several host threads at once are serialized. threads <= 1 runs fn on the caller.
