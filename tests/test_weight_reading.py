@@ -108,6 +108,24 @@ def test_matmul_in_place_equals_packed_bitwise(hooks, M, K, N, with_bias):
     assert np.abs(got["in-place"] - want).max() <= 1e-4 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("M,K,N", [(1, 650, 10000), (8, 650, 10000), (1, 48, 65), (3, 1100, 40),
+                                   (13, 100, 37), (32, 17, 16)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matmul_transposed_b_in_place_equals_packed_bitwise(hooks, M, K, N, with_bias):
+    """A few rows against a transposed view (the tied output layer, embed_W.T, in generation)."""
+    r = np.random.default_rng(K + N)
+    a = r.standard_normal((M, K)).astype(np.float32)
+    embed = r.standard_normal((N, K)).astype(np.float32)
+    bias = r.standard_normal(N).astype(np.float32) if with_bias else None
+    got = {}
+    for mode in ("packed", "in-place"):
+        cpu._set_weight_reading(mode)
+        got[mode] = pylstm.matmul(a, embed.T, bias=bias, backend="cpu")
+    assert np.array_equal(got["packed"], got["in-place"])
+    want = a.astype(np.float64) @ embed.T + (0 if bias is None else bias)
+    assert np.abs(got["in-place"] - want).max() <= 1e-4 * np.abs(want).max()
+
+
 def test_auto_reads_short_calls_in_place_and_same_bits(hooks):
     """auto takes the in-place path for a single step and packs a long call; either way the bits
     are the packed path's."""

@@ -206,6 +206,85 @@ void gemm_rowmajor_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
   gemm_driver<false, false>(M, N, K, A, lda, B, 16, ldb, C, ldc, accumulate, bias);
 }
 
+namespace {
+// r[0..15] (16 rows of 16) transposed in place: r[j][i] = old r[i][j]. Three rounds of
+// shuffles: pairs of rows interleaved, then quads within 128-bit lanes, then the lanes.
+__attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {  // u[4q + c]: rows 4q..4q+3, element 4L + c of each lane L
+    u[4 * q + 0] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    u[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+    u[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    u[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), w = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 x = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88), y = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(v, x, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(v, x, 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(w, y, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(w, y, 0xDD);
+  }
+}
+}  // namespace
+
+namespace {
+// Rows [0, MR) of C, columns [n0, n0 + rows): the products of k in [k0, k1) (one summation
+// block) of A's rows with B's stored rows n0.., 16 x 16 blocks of B transposed in registers so
+// that each lane holds one column of C; then C = the sums, or C += them with add.
+template <int MR>
+__attribute__((target("avx512f"))) void bt_block(int64_t n0, int rows, int64_t k0, int64_t k1, const float* A,
+                                                 int64_t lda, const float* B, int64_t ldb, float* C,
+                                                 int64_t ldc, bool add) {
+  __m512 acc[MR];
+  for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t kb = k0; kb < k1; kb += 16) {
+    const int kk = int(std::min<int64_t>(16, k1 - kb));
+    const __mmask16 kmask = __mmask16((1u << kk) - 1u);
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) {
+      r[i] = i < rows ? _mm512_maskz_loadu_ps(kmask, B + (n0 + i) * ldb + kb) : _mm512_setzero_ps();
+    }
+    transpose16(r);  // r[j]: element kb + j of the 16 rows
+    for (int j = 0; j < kk; ++j) {
+      for (int m = 0; m < MR; ++m) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(A[m * lda + kb + j]), r[j], acc[m]);
+    }
+  }
+  const __mmask16 nmask = __mmask16((1u << rows) - 1u);
+  for (int m = 0; m < MR; ++m) {
+    float* c = C + m * ldc + n0;
+    __m512 v = acc[m];
+    if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(nmask, c));
+    _mm512_mask_storeu_ps(c, nmask, v);
+  }
+}
+
+using BtFn = void (*)(int64_t, int, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
+                      int64_t, bool);
+constexpr BtFn kBtBlocks[8] = {&bt_block<1>, &bt_block<2>, &bt_block<3>, &bt_block<4>,
+                               &bt_block<5>, &bt_block<6>, &bt_block<7>, &bt_block<8>};
+}  // namespace
+
+void gemm_bt_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                  float* C, int64_t ldc, bool accumulate) {
+  // 16 columns of C at a time; for each summation block of k (micro_kernel's), every 8-row
+  // block of A in turn, while the 16 rows of B's block are in L1.
+  for (int64_t n0 = 0; n0 < N; n0 += 16) {
+    const int rows = int(std::min<int64_t>(16, N - n0));
+    for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kSumBlock) {
+      const int64_t k1 = std::min(K, k0 + kSumBlock);
+      for (int64_t m0 = 0; m0 < M; m0 += 8) {
+        const int mr = int(std::min<int64_t>(8, M - m0));
+        kBtBlocks[mr - 1](n0, rows, k0, k1, A + m0 * lda, lda, B, ldb, C + m0 * ldc, ldc, accumulate || k0 > 0);
+      }
+    }
+  }
+}
+
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                       const float* Bp, float* C, int64_t ldc, bool accumulate, const float* bias,
                       GemmPrecision prec) {
@@ -283,6 +362,7 @@ void gemm_at_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const fl
                       int64_t, bool, const float*, GemmPrecision) {}
 void gemm_rowmajor_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
                      int64_t, bool, const float*) {}
+void gemm_bt_rows(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool) {}
 
 #endif
 

@@ -102,6 +102,14 @@ void gemm_rowmajor_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
                      int64_t ldb, float* C, int64_t ldc, bool accumulate = false,
                      const float* bias = nullptr);
 
+// C (M x N, ldc) = A @ B^T, or with accumulate C += A @ B^T, for B a row-major N x K matrix
+// (ldb) read in place: a few rows against a transposed weight matrix (the tied output layer of
+// a generation step, x @ embed_W.T). Sixteen rows of B at a time are transposed in registers,
+// so each C element sums its products in the order and blocks of gemm_packed_b's kernel: the
+// packed call's bits.
+void gemm_bt_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                  float* C, int64_t ldc, bool accumulate = false);
+
 // C (M x N, ldc) = A^T @ B with A stored as a row-major K x M matrix (lda) and B packed by
 // pack_b; C is overwritten, or with accumulate, C += A^T @ B. Used for the weight gradient [X | H_prev]^T dA.
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
