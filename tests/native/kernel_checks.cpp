@@ -596,10 +596,13 @@ void check_dense(uint64_t seed) {
   const T first = arrays[0][0];
   scale_arrays_cpu<T>(spans, 0.5);
   expect(arrays[0][0] == T(double(first) * 0.5), std::string("scale_arrays ") + dt);
-  // matmul with bias and colsum, plain and transposed operands
+  // matmul with bias and colsum, plain and transposed operands, B packed and read in place
+  for (int64_t M : {37, 5, 1})
+  for (WeightReading w : {WeightReading::kPacked, WeightReading::kInPlace})
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
-      const int64_t M = 37, N = 53, K = 29;
+      set_weight_reading(w);
+      const int64_t N = 53, K = 29;
       const auto A = randn(rng, M * K, 1.0), B = randn(rng, K * N, 1.0), bias = randn(rng, N, 1.0);
       const auto A_ = cast<T>(A), B_ = cast<T>(B), bias_ = cast<T>(bias);
       std::vector<T> C(M * N), colsum(N);
@@ -617,7 +620,9 @@ void check_dense(uint64_t seed) {
       }
       for (int64_t k = 0; k < K; ++k)
         for (int64_t n = 0; n < N; ++n) cref[n] += double(B_[tb ? n * K + k : k * N + n]);
-      const std::string tag = std::string("matmul ") + dt + (ta ? " A^T" : " A") + (tb ? " B^T" : " B");
+      set_weight_reading(WeightReading::kAuto);
+      const std::string tag = std::string("matmul ") + dt + (ta ? " A^T" : " A") + (tb ? " B^T" : " B") +
+                              (w == WeightReading::kInPlace ? " in place M=" : " packed M=") + std::to_string(M);
       expect(rel_err(C, Cref) < tol * 10, tag + ": C");
       expect(rel_err(colsum, cref) < tol, tag + ": colsum");
     }
@@ -657,13 +662,18 @@ void check_cell_all(const char* name) {
     for (int threads : {1, 2, 3}) {
       set_num_threads(threads);
       for (ForwardSchedule sch : {ForwardSchedule::kProjectionFirst, ForwardSchedule::kStepProjection}) {
-        set_forward_schedule(sch);
-        const std::string path = std::string(sch == ForwardSchedule::kProjectionFirst ? "projection-first"
-                                                                                      : "step-projection") +
-                                 " " + std::to_string(threads) + " threads";
-        check_cell<Cell, float>(name, s, path.c_str(), seed);
+        for (WeightReading w : {WeightReading::kPacked, WeightReading::kInPlace}) {
+          set_forward_schedule(sch);
+          set_weight_reading(w);
+          const std::string path = std::string(sch == ForwardSchedule::kProjectionFirst ? "projection-first"
+                                                                                        : "step-projection") +
+                                   (w == WeightReading::kInPlace ? " in place " : " packed ") +
+                                   std::to_string(threads) + " threads";
+          check_cell<Cell, float>(name, s, path.c_str(), seed);
+        }
       }
       set_forward_schedule(ForwardSchedule::kAuto);
+      set_weight_reading(WeightReading::kAuto);
     }
     const bool old = set_packed_gemm_enabled(false);
     check_cell<Cell, float>(name, s, "blas", seed);
