@@ -433,6 +433,9 @@ def main(argv=None, prog=None):
     def med(c, regime, kind):
         return c[regime][kind]["median_ms"] if kind in c.get(regime, {}) else float("nan")
 
+    def fmt(v, spec=".2f", suffix=""):
+        return "-" if v != v else f"{v:{spec}}{suffix}"  # (NaN: a regime the candidate skips)
+
     def ratios(mine, other):
         return {f"{regime} {kind}": med(other, regime, kind) / med(mine, regime, kind)
                 for regime in REGIMES for kind in ("train", "infer")}
@@ -442,7 +445,7 @@ def main(argv=None, prog=None):
         rows.append(row)
         ours = row["candidates"]["pylstm-cpu"]
         for name, c in row["candidates"].items():
-            cells = " | ".join(f"{med(c, r, k):.2f}" for r in ("warm", "cold") for k in ("train", "infer"))
+            cells = " | ".join(fmt(med(c, r, k)) for r in ("warm", "cold") for k in ("train", "infer"))
             print(f"| {','.join(map(str, shape))} | {name} | {med(c, 'loop', 'fwd'):.2f} | "
                   f"{med(c, 'loop', 'bwd'):.2f} | {med(c, 'loop', 'train'):.2f} "
                   f"({c['loop']['train']['min_ms']:.2f}) | {med(c, 'loop', 'infer'):.2f} | {cells} | "
@@ -451,7 +454,7 @@ def main(argv=None, prog=None):
         def speedup_row(label, mine, other, row=row):
             r = ratios(mine, other)
             row["speedup"][label] = r
-            cells = " | ".join(f"**{r[f'{g} {k}']:.2f}x**" for g in ("warm", "cold") for k in ("train", "infer"))
+            cells = " | ".join(fmt(r[f"{g} {k}"], ".2f", "x") for g in ("warm", "cold") for k in ("train", "infer"))
             print(f"|   | {label} | | | **{r['loop train']:.2f}x** | **{r['loop infer']:.2f}x** | {cells} | | |")
 
         for name, c in row["candidates"].items():
