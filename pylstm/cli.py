@@ -118,6 +118,8 @@ def _build_parser():
     g.add_argument("--top-k", type=_positive_int, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--prompt", default=None, help="text to start from (default: a newline / <eos>)")
+    g.add_argument("--timing", action="store_true",
+                   help="print the time per generated token (after one untimed warm-up token) to stderr")
     g.add_argument("--num-samples", type=_positive_int, default=1,
                    help="sequences to sample at once, as one batch (printed one after another)")
 
@@ -529,10 +531,21 @@ def _cmd_generate(a):
         raise ValueError(f"--top-k must be <= the vocabulary size {len(vocab)}, got {a.top_k}")
     kwargs = dict(sample_size=max(a.length, len(prompt)), temperature=a.temperature, top_k=a.top_k,
                   seed=a.seed, skip_ids=[w2i["<unk>"]] if "<unk>" in w2i else None)
+    start = [w2i[t] for t in prompt]
+    batch = {} if a.num_samples == 1 else {"num_samples": a.num_samples}
+    if a.timing:  # one untimed token first: the thread pool and caches awake, as in a loop
+        model.generate(start, **{**kwargs, "sample_size": len(start) + 1}, **batch)
+    t0 = time.perf_counter()
+    out = model.generate(start, **kwargs, **batch)
+    if a.timing:
+        new_tokens = kwargs["sample_size"] - len(start)
+        seconds = time.perf_counter() - t0
+        print(f"generated {new_tokens} tokens x {a.num_samples} sequence(s) in {seconds:.3f} s: "
+              f"{1e3 * seconds / max(new_tokens, 1):.3f} ms per token", file=sys.stderr)
     if a.num_samples == 1:
-        print(_decode(model.generate([w2i[t] for t in prompt], **kwargs), vocab, level))
+        print(_decode(out, vocab, level))
         return 0
-    rows = model.generate([w2i[t] for t in prompt], num_samples=a.num_samples, **kwargs)
+    rows = out
     for k, ids in enumerate(rows):
         print(f"--- sample {k + 1} of {len(rows)} ---\n{_decode(ids, vocab, level)}")
     return 0

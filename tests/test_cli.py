@@ -62,6 +62,18 @@ def test_generate_num_samples(trained):
     assert all(p.split("---\n", 1)[1].startswith("KING") for p in parts)
 
 
+def test_generate_timing_keeps_the_text(trained):
+    """--timing reports ms per token on stderr and generates the same text as without it."""
+    out, _ = trained
+    for extra in ([], ["--num-samples", "2"]):
+        args = ("generate", str(out / "checkpoint.npz"), "--length", "40", "--seed", "5", "--prompt", "KING", *extra)
+        plain, timed = run(*args), run(*args, "--timing")
+        assert plain.returncode == 0 and timed.returncode == 0, timed.stderr
+        assert timed.stdout == plain.stdout
+        assert "ms per token" in timed.stderr and "ms per token" not in plain.stderr
+        assert f"generated 36 tokens x {2 if extra else 1} sequence(s)" in timed.stderr
+
+
 def test_resume_continues(trained, tmp_path):
     out, _ = trained
     args = list(QUICK)
