@@ -92,12 +92,16 @@ def test_walk_in_place_equals_packed_bitwise(hooks, cell):
             assert np.array_equal(a, b), f"{cell} reverse={reverse}: output {i} differs in place"
 
 
-@pytest.mark.parametrize("M,K,N", [(1, 650, 10000), (1, 384, 65), (5, 1100, 33), (8, 20, 16), (32, 64, 100)])
+@pytest.mark.parametrize("transposed,M,K,N", [
+    (False, 1, 650, 10000), (False, 1, 384, 65), (False, 5, 1100, 33), (False, 8, 20, 16), (False, 32, 64, 100),
+    # a few rows against a transposed view: the tied output layer, embed_W.T, in generation
+    (True, 1, 650, 10000), (True, 8, 650, 10000), (True, 1, 48, 65), (True, 3, 1100, 40), (True, 13, 100, 37),
+    (True, 32, 17, 16)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matmul_in_place_equals_packed_bitwise(hooks, M, K, N, with_bias):
+def test_matmul_in_place_equals_packed_bitwise(hooks, transposed, M, K, N, with_bias):
     r = np.random.default_rng(M + K + N)
     a = r.standard_normal((M, K)).astype(np.float32)
-    b = r.standard_normal((K, N)).astype(np.float32)
+    b = r.standard_normal((N, K)).astype(np.float32).T if transposed else r.standard_normal((K, N)).astype(np.float32)
     bias = r.standard_normal(N).astype(np.float32) if with_bias else None
     got = {}
     for mode in ("packed", "in-place"):
@@ -105,24 +109,6 @@ def test_matmul_in_place_equals_packed_bitwise(hooks, M, K, N, with_bias):
         got[mode] = pylstm.matmul(a, b, bias=bias, backend="cpu")
     assert np.array_equal(got["packed"], got["in-place"])
     want = a.astype(np.float64) @ b + (0 if bias is None else bias)
-    assert np.abs(got["in-place"] - want).max() <= 1e-4 * np.abs(want).max()
-
-
-@pytest.mark.parametrize("M,K,N", [(1, 650, 10000), (8, 650, 10000), (1, 48, 65), (3, 1100, 40),
-                                   (13, 100, 37), (32, 17, 16)])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_matmul_transposed_b_in_place_equals_packed_bitwise(hooks, M, K, N, with_bias):
-    """A few rows against a transposed view (the tied output layer, embed_W.T, in generation)."""
-    r = np.random.default_rng(K + N)
-    a = r.standard_normal((M, K)).astype(np.float32)
-    embed = r.standard_normal((N, K)).astype(np.float32)
-    bias = r.standard_normal(N).astype(np.float32) if with_bias else None
-    got = {}
-    for mode in ("packed", "in-place"):
-        cpu._set_weight_reading(mode)
-        got[mode] = pylstm.matmul(a, embed.T, bias=bias, backend="cpu")
-    assert np.array_equal(got["packed"], got["in-place"])
-    want = a.astype(np.float64) @ embed.T + (0 if bias is None else bias)
     assert np.abs(got["in-place"] - want).max() <= 1e-4 * np.abs(want).max()
 
 

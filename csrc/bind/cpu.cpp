@@ -10,6 +10,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
 #include <memory>
@@ -241,6 +242,17 @@ py::tuple softmax_xent_impl(const py::array& s, const py::array& lab, int32_t ig
 }
 
 // Test hook for the thread pool (cpu/test_hooks.cpp): (inconsistencies, exceptions caught).
+// A test hook's three-way setting by name (names[i] is the enum's value i): sets it and returns
+// the old setting's name.
+template <class E>
+std::string set_mode_by_name(const std::string& mode, const std::array<const char*, 3>& names, E (*set)(E)) {
+  for (int i = 0; i < 3; ++i) {
+    if (mode == names[i]) return names[size_t(set(E(i)))];
+  }
+  throw py::value_error(std::string("mode must be '") + names[0] + "', '" + names[1] + "' or '" + names[2] +
+                        "', got '" + mode + "'");
+}
+
 py::tuple pool_stress(int runs, int max_threads, uint64_t seed) {
   if (runs < 0 || max_threads < 2 || max_threads > 64) {
     throw py::value_error("runs must be >= 0 and max_threads in [2, 64]");
@@ -439,25 +451,11 @@ PYBIND11_MODULE(_cpu, m) {
         "Test hook: stress the thread pool (random thread counts, barriers, injected exceptions); "
         "returns (inconsistencies, exceptions caught).");
   m.def("_set_forward_schedule", [](const std::string& mode) {
-    ForwardSchedule s;
-    if (mode == "auto") s = ForwardSchedule::kAuto;
-    else if (mode == "projection-first") s = ForwardSchedule::kProjectionFirst;
-    else if (mode == "step-projection") s = ForwardSchedule::kStepProjection;
-    else throw py::value_error("mode must be 'auto', 'projection-first' or 'step-projection', got '" + mode + "'");
-    const ForwardSchedule old = set_forward_schedule(s);
-    return std::string(old == ForwardSchedule::kAuto ? "auto"
-                       : old == ForwardSchedule::kProjectionFirst ? "projection-first"
-                                                                  : "step-projection");
+    return set_mode_by_name(mode, {"auto", "projection-first", "step-projection"}, &set_forward_schedule);
   }, py::arg("mode"),
         "Test hook: the float32 forward schedule of the packed-weight kernel; returns the old one.");
   m.def("_set_weight_reading", [](const std::string& mode) {
-    WeightReading w;
-    if (mode == "auto") w = WeightReading::kAuto;
-    else if (mode == "packed") w = WeightReading::kPacked;
-    else if (mode == "in-place") w = WeightReading::kInPlace;
-    else throw py::value_error("mode must be 'auto', 'packed' or 'in-place', got '" + mode + "'");
-    const WeightReading old = set_weight_reading(w);
-    return std::string(old == WeightReading::kAuto ? "auto" : old == WeightReading::kPacked ? "packed" : "in-place");
+    return set_mode_by_name(mode, {"auto", "packed", "in-place"}, &set_weight_reading);
   }, py::arg("mode"),
         "Test hook: whether the float32 kernel path packs the weights or reads them in place "
         "(the recurrent forward and matmul); returns the old setting.");
