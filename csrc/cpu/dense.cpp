@@ -22,16 +22,19 @@ namespace {
 constexpr int64_t kColAlign = 16;
 constexpr int64_t kRowAlign = 8;
 
-// Products of at most this many rows read a row-major B in place instead of packing it: a few
-// micro-tiles of rows use each element of B a few times, so a packing pass (a read and a write
-// of B) costs more than it saves (the output layer of a generation step: one row against
-// 650 x 10000 took a sixth of the time; benchmarks/RESULTS.md has the crossover).
-constexpr int64_t kInPlaceMaxRows = 32;
+// Products of at most this many rows read B in place instead of packing it: a few micro-tiles
+// of rows use each element of B a few times, so a packing pass (a read and a write of B) costs
+// more than it saves (the output layer of a generation step: one row against 650 x 10000 took a
+// sixth of the time; benchmarks/RESULTS.md has the crossover). A transposed B (gemm_bt_rows)
+// repeats its register transposes for every 8 rows of A: at 32 rows it was no faster than
+// packing, so it stops at one micro-tile.
+constexpr int64_t kInPlaceMaxRows = 32, kInPlaceMaxRowsTransposed = 8;
 
-bool b_in_place(int64_t M) {
+// Whether a product with M rows reads B in place (the test hook's setting, or by rows).
+bool b_in_place(int64_t M, bool trans_b) {
   const WeightReading w = get_weight_reading();
   if (w != WeightReading::kAuto) return w == WeightReading::kInPlace;
-  return M <= kInPlaceMaxRows;
+  return M <= (trans_b ? kInPlaceMaxRowsTransposed : kInPlaceMaxRows);
 }
 }  // namespace
 
@@ -91,14 +94,10 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
   const bool packed = std::is_same<T, float>::value && beta == T(0) && (N >= 16 || bf16) &&
                       packed_gemm_enabled();
   const bool by_cols = N >= M;
-  // A row-major B, not rounded to bfloat16, with few rows of A: read in place (b_in_place).
-  const bool in_place = packed && !trans_a && !trans_b && !bf16 && b_in_place(M);
-  // A few rows against a transposed B (the tied output layer, embed_W.T, of a generation
-  // step): B's stored rows read in place (gemm_bt_rows: the packed path's bits). Its register
-  // transposes are repeated for every 8 rows of A, so past 8 rows (b_in_place's one micro-tile
-  // of rows: 32 rows measured no faster than packing) B is packed.
-  const bool in_place_t = packed && !trans_a && trans_b && !bf16 && b_in_place(M) &&
-                          (M <= 8 || get_weight_reading() == WeightReading::kInPlace);
+  // B read in place (b_in_place): row-major through gemm_rowmajor_b, or its stored rows against
+  // a transposed B (the tied output layer, embed_W.T, of a generation step) through gemm_bt_rows;
+  // either way the packed path's bits. bfloat16 rounds B as it packs it.
+  const bool in_place = packed && !trans_a && !bf16 && b_in_place(M, trans_b);
   // Column sums of op(B), in double, rounded once: the same result at any thread count.
   std::vector<double> sums(colsum ? size_t((N + 15) / 16 * 16) : 0, 0.0);
   // The packed path packs B once into one buffer (the Affine weights change every step, so
@@ -108,7 +107,7 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
   // meet at a barrier (before, each packed all of B: at (700 x 10000) @ (10000 x 650) 26 MB
   // written per thread per call).
   thread_local std::vector<float> packed_buf;  // the caller's: the lambda uses the pointer
-  const size_t packed_size = packed && !in_place && !in_place_t ? size_t(packed_b_size(K, N)) : 0;
+  const size_t packed_size = packed && !in_place ? size_t(packed_b_size(K, N)) : 0;
   if (packed_buf.size() < packed_size) packed_buf.resize(packed_size);
   float* const pb = packed_buf.data();
   parallel_run(nt, [&](const Team& team) {
@@ -120,18 +119,15 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
     if constexpr (std::is_same<T, float>::value) {
       if (in_place) {
         if (hi <= lo) return;
-        if (colsum) add_column_sums(false, K, c0, c1 - c0, B, ldb, sums.data() + c0);
-        const float* bb = bias ? bias + c0 : nullptr;
+        if (colsum) add_column_sums(trans_b, K, c0, c1 - c0, B, ldb, sums.data() + c0);
         float* cp = C + r0 * ldc + c0;
-        gemm_rowmajor_b(r1 - r0, c1 - c0, K, A + r0 * lda, lda, B + c0, ldb, cp, ldc, false, bb);
-        return;
-      }
-      if (in_place_t) {
-        if (hi <= lo) return;
-        if (colsum) add_column_sums(true, K, c0, c1 - c0, B, ldb, sums.data() + c0);
-        if (bias) tile_from_bias(bias, c0, c1 - c0, r1 - r0, C + r0 * ldc + c0, ldc);
-        gemm_bt_rows(r1 - r0, c1 - c0, K, A + r0 * lda, lda, B + c0 * ldb, ldb, C + r0 * ldc + c0, ldc,
-                     bias != nullptr);
+        if (!trans_b) {
+          const float* bb = bias ? bias + c0 : nullptr;
+          gemm_rowmajor_b(r1 - r0, c1 - c0, K, A + r0 * lda, lda, B + c0, ldb, cp, ldc, false, bb);
+          return;
+        }
+        if (bias) tile_from_bias(bias, c0, c1 - c0, r1 - r0, cp, ldc);  // then accumulated onto
+        gemm_bt_rows(r1 - r0, c1 - c0, K, A + r0 * lda, lda, B + c0 * ldb, ldb, cp, ldc, bias != nullptr);
         return;
       }
       if (packed) {

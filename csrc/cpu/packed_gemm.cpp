@@ -13,6 +13,8 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+
+#include "cpu/gemm_store.h"
 #define PYLSTM_HAVE_AVX512_KERNEL 1
 #endif
 
@@ -80,14 +82,10 @@ __attribute__((target("avx512f"))) void micro_kernel(int64_t K, const float* A, 
         for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a, b[p], acc[r][p]);
       }
     }
-    const bool add = accumulate || k0 > 0;
     for (int r = 0; r < MR; ++r) {
       for (int p = 0; p < NP; ++p) {
-        float* dst = C + r * ldc + p * 16;
-        const __mmask16 m = p == NP - 1 ? last_mask : __mmask16(0xFFFF);
-        __m512 v = acc[r][p];
-        if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst));
-        _mm512_mask_storeu_ps(dst, m, v);
+        store_sums(C + r * ldc + p * 16, acc[r][p], p == NP - 1 ? last_mask : __mmask16(0xFFFF),
+                   accumulate || k0 > 0);
       }
     }
   }
@@ -255,12 +253,7 @@ __attribute__((target("avx512f"))) void bt_block(int64_t n0, int rows, int64_t k
     }
   }
   const __mmask16 nmask = __mmask16((1u << rows) - 1u);
-  for (int m = 0; m < MR; ++m) {
-    float* c = C + m * ldc + n0;
-    __m512 v = acc[m];
-    if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(nmask, c));
-    _mm512_mask_storeu_ps(c, nmask, v);
-  }
+  for (int m = 0; m < MR; ++m) store_sums(C + m * ldc + n0, acc[m], nmask, add);
 }
 
 using BtFn = void (*)(int64_t, int, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,

@@ -23,6 +23,8 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "cpu/gemm_store.h"
 #define PYLSTM_HAVE_BF16_KERNEL 1
 #endif
 
@@ -140,14 +142,10 @@ __attribute__((target("avx512f,avx512bf16"))) void micro_bf16(int64_t kp, const 
         for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], a, b[p]);
       }
     }
-    const bool add = accumulate || k0 > 0;
     for (int r = 0; r < MR; ++r) {
       for (int p = 0; p < NP; ++p) {
-        float* dst = C + r * ldc + p * 16;
-        const __mmask16 m = p == NP - 1 ? last_mask : __mmask16(0xFFFF);
-        __m512 v = acc[r][p];
-        if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst));
-        _mm512_mask_storeu_ps(dst, m, v);
+        store_sums(C + r * ldc + p * 16, acc[r][p], p == NP - 1 ? last_mask : __mmask16(0xFFFF),
+                   accumulate || k0 > 0);
       }
     }
   }
@@ -237,11 +235,7 @@ __attribute__((target("amx-tile,avx512f"))) inline void amx_flush(int tile, floa
     case 2: _tile_stored(2, tmp, 64); break;
     default: _tile_stored(3, tmp, 64); break;
   }
-  for (int r = 0; r < rows; ++r) {
-    __m512 v = _mm512_load_ps(tmp + r * 16);
-    if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(cols, C + r * ldc));
-    _mm512_mask_storeu_ps(C + r * ldc, cols, v);
-  }
+  for (int r = 0; r < rows; ++r) store_sums(C + r * ldc, _mm512_load_ps(tmp + r * 16), cols, add);
 }
 
 // Pairs a tile accumulates before it is added to C: 512 products (the float32 error of such a
