@@ -45,7 +45,9 @@ def test_bf16_rounding_is_to_nearest_even():
 
 @needs_bf16
 @pytest.mark.parametrize("M,K,N", [(1, 1, 3), (7, 5, 16), (20, 650, 130), (100, 1025, 50), (130, 1301, 33),
-                                   (33, 2100, 17), (64, 64, 48), (8, 2, 48)])
+                                   (33, 2100, 17), (64, 64, 48), (8, 2, 48),
+                                   # short K: column blocks walked by 32-row blocks, a padded last step
+                                   (700, 100, 1000), (300, 250, 700)])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("pack_rows", [False, True])
 @pytest.mark.parametrize("accumulate", [False, True])

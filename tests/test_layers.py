@@ -207,7 +207,8 @@ def test_matmul_large_split_over_threads(kernel_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("M,K,N", [(37, 29, 53), (300, 200, 45), (20, 150, 500), (5, 1, 3), (100, 700, 90)])
+@pytest.mark.parametrize("M,K,N", [(37, 29, 53), (300, 200, 45), (20, 150, 500), (5, 1, 3), (100, 700, 90),
+                                   (700, 100, 1400)])  # (short K: column blocks, sums over 6 pack blocks)
 def test_matmul_bias_and_colsum(backend, kernel_path, dtype, ta, tb, M, K, N):
     """a @ b + bias and b.sum(axis=0) in the same call (the Affine layer's forward and db), on
     every operand layout, split by rows (M > N) and by columns, against float64 NumPy."""

@@ -2,7 +2,8 @@
 // times 3 panels (48 columns) of B = 24 zmm accumulators; per k, 3 panel loads, 8 broadcasts
 // and 24 FMAs, so the two 512-bit FMA pipes stay busy. The driver blocks K (1024) and the rows
 // (96) for L2 and walks 48-column slabs of B inside a row chunk, so each slab is read from
-// memory once per row chunk and then hit in L1/L2 by every 8-row block. A may be row-major or
+// memory once per row chunk and then hit in L1/L2 by every 8-row block (at a short K, each 8-row
+// block walks an L2-sized block of slabs instead, so C is written in runs). A may be row-major or
 // stored transposed (the weight gradient); B is always packed (pack_b / pack_b_rows).
 #include "cpu/packed_gemm.h"
 
@@ -152,36 +153,60 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
   // other strides, and for row-major A, the copy costs more than it saves
   // (benchmarks/RESULTS.md has the measurements).
   const bool pack = TA && M >= 128 && lda % 128 == 0;
-  // Up to 128 rows go in one chunk: a second chunk of a few rows (M = 100: 96 + 4) would stream
-  // all of B again for little work (measured on the Affine layer's dW = x^T dS, M = 100).
-  const int64_t mc = M <= 128 ? M : kMC;
+  // A short K (at most kShortK: the output layer's x @ W + b at K = D) gives each C tile little
+  // work, and the writes of C dominate: walking a slab down all the rows wrote one 192-byte
+  // piece per row of C, 700 rows in 700 pages, and ran at 2/3 of OpenBLAS's speed on
+  // (700 x 100) @ (100 x 10000). There the columns go in blocks whose B panels fit kShortBlock
+  // bytes (in L2), each 8-row block walks a block's slabs, writing 8 sequential runs of C, and
+  // a row chunk holds as many rows as the A block's budget (kMC x kKC floats) allows at this K,
+  // so B is streamed once per chunk of up to 960 rows instead of once per 96. Otherwise up to
+  // 128 rows go in one chunk: a second chunk of a few rows (M = 100: 96 + 4) would stream all of
+  // B again for little work (measured on the Affine layer's dW = x^T dS, M = 100). Neither the
+  // order nor the chunks change any sum.
+  constexpr int64_t kShortK = 256, kShortBlock = 256 * 1024;
+  const bool short_k = K <= kShortK;
+  const int64_t kc_max = std::min(K, kKC);
+  const int64_t budget = short_k ? std::max<int64_t>(128, kMC * kKC / kc_max / kMR * kMR) : 128;
+  const int64_t mc = M <= budget ? M : (short_k ? budget : kMC);
   thread_local std::vector<float> abuf;
-  if (pack && abuf.size() < size_t(mc * kKC)) abuf.resize(size_t(mc * kKC));
+  const int64_t mc8 = (mc + kMR - 1) / kMR * kMR;  // (pack_at's tiles: whole 8-row tiles of room)
+  if (pack && abuf.size() < size_t(mc8 * kc_max)) abuf.resize(size_t(mc8 * kc_max));
+  const int64_t block_panels =
+      short_k ? std::max<int64_t>(kNP, kShortBlock / (K * 64) / kNP * kNP) : panels;
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0);
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
       const int64_t m1 = std::min(M, m0 + mc);
       if (pack) pack_at(m0, m1, k0, kc, A, lda, abuf.data());
-      for (int64_t p0 = 0; p0 < panels; p0 += kNP) {
+      // One micro-tile: rows [r0, r0 + 8) x the slab at panel p0.
+      auto tile = [&](int64_t p0, int64_t r0) {
         const int np = int(std::min<int64_t>(kNP, panels - p0));
         const int64_t last_cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
         const __mmask16 last_mask = __mmask16((1u << last_cols) - 1u);
-        for (int64_t r0 = m0; r0 < m1; r0 += kMR) {
-          const int mr = int(std::min<int64_t>(kMR, m1 - r0));
-          const float* b = B + p0 * pstride + k0 * kstride;
-          float* c = C + r0 * ldc + p0 * 16;
-          bool acc = accumulate || k0 > 0;
-          if (bias && k0 == 0) {
-            tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), mr, c, ldc);
-            acc = true;
-          }
-          if (pack) {
-            pick<true, PK>(mr, np)(kc, abuf.data() + (r0 - m0) * kc, kMR, b, pstride, kstride, c,
-                                   ldc, last_mask, acc);
-          } else {
-            const float* a = TA ? A + k0 * lda + r0 : A + r0 * lda + k0;
-            pick<TA, PK>(mr, np)(kc, a, lda, b, pstride, kstride, c, ldc, last_mask, acc);
-          }
+        const int mr = int(std::min<int64_t>(kMR, m1 - r0));
+        const float* b = B + p0 * pstride + k0 * kstride;
+        float* c = C + r0 * ldc + p0 * 16;
+        bool acc = accumulate || k0 > 0;
+        if (bias && k0 == 0) {
+          tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), mr, c, ldc);
+          acc = true;
+        }
+        if (pack) {
+          pick<true, PK>(mr, np)(kc, abuf.data() + (r0 - m0) * kc, kMR, b, pstride, kstride, c,
+                                 ldc, last_mask, acc);
+        } else {
+          const float* a = TA ? A + k0 * lda + r0 : A + r0 * lda + k0;
+          pick<TA, PK>(mr, np)(kc, a, lda, b, pstride, kstride, c, ldc, last_mask, acc);
+        }
+      };
+      for (int64_t q0 = 0; q0 < panels; q0 += block_panels) {
+        const int64_t q1 = std::min(panels, q0 + block_panels);
+        if (short_k) {
+          for (int64_t r0 = m0; r0 < m1; r0 += kMR)
+            for (int64_t p0 = q0; p0 < q1; p0 += kNP) tile(p0, r0);
+        } else {
+          for (int64_t p0 = q0; p0 < q1; p0 += kNP)
+            for (int64_t r0 = m0; r0 < m1; r0 += kMR) tile(p0, r0);
         }
       }
     }
@@ -289,28 +314,36 @@ void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
 }
 
 namespace {
-// One pass over the rows (k outer: the source is read row by row, each panel's destination is
-// written sequentially), AVX-512 copies; the column sums accumulate in double in `sums` (16
-// per panel).
+// Blocks of kPackPanels panels (256 columns), each walked over all rows: per row, one 1 KB run
+// of the source, one 64-byte line into each of the block's panels (written sequentially), and
+// the block's column sums (2 KB of doubles) stay in L1. (Walking every panel per row instead,
+// the 10000-column output layer's sums, 80 KB, spilled to L2 on every row and the 625 panels
+// were 625 write streams: the pack with sums took longer than the GEMM.) The sums still add
+// the rows in order, so the result is the same.
+constexpr int64_t kPackPanels = 16;
+
 __attribute__((target("avx512f"))) void pack_rows_avx512(int64_t K, int64_t N, const float* B,
                                                          int64_t ldb, float* out, double* sums) {
   const int64_t panels = (N + 15) / 16;
   const int64_t full = N / 16;
   const __mmask16 tail = __mmask16((1u << (N - full * 16)) - 1u);
-  for (int64_t k = 0; k < K; ++k) {
-    const float* src = B + k * ldb;
-    float* dst = out + k * 16;
-    for (int64_t p = 0; p < panels; ++p) {
-      const __m512 v = p < full ? _mm512_loadu_ps(src + p * 16)
-                                : _mm512_maskz_loadu_ps(tail, src + p * 16);
-      _mm512_storeu_ps(dst + p * K * 16, v);
-      if (sums) {
-        double* sp = sums + p * 16;
-        const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        const __m512d hi = _mm512_cvtps_pd(
-            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        _mm512_storeu_pd(sp, _mm512_add_pd(_mm512_loadu_pd(sp), lo));
-        _mm512_storeu_pd(sp + 8, _mm512_add_pd(_mm512_loadu_pd(sp + 8), hi));
+  for (int64_t q0 = 0; q0 < panels; q0 += kPackPanels) {
+    const int64_t q1 = std::min(panels, q0 + kPackPanels);
+    for (int64_t k = 0; k < K; ++k) {
+      const float* src = B + k * ldb;
+      float* dst = out + k * 16;
+      for (int64_t p = q0; p < q1; ++p) {
+        const __m512 v = p < full ? _mm512_loadu_ps(src + p * 16)
+                                  : _mm512_maskz_loadu_ps(tail, src + p * 16);
+        _mm512_storeu_ps(dst + p * K * 16, v);
+        if (sums) {
+          double* sp = sums + p * 16;
+          const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+          const __m512d hi = _mm512_cvtps_pd(
+              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+          _mm512_storeu_pd(sp, _mm512_add_pd(_mm512_loadu_pd(sp), lo));
+          _mm512_storeu_pd(sp + 8, _mm512_add_pd(_mm512_loadu_pd(sp + 8), hi));
+        }
       }
     }
   }

@@ -179,17 +179,19 @@ MicroFn pick(int mr, int np) {
 
 // The A panel of rows [m0, m1) and k in [k0, k0 + kc), kc rounded up to even pairs (an odd
 // last pair padded with a zero). Row-major A: row r's pairs at out + (r - m0) * pairs, converted
-// 32 values at a time (a row's k values are already in pair order). A stored transposed (TA:
+// 32 values at a time (a row's k values are already in pair order; rows `stride` pairs apart,
+// default `pairs`). A stored transposed (TA:
 // A[k * lda + r]): pair kk of rows m0.. at out + kk * (m1 - m0), 16 rows at a time from two
 // source rows (vcvtne2ps2bf16, then vpermw into pairs).
 template <bool TA>
 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void pack_a_bf16(int64_t m0, int64_t m1, int64_t k0,
                                                                           int64_t kc, const float* A, int64_t lda,
-                                                                          uint32_t* out) {
+                                                                          uint32_t* out, int64_t stride = 0) {
   const int64_t pairs = (kc + 1) / 2;
   if constexpr (!TA) {
+    if (stride == 0) stride = pairs;
     for (int64_t r = m0; r < m1; ++r) {
-      uint32_t* dst = out + (r - m0) * pairs;
+      uint32_t* dst = out + (r - m0) * stride;
       const float* src = A + r * lda + k0;
       int64_t k = 0;
       for (; k + 32 <= kc; k += 32) {  // (cvtne2ps puts its second operand in the low half)
@@ -243,31 +245,40 @@ __attribute__((target("amx-tile,avx512f"))) inline void amx_flush(int tile, floa
 // vdpbf16ps kernel does, cost as much as the products).
 constexpr int64_t kAmxSumPairs = 256;
 
-// One 32 x 32 block of C (fewer valid rows / panels at the edges) over `full` pairs (a
-// multiple of 16): tile products accumulated over kAmxSumPairs pairs, then added to C. a: the block's first A-panel row (row stride ap pairs);
-// b: its first panel (panel stride pstride bf16).
-__attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_block(int64_t full, const uint32_t* a, int64_t ap,
-                                                                    const uint16_t* b, int64_t pstride, int np,
-                                                                    int rows, __mmask16 last_mask, float* C,
-                                                                    int64_t ldc, bool accumulate) {
+// One 32 x 32 block of C (fewer valid rows / panels at the edges) over `total` pairs (a
+// multiple of 16): tile products accumulated over kAmxSumPairs pairs, then added to C.
+// a: the block's first A-panel row (row stride ap pairs, zero past the K block's pairs); b: its
+// first panel (panel stride pstride bf16) for pairs below `full`; past it (the K block's last
+// pairs < 16) the B tiles come from tail: the block's panels' last pairs copied and padded with
+// zeros to 16 pairs (panel stride 512 bf16), so the last step stays on the tiles (a vdpbf16ps
+// pass for those pairs read and wrote every C tile once more: at K = 100 the
+// (700 x 100) @ (100 x 10000) product ran slower than float32).
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_block(int64_t total, int64_t full, const uint32_t* a,
+                                                                    int64_t ap, const uint16_t* b, int64_t pstride,
+                                                                    const uint16_t* tail, int np, int rows,
+                                                                    __mmask16 last_mask, float* C, int64_t ldc,
+                                                                    bool accumulate) {
   alignas(64) float tmp[256];
   const int rows0 = std::min(rows, 16), rows1 = std::max(0, rows - 16);
   const __mmask16 m0 = np == 1 ? last_mask : __mmask16(0xFFFF), m1 = last_mask;
   bool add = accumulate;
-  for (int64_t s0 = 0; s0 < full; s0 += kAmxSumPairs) {
-    const int64_t s1 = std::min(full, s0 + kAmxSumPairs);
+  for (int64_t s0 = 0; s0 < total; s0 += kAmxSumPairs) {
+    const int64_t s1 = std::min(total, s0 + kAmxSumPairs);
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t kk = s0; kk < s1; kk += 16) {
+      const bool in_panel = kk < full;
+      const uint16_t* b0 = in_panel ? b + kk * 32 : tail;
+      const int64_t bstride = in_panel ? pstride : 512;
       _tile_loadd(4, a + kk, ap * 4);
       _tile_loadd(5, a + 16 * ap + kk, ap * 4);
-      _tile_loadd(6, b + kk * 32, 64);
+      _tile_loadd(6, b0, 64);
       _tile_dpbf16ps(0, 4, 6);
       _tile_dpbf16ps(2, 5, 6);
       if (np == 2) {
-        _tile_loadd(7, b + pstride + kk * 32, 64);
+        _tile_loadd(7, b0 + bstride, 64);
         _tile_dpbf16ps(1, 4, 7);
         _tile_dpbf16ps(3, 5, 7);
       }
@@ -282,59 +293,73 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_block(int64_t full
   }
 }
 
-// The AMX driver: A panels of row-major pairs (rows padded with zeros to a multiple of 32),
-// 32 x 32 blocks on the tiles over the K block's whole 16-pair steps, the last < 16 pairs on the
-// vdpbf16ps kernel (accumulating).
+// The AMX driver: A panels of row-major pairs (rows padded with zeros to a multiple of 32, and
+// each row to whole 16-pair steps), 32 x 32 blocks on the tiles. Blocking as gemm_driver's
+// (cpu/packed_gemm.cpp): row chunks as large as the A budget allows at this K, and at a short K
+// the columns in L2-sized blocks walked by each 32-row block, so C is written in sequential runs.
 template <bool TA>
 void gemm_bf16_amx(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* B, float* C,
                    int64_t ldc, bool accumulate, const float* bias) {
   amx_configure_thread();
   const int64_t panels = (N + 15) / 16, pstride = K * 32;
-  constexpr int64_t kKC = 1024;
-  const int64_t mc = M <= 128 ? M : 128;
-  const int64_t mc32 = (mc + 31) / 32 * 32;
+  constexpr int64_t kKC = 1024, kShortK = 256, kShortBlock = 128 * 1024;
+  const int64_t kc_max = std::min(K, kKC);
+  const bool short_k = K <= kShortK;
+  // (rows, at the A budget of 128 x 1024 bf16)
+  const int64_t budget = short_k ? std::max<int64_t>(128, 128 * kKC / kc_max / 32 * 32) : 128;
+  const int64_t mc = M <= budget ? M : budget;
+  const int64_t mc32 = (mc + 31) / 32 * 32, ap_max = ((kc_max + 1) / 2 + 15) / 16 * 16;
+  const int64_t block_panels = short_k ? std::max<int64_t>(2, kShortBlock / (K * 32) / 2 * 2) : panels;
   thread_local std::vector<uint32_t> abuf, tbuf;
-  if (abuf.size() < size_t(mc32 * kKC / 2)) abuf.resize(size_t(mc32 * kKC / 2));
+  thread_local std::vector<uint16_t> tails;  // the K block's last pairs of every panel, padded
+  if (abuf.size() < size_t(mc32 * ap_max)) abuf.resize(size_t(mc32 * ap_max));
   if (TA && tbuf.size() < size_t(mc * kKC / 2)) tbuf.resize(size_t(mc * kKC / 2));
+  if (tails.size() < size_t(panels * 512)) tails.resize(size_t(panels * 512));
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0), pairs = (kc + 1) / 2, full = pairs / 16 * 16;
+    const int64_t ap = (pairs + 15) / 16 * 16;  // A-panel row stride: whole 16-pair steps
+    if (full < pairs) {
+      std::fill(tails.begin(), tails.begin() + panels * 512, uint16_t(0));
+      for (int64_t p = 0; p < panels; ++p) {
+        std::memcpy(tails.data() + p * 512, B + p * pstride + (k0 / 2 + full) * 32, size_t(pairs - full) * 64);
+      }
+    }
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
       const int64_t m1 = std::min(M, m0 + mc), rows = m1 - m0, rows32 = (rows + 31) / 32 * 32;
       if constexpr (TA) {  // pairs converted row by row of the source, then transposed here
         pack_a_bf16<true>(m0, m1, k0, kc, A, lda, tbuf.data());
         for (int64_t r = 0; r < rows; ++r) {
-          uint32_t* dst = abuf.data() + r * pairs;
+          uint32_t* dst = abuf.data() + r * ap;
           for (int64_t kk = 0; kk < pairs; ++kk) dst[kk] = tbuf[size_t(kk * rows + r)];
         }
       } else {
-        pack_a_bf16<false>(m0, m1, k0, kc, A, lda, abuf.data());
+        pack_a_bf16<false>(m0, m1, k0, kc, A, lda, abuf.data(), ap);
       }
-      std::fill(abuf.data() + rows * pairs, abuf.data() + rows32 * pairs, 0u);
-      for (int64_t p0 = 0; p0 < panels; p0 += 2) {
+      for (int64_t r = 0; r < rows && ap > pairs; ++r) std::fill_n(abuf.data() + r * ap + pairs, ap - pairs, 0u);
+      std::fill(abuf.data() + rows * ap, abuf.data() + rows32 * ap, 0u);
+      auto block = [&](int64_t p0, int64_t r0) {
         const int np = int(std::min<int64_t>(2, panels - p0));
         const int64_t last_cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
         const __mmask16 last_mask = __mmask16((1u << last_cols) - 1u);
         const uint16_t* b = B + p0 * pstride + k0 * 16;
-        for (int64_t r0 = m0; r0 < m1; r0 += 32) {
-          const int nr = int(std::min<int64_t>(32, m1 - r0));
-          float* c = C + r0 * ldc + p0 * 16;
-          bool acc = accumulate || k0 > 0;
-          if (bias && k0 == 0) {
-            tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), nr, c, ldc);
-            acc = true;
-          }
-          const uint32_t* a = abuf.data() + (r0 - m0) * pairs;
-          if (full > 0) {
-            amx_block(full, a, pairs, b, pstride, np, nr, last_mask, c, ldc, acc);
-            acc = true;
-          }
-          if (full < pairs) {
-            for (int64_t r = 0; r < nr; r += kMR) {
-              const int mr = int(std::min<int64_t>(kMR, nr - r));
-              pick<false>(mr, np)(pairs - full, a + r * pairs + full, pairs, b + full * 32, pstride,
-                                  c + r * ldc, ldc, last_mask, acc);
-            }
-          }
+        const int nr = int(std::min<int64_t>(32, m1 - r0));
+        float* c = C + r0 * ldc + p0 * 16;
+        bool acc = accumulate || k0 > 0;
+        if (bias && k0 == 0) {
+          tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), nr, c, ldc);
+          acc = true;
+        }
+        amx_block(ap, full, abuf.data() + (r0 - m0) * ap, ap, b, pstride, tails.data() + p0 * 512, np, nr,
+                  last_mask, c, ldc, acc);
+      };
+      for (int64_t q0 = 0; q0 < panels; q0 += block_panels) {
+        const int64_t q1 = std::min(panels, q0 + block_panels);
+        if (short_k) {
+          for (int64_t r0 = m0; r0 < m1; r0 += 32)
+            for (int64_t p0 = q0; p0 < q1; p0 += 2) block(p0, r0);
+        } else {
+          for (int64_t p0 = q0; p0 < q1; p0 += 2)
+            for (int64_t r0 = m0; r0 < m1; r0 += 32) block(p0, r0);
         }
       }
     }

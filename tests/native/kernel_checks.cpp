@@ -627,6 +627,18 @@ void check_dense(uint64_t seed) {
       expect(rel_err(colsum, cref) < tol, tag + ": colsum");
     }
   }
+  {  // A^T copied into row tiles (stored rows 768 floats apart) in chunks of rows that are not
+     // whole 8-row tiles (700 rows, a short K: one chunk)
+    const int64_t M = 700, K = 40, N = 53, lda = 768;
+    const auto A = cast<T>(randn(rng, K * lda, 1.0)), B = cast<T>(randn(rng, K * N, 1.0));
+    std::vector<T> C(M * N);
+    matmul_cpu<T>(true, false, M, N, K, A.data(), lda, B.data(), N, T(0), C.data(), N, nullptr, nullptr);
+    std::vector<double> Cref(M * N, 0.0);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t n = 0; n < N; ++n) Cref[m * N + n] += double(A[k * lda + m]) * double(B[k * N + n]);
+    expect(rel_err(C, Cref) < tol * 10, std::string("matmul ") + dt + " A^T tiled, 700 rows");
+  }
   // softmax cross-entropy with an ignored row
   const int64_t M = 9, V = 31;
   const auto scores = cast<T>(randn(rng, M * V, 2.0));
