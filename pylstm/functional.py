@@ -396,11 +396,6 @@ class _Device:
 
     def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False,
                     precision="fp32"):
-        if precision != "fp32":
-            if precision not in _PRECISIONS:
-                raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-            raise NotImplementedError(f"precision={precision!r} is not in the CUDA kernels yet: use "
-                                      "precision='fp32' on the GPU, or the CPU backend")
         _, has_c, _, saved = _CELLS[cell]
         mod, lib = _device_target(self.name, xs)
         w = lib.wrap if lib is not None else (lambda a: a)
@@ -413,18 +408,20 @@ class _Device:
         cT = lib.empty((N, H), dt) if has_c else None
         gates = lib.empty((N, T, saved * H), dt) if save else None
         cs = lib.empty((N, T, H), dt) if save and has_c else None
-        size = mod.forward_workspace_size(N, T, D, H, save, cell=cell, device=dev)  # (+ cuBLAS's)
+        mod.precision_check(precision, itemsize, "xs")  # (before anything is allocated)
+        # (+ cuBLAS's workspace, + the bfloat16 operands' scratch)
+        size = mod.forward_workspace_size(N, T, D, H, save, cell=cell, device=dev, precision=precision)
         work = lib.empty((size,), dt) if size else None
         lengths_dev = None if lengths is None else lib.from_host(lengths)
         mod.forward(lib.wrap(xs), lib.wrap(Wx), lib.wrap(Wh), lib.wrap(b), lib.wrap(h0),
                     lib.wrap(c0), lib.wrap(hs), lib.wrap(hT), lib.wrap(cT), lib.wrap(gates),
                     lib.wrap(cs), lib.wrap(work), lib.stream(), cell=cell, P=lib.wrap(P),
-                    lengths=lengths, lengths_dev=lengths_dev, reverse=reverse)
+                    lengths=lengths, lengths_dev=lengths_dev, reverse=reverse, precision=precision)
         cache = None
         if save:
             cache = RecurrentCache(cell, self.name, xs, h0, c0, Wx, Wh, b, hs, gates, cs,
                                    (mod, lib, (N, T, D, H), dt, lengths_dev), P=P, lengths=lengths,
-                                   reverse=reverse)
+                                   reverse=reverse, precision=precision)
         return hs, hT, cT, cache
 
     def seq_backward(self, cache, dhs, dhT, dcT):
@@ -446,12 +443,13 @@ class _Device:
         dc0 = lib.empty((N, H), dt) if has_c else None
         dW, db = lib.empty((D + H, gates_n * H), dt), lib.empty((gates_n * H,), dt)
         dP = lib.empty((n_params, H) if n_params > 1 else (H,), dt) if n_params else None
-        work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell, device=dev),), dt)
+        work = lib.empty((mod.backward_workspace_size(N, T, D, H, cell=cache.cell, device=dev,
+                                                      precision=cache.precision),), dt)
         mod.backward(w(cache.xs), w(cache.h0), w(cache.c0), w(cache.Wx), w(cache.Wh), w(cache.b),
                      w(cache.hs), w(cache.gates), w(cache.cs), w(dhs), w(dhT), w(dcT), w(dxs),
                      w(dh0), w(dc0), w(dW), w(db), w(work), lib.stream(), cell=cache.cell,
                      P=w(cache.P), dP=w(dP), lengths=cache.lengths, lengths_dev=lengths_dev,
-                     reverse=cache.reverse)
+                     reverse=cache.reverse, precision=cache.precision)
         dWx, dWh = lib.split_rows(dW, D)
         return dxs, dh0, dc0, dWx, dWh, db, dP
 
@@ -831,16 +829,17 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto", *, pre
         _reject_masked(v, vname)
     name = _resolve_backend(backend, a)
     _walk_args(None, False, precision)  # (its type)
-    if precision != "fp32" and name in _DEVICE_BACKENDS:
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-        raise NotImplementedError(f"precision={precision!r} is not on the CUDA backend yet")
     if name in _DEVICE_BACKENDS:  # CuPy: its own cuBLAS matmul
         xp = _require_cupy_operands(name, "matmul", operands)
         for vname, v in (("bias", bias), ("colsum", colsum)):
             if v is not None and tuple(v.shape) != (b.shape[1],):
                 raise ValueError(f"{vname} must have shape ({b.shape[1]},), got {tuple(v.shape)}")
-        r = a @ b
+        ops = (a, b)
+        if _backend.require_cpu().precision_check(precision, a.dtype.itemsize, "a"):
+            # bfloat16 operands (the reference's rounding, on the device): their products are
+            # exact in float32, so the float32 matmul sums exactly what the kernels' GEMMs sum
+            ops = (ref.bf16_round_ref(a), ref.bf16_round_ref(b))
+        r = ops[0] @ ops[1]
         if bias is not None:
             r += bias
         if colsum is not None:

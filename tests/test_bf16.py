@@ -173,12 +173,81 @@ def test_bad_precision():
             _forward("lstm", d64, backend, "bf16")
         with pytest.raises(TypeError, match="^precision must be one of"):
             _forward("lstm", d32, backend, None)
-    if "cuda-emu" in pylstm.available_backends() or _backend.cuda_emu is not None:
-        with pytest.raises(NotImplementedError, match="not in the CUDA kernels yet"):
-            _forward("lstm", d32, "cuda-emu", "bf16")
+    if _backend.cuda_emu is not None:  # the same rules on the device path, before any allocation
+        with pytest.raises(ValueError, match=r"^precision must be one of 'fp32', 'bf16', got 'fp16'"):
+            _forward("lstm", d32, "cuda-emu", "fp16")
+        with pytest.raises(ValueError, match="^precision: 'bf16' applies to float32 arrays, but xs is float64"):
+            _forward("lstm", d64, "cuda-emu", "bf16")
     if not HAS_BF16:
         with pytest.raises(RuntimeError, match="needs a CPU with AVX512-BF16"):
             _forward("lstm", d32, "cpu", "bf16")
+
+
+needs_emu = pytest.mark.skipif(_backend.cuda_emu is None, reason="built without the CUDA emulation")
+
+
+@needs_emu
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_cuda_follows_the_bf16_specification(cell):
+    """The CUDA driver's bfloat16 GEMMs (operands converted as cublasGemmEx takes them, the
+    weights once per call), emulated: the same specification and bound as the CPU kernels', with
+    lengths and in both directions."""
+    L = np.array([9, 2, 9, 4, 7, 1])
+    d32 = make_inputs(cell, 6, 9, 17, 40, np.float32, seed=7)
+    d64 = {k: None if v is None else v.astype(np.float64) for k, v in d32.items()}
+    for lengths, reverse in ((None, False), (L, False), (L, True)):
+        got, spec = _run(cell, d32, "cuda-emu", "bf16", lengths, reverse), _spec(cell, d64, lengths, reverse)
+        fp32 = _run(cell, d64, "numpy", "fp32", lengths, reverse)
+        for name in spec:
+            assert got[name].dtype == np.float32
+            gap, err = max_rel_error(spec[name], fp32[name]), max_rel_error(got[name], spec[name])
+            assert gap > 1e-4, f"{name}: the specification is not bfloat16's ({gap:.1e} from float32's)"
+            assert err <= 0.75 * gap, f"{cell} {name}: {err:.2e} from the spec, which is {gap:.2e} from float32"
+
+
+@needs_emu
+def test_emulated_cuda_bf16_needs_its_scratch():
+    """A bfloat16 call's workspace holds the converted operands: a float32-sized one is refused by
+    name, and the reported sizes grow by the scratch."""
+    mod = _backend.cuda_emu
+    assert mod.forward_workspace_size(4, 5, 6, 7, True, precision="bf16") > mod.forward_workspace_size(4, 5, 6, 7, True)
+    assert mod.backward_workspace_size(4, 5, 6, 7, precision="bf16") > mod.backward_workspace_size(4, 5, 6, 7)
+    with pytest.raises(ValueError, match="^precision must be one of"):
+        mod.backward_workspace_size(4, 5, 6, 7, precision="fp16")
+    d = make_inputs("lstm", 4, 5, 6, 7, np.float32)
+    hs, hT, cT, cache = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"],
+                                            backend="cuda-emu", precision="bf16")
+    assert cache.precision == "bf16"
+    N, T, D, H = 4, 5, 6, 7
+    from pylstm._devices import EmuDeviceArray as Dev
+
+    z = lambda *shape: Dev(np.zeros(shape, np.float32))  # noqa: E731
+    small = z(mod.backward_workspace_size(N, T, D, H))
+    args = [Dev(d[k]) for k in ("xs", "h0", "c0", "Wx", "Wh", "b")] + [Dev(hs), Dev(cache.gates), Dev(cache.cs)]
+    outs = [z(N, T, D), z(N, H), z(N, H), z(D + H, 4 * H), z(4 * H)]
+    with pytest.raises(ValueError, match="^work must have at least"):
+        mod.backward(*args, Dev(d["dhs"]), None, None, *outs, small, precision="bf16")
+    mod.backward(*args, Dev(d["dhs"]), None, None, *outs, z(mod.backward_workspace_size(N, T, D, H, precision="bf16")),
+                 precision="bf16")
+
+
+@pytest.mark.cuda
+def test_gpu_bf16_passes_and_matmul_follow_the_specification():
+    """On a GPU: the cublasGemmEx path against the specification (as the emulation is checked),
+    and the device matmul's bfloat16 operands (CuPy)."""
+    cupy = pytest.importorskip("cupy")
+    d32 = make_inputs("lstm", 6, 9, 17, 40, np.float32, seed=7)
+    d64 = {k: None if v is None else v.astype(np.float64) for k, v in d32.items()}
+    dev = {k: None if v is None else cupy.asarray(v) for k, v in d32.items()}
+    got = {k: cupy.asnumpy(v) for k, v in _run("lstm", dev, "cuda", "bf16").items()}
+    spec, fp32 = _spec("lstm", d64), _run("lstm", d64, "numpy", "fp32")
+    for name in spec:
+        assert max_rel_error(got[name], spec[name]) <= 0.75 * max_rel_error(spec[name], fp32[name]), name
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((37, 70)).astype(np.float32), rng.standard_normal((70, 53)).astype(np.float32)
+    r = cupy.asnumpy(pylstm.matmul(cupy.asarray(a), cupy.asarray(b), precision="bf16"))
+    A64, B64 = ref.bf16_round_ref(a.astype(np.float64)), ref.bf16_round_ref(b.astype(np.float64))
+    assert np.all(np.abs(r - A64 @ B64) <= 74 * EPS32 * (np.abs(A64) @ np.abs(B64)))
 
 
 def test_model_precision_is_a_run_setting(tmp_path):

@@ -279,6 +279,7 @@ struct LstmArgs {
   std::vector<int64_t> lengths;
   DevArray lengths_dev;
   bool reverse = false;
+  bool bf16 = false;  // precision="bf16": the GEMMs' operands in bfloat16 (float32 arrays)
 };
 
 // lengths (host, checked by the shared rule) and lengths_dev: both or neither; lengths_dev an
@@ -335,11 +336,18 @@ int64_t blas_workspace_elements(int device) {
   return device < 0 ? 0 : (gpu::cublas_workspace_bytes(device) + 256 + 3) / 4;
 }
 
-int64_t forward_workspace(const std::string& cell, const SeqShape& s, bool save) {
-  return with_cell(cell, [&](auto c) { return seq_forward_workspace_size<decltype(c)>(s, save); });
+// The kernels' workspace; a bfloat16 call's adds the converted operands' scratch (cuda/api.h).
+int64_t forward_workspace(const std::string& cell, const SeqShape& s, bool save, bool bf16) {
+  return with_cell(cell, [&](auto c) {
+    using Cell = decltype(c);
+    return seq_forward_workspace_size<Cell>(s, save) + (bf16 ? seq_bf16_workspace_size<Cell>(s) : 0);
+  });
 }
-int64_t backward_workspace(const std::string& cell, const SeqShape& s) {
-  return with_cell(cell, [&](auto c) { return seq_backward_workspace_size<decltype(c)>(s); });
+int64_t backward_workspace(const std::string& cell, const SeqShape& s, bool bf16) {
+  return with_cell(cell, [&](auto c) {
+    using Cell = decltype(c);
+    return seq_backward_workspace_size<Cell>(s) + (bf16 ? seq_bf16_workspace_size<Cell>(s) : 0);
+  });
 }
 
 // forward_check(xs, Wx, Wh, b, h0, c0, cell, P) -> (N, T, D, H, itemsize, device): the checks
@@ -366,6 +374,7 @@ std::vector<std::uint64_t> graph_shape(int kind, const LstmArgs& a,
   key.push_back(arrays.size());
   // the walk: the lengths decide the steps and each step's rows, which the graph records
   key.push_back(std::uint64_t(a.reverse));
+  key.push_back(std::uint64_t(a.bf16));
   key.push_back(a.lengths.size());
   for (int64_t v : a.lengths) key.push_back(std::uint64_t(v));
   return key;
@@ -414,9 +423,11 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
                  const py::object& hs_o, const py::object& hT_o, const py::object& cT_o,
                  const py::object& gates_o, const py::object& cs_o, const py::object& work_o,
                  std::uintptr_t stream, const std::string& cell, const py::object& P,
-                 const py::object& lengths, const py::object& lengths_dev, bool reverse) {
+                 const py::object& lengths, const py::object& lengths_dev, bool reverse,
+                 const std::string& precision) {
   LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
   read_walk(a, lengths, lengths_dev, reverse);
+  a.bf16 = bind::read_precision(precision, a.itemsize, "xs");
   const int64_t N = a.s.N, T = a.s.T, H = a.s.H;
   const int is = a.itemsize;
   const DevArray hs = parse(hs_o, "hs"), hT = parse(hT_o, "hT");
@@ -436,11 +447,11 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
     check(gates, is, {N, T, a.cell.saved * H}, true);
     if (has_c) check(cs, is, {N, T, H}, true);
   }
-  const int64_t need = forward_workspace(cell, a.s, save);
+  const int64_t need = forward_workspace(cell, a.s, save, a.bf16);
   const DevArray work = parse_opt(work_o, "work");
   if (need > 0 && !work.present()) {
     throw py::value_error("work must be a device array of at least " + std::to_string(need) +
-                          " elements (forward_workspace_size) for inference, got None");
+                          " elements (forward_workspace_size: inference, or bfloat16 GEMMs), got None");
   }
   if (work.present()) check_work(work, is, need);
   const std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b,  &a.h0, &a.c0, &a.P,
@@ -457,6 +468,7 @@ void seq_forward(const py::object& xs, const py::object& Wx, const py::object& W
         f.lengths = a.lengths.empty() ? nullptr : a.lengths.data();
         f.dev_lengths = reinterpret_cast<const int64_t*>(a.lengths_dev.ptr);
         f.reverse = a.reverse;
+        f.bf16 = a.bf16;
         seq_forward_cuda<Cell, T>(ctx, f);
       };
       if (is == 4) run(0.0f);
@@ -474,9 +486,10 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
                   const py::object& dW_o, const py::object& db_o, const py::object& work_o,
                   std::uintptr_t stream, const std::string& cell, const py::object& P,
                   const py::object& dP_o, const py::object& lengths, const py::object& lengths_dev,
-                  bool reverse) {
+                  bool reverse, const std::string& precision) {
   LstmArgs a = read_inputs(xs, Wx, Wh, b, h0, c0, cell, P);
   read_walk(a, lengths, lengths_dev, reverse);
+  a.bf16 = bind::read_precision(precision, a.itemsize, "xs");
   const int64_t N = a.s.N, T = a.s.T, D = a.s.D, H = a.s.H, G = a.cell.gates * H;
   const int is = a.itemsize;
   // The cell-state arguments are required with a cell state and must be None without one.
@@ -504,7 +517,7 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
   if (v[8].present()) check(v[8], is, {N, H}, true);
   check(v[9], is, {D + H, G}, true);
   check(v[10], is, {G}, true);
-  const int64_t need = backward_workspace(cell, a.s);
+  const int64_t need = backward_workspace(cell, a.s, a.bf16);
   check_work(v[11], is, need);
   std::vector<const DevArray*> all = {&a.xs, &a.Wx, &a.Wh, &a.b, &a.h0, &a.c0, &a.P, &a.lengths_dev};
   for (const DevArray& x : v) all.push_back(&x);
@@ -523,6 +536,7 @@ void seq_backward(const py::object& xs, const py::object& h0, const py::object& 
         g.lengths = a.lengths.empty() ? nullptr : a.lengths.data();
         g.dev_lengths = reinterpret_cast<const int64_t*>(a.lengths_dev.ptr);
         g.reverse = a.reverse;
+        g.bf16 = a.bf16;
         seq_backward_cuda<Cell, T>(ctx, g);
       };
       if (is == 4) run(0.0f);
@@ -716,19 +730,25 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
         py::arg("h0").none(true) = py::none(), py::arg("c0").none(true) = py::none(),
         py::arg("cell") = "lstm", py::arg("P").none(true) = py::none());
   m.def("forward_workspace_size",
-        [](int64_t N, int64_t T, int64_t D, int64_t H, bool save, const std::string& cell, int device) {
-          return forward_workspace(cell, SeqShape{N, T, D, H}, save) + blas_workspace_elements(device);
+        [](int64_t N, int64_t T, int64_t D, int64_t H, bool save, const std::string& cell, int device,
+           const std::string& precision) {
+          const bool bf16 = bind::read_precision(precision, 4, "the arrays");
+          return forward_workspace(cell, SeqShape{N, T, D, H}, save, bf16) + blas_workspace_elements(device);
         },
         py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("save_for_backward"),
-        py::arg("cell") = "lstm", py::arg("device") = -1,
-        "Elements of `work` for forward; with `device`, also room for cuBLAS's workspace on it.");
+        py::arg("cell") = "lstm", py::arg("device") = -1, py::arg("precision") = "fp32",
+        "Elements of `work` for forward; with `device`, also room for cuBLAS's workspace on it; with\n"
+        "precision='bf16', also the bfloat16 operands' scratch.");
   m.def("backward_workspace_size",
-        [](int64_t N, int64_t T, int64_t D, int64_t H, const std::string& cell, int device) {
-          return backward_workspace(cell, SeqShape{N, T, D, H}) + blas_workspace_elements(device);
+        [](int64_t N, int64_t T, int64_t D, int64_t H, const std::string& cell, int device,
+           const std::string& precision) {
+          const bool bf16 = bind::read_precision(precision, 4, "the arrays");
+          return backward_workspace(cell, SeqShape{N, T, D, H}, bf16) + blas_workspace_elements(device);
         },
         py::arg("N"), py::arg("T"), py::arg("D"), py::arg("H"), py::arg("cell") = "lstm",
-        py::arg("device") = -1,
-        "Elements of `work` for backward; with `device`, also room for cuBLAS's workspace on it.");
+        py::arg("device") = -1, py::arg("precision") = "fp32",
+        "Elements of `work` for backward; with `device`, also room for cuBLAS's workspace on it; with\n"
+        "precision='bf16', also the bfloat16 operands' scratch.");
   // One entry per pass for every cell; lstm_* are the same functions with the LSTM default.
   for (const char* name : {"forward", "lstm_forward"}) {
     m.def(name, &seq_forward, py::arg("xs"), py::arg("Wx"), py::arg("Wh"), py::arg("b"),
@@ -736,7 +756,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
           py::arg("cT").none(true), py::arg("gates").none(true), py::arg("cs").none(true),
           py::arg("work").none(true), py::arg("stream") = 0, py::arg("cell") = "lstm",
           py::arg("P").none(true) = py::none(), py::arg("lengths").none(true) = py::none(),
-          py::arg("lengths_dev").none(true) = py::none(), py::arg("reverse") = false);
+          py::arg("lengths_dev").none(true) = py::none(), py::arg("reverse") = false,
+          py::arg("precision") = "fp32");
   }
   for (const char* name : {"backward", "lstm_backward"}) {
     m.def(name, &seq_backward, py::arg("xs"), py::arg("h0").none(true),
@@ -746,8 +767,13 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
           py::arg("dW"), py::arg("db"), py::arg("work"), py::arg("stream") = 0,
           py::arg("cell") = "lstm", py::arg("P").none(true) = py::none(),
           py::arg("dP").none(true) = py::none(), py::arg("lengths").none(true) = py::none(),
-          py::arg("lengths_dev").none(true) = py::none(), py::arg("reverse") = false);
+          py::arg("lengths_dev").none(true) = py::none(), py::arg("reverse") = false,
+          py::arg("precision") = "fp32");
   }
+  m.def("precision_check", [](const std::string& precision, int itemsize, const std::string& owner) {
+    return bind::read_precision(precision, itemsize, owner);
+  }, py::arg("precision"), py::arg("itemsize"), py::arg("owner"),
+        "The rule of `precision` for arrays of this itemsize (owner: the array named in errors).");
   m.def("clip_plan", &clip_plan, py::arg("grads"));
   m.def("_clip_chunk_counts", &clip_chunk_counts, py::arg("grads"));
   m.def("clip_value", &clip_value, py::arg("grads"), py::arg("limit"), py::arg("stream") = 0);

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/bf16.h"
+
 namespace pylstm {
 
 // The operands of a packed GEMM: float32, or rounded to bfloat16 (to nearest even) with float32
@@ -30,15 +32,6 @@ bool set_amx_bf16_enabled(bool on);
 // Configures the calling thread's tiles as the AMX kernel uses them (0-7: 16 rows of 64 bytes);
 // false where AMX is not available (the native benchmark's peak loop uses it).
 bool amx_prepare_thread();
-
-// f rounded to bfloat16, to nearest even (a NaN stays a quiet NaN of the same sign).
-inline uint16_t bf16_round(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((u >> 16) | 0x40u);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
 
 // True when the CPU supports AVX-512F and the kernel is enabled (see set_packed_gemm_enabled).
 bool packed_gemm_enabled();

@@ -10,12 +10,42 @@
 
 namespace pylstm {
 
+struct Bf16Gemms;
+
 // Where a call runs: the caller's stream and the cuBLAS handle cached for its device (unused in
-// the emulation build).
+// the emulation build); bf16, set by the drivers for a bfloat16 call (cuda/kernels.cu).
 struct GpuContext {
   cudaStream_t stream = nullptr;
   void* blas_handle = nullptr;
+  const Bf16Gemms* bf16 = nullptr;
 };
+
+// The bfloat16 GEMMs' scratch (ForwardArgs::bf16 / BackwardArgs::bf16, float32 calls): after the
+// driver's own workspace (seq_*_workspace_size), from the next 256-byte boundary, bfloat16
+// values: the call's weights converted once (Wx, D x G; Wh, H x G), then one GEMM's first
+// operand (at most R x max(S*H, D + H), R = N*T) and second (at most R x S*H), each converted as
+// its GEMM is issued; every region 256-byte aligned. Offsets and the total in bfloat16 values.
+struct Bf16Layout {
+  int64_t wx, wh, a, b, total;
+};
+template <class Cell>
+Bf16Layout bf16_layout(const SeqShape& s) {
+  const int64_t G = Cell::kGates * s.H, S = CellCall<Cell>::kS * s.H, R = s.N * s.T;
+  const int64_t DH = s.D + s.H, widest = S > DH ? S : DH;
+  auto up = [](int64_t n) { return (n + 127) / 128 * 128; };
+  Bf16Layout l;
+  l.wx = 0;
+  l.wh = up(s.D * G);
+  l.a = l.wh + up(s.H * G);
+  l.b = l.a + up(R * widest);
+  l.total = l.b + up(R * S);
+  return l;
+}
+// Elements of 4 bytes the scratch adds to a workspace (with room for the alignment).
+template <class Cell>
+int64_t seq_bf16_workspace_size(const SeqShape& s) {
+  return (bf16_layout<Cell>(s).total + 1) / 2 + 64;
+}
 
 // The recurrent driver for cell C (cells/registry.h): arguments as for seq_forward_cpu /
 // seq_backward_cpu (cpu/api.h; work_size is not read: the workspace must have
@@ -95,6 +125,10 @@ void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int
 void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
               double alpha, const double* A, int64_t lda, const double* B, int64_t ldb,
               double beta, double* C, int64_t ldc);
+// The same with bfloat16 A and B (raw bits) and float32 C and accumulation (cublasGemmEx).
+void gpu_gemm_bf16(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                   float alpha, const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb,
+                   float beta, float* C, int64_t ldc);
 #endif
 
 }  // namespace pylstm

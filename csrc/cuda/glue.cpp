@@ -454,6 +454,17 @@ void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int
                "cublasSgemm");
 }
 
+// bfloat16 operands, float32 C and accumulation (tensor cores): the same operand swap.
+void gpu_gemm_bf16(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                   float alpha, const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb,
+                   float beta, float* C, int64_t ldc) {
+  check_cublas(cublasGemmEx(static_cast<cublasHandle_t>(ctx.blas_handle), tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M), int(K), &alpha, B, CUDA_R_16BF,
+                            int(ldb), A, CUDA_R_16BF, int(lda), &beta, C, CUDA_R_32F, int(ldc),
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+}
+
 void gpu_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
               double alpha, const double* A, int64_t lda, const double* B, int64_t ldb,
               double beta, double* C, int64_t ldc) {

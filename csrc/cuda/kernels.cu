@@ -12,10 +12,12 @@
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/emu.h"
 #include "cells/registry.h"
+#include "common/bf16.h"
 #include "common/clip_rule.h"
 #include "cuda/api.h"
 
@@ -32,10 +34,84 @@ constexpr unsigned kBlock = 256;
 
 inline unsigned blocks_for(int64_t n) { return unsigned((n + kBlock - 1) / kBlock); }
 
-// Row-major C = alpha op(A) op(B) + beta C on the context's stream.
+}  // namespace
+
+// A bfloat16 call's GEMMs (precision="bf16", float32 only; ForwardArgs::bf16): every operand
+// rounded to bfloat16 (common/bf16.h) as it is converted for cuBLAS (cublasGemmEx, float32
+// sums), into the scratch of bf16_layout (cuda/api.h): the call's weights once, before its
+// first GEMM, any other operand as its GEMM is issued (stream order keeps one GEMM's scratch
+// from the next). The emulation build converts the same way, then multiplies the rounded values
+// with CPU sgemm: the products are exact in float32, the sums float32, as on the tensor cores.
+struct Bf16Gemms {
+  const float* w[2] = {nullptr, nullptr};        // Wx, Wh as given
+  const uint16_t* w16[2] = {nullptr, nullptr};   // their converted copies, the same layout
+  int64_t wn[2] = {0, 0};                        // their element counts
+  uint16_t* a16 = nullptr;                       // one GEMM's first operand
+  uint16_t* b16 = nullptr;                       // and its second
+};
+
+namespace {
+
+// One thread per element: dst (rows x cols, ldd) = src (rows x cols, ld) rounded to bfloat16.
+__global__ void to_bf16_kernel(int64_t rows, int64_t cols, const float* src, int64_t ld, uint16_t* dst,
+                               int64_t ldd) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * cols) return;
+  const int64_t r = idx / cols, c = idx % cols;
+  dst[r * ldd + c] = bf16_round(src[r * ld + c]);
+}
+
+// The bfloat16 form of a stored operand (rows x cols at ld): inside the call's weights, their
+// converted copy at the same offset (ld kept); else converted into dst (ld = cols).
+const uint16_t* bf16_operand(const GpuContext& ctx, const float* p, int64_t rows, int64_t cols, int64_t ld,
+                             uint16_t* dst, int64_t& ld16) {
+  const Bf16Gemms& bf = *ctx.bf16;
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  for (int i = 0; i < 2; ++i) {
+    const auto w = reinterpret_cast<uintptr_t>(bf.w[i]);
+    if (bf.w[i] && at >= w && at < w + uintptr_t(bf.wn[i]) * sizeof(float)) {
+      ld16 = ld;
+      return bf.w16[i] + (p - bf.w[i]);
+    }
+  }
+  PYLSTM_LAUNCH(to_bf16_kernel, blocks_for(rows * cols), kBlock, ctx.stream, rows, cols, p, ld, dst, cols);
+  ld16 = cols;
+  return dst;
+}
+
+void dev_gemm_bf16(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  int64_t la = 0, lb = 0;
+  const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+  const uint16_t* a16 = bf16_operand(ctx, A, ar, ac, lda, ctx.bf16->a16, la);
+  const uint16_t* b16 = bf16_operand(ctx, B, br, bc, ldb, ctx.bf16->b16, lb);
+#if defined(__CUDACC__)
+  gpu_gemm_bf16(ctx, ta, tb, M, N, K, alpha, a16, la, b16, lb, beta, C, ldc);
+#else
+  pylstm_emu::enqueue([=] {  // (the stored values as float32: only what the operands span)
+    auto widen = [](const uint16_t* h, int64_t rows, int64_t cols, int64_t ld) {
+      std::vector<float> f(size_t(rows > 0 ? (rows - 1) * ld + cols : 0));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) f[size_t(r * ld + c)] = bf16_to_float(h[r * ld + c]);
+      return f;
+    };
+    const std::vector<float> af = widen(a16, ar, ac, la), bfv = widen(b16, br, bc, lb);
+    gemm(ta, tb, int(M), int(N), int(K), alpha, af.data(), int(la), bfv.data(), int(lb), beta, C, int(ldc));
+  });
+#endif
+}
+
+// Row-major C = alpha op(A) op(B) + beta C on the context's stream (in bfloat16 for a bfloat16
+// call's float32 GEMMs).
 template <class T>
 void dev_gemm(const GpuContext& ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha,
               const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (ctx.bf16) {
+      dev_gemm_bf16(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      return;
+    }
+  }
 #if defined(__CUDACC__)
   gpu_gemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);  // cuBLAS (cuda/api.h)
 #else
@@ -399,8 +475,41 @@ inline std::vector<int64_t> step_rows(const SeqWalk& w, int64_t N) {
 
 }  // namespace
 
+namespace {
+// A bfloat16 call's context (ctx.bf16 set; the scratch after `own` elements of work, the weights
+// converted): the scratch's regions of bf16_layout, the weights converted on ctx's stream.
 template <class Cell, class T>
-void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
+GpuContext bf16_context(const GpuContext& ctx, Bf16Gemms& bf, const SeqShape& s, T* work, int64_t own,
+                        const T* Wx, const T* Wh) {
+  GpuContext c = ctx;
+  if constexpr (std::is_same<T, float>::value) {
+    const Bf16Layout l = bf16_layout<Cell>(s);
+    const uintptr_t start = (reinterpret_cast<uintptr_t>(work + own) + 255) & ~uintptr_t(255);
+    uint16_t* base = reinterpret_cast<uint16_t*>(start);
+    const int64_t G = Cell::kGates * s.H;
+    uint16_t* wx16 = base + l.wx;
+    uint16_t* wh16 = base + l.wh;
+    PYLSTM_LAUNCH(to_bf16_kernel, blocks_for(s.D * G), kBlock, ctx.stream, s.D, G, Wx, G, wx16, G);
+    PYLSTM_LAUNCH(to_bf16_kernel, blocks_for(s.H * G), kBlock, ctx.stream, s.H, G, Wh, G, wh16, G);
+    bf.w[0] = Wx;
+    bf.w[1] = Wh;
+    bf.w16[0] = wx16;
+    bf.w16[1] = wh16;
+    bf.wn[0] = s.D * G;
+    bf.wn[1] = s.H * G;
+    bf.a16 = base + l.a;
+    bf.b16 = base + l.b;
+    c.bf16 = &bf;
+  } else {
+    (void)bf, (void)s, (void)work, (void)own, (void)Wx, (void)Wh;
+    throw std::invalid_argument("bf16: bfloat16 GEMMs apply to float32 arrays");
+  }
+  return c;
+}
+}  // namespace
+
+template <class Cell, class T>
+void seq_forward_cuda(const GpuContext& ctx_in, const ForwardArgs<T>& a) {
   using Call = CellCall<Cell>;
   constexpr bool kC = Cell::kHasCellState;
   const SeqShape& s = a.s;
@@ -415,6 +524,10 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
   T* c_run = save || !kC ? nullptr : a.work + N * Tn * GS;
   // a gated cell's r * h_{t-1} of a step (N, H), after the rest of the workspace
   T* RH = a.work + (save ? 0 : N * Tn * GS + (kC ? N * H : 0));
+  Bf16Gemms bf;
+  const GpuContext ctx = a.bf16 ? bf16_context<Cell>(ctx_in, bf, s, a.work,
+                                                      seq_forward_workspace_size<Cell>(s, save), Wx, Wh)
+                                : ctx_in;
   cudaStream_t st = ctx.stream;
   // The walk (common/seq_args.h): the host's lengths decide the steps and each step's rows
   // (rows_at: [0, 1 + the last row still running)), the kernels read the device copy.
@@ -476,7 +589,7 @@ void seq_forward_cuda(const GpuContext& ctx, const ForwardArgs<T>& a) {
 }
 
 template <class Cell, class T>
-void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
+void seq_backward_cuda(const GpuContext& ctx_in, const BackwardArgs<T>& a) {
   using Call = CellCall<Cell>;
   constexpr bool kC = Cell::kHasCellState;
   const SeqShape& s = a.s;
@@ -492,6 +605,10 @@ void seq_backward_cuda(const GpuContext& ctx, const BackwardArgs<T>& a) {
   const int64_t Kh = G - Call::kGated * H;  // columns the merged weight-gradient GEMM takes
   T* dh0 = a.dh0;
   T* dc0 = kC ? a.dc0 : nullptr;
+  Bf16Gemms bf;
+  const GpuContext ctx = a.bf16 ? bf16_context<Cell>(ctx_in, bf, s, a.work, seq_backward_workspace_size<Cell>(s),
+                                                      a.Wx, a.Wh)
+                                : ctx_in;
   cudaStream_t st = ctx.stream;
   const SeqWalk walk(s, a.lengths, a.reverse);  // (as in seq_forward_cuda)
   SeqWalk dw = walk;
