@@ -403,12 +403,12 @@ class _Device:
                                                       P=w(P))
         if lib is None:
             lib = _devices.library_of(xs, dev)
+        mod.precision_check(precision, itemsize, "xs")  # (before anything is allocated)
         dt = np.dtype(np.float32 if itemsize == 4 else np.float64)
         hs, hT = lib.empty((N, T, H), dt), lib.empty((N, H), dt)
         cT = lib.empty((N, H), dt) if has_c else None
         gates = lib.empty((N, T, saved * H), dt) if save else None
         cs = lib.empty((N, T, H), dt) if save and has_c else None
-        mod.precision_check(precision, itemsize, "xs")  # (before anything is allocated)
         # (+ cuBLAS's workspace, + the bfloat16 operands' scratch)
         size = mod.forward_workspace_size(N, T, D, H, save, cell=cell, device=dev, precision=precision)
         work = lib.empty((size,), dt) if size else None

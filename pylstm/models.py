@@ -249,16 +249,19 @@ class LstmLM:
         layers and the output layer; the embedding, the loss and the optimizer stay float32)."""
         if not isinstance(precision, str) or precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be one of ('fp32', 'bf16'), got {precision!r}")
-        if precision == "bf16" and self.backend in ("auto", "cpu"):
-            from . import _backend
-
-            cpu = _backend.require_cpu()
-            if not cpu._has_avx512_bf16():
-                raise RuntimeError("precision='bf16' needs a CPU with AVX512-BF16 (the avx512_bf16 flag in "
-                                   "/proc/cpuinfo), which this CPU lacks: use precision='fp32'")
+        self._check_precision(precision, getattr(self, "device", "cpu"))
         for layer in self.lstm_layers + [self.layers[-1]]:
             layer.precision = precision
         self.precision = precision
+
+    def _check_precision(self, precision: str, device: str) -> None:
+        """bf16 on the CPU kernels needs AVX512-BF16 (on the GPU, cuBLAS's bfloat16 GEMMs)."""
+        if precision == "bf16" and device == "cpu" and self.backend in ("auto", "cpu"):
+            from . import _backend
+
+            if not _backend.require_cpu()._has_avx512_bf16():
+                raise RuntimeError("precision='bf16' needs a CPU with AVX512-BF16 (the avx512_bf16 flag in "
+                                   "/proc/cpuinfo), which this CPU lacks: use precision='fp32'")
 
     def _collect(self) -> None:
         self.params, self.grads = [], []
@@ -273,6 +276,7 @@ class LstmLM:
         is again a view of the new embedding), gradients are re-created, LSTM states move with
         the model. Optimizer state follows on the optimizer's next update. Returns self."""
         xp = device_module(device)
+        self._check_precision(self.precision, device)  # (a bf16 model back on a CPU without it)
         self._map_params(lambda p: to_module(p, xp))
         for layer in self.lstm_layers:
             h, c = _layer_state(layer)

@@ -148,10 +148,17 @@ __all__ = [
 
 
 def bf16_round_ref(x: np.ndarray) -> np.ndarray:
-    """x rounded to bfloat16's 8 significant bits, to nearest even, in x's dtype (directly from
-    float64 for float64 x: no double rounding through float32)."""
-    m, e = np.frexp(x)
-    return np.ldexp(np.round(m * 256) / 256, e).astype(x.dtype, copy=False)
+    """x rounded to bfloat16, to nearest even, in x's dtype (directly from float64 for float64 x:
+    no double rounding through float32): 8 significant bits, and below bfloat16's smallest
+    normal, 2^-126, its subnormals' fixed step of 2^-133; past its largest finite value, inf.
+    For float32 x this is the kernels' rule bit for bit (common/bf16.h). (The CPU's bfloat16
+    instructions then treat subnormal operands as zero: only values below 1.2e-38 see that.)"""
+    with np.errstate(over="ignore", invalid="ignore"):  # (inf and NaN pass through; float32's
+        m, e = np.frexp(x)                                # largest values round up to inf)
+        e = np.maximum(e, -125)  # (x = m 2^e, 1/2 <= |m| < 1; bfloat16 is subnormal below e = -125)
+        r = np.ldexp(np.round(np.ldexp(x, 8 - e)), e - 8)
+        r = np.where(np.abs(r) >= 2.0**128, np.copysign(np.inf, x), r)  # (float64: past the largest)
+        return r.astype(x.dtype, copy=False)
 
 
 _BF16 = contextvars.ContextVar("pylstm_reference_bf16", default=False)

@@ -43,6 +43,23 @@ def test_bf16_rounding_is_to_nearest_even():
     assert np.isnan(ref.bf16_round_ref(np.array([np.nan]))).all()
 
 
+def test_reference_rounding_is_the_kernels_bit_rule():
+    """bf16_round_ref on float32 is common/bf16.h's rule bit for bit (add 0x7FFF plus the kept
+    lowest bit, truncate; NaN stays a quiet NaN) over random bit patterns and the edges: ties,
+    subnormals (a fixed step of 2^-133), the largest finite values (rounding up to inf), inf."""
+    rng = np.random.default_rng(9)
+    edges = [0x00000001, 0x00008000, 0x00018000, 0x007F8000, 0x007FFFFF, 0x00800000, 0x7F7F7FFF, 0x7F7F8000,
+             0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x80000001, 0x3F808000, 0x3F818000, 0x3F80FFFF]
+    bits = np.concatenate([rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),
+                           np.array(edges, np.uint32)])
+    u = bits.astype(np.uint64)
+    want = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    got = ref.bf16_round_ref(bits.view(np.float32)).view(np.uint32)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.isnan(got[nan].view(np.float32)).all()
+
+
 @needs_bf16
 @pytest.mark.parametrize("M,K,N", [(1, 1, 3), (7, 5, 16), (20, 650, 130), (100, 1025, 50), (130, 1301, 33),
                                    (33, 2100, 17), (64, 64, 48), (8, 2, 48),

@@ -313,7 +313,7 @@ void gemm_bf16_amx(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
   thread_local std::vector<uint32_t> abuf, tbuf;
   thread_local std::vector<uint16_t> tails;  // the K block's last pairs of every panel, padded
   if (abuf.size() < size_t(mc32 * ap_max)) abuf.resize(size_t(mc32 * ap_max));
-  if (TA && tbuf.size() < size_t(mc * kKC / 2)) tbuf.resize(size_t(mc * kKC / 2));
+  if (TA && tbuf.size() < size_t(mc * ((kc_max + 1) / 2))) tbuf.resize(size_t(mc * ((kc_max + 1) / 2)));
   if (tails.size() < size_t(panels * 512)) tails.resize(size_t(panels * 512));
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0), pairs = (kc + 1) / 2, full = pairs / 16 * 16;
