@@ -831,6 +831,9 @@ def matmul(a, b, out=None, bias=None, colsum=None, backend: str = "auto", *, pre
     _walk_args(None, False, precision)  # (its type)
     if name in _DEVICE_BACKENDS:  # CuPy: its own cuBLAS matmul
         xp = _require_cupy_operands(name, "matmul", operands)
+        for vname, v in operands[1:]:  # (the host backends' rule and message)
+            if v is not None and v.dtype != a.dtype:
+                raise TypeError(f"{vname} must have dtype {a.dtype} (the dtype of a), got {v.dtype}")
         for vname, v in (("bias", bias), ("colsum", colsum)):
             if v is not None and tuple(v.shape) != (b.shape[1],):
                 raise ValueError(f"{vname} must have shape ({b.shape[1]},), got {tuple(v.shape)}")

@@ -248,6 +248,21 @@ def test_emulated_cuda_bf16_needs_its_scratch():
                  precision="bf16")
 
 
+@needs_emu
+def test_emulated_cuda_bf16_refuses_a_device_before_ampere():
+    mod = _backend.cuda_emu
+    d = make_inputs("lstm", 2, 3, 4, 5, np.float32)
+    mod._set_compute_capability(75)
+    try:
+        with pytest.raises(RuntimeError, match=r"^precision='bf16' on the GPU needs compute capability 8.0 or "
+                                               r"newer .*device 0 has 7.5: use precision='fp32'"):
+            _forward("lstm", d, "cuda-emu", "bf16")
+        _forward("lstm", d, "cuda-emu", "fp32")  # (float32 runs anywhere)
+    finally:
+        mod._set_compute_capability(90)
+    _forward("lstm", d, "cuda-emu", "bf16")
+
+
 @pytest.mark.cuda
 def test_gpu_bf16_passes_and_matmul_follow_the_specification():
     """On a GPU: the cublasGemmEx path against the specification (as the emulation is checked),
@@ -265,6 +280,8 @@ def test_gpu_bf16_passes_and_matmul_follow_the_specification():
     r = cupy.asnumpy(pylstm.matmul(cupy.asarray(a), cupy.asarray(b), precision="bf16"))
     A64, B64 = ref.bf16_round_ref(a.astype(np.float64)), ref.bf16_round_ref(b.astype(np.float64))
     assert np.all(np.abs(r - A64 @ B64) <= 74 * EPS32 * (np.abs(A64) @ np.abs(B64)))
+    with pytest.raises(TypeError, match=r"^b must have dtype float32 \(the dtype of a\), got float64"):
+        pylstm.matmul(cupy.asarray(a), cupy.asarray(b, dtype=np.float64))
 
 
 def test_model_precision_is_a_run_setting(tmp_path):

@@ -395,6 +395,13 @@ void run_on_device(int kind, const LstmArgs& a, const std::vector<const DevArray
                    size_t first_output, std::uintptr_t stream, Body&& body, const DevArray& work,
                    int64_t kernel_need) {
   const int dev = check_devices(all, first_output);
+  if (a.bf16 && gpu::compute_capability(dev) < 80) {
+    const int cc = gpu::compute_capability(dev);
+    throw std::runtime_error("precision='bf16' on the GPU needs compute capability 8.0 or newer (bfloat16 "
+                             "tensor cores: Ampere and later); device " + std::to_string(dev) + " has " +
+                             std::to_string(cc / 10) + "." + std::to_string(cc % 10) +
+                             ": use precision='fp32'");
+  }
   // cuBLAS's workspace: the part of `work` past what the kernels need, when the caller made it
   // that large (the *_workspace_size functions with `device`): memory from the caller's
   // allocator, ordered on the caller's stream, a plain address inside a graph.
@@ -789,6 +796,8 @@ PYBIND11_MODULE(PYLSTM_CUDA_MODULE, m) {
   m.def("_graph_stats", &gpu::graph_stats,
         "This thread's graph cache: [replays, captures of a new executable, updates to new addresses].");
   m.def("_clear_graphs", &gpu::clear_graphs);
+  m.def("_set_compute_capability", &gpu::emu_set_compute_capability, py::arg("cc"),
+        "Emulation only: the compute capability (10 * major + minor) the emulated device reports.");
   m.def("_set_capture_state", &gpu::emu_set_capture_state, py::arg("stream"), py::arg("state"),
         "Emulation only: the capture state (0 none, 1 capturing, 2 legacy stream blocked) reported for a stream.");
   m.def("_resource_counts", &gpu::resource_counts,

@@ -169,6 +169,11 @@ int pointer_device(const void*, const char*) { return 0; }
 DeviceGuard::DeviceGuard(int dev) : prev_(dev) {}
 DeviceGuard::~DeviceGuard() = default;
 std::int64_t cublas_workspace_bytes(int) { return 0; }
+namespace {
+int emu_cc = 90;
+}
+int compute_capability(int) { return emu_cc; }
+void emu_set_compute_capability(int cc) { emu_cc = cc; }
 GpuContext context(int, std::uintptr_t stream, void*, std::size_t) {
   GpuContext ctx;
   ctx.stream = reinterpret_cast<cudaStream_t>(stream);

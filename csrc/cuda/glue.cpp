@@ -192,18 +192,23 @@ static void check_device_index(int dev) {
   }
 }
 
-std::int64_t cublas_workspace_bytes(int dev) {
+int compute_capability(int dev) {
   check_device_index(dev);
   static std::mutex mutex;
-  static std::vector<std::int64_t> cached;
+  static std::vector<int> cached;
   std::lock_guard<std::mutex> lock(mutex);
   if (cached.size() <= size_t(dev)) cached.resize(size_t(dev) + 1, 0);
   if (cached[size_t(dev)] == 0) {
-    int major = 0;
+    int major = 0, minor = 0;
     check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
-    cached[size_t(dev)] = major >= 9 ? (std::int64_t(32) << 20) : (std::int64_t(4) << 20);
+    check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+    cached[size_t(dev)] = 10 * major + minor;
   }
   return cached[size_t(dev)];
+}
+
+std::int64_t cublas_workspace_bytes(int dev) {
+  return compute_capability(dev) >= 90 ? (std::int64_t(32) << 20) : (std::int64_t(4) << 20);
 }
 
 GpuContext context(int dev, std::uintptr_t stream, void* blas_work, std::size_t blas_bytes) {
@@ -436,6 +441,10 @@ void clear_graphs() { thread_graphs.cache.clear(destroy_exec); }
 
 std::vector<std::int64_t> resource_counts() {
   return {created_handles.load(), created_streams.load(), created_events.load()};
+}
+
+void emu_set_compute_capability(int) {
+  throw std::logic_error("_set_compute_capability is a hook of the emulation build");
 }
 
 void set_allow_tf32(bool on) { allow_tf32.store(on); }

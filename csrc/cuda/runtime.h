@@ -48,6 +48,11 @@ class DeviceGuard {
 // outside the caller's memory pool, and as graph memory nodes inside a capture.
 GpuContext context(int dev, std::uintptr_t stream, void* blas_work = nullptr, std::size_t blas_bytes = 0);
 
+// Device dev's compute capability as 10 * major + minor (cached; the emulation: 90, or what
+// emu_set_compute_capability set).
+int compute_capability(int dev);
+void emu_set_compute_capability(int cc);
+
 // The cuBLAS workspace a call on device dev should be given: 32 MiB on Hopper and later (what
 // cuBLAS asks for there), 4 MiB before; 0 in the emulation (no cuBLAS).
 std::int64_t cublas_workspace_bytes(int dev);
