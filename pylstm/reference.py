@@ -154,7 +154,7 @@ def bf16_round_ref(x: np.ndarray) -> np.ndarray:
     For float32 x this is the kernels' rule bit for bit (common/bf16.h). (The CPU's bfloat16
     instructions then treat subnormal operands as zero: only values below 1.2e-38 see that.)"""
     with np.errstate(over="ignore", invalid="ignore"):  # (inf and NaN pass through; float32's
-        m, e = np.frexp(x)                                # largest values round up to inf)
+        e = np.frexp(x)[1]                                # largest values round up to inf)
         e = np.maximum(e, -125)  # (x = m 2^e, 1/2 <= |m| < 1; bfloat16 is subnormal below e = -125)
         r = np.ldexp(np.round(np.ldexp(x, 8 - e)), e - 8)
         r = np.where(np.abs(r) >= 2.0**128, np.copysign(np.inf, x), r)  # (float64: past the largest)

@@ -179,18 +179,13 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
       const int64_t m1 = std::min(M, m0 + mc);
       if (pack) pack_at(m0, m1, k0, kc, A, lda, abuf.data());
       // One micro-tile: rows [r0, r0 + 8) x the slab at panel p0.
-      auto tile = [&](int64_t p0, int64_t r0) {
+      walk_tiles(m0, m1, panels, block_panels, short_k, kNP, kMR, [&](int64_t p0, int64_t r0) {
         const int np = int(std::min<int64_t>(kNP, panels - p0));
-        const int64_t last_cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
-        const __mmask16 last_mask = __mmask16((1u << last_cols) - 1u);
+        const __mmask16 last_mask = last_panel_mask(N, p0, np);
         const int mr = int(std::min<int64_t>(kMR, m1 - r0));
         const float* b = B + p0 * pstride + k0 * kstride;
         float* c = C + r0 * ldc + p0 * 16;
-        bool acc = accumulate || k0 > 0;
-        if (bias && k0 == 0) {
-          tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), mr, c, ldc);
-          acc = true;
-        }
+        const bool acc = start_tile(bias, accumulate, k0, N, p0, np, mr, c, ldc);
         if (pack) {
           pick<true, PK>(mr, np)(kc, abuf.data() + (r0 - m0) * kc, kMR, b, pstride, kstride, c,
                                  ldc, last_mask, acc);
@@ -198,17 +193,7 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
           const float* a = TA ? A + k0 * lda + r0 : A + r0 * lda + k0;
           pick<TA, PK>(mr, np)(kc, a, lda, b, pstride, kstride, c, ldc, last_mask, acc);
         }
-      };
-      for (int64_t q0 = 0; q0 < panels; q0 += block_panels) {
-        const int64_t q1 = std::min(panels, q0 + block_panels);
-        if (short_k) {
-          for (int64_t r0 = m0; r0 < m1; r0 += kMR)
-            for (int64_t p0 = q0; p0 < q1; p0 += kNP) tile(p0, r0);
-        } else {
-          for (int64_t p0 = q0; p0 < q1; p0 += kNP)
-            for (int64_t r0 = m0; r0 < m1; r0 += kMR) tile(p0, r0);
-        }
-      }
+      });
     }
   }
 }

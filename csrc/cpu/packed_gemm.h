@@ -11,6 +11,7 @@
 // float32 (cpu/packed_gemm_bf16.cpp; CPUs with AVX512-BF16).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -120,6 +121,44 @@ void pack_b_rows(int64_t K, int64_t N, const float* B, int64_t ldb, float* out,
 // bias copied into `rows` rows of c (ldc apart), while the tile is about to be in L1.
 inline void tile_from_bias(const float* bias, int64_t col0, int64_t cols, int64_t rows, float* c, int64_t ldc) {
   for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * ldc, bias + col0, sizeof(float) * size_t(cols));
+}
+
+// The drivers' slab of np panels from panel p0 of an N-column C: the column mask of its last
+// panel (the kernels mask loads and stores with it).
+inline uint16_t last_panel_mask(int64_t N, int64_t p0, int np) {
+  const int64_t cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
+  return uint16_t((1u << cols) - 1u);
+}
+
+// Every driver's start of a C tile (`rows` rows at c, the slab at panel p0) in K block k0: from
+// the bias in the first K block (tile_from_bias). Returns whether the kernel adds onto C.
+inline bool start_tile(const float* bias, bool accumulate, int64_t k0, int64_t N, int64_t p0, int np,
+                       int64_t rows, float* c, int64_t ldc) {
+  if (bias && k0 == 0) {
+    tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), rows, c, ldc);
+    return true;
+  }
+  return accumulate || k0 > 0;
+}
+
+// Every driver's walk over a row chunk [m0, m1): tile(p0, r0) for each slab p0 (pstep panels)
+// and row block r0 (rstep rows), the panels in blocks of block_panels. Within a block, the
+// slabs outer (each slab hit in cache by every row block), or with rows_outer the row blocks
+// outer (a short K: each row block writes its rows of C in runs, cpu/packed_gemm.cpp). The
+// order changes no sum.
+template <class Tile>
+inline void walk_tiles(int64_t m0, int64_t m1, int64_t panels, int64_t block_panels, bool rows_outer,
+                       int64_t pstep, int64_t rstep, Tile&& tile) {
+  for (int64_t q0 = 0; q0 < panels; q0 += block_panels) {
+    const int64_t q1 = std::min(panels, q0 + block_panels);
+    if (rows_outer) {
+      for (int64_t r0 = m0; r0 < m1; r0 += rstep)
+        for (int64_t p0 = q0; p0 < q1; p0 += pstep) tile(p0, r0);
+    } else {
+      for (int64_t p0 = q0; p0 < q1; p0 += pstep)
+        for (int64_t r0 = m0; r0 < m1; r0 += rstep) tile(p0, r0);
+    }
+  }
 }
 
 // Both drivers' K = 0: an empty sum, C = 0 or the bias (unchanged when accumulating, where the

@@ -337,31 +337,15 @@ void gemm_bf16_amx(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
       }
       for (int64_t r = 0; r < rows && ap > pairs; ++r) std::fill_n(abuf.data() + r * ap + pairs, ap - pairs, 0u);
       std::fill(abuf.data() + rows * ap, abuf.data() + rows32 * ap, 0u);
-      auto block = [&](int64_t p0, int64_t r0) {
+      walk_tiles(m0, m1, panels, block_panels, short_k, 2, 32, [&](int64_t p0, int64_t r0) {
         const int np = int(std::min<int64_t>(2, panels - p0));
-        const int64_t last_cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
-        const __mmask16 last_mask = __mmask16((1u << last_cols) - 1u);
         const uint16_t* b = B + p0 * pstride + k0 * 16;
         const int nr = int(std::min<int64_t>(32, m1 - r0));
         float* c = C + r0 * ldc + p0 * 16;
-        bool acc = accumulate || k0 > 0;
-        if (bias && k0 == 0) {
-          tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), nr, c, ldc);
-          acc = true;
-        }
+        const bool acc = start_tile(bias, accumulate, k0, N, p0, np, nr, c, ldc);
         amx_block(ap, full, abuf.data() + (r0 - m0) * ap, ap, b, pstride, tails.data() + p0 * 512, np, nr,
-                  last_mask, c, ldc, acc);
-      };
-      for (int64_t q0 = 0; q0 < panels; q0 += block_panels) {
-        const int64_t q1 = std::min(panels, q0 + block_panels);
-        if (short_k) {
-          for (int64_t r0 = m0; r0 < m1; r0 += 32)
-            for (int64_t p0 = q0; p0 < q1; p0 += 2) block(p0, r0);
-        } else {
-          for (int64_t p0 = q0; p0 < q1; p0 += 2)
-            for (int64_t r0 = m0; r0 < m1; r0 += 32) block(p0, r0);
-        }
-      }
+                  last_panel_mask(N, p0, np), c, ldc, acc);
+      });
     }
   }
 }
@@ -392,26 +376,19 @@ void gemm_bf16_driver(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
       const int64_t m1 = std::min(M, m0 + mc);
       pack_a_bf16<TA>(m0, m1, k0, kc, A, lda, abuf.data());
-      for (int64_t p0 = 0; p0 < panels; p0 += kNP) {
+      walk_tiles(m0, m1, panels, panels, false, kNP, kMR, [&](int64_t p0, int64_t r0) {
         const int np = int(std::min<int64_t>(kNP, panels - p0));
-        const int64_t last_cols = std::min<int64_t>(16, N - (p0 + np - 1) * 16);
-        const __mmask16 last_mask = __mmask16((1u << last_cols) - 1u);
-        for (int64_t r0 = m0; r0 < m1; r0 += kMR) {
-          const int mr = int(std::min<int64_t>(kMR, m1 - r0));
-          const uint16_t* b = B + p0 * pstride + k0 * 16;
-          float* c = C + r0 * ldc + p0 * 16;
-          bool acc = accumulate || k0 > 0;
-          if (bias && k0 == 0) {
-            tile_from_bias(bias, p0 * 16, std::min<int64_t>(int64_t(np) * 16, N - p0 * 16), mr, c, ldc);
-            acc = true;
-          }
-          if constexpr (TA) {
-            pick<true>(mr, np)(pairs, abuf.data() + (r0 - m0), m1 - m0, b, pstride, c, ldc, last_mask, acc);
-          } else {
-            pick<false>(mr, np)(pairs, abuf.data() + (r0 - m0) * pairs, pairs, b, pstride, c, ldc, last_mask, acc);
-          }
+        const __mmask16 last_mask = last_panel_mask(N, p0, np);
+        const int mr = int(std::min<int64_t>(kMR, m1 - r0));
+        const uint16_t* b = B + p0 * pstride + k0 * 16;
+        float* c = C + r0 * ldc + p0 * 16;
+        const bool acc = start_tile(bias, accumulate, k0, N, p0, np, mr, c, ldc);
+        if constexpr (TA) {
+          pick<true>(mr, np)(pairs, abuf.data() + (r0 - m0), m1 - m0, b, pstride, c, ldc, last_mask, acc);
+        } else {
+          pick<false>(mr, np)(pairs, abuf.data() + (r0 - m0) * pairs, pairs, b, pstride, c, ldc, last_mask, acc);
         }
-      }
+      });
     }
   }
 }
