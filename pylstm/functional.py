@@ -12,6 +12,7 @@ a message that starts with the argument's name. Nothing is cast or copied silent
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 from typing import Sequence
 
@@ -146,8 +147,34 @@ def _check_array(a, name: str, dtype: np.dtype, shape: tuple, dtype_owner: str =
 # per-unit parameters P, saved activations per unit (the C++ list is csrc/cells/registry.h).
 _CELLS = {"lstm": (4, True, 0, 4), "peephole": (4, True, 3, 4), "gru": (3, False, 1, 4),
           "gru_reset_before": (3, False, 0, 3), "gru_book": (3, False, 0, 3),
-          "rnn_tanh": (1, False, 0, 1), "rnn_relu": (1, False, 0, 1)}
+          "rnn_tanh": (1, False, 0, 1), "rnn_relu": (1, False, 0, 1),
+          "lstm_torch": (4, True, 0, 4), "gru_torch": (3, False, 1, 4)}
 _NONLINEARITIES = ("tanh", "relu")
+
+# gate_order="torch": the cells with PyTorch's block order (LSTM i, f, g, o; GRU r, z, n), each
+# with its pylstm-order cell and, for each of that cell's blocks, its block in torch's order.
+_GATE_ORDERS = ("pylstm", "torch")
+_TORCH_ORDER = {"lstm_torch": ("lstm", (1, 2, 0, 3)), "gru_torch": ("gru", (1, 0, 2))}
+
+
+def _ordered_cell(cell: str, gate_order) -> str:
+    """The kernel cell of `cell` (lstm or gru) with its gate blocks in `gate_order`."""
+    if not isinstance(gate_order, str) or gate_order not in _GATE_ORDERS:
+        raise ValueError(f"gate_order must be one of {_GATE_ORDERS}, got {gate_order!r}")
+    if gate_order == "pylstm":
+        return cell
+    if cell + "_torch" not in _TORCH_ORDER:
+        raise ValueError(f"gate_order 'torch' is for the LSTM and the reset_after GRU (PyTorch's cells), "
+                         f"not for {cell!r}")
+    return cell + "_torch"
+
+
+def _reorder_blocks(a, blocks, inverse=False):
+    """a's last axis as G blocks, block k taken from block blocks[k] (or put there: inverse)."""
+    G = len(blocks)
+    H = a.shape[-1] // G
+    order = np.argsort(blocks) if inverse else blocks
+    return np.concatenate([a[..., j * H:(j + 1) * H] for j in order], axis=-1)
 
 
 def _rnn_cell(nonlinearity) -> str:
@@ -281,6 +308,13 @@ class _Reference:
     def seq_forward(self, cell, xs, Wx, Wh, b, h0, c0, save, P=None, lengths=None, reverse=False,
                     precision="fp32"):
         N, T, D, H = _check_seq_args(cell, xs, Wx, Wh, b, h0, c0, P, lengths, precision)
+        if cell in _TORCH_ORDER:  # the pylstm-order cell on the weights' blocks reordered
+            base, blocks = _TORCH_ORDER[cell]
+            hs, hT, cT, c = self.seq_forward(base, xs, *(_reorder_blocks(w, blocks) for w in (Wx, Wh, b)), h0, c0,
+                                             save, P, lengths, reverse, precision)
+            if c is not None:  # (the saved activations stay in the base cell's order)
+                c.cell, c.Wx, c.Wh, c.b = cell, Wx, Wh, b
+            return hs, hT, cT, c
 
         def plain(xs, h0, c0):  # -> hs, hT, cT, (gates, cs)
             if cell in ("lstm", "peephole"):
@@ -308,6 +342,14 @@ class _Reference:
         """(dxs, dh0, dc0, dWx, dWh, db, dP); dc0 and dP None where the cell has none."""
         _check_host_cache(cache, dhs, dhT, dcT)
         cell = cache.cell
+        if cell in _TORCH_ORDER:
+            base_cell, blocks = _TORCH_ORDER[cell]
+            base = copy.copy(cache)
+            base.cell = base_cell
+            base.Wx, base.Wh, base.b = (_reorder_blocks(w, blocks) for w in (cache.Wx, cache.Wh, cache.b))
+            g = list(self.seq_backward(base, dhs, dhT, dcT))
+            g[3:6] = (_reorder_blocks(w, blocks, inverse=True) for w in g[3:6])
+            return tuple(g)
 
         def plain(xs, h0, c0, saved, dhs, dhT, dcT):  # saved: hs, gates(, cs)
             N, _, _ = xs.shape
@@ -525,7 +567,7 @@ def _check_cache(cache, cells: tuple, forward: str):
 
 
 def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False,
-                  precision: str = "fp32"):
+                  precision: str = "fp32", gate_order: str = "pylstm"):
     """Fused LSTM forward over a whole sequence, saving what backward needs.
 
     Parameters
@@ -546,25 +588,28 @@ def lstm_forward(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, leng
         and accumulated in float32, on CPUs with AVX512-BF16, for float32 arrays; arrays in and
         out, the cell state and the pointwise math stay float32 (``pylstm.reference`` states the
         rounding). Every recurrent function takes it; the backward reads it from the cache.
+    gate_order : "pylstm" (blocks f, g, i, o) or "torch" (PyTorch's i, f, g, o: Wx is then
+        ``weight_ih.T``, as pylstm.torch passes it); the gradients come back in the same order.
+        The GRU's functions take it too (z, r, n or PyTorch's r, z, n; reset_after only).
 
     Returns
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H); cache : LSTMCache for ``lstm_backward``.
     """
-    return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, True, None,
+    return _resolve(backend, xs).seq_forward(_ordered_cell("lstm", gate_order), xs, Wx, Wh, b, h0, c0, True, None,
                                              *_walk_args(lengths, reverse, precision))
 
 
 def lstm_inference(xs, Wx, Wh, b, h0=None, c0=None, backend: str = "auto", *, lengths=None, reverse=False,
-                  precision: str = "fp32"):
+                  precision: str = "fp32", gate_order: str = "pylstm"):
     """Forward-only LSTM: like ``lstm_forward`` but saves nothing for backward.
 
     Returns
     -------
     hs : (N, T, H); hT : (N, H); cT : (N, H)
     """
-    return _resolve(backend, xs).seq_forward("lstm", xs, Wx, Wh, b, h0, c0, False, None,
-                                             *_walk_args(lengths, reverse, precision))[:3]
+    return _resolve(backend, xs).seq_forward(_ordered_cell("lstm", gate_order), xs, Wx, Wh, b, h0, c0, False,
+                                             None, *_walk_args(lengths, reverse, precision))[:3]
 
 
 def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
@@ -580,7 +625,7 @@ def lstm_backward(dhs, cache: LSTMCache, dhT=None, dcT=None):
     -------
     dxs (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)
     """
-    _check_cache(cache, ("lstm",), "lstm_forward")
+    _check_cache(cache, ("lstm", "lstm_torch"), "lstm_forward")
     return _backend_of(cache).seq_backward(cache, dhs, dhT, dcT)[:6]
 
 
@@ -638,14 +683,15 @@ def _gru_cell(variant, b_hn) -> str:
 
 
 def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto", *,
-                lengths=None, reverse=False, precision: str = "fp32"):
+                lengths=None, reverse=False, precision: str = "fp32", gate_order: str = "pylstm"):
     """Fused GRU forward (``pylstm.reference`` has the equations of every variant), saving what
     backward needs.
 
     Parameters
     ----------
     xs : (N, T, D) float32 or float64, C-contiguous (host or device arrays, as for lstm_forward).
-    Wx : (D, 3H); Wh : (H, 3H); b : (3H,): gate blocks z (update), r (reset), n (candidate).
+    Wx : (D, 3H); Wh : (H, 3H); b : (3H,): gate blocks z (update), r (reset), n (candidate)
+        (with gate_order="torch", PyTorch's r, z, n; as for lstm_forward).
     b_hn : (H,) the candidate's recurrent bias of the reset_after variant (PyTorch's b_hn);
         None for the other variants.
     h0 : (N, H) initial state, or None for zeros.
@@ -657,16 +703,16 @@ def gru_forward(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after",
     -------
     hs : (N, T, H); hT : (N, H); cache for ``gru_backward``.
     """
-    cell = _gru_cell(variant, b_hn)
+    cell = _ordered_cell(_gru_cell(variant, b_hn), gate_order)
     hs, hT, _, cache = _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, True, b_hn,
                                                          *_walk_args(lengths, reverse, precision))
     return hs, hT, cache
 
 
 def gru_inference(xs, Wx, Wh, b, b_hn=None, h0=None, variant: str = "reset_after", backend: str = "auto", *,
-                  lengths=None, reverse=False, precision: str = "fp32"):
+                  lengths=None, reverse=False, precision: str = "fp32", gate_order: str = "pylstm"):
     """Forward-only GRU: like ``gru_forward`` but saves nothing. Returns (hs, hT)."""
-    cell = _gru_cell(variant, b_hn)
+    cell = _ordered_cell(_gru_cell(variant, b_hn), gate_order)
     return _resolve(backend, xs).seq_forward(cell, xs, Wx, Wh, b, h0, None, False, b_hn,
                                              *_walk_args(lengths, reverse, precision))[:2]
 
@@ -679,7 +725,7 @@ def gru_backward(dhs, cache, dhT=None):
     dxs (N, T, D), dh0 (N, H), dWx (D, 3H), dWh (H, 3H), db (3H,), db_hn (H,) (None unless
     reset_after)
     """
-    _check_cache(cache, tuple(_GRU_CELLS.values()), "gru_forward")
+    _check_cache(cache, (*_GRU_CELLS.values(), "gru_torch"), "gru_forward")
     dxs, dh0, _, dWx, dWh, db, db_hn = _backend_of(cache).seq_backward(cache, dhs, dhT, None)
     return dxs, dh0, dWx, dWh, db, db_hn
 

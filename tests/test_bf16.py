@@ -90,6 +90,9 @@ def test_packed_gemm_is_the_product_of_the_rounded_operands(bf16_kernel, M, K, N
 def _forward(cell, d, backend, precision, lengths=None, reverse=False):
     kw = dict(backend=backend, lengths=lengths, reverse=reverse, precision=precision)
     xs, Wx, Wh, b, h0, c0, P = (d[k] for k in ("xs", "Wx", "Wh", "b", "h0", "c0", "P"))
+    if cell.endswith("_torch"):  # PyTorch's gate order
+        kw["gate_order"] = "torch"
+        cell = cell[:-len("_torch")]
     if cell == "lstm":
         return pylstm.lstm_forward(xs, Wx, Wh, b, h0, c0, **kw)
     if cell == "peephole":

@@ -618,6 +618,15 @@ def test_transpose_of_a_column_block(dtype, shape):
     out = np.full((C, R), np.nan, dtype)
     _backend.cpu.transpose(src, out)
     np.testing.assert_array_equal(out, src.T)
+    # out a column block too (rows 2R apart): only its own columns are written
+    out_wide = np.full((C, 2 * R), np.nan, dtype)
+    _backend.cpu.transpose(src, out_wide[:, R:])
+    np.testing.assert_array_equal(out_wide[:, R:], src.T)
+    assert np.isnan(out_wide[:, :R]).all()
+    with pytest.raises(TypeError, match=r"^out must have src's dtype"):
+        _backend.cpu.transpose(src, np.empty((C, R), np.float64 if dtype == np.float32 else np.float32))
+    with pytest.raises(ValueError, match="^out must be a 2-D array with adjacent elements"):
+        _backend.cpu.transpose(src, np.empty((C, 2 * R), dtype)[:, ::2])
     with pytest.raises(ValueError, match=r"^out must have shape"):
         _backend.cpu.transpose(src, np.empty((C, R + 1), dtype))
     with pytest.raises(ValueError, match="^src must be a 2-D array with adjacent elements"):

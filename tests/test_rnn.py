@@ -214,7 +214,8 @@ def test_kernel_module_rejects_cell_state_and_unknown_cell():
     """The binding's own checks (what a caller of the private module meets)."""
     d = make_rnn_inputs((2, 3, 4, 5), np.float32)
     cpu = _backend.cpu
-    names = "'lstm', 'peephole', 'gru', 'gru_reset_before', 'gru_book', 'rnn_tanh', 'rnn_relu'"
+    names = ("'lstm', 'peephole', 'gru', 'gru_reset_before', 'gru_book', 'rnn_tanh', 'rnn_relu', 'lstm_torch', "
+             "'gru_torch'")
     with pytest.raises(ValueError, match=f"^cell must be one of {names}, got 'lru'"):
         cpu.forward(d["xs"], d["Wx"], d["Wh"], d["b"], None, None, True, cell="lru")
     with pytest.raises(ValueError, match="^c0 must be None: the rnn_tanh cell has no cell state"):

@@ -17,9 +17,11 @@ from helpers import (
     assert_within_twice_naive,
 )
 
-CELLS = ["lstm", "peephole", "gru", "gru_reset_before", "gru_book", "rnn_tanh", "rnn_relu"]
-GATES = {"lstm": 4, "peephole": 4, "gru": 3, "gru_reset_before": 3, "gru_book": 3, "rnn_tanh": 1, "rnn_relu": 1}
-HAS_C = {"lstm", "peephole"}
+CELLS = ["lstm", "peephole", "gru", "gru_reset_before", "gru_book", "rnn_tanh", "rnn_relu", "lstm_torch",
+         "gru_torch"]
+GATES = {"lstm": 4, "peephole": 4, "gru": 3, "gru_reset_before": 3, "gru_book": 3, "rnn_tanh": 1, "rnn_relu": 1,
+         "lstm_torch": 4, "gru_torch": 3}
+HAS_C = {"lstm", "peephole", "lstm_torch"}
 
 
 def make_inputs(cell, N, T, D, H, dtype=np.float64, seed=0, with_state=True):
@@ -39,7 +41,7 @@ def make_inputs(cell, N, T, D, H, dtype=np.float64, seed=0, with_state=True):
     }
     if cell == "peephole":
         d["P"] = rng.standard_normal((3, H)) * 0.3
-    if cell == "gru":
+    if cell in ("gru", "gru_torch"):
         d["P"] = rng.standard_normal(H) * 0.3
     return {k: (None if v is None else np.ascontiguousarray(v, dtype=dtype)) for k, v in d.items()}
 
@@ -48,6 +50,9 @@ def forward(cell, d, backend, lengths=None, reverse=False, save=True):
     """(hs, hT, cT or None, cache) through the public function of the cell."""
     kw = dict(backend=backend, lengths=lengths, reverse=reverse)
     xs, Wx, Wh, b, h0, c0, P = (d[k] for k in ("xs", "Wx", "Wh", "b", "h0", "c0", "P"))
+    if cell.endswith("_torch"):  # PyTorch's gate order (the functions' gate_order="torch")
+        kw["gate_order"] = "torch"
+        cell = cell[:-len("_torch")]
     if cell in ("lstm", "peephole"):
         if cell == "lstm":
             f = pylstm.lstm_forward if save else pylstm.lstm_inference
@@ -68,6 +73,7 @@ def forward(cell, d, backend, lengths=None, reverse=False, save=True):
 
 def backward(cell, d, cache):
     """{dxs, dh0, dc0?, dWx, dWh, db, dP?} through the public backward of the cell."""
+    cell = cell[:-len("_torch")] if cell.endswith("_torch") else cell
     if cell == "lstm":
         g = pylstm.lstm_backward(d["dhs"], cache, d["dhT"], d["dcT"])
     elif cell == "peephole":
@@ -239,6 +245,46 @@ def test_inference_matches_training_forward(backend):
             for x, y in zip(a[:3], b[:3]):
                 if x is not None:
                     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell,blocks", [("lstm", (1, 2, 0, 3)), ("gru", (1, 0, 2))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_torch_gate_order_is_the_pylstm_order_with_blocks_moved(backend, cell, blocks, dtype):
+    """gate_order="torch" on weights in PyTorch's block order (i, f, g, o; r, z, n) gives what
+    pylstm's order gives on the same weights with their blocks moved (pylstm's block k is
+    torch's block blocks[k]), gradients in the caller's order: plain and reversed walks, with
+    and without lengths, batches of several panels (H = 40)."""
+    d = make_inputs(cell, 7, 6, 9, 40, dtype, seed=11)
+    G = len(blocks)
+
+    def move(a, inverse=False):
+        H = a.shape[-1] // G
+        order = np.argsort(blocks) if inverse else blocks
+        return np.ascontiguousarray(np.concatenate([a[..., j * H:(j + 1) * H] for j in order], axis=-1))
+
+    torch_order = dict(d, **{k: move(d[k], inverse=True) for k in ("Wx", "Wh", "b")})
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for L in (None, np.array([6, 2, 5, 1, 6, 3, 4])):
+        for reverse in (False, True):
+            want = run_all(cell, d, backend, L, reverse)
+            got = run_all(cell + "_torch", torch_order, backend, L, reverse)
+            for k in ("dWx", "dWh", "db"):
+                got[k] = move(got[k])
+            assert set(got) == set(want)
+            for name in want:
+                assert_close(f"{cell} {name} L={L is not None} reverse={reverse}", got[name], want[name], rtol)
+
+
+def test_gate_order_bad_values():
+    d = make_inputs("gru_reset_before", 2, 3, 4, 5, seed=12)
+    lstm_w = (np.zeros((4, 20)), np.zeros((5, 20)), np.zeros(20))
+    with pytest.raises(ValueError, match="^gate_order must be one of"):
+        pylstm.lstm_forward(d["xs"], *lstm_w, gate_order="keras")
+    with pytest.raises(ValueError, match="^gate_order 'torch' is for the LSTM and the reset_after GRU"):
+        pylstm.gru_forward(d["xs"], d["Wx"], d["Wh"], d["b"], variant="reset_before", gate_order="torch")
+    c = pylstm.lstm_forward(d["xs"], *lstm_w, gate_order="torch")[3]
+    with pytest.raises(ValueError, match="^cache comes from a lstm_torch forward pass, not from gru_forward"):
+        pylstm.gru_backward(np.zeros((2, 3, 5)), c)
 
 
 def test_lengths_of_any_integer_dtype_and_lists(backend):

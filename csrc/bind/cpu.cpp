@@ -337,31 +337,46 @@ PYBIND11_MODULE(_cpu, m) {
         "The argument rules of a backward call, without running it: (N, T, D, H, itemsize). "
         "The forward's inputs and saved arrays are named with `prefix`.");
   m.def("transpose", [](const py::object& src_o, const py::object& out_o) {
-    // src (R, C): rows may be apart (a column block of a wider array), elements adjacent;
-    // out (C, R) C-contiguous, writable, not overlapping src.
+    // src (R, C) and out (C, R): the rows of each may be apart (a column block of a wider
+    // array: pylstm.torch moves each gate block between the two layouts this way), elements
+    // adjacent; out writable, of src's dtype, not overlapping src.
+    auto row_blocks = [](const py::array& a, const char* name, int is) {
+      if (a.ndim() != 2 || a.strides(1) != is || a.strides(0) < a.shape(1) * is || a.strides(0) % is != 0) {
+        throw py::value_error(std::string(name) + " must be a 2-D array with adjacent elements in each row, "
+                              "got shape " + shape_str(a) + " and strides " +
+                              py::str(a.attr("strides")).cast<std::string>());
+      }
+      return int64_t(a.strides(0) / is);
+    };
     py::array src = as_array(src_o, "src");
     const int is = float_itemsize(src, "src");
-    if (src.ndim() != 2 || src.strides(1) != is || src.strides(0) < src.shape(1) * is ||
-        src.strides(0) % is != 0) {
-      throw py::value_error("src must be a 2-D array with adjacent elements in each row, got shape " +
-                            shape_str(src) + " and strides " + py::str(src.attr("strides")).cast<std::string>());
-    }
+    const int64_t lds = row_blocks(src, "src", is);
     py::array out = as_array(out_o, "out");
-    check_array(out, "out", is, {src.shape(1), src.shape(0)}, true, "src");
+    if (out.itemsize() != is || float_itemsize(out, "out") != is) {
+      throw py::type_error("out must have src's dtype (" + py::str(src.dtype()).cast<std::string>() + "), got " +
+                           py::str(out.dtype()).cast<std::string>());
+    }
+    if (out.ndim() != 2 || out.shape(0) != src.shape(1) || out.shape(1) != src.shape(0)) {
+      throw py::value_error("out must have shape (" + std::to_string(src.shape(1)) + ", " +
+                            std::to_string(src.shape(0)) + ") (src's transposed), got " + shape_str(out));
+    }
+    const int64_t ldd = row_blocks(out, "out", is);
+    if (!out.writeable()) throw py::value_error("out must be writable");
     if (py::module_::import("numpy").attr("shares_memory")(out, src).cast<bool>()) {
       throw py::value_error("out must not overlap src");
     }
-    const int64_t R = src.shape(0), C = src.shape(1), lds = src.strides(0) / is;
+    const int64_t R = src.shape(0), C = src.shape(1);
     auto run = [&](auto zero) {
       using T = decltype(zero);
       const T* s = static_cast<const T*>(src.data());
       T* d = mptr<T>(out);
       py::gil_scoped_release nogil;
-      transpose_cpu<T>(R, C, s, lds, d, R);
+      transpose_cpu<T>(R, C, s, lds, d, ldd);
     };
     if (is == 4) run(0.0f);
     else run(0.0);
-  }, py::arg("src"), py::arg("out"), "out = src.T in cache tiles on the thread pool (src rows may be strided).");
+  }, py::arg("src"), py::arg("out"),
+        "out = src.T in cache tiles on the thread pool (the rows of src and of out may be strided).");
   m.def("_packed_gemm", [](const py::array_t<float, py::array::c_style | py::array::forcecast>& a,
                            const py::array_t<float, py::array::c_style | py::array::forcecast>& b,
                            bool trans_a, bool pack_rows, bool accumulate, const std::string& precision) {
@@ -447,6 +462,20 @@ PYBIND11_MODULE(_cpu, m) {
     d["wake_latency_us"] = st.wake_latency_us;
     return d;
   }, "The thread pool's counters and its measured wake-up latency (diagnostics).");
+  m.def("_set_openmp_runtime", [](uintptr_t parallel, uintptr_t thread_num, uintptr_t num_threads) {
+    // The addresses of an OpenMP runtime's GOMP_parallel, omp_get_thread_num and
+    // omp_get_num_threads, already loaded in this process (pylstm.torch passes PyTorch's), or
+    // three zeros for the pool.
+    if ((parallel == 0) != (thread_num == 0) || (parallel == 0) != (num_threads == 0)) {
+      throw py::value_error("parallel, thread_num and num_threads must be all given or all 0");
+    }
+    set_openmp_runtime(reinterpret_cast<OmpParallelFn>(parallel), reinterpret_cast<OmpQueryFn>(thread_num),
+                       reinterpret_cast<OmpQueryFn>(num_threads));
+  }, py::arg("parallel"), py::arg("thread_num"), py::arg("num_threads"),
+        "Run the CPU kernels' parallel work on a loaded OpenMP runtime (function addresses), or on "
+        "pylstm's own pool (all 0).");
+  m.def("_openmp_runtime_set", &openmp_runtime_set,
+        "Whether the CPU kernels run their parallel work on an OpenMP runtime (_set_openmp_runtime).");
   m.def("_pool_stress", &pool_stress, py::arg("runs"), py::arg("max_threads"), py::arg("seed"),
         "Test hook: stress the thread pool (random thread counts, barriers, injected exceptions); "
         "returns (inconsistencies, exceptions caught).");

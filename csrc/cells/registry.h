@@ -12,6 +12,7 @@
 #include "cells/lstm.h"
 #include "cells/peephole.h"
 #include "cells/rnn.h"
+#include "cells/torch_order.h"
 
 // X(type, name as the Python API spells it)
 #define PYLSTM_FOR_EACH_CELL(X) \
@@ -21,12 +22,14 @@
   X(GruBeforeKerasCell, "gru_reset_before") \
   X(GruBookCell, "gru_book")    \
   X(RnnTanhCell, "rnn_tanh")    \
-  X(RnnReluCell, "rnn_relu")
+  X(RnnReluCell, "rnn_relu")    \
+  X(LstmTorchCell, "lstm_torch") \
+  X(GruTorchCell, "gru_torch")
 
 namespace pylstm {
 
 // The valid names, for error messages: 'lstm', 'peephole', 'gru', 'gru_reset_before', 'gru_book',
-// 'rnn_tanh', 'rnn_relu'.
+// 'rnn_tanh', 'rnn_relu', 'lstm_torch', 'gru_torch'.
 inline std::string cell_names() {
   std::string out;
 #define PYLSTM_CELL_NAME(type, name) out += std::string(out.empty() ? "'" : ", '") + name + "'";

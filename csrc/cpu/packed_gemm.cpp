@@ -240,6 +240,24 @@ __attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
 }
 }  // namespace
 
+__attribute__((target("avx512f"))) void transpose_block_avx512(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                                               const float* src, int64_t lds, float* dst,
+                                                               int64_t ldd) {
+  __m512 v[16];
+  for (int64_t r = r0; r < r1; r += 16) {
+    const int rows = int(std::min<int64_t>(16, r1 - r));
+    const __mmask16 rmask = __mmask16((1u << rows) - 1u);
+    for (int64_t c = c0; c < c1; c += 16) {
+      const int cols = int(std::min<int64_t>(16, c1 - c));
+      const __mmask16 cmask = __mmask16((1u << cols) - 1u);
+      for (int i = 0; i < 16; ++i)
+        v[i] = i < rows ? _mm512_maskz_loadu_ps(cmask, src + (r + i) * lds + c) : _mm512_setzero_ps();
+      transpose16(v);
+      for (int j = 0; j < cols; ++j) _mm512_mask_storeu_ps(dst + (c + j) * ldd + r, rmask, v[j]);
+    }
+  }
+}
+
 namespace {
 // Rows [0, MR) of C, columns [n0, n0 + rows): the products of k in [k0, k1) (one summation
 // block) of A's rows with B's stored rows n0.., 16 x 16 blocks of B transposed in registers so
@@ -374,6 +392,7 @@ void gemm_at_packed_b(int64_t, int64_t, int64_t, const float*, int64_t, const fl
 void gemm_rowmajor_b(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
                      int64_t, bool, const float*) {}
 void gemm_bt_rows(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool) {}
+void transpose_block_avx512(int64_t, int64_t, int64_t, int64_t, const float*, int64_t, float*, int64_t) {}
 
 #endif
 

@@ -104,6 +104,11 @@ void gemm_rowmajor_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
 void gemm_bt_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
                   float* C, int64_t ldc, bool accumulate = false);
 
+// dst[c][r] = src[r][c] for rows [r0, r1) and columns [c0, c1) of src (lds, ldd apart), in 16 x 16
+// register blocks (transpose_cpu's float32 kernel, where packed_gemm_enabled()).
+void transpose_block_avx512(int64_t r0, int64_t r1, int64_t c0, int64_t c1, const float* src, int64_t lds,
+                            float* dst, int64_t ldd);
+
 // C (M x N, ldc) = A^T @ B with A stored as a row-major K x M matrix (lda) and B packed by
 // pack_b; C is overwritten, or with accumulate, C += A^T @ B. Used for the weight gradient [X | H_prev]^T dA.
 void gemm_at_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,

@@ -183,20 +183,76 @@ Pool* g_pool = nullptr;
 std::once_flag g_pool_once;
 std::atomic<int> g_num_threads{1};
 
-// A forked child has none of the parent's workers: give it a fresh pool.
-void after_fork_in_child() { g_pool = new Pool(); }
+// The OpenMP runtime runs go to, when set (set_openmp_runtime). Replaced ones are leaked: a
+// run in flight on another thread may still hold one.
+struct OmpRuntime {
+  OmpParallelFn parallel;
+  OmpQueryFn thread_num, num_threads;
+};
+std::atomic<const OmpRuntime*> g_omp{nullptr};
+
+// A forked child has none of the parent's workers: give it a fresh pool (and not the parent's
+// OpenMP runtime, whose threads it lacks too).
+void after_fork_in_child() {
+  g_pool = new Pool();
+  g_omp.store(nullptr);
+}
+
+// Registered once, by whichever comes first: the pool or an OpenMP runtime (a child forked
+// after either must not use the parent's threads: libgomp's hang in a forked child).
+void watch_forks() {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, after_fork_in_child); });
+}
 
 Pool& pool() {
   std::call_once(g_pool_once, [] {
     g_pool = new Pool();
-    pthread_atfork(nullptr, nullptr, after_fork_in_child);
+    watch_forks();
   });
   return *g_pool;
 }
 
 thread_local bool t_in_run = false;
 
+// One run on the OpenMP runtime: the Team's shared state and the first exception (none may
+// leave an OpenMP region: each thread catches, as the pool's run_task does).
+struct OmpRun {
+  const std::function<void(const Team&)>* fn;
+  const OmpRuntime* rt;
+  std::atomic<int> arrived{0}, phase{0};
+  std::atomic<bool> failed{false};
+  std::unique_ptr<std::atomic<int>[]> cpus;
+  std::mutex error_mu;
+  std::exception_ptr error;
+};
+
+void omp_body(void* p) {
+  auto* run = static_cast<OmpRun*>(p);
+  // The team may be smaller than asked (an OpenMP thread limit): Team splits by its real size.
+  const int tid = run->rt->thread_num(), size = run->rt->num_threads();
+  const bool was_in_run = t_in_run;
+  t_in_run = true;  // a nested parallel_run from inside fn runs serially
+  try {
+    (*run->fn)(Team(tid, size, &run->arrived, &run->phase, &run->failed, run->cpus.get()));
+  } catch (const TeamAborted&) {
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(run->error_mu);
+    if (!run->error) run->error = std::current_exception();
+    run->failed.store(true, std::memory_order_release);
+  }
+  t_in_run = was_in_run;
+}
+
 }  // namespace
+
+void set_openmp_runtime(OmpParallelFn parallel, OmpQueryFn thread_num, OmpQueryFn num_threads) {
+  watch_forks();
+  g_omp.store(parallel && thread_num && num_threads ? new OmpRuntime{parallel, thread_num, num_threads}
+                                                    : nullptr);
+}
+
+bool openmp_runtime_set() { return g_omp.load() != nullptr; }
 
 void Team::barrier() const { wait(arrive()); }
 
@@ -254,6 +310,17 @@ void parallel_run(int threads, const std::function<void(const Team&)>& fn) {
     InRun() { t_in_run = true; }
     ~InRun() { t_in_run = false; }  // also when the run rethrows
   } in_run;
+  if (const OmpRuntime* rt = g_omp.load()) {
+    OmpRun run;
+    run.fn = &fn;
+    run.rt = rt;
+    run.cpus.reset(new std::atomic<int>[size_t(threads)]);
+    for (int i = 0; i < threads; ++i) run.cpus[i].store(-1, std::memory_order_relaxed);
+    g_runs.fetch_add(1, std::memory_order_relaxed);
+    rt->parallel(omp_body, &run, unsigned(threads), 0);
+    if (run.error) std::rethrow_exception(run.error);
+    return;
+  }
   pool().run(threads, fn);
 }
 

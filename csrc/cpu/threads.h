@@ -66,6 +66,17 @@ struct PoolStats {
 };
 PoolStats pool_stats();
 
+// An OpenMP runtime already loaded in the process (PyTorch's libgomp, set by pylstm.torch) to
+// run parallel_run's work on instead of the pool: its GOMP_parallel, omp_get_thread_num and
+// omp_get_num_threads. Inside PyTorch the pool's threads would share the cores with torch's
+// OpenMP threads, which spin for milliseconds after each of torch's parallel ops: run on those
+// threads, pylstm's work starts on threads already awake and competes with none. All nullptr:
+// back to the pool. A forked child returns to the pool.
+using OmpParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpQueryFn = int (*)();
+void set_openmp_runtime(OmpParallelFn parallel, OmpQueryFn thread_num, OmpQueryFn num_threads);
+bool openmp_runtime_set();
+
 // Runs fn(team) on `threads` threads (the caller is thread 0) and returns when all are done.
 // Calls from several host threads at once are serialized. threads <= 1 runs fn on the caller.
 // An exception thrown by fn on any thread (std::bad_alloc from a scratch buffer, say) makes
