@@ -5,11 +5,12 @@ views; CUDA tensors through ``__cuda_array_interface__`` on pylstm's CUDA backen
 
 Parameters are PyTorch's (``weight_ih_l{k}`` (G*H, D), ``weight_hh_l{k}``, ``bias_ih_l{k}``,
 ``bias_hh_l{k}``, torch's gate order), so ``load_state_dict`` works both ways with ``nn.LSTM``,
-``nn.GRU`` and ``nn.RNN``. The kernels take pylstm's layout (``Wx (D, G*H)``, gate order f, g, i, o
-for the LSTM, z, r, n for the GRU): each layer converts its parameters once per weight update, not
-per call: the converted tensors are cached and rebuilt only when a parameter is replaced or its
-version counter moves (every in-place update bumps it: an optimizer step, ``load_state_dict``,
-``reset_parameters``). Gradients are converted back once per backward, in one pass each.
+``nn.GRU`` and ``nn.RNN``. Nothing is converted per call or per update: each weight is stored
+as the transpose of a row-major (D, G*H) array (a view with strides (1, G*H)), which is the
+kernels' ``Wx`` layout, and the kernels run with torch's gate order (``gate_order="torch"``). The
+weight gradients come back as the same views of the kernels' (D, G*H) results, so PyTorch adds
+them to ``.grad`` without a copy. (A weight replaced by a contiguous tensor still works: it is
+then transposed per call.) Per call only the two biases are added (b = b_ih + b_hh).
 
 ``bidirectional=True`` runs the reverse direction on the kernels' reverse walk (no reversed
 copy of the input), and a ``PackedSequence`` input runs on the kernels' per-sequence lengths:
@@ -20,7 +21,9 @@ sequence), and the output is packed again with the input's ordering. ``proj_size
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 from typing import Optional
 
 import numpy as np
@@ -30,26 +33,50 @@ from torch import nn
 from . import _backend
 from . import functional as F
 
-__all__ = ["LSTM", "GRU", "RNN"]
+__all__ = ["LSTM", "GRU", "RNN", "use_torch_threads"]
 
-# Gate blocks, and pylstm's block order as indices of PyTorch's blocks (LSTM: torch i, f, g, o ->
-# pylstm f, g, i, o; GRU: torch r, z, n -> pylstm z, r, n).
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-_TO_PYLSTM = {"LSTM": [1, 2, 0, 3], "GRU": [1, 0, 2], "RNN_TANH": [0], "RNN_RELU": [0]}
-_TO_TORCH = {mode: np.argsort(perm).tolist() for mode, perm in _TO_PYLSTM.items()}
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _to_pylstm_rows(w: torch.Tensor, mode: str) -> torch.Tensor:
-    """(G*H, ...) in torch's block order -> the same in pylstm's."""
-    G = _GATES[mode]
-    return w.reshape(G, w.shape[0] // G, *w.shape[1:])[_TO_PYLSTM[mode]].reshape(w.shape)
+def _torch_openmp():
+    """The OpenMP runtime PyTorch's CPU ops run on, as (GOMP_parallel, omp_get_thread_num,
+    omp_get_num_threads) addresses, or None: torch built on another parallel backend, or no
+    OpenMP library of torch's own among those loaded in this process."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    torch_dir = os.path.realpath(os.path.dirname(torch.__file__)) + os.sep
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "omp" in line and "/" in line}
+    except OSError:
+        return None
+    paths = sorted(p for p in paths if os.path.realpath(p).startswith(torch_dir))
+    for path in paths:  # (torch's own libgomp; libiomp5 exports the same entry points)
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            names = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+            return tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names)
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
-def _to_torch_rows(w: torch.Tensor, mode: str) -> torch.Tensor:
-    """(G*H, ...) in pylstm's block order -> torch's."""
-    G = _GATES[mode]
-    return w.reshape(G, w.shape[0] // G, *w.shape[1:])[_TO_TORCH[mode]].reshape(w.shape)
+def use_torch_threads(on: bool = True) -> bool:
+    """Run pylstm's CPU kernels on PyTorch's OpenMP threads (``on``, the default once this
+    module is imported; ``PYLSTM_TORCH_THREADS=0`` in the environment turns it off) or on
+    pylstm's own thread pool. Inside a PyTorch program torch's OpenMP threads keep spinning for
+    milliseconds after each of torch's parallel ops; pylstm's pool then shares the cores with
+    them, and its kernels ran up to 1.3x slower in a training loop. On torch's threads they
+    start at once and compete with nothing. The thread count stays pylstm's
+    (``pylstm.set_num_threads``). Returns whether the kernels now run on torch's threads (False
+    where torch has no OpenMP runtime to share)."""
+    cpu = _backend.cpu
+    if cpu is None:
+        return False
+    rt = _torch_openmp() if on else None
+    cpu._set_openmp_runtime(*(rt or (0, 0, 0)))
+    return cpu._openmp_runtime_set()
 
 
 def _as_kernel_array(t: Optional[torch.Tensor]):
@@ -67,27 +94,29 @@ def _as_tensor(a, like: torch.Tensor) -> Optional[torch.Tensor]:
     return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.as_tensor(a, device=like.device)
 
 
-def _grad_to_torch(dW, mode: str, like: torch.Tensor) -> torch.Tensor:
-    """(K, G*H) in pylstm's block order -> its transpose (G*H, K) in torch's, in one pass: each
-    block transposed straight to its place (on the CPU by pylstm's tiled transpose on its thread
-    pool, a third of the time of a strided copy)."""
-    G = _GATES[mode]
-    K, GH = dW.shape
-    H = GH // G
-    out = torch.empty((GH, K), dtype=like.dtype, device=like.device)
-    cpu = _backend.cpu if isinstance(dW, np.ndarray) else None
-    on = out.numpy() if cpu is not None else None
-    for k, src in enumerate(_TO_PYLSTM[mode]):  # pylstm block k is torch block src
-        if cpu is not None:
-            cpu.transpose(dW[:, k * H:(k + 1) * H], on[src * H:(src + 1) * H])
-        else:
-            out[src * H:(src + 1) * H].copy_(torch.as_tensor(dW[:, k * H:(k + 1) * H], device=like.device).t())
+def _kernel_weight(w: torch.Tensor) -> torch.Tensor:
+    """w (G*H, K) as the kernels' (K, G*H) row-major array: its transpose, a view where w is
+    stored transposed (this module's own parameters), else a copy (a weight replaced by a
+    contiguous tensor: transposed per call, on the CPU by pylstm's tiled transpose)."""
+    wt = w.detach().t()
+    if wt.is_contiguous():
+        return wt
+    if w.device.type != "cpu":
+        return wt.contiguous()
+    out = torch.empty(wt.shape, dtype=w.dtype)
+    _backend.cpu.transpose(w.detach().contiguous().numpy(), out.numpy())
     return out
 
 
+def _param_storage(shape, device, dtype) -> torch.Tensor:
+    """A weight of torch's shape (G*H, K) stored as the transpose of a row-major (K, G*H)
+    array (see the module's docstring)."""
+    return torch.empty(shape[1], shape[0], device=device, dtype=dtype).t()
+
+
 class _Layer(torch.autograd.Function):
-    """One layer, one direction, over a whole (N, T, D) batch: pylstm's fused forward, and its
-    fused backward converted to PyTorch's parameter layout."""
+    """One layer, one direction, over a whole (N, T, D) batch: pylstm's fused forward and
+    backward in torch's gate order, the weight gradients as views in the parameters' layout."""
 
     @staticmethod
     def forward(ctx, mode, kernel_params, has_bias, walk, xs, h0, c0, *params):
@@ -96,15 +125,18 @@ class _Layer(torch.autograd.Function):
         x, h, c = _as_kernel_array(xs), _as_kernel_array(h0), _as_kernel_array(c0)
         kw = dict(backend=backend, lengths=walk[0], reverse=walk[1])  # (lengths: host int64 or None)
         if mode == "LSTM":
-            hs, hT, cT, cache = F.lstm_forward(x, Wx, Wh, b, h, c, **kw)
+            hs, hT, cT, cache = F.lstm_forward(x, Wx, Wh, b, h, c, gate_order="torch", **kw)
         elif mode == "GRU":
-            hs, hT, cache = F.gru_forward(x, Wx, Wh, b, extra, h, **kw)
+            hs, hT, cache = F.gru_forward(x, Wx, Wh, b, extra, h, gate_order="torch", **kw)
             cT = None
         else:
             nl = "tanh" if mode == "RNN_TANH" else "relu"
             hs, hT, cache = F.rnn_forward(x, Wx, Wh, b, h, nl, **kw)
             cT = None
         ctx.mode, ctx.cache, ctx.has_bias = mode, cache, has_bias
+        # The kernels' cache holds the weights themselves (views): saved here, their versions make
+        # a backward after an in-place change raise, as torch.nn's does.
+        ctx.save_for_backward(*params)
         ctx.h0_given, ctx.c0_given = h0 is not None, c0 is not None
         out = (_as_tensor(hs, xs), _as_tensor(hT, xs))
         return out + ((_as_tensor(cT, xs),) if mode == "LSTM" else (torch.empty(0, dtype=xs.dtype),))
@@ -112,6 +144,7 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dhs, dhT, dcT):
         mode, cache = ctx.mode, ctx.cache
+        _ = ctx.saved_tensors  # raises if a parameter was modified in place after the forward
         d, dT = _as_kernel_array(dhs.contiguous()), _as_kernel_array(dhT.contiguous())
         dcT_ = _as_kernel_array(dcT.contiguous()) if mode == "LSTM" else None
         db_hn = dc0 = None
@@ -121,16 +154,15 @@ class _Layer(torch.autograd.Function):
             dxs, dh0, dWx, dWh, db, db_hn = F.gru_backward(d, cache, dT)
         else:
             dxs, dh0, dWx, dWh, db = F.rnn_backward(d, cache, dT)
-        like = dhs
-        t = [_as_tensor(a, like) for a in (dxs, dh0, dc0, dWx, dWh, db, db_hn)]
-        grads = [_grad_to_torch(dWx, mode, like), _grad_to_torch(dWh, mode, like)]
+        t = [_as_tensor(a, dhs) for a in (dxs, dh0, dc0, dWx, dWh, db, db_hn)]
+        grads = [t[3].t(), t[4].t()]  # (G*H, K) views, strided as the parameters
         if ctx.has_bias:
-            g_bih = _to_torch_rows(t[5], mode).contiguous()
+            g_bih = t[5]
             if mode == "GRU":  # b = b_ih + [b_hh's r and z parts]; b_hn = b_hh's n part
                 H = g_bih.shape[0] // 3
                 g_bhh = torch.cat([g_bih[: 2 * H], t[6]])
             else:
-                g_bhh = g_bih.clone()
+                g_bhh = g_bih.clone()  # (not the same tensor: in-place grad ops would apply twice)
             grads += [g_bih, g_bhh]
         dh0_ = t[1] if ctx.h0_given else None
         dc0_ = t[2] if ctx.c0_given else None
@@ -166,9 +198,10 @@ class _RNNBase(nn.Module):
                 if self.bias:
                     shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
                 for name, shape in shapes:
-                    param = nn.Parameter(torch.empty(*shape, device=device, dtype=dtype))
+                    data = (_param_storage(shape, device, dtype) if name.startswith("weight")
+                            else torch.empty(*shape, device=device, dtype=dtype))
+                    param = nn.Parameter(data)
                     self.register_parameter(f"{name}_l{k}{sfx}", param)
-        self._kernel_cache = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -184,32 +217,27 @@ class _RNNBase(nn.Module):
         return [getattr(self, n + sfx) for n in names]
 
     def _kernel_params(self, k: int, direction: int = 0):
-        """Layer k's parameters (of one direction) in pylstm's layout, converted once per weight
-        update (cached on each parameter's identity and version counter)."""
+        """Layer k's parameters (of one direction) as the kernels take them, in torch's gate
+        order: Wx = weight_ih.T and Wh = weight_hh.T (views of the parameters), b = b_ih + b_hh
+        (GRU: b_hh's n part apart, as b_hn). Built per call, nothing cached: an update through
+        ``.data``, which moves no version counter, is seen too."""
         params = self._layer_params(k, direction)
-        key = tuple((id(p), p._version, p.device, p.dtype) for p in params)
-        hit = self._kernel_cache.get((k, direction))
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        mode, G, H = self.mode, _GATES[self.mode], self.hidden_size
+        G, H = _GATES[self.mode], self.hidden_size
         with torch.no_grad():
             w_ih, w_hh = params[0], params[1]
-            Wx = _to_pylstm_rows(w_ih, mode).t().contiguous()
-            Wh = _to_pylstm_rows(w_hh, mode).t().contiguous()
+            Wx, Wh = _kernel_weight(w_ih), _kernel_weight(w_hh)
             if self.bias:
                 b_ih, b_hh = params[2], params[3]
-                if mode == "GRU":  # b_hh's r and z parts add to b; its n part is b_hn
-                    b = _to_pylstm_rows(b_ih + torch.cat([b_hh[: 2 * H], torch.zeros_like(b_hh[2 * H:])]), mode)
-                    extra = b_hh[2 * H:].detach().clone()
+                if self.mode == "GRU":  # b_hh's r and z parts add to b; its n part is b_hn
+                    b = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H:]])
+                    extra = b_hh[2 * H:].detach().contiguous()
                 else:
-                    b = _to_pylstm_rows(b_ih + b_hh, mode)
+                    b = b_ih + b_hh
                     extra = None
             else:
                 b = torch.zeros(G * H, dtype=w_ih.dtype, device=w_ih.device)
-                extra = torch.zeros(H, dtype=w_ih.dtype, device=w_ih.device) if mode == "GRU" else None
-            out = (Wx, Wh, b.contiguous(), extra)
-        self._kernel_cache[(k, direction)] = (key, out)
-        return out
+                extra = torch.zeros(H, dtype=w_ih.dtype, device=w_ih.device) if self.mode == "GRU" else None
+        return Wx, Wh, b.contiguous(), extra
 
     def _check_input(self, input):
         if not isinstance(input, torch.Tensor):
@@ -358,3 +386,7 @@ class RNN(_RNNBase):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__("RNN_" + nonlinearity.upper(), *args, **kwargs)
+
+
+if os.environ.get("PYLSTM_TORCH_THREADS", "1") != "0":
+    use_torch_threads(True)

@@ -150,23 +150,62 @@ def test_gradcheck_float64(mode, kw):
     assert torch.autograd.gradcheck(f, (x, *_leaves(hx)))
 
 
-def test_state_dict_round_trip_and_conversion_once_per_update():
+@pytest.mark.parametrize("mode,kw", CASES)
+def test_state_dict_round_trip_and_no_weight_conversion(mode, kw):
+    """state_dict both ways; the kernels read the parameters themselves (no copy per call or
+    update) and the weight gradients land in .grad without a copy; updates through .data (no
+    version change) and parameters replaced by contiguous tensors are followed."""
     torch.manual_seed(3)
-    ours = pt.LSTM(4, 5, num_layers=2)
-    ref = torch.nn.LSTM(4, 5, num_layers=2)
+    ours = getattr(pt, mode)(4, 5, num_layers=2, **kw)
+    ref = getattr(torch.nn, mode)(4, 5, num_layers=2, **kw)
     ref.load_state_dict(ours.state_dict())  # pylstm -> torch
     assert set(ours.state_dict()) == set(ref.state_dict())
     x = torch.randn(3, 2, 4)
-    np.testing.assert_allclose(ours(x)[0].detach().numpy(), ref(x)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
-    converted = ours._kernel_params(0)
-    ours(x)
-    assert ours._kernel_params(0) is converted  # no weight update: the cached conversion
-    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+
+    def same_outputs():
+        ref.load_state_dict(ours.state_dict())
+        np.testing.assert_allclose(ours(x)[0].detach().numpy(), ref(x)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+
+    same_outputs()
+    w = ours.weight_hh_l1
+    assert w.stride() == (1, w.shape[0])  # stored as the kernels' (H, G*H) row-major array
+    Wx, Wh = ours._kernel_params(1)[:2]
+    assert Wh.data_ptr() == w.data_ptr() and Wh.is_contiguous()
     ours(x)[0].sum().backward()
-    opt.step()
-    assert ours._kernel_params(0) is not converted  # the step bumped the versions
-    ref.load_state_dict(ours.state_dict())
-    np.testing.assert_allclose(ours(x)[0].detach().numpy(), ref(x)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert w.grad.stride() == w.stride()  # the kernel's dWh itself, as a view
+    torch.optim.SGD(ours.parameters(), lr=0.1).step()
+    same_outputs()
+    for p in ours.parameters():  # old-style updates: the version counters do not move
+        p.data.add_(0.05)
+    same_outputs()
+    ours.weight_ih_l0 = torch.nn.Parameter(ours.weight_ih_l0.detach().contiguous() * 1.5)  # contiguous
+    ours.bias_hh_l1 = torch.nn.Parameter(ours.bias_hh_l1.detach() - 0.1)
+    same_outputs()
+    assert ours.double().weight_hh_l1.stride() == w.stride()  # .to() keeps the layout
+
+
+@pytest.mark.parametrize("mode,kw", CASES)
+def test_weights_changed_after_the_forward(mode, kw):
+    """The converted weights are rewritten in place at the next update: a backward whose forward
+    read them refuses a parameter changed in place since (as torch.nn's does), and one whose
+    parameter was replaced keeps the weights its forward used."""
+    torch.manual_seed(4)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    for m in _pair(mode, kw, 4, 5, dtype=torch.float64):
+        out = m(x)[0]
+        with torch.no_grad():
+            m.weight_hh_l0.mul_(0.5)
+        m(x)  # pylstm's module converts the updated weights here
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.sum().backward()
+    ref, ours = _pair(mode, kw, 4, 5, dtype=torch.float64)
+    out_ref, out = ref(x)[0], ours(x)[0]
+    ours.weight_hh_l0 = torch.nn.Parameter(2 * ours.weight_hh_l0.detach())
+    ours(x)  # converts the new parameter
+    g_ref = torch.autograd.grad(out_ref.sum(), (x, ref.weight_ih_l0))
+    g = torch.autograd.grad(out.sum(), (x, ours.weight_ih_l0))
+    for a, b in zip(g, g_ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
@@ -250,3 +289,65 @@ def test_dropout_between_layers_only_in_training():
     m.eval()
     ref.eval()
     np.testing.assert_allclose(m(x)[0].detach().numpy(), ref(x)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+_ON_TORCH_THREADS = r"""
+import multiprocessing as mp, sys
+import numpy as np
+import torch
+import pylstm, pylstm.torch as pt
+from pylstm import _backend
+sys.path.insert(0, {tests!r})
+from helpers import make_lstm_inputs
+
+def step(d):
+    hs, hT, cT, cache = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend="cpu")
+    return [hs, *pylstm.lstm_backward(d["dhs"], cache, d["dhT"], d["dcT"])]
+
+def child(q):
+    q.put(step(make_lstm_inputs((16, 12, 64, 128), np.float32, seed=1)))
+
+if __name__ == "__main__":
+    pylstm.set_num_threads(2)
+    torch.set_num_threads(2)
+    on = _backend.cpu._openmp_runtime_set()
+    d = make_lstm_inputs((16, 12, 64, 128), np.float32, seed=1)
+    torch.randn(1000, 1000).mul_(2.0)  # torch's OpenMP threads exist and spin
+    omp = step(d)
+    # A child forked after kernels ran on torch's threads (and before pylstm's pool ever
+    # started) has none of them: it must compute on a pool of its own, not hang in libgomp.
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,), daemon=True)  # (a hung child dies with us)
+    p.start()
+    got = q.get(timeout=60)  # (before join: the child exits once its result is read)
+    p.join(timeout=60)
+    bad, caught = _backend.cpu._pool_stress(1500, 4, 7)
+    pt.use_torch_threads(False)
+    pool = step(d)
+    same = all(np.array_equal(a, b) for a, b in zip(omp, pool))
+    forked = p.exitcode == 0 and all(np.array_equal(a, b) for a, b in zip(got, pool))
+    print(on, bad, caught, same, forked)
+"""
+
+
+def test_kernels_on_torch_openmp_threads(tmp_path):
+    """With pylstm.torch imported the CPU kernels run on torch's OpenMP threads (where torch has
+    them): the same bits as on pylstm's pool, exceptions and barriers hold under stress, and a
+    forked child (which has none of the parent's threads) computes on its own pool. In a
+    subprocess with a time limit: a hang fails the test instead of stalling the run."""
+    import os
+    import subprocess
+    import sys
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch build has no OpenMP runtime to share")
+    script = tmp_path / "on_torch_threads.py"
+    script.write_text(_ON_TORCH_THREADS.replace("{tests!r}", repr(os.path.dirname(__file__))))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    on, bad, caught, same, forked = r.stdout.split()
+    assert on == "True"
+    assert int(bad) == 0 and 400 < int(caught) < 600
+    assert same == "True", "torch's threads and pylstm's pool gave different bits"
+    assert forked == "True", "the forked child failed or differed"
