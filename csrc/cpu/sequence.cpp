@@ -709,6 +709,24 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
   // With lengths the step's dh GEMM adds onto the carried dh (the pointwise pass zeroes what it
   // consumed): a row that is not running keeps its dhT (not started yet) or its dh0 (done).
   const bool dh_accumulate = Call::kDirectH || walk.len;
+  // With lengths, the row GEMMs after the step loop (dX, and [dWx; dWh] over the rows) take the
+  // valid rows alone (packed path): they are moved to the front of dA, in order, and XH is
+  // built from them; dX lands in a scratch of those rows, then in its rows of dxs (the padding
+  // rows' dA is zero: a third of the backward's work, with lengths uniform in [T/4, T]). The
+  // weight gradient then sums only the valid rows' products, in the same order, in blocks
+  // that start at other rows: the same values to float32 rounding.
+  const bool compact = walk.len && packed;
+  int64_t V = R;  // rows the GEMMs of steps 3 and 4 take
+  int64_t* valid = nullptr;  // their original rows
+  T* dXc = nullptr;
+  if (compact) {
+    valid = thread_scratch<int64_t, 7>(size_t(R));
+    V = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      if (walk.active(r / Tn, r % Tn)) valid[V++] = r;
+    }
+    dXc = thread_scratch<T, 5>(size_t(V * D + 1));
+  }
 
   parallel_run(threads_for(s, kG), [&](const Team& team) {
     int64_t j0, j1;
@@ -838,17 +856,49 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
     for (int k = 0; k < kP; ++k) {
       for (int64_t jj = 0; jj < hsz; ++jj) a.dP[k * H + j0 + jj] = T(dpacc[k * hsz + jj]);
     }
+    if (compact) {  // the valid rows of dA to its front, in order (each thread its columns)
+      team.barrier();  // every thread done reading dA in the last step's dh GEMM
+      int64_t q0, q1;
+      team.split(GS, 16, q0, q1);
+      for (int64_t i = 0; i < V && q1 > q0; ++i) {  // (row valid[i] >= i: not yet overwritten)
+        if (valid[i] != i) std::memcpy(dA + i * GS + q0, dA + valid[i] * GS + q0, sizeof(T) * (q1 - q0));
+      }
+      team.barrier();
+    }
     // 3. dX = dA_x @ Wx^T (dA_x: the shared blocks and the split blocks' input side), and the
-    //    [X | H_prev] rows, split by rows.
+    //    [X | H_prev] rows, split by rows (compacted: the valid rows).
     int64_t r0, r1;
-    team.split(R, 8, r0, r1);
+    team.split(V, 8, r0, r1);
     if constexpr (std::is_same<T, float>::value) {
+      T* dX = compact ? dXc : dxs;
       if (packed && r1 > r0) {
-        gemm_packed_b(r1 - r0, D, Gs, dA + r0 * GS, GS, WxTp, dxs + r0 * D, D, false, nullptr, prec);
+        gemm_packed_b(r1 - r0, D, Gs, dA + r0 * GS, GS, WxTp, dX + r0 * D, D, false, nullptr, prec);
         if (kSplit > 0) {
-          gemm_packed_b(r1 - r0, D, G - Gs, dA + r0 * GS + G, GS, WxTp + wxt1, dxs + r0 * D, D, true, nullptr, prec);
+          gemm_packed_b(r1 - r0, D, G - Gs, dA + r0 * GS + G, GS, WxTp + wxt1, dX + r0 * D, D, true, nullptr, prec);
         }
       }
+    }
+    if (compact) {
+      for (int64_t i = r0; i < r1; ++i) std::memcpy(dxs + valid[i] * D, dXc + i * D, sizeof(T) * D);
+      int64_t p0, p1;  // the padding rows' dX is zero
+      team.split(R, 8, p0, p1);
+      for (int64_t r = p0; r < p1; ++r) {
+        if (!walk.active(r / Tn, r % Tn)) std::fill(dxs + r * D, dxs + (r + 1) * D, T(0));
+      }
+      for (int64_t i = r0; i < r1; ++i) {  // XH (and a gated cell's r * h_prev) of the valid rows
+        const int64_t r = valid[i], n = r / Tn, t = r % Tn;
+        T* row = XH + i * DH;
+        std::memcpy(row, xs + r * D, sizeof(T) * D);
+        const T* hp = !walk.first(n, t) ? hs + (n * Tn + walk.prev(t)) * H : (h0 ? h0 + n * H : nullptr);
+        if (hp) std::memcpy(row + D, hp, sizeof(T) * H);
+        else std::fill(row + D, row + DH, T(0));
+        if constexpr (kGated > 0) {
+          const T* rr = gates + r * GS + H;
+          T* rh = RHrows + i * H;
+          for (int64_t j = 0; j < H; ++j) rh[j] = hp ? rr[j] * hp[j] : T(0);
+        }
+      }
+      r1 = r0;  // (the loop below is the uncompacted rows')
     }
     if (!packed && r1 > r0) {
       gemm(false, true, int(r1 - r0), int(D), int(Gs), T(1), dA + r0 * GS, int(GS), Wx, int(G), T(0),
@@ -913,8 +963,8 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         if (packed) {
           // In row chunks: each chunk of dA is packed (and added to db) just before the GEMM
           // reads it, so it is still in cache, and the packed copy is one chunk, not all rows.
-          for (int64_t k0 = 0; k0 < R; k0 += kPackRows) {
-            const int64_t kb = std::min(kPackRows, R - k0);
+          for (int64_t k0 = 0; k0 < V; k0 += kPackRows) {
+            const int64_t kb = std::min(kPackRows, V - k0);
             const T* xh = XH + k0 * DH;
             for (int q = 0; q < npieces; ++q) {
               const Piece& pc = pieces[q];
