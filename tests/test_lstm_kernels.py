@@ -130,6 +130,30 @@ def test_forward_schedules_agree_bitwise(shape):
         assert np.array_equal(a, b), f"{name}: the two forward schedules differ"
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_schedules_agree_bitwise_with_lengths(reverse):
+    """With lengths the projection-first schedule projects each sequence's valid rows alone, the
+    step projection the running rows of each step: the same sums, to the bit (and the
+    backward from either cache the same)."""
+    cpu = _backend.cpu
+    if cpu is None or not cpu._small_m_kernel_enabled():
+        pytest.skip("needs the AVX-512 packed-weight kernel")
+    d = make_lstm_inputs((9, 11, 40, 150), np.float32, seed=9)
+    L = np.array([11, 3, 7, 1, 11, 5, 9, 2, 6])
+    out = {}
+    old = cpu._set_forward_schedule("auto")
+    try:
+        for mode in ("projection-first", "step-projection"):
+            cpu._set_forward_schedule(mode)
+            hs, hT, cT, cache = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"],
+                                                    backend="cpu", lengths=L, reverse=reverse)
+            out[mode] = (hs, hT, cT, *pylstm.lstm_backward(d["dhs"], cache, d["dhT"], d["dcT"]))
+    finally:
+        cpu._set_forward_schedule(old)
+    for k, (a, b) in enumerate(zip(out["projection-first"], out["step-projection"])):
+        assert np.array_equal(a, b), f"output {k}: the two forward schedules differ"
+
+
 def test_step_projection_inference_takes_only_the_running_state():
     """Forward-only on the step-projection schedule keeps no pre-activations: its scratch is the
     running c (N*H), not the projection's N*T*4H; training and the other schedule keep theirs."""

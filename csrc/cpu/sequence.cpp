@@ -507,9 +507,21 @@ void seq_forward_cpu(const ForwardArgs<T>& a) {
           // 1. Input projection of all N*T rows for this slice's gate column blocks (the bias
           //    is added in the pointwise pass), one block at a time through one packed buffer
           //    (1/G of the scratch of all; hsz < 16 pads each block to 16 columns).
+          //    With lengths, each sequence's valid rows alone (the slice's packed block stays
+          //    in cache across the calls; each output's sum is the same), and zeros in the
+          //    padding rows, which nothing reads.
           for (int k = 0; k < kG; ++k) {
             pack_b(D, hsz, [&](int64_t n) { return Wx + k * H + j0 + n; }, G, Wxp, prec);
-            gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp, A + k * H + j0, GS, false, nullptr, prec);
+            if (!walk.len) {
+              gemm_packed_b(N * Tn, hsz, D, xs, D, Wxp, A + k * H + j0, GS, false, nullptr, prec);
+              continue;
+            }
+            for (int64_t n = 0; n < N; ++n) {
+              const int64_t Ln = walk.length(n);
+              T* an = A + n * Tn * GS + k * H + j0;
+              gemm_packed_b(Ln, hsz, D, xs + n * Tn * D, D, Wxp, an, GS, false, nullptr, prec);
+              for (int64_t t = Ln; t < Tn; ++t) std::fill(an + t * GS, an + t * GS + hsz, T(0));
+            }
           }
         }
       }
