@@ -9,8 +9,13 @@ Parameters are PyTorch's (``weight_ih_l{k}`` (G*H, D), ``weight_hh_l{k}``, ``bia
 as the transpose of a row-major (D, G*H) array (a view with strides (1, G*H)), which is the
 kernels' ``Wx`` layout, and the kernels run with torch's gate order (``gate_order="torch"``). The
 weight gradients come back as the same views of the kernels' (D, G*H) results, so PyTorch adds
-them to ``.grad`` without a copy. (A weight replaced by a contiguous tensor still works: it is
-then transposed per call.) Per call only the two biases are added (b = b_ih + b_hh).
+them to ``.grad`` without a copy. Per call only the two biases are added (b = b_ih + b_hh).
+
+So the weights (and their gradients) are not contiguous: code that calls ``.view`` on them
+(``torch.nn.utils.parameters_to_vector``, ``torch.optim.LBFGS``, safetensors' ``save_file``)
+needs ``weight_layout="torch"``: contiguous weights, as ``nn.LSTM``'s, transposed on every call
+(about 10% of a layer's time at 20,35,650,650). A weight replaced by a contiguous tensor is
+handled the same way. ``state_dict`` / ``load_state_dict`` work with either layout.
 
 ``bidirectional=True`` runs the reverse direction on the kernels' reverse walk (no reversed
 copy of the input), and a ``PackedSequence`` input runs on the kernels' per-sequence lengths:
@@ -36,30 +41,37 @@ from . import functional as F
 __all__ = ["LSTM", "GRU", "RNN", "use_torch_threads"]
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_WEIGHT_LAYOUTS = ("kernel", "torch")
 _DTYPES = (torch.float32, torch.float64)
 
 
 def _torch_openmp():
     """The OpenMP runtime PyTorch's CPU ops run on, as (GOMP_parallel, omp_get_thread_num,
     omp_get_num_threads) addresses, or None: torch built on another parallel backend, or no
-    OpenMP library of torch's own among those loaded in this process."""
+    OpenMP library found among those loaded in this process (torch's own, under its package or
+    auditwheel's ``torch.libs``; or the only one loaded, as in a conda environment)."""
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return None
-    torch_dir = os.path.realpath(os.path.dirname(torch.__file__)) + os.sep
     try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "omp" in line and "/" in line}
+        with open("/proc/self/maps") as f:  # (address perms offset dev inode path; paths may hold spaces)
+            paths = {parts[5].strip() for parts in (line.split(maxsplit=5) for line in f) if len(parts) == 6}
     except OSError:
         return None
-    paths = sorted(p for p in paths if os.path.realpath(p).startswith(torch_dir))
-    for path in paths:  # (torch's own libgomp; libiomp5 exports the same entry points)
+    names = ("libgomp", "libiomp", "libomp")  # (libiomp5 and LLVM's libomp export GOMP_parallel too)
+    found = sorted(p for p in paths if os.path.basename(p).startswith(names) and ".so" in p)
+    torch_dir = os.path.dirname(os.path.realpath(torch.__file__))
+    own = [p for p in found if os.path.realpath(p).startswith((torch_dir + os.sep, torch_dir + ".libs" + os.sep))]
+    for path in own or (found if len(found) == 1 else []):
         try:
             lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-            names = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
-            return tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names)
+            entry = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+            return tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in entry)
         except (OSError, AttributeError):
             continue
     return None
+
+
+_IMPORT_PID = os.getpid()
 
 
 def use_torch_threads(on: bool = True) -> bool:
@@ -70,11 +82,14 @@ def use_torch_threads(on: bool = True) -> bool:
     them, and its kernels ran up to 1.3x slower in a training loop. On torch's threads they
     start at once and compete with nothing. The thread count stays pylstm's
     (``pylstm.set_num_threads``). Returns whether the kernels now run on torch's threads (False
-    where torch has no OpenMP runtime to share)."""
+    where torch has no OpenMP runtime to share, and in a process forked from the one that
+    imported this module)."""
     cpu = _backend.cpu
     if cpu is None:
         return False
-    rt = _torch_openmp() if on else None
+    # A process forked after this module was imported has none of libgomp's threads: its kernels
+    # stay on a pool of its own (libgomp itself hangs in such a child).
+    rt = _torch_openmp() if on and os.getpid() == _IMPORT_PID else None
     cpu._set_openmp_runtime(*(rt or (0, 0, 0)))
     return cpu._openmp_runtime_set()
 
@@ -174,8 +189,10 @@ class _RNNBase(nn.Module):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None):
+                 proj_size: int = 0, device=None, dtype=None, *, weight_layout: str = "kernel"):
         super().__init__()
+        if weight_layout not in _WEIGHT_LAYOUTS:
+            raise ValueError(f"weight_layout must be one of {_WEIGHT_LAYOUTS}, got {weight_layout!r}")
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -190,6 +207,7 @@ class _RNNBase(nn.Module):
         self.num_layers, self.bias, self.batch_first = num_layers, bool(bias), bool(batch_first)
         self.dropout, self.bidirectional, self.proj_size = float(dropout), bool(bidirectional), 0
         self.num_directions = 2 if self.bidirectional else 1
+        self.weight_layout = weight_layout
         G, H = _GATES[mode], hidden_size
         for k in range(num_layers):
             D = input_size if k == 0 else H * self.num_directions
@@ -198,7 +216,8 @@ class _RNNBase(nn.Module):
                 if self.bias:
                     shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
                 for name, shape in shapes:
-                    data = (_param_storage(shape, device, dtype) if name.startswith("weight")
+                    data = (_param_storage(shape, device, dtype)
+                            if name.startswith("weight") and weight_layout == "kernel"
                             else torch.empty(*shape, device=device, dtype=dtype))
                     param = nn.Parameter(data)
                     self.register_parameter(f"{name}_l{k}{sfx}", param)
@@ -360,6 +379,8 @@ class _RNNBase(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.weight_layout != "kernel":
+            s += f", weight_layout={self.weight_layout!r}"
         return s
 
 

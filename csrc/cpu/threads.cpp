@@ -194,7 +194,7 @@ std::atomic<const OmpRuntime*> g_omp{nullptr};
 // A forked child has none of the parent's workers: give it a fresh pool (and not the parent's
 // OpenMP runtime, whose threads it lacks too).
 void after_fork_in_child() {
-  g_pool = new Pool();
+  if (g_pool) g_pool = new Pool();  // (none yet: pool() makes it on first use)
   g_omp.store(nullptr);
 }
 
@@ -311,6 +311,9 @@ void parallel_run(int threads, const std::function<void(const Team&)>& fn) {
     ~InRun() { t_in_run = false; }  // also when the run rethrows
   } in_run;
   if (const OmpRuntime* rt = g_omp.load()) {
+    // One run at a time, as on the pool: each host thread would get a team of its own.
+    static std::mutex omp_run_mu;
+    std::lock_guard<std::mutex> one_run(omp_run_mu);
     OmpRun run;
     run.fn = &fn;
     run.rt = rt;
