@@ -13,9 +13,10 @@ them to ``.grad`` without a copy. Per call only the two biases are added (b = b_
 
 So the weights (and their gradients) are not contiguous: code that calls ``.view`` on them
 (``torch.nn.utils.parameters_to_vector``, ``torch.optim.LBFGS``, safetensors' ``save_file``)
-needs ``weight_layout="torch"``: contiguous weights, as ``nn.LSTM``'s, transposed on every call
-(about 10% of a layer's time at 20,35,650,650). A weight replaced by a contiguous tensor is
-handled the same way. ``state_dict`` / ``load_state_dict`` work with either layout.
+needs ``weight_layout="torch"``: contiguous weights, as ``nn.LSTM``'s, and the weights and their
+gradients transposed on every call (10-15% of a layer's time at 20,35,650,650,
+benchmarks/RESULTS.md). A weight replaced by a contiguous tensor is handled the same way.
+``state_dict`` / ``load_state_dict`` work with either layout.
 
 ``bidirectional=True`` runs the reverse direction on the kernels' reverse walk (no reversed
 copy of the input), and a ``PackedSequence`` input runs on the kernels' per-sequence lengths:
@@ -123,6 +124,19 @@ def _kernel_weight(w: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _grad_like(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A kernel's weight gradient g (K, G*H) as p's (G*H, K) gradient: the transposed view,
+    strided as p when p has the kernel layout (AccumulateGrad keeps it as it is); for a
+    contiguous p on the CPU, transposed on pylstm's pool (AccumulateGrad would copy the view
+    with torch's slower strided copy)."""
+    gt = g.t()
+    if gt.stride() == p.stride() or g.device.type != "cpu":
+        return gt
+    out = torch.empty(gt.shape, dtype=g.dtype)
+    _backend.cpu.transpose(g.numpy(), out.numpy())
+    return out
+
+
 def _param_storage(shape, device, dtype) -> torch.Tensor:
     """A weight of torch's shape (G*H, K) stored as the transpose of a row-major (K, G*H)
     array (see the module's docstring)."""
@@ -159,7 +173,7 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dhs, dhT, dcT):
         mode, cache = ctx.mode, ctx.cache
-        _ = ctx.saved_tensors  # raises if a parameter was modified in place after the forward
+        params = ctx.saved_tensors  # raises if a parameter was modified in place after the forward
         d, dT = _as_kernel_array(dhs.contiguous()), _as_kernel_array(dhT.contiguous())
         dcT_ = _as_kernel_array(dcT.contiguous()) if mode == "LSTM" else None
         db_hn = dc0 = None
@@ -170,7 +184,7 @@ class _Layer(torch.autograd.Function):
         else:
             dxs, dh0, dWx, dWh, db = F.rnn_backward(d, cache, dT)
         t = [_as_tensor(a, dhs) for a in (dxs, dh0, dc0, dWx, dWh, db, db_hn)]
-        grads = [t[3].t(), t[4].t()]  # (G*H, K) views, strided as the parameters
+        grads = [_grad_like(t[3], params[0]), _grad_like(t[4], params[1])]
         if ctx.has_bias:
             g_bih = t[5]
             if mode == "GRU":  # b = b_ih + [b_hh's r and z parts]; b_hn = b_hh's n part
