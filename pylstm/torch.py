@@ -238,11 +238,15 @@ class _RNNBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """PyTorch's initialization: every parameter uniform(-1/sqrt(H), 1/sqrt(H))."""
+        """PyTorch's initialization: every parameter uniform(-1/sqrt(H), 1/sqrt(H)), drawn in
+        torch's element order whatever the layout, so a seed gives nn.LSTM's values."""
         k = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
             for p in self.parameters():
-                p.uniform_(-k, k)
+                if p.is_contiguous():
+                    p.uniform_(-k, k)
+                else:  # (uniform_ fills storage order: draw contiguously, then copy)
+                    p.copy_(torch.empty(p.shape, dtype=p.dtype, device=p.device).uniform_(-k, k))
 
     def _layer_params(self, k: int, direction: int = 0) -> list:
         names = [f"weight_ih_l{k}", f"weight_hh_l{k}"] + ([f"bias_ih_l{k}", f"bias_hh_l{k}"] if self.bias else [])

@@ -185,6 +185,19 @@ def test_state_dict_round_trip_and_no_weight_conversion(mode, kw):
 
 
 @pytest.mark.parametrize("mode,kw", CASES)
+def test_a_seed_gives_torch_nn_initial_parameters(mode, kw):
+    """reset_parameters draws in torch's element order in either layout: the same seed gives
+    nn.LSTM's (nn.GRU's, nn.RNN's) values."""
+    for layout in ("kernel", "torch"):
+        torch.manual_seed(7)
+        ref = getattr(torch.nn, mode)(4, 5, num_layers=2, bidirectional=True, **kw)
+        torch.manual_seed(7)
+        ours = getattr(pt, mode)(4, 5, num_layers=2, bidirectional=True, weight_layout=layout, **kw)
+        for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
+            assert torch.equal(a, b), f"{layout}: {name}"
+
+
+@pytest.mark.parametrize("mode,kw", CASES)
 def test_contiguous_weight_layout(mode, kw):
     """weight_layout="torch": contiguous weights and gradients, as nn.LSTM's (what .view-based
     code needs: parameters_to_vector, LBFGS), with the same outputs and gradients."""
