@@ -312,7 +312,9 @@ class _Reference:
             base, blocks = _TORCH_ORDER[cell]
             hs, hT, cT, c = self.seq_forward(base, xs, *(_reorder_blocks(w, blocks) for w in (Wx, Wh, b)), h0, c0,
                                              save, P, lengths, reverse, precision)
-            if c is not None:  # (the saved activations stay in the base cell's order)
+            if c is not None:  # (the saved activations stay in the base cell's order: this
+                # backend's cache.gates differs from the kernels' for these cells, and a cache
+                # goes back only to the backend that made it)
                 c.cell, c.Wx, c.Wh, c.b = cell, Wx, Wh, b
             return hs, hT, cT, c
 

@@ -399,3 +399,36 @@ def test_kernels_on_torch_openmp_threads(tmp_path):
     assert int(bad) == 0 and 400 < int(caught) < 600
     assert same == "True", "torch's threads and pylstm's pool gave different bits"
     assert forked == "True", "the forked child failed or differed"
+
+
+def test_kernels_on_a_smaller_openmp_team(tmp_path):
+    """An OpenMP thread limit gives teams smaller than asked (here one thread where two are
+    asked): every run still runs each of its team's thread indices exactly once, and the kernels
+    split their work by the real team, with the bits of two threads on the pool."""
+    import os
+    import subprocess
+    import sys
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch build has no OpenMP runtime to share")
+    script = (
+        "import numpy as np, torch, pylstm, pylstm.torch as pt\n"
+        "from pylstm import _backend\n"
+        "assert _backend.cpu._openmp_runtime_set()\n"
+        "bad, caught = _backend.cpu._pool_stress(600, 4, 3)\n"
+        "pylstm.set_num_threads(2)\n"
+        "rng = np.random.default_rng(0)\n"
+        "shapes = ((6, 5, 16), (16, 256), (64, 256), (256,))\n"
+        "x, Wx, Wh, b = (rng.standard_normal(s).astype(np.float32) for s in shapes)\n"
+        "omp = pylstm.lstm_forward(x, Wx, Wh, b)[0]\n"
+        "pt.use_torch_threads(False)\n"
+        "print(bad, caught, np.array_equal(omp, pylstm.lstm_forward(x, Wx, Wh, b)[0]))\n"
+    )
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                       env=env)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    bad, caught, same = r.stdout.split()
+    assert int(bad) == 0
+    assert 30 < int(caught) < 130  # a third of the runs inject, a third of those on thread 0
+    assert same == "True"
