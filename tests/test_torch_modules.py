@@ -432,3 +432,30 @@ def test_kernels_on_a_smaller_openmp_team(tmp_path):
     assert int(bad) == 0
     assert 30 < int(caught) < 130  # a third of the runs inject, a third of those on thread 0
     assert same == "True"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode,kw", [("LSTM", {}), ("GRU", {})])
+@pytest.mark.parametrize("packed", [False, True])
+def test_cuda_tensors_match_torch_nn(mode, kw, packed):
+    """On a GPU: CUDA tensors through the CUDA kernels (the kernel weight layout, torch's gate
+    order, lengths from a PackedSequence, both directions) against torch.nn's cuDNN, float64."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no GPU")
+    dev = torch.device("cuda")
+    ref, ours = _pair(mode, kw, 6, 8, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
+    ref, ours = ref.to(dev), ours.to(dev)
+    assert ours.weight_ih_l0.stride() == (1, ours.weight_ih_l0.shape[0])  # .to() kept the layout
+    x = torch.randn(5, 7, 6, dtype=torch.float64, device=dev)
+    lengths = torch.tensor([7, 2, 5, 1, 6])
+    outs = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        inp = (torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, batch_first=True, enforce_sorted=False)
+               if packed else xi)
+        out, _ = m(inp)
+        y = out.data if packed else out
+        y.square().sum().backward()
+        outs.append([y.detach(), xi.grad] + [p.grad for p in m.parameters()])
+    for k, (a, b) in enumerate(zip(*outs)):
+        np.testing.assert_allclose(b.cpu().numpy(), a.cpu().numpy(), rtol=1e-7, atol=1e-9, err_msg=f"tensor {k}")
