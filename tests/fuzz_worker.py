@@ -96,9 +96,12 @@ def valid_lstm(rng):
           "dcT": normal(rng, (N, H), dt) if rng.random() < 0.5 else None}
     up = {k: None if v is None else odd_layout(rng, v) for k, v in up.items()}
     results = {}
+    order = "torch" if rng.random() < 0.3 else "pylstm"  # (PyTorch's gate order: the same rules)
     for backend in HOST:
-        fw = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=backend)
-        inf = pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=backend)
+        fw = pylstm.lstm_forward(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=backend,
+                                 gate_order=order)
+        inf = pylstm.lstm_inference(d["xs"], d["Wx"], d["Wh"], d["b"], d["h0"], d["c0"], backend=backend,
+                                    gate_order=order)
         for k in range(3):
             if not np.array_equal(fw[k], inf[k]):
                 raise Failure(f"lstm_inference differs from lstm_forward on {backend}")
@@ -330,10 +333,15 @@ def invalid_lstm(rng):
     if rng.random() < 0.05:  # sizes past 32-bit indexing, consistent with each other
         d["xs"], d["Wx"], d["h0"], d["c0"] = huge_view((1, 1, 2**31), dt), huge_view((2**31, 4 * H), dt), None, None
         key = "xs (2**31)"
+    elif rng.random() < 0.05:
+        d["gate_order"] = rng.choice(["keras", "", 4, None, "TORCH"])
+        key = "gate_order"
     else:
         d[key] = break_array(rng, d[key])
+        if rng.random() < 0.3:
+            d["gate_order"] = "torch"  # (a broken argument is named the same in either order)
     fn = pylstm.lstm_forward if rng.random() < 0.5 else pylstm.lstm_inference
-    run_invalid(fn, d, ("xs", "Wx", "Wh", "b", "h0", "c0", "backend"), f"{fn.__name__} with bad {key}")
+    run_invalid(fn, d, ("xs", "Wx", "Wh", "b", "h0", "c0", "backend", "gate_order"), f"{fn.__name__} with bad {key}")
 
 
 def invalid_backward(rng):
