@@ -110,18 +110,22 @@ def _as_tensor(a, like: torch.Tensor) -> Optional[torch.Tensor]:
     return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.as_tensor(a, device=like.device)
 
 
+def _transposed_copy(a: torch.Tensor) -> torch.Tensor:
+    """a.T, contiguous; on the CPU by pylstm's tiled transpose on its pool (torch's strided copy
+    of a transposed view takes about twice as long)."""
+    if a.device.type != "cpu":
+        return a.t().contiguous()
+    out = torch.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
+    _backend.cpu.transpose(a.contiguous().numpy(), out.numpy())
+    return out
+
+
 def _kernel_weight(w: torch.Tensor) -> torch.Tensor:
     """w (G*H, K) as the kernels' (K, G*H) row-major array: its transpose, a view where w is
     stored transposed (this module's own parameters), else a copy (a weight replaced by a
-    contiguous tensor: transposed per call, on the CPU by pylstm's tiled transpose)."""
+    contiguous tensor: transposed per call)."""
     wt = w.detach().t()
-    if wt.is_contiguous():
-        return wt
-    if w.device.type != "cpu":
-        return wt.contiguous()
-    out = torch.empty(wt.shape, dtype=w.dtype)
-    _backend.cpu.transpose(w.detach().contiguous().numpy(), out.numpy())
-    return out
+    return wt if wt.is_contiguous() else _transposed_copy(w.detach())
 
 
 def _grad_like(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -130,11 +134,7 @@ def _grad_like(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     contiguous p on the CPU, transposed on pylstm's pool (AccumulateGrad would copy the view
     with torch's slower strided copy)."""
     gt = g.t()
-    if gt.stride() == p.stride() or g.device.type != "cpu":
-        return gt
-    out = torch.empty(gt.shape, dtype=g.dtype)
-    _backend.cpu.transpose(g.numpy(), out.numpy())
-    return out
+    return gt if gt.stride() == p.stride() or g.device.type != "cpu" else _transposed_copy(g)
 
 
 def _param_storage(shape, device, dtype) -> torch.Tensor:

@@ -890,28 +890,6 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
         }
       }
     }
-    if (compact) {
-      for (int64_t i = r0; i < r1; ++i) std::memcpy(dxs + valid[i] * D, dXc + i * D, sizeof(T) * D);
-      int64_t p0, p1;  // the padding rows' dX is zero
-      team.split(R, 8, p0, p1);
-      for (int64_t r = p0; r < p1; ++r) {
-        if (!walk.active(r / Tn, r % Tn)) std::fill(dxs + r * D, dxs + (r + 1) * D, T(0));
-      }
-      for (int64_t i = r0; i < r1; ++i) {  // XH (and a gated cell's r * h_prev) of the valid rows
-        const int64_t r = valid[i], n = r / Tn, t = r % Tn;
-        T* row = XH + i * DH;
-        std::memcpy(row, xs + r * D, sizeof(T) * D);
-        const T* hp = !walk.first(n, t) ? hs + (n * Tn + walk.prev(t)) * H : (h0 ? h0 + n * H : nullptr);
-        if (hp) std::memcpy(row + D, hp, sizeof(T) * H);
-        else std::fill(row + D, row + DH, T(0));
-        if constexpr (kGated > 0) {
-          const T* rr = gates + r * GS + H;
-          T* rh = RHrows + i * H;
-          for (int64_t j = 0; j < H; ++j) rh[j] = hp ? rr[j] * hp[j] : T(0);
-        }
-      }
-      r1 = r0;  // (the loop below is the uncompacted rows')
-    }
     if (!packed && r1 > r0) {
       gemm(false, true, int(r1 - r0), int(D), int(Gs), T(1), dA + r0 * GS, int(GS), Wx, int(G), T(0),
            dxs + r0 * D, int(D));
@@ -920,23 +898,39 @@ void seq_backward_cpu(const BackwardArgs<T>& a) {
              Wx + Gs, int(G), T(1), dxs + r0 * D, int(D));
       }
     }
-    for (int64_t r = r0; r < r1; ++r) {
+    // XH's row i (and a gated cell's r_t * h_{t-1}, r: the saved block 1) from the valid row r.
+    auto xh_row = [&](int64_t i, int64_t r) {
       const int64_t n = r / Tn, t = r % Tn;
-      T* row = XH + r * DH;
-      if (!walk.active(n, t)) {  // padding: whatever xs holds there stays out of dW
-        std::fill(row, row + DH, T(0));
-        std::fill(dxs + r * D, dxs + (r + 1) * D, T(0));
-        if (kGated > 0) std::fill(RHrows + r * H, RHrows + (r + 1) * H, T(0));
-        continue;
-      }
+      T* row = XH + i * DH;
       std::memcpy(row, xs + r * D, sizeof(T) * D);
       const T* hp = !walk.first(n, t) ? hs + (n * Tn + walk.prev(t)) * H : (h0 ? h0 + n * H : nullptr);
       if (hp) std::memcpy(row + D, hp, sizeof(T) * H);
       else std::fill(row + D, row + DH, T(0));
-      if constexpr (kGated > 0) {  // r_t * h_{t-1} (r: the saved block 1)
+      if constexpr (kGated > 0) {
         const T* rr = gates + r * GS + H;
-        T* rh = RHrows + r * H;
+        T* rh = RHrows + i * H;
         for (int64_t j = 0; j < H; ++j) rh[j] = hp ? rr[j] * hp[j] : T(0);
+      }
+    };
+    if (compact) {
+      for (int64_t i = r0; i < r1; ++i) {
+        std::memcpy(dxs + valid[i] * D, dXc + i * D, sizeof(T) * D);
+        xh_row(i, valid[i]);
+      }
+      int64_t p0, p1;  // the padding rows' dX is zero
+      team.split(R, 8, p0, p1);
+      for (int64_t r = p0; r < p1; ++r) {
+        if (!walk.active(r / Tn, r % Tn)) std::fill(dxs + r * D, dxs + (r + 1) * D, T(0));
+      }
+    } else {
+      for (int64_t r = r0; r < r1; ++r) {
+        if (walk.active(r / Tn, r % Tn)) {
+          xh_row(r, r);
+          continue;
+        }
+        std::fill(XH + r * DH, XH + (r + 1) * DH, T(0));  // padding: whatever xs holds stays out of dW
+        std::fill(dxs + r * D, dxs + (r + 1) * D, T(0));
+        if (kGated > 0) std::fill(RHrows + r * H, RHrows + (r + 1) * H, T(0));
       }
     }
     team.barrier();  // XH complete

@@ -78,6 +78,22 @@ inline void cpu_relax() {
 #endif
 }
 
+// One thread's share of a run: fn(team). An exception stays on the thread (none may leave a
+// pool worker or an OpenMP region): the run keeps the first one, and its other threads leave at
+// their next barrier (TeamAborted).
+void run_member(const std::function<void(const Team&)>& fn, const Team& team, std::atomic<bool>& failed,
+                std::mutex& error_mu, std::exception_ptr& error) {
+  try {
+    fn(team);
+  } catch (const TeamAborted&) {
+    // another thread failed first; its exception is the one reported
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(error_mu);
+    if (!error) error = std::current_exception();
+    failed.store(true, std::memory_order_release);
+  }
+}
+
 class Pool {
  public:
   void run(int threads, const std::function<void(const Team&)>& fn) {
@@ -118,15 +134,7 @@ class Pool {
 
  private:
   void run_task(int tid, int size) {
-    try {
-      (*task_)(Team(tid, size, &arrived_, &phase_, &failed_, cpus_.get()));
-    } catch (const TeamAborted&) {
-      // another thread failed first; its exception is the one reported
-    } catch (...) {
-      std::lock_guard<std::mutex> lk(error_mu_);
-      if (!error_) error_ = std::current_exception();
-      failed_.store(true, std::memory_order_release);
-    }
+    run_member(*task_, Team(tid, size, &arrived_, &phase_, &failed_, cpus_.get()), failed_, error_mu_, error_);
   }
   void worker(int wid, uint64_t seen) {
     for (;;) {
@@ -215,8 +223,7 @@ Pool& pool() {
 
 thread_local bool t_in_run = false;
 
-// One run on the OpenMP runtime: the Team's shared state and the first exception (none may
-// leave an OpenMP region: each thread catches, as the pool's run_task does).
+// One run on the OpenMP runtime: the Team's shared state and the first exception (run_member).
 struct OmpRun {
   const std::function<void(const Team&)>* fn;
   const OmpRuntime* rt;
@@ -233,14 +240,8 @@ void omp_body(void* p) {
   const int tid = run->rt->thread_num(), size = run->rt->num_threads();
   const bool was_in_run = t_in_run;
   t_in_run = true;  // a nested parallel_run from inside fn runs serially
-  try {
-    (*run->fn)(Team(tid, size, &run->arrived, &run->phase, &run->failed, run->cpus.get()));
-  } catch (const TeamAborted&) {
-  } catch (...) {
-    std::lock_guard<std::mutex> lk(run->error_mu);
-    if (!run->error) run->error = std::current_exception();
-    run->failed.store(true, std::memory_order_release);
-  }
+  run_member(*run->fn, Team(tid, size, &run->arrived, &run->phase, &run->failed, run->cpus.get()), run->failed,
+             run->error_mu, run->error);
   t_in_run = was_in_run;
 }
 
