@@ -7,8 +7,12 @@ Variants, each a fresh `mpiexec -n K` job running the same global batch:
   1 rank       the step of RnnlmTrainer: forward, backward, clip, update
   K ranks      the same with each rank on batch/K rows and the gradients allreduced after backward
                (DataParallel.allreduce_grads), every rank clipping and updating everything
-  K sharded    RnnlmTrainer(comm=...)'s step: large gradients reduce-scattered, each rank clips
-               and updates its part, parameters allgathered (DataParallel.sharded_step)
+  K shared     RnnlmTrainer(comm=...)'s step on one host: parameters, optimizer state and every
+               rank's gradients in one MPI shared-memory window; each rank sums, clips and
+               updates its part of them in place, between two barriers (DataParallel.shared_step)
+  K sharded    the step across hosts (RnnlmTrainer(..., shared_memory=False) on one): large
+               gradients reduce-scattered, each rank clips and updates its part, parameters
+               allgathered (DataParallel.sharded_step)
   K overlap    (--overlap) the output layer's gradients (the largest block, final first in the
                backward) reduced with a non-blocking Iallreduce started as soon as that layer's
                backward returns, waited for after the rest of the backward
@@ -50,9 +54,10 @@ def worker(a) -> None:
     """One rank of one variant: times a.steps steps after a.warmup, prints JSON on rank 0."""
     from pylstm.datasets import ptb
     from pylstm.distributed import DataParallel
-    from pylstm.functional import clip_grads
+    from pylstm.functional import global_norm
     from pylstm.models import LstmLM, unique_params
-    from pylstm.optimizers import SGD
+    from pylstm.optimizers import SGD, update_scaled
+    from pylstm.reference import clip_rate
     from pylstm.trainer import batch_indices
 
     D, H, L, B, T, lr, clip, init = RECIPES[a.recipe]
@@ -65,6 +70,8 @@ def worker(a) -> None:
     opt = SGD(lr)
     affine = model.layers[-1]
     xs, ts = train[:-1], train[1:]
+    if a.variant == "shared":
+        dist.share_memory(model, opt)
 
     def step(k):
         idx = batch_indices(len(xs), B, T, k * T)[r0:r1]
@@ -81,6 +88,9 @@ def worker(a) -> None:
         else:
             model.backward()
         params, grads = unique_params(model.params, model.grads)
+        if a.variant == "shared":
+            dist.shared_step(params, grads, B, opt, clip, None)
+            return
         if a.variant == "sharded":
             dist.sharded_step(params, grads, weight, opt, clip, None)
             return
@@ -88,8 +98,7 @@ def worker(a) -> None:
             rest = [g for g in grads if not any(g is h for h in affine.grads)] if reqs else grads
             dist.allreduce_grads(rest, weight)
             MPI.Request.Waitall(reqs)
-        clip_grads(grads, clip)
-        opt.update(params, grads)
+        update_scaled(opt, params, grads, clip_rate(float(global_norm(grads)), clip))  # (RnnlmTrainer's)
 
     for k in range(a.warmup):
         step(k)
@@ -124,7 +133,7 @@ def driver(a) -> None:
     base = [sys.executable, os.path.abspath(__file__), "--worker", "--recipe", a.recipe, "--steps", str(a.steps),
             "--warmup", str(a.warmup)] + (["--data-dir", a.data_dir] if a.data_dir else [])
     jobs = [("one", base + ["--variant", "one"])]
-    for v in ("blocking", "sharded") + (("overlap",) if a.overlap else ()):
+    for v in ("blocking", "sharded", "shared") + (("overlap",) if a.overlap else ()):
         jobs.append((v, [mpiexec, "-n", str(a.ranks)] + base + ["--variant", v]))
     results = {v: [] for v, _ in jobs}
     extra = {}
@@ -144,7 +153,8 @@ def driver(a) -> None:
           f"{a.ranks} ranks {extra.get('allreduce_ms', float('nan')):.2f} ms")
     print("| variant | steps/s | vs 1 rank |\n|---|---|---|")
     names = {"one": "1 rank", "blocking": f"{a.ranks} ranks, replicated update",
-             "sharded": f"{a.ranks} ranks, sharded update", "overlap": f"{a.ranks} ranks, overlap"}
+             "sharded": f"{a.ranks} ranks, sharded update", "shared": f"{a.ranks} ranks, shared memory",
+             "overlap": f"{a.ranks} ranks, overlap"}
     for v, xs in results.items():
         m = statistics.median(xs)
         print(f"| {names[v]} | {m:.2f} ({min(xs):.2f}-{max(xs):.2f}) | {m / one:.2f}x |")
@@ -161,7 +171,7 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--overlap", action="store_true", help="also the overlapped variant")
-    p.add_argument("--variant", choices=["one", "blocking", "sharded", "overlap"], default="one",
+    p.add_argument("--variant", choices=["one", "blocking", "sharded", "shared", "overlap"], default="one",
                    help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.ranks < 2:

@@ -33,6 +33,8 @@ import numpy as np
 
 from ._devices import array_module, to_host
 from .functional import clip_grads_by_value, global_norm
+from .optimizers import update_scaled
+from .reference import clip_rate
 
 __all__ = ["DataParallel", "RanksDisagree", "mpi_launched", "import_mpi", "draw_rows", "MPI_INSTALL_HINT"]
 
@@ -109,6 +111,86 @@ def params_crc(params: Sequence) -> int:
     return crc
 
 
+_ALIGN = 64  # bytes: every array and every rank's part of the window starts on a cache line
+
+
+class _HostWindow:
+    """One MPI shared-memory window per host (``MPI.Win.Allocate_shared``) holding the model's
+    parameters and the optimizer's state once for the host, and every local rank's gradients.
+
+    The host's ranks compute with the same parameter arrays. A step: each rank's backward writes
+    its gradients into its own region; after a barrier, local rank j sums part j of every rank's
+    region (``weighted_sum``: one pass, no message), the parts are summed across hosts by the
+    ranks with the same local rank (one ``Allreduce`` per rank, 1/L of the bytes each), local
+    rank j clips and updates part j of the parameters and of the state in place, and a second
+    barrier makes the new parameters every rank's. Nothing is gathered: the host has one copy.
+    """
+
+    def __init__(self, dist: "DataParallel", params: Sequence, n_state: int):
+        MPI = dist.MPI
+        self.dist = dist
+        self.dtype = params[0].dtype
+        item = self.dtype.itemsize
+        step = _ALIGN // item
+        self.shapes = [p.shape for p in params]
+        self.offsets, o = [], 0
+        for p in params:
+            self.offsets.append(o)
+            o += -(-int(p.size) // step) * step
+        self.n = o  # elements per region (padding included, zero)
+        L = dist.local_size
+        self.bounds = [((self.n * j // L) // step) * step for j in range(L)] + [self.n]
+        # local rank 0 holds [params | state_1 .. state_S | its gradients]; the others their gradients
+        regions = (1 + n_state + 1) if dist.local_rank == 0 else 1
+        self.win = MPI.Win.Allocate_shared(regions * self.n * item, item, comm=dist.host)
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        self.flat = []  # every local rank's memory, as flat arrays
+        for j in range(L):
+            buf, _ = self.win.Shared_query(j)
+            self.flat.append(np.frombuffer(buf, dtype=self.dtype))
+        base = self.flat[0]
+        self.params_flat = base[:self.n]
+        self.state_flat = [base[(1 + k) * self.n:(2 + k) * self.n] for k in range(n_state)]
+        self.grads_flat = [base[(1 + n_state) * self.n:]] + self.flat[1:]
+        if dist.local_rank == 0:
+            base[:] = 0  # the padding sums to zero
+        else:
+            self.grads_flat[dist.local_rank][:] = 0
+        self.sync()
+
+    def views(self, flat: np.ndarray) -> list:
+        """The arrays' views into one region."""
+        return [flat[o:o + int(np.prod(sh, dtype=np.int64))].reshape(sh) for o, sh in zip(self.offsets, self.shapes)]
+
+    def sync(self) -> None:
+        """Every rank's writes to the window seen by every rank of the host."""
+        self.win.Sync()
+        self.dist.host.Barrier()
+        self.win.Sync()
+
+    def part(self, flat: np.ndarray) -> np.ndarray:
+        j = self.dist.local_rank
+        return flat[self.bounds[j]:self.bounds[j + 1]]
+
+    def pieces(self, flat: np.ndarray) -> list:
+        """This rank's part of a region cut at the arrays' boundaries (for the optimizer's
+        per-array state)."""
+        j = self.dist.local_rank
+        lo, hi = self.bounds[j], self.bounds[j + 1]
+        out = []
+        for o, sh in zip(self.offsets, self.shapes):
+            a, b = max(lo, o), min(hi, o + int(np.prod(sh, dtype=np.int64)))
+            if a < b:
+                out.append(flat[a:b])
+        return out
+
+    def free(self) -> None:
+        self.sync()
+        self.flat = self.params_flat = self.state_flat = self.grads_flat = None
+        self.win.Unlock_all()
+        self.win.Free()
+
+
 class DataParallel:
     """One model trained by the ranks of ``comm`` (an mpi4py communicator; default COMM_WORLD).
 
@@ -117,7 +199,7 @@ class DataParallel:
     sharded update, split among the ranks; smaller ones travel packed in one buffer.
     """
 
-    def __init__(self, comm=None, check_every: int = 100, shard_min: int = 1 << 16):
+    def __init__(self, comm=None, check_every: int = 100, shard_min: int = 1 << 16, host_comm=None):
         MPI = import_mpi()
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
@@ -128,11 +210,19 @@ class DataParallel:
         if isinstance(shard_min, bool) or int(shard_min) < 1:
             raise ValueError(f"shard_min must be an integer >= 1, got {shard_min}")
         self.shard_min = int(shard_min)
-        # this rank among the ranks of its host (a collective: here, where every rank constructs
-        # its DataParallel, not later where a failure on one rank could leave the others waiting)
-        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
-        local.Free()
+        # this rank among the ranks of its host (collectives: here, where every rank constructs
+        # its DataParallel, not later where a failure on one rank could leave the others waiting).
+        # host_comm: the ranks that share memory with this one (default: MPI's own split; the
+        # tests pass a finer split to stand for several hosts on one machine).
+        self.host = self.comm.Split_type(MPI.COMM_TYPE_SHARED) if host_comm is None else host_comm.Dup()
+        self.local_rank, self.local_size = self.host.Get_rank(), self.host.Get_size()
+        self.host_ranks = self.host.allgather(self.rank)  # the world ranks of this host, in local order
+        sizes = self.comm.allgather(self.local_size)
+        # Ranks with the same local rank on every host (used when every host has as many ranks).
+        self.cross = self.comm.Split(self.local_rank, self.rank) if len(set(sizes)) == 1 else None
+        self.hosts = len(sizes) // self.local_size if self.cross is not None else None
+        self._window: Optional[_HostWindow] = None
+        self._abandoned: list = []
         self._buf = None
         self._parts: dict = {}  # sharded_step's receive buffers, by array index
         self._transport = None
@@ -147,12 +237,14 @@ class DataParallel:
                              f"at least one stream (use a {what} >= {self.size} or fewer ranks)")
         return self.shard_rows(batch_size)
 
-    def shard_rows(self, batch_size: int) -> tuple:
-        """Like ``rows`` but allowing ranks with no rows (evaluation with fewer streams than ranks)."""
+    def shard_rows(self, batch_size: int, rank: Optional[int] = None) -> tuple:
+        """Like ``rows`` but allowing ranks with no rows (evaluation with fewer streams than ranks);
+        ``rank``: another rank's rows."""
         B, K = int(batch_size), self.size
+        r = self.rank if rank is None else int(rank)
         q, extra = divmod(B, K)
-        r0 = self.rank * q + min(self.rank, extra)
-        return r0, r0 + q + (1 if self.rank < extra else 0)
+        r0 = r * q + min(r, extra)
+        return r0, r0 + q + (1 if r < extra else 0)
 
     # --- collectives -----------------------------------------------------------------------
     @property
@@ -304,17 +396,14 @@ class DataParallel:
         P = [params[i].reshape(-1)[lo:hi] for i, lo, hi, _, _ in shards] + [params[k] for k in small]
         if clip_value is not None:
             clip_grads_by_value(G, clip_value)
-        norm = float("nan")
+        norm, rate = float("nan"), 1.0
         if max_grad is not None:
             mine = float(global_norm(part_g)) ** 2 if part_g else 0.0
             rest = float(global_norm(small_g)) ** 2 if small_g else 0.0
             norm = float(np.sqrt(self.comm.allreduce(mine, op=MPI.SUM) + rest))
             if not np.isfinite(norm):
                 raise FloatingPointError(f"grads: the global norm is {norm}; nothing was scaled")
-            rate = max_grad / (norm + 1e-6)  # the rule of clip_grads (common/clip_rule.h)
-            if rate < 1:
-                for g in G:  # in double, rounded once, as clip_grads does
-                    np.multiply(g, np.float64(rate), out=g, dtype=np.float64, casting="unsafe")
+            rate = clip_rate(norm, max_grad)
         # The optimizer works on this rank's parts, its state as views into the full arrays.
         optimizer._init_state(list(params))
         full = {name: getattr(optimizer, name) for name in optimizer._state_names}
@@ -322,7 +411,7 @@ class DataParallel:
             for name, st in full.items():
                 setattr(optimizer, name, [st[i].reshape(-1)[lo:hi] for i, lo, hi, _, _ in shards] +
                         [st[k] for k in small])
-            optimizer.update(P, G)
+            update_scaled(optimizer, P, G, rate)
         finally:
             for name, st in full.items():
                 setattr(optimizer, name, st)
@@ -331,9 +420,118 @@ class DataParallel:
             self.comm.Allgatherv(MPI.IN_PLACE, [p, counts, displs, self._mpi_type(p.dtype)])
         return norm
 
+    # --- parameters in host shared memory (NumPy arrays) ------------------------------------
+    @property
+    def shares_memory(self) -> bool:
+        """Whether a model is attached to a host window (``share_memory``)."""
+        return self._window is not None
+
+    def can_share_memory(self) -> bool:
+        """Whether ``share_memory`` applies: several ranks per host, the same number on every
+        host (the parts of the window are matched across hosts by local rank)."""
+        return self.size > 1 and self.local_size > 1 and self.cross is not None
+
+    def share_memory(self, model, optimizer) -> None:
+        """Move the model's parameters and the optimizer's state into one shared-memory window
+        per host (``_HostWindow``) and this rank's gradients into its region of it. The model's
+        arrays become views of the window: the host's ranks read one copy. A collective; undo
+        with ``release_memory`` (``RnnlmTrainer.fit`` does both)."""
+        from .models import unique_params
+
+        if self._window is not None:
+            raise RuntimeError("share_memory: a model is attached already")
+        params = unique_params(model.params, model.grads)[0]
+        if any(type(p) is not np.ndarray for p in params) or len({p.dtype for p in params}) != 1:
+            raise TypeError("share_memory needs the model's parameters as NumPy arrays of one dtype")
+        optimizer._init_state(list(params))
+        names = [n for n in optimizer._state_names if getattr(optimizer, n) is not None]
+        win = _HostWindow(self, params, len(names))
+        pviews = win.views(win.params_flat)
+        if self.local_rank == 0:
+            for v, p in zip(pviews, params):
+                v[...] = p
+            for k, name in enumerate(names):
+                for v, a in zip(win.views(win.state_flat[k]), getattr(optimizer, name)):
+                    v[...] = a
+        win.sync()
+        by_id = {id(p): v for p, v in zip(params, pviews)}
+        model._map_params(lambda p: by_id[id(p)])
+        gviews = win.views(win.grads_flat[self.local_rank])
+        own = {id(v): g for v, g in zip(pviews, gviews)}
+        for layer in model.layers:  # each parameter's first gradient array written in place
+            for k, p in enumerate(layer.params):
+                g = own.pop(id(p), None)
+                if g is not None:
+                    layer.grads[k] = g
+        model._collect()
+        for k, name in enumerate(names):
+            setattr(optimizer, name, win.views(win.state_flat[k]))
+        self._window, self._window_state = win, names
+        self._window_grads = gviews
+
+    def release_memory(self, model, optimizer, collective: bool = True) -> None:
+        """Copy the parameters and the optimizer's state out of the window into private arrays
+        and free it (a collective). ``collective=False`` (a rank leaving on an error, the others
+        elsewhere): copy without waiting for the others and keep the window allocated."""
+        win = self._window
+        if win is None:
+            return
+        if collective:
+            win.sync()  # (every rank's last update is in)
+        model._map_params(lambda p: np.array(p, copy=True))
+        for name in self._window_state:
+            setattr(optimizer, name, [np.array(a, copy=True) for a in getattr(optimizer, name)])
+        self._window = None
+        if collective:
+            win.free()
+        else:
+            self._abandoned.append(win)  # (freeing it is a collective: left to the end of the process)
+
+    def shared_step(self, params: Sequence, grads: Sequence, batch_size: int, optimizer,
+                    max_grad: Optional[float], clip_value: Optional[float]) -> float:
+        """One update through the host window (after ``share_memory``): the gradients of every
+        rank, weighted by its share of the ``batch_size`` rows, summed; clipped by the global
+        norm and/or by value; this rank's part of the parameters and of the optimizer's state
+        updated. Returns the norm (NaN when not clipping by norm)."""
+        win = self._window
+        for g, v in zip(grads, self._window_grads):
+            if g is not v:  # (a gradient unique_params summed anew: tied or repeated arrays)
+                v[...] = g
+        win.sync()  # every rank's gradients are in
+        weights = []
+        for r in self.host_ranks:  # each rank's share of the mean gradient: its rows / B
+            r0, r1 = self.shard_rows(batch_size, r)
+            weights.append((r1 - r0) / batch_size)
+        mine = win.part(win.grads_flat[self.local_rank])
+        sumsq = _backend_cpu().weighted_sum(mine, [win.part(f) for f in win.grads_flat], weights)
+        if self.hosts > 1:
+            self.cross.Allreduce(self.MPI.IN_PLACE, mine, op=self.MPI.SUM)
+            sumsq = float(global_norm([mine])) ** 2
+        if clip_value is not None:
+            clip_grads_by_value([mine], clip_value)
+        norm, rate = float("nan"), 1.0
+        if max_grad is not None:
+            norm = float(np.sqrt(self.host.allreduce(sumsq, op=self.MPI.SUM)))
+            if not np.isfinite(norm):
+                raise FloatingPointError(f"grads: the global norm is {norm}; nothing was scaled")
+            rate = clip_rate(norm, max_grad)
+        full = {name: getattr(optimizer, name) for name in self._window_state}
+        try:
+            for k, name in enumerate(self._window_state):
+                setattr(optimizer, name, win.pieces(win.state_flat[k]))
+            update_scaled(optimizer, win.pieces(win.params_flat), win.pieces(win.grads_flat[self.local_rank]), rate)
+        finally:
+            for name, st in full.items():
+                setattr(optimizer, name, st)
+        win.sync()  # every rank's part of the new parameters is in
+        return norm
+
     def gather_optimizer_state(self, params: Sequence, optimizer) -> None:
         """After sharded steps each rank's optimizer state is current only in its parts:
-        allgather them (before saving it, and at the end of fit)."""
+        allgather them (before saving it, and at the end of fit). In a host window the state
+        is whole already."""
+        if self._window is not None:
+            return
         shards = self._shards(params)
         for name in optimizer._state_names:
             st = getattr(optimizer, name)
@@ -396,6 +594,12 @@ class DataParallel:
         time.sleep(0.3)  # the launcher forwards output asynchronously; Abort tears the job down at once
         self.comm.Abort(1)
         os._exit(1)  # (Abort does not return; should a library's return, this rank still ends)
+
+
+def _backend_cpu():
+    from . import _backend
+
+    return _backend.require_cpu()
 
 
 def _short(v, limit: int = 80) -> str:

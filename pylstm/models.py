@@ -34,8 +34,16 @@ __all__ = ["LstmLM", "Rnnlm", "BetterRnnlm", "unique_params", "load_checkpoint",
            "read_checkpoint_extra"]
 
 def _tied_to(p: np.ndarray, q: np.ndarray) -> bool:
-    """True if p is q's transpose view (how tying is built here): identity of memory, not values."""
-    return p.base is q and p.shape == q.T.shape and p.strides == q.T.strides
+    """True if p is q's transpose view (how tying is built here): identity of memory, not values.
+    (By address, not by ``p.base is q``: a view of an array that views other memory, such as a
+    shared-memory window, has that memory's first array as its base.)"""
+    if p is q or p.shape != q.T.shape or p.strides != q.T.strides or type(p) is not type(q):
+        return False
+    if p.base is q:
+        return True
+    if isinstance(p, np.ndarray):
+        return p.size > 0 and p.__array_interface__["data"][0] == q.__array_interface__["data"][0]
+    return p.size > 0 and p.data.ptr == q.data.ptr  # (CuPy)
 
 
 def unique_params(params: Sequence[np.ndarray], grads: Sequence[np.ndarray]):

@@ -11,7 +11,8 @@ import numpy as np
 
 from ._devices import array_module, to_host, to_module
 
-__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS"]
+__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS", "fuses_scaling",
+           "update_scaled"]
 
 
 def _real(v, key: str) -> float:
@@ -86,12 +87,60 @@ class _Optimizer:
             self.iter = int(it)
 
 
-class SGD(_Optimizer):
-    """p -= lr * g"""
+def _kernel_pairs(params, grads) -> bool:
+    """Whether the CPU kernels can update these pairs in place: NumPy arrays of one float dtype
+    (float32 or float64), C-contiguous, params writable."""
+    if not params or len(params) != len(grads):
+        return False
+    dt = params[0].dtype
+    if dt not in (np.float32, np.float64):
+        return False
+    return all(type(p) is np.ndarray and type(g) is np.ndarray and p.dtype == dt and g.dtype == dt
+               and p.flags.c_contiguous and g.flags.c_contiguous and p.flags.writeable and p.size == g.size
+               and not np.may_share_memory(p, g)
+               for p, g in zip(params, grads))
 
-    def update(self, params, grads):
+
+class SGD(_Optimizer):
+    """p -= lr * g (lr rounded to the parameters' dtype, as NumPy does with a Python float)"""
+
+    def update(self, params, grads, scale: float = 1.0):
+        """``scale`` (clipping's factor): g taken as g * scale, rounded from double as
+        ``clip_grads`` scales, in the same pass; the gradients are not changed."""
+        if type(self.lr) in (int, float) and _kernel_pairs(params, grads):
+            # one pass over memory, no temporary: the same bits as the expressions below
+            from . import _backend
+
+            _backend.require_cpu().sgd_update(list(params), list(grads), float(self.lr), float(scale))
+            return
         for p, g in zip(params, grads):
+            if scale != 1.0:
+                xp = array_module(g)
+                g = (g.astype(xp.float64) * scale).astype(g.dtype)
             p -= self.lr * g
+
+
+def fuses_scaling(optimizer) -> bool:
+    """Whether ``update_scaled`` applies clipping's factor inside the optimizer's own pass (plain
+    SGD) rather than scaling the gradients first."""
+    return getattr(optimizer.update, "__func__", None) is SGD.update
+
+
+def update_scaled(optimizer, params, grads, rate: float) -> None:
+    """``optimizer.update(params, grads)`` with the gradients multiplied by ``rate`` first when it
+    is below 1 (global-norm clipping's factor, ``reference.clip_rate``; in double, rounded once,
+    as ``clip_grads`` scales). SGD does both in one pass and leaves the gradients as they were;
+    any other optimizer gets them scaled in place."""
+    if rate < 1 and fuses_scaling(optimizer):
+        optimizer.update(params, grads, scale=rate)
+        return
+    if rate < 1:
+        for g in grads:
+            if array_module(g) is np:
+                np.multiply(g, np.float64(rate), out=g, dtype=np.float64, casting="unsafe")
+            else:
+                g[...] = (g.astype(array_module(g).float64) * rate).astype(g.dtype)
+    optimizer.update(params, grads)
 
 
 class Momentum(_Optimizer):

@@ -522,6 +522,11 @@ def global_norm_ref(grads: Sequence[np.ndarray]) -> float:
     return float(np.sqrt(total))
 
 
+def clip_rate(total: float, max_norm: float) -> float:
+    """The clipping factor (common/clip_rule.h): the arrays are multiplied by it when it is < 1."""
+    return max_norm / (total + 1e-6)
+
+
 def clip_grads_ref(grads: Sequence[np.ndarray], max_norm: float,
                    error_if_nonfinite: bool = True) -> float:
     """DLfS2's ``clip_grads``: scale every array in place by ``max_norm / (total + 1e-6)`` when
@@ -531,7 +536,7 @@ def clip_grads_ref(grads: Sequence[np.ndarray], max_norm: float,
         if error_if_nonfinite:
             raise FloatingPointError(f"grads: the global norm is {total}; nothing was scaled")
         return total
-    rate = max_norm / (total + 1e-6)
+    rate = clip_rate(total, max_norm)
     if rate < 1:
         for g in grads:  # in double, rounded once: a float32 rate could underflow to 0
             np.multiply(g, np.float64(rate), out=g, dtype=np.float64)

@@ -23,8 +23,10 @@ import numpy as np
 from ._devices import array_module, to_host, to_module
 from .checkpoint import CheckpointError, read_checkpoint_extra
 from .distributed import DataParallel, RanksDisagree, corpus_digest
-from .functional import clip_grads, clip_grads_by_value
+from .functional import clip_grads, clip_grads_by_value, global_norm
 from .models import LstmLM, _layer_state, _set_layer_state, unique_params
+from .optimizers import fuses_scaling, update_scaled
+from .reference import clip_rate
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
 
@@ -152,12 +154,14 @@ class RnnlmTrainer:
     """
 
     def __init__(self, model: LstmLM, optimizer, log: Callable[[str], None] = print, comm=None,
-                 check_every: int = 100, abort_on_error: bool = True, sharded_update: bool = True):
+                 check_every: int = 100, abort_on_error: bool = True, sharded_update: bool = True,
+                 shared_memory: bool = True):
         self.model = model
         self.optimizer = optimizer
         self.dist = _as_dist(comm, check_every)
         self.abort_on_error = abort_on_error
         self.sharded_update = bool(sharded_update)
+        self.shared_memory = bool(shared_memory)
         self._resumed_states = None  # data-parallel resume: the whole batch's states, for fit
         self._in_collectives = False
         if self.dist is not None and self.dist.rank != 0:
@@ -417,18 +421,27 @@ class RnnlmTrainer:
         best_val = min(self.val_ppl_list) if self.val_ppl_list else float("inf")
         for layer in model.drop_layers:  # data-parallel: this rank's rows of the batch's masks
             layer.rows = (r0, batch_size) if dist is not None else None
+        # the parameters in host shared memory, the gradients summed there (DataParallel.shared_step)
+        shared = (dist is not None and not on_device and self.sharded_update and self.shared_memory
+                  and dist.can_share_memory())
+        if shared:
+            dist.share_memory(model, self.optimizer)
+        done = False
         try:
             self._epochs(xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
                          lr_decay, checkpoint, progress, lr_schedule, max_steps, max_time, clip_value,
                          steps, start, best_val, max_iters, weight, xp, on_device, saved_checks,
                          (xs_dev, ts_dev, base, nonfinite) if on_device else None)
+            done = True
         finally:
             for layer in model.drop_layers:
                 layer.rows = None
+            if shared:
+                dist.release_memory(model, self.optimizer, collective=done)
         if dist is not None:
             params = unique_params(model.params, model.grads)[0]
             dist.check_identical(params, "at the end of fit")
-            if dist.size > 1:
+            if dist.size > 1 and not shared:  # (shared: every host's state was whole)
                 dist.gather_optimizer_state(params, self.optimizer)
         return self.ppl_list
 
@@ -437,6 +450,7 @@ class RnnlmTrainer:
                 steps, start, best_val, max_iters, weight, xp, on_device, saved_checks, dev):
         model, optimizer, dist = self.model, self.optimizer, self.dist
         sharded = dist is not None and dist.size > 1 and not on_device and self.sharded_update
+        shared = sharded and dist.shares_memory
         if on_device:
             xs_dev, ts_dev, base, nonfinite = dev
         for epoch in range(self.current_epoch, max_epoch):
@@ -468,18 +482,29 @@ class RnnlmTrainer:
                         loss = dist.allreduce_sum(float(loss) * weight)
                         if steps % dist.check_every == 0:
                             dist.check_identical(params, f"step {steps}")
-                    if sharded:  # reduce-scatter, each rank clips and updates its part, allgather
+                    if shared:  # summed in host shared memory, each rank updates its part there
+                        dist.shared_step(params, grads, batch_size, optimizer, max_grad, clip_value)
+                    elif sharded:  # reduce-scatter, each rank clips and updates its part, allgather
                         dist.sharded_step(params, grads, weight, optimizer, max_grad, clip_value)
                     else:
                         if dist is not None:  # the whole batch's mean gradient on every rank
                             dist.allreduce_grads(grads, weight)
                         if clip_value is not None:
                             clip_grads_by_value(grads, clip_value)
-                        if max_grad is not None:
-                            norm = clip_grads(grads, max_grad, error_if_nonfinite=not on_device)
-                            if on_device:
-                                nonfinite += ~xp.isfinite(norm)
-                        optimizer.update(params, grads)
+                        if max_grad is not None and not on_device and fuses_scaling(optimizer):
+                            # the norm, then clipping's factor applied in the update's one pass
+                            # over the parameters, as clip_grads would have scaled the gradients
+                            norm = float(global_norm(grads))
+                            if not math.isfinite(norm):
+                                raise FloatingPointError(f"grads: the global norm is {norm} (NaN or inf in "
+                                                         "the gradients); nothing was scaled")
+                            update_scaled(optimizer, params, grads, clip_rate(norm, max_grad))
+                        else:
+                            if max_grad is not None:
+                                norm = clip_grads(grads, max_grad, error_if_nonfinite=not on_device)
+                                if on_device:
+                                    nonfinite += ~xp.isfinite(norm)
+                            optimizer.update(params, grads)
                     self.loss_sum += loss
                     self.loss_count += 1
                     self.epoch_iter = it + 1

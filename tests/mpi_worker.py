@@ -6,7 +6,8 @@ the one-process reference).
                              [--fail-rank R] [--corrupt-rank R]
 
 Writes OUT/params.npz (rank 0: the unique parameters after training), OUT/crc_<rank> (every rank:
-the CRC-32 of its parameters) and, with --checkpoint, OUT/checkpoint.npz.
+the CRC-32 of its parameters), OUT/path_<rank> (whether the step went through the host's shared
+memory) and, with --checkpoint, OUT/checkpoint.npz.
 """
 
 import argparse
@@ -48,6 +49,9 @@ def main():
     ap.add_argument("--val", action="store_true", help="also evaluate a validation corpus")
     ap.add_argument("--shard-min", type=int, default=1 << 16, help="DataParallel's shard_min (1: shard everything)")
     ap.add_argument("--no-shard", action="store_true", help="every rank updates every parameter")
+    ap.add_argument("--no-shared-memory", action="store_true", help="no host window: MPI messages only")
+    ap.add_argument("--hosts", type=int, default=None,
+                    help="treat the ranks as this many hosts of consecutive ranks (host_comm)")
     a = ap.parse_args()
 
     comm, rank = None, 0
@@ -56,7 +60,9 @@ def main():
 
         from pylstm.distributed import DataParallel
 
-        comm = DataParallel(MPI.COMM_WORLD, check_every=5, shard_min=a.shard_min)
+        world = MPI.COMM_WORLD
+        host = world.Split(world.Get_rank() * a.hosts // world.Get_size()) if a.hosts else None
+        comm = DataParallel(world, check_every=5, shard_min=a.shard_min, host_comm=host)
         rank = comm.rank
     model = LstmLM(40, 10, 10, num_layers=2, dropout_ratio=a.dropout, tie_weights=True, seed=3)
     if a.float64:
@@ -78,9 +84,14 @@ def main():
             update(params, grads)
             steps[0] += 1
             if steps[0] == 3:
-                params[1][0, 0] += 1e-6
+                params[0].reshape(-1)[0] += 1e-6
         opt.update = drifting_update
-    trainer = RnnlmTrainer(model, opt, log=lambda msg: None, comm=comm, sharded_update=not a.no_shard)
+    shared = []
+    if comm is not None:  # which path the step took, for the tests to check
+        share = comm.share_memory
+        comm.share_memory = lambda *args: (shared.append(1), share(*args))
+    trainer = RnnlmTrainer(model, opt, log=lambda msg: None, comm=comm, sharded_update=not a.no_shard,
+                           shared_memory=not a.no_shared_memory)
     ckpt = os.path.join(a.out, "checkpoint.npz")
     if a.resume:
         trainer.resume(ckpt)
@@ -91,6 +102,8 @@ def main():
     params = unique_params(model.params, model.grads)[0]
     with open(os.path.join(a.out, f"crc_{rank}"), "w") as f:
         f.write(str(params_crc(params)))
+    with open(os.path.join(a.out, f"path_{rank}"), "w") as f:
+        f.write("shared memory" if shared else "messages")
     ppl = eval_perplexity(model, data[:700], batch_size=5, time_size=a.time, comm=comm)
     if rank == 0:
         np.savez(os.path.join(a.out, "params.npz"), *params, ppl=ppl,

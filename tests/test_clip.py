@@ -215,3 +215,46 @@ def test_clip_by_value_bad_input(backend):
     with pytest.raises(TypeError, match=r"^grads\[1\] has dtype float64"):
         pylstm.clip_grads_by_value([np.ones(3, np.float32), np.ones(3)], 1.0, backend=backend)
     assert np.all(g[0] == 1)  # nothing modified by a refused call
+
+
+# --- weighted_sum: the data-parallel sum of the ranks' gradients in shared memory -----------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_weighted_sum_is_the_double_sum_rounded_once(dtype, k):
+    rng = np.random.default_rng(k)
+    n = 3 * (1 << 15) + 13  # several of the kernel's chunks and a ragged end
+    ins = [(rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4)).astype(dtype) for _ in range(k)]
+    w = list(rng.uniform(0.1, 1.0, k))
+    expect = sum(wi * x.astype(np.float64) for wi, x in zip(w, ins)).astype(dtype)  # (in input order)
+    out = np.full(n, np.nan, dtype)
+    ss = _backend.require_cpu().weighted_sum(out, ins, w)
+    assert np.array_equal(out, expect)
+    exact = float(np.sum(expect.astype(np.float64) ** 2))
+    assert abs(ss - exact) <= 1e-13 * exact
+    # out may be one of the inputs (each element read before it is written)
+    alias = [x.copy() for x in ins]
+    _backend.require_cpu().weighted_sum(alias[-1], alias, w)
+    assert np.array_equal(alias[-1], expect)
+
+
+def test_weighted_sum_checks_its_arguments():
+    cpu = _backend.require_cpu()
+    a, b = np.ones(8, np.float32), np.ones(8, np.float32)
+    out = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match=r"^inputs\[1\] has 7 elements, out has 8"):
+        cpu.weighted_sum(out, [a, np.ones(7, np.float32)], [1.0, 1.0])
+    with pytest.raises(TypeError, match="^inputs have dtype float64 but out has float32"):
+        cpu.weighted_sum(out, [np.ones(8)], [1.0])
+    with pytest.raises(ValueError, match="^weights must hold one number per input"):
+        cpu.weighted_sum(out, [a, b], [1.0])
+    with pytest.raises(ValueError, match="^inputs must hold at least one array"):
+        cpu.weighted_sum(out, [], [])
+    big = np.zeros(16, np.float32)
+    with pytest.raises(ValueError, match=r"^inputs\[0\] overlaps out without being out"):
+        cpu.weighted_sum(big[:8], [big[4:12]], [1.0])
+    with pytest.raises(ValueError, match=r"^weights\[0\] must be finite"):
+        cpu.weighted_sum(out, [a], [float("inf")])
+    ro = np.zeros(8, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="^out must be writable"):
+        cpu.weighted_sum(ro, [a], [1.0])

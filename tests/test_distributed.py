@@ -132,6 +132,12 @@ def test_rows_split_the_batch_in_rank_order():
         def Split_type(self, kind):  # (DataParallel asks for its rank on the host)
             return self
 
+        def Split(self, color, key):
+            return self
+
+        def allgather(self, value):  # (every rank on one host: the same answers everywhere)
+            return [value] * self.size
+
         def Free(self):
             pass
 
@@ -141,6 +147,7 @@ def test_rows_split_the_batch_in_rank_order():
         assert all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
         sizes = [r1 - r0 for r0, r1 in rows]
         assert max(sizes) - min(sizes) <= 1
+        assert [DataParallel(FakeComm(0, K)).shard_rows(B, rank=r) for r in range(K)] == rows
     with pytest.raises(ValueError, match="^batch_size 2 is smaller than the 3 ranks"):
         DataParallel(FakeComm(0, 3)).rows(2)
     assert DataParallel(FakeComm(2, 3)).shard_rows(2) == (2, 2)  # evaluation: a rank may get no stream
@@ -162,25 +169,41 @@ def test_train_distributed_without_mpi4py_says_how_to_install(tmp_path):
 
 
 # --- K ranks against one process ---------------------------------------------------------------
-# How the ranks update: every array split among them (shard_min 1), only the large ones (none in
-# these small models: the packed path), or each rank updating everything after an allreduce.
-MODES = {"sharded": ["--shard-min", "1"], "packed": [], "replicated": ["--no-shard"]}
+# How the ranks update: (ranks, worker flags, the path the step must take). "shared": the host's
+# shared-memory window (the default on one host); "two hosts": 4 ranks told they are 2 hosts of 2
+# (the window per host, the parts summed across hosts by messages); "sharded": every array split
+# among the ranks by messages (shard_min 1); "packed": only the large arrays split (none in these
+# small models); "replicated": an allreduce, every rank updating everything.
+MODES = {"shared": (2, [], "shared memory"),
+         "two hosts": (4, ["--hosts", "2"], "shared memory"),
+         "sharded": (2, ["--shard-min", "1", "--no-shared-memory"], "messages"),
+         "packed": (2, ["--no-shared-memory"], "messages"),
+         "replicated": (2, ["--no-shard"], "messages")}
+
+
+def _paths(out, ranks):
+    paths = set()
+    for r in range(ranks):
+        with open(os.path.join(out, f"path_{r}")) as f:
+            paths.add(f.read())
+    return paths
 
 
 @needs_mpi
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("dtype_flag,rtol", [("--float64", 1e-12), ("", 2e-5)])
-def test_two_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol, mode):
-    """2 ranks x batch 3 against 1 process x batch 6, 20 steps of Adam with dropout 0.3, tied
+def test_k_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol, mode):
+    """K ranks x batch 6/K against 1 process x batch 6, 20 steps of Adam with dropout 0.3, tied
     weights and global-norm clipping: the same parameters to rounding (float64: 1e-12; float32:
-    the gradient sums' rounding, amplified by 20 Adam steps, measured ~1e-6), identical on both
-    ranks, and the same sharded evaluation."""
-    flags = [dtype_flag] if dtype_flag else []
-    _worker(tmp_path / "one", *flags, "--val")
-    _worker(tmp_path / "two", *flags, "--val", *MODES[mode], ranks=2)
-    _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "two"), rtol)
-    crcs = _crcs(tmp_path / "two", 2)
-    assert crcs[0] == crcs[1]
+    the gradient sums' rounding, amplified by 20 Adam steps, measured ~1e-6), identical on every
+    rank, and the same sharded evaluation."""
+    ranks, flags, path = MODES[mode]
+    dtype = [dtype_flag] if dtype_flag else []
+    _worker(tmp_path / "one", *dtype, "--val")
+    _worker(tmp_path / "k", *dtype, *flags, "--val", ranks=ranks)
+    _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "k"), rtol)
+    assert len(set(_crcs(tmp_path / "k", ranks))) == 1
+    assert _paths(tmp_path / "k", ranks) == {path}
 
 
 @needs_mpi
@@ -216,8 +239,11 @@ def test_a_failing_rank_ends_every_rank_and_says_so_once(tmp_path):
 
 
 @needs_mpi
-def test_ranks_whose_parameters_drift_apart_are_stopped(tmp_path):
-    r = _worker(tmp_path, "--corrupt-rank", "1", ranks=2, expect_ok=False)
+@pytest.mark.parametrize("ranks,flags", [(2, ["--no-shared-memory"]), (4, ["--hosts", "2"])])
+def test_ranks_whose_parameters_drift_apart_are_stopped(tmp_path, ranks, flags):
+    """A rank's update goes wrong: its parameters (by messages), or its host's copy (two hosts
+    of two ranks sharing memory), no longer match rank 0's at the next check."""
+    r = _worker(tmp_path, "--corrupt-rank", str(ranks - 1), *flags, ranks=ranks, expect_ok=False)
     assert r.returncode != 0
     assert "differ from rank 0's" in r.stdout + r.stderr
 

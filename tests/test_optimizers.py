@@ -77,3 +77,56 @@ def test_bad_lr():
         O.SGD(0)
     with pytest.raises(ValueError, match="^lr"):
         O.Adam(float("nan"))
+
+
+# --- SGD on the CPU kernel (one pass, no temporary): NumPy's bits ---------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lr", [20.0, 0.1, 3, 1e-30])
+def test_sgd_kernel_gives_numpys_bits(dtype, lr):
+    rng = np.random.default_rng(0)
+    sizes = [1, 7, 100_003, (300, 201)]  # (longer than one of the kernel's chunks too)
+    params = [rng.standard_normal(s).astype(dtype) for s in sizes]
+    grads = [rng.standard_normal(s).astype(dtype) * 10 for s in sizes]
+    expect = [p.copy() for p in params]
+    for p, g in zip(expect, grads):
+        p -= lr * g  # the rule as NumPy evaluates it (lr a Python number: rounded to the dtype)
+    O.SGD(lr).update(params, grads)
+    for p, e in zip(params, expect):
+        assert p.dtype == dtype and np.array_equal(p, e)
+
+
+def test_sgd_falls_back_to_numpy_where_the_kernel_does_not_apply():
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal((6, 8)).astype(np.float32)
+    g = rng.standard_normal((8, 6)).astype(np.float32).T  # non-contiguous
+    e = p.copy()
+    e -= 0.5 * g
+    O.SGD(0.5).update([p], [g])
+    assert np.array_equal(p, e)
+    h = np.ones(5, np.float16)  # a dtype the kernel has not
+    O.SGD(0.5).update([h], [np.ones(5, np.float16)])
+    assert np.array_equal(h, np.full(5, 0.5, np.float16))
+    q = np.arange(6.0)
+    O.SGD(1.0).update([q[1:]], [q[:-1]])  # overlapping: NumPy's buffered result
+    assert np.array_equal(q, [0.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # (lr * g formed first)
+
+
+def test_sgd_kernel_checks_its_arguments():
+    from pylstm import _backend
+
+    cpu = _backend.require_cpu()
+    p32, g32 = np.zeros(4, np.float32), np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"^grads\[0\] has 3 elements"):
+        cpu.sgd_update([p32], [np.ones(3, np.float32)], 1.0)
+    with pytest.raises(TypeError, match="^grads have dtype float64"):
+        cpu.sgd_update([p32], [np.ones(4)], 1.0)
+    with pytest.raises(ValueError, match="^grads must hold one array per parameter"):
+        cpu.sgd_update([p32], [], 1.0)
+    with pytest.raises(ValueError, match=r"^grads\[0\] overlaps params\[0\]"):
+        cpu.sgd_update([p32], [p32], 1.0)
+    ro = np.zeros(4, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^params\[0\] must be writable"):
+        cpu.sgd_update([ro], [g32], 1.0)
+    with pytest.raises(ValueError, match="^lr must be finite"):
+        cpu.sgd_update([p32], [g32], float("nan"))

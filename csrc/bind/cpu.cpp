@@ -101,6 +101,83 @@ double clip_grads(const py::object& grads, double max_norm, bool error_if_nonfin
                  : norm_and_clip<double>(std::move(arrays), true, max_norm, error_if_nonfinite);
 }
 
+// [lo, hi) byte ranges of two arrays overlap
+inline bool overlap(const py::array& a, const py::array& b) {
+  const char* a0 = static_cast<const char*>(a.data());
+  const char* b0 = static_cast<const char*>(b.data());
+  return a.nbytes() && b.nbytes() && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+// weighted_sum(out, inputs, weights): out = sum_k weights[k] * inputs[k] (cpu/update.cpp);
+// returns the sum of squares of out. An input may be out itself, but not overlap it otherwise.
+double weighted_sum(py::array out, const py::object& inputs, const std::vector<double>& weights) {
+  const int is = float_itemsize(out, "out");
+  if (!(out.flags() & py::array::c_style)) throw py::value_error("out must be C-contiguous");
+  if (!out.writeable()) throw py::value_error("out must be writable, got a read-only array");
+  std::vector<py::array> ins;
+  const int in_is = check_grad_list(inputs, false, ins, "inputs");
+  if (ins.empty()) throw py::value_error("inputs must hold at least one array");
+  if (in_is != is) {
+    throw py::type_error("inputs have dtype " + dtype_str(ins[0]) + " but out has " + dtype_str(out));
+  }
+  if (weights.size() != ins.size()) {
+    throw py::value_error("weights must hold one number per input (" + std::to_string(ins.size()) +
+                          "), got " + std::to_string(weights.size()));
+  }
+  for (size_t k = 0; k < ins.size(); ++k) {
+    const std::string name = "inputs[" + std::to_string(k) + "]";
+    if (ins[k].size() != out.size()) {
+      throw py::value_error(name + " has " + std::to_string(ins[k].size()) + " elements, out has " +
+                            std::to_string(out.size()));
+    }
+    if (ins[k].data() != out.data() && overlap(ins[k], out)) {
+      throw py::value_error(name + " overlaps out without being out");
+    }
+    if (!std::isfinite(weights[k])) throw py::value_error("weights[" + std::to_string(k) + "] must be finite");
+  }
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    std::vector<const T*> ptrs;
+    for (const auto& a : ins) ptrs.push_back(static_cast<const T*>(a.data()));
+    Span<T> o{mptr<T>(out), int64_t(out.size())};
+    py::gil_scoped_release nogil;
+    return weighted_sum_cpu<T>(o, ptrs, weights);
+  };
+  return is == 4 ? run(0.0f) : run(0.0);
+}
+
+// sgd_update(params, grads, lr, scale): p -= lr * (g * scale) for every pair, in place
+// (cpu/update.cpp); the grads are not written.
+void sgd_update(const py::object& params, const py::object& grads, double lr, double scale) {
+  if (!std::isfinite(lr)) throw py::value_error("lr must be finite, got " + std::to_string(lr));
+  if (!std::isfinite(scale)) throw py::value_error("scale must be finite, got " + std::to_string(scale));
+  std::vector<py::array> ps, gs;
+  const int is = check_grad_list(params, true, ps, "params");
+  const int gis = check_grad_list(grads, false, gs);
+  if (ps.size() != gs.size()) {
+    throw py::value_error("grads must hold one array per parameter (" + std::to_string(ps.size()) +
+                          "), got " + std::to_string(gs.size()));
+  }
+  if (ps.empty()) return;
+  if (gis != is) throw py::type_error("grads have dtype " + dtype_str(gs[0]) + " but params have " + dtype_str(ps[0]));
+  for (size_t k = 0; k < ps.size(); ++k) {
+    const std::string name = "grads[" + std::to_string(k) + "]";
+    if (gs[k].size() != ps[k].size()) {
+      throw py::value_error(name + " has " + std::to_string(gs[k].size()) + " elements, params[" +
+                            std::to_string(k) + "] has " + std::to_string(ps[k].size()));
+    }
+    if (overlap(gs[k], ps[k])) throw py::value_error(name + " overlaps params[" + std::to_string(k) + "]");
+  }
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    const GradList<T> p = grad_spans<T>(std::move(ps)), g = grad_spans<T>(std::move(gs));
+    py::gil_scoped_release nogil;
+    sgd_update_cpu<T>(p.spans, g.spans, lr, scale);
+  };
+  if (is == 4) run(0.0f);
+  else run(0.0);
+}
+
 // Test hook: applies the kernels' own sigmoid or tanh (common/activations.h) elementwise, so the tests
 // can measure their error in ulp against numpy.
 template <class T>
@@ -425,6 +502,12 @@ PYBIND11_MODULE(_cpu, m) {
         "Clamps every element of every array to [-limit, limit] in place (NaN stays NaN).");
   m.def("clip_grads", &clip_grads, py::arg("grads"), py::arg("max_norm"),
         py::arg("error_if_nonfinite") = true);
+  m.def("weighted_sum", &weighted_sum, py::arg("out"), py::arg("inputs"), py::arg("weights"),
+        "out = sum_k weights[k] * inputs[k] (summed in double, rounded once); returns the sum of "
+        "squares of out.");
+  m.def("sgd_update", &sgd_update, py::arg("params"), py::arg("grads"), py::arg("lr"), py::arg("scale") = 1.0,
+        "p -= lr * g for every pair, in place, in one pass (numpy's result, bit for bit); with a "
+        "scale, g is taken as g * scale rounded from double (clip_grads' scaling), not stored.");
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
     set_num_threads(n);

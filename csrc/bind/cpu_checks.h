@@ -343,12 +343,13 @@ struct GradList {
   std::vector<Span<T>> spans;
 };
 
-// Checks a gradient list: a list/tuple of writable (when scaling) C-contiguous arrays of one
-// float dtype. Returns the itemsize (0 for an empty list) and fills `arrays` with the arrays
-// (references held).
-inline int check_grad_list(const py::object& grads, bool writable, std::vector<py::array>& arrays) {
+// Checks a list of arrays (gradients; `what` names it in errors): a list/tuple of writable
+// (when written) C-contiguous arrays of one float dtype. Returns the itemsize (0 for an empty
+// list) and fills `arrays` with the arrays (references held).
+inline int check_grad_list(const py::object& grads, bool writable, std::vector<py::array>& arrays,
+                           const std::string& what = "grads") {
   if (!py::isinstance<py::list>(grads) && !py::isinstance<py::tuple>(grads)) {
-    throw py::type_error("grads must be a list or tuple of numpy arrays, got " +
+    throw py::type_error(what + " must be a list or tuple of numpy arrays, got " +
                          py::str(py::type::of(grads).attr("__name__")).cast<std::string>());
   }
   int is = 0;
@@ -356,22 +357,22 @@ inline int check_grad_list(const py::object& grads, bool writable, std::vector<p
   py::ssize_t k = 0;
   arrays.clear();
   for (const py::handle& h : py::tuple(grads)) {  // one snapshot of the list's items
-    const std::string name = "grads[" + std::to_string(k) + "]";
+    const std::string name = what + "[" + std::to_string(k) + "]";
     py::array a = as_array(h, name.c_str());
     const int this_is = float_itemsize(a, name.c_str());
     if (is == 0) {
       is = this_is;
       first_dtype = dtype_str(a);
     } else if (this_is != is) {
-      throw py::type_error(name + " has dtype " + dtype_str(a) + " but grads[0] has " +
-                           first_dtype + ": all arrays in grads must share one dtype");
+      throw py::type_error(name + " has dtype " + dtype_str(a) + " but " + what + "[0] has " +
+                           first_dtype + ": all arrays in " + what + " must share one dtype");
     }
     if (!(a.flags() & py::array::c_style)) {
       throw py::value_error(name + " must be C-contiguous, got strides " +
                             py::str(a.attr("strides")).cast<std::string>());
     }
     if (writable && !a.writeable()) {
-      throw py::value_error(name + " must be writable (clipping writes it in place), got a "
+      throw py::value_error(name + " must be writable (it is written in place), got a "
                                    "read-only array");
     }
     arrays.push_back(a);

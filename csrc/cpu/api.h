@@ -43,6 +43,20 @@ void scale_arrays_cpu(const std::vector<Span<T>>& arrays, double rate);
 template <class T>
 void clip_value_cpu(const std::vector<Span<T>>& arrays, double limit);
 
+// out = sum_k w[k] * in[k], elementwise (every in[k] out.size long; out may be one of them,
+// no other overlap): the products summed in double in the order of k and rounded once.
+// Returns the sum of squares of the rounded result (double, in fixed chunks: the same at any
+// thread count).
+template <class T>
+double weighted_sum_cpu(Span<T> out, const std::vector<const T*>& in, const std::vector<double>& w);
+
+// SGD: p -= T(lr) * g for every pair (params[a], grads[a]) of equal sizes, the product rounded
+// to T before the difference (numpy's p -= lr * g), in one pass. scale != 1: g taken as
+// T(g * scale) (clipping's factor, the product in double), the grads left as they are.
+template <class T>
+void sgd_update_cpu(const std::vector<Span<T>>& params, const std::vector<Span<T>>& grads, double lr,
+                    double scale);
+
 // C (M, N, ldc) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major, on the thread pool (the
 // output split by columns or rows, one single-threaded BLAS call per thread). op = transpose
 // when trans_*; lda/ldb are the leading dimensions of A and B as stored.
