@@ -56,7 +56,8 @@ __attribute__((always_inline)) inline double sum_chunk(T* out, const std::vector
 }
 
 // The conversions to double and back are the cost (memory alone allows ~3x more on SSE2):
-// an AVX-512 copy where the CPU has it. Both give the same bits (no contraction in this file).
+// an AVX-512 copy where the CPU has it (here and for SGD below). Both give the same bits (no
+// contraction in this file).
 template <class T>
 __attribute__((target("avx512f"))) double sum_chunk_avx512(T* out, const std::vector<const T*>& in,
                                                           const std::vector<double>& w, int64_t begin,
@@ -89,23 +90,40 @@ double weighted_sum_cpu(Span<T> out, const std::vector<const T*>& in, const std:
 }
 
 template <class T>
+__attribute__((always_inline)) inline void sgd_chunk(T* p, const T* g, T rate, double scale, int64_t lo,
+                                                     int64_t hi) {
+  if (scale == 1.0) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) p[i] = p[i] - rate * g[i];  // (built -ffp-contract=off)
+  } else {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) p[i] = p[i] - rate * T(double(g[i]) * scale);
+  }
+}
+template <class T>
+__attribute__((target("avx512f"))) void sgd_chunk_avx512(T* p, const T* g, T rate, double scale, int64_t lo,
+                                                        int64_t hi) {
+  sgd_chunk<T>(p, g, rate, scale, lo, hi);
+}
+template <class T>
+void sgd_chunk_base(T* p, const T* g, T rate, double scale, int64_t lo, int64_t hi) {
+  sgd_chunk<T>(p, g, rate, scale, lo, hi);
+}
+
+template <class T>
 void sgd_update_cpu(const std::vector<Span<T>>& params, const std::vector<Span<T>>& grads, double lr,
                     double scale) {
   // numpy's p -= lr * g with lr a Python float: lr rounded to T, the product rounded to T, then
   // the difference (no fused multiply-add: the same bits as that expression). With a scale, g
   // is first multiplied by it as clip_grads scales (in double, rounded once), not stored.
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
   const T rate = T(lr);
   for (size_t a = 0; a < params.size(); ++a) {
     T* p = params[a].data;
     const T* g = grads[a].data;
     parallel_chunks(params[a].size, kChunk, 2 * kChunk, [&](int64_t lo, int64_t hi) {
-      if (scale == 1.0) {
-#pragma omp simd
-        for (int64_t i = lo; i < hi; ++i) p[i] = p[i] - rate * g[i];  // (built -ffp-contract=off)
-      } else {
-#pragma omp simd
-        for (int64_t i = lo; i < hi; ++i) p[i] = p[i] - rate * T(double(g[i]) * scale);
-      }
+      if (avx512) sgd_chunk_avx512<T>(p, g, rate, scale, lo, hi);
+      else sgd_chunk_base<T>(p, g, rate, scale, lo, hi);
     });
   }
 }
