@@ -33,7 +33,7 @@ import numpy as np
 
 from ._devices import array_module, to_host
 from .functional import clip_grads_by_value, global_norm
-from .optimizers import update_scaled
+from .optimizers import sgd_rows, update_scaled
 from .reference import clip_rate
 
 __all__ = ["DataParallel", "RanksDisagree", "mpi_launched", "import_mpi", "draw_rows", "MPI_INSTALL_HINT"]
@@ -124,38 +124,61 @@ class _HostWindow:
     ranks with the same local rank (one ``Allreduce`` per rank, 1/L of the bytes each), local
     rank j clips and updates part j of the parameters and of the state in place, and a second
     barrier makes the new parameters every rank's. Nothing is gathered: the host has one copy.
+
+    ``rows``: arrays whose gradients are zero outside the rows each rank lists (embeddings in
+    sparse mode, under plain SGD, on one host). They lie after the others, outside the parts:
+    each rank publishes its rows in the window, and the union of the host's rows is shared out
+    among the ranks instead, each summing and updating its share of those rows only.
     """
 
-    def __init__(self, dist: "DataParallel", params: Sequence, n_state: int):
+    def __init__(self, dist: "DataParallel", params: Sequence, n_state: int, rows: Sequence[int] = ()):
         MPI = dist.MPI
         self.dist = dist
         self.dtype = params[0].dtype
         item = self.dtype.itemsize
         step = _ALIGN // item
         self.shapes = [p.shape for p in params]
-        self.offsets, o = [], 0
-        for p in params:
-            self.offsets.append(o)
-            o += -(-int(p.size) // step) * step
+        self.rows = list(rows)
+        self.offsets = [0] * len(params)
+        o = 0
+        for k in [k for k in range(len(params)) if k not in self.rows] + self.rows:  # (the row arrays last)
+            if k == (self.rows[0] if self.rows else None):
+                self.n_dense = o
+            self.offsets[k] = o
+            o += -(-int(params[k].size) // step) * step
         self.n = o  # elements per region (padding included, zero)
+        if not self.rows:
+            self.n_dense = o
         L = dist.local_size
-        self.bounds = [((self.n * j // L) // step) * step for j in range(L)] + [self.n]
-        # local rank 0 holds [params | state_1 .. state_S | its gradients]; the others their gradients
+        self.bounds = [((self.n_dense * j // L) // step) * step for j in range(L)] + [self.n_dense]
+        # each rank's row lists: per row array, a count and room for every row (int64)
+        self.row_slots = [(sum(int(params[q].shape[0]) + 1 for q in self.rows[:i]), int(params[k].shape[0]))
+                          for i, k in enumerate(self.rows)]
+        n_ints = -(-sum(cap + 1 for _, cap in self.row_slots) // 8) * 8  # (segments stay 64-byte aligned)
+        # local rank 0 holds [params | state_1 .. state_S | its gradients | its rows]; the
+        # others their gradients and rows
         regions = (1 + n_state + 1) if dist.local_rank == 0 else 1
-        self.win = MPI.Win.Allocate_shared(regions * self.n * item, item, comm=dist.host)
+        own = regions * self.n * item
+        self.win = MPI.Win.Allocate_shared(own + 8 * n_ints, 1, comm=dist.host)
         self.win.Lock_all(MPI.MODE_NOCHECK)
-        self.flat = []  # every local rank's memory, as flat arrays
+        grads, self.ints = [], []  # every local rank's gradient region and row lists
         for j in range(L):
             buf, _ = self.win.Shared_query(j)
-            self.flat.append(np.frombuffer(buf, dtype=self.dtype))
-        base = self.flat[0]
-        self.params_flat = base[:self.n]
-        self.state_flat = [base[(1 + k) * self.n:(2 + k) * self.n] for k in range(n_state)]
-        self.grads_flat = [base[(1 + n_state) * self.n:]] + self.flat[1:]
+            r = (1 + n_state + 1) if j == 0 else 1
+            flat = np.frombuffer(buf, dtype=self.dtype, count=r * self.n)
+            if j == 0:
+                self.params_flat = flat[:self.n]
+                self.state_flat = [flat[(1 + k) * self.n:(2 + k) * self.n] for k in range(n_state)]
+            grads.append(flat[(r - 1) * self.n:])
+            self.ints.append(np.frombuffer(buf, dtype=np.int64, count=n_ints, offset=r * self.n * item))
+        self.grads_flat = grads
+        self.param_views = self.views(self.params_flat)
+        self.grad_views = [self.views(f) for f in grads]
         if dist.local_rank == 0:
-            base[:] = 0  # the padding sums to zero
+            np.frombuffer(self.win.tomemory(), dtype=np.uint8)[:] = 0  # (the padding sums to zero)
         else:
             self.grads_flat[dist.local_rank][:] = 0
+            self.ints[dist.local_rank][:] = 0
         self.sync()
 
     def views(self, flat: np.ndarray) -> list:
@@ -184,9 +207,26 @@ class _HostWindow:
                 out.append(flat[a:b])
         return out
 
+    def publish_rows(self, i: int, rows: np.ndarray) -> None:
+        """This rank's rows of row array i (the i-th of ``rows``), for the others to read."""
+        first, _ = self.row_slots[i]
+        mine = self.ints[self.dist.local_rank]
+        mine[first] = rows.size
+        mine[first + 1:first + 1 + rows.size] = rows
+
+    def row_share(self, i: int) -> np.ndarray:
+        """This rank's share of the union of every rank's published rows of row array i (the
+        union sorted, cut into L consecutive shares)."""
+        first, _ = self.row_slots[i]
+        lists = [ints[first + 1:first + 1 + int(ints[first])] for ints in self.ints]
+        union = np.unique(np.concatenate(lists))
+        L, j = self.dist.local_size, self.dist.local_rank
+        return union[union.size * j // L:union.size * (j + 1) // L]
+
     def free(self) -> None:
         self.sync()
-        self.flat = self.params_flat = self.state_flat = self.grads_flat = None
+        self.params_flat = self.state_flat = self.grads_flat = self.ints = None
+        self.param_views = self.grad_views = None
         self.win.Unlock_all()
         self.win.Free()
 
@@ -434,19 +474,31 @@ class DataParallel:
     def share_memory(self, model, optimizer) -> None:
         """Move the model's parameters and the optimizer's state into one shared-memory window
         per host (``_HostWindow``) and this rank's gradients into its region of it. The model's
-        arrays become views of the window: the host's ranks read one copy. A collective; undo
+        arrays become views of the window: the host's ranks read one copy. Under plain SGD on
+        one host, the embeddings' gradients are kept sparse (``Embedding.sparse_grad``) and
+        only the rows the host's batches touched are summed and updated. A collective; undo
         with ``release_memory`` (``RnnlmTrainer.fit`` does both)."""
+        from .layers import Embedding
         from .models import unique_params
+        from .optimizers import fuses_scaling
 
         if self._window is not None:
             raise RuntimeError("share_memory: a model is attached already")
-        params = unique_params(model.params, model.grads)[0]
+        params, grads = unique_params(model.params, model.grads)
         if any(type(p) is not np.ndarray for p in params) or len({p.dtype for p in params}) != 1:
             raise TypeError("share_memory needs the model's parameters as NumPy arrays of one dtype")
+        # the embeddings whose unique gradient is their own (not tied to another layer's)
+        sparse = []
+        if fuses_scaling(optimizer) and self.hosts == 1:
+            for layer in model.layers:
+                if isinstance(layer, Embedding):
+                    k = next((k for k, g in enumerate(grads) if g is layer.grads[0]), None)
+                    if k is not None:
+                        sparse.append((k, layer))
         optimizer._init_state(list(params))
         names = [n for n in optimizer._state_names if getattr(optimizer, n) is not None]
-        win = _HostWindow(self, params, len(names))
-        pviews = win.views(win.params_flat)
+        win = _HostWindow(self, params, len(names), rows=[k for k, _ in sparse])
+        pviews = win.param_views
         if self.local_rank == 0:
             for v, p in zip(pviews, params):
                 v[...] = p
@@ -456,7 +508,7 @@ class DataParallel:
         win.sync()
         by_id = {id(p): v for p, v in zip(params, pviews)}
         model._map_params(lambda p: by_id[id(p)])
-        gviews = win.views(win.grads_flat[self.local_rank])
+        gviews = win.grad_views[self.local_rank]
         own = {id(v): g for v, g in zip(pviews, gviews)}
         for layer in model.layers:  # each parameter's first gradient array written in place
             for k, p in enumerate(layer.params):
@@ -466,8 +518,10 @@ class DataParallel:
         model._collect()
         for k, name in enumerate(names):
             setattr(optimizer, name, win.views(win.state_flat[k]))
-        self._window, self._window_state = win, names
-        self._window_grads = gviews
+        for _, layer in sparse:
+            layer.sparse_grad = True
+        self._window, self._window_state, self._window_grads = win, names, gviews
+        self._window_rows = [layer for _, layer in sparse]
 
     def release_memory(self, model, optimizer, collective: bool = True) -> None:
         """Copy the parameters and the optimizer's state out of the window into private arrays
@@ -476,6 +530,8 @@ class DataParallel:
         win = self._window
         if win is None:
             return
+        for layer in self._window_rows:
+            layer.sparse_grad = False
         if collective:
             win.sync()  # (every rank's last update is in)
         model._map_params(lambda p: np.array(p, copy=True))
@@ -497,6 +553,8 @@ class DataParallel:
         for g, v in zip(grads, self._window_grads):
             if g is not v:  # (a gradient unique_params summed anew: tied or repeated arrays)
                 v[...] = g
+        for i, layer in enumerate(self._window_rows):
+            win.publish_rows(i, layer.grad_rows)
         win.sync()  # every rank's gradients are in
         weights = []
         for r in self.host_ranks:  # each rank's share of the mean gradient: its rows / B
@@ -504,11 +562,20 @@ class DataParallel:
             weights.append((r1 - r0) / batch_size)
         mine = win.part(win.grads_flat[self.local_rank])
         sumsq = _backend_cpu().weighted_sum(mine, [win.part(f) for f in win.grads_flat], weights)
+        row_sums = []  # (parameter, this rank's share of the rows, their summed gradient)
+        for i, k in enumerate(win.rows):
+            share = win.row_share(i)
+            acc = np.zeros((share.size,) + win.shapes[k][1:])
+            for w, views in zip(weights, win.grad_views):  # in rank order, in double, rounded once
+                acc += np.float64(w) * views[k][share]
+            g = acc.astype(win.dtype)
+            sumsq += float(np.sum(np.square(g, dtype=np.float64)))
+            row_sums.append((win.param_views[k], share, g))
         if self.hosts > 1:
             self.cross.Allreduce(self.MPI.IN_PLACE, mine, op=self.MPI.SUM)
             sumsq = float(global_norm([mine])) ** 2
         if clip_value is not None:
-            clip_grads_by_value([mine], clip_value)
+            clip_grads_by_value([mine] + [g for _, _, g in row_sums], clip_value)
         norm, rate = float("nan"), 1.0
         if max_grad is not None:
             norm = float(np.sqrt(self.host.allreduce(sumsq, op=self.MPI.SUM)))
@@ -523,6 +590,8 @@ class DataParallel:
         finally:
             for name, st in full.items():
                 setattr(optimizer, name, st)
+        for W, share, g in row_sums:
+            sgd_rows(optimizer, W, share, g, rate)
         win.sync()  # every rank's part of the new parameters is in
         return norm
 

@@ -44,9 +44,20 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _row_sums(idx: np.ndarray, rows: np.ndarray) -> tuple:
+    """(ids, sums): the distinct values of idx, sorted, and the sum of the rows of each, without
+    np.add.at's per-element overhead: sort the indices once, then add each run with one
+    reduceat."""
+    if idx.size == 0:
+        return idx[:0], rows[:0]
+    order = np.argsort(idx, kind="stable")
+    sidx = idx[order]
+    starts = np.flatnonzero(np.r_[True, sidx[1:] != sidx[:-1]])
+    return sidx[starts], np.add.reduceat(rows[order], starts, axis=0)
+
+
 def _scatter_add_rows(dW: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> None:
-    """dW[idx[k]] += rows[k] for every k (repeated indices accumulate), without np.add.at's
-    per-element overhead: sort the indices once, then add each run with one reduceat."""
+    """dW[idx[k]] += rows[k] for every k (repeated indices accumulate)."""
     if idx.size == 0:
         return
     if _xp(dW) is not np:  # CuPy: an atomic scatter-add on the device
@@ -54,10 +65,8 @@ def _scatter_add_rows(dW: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> None
 
         cupyx.scatter_add(dW, idx, rows)
         return
-    order = np.argsort(idx, kind="stable")
-    sidx = idx[order]
-    starts = np.flatnonzero(np.r_[True, sidx[1:] != sidx[:-1]])
-    dW[sidx[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+    ids, sums = _row_sums(idx, rows)
+    dW[ids] += sums
 
 
 def _initial_state(layer, xs) -> tuple:
@@ -73,7 +82,13 @@ def _initial_state(layer, xs) -> tuple:
 
 
 class Embedding:
-    """Row lookup: ``forward(idx) = W[idx]``. W: (V, D)."""
+    """Row lookup: ``forward(idx) = W[idx]``. W: (V, D).
+
+    ``sparse_grad`` (NumPy arrays; set by the trainer when its update reads only the rows a
+    batch touched): the backward then zeroes only the rows of ``grads[0]`` that its previous
+    backward wrote, instead of all V, and records the rows it writes in ``grad_rows`` (sorted,
+    unique). ``grads[0]`` is the whole gradient either way, provided nothing else writes
+    nonzeros into it outside ``grad_rows`` (scaling it in place is fine)."""
 
     def __init__(self, W: np.ndarray):
         self.params = [W]
@@ -82,6 +97,9 @@ class Embedding:
         # Range check of the ids on every forward. On the GPU it costs a host synchronization;
         # the trainer checks its corpus once and turns it off there.
         self.check_ids = True
+        self.sparse_grad = False
+        self.grad_rows = None
+        self._written = None  # (grads[0], the rows of it written last) in sparse mode
 
     def forward(self, idx: np.ndarray) -> np.ndarray:
         W = self.params[0]
@@ -95,9 +113,20 @@ class Embedding:
 
     def backward(self, dout: np.ndarray) -> None:
         dW = self.grads[0]
-        dW[...] = 0
         flat = self.idx.reshape(-1)
-        _scatter_add_rows(dW, flat, dout.reshape(flat.size, -1))
+        rows = dout.reshape(flat.size, -1)
+        if _xp(dW) is not np or not self.sparse_grad:
+            dW[...] = 0
+            _scatter_add_rows(dW, flat, rows)
+            self.grad_rows, self._written = None, None
+            return None
+        if self._written is not None and self._written[0] is dW:
+            dW[self._written[1]] = 0
+        else:  # (first sparse backward, or grads[0] was replaced: not known to be zero)
+            dW[...] = 0
+        ids, sums = _row_sums(flat, rows)
+        dW[ids] = sums
+        self.grad_rows, self._written = ids, (dW, ids)
         return None
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from ._devices import array_module, to_host, to_module
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS", "fuses_scaling",
-           "update_scaled"]
+           "update_scaled", "sgd_rows"]
 
 
 def _real(v, key: str) -> float:
@@ -124,6 +124,14 @@ def fuses_scaling(optimizer) -> bool:
     """Whether ``update_scaled`` applies clipping's factor inside the optimizer's own pass (plain
     SGD) rather than scaling the gradients first."""
     return getattr(optimizer.update, "__func__", None) is SGD.update
+
+
+def sgd_rows(optimizer, W, rows, g_rows, rate: float = 1.0) -> None:
+    """Plain SGD on some rows of W only: ``W[rows] -= lr * g_rows`` (g_rows times ``rate``
+    first when below 1), the arithmetic of ``SGD.update`` to the bit: the update of a gradient
+    that is zero outside those rows (an embedding's), without passing over the others."""
+    g = g_rows if rate >= 1 else (g_rows.astype(np.float64) * rate).astype(W.dtype)
+    W[rows] = W[rows] - W.dtype.type(optimizer.lr) * g
 
 
 def update_scaled(optimizer, params, grads, rate: float) -> None:

@@ -24,8 +24,9 @@ from ._devices import array_module, to_host, to_module
 from .checkpoint import CheckpointError, read_checkpoint_extra
 from .distributed import DataParallel, RanksDisagree, corpus_digest
 from .functional import clip_grads, clip_grads_by_value, global_norm
+from .layers import Embedding
 from .models import LstmLM, _layer_state, _set_layer_state, unique_params
-from .optimizers import fuses_scaling, update_scaled
+from .optimizers import fuses_scaling, sgd_rows, update_scaled
 from .reference import clip_rate
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
@@ -163,6 +164,7 @@ class RnnlmTrainer:
         self.sharded_update = bool(sharded_update)
         self.shared_memory = bool(shared_memory)
         self._resumed_states = None  # data-parallel resume: the whole batch's states, for fit
+        self._sparse_layers: list = []  # embeddings whose gradients fit keeps sparse (_sgd_step)
         self._in_collectives = False
         if self.dist is not None and self.dist.rank != 0:
             log = _no_log  # one copy of every line: rank 0's
@@ -426,6 +428,13 @@ class RnnlmTrainer:
                   and dist.can_share_memory())
         if shared:
             dist.share_memory(model, self.optimizer)
+        # One process, plain SGD on the CPU: the embeddings' gradients kept sparse (_sgd_step).
+        # (Data-parallel, the reduction writes other ranks' rows into them: share_memory decides.)
+        self._sparse_layers = []
+        if (dist is None or dist.size == 1) and not on_device and fuses_scaling(self.optimizer):
+            self._sparse_layers = [layer for layer in model.layers if isinstance(layer, Embedding)]
+        for layer in self._sparse_layers:
+            layer.sparse_grad = True
         done = False
         try:
             self._epochs(xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
@@ -436,6 +445,9 @@ class RnnlmTrainer:
         finally:
             for layer in model.drop_layers:
                 layer.rows = None
+            for layer in self._sparse_layers:
+                layer.sparse_grad = False
+            self._sparse_layers = []
             if shared:
                 dist.release_memory(model, self.optimizer, collective=done)
         if dist is not None:
@@ -444,6 +456,31 @@ class RnnlmTrainer:
             if dist.size > 1 and not shared:  # (shared: every host's state was whole)
                 dist.gather_optimizer_state(params, self.optimizer)
         return self.ppl_list
+
+    def _sgd_step(self, params, grads, max_grad) -> None:
+        """Plain SGD on host arrays, one process: clipping's factor applied in the update's one
+        pass over the parameters, as clip_grads would have scaled the gradients; an embedding in
+        sparse mode (its gradient zero outside the rows its batch touched) read and updated in
+        those rows only."""
+        rows_of = {id(layer.grads[0]): layer for layer in self._sparse_layers}
+        dense_p, dense_g, sparse = [], [], []
+        for p, g in zip(params, grads):
+            layer = rows_of.get(id(g))
+            if layer is not None and layer.grad_rows is not None and layer.grads[0] is g:
+                sparse.append((p, layer.grad_rows, g[layer.grad_rows]))
+            else:
+                dense_p.append(p)
+                dense_g.append(g)
+        rate = 1.0
+        if max_grad is not None:
+            norm = float(global_norm(dense_g + [g for _, _, g in sparse]))
+            if not math.isfinite(norm):
+                raise FloatingPointError(f"grads: the global norm is {norm} (NaN or inf in the gradients); "
+                                         "nothing was scaled")
+            rate = clip_rate(norm, max_grad)
+        update_scaled(self.optimizer, dense_p, dense_g, rate)
+        for p, rows, g in sparse:
+            sgd_rows(self.optimizer, p, rows, g, rate)
 
     def _epochs(self, xs, ts, max_epoch, batch_size, time_size, max_grad, eval_interval, val_corpus,
                 lr_decay, checkpoint, progress, lr_schedule, max_steps, max_time, clip_value,
@@ -491,14 +528,8 @@ class RnnlmTrainer:
                             dist.allreduce_grads(grads, weight)
                         if clip_value is not None:
                             clip_grads_by_value(grads, clip_value)
-                        if max_grad is not None and not on_device and fuses_scaling(optimizer):
-                            # the norm, then clipping's factor applied in the update's one pass
-                            # over the parameters, as clip_grads would have scaled the gradients
-                            norm = float(global_norm(grads))
-                            if not math.isfinite(norm):
-                                raise FloatingPointError(f"grads: the global norm is {norm} (NaN or inf in "
-                                                         "the gradients); nothing was scaled")
-                            update_scaled(optimizer, params, grads, clip_rate(norm, max_grad))
+                        if not on_device and fuses_scaling(optimizer):
+                            self._sgd_step(params, grads, max_grad)
                         else:
                             if max_grad is not None:
                                 norm = clip_grads(grads, max_grad, error_if_nonfinite=not on_device)

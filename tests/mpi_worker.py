@@ -18,7 +18,7 @@ import numpy as np
 
 from pylstm.distributed import params_crc
 from pylstm.models import LstmLM, unique_params
-from pylstm.optimizers import Adam
+from pylstm.optimizers import SGD, Adam
 from pylstm.trainer import RnnlmTrainer, eval_perplexity
 
 
@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--shard-min", type=int, default=1 << 16, help="DataParallel's shard_min (1: shard everything)")
     ap.add_argument("--no-shard", action="store_true", help="every rank updates every parameter")
     ap.add_argument("--no-shared-memory", action="store_true", help="no host window: MPI messages only")
+    ap.add_argument("--sgd", action="store_true", help="plain SGD (embeddings' gradients kept sparse), not Adam")
+    ap.add_argument("--untied", action="store_true", help="the output layer's weights not tied to the embedding's")
     ap.add_argument("--hosts", type=int, default=None,
                     help="treat the ranks as this many hosts of consecutive ranks (host_comm)")
     a = ap.parse_args()
@@ -64,7 +66,7 @@ def main():
         host = world.Split(world.Get_rank() * a.hosts // world.Get_size()) if a.hosts else None
         comm = DataParallel(world, check_every=5, shard_min=a.shard_min, host_comm=host)
         rank = comm.rank
-    model = LstmLM(40, 10, 10, num_layers=2, dropout_ratio=a.dropout, tie_weights=True, seed=3)
+    model = LstmLM(40, 10, 10, num_layers=2, dropout_ratio=a.dropout, tie_weights=not a.untied, seed=3)
     if a.float64:
         to_float64(model)
     if a.fail_rank is not None and rank == a.fail_rank:
@@ -76,7 +78,7 @@ def main():
                 raise RuntimeError("injected failure at step 3")
             return forward(*args, **kwargs)
         model.forward = failing_forward
-    opt = Adam(lr=0.01)
+    opt = SGD(lr=0.5) if a.sgd else Adam(lr=0.01)
     if a.corrupt_rank is not None and rank == a.corrupt_rank:
         update, steps = opt.update, [0]
 
@@ -89,7 +91,7 @@ def main():
     shared = []
     if comm is not None:  # which path the step took, for the tests to check
         share = comm.share_memory
-        comm.share_memory = lambda *args: (shared.append(1), share(*args))
+        comm.share_memory = lambda *args: (share(*args), shared.append(len(comm._window_rows)))
     trainer = RnnlmTrainer(model, opt, log=lambda msg: None, comm=comm, sharded_update=not a.no_shard,
                            shared_memory=not a.no_shared_memory)
     ckpt = os.path.join(a.out, "checkpoint.npz")
@@ -103,7 +105,7 @@ def main():
     with open(os.path.join(a.out, f"crc_{rank}"), "w") as f:
         f.write(str(params_crc(params)))
     with open(os.path.join(a.out, f"path_{rank}"), "w") as f:
-        f.write("shared memory" if shared else "messages")
+        f.write(("shared memory" + (", sparse rows" if shared[0] else "")) if shared else "messages")
     ppl = eval_perplexity(model, data[:700], batch_size=5, time_size=a.time, comm=comm)
     if rank == 0:
         np.savez(os.path.join(a.out, "params.npz"), *params, ppl=ppl,

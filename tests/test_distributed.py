@@ -171,10 +171,13 @@ def test_train_distributed_without_mpi4py_says_how_to_install(tmp_path):
 # --- K ranks against one process ---------------------------------------------------------------
 # How the ranks update: (ranks, worker flags, the path the step must take). "shared": the host's
 # shared-memory window (the default on one host); "two hosts": 4 ranks told they are 2 hosts of 2
-# (the window per host, the parts summed across hosts by messages); "sharded": every array split
+# (the window per host, the parts summed across hosts by messages); "SGD": plain SGD and an untied
+# embedding, whose gradient rows the ranks sum and update sparsely; "sharded": every array split
 # among the ranks by messages (shard_min 1); "packed": only the large arrays split (none in these
 # small models); "replicated": an allreduce, every rank updating everything.
 MODES = {"shared": (2, [], "shared memory"),
+         "shared, SGD": (2, ["--sgd", "--untied"], "shared memory, sparse rows"),
+         "shared, SGD, 3 ranks": (3, ["--sgd", "--untied"], "shared memory, sparse rows"),
          "two hosts": (4, ["--hosts", "2"], "shared memory"),
          "sharded": (2, ["--shard-min", "1", "--no-shared-memory"], "messages"),
          "packed": (2, ["--no-shared-memory"], "messages"),
@@ -193,13 +196,14 @@ def _paths(out, ranks):
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("dtype_flag,rtol", [("--float64", 1e-12), ("", 2e-5)])
 def test_k_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol, mode):
-    """K ranks x batch 6/K against 1 process x batch 6, 20 steps of Adam with dropout 0.3, tied
-    weights and global-norm clipping: the same parameters to rounding (float64: 1e-12; float32:
-    the gradient sums' rounding, amplified by 20 Adam steps, measured ~1e-6), identical on every
-    rank, and the same sharded evaluation."""
+    """K ranks x batch 6/K against 1 process x batch 6, 20 steps of Adam (or plain SGD) with
+    dropout 0.3, tied (or untied) weights and global-norm clipping: the same parameters to
+    rounding (float64: 1e-12; float32: the gradient sums' rounding, amplified by 20 Adam steps,
+    measured ~1e-6), identical on every rank, and the same sharded evaluation."""
     ranks, flags, path = MODES[mode]
     dtype = [dtype_flag] if dtype_flag else []
-    _worker(tmp_path / "one", *dtype, "--val")
+    model = [f for f in flags if f in ("--sgd", "--untied")]  # (the one-process run trains the same)
+    _worker(tmp_path / "one", *dtype, *model, "--val")
     _worker(tmp_path / "k", *dtype, *flags, "--val", ranks=ranks)
     _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "k"), rtol)
     assert len(set(_crcs(tmp_path / "k", ranks))) == 1

@@ -634,3 +634,27 @@ def test_transpose_of_a_column_block(dtype, shape):
     with pytest.raises(ValueError, match="^out must not overlap src"):
         square = np.zeros((4, 4), dtype)
         _backend.cpu.transpose(square, square)
+
+
+def test_embedding_sparse_grad_is_the_whole_gradient_and_names_its_rows():
+    """In sparse mode the backward clears only the rows it wrote before: grads[0] is still the
+    whole gradient, whatever ids the batches use, and grad_rows lists the rows it holds."""
+    from pylstm.layers import Embedding
+
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((50, 6))
+    dense, sparse = Embedding(W), Embedding(W)
+    sparse.sparse_grad = True
+    for step in range(4):
+        idx = rng.integers(0, 50, (3, 7)) if step != 2 else np.array([[5, 5, 5]])
+        dout = rng.standard_normal(idx.shape + (6,))
+        for layer in (dense, sparse):
+            layer.forward(idx)
+            layer.backward(dout)
+        assert np.array_equal(sparse.grads[0], dense.grads[0])
+        assert np.array_equal(sparse.grad_rows, np.unique(idx))
+        assert not np.any(np.delete(sparse.grads[0], sparse.grad_rows, axis=0))
+    sparse.grads[0] = np.full_like(W, 7.0)  # replaced (as model.to or a window does): cleared whole
+    sparse.forward(np.array([[1]]))
+    sparse.backward(np.ones((1, 1, 6)))
+    assert np.count_nonzero(sparse.grads[0]) == 6

@@ -372,3 +372,32 @@ def test_clip_value_clamps_every_gradient_element_before_the_update():
     assert 0 < moved <= 3 * 1e-4 * 1.01  # (plus the float32 rounding of the updated parameters)
     with pytest.raises(ValueError, match="^clip_value must be a finite number > 0"):
         t.fit(c[:-1], c[1:], max_epoch=2, batch_size=4, time_size=8, clip_value=-1.0, progress=False)
+
+
+class _DenseSGD(SGD):
+    """SGD through the generic path: clip_grads, then update over every element."""
+
+    def update(self, params, grads):
+        super().update(params, grads)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_plain_sgd_with_sparse_embedding_rows_trains_what_the_dense_update_trains(tie):
+    """Plain SGD in one process reads and updates the embedding only in the rows each batch
+    touched, with clipping's factor inside the update's one pass: the same training as the
+    dense clip-then-update, to the rounding of the norm's order (float64), tied or not."""
+    from pylstm.models import LstmLM
+
+    c = _corpus(900, seed=7)
+    runs = []
+    for opt in (SGD(2.0), _DenseSGD(2.0)):
+        m = LstmLM(30, 16, 16, num_layers=2, tie_weights=tie, seed=4)
+        m._map_params(lambda p: p.astype(np.float64))
+        t = RnnlmTrainer(m, opt, log=lambda s: None)
+        t.fit(c[:-1], c[1:], max_epoch=1, batch_size=4, time_size=8, max_grad=0.05, progress=False,
+              eval_interval=None, max_steps=12)
+        assert not m.layers[0].sparse_grad  # (fit leaves the layer as it found it)
+        assert (m.layers[0].grad_rows is not None) == (type(opt) is SGD)  # (the path taken)
+        runs.append([p.copy() for p in m.params])
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
