@@ -1,24 +1,23 @@
 """Data-parallel scaling on MPI: training steps per second of the PTB recipes with 1 rank and with
-K ranks (one thread each by default), alternated in one run, and the overlap experiment.
+K ranks (one thread each by default), alternated in one run.
 
     python benchmarks/bench_distributed.py --recipe book --ranks 2 --runs 3 [--data-dir DIR]
 
-Variants, each a fresh `mpiexec -n K` job running the same global batch:
-  1 rank       the step of RnnlmTrainer: forward, backward, clip, update
-  K ranks      the same with each rank on batch/K rows and the gradients allreduced after backward
-               (DataParallel.allreduce_grads), every rank clipping and updating everything
-  K shared     RnnlmTrainer(comm=...)'s step on one host: parameters, optimizer state and every
+Every variant is ``RnnlmTrainer.fit`` itself (plain SGD, global-norm clipping, as the recipes
+train), timed over --steps steps after --warmup, each a fresh process or `mpiexec -n K` job
+training the same global batch:
+  1 rank       fit without comm
+  K shared     fit(comm=...) on one host, the default: parameters, optimizer state and every
                rank's gradients in one MPI shared-memory window; each rank sums, clips and
-               updates its part of them in place, between two barriers (DataParallel.shared_step)
-  K sharded    the step across hosts (RnnlmTrainer(..., shared_memory=False) on one): large
+               updates its part in place between two barriers (DataParallel.shared_step)
+  K sharded    RnnlmTrainer(..., shared_memory=False), the step used across hosts: large
                gradients reduce-scattered, each rank clips and updates its part, parameters
                allgathered (DataParallel.sharded_step)
-  K overlap    (--overlap) the output layer's gradients (the largest block, final first in the
-               backward) reduced with a non-blocking Iallreduce started as soon as that layer's
-               backward returns, waited for after the rest of the backward
+  K blocking   RnnlmTrainer(..., sharded_update=False): one allreduce of the gradients
+               (DataParallel.allreduce_grads), every rank clipping and updating everything
 
-Also prints the host (CPU model), the bytes allreduced per step and the time of one Allreduce of
-that size between the K ranks, the numbers behind the K-host estimate in the README.
+Also prints the host (CPU model), the bytes of gradients per step and the time of one Allreduce
+of that size between the K ranks, the numbers behind the K-host estimate in the README.
 """
 
 from __future__ import annotations
@@ -51,67 +50,36 @@ def cpu_model() -> str:
 
 
 def worker(a) -> None:
-    """One rank of one variant: times a.steps steps after a.warmup, prints JSON on rank 0."""
+    """One rank of one variant: times a.steps steps of fit after a.warmup, prints JSON on rank 0."""
     from pylstm.datasets import ptb
     from pylstm.distributed import DataParallel
-    from pylstm.functional import global_norm
     from pylstm.models import LstmLM, unique_params
-    from pylstm.optimizers import SGD, update_scaled
-    from pylstm.reference import clip_rate
-    from pylstm.trainer import batch_indices
+    from pylstm.optimizers import SGD
+    from pylstm.trainer import RnnlmTrainer
 
     D, H, L, B, T, lr, clip, init = RECIPES[a.recipe]
     train, w2i, _ = ptb.load_data("train", data_dir=a.data_dir, download=False)
     dist = DataParallel() if a.variant != "one" else None
-    MPI = dist.MPI if dist else None
-    r0, r1 = dist.rows(B) if dist else (0, B)
-    weight = (r1 - r0) / B
     model = LstmLM(len(w2i), D, H, num_layers=L, seed=1, init=init)
-    opt = SGD(lr)
-    affine = model.layers[-1]
+    trainer = RnnlmTrainer(model, SGD(lr), log=lambda line: None, comm=dist,
+                           sharded_update=a.variant != "blocking", shared_memory=a.variant == "shared")
     xs, ts = train[:-1], train[1:]
-    if a.variant == "shared":
-        dist.share_memory(model, opt)
 
-    def step(k):
-        idx = batch_indices(len(xs), B, T, k * T)[r0:r1]
-        model.forward(xs[idx].astype(np.int32), ts[idx].astype(np.int32))
-        reqs = []
-        if a.variant == "overlap":
-            dout = model.loss_layer.backward(1.0)
-            for layer in reversed(model.layers):
-                dout = layer.backward(dout)
-                if layer is affine:  # its gradients are final: start their reduction now
-                    for g in affine.grads:
-                        g *= g.dtype.type(weight)
-                        reqs.append(dist.comm.Iallreduce(MPI.IN_PLACE, g, op=MPI.SUM))
-        else:
-            model.backward()
-        params, grads = unique_params(model.params, model.grads)
-        if a.variant == "shared":
-            dist.shared_step(params, grads, B, opt, clip, None)
-            return
-        if a.variant == "sharded":
-            dist.sharded_step(params, grads, weight, opt, clip, None)
-            return
-        if dist is not None:
-            rest = [g for g in grads if not any(g is h for h in affine.grads)] if reqs else grads
-            dist.allreduce_grads(rest, weight)
-            MPI.Request.Waitall(reqs)
-        update_scaled(opt, params, grads, clip_rate(float(global_norm(grads)), clip))  # (RnnlmTrainer's)
+    def fit(steps):  # (a second call continues where the first stopped)
+        trainer.fit(xs, ts, max_epoch=1, batch_size=B, time_size=T, max_grad=clip, eval_interval=None,
+                    progress=False, max_steps=steps)
 
-    for k in range(a.warmup):
-        step(k)
+    fit(a.warmup)
     if dist:
         dist.comm.Barrier()
     t0 = time.perf_counter()
-    for k in range(a.warmup, a.warmup + a.steps):
-        step(k)
+    fit(a.steps)
     if dist:
         dist.comm.Barrier()
     elapsed = time.perf_counter() - t0
     out = {"variant": a.variant, "ranks": dist.size if dist else 1, "steps_per_s": a.steps / elapsed}
     if dist:  # one Allreduce of the step's gradient bytes, alone
+        MPI = dist.MPI
         n = sum(int(p.size) for p in unique_params(model.params, model.grads)[0])
         buf = np.ones(n, np.float32)
         times = []
@@ -133,7 +101,7 @@ def driver(a) -> None:
     base = [sys.executable, os.path.abspath(__file__), "--worker", "--recipe", a.recipe, "--steps", str(a.steps),
             "--warmup", str(a.warmup)] + (["--data-dir", a.data_dir] if a.data_dir else [])
     jobs = [("one", base + ["--variant", "one"])]
-    for v in a.variants.split(",") + (["overlap"] if a.overlap else []):
+    for v in a.variants.split(","):
         jobs.append((v, [mpiexec, "-n", str(a.ranks)] + base + ["--variant", v]))
     results = {v: [] for v, _ in jobs}
     extra = {}
@@ -153,8 +121,7 @@ def driver(a) -> None:
           f"{a.ranks} ranks {extra.get('allreduce_ms', float('nan')):.2f} ms")
     print("| variant | steps/s | vs 1 rank (medians) | vs 1 rank, paired by round |\n|---|---|---|---|")
     names = {"one": "1 rank", "blocking": f"{a.ranks} ranks, replicated update",
-             "sharded": f"{a.ranks} ranks, sharded update", "shared": f"{a.ranks} ranks, shared memory",
-             "overlap": f"{a.ranks} ranks, overlap"}
+             "sharded": f"{a.ranks} ranks, sharded update", "shared": f"{a.ranks} ranks, shared memory"}
     for v, xs in results.items():
         m = statistics.median(xs)
         # each round's ratio to that round's 1-rank run: robust to the host's speed drifting
@@ -173,10 +140,9 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--overlap", action="store_true", help="also the overlapped variant")
-    p.add_argument("--variants", default="blocking,sharded,shared",
+    p.add_argument("--variants", default="shared,sharded,blocking",
                    help="the K-rank variants to run beside 1 rank (comma-separated)")
-    p.add_argument("--variant", choices=["one", "blocking", "sharded", "shared", "overlap"], default="one",
+    p.add_argument("--variant", choices=["one", "blocking", "sharded", "shared"], default="one",
                    help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.ranks < 2:
