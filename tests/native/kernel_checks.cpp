@@ -596,6 +596,26 @@ void check_dense(uint64_t seed) {
   const T first = arrays[0][0];
   scale_arrays_cpu<T>(spans, 0.5);
   expect(arrays[0][0] == T(double(first) * 0.5), std::string("scale_arrays ") + dt);
+  // the data-parallel sum (out one of the inputs, a ragged end) and SGD with clipping's factor
+  for (int64_t n : {int64_t(1), int64_t(70001)}) {
+    std::vector<std::vector<T>> in = {cast<T>(randn(rng, n, 1.0)), cast<T>(randn(rng, n, 2.0)),
+                                      cast<T>(randn(rng, n, 0.5))};
+    const std::vector<double> w = {0.25, 0.5, 0.25};
+    std::vector<T> want_sum(n);
+    double want_sq = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      want_sum[i] = T(w[0] * double(in[0][i]) + w[1] * double(in[1][i]) + w[2] * double(in[2][i]));
+      want_sq += double(want_sum[i]) * double(want_sum[i]);
+    }
+    const double sq = weighted_sum_cpu<T>({in[1].data(), n}, {in[0].data(), in[1].data(), in[2].data()}, w);
+    expect(in[1] == want_sum && std::fabs(sq - want_sq) <= 1e-12 * want_sq,
+           std::string("weighted_sum ") + dt + " n=" + std::to_string(n));
+    std::vector<T> p = in[0], want_p = in[0];
+    const T lr = T(0.1);
+    for (int64_t i = 0; i < n; ++i) want_p[i] = want_p[i] - lr * T(double(in[2][i]) * 0.3);
+    sgd_update_cpu<T>({{p.data(), n}}, {{in[2].data(), n}}, 0.1, 0.3);
+    expect(p == want_p, std::string("sgd_update ") + dt + " n=" + std::to_string(n));
+  }
   // matmul with bias and colsum, plain and transposed operands, B packed and read in place
   for (int64_t M : {37, 5, 1})
   for (WeightReading w : {WeightReading::kPacked, WeightReading::kInPlace})
