@@ -262,6 +262,7 @@ class DataParallel:
         self.cross = self.comm.Split(self.local_rank, self.rank) if len(set(sizes)) == 1 else None
         self.hosts = len(sizes) // self.local_size if self.cross is not None else None
         self._window: Optional[_HostWindow] = None
+        self._window_grads, self._window_rows, self._window_state = None, [], []
         self._abandoned: list = []
         self._buf = None
         self._parts: dict = {}  # sharded_step's receive buffers, by array index
@@ -466,9 +467,14 @@ class DataParallel:
         """Whether a model is attached to a host window (``share_memory``)."""
         return self._window is not None
 
-    def can_share_memory(self) -> bool:
+    def can_share_memory(self, params: Sequence = ()) -> bool:
         """Whether ``share_memory`` applies: several ranks per host, the same number on every
-        host (the parts of the window are matched across hosts by local rank)."""
+        host (the parts of the window are matched across hosts by local rank), and ``params``
+        NumPy arrays of one float dtype."""
+        if any(type(p) is not np.ndarray for p in params) or len({p.dtype for p in params}) > 1:
+            return False
+        if params and params[0].dtype not in (np.float32, np.float64):
+            return False
         return self.size > 1 and self.local_size > 1 and self.cross is not None
 
     def share_memory(self, model, optimizer) -> None:
@@ -485,8 +491,9 @@ class DataParallel:
         if self._window is not None:
             raise RuntimeError("share_memory: a model is attached already")
         params, grads = unique_params(model.params, model.grads)
-        if any(type(p) is not np.ndarray for p in params) or len({p.dtype for p in params}) != 1:
-            raise TypeError("share_memory needs the model's parameters as NumPy arrays of one dtype")
+        if not self.can_share_memory(params):
+            raise TypeError("share_memory needs several ranks per host, the same number on every host, and "
+                            "the model's parameters as NumPy arrays of one float dtype")
         # the embeddings whose unique gradient is their own (not tied to another layer's)
         sparse = []
         if fuses_scaling(optimizer) and self.hosts == 1:
@@ -497,6 +504,10 @@ class DataParallel:
                         sparse.append((k, layer))
         optimizer._init_state(list(params))
         names = [n for n in optimizer._state_names if getattr(optimizer, n) is not None]
+        # every rank must lay the window out alike (else each would read the others' wrongly)
+        self.check_same({"parameters": [(tuple(p.shape), str(p.dtype)) for p in params],
+                         "optimizer state": names, "sparse rows": [k for k, _ in sparse]},
+                        "the shared-memory layouts")
         win = _HostWindow(self, params, len(names), rows=[k for k, _ in sparse])
         pviews = win.param_views
         if self.local_rank == 0:
@@ -537,7 +548,13 @@ class DataParallel:
         model._map_params(lambda p: np.array(p, copy=True))
         for name in self._window_state:
             setattr(optimizer, name, [np.array(a, copy=True) for a in getattr(optimizer, name)])
-        self._window = None
+        for layer in model.layers:  # what else views the window: the last forward's caches
+            if getattr(layer, "cache", None) is not None:
+                layer.cache = None
+            if getattr(layer, "_written", None) is not None:
+                layer._written = None
+        self._window = self._window_grads = None
+        self._window_rows = []
         if collective:
             win.free()
         else:
@@ -567,15 +584,16 @@ class DataParallel:
             share = win.row_share(i)
             acc = np.zeros((share.size,) + win.shapes[k][1:])
             for w, views in zip(weights, win.grad_views):  # in rank order, in double, rounded once
-                acc += np.float64(w) * views[k][share]
+                acc += np.multiply(views[k][share], w, dtype=np.float64)
             g = acc.astype(win.dtype)
             sumsq += float(np.sum(np.square(g, dtype=np.float64)))
             row_sums.append((win.param_views[k], share, g))
         if self.hosts > 1:
             self.cross.Allreduce(self.MPI.IN_PLACE, mine, op=self.MPI.SUM)
-            sumsq = float(global_norm([mine])) ** 2
-        if clip_value is not None:
+        if clip_value is not None:  # (before the norm, as clip_grads_by_value runs in one process)
             clip_grads_by_value([mine] + [g for _, _, g in row_sums], clip_value)
+        if self.hosts > 1 or clip_value is not None:  # the sums changed: their squares again
+            sumsq = float(global_norm([mine] + [g for _, _, g in row_sums])) ** 2
         norm, rate = float("nan"), 1.0
         if max_grad is not None:
             norm = float(np.sqrt(self.host.allreduce(sumsq, op=self.MPI.SUM)))

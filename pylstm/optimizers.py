@@ -96,7 +96,7 @@ def _kernel_pairs(params, grads) -> bool:
     if dt not in (np.float32, np.float64):
         return False
     return all(type(p) is np.ndarray and type(g) is np.ndarray and p.dtype == dt and g.dtype == dt
-               and p.flags.c_contiguous and g.flags.c_contiguous and p.flags.writeable and p.size == g.size
+               and p.flags.c_contiguous and g.flags.c_contiguous and p.flags.writeable and p.shape == g.shape
                and not np.may_share_memory(p, g)
                for p, g in zip(params, grads))
 
@@ -130,8 +130,9 @@ def sgd_rows(optimizer, W, rows, g_rows, rate: float = 1.0) -> None:
     """Plain SGD on some rows of W only: ``W[rows] -= lr * g_rows`` (g_rows times ``rate``
     first when below 1), the arithmetic of ``SGD.update`` to the bit: the update of a gradient
     that is zero outside those rows (an embedding's), without passing over the others."""
-    g = g_rows if rate >= 1 else (g_rows.astype(np.float64) * rate).astype(W.dtype)
-    W[rows] = W[rows] - W.dtype.type(optimizer.lr) * g
+    rows_of_W = W[rows]
+    optimizer.update([rows_of_W], [g_rows], scale=rate if rate < 1 else 1.0)  # (its arithmetic, whatever lr is)
+    W[rows] = rows_of_W
 
 
 def update_scaled(optimizer, params, grads, rate: float) -> None:

@@ -389,7 +389,8 @@ class RnnlmTrainer:
                 max_epoch=max_epoch, batch_size=batch_size, time_size=time_size, max_grad=max_grad,
                 clip_value=clip_value, eval_interval=eval_interval, lr_decay=lr_decay,
                 lr_schedule=lr_schedule is not None, max_steps=max_steps, max_time=max_time,
-                checkpoint=bool(checkpoint)))  # (save_checkpoint is a collective: every rank or none)
+                checkpoint=bool(checkpoint), sharded_update=self.sharded_update,
+                shared_memory=self.shared_memory))  # (save_checkpoint is a collective: every rank or none)
         pending, self._resumed_states = self._resumed_states, None
         for i, layer in enumerate(model.lstm_layers):
             if pending is not None and i in pending:  # a resumed run's whole batch: this rank's rows
@@ -425,7 +426,7 @@ class RnnlmTrainer:
             layer.rows = (r0, batch_size) if dist is not None else None
         # the parameters in host shared memory, the gradients summed there (DataParallel.shared_step)
         shared = (dist is not None and not on_device and self.sharded_update and self.shared_memory
-                  and dist.can_share_memory())
+                  and dist.can_share_memory(unique_params(model.params, model.grads)[0]))
         if shared:
             dist.share_memory(model, self.optimizer)
         # One process, plain SGD on the CPU: the embeddings' gradients kept sparse (_sgd_step).

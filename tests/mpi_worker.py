@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--shard-min", type=int, default=1 << 16, help="DataParallel's shard_min (1: shard everything)")
     ap.add_argument("--no-shard", action="store_true", help="every rank updates every parameter")
     ap.add_argument("--no-shared-memory", action="store_true", help="no host window: MPI messages only")
+    ap.add_argument("--clip-value", type=float, default=None, help="fit's clip_value (beside max_grad 1.0)")
     ap.add_argument("--sgd", action="store_true", help="plain SGD (embeddings' gradients kept sparse), not Adam")
     ap.add_argument("--untied", action="store_true", help="the output layer's weights not tied to the embedding's")
     ap.add_argument("--hosts", type=int, default=None,
@@ -100,7 +101,14 @@ def main():
     data = corpus()
     trainer.fit(data[:-1], data[1:], max_epoch=100, batch_size=a.batch, time_size=a.time, max_grad=1.0,
                 eval_interval=None, progress=False, max_steps=a.steps,
-                val_corpus=data[:500] if a.val else None, checkpoint=ckpt if a.checkpoint else None)
+                val_corpus=data[:500] if a.val else None, checkpoint=ckpt if a.checkpoint else None,
+                clip_value=a.clip_value)
+    if shared:  # nothing of the run's last step is left to a backward (the window it viewed is freed)
+        try:
+            model.backward()
+            raise AssertionError("backward after fit found a cache")
+        except RuntimeError as exc:
+            assert "before forward" in str(exc), exc
     params = unique_params(model.params, model.grads)[0]
     with open(os.path.join(a.out, f"crc_{rank}"), "w") as f:
         f.write(str(params_crc(params)))

@@ -211,6 +211,19 @@ def test_k_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol, mode)
 
 
 @needs_mpi
+@pytest.mark.parametrize("flags", [["--sgd", "--untied"], []])
+def test_clipping_by_value_then_by_norm_on_every_path(tmp_path, flags):
+    """clip_value (binding: 0.01) before the global norm, as one process clips: the shared-memory
+    step (with the sparse embedding rows under SGD) and the messages' step train what one
+    process trains."""
+    clip = ["--float64", "--clip-value", "0.01", *flags]
+    _worker(tmp_path / "one", *clip)
+    for name, extra in (("shared", []), ("messages", ["--no-shared-memory", "--shard-min", "1"])):
+        _worker(tmp_path / name, *clip, *extra, ranks=2)
+        _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / name), 1e-12)
+
+
+@needs_mpi
 @pytest.mark.parametrize("batch,ranks", [(5, 2), (7, 3)])
 def test_an_uneven_split_still_gives_the_whole_batch_mean(tmp_path, batch, ranks):
     _worker(tmp_path / "one", "--float64", "--batch", str(batch))
@@ -253,14 +266,16 @@ def test_ranks_whose_parameters_drift_apart_are_stopped(tmp_path, ranks, flags):
 
 
 @needs_mpi
-def test_ranks_started_with_different_runs_are_refused_on_every_rank(tmp_path):
+@pytest.mark.parametrize("flag,diff", [(["--time", "8"], "time_size: rank 0 has 7, rank 1 has 8"),
+                                       (["--no-shared-memory"], "shared_memory: rank 0 has True, rank 1 has False")])
+def test_ranks_started_with_different_runs_are_refused_on_every_rank(tmp_path, flag, diff):
     cmd = [MPIEXEC, "-n", "1", sys.executable, WORKER, str(tmp_path), "--distributed", ":",
-           "-n", "1", sys.executable, WORKER, str(tmp_path), "--distributed", "--time", "8"]
+           "-n", "1", sys.executable, WORKER, str(tmp_path), "--distributed", *flag]
     r = _run(cmd, expect_ok=False)
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert out.count("RanksDisagree: the training runs differ across the 2 ranks") == 2, out
-    assert "time_size: rank 0 has 7, rank 1 has 8" in out
+    assert diff in out
 
 
 # --- the command line -----------------------------------------------------------------------------

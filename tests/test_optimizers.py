@@ -130,3 +130,24 @@ def test_sgd_kernel_checks_its_arguments():
         cpu.sgd_update([ro], [g32], 1.0)
     with pytest.raises(ValueError, match="^lr must be finite"):
         cpu.sgd_update([p32], [g32], float("nan"))
+
+
+def test_sgd_rows_is_sgds_arithmetic_whatever_lr_is():
+    """An embedding's rows updated alone give the bits the whole update gives, for a Python or a
+    NumPy lr (NumPy forms lr * g in float64 for an np.float64 lr), with and without a scale."""
+    rng = np.random.default_rng(2)
+    W0 = rng.standard_normal((20, 5)).astype(np.float32)
+    rows = np.array([1, 4, 7, 19])
+    G = np.zeros_like(W0)
+    G[rows] = rng.standard_normal((4, 5)).astype(np.float32)
+    for lr in (0.7, np.float64(0.7), np.float32(0.7)):
+        for rate in (1.0, 0.37):
+            whole, part = W0.copy(), W0.copy()
+            O.update_scaled(O.SGD(lr), [whole], [G.copy()], rate)
+            O.sgd_rows(O.SGD(lr), part, rows, G[rows], rate)
+            assert np.array_equal(whole, part), (lr, rate)
+
+
+def test_sgd_refuses_a_gradient_of_another_shape():
+    with pytest.raises(ValueError):
+        O.SGD(0.5).update([np.zeros((2, 3), np.float32)], [np.ones((3, 2), np.float32)])

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cpu/api.h"
+#include "cpu/isa.h"
 #include "cpu/threads.h"
 
 namespace pylstm {
@@ -38,7 +39,7 @@ __attribute__((always_inline)) inline double sumsq(const T* x, int64_t n) {
 }
 // (the conversions to double are most of the work on SSE2: an AVX-512 copy where there is one)
 template <class T>
-__attribute__((target("avx512f"))) double sumsq_avx512(const T* x, int64_t n) { return sumsq<T>(x, n); }
+PYLSTM_TARGET_AVX512F double sumsq_avx512(const T* x, int64_t n) { return sumsq<T>(x, n); }
 template <class T>
 double sumsq_base(const T* x, int64_t n) { return sumsq<T>(x, n); }
 
@@ -46,7 +47,7 @@ double sumsq_base(const T* x, int64_t n) { return sumsq<T>(x, n); }
 
 template <class T>
 double global_norm_cpu(const std::vector<Span<T>>& arrays) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool avx512 = cpu_has_avx512f();
   // Flatten the list into (array, chunk) tasks with one partial sum each.
   std::vector<int64_t> first;  // index of each array's first task
   int64_t ntasks = 0;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cpu/api.h"
+#include "cpu/isa.h"
 #include "cpu/threads.h"
 
 namespace pylstm {
@@ -59,7 +60,7 @@ __attribute__((always_inline)) inline double sum_chunk(T* out, const std::vector
 // an AVX-512 copy where the CPU has it (here and for SGD below). Both give the same bits (no
 // contraction in this file).
 template <class T>
-__attribute__((target("avx512f"))) double sum_chunk_avx512(T* out, const std::vector<const T*>& in,
+PYLSTM_TARGET_AVX512F double sum_chunk_avx512(T* out, const std::vector<const T*>& in,
                                                           const std::vector<double>& w, int64_t begin,
                                                           int64_t end) {
   return sum_chunk<T>(out, in, w, begin, end);
@@ -74,7 +75,7 @@ double sum_chunk_base(T* out, const std::vector<const T*>& in, const std::vector
 
 template <class T>
 double weighted_sum_cpu(Span<T> out, const std::vector<const T*>& in, const std::vector<double>& w) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool avx512 = cpu_has_avx512f();
   const int64_t n = out.size, nchunks = (n + kChunk - 1) / kChunk;
   std::vector<double> partial(nchunks, 0.0);
   parallel_chunks(nchunks, 1, 2, [&](int64_t lo, int64_t hi) {
@@ -101,7 +102,7 @@ __attribute__((always_inline)) inline void sgd_chunk(T* p, const T* g, T rate, d
   }
 }
 template <class T>
-__attribute__((target("avx512f"))) void sgd_chunk_avx512(T* p, const T* g, T rate, double scale, int64_t lo,
+PYLSTM_TARGET_AVX512F void sgd_chunk_avx512(T* p, const T* g, T rate, double scale, int64_t lo,
                                                         int64_t hi) {
   sgd_chunk<T>(p, g, rate, scale, lo, hi);
 }
@@ -116,7 +117,7 @@ void sgd_update_cpu(const std::vector<Span<T>>& params, const std::vector<Span<T
   // numpy's p -= lr * g with lr a Python float: lr rounded to T, the product rounded to T, then
   // the difference (no fused multiply-add: the same bits as that expression). With a scale, g
   // is first multiplied by it as clip_grads scales (in double, rounded once), not stored.
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool avx512 = cpu_has_avx512f();
   const T rate = T(lr);
   for (size_t a = 0; a < params.size(); ++a) {
     T* p = params[a].data;
