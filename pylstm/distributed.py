@@ -3,10 +3,13 @@
 The split is the book's batching cut into K blocks of rows: the global batch of B streams is read
 by B cursors; rank r takes rows ``[r0, r1)`` of every (B, T) batch (``DataParallel.rows``), so
 the K ranks together see exactly the sequences one process with batch B would. After each
-backward the gradients, each weighted by its rank's share of the rows (n_r / B), are summed with
-one ``Allreduce`` over one flat buffer: every rank then holds the full-batch mean gradient, clips
-it by the global norm and applies the same update, so the parameters stay identical across ranks
-(checked every ``check_every`` steps and at the end of ``fit`` with a CRC of every parameter).
+backward the gradients, each weighted by its rank's share of the rows (n_r / B), are summed:
+on a host, in an MPI shared-memory window that also holds the host's one copy of the parameters
+and optimizer state (``_HostWindow``, ``DataParallel.shared_step``); between hosts, or without
+the window, by messages (``sharded_step``, ``allreduce_grads``). The update is that of the
+full-batch mean gradient, clipped by the global norm, the same on every host, so the parameters
+stay identical across ranks (checked every ``check_every`` steps and at the end of ``fit`` with a
+CRC of every parameter).
 
 Dropout masks are rows of the mask one process would draw for the whole batch: every rank keeps
 the same generator state, skips the other ranks' rows (``draw_rows``) and draws its own. Hence a
