@@ -37,7 +37,7 @@ import numpy as np
 from ._devices import array_module, to_host
 from .functional import clip_grads_by_value, global_norm
 from .optimizers import sgd_rows, update_scaled
-from .reference import clip_rate
+from .reference import clip_rate_checked
 
 __all__ = ["DataParallel", "RanksDisagree", "mpi_launched", "import_mpi", "draw_rows", "MPI_INSTALL_HINT"]
 
@@ -445,9 +445,7 @@ class DataParallel:
             mine = float(global_norm(part_g)) ** 2 if part_g else 0.0
             rest = float(global_norm(small_g)) ** 2 if small_g else 0.0
             norm = float(np.sqrt(self.comm.allreduce(mine, op=MPI.SUM) + rest))
-            if not np.isfinite(norm):
-                raise FloatingPointError(f"grads: the global norm is {norm}; nothing was scaled")
-            rate = clip_rate(norm, max_grad)
+            rate = clip_rate_checked(norm, max_grad)
         # The optimizer works on this rank's parts, its state as views into the full arrays.
         optimizer._init_state(list(params))
         full = {name: getattr(optimizer, name) for name in optimizer._state_names}
@@ -600,9 +598,7 @@ class DataParallel:
         norm, rate = float("nan"), 1.0
         if max_grad is not None:
             norm = float(np.sqrt(self.host.allreduce(sumsq, op=self.MPI.SUM)))
-            if not np.isfinite(norm):
-                raise FloatingPointError(f"grads: the global norm is {norm}; nothing was scaled")
-            rate = clip_rate(norm, max_grad)
+            rate = clip_rate_checked(norm, max_grad)
         full = {name: getattr(optimizer, name) for name in self._window_state}
         try:
             for k, name in enumerate(self._window_state):

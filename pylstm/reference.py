@@ -527,6 +527,15 @@ def clip_rate(total: float, max_norm: float) -> float:
     return max_norm / (total + 1e-6)
 
 
+def clip_rate_checked(total: float, max_norm: float) -> float:
+    """``clip_rate`` of a norm computed elsewhere (the trainer's and the data-parallel steps, which
+    apply the factor inside the update): FloatingPointError when the norm is NaN or inf."""
+    if not np.isfinite(total):
+        raise FloatingPointError(f"grads: the global norm is {total} (NaN or inf in the gradients); "
+                                 "nothing was scaled")
+    return clip_rate(total, max_norm)
+
+
 def clip_grads_ref(grads: Sequence[np.ndarray], max_norm: float,
                    error_if_nonfinite: bool = True) -> float:
     """DLfS2's ``clip_grads``: scale every array in place by ``max_norm / (total + 1e-6)`` when

@@ -27,7 +27,7 @@ from .functional import clip_grads, clip_grads_by_value, global_norm
 from .layers import Embedding
 from .models import LstmLM, _layer_state, _set_layer_state, unique_params
 from .optimizers import fuses_scaling, sgd_rows, update_scaled
-from .reference import clip_rate
+from .reference import clip_rate_checked
 
 __all__ = ["RnnlmTrainer", "eval_perplexity", "batch_indices", "perplexity"]
 
@@ -474,11 +474,7 @@ class RnnlmTrainer:
                 dense_g.append(g)
         rate = 1.0
         if max_grad is not None:
-            norm = float(global_norm(dense_g + [g for _, _, g in sparse]))
-            if not math.isfinite(norm):
-                raise FloatingPointError(f"grads: the global norm is {norm} (NaN or inf in the gradients); "
-                                         "nothing was scaled")
-            rate = clip_rate(norm, max_grad)
+            rate = clip_rate_checked(float(global_norm(dense_g + [g for _, _, g in sparse])), max_grad)
         update_scaled(self.optimizer, dense_p, dense_g, rate)
         for p, rows, g in sparse:
             sgd_rows(self.optimizer, p, rows, g, rate)
