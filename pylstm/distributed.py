@@ -158,13 +158,14 @@ class _HostWindow:
         self.row_slots = [(sum(int(params[q].shape[0]) + 1 for q in self.rows[:i]), int(params[k].shape[0]))
                           for i, k in enumerate(self.rows)]
         n_ints = -(-sum(cap + 1 for _, cap in self.row_slots) // 8) * 8  # (segments stay 64-byte aligned)
+        n_ints += 8  # and a line of float64 scalars (the rank's weighted loss)
         # local rank 0 holds [params | state_1 .. state_S | its gradients | its rows]; the
         # others their gradients and rows
         regions = (1 + n_state + 1) if dist.local_rank == 0 else 1
         own = regions * self.n * item
         self.win = MPI.Win.Allocate_shared(own + 8 * n_ints, 1, comm=dist.host)
         self.win.Lock_all(MPI.MODE_NOCHECK)
-        grads, self.ints = [], []  # every local rank's gradient region and row lists
+        grads, self.ints, self.scalars = [], [], []  # every local rank's gradients, row lists, scalars
         for j in range(L):
             buf, _ = self.win.Shared_query(j)
             r = (1 + n_state + 1) if j == 0 else 1
@@ -173,7 +174,9 @@ class _HostWindow:
                 self.params_flat = flat[:self.n]
                 self.state_flat = [flat[(1 + k) * self.n:(2 + k) * self.n] for k in range(n_state)]
             grads.append(flat[(r - 1) * self.n:])
-            self.ints.append(np.frombuffer(buf, dtype=np.int64, count=n_ints, offset=r * self.n * item))
+            self.ints.append(np.frombuffer(buf, dtype=np.int64, count=n_ints - 8, offset=r * self.n * item))
+            self.scalars.append(np.frombuffer(buf, dtype=np.float64, count=8,
+                                              offset=r * self.n * item + 8 * (n_ints - 8)))
         self.grads_flat = grads
         self.param_views = self.views(self.params_flat)
         self.grad_views = [self.views(f) for f in grads]
@@ -182,6 +185,13 @@ class _HostWindow:
         else:
             self.grads_flat[dist.local_rank][:] = 0
             self.ints[dist.local_rank][:] = 0
+            self.scalars[dist.local_rank][:] = 0
+        # the views each step reads, made once: every rank's part of the gradients; this rank's
+        # part of the parameters, of its gradients and of each optimizer state (cut by array)
+        self.grad_parts = [self.part(f) for f in grads]
+        self.param_pieces = self.pieces(self.params_flat)
+        self.grad_pieces = self.pieces(grads[dist.local_rank])
+        self.state_pieces = [self.pieces(f) for f in self.state_flat]
         self.sync()
 
     def views(self, flat: np.ndarray) -> list:
@@ -228,8 +238,9 @@ class _HostWindow:
 
     def free(self) -> None:
         self.sync()
-        self.params_flat = self.state_flat = self.grads_flat = self.ints = None
-        self.param_views = self.grad_views = None
+        self.params_flat = self.state_flat = self.grads_flat = self.ints = self.scalars = None
+        self.param_views = self.grad_views = self.grad_parts = None
+        self.param_pieces = self.grad_pieces = self.state_pieces = None
         self.win.Unlock_all()
         self.win.Free()
 
@@ -266,6 +277,7 @@ class DataParallel:
         self.hosts = len(sizes) // self.local_size if self.cross is not None else None
         self._window: Optional[_HostWindow] = None
         self._window_grads, self._window_rows, self._window_state = None, [], []
+        self._weights: dict = {}  # shared_step's weights of the host's ranks, by batch size
         self._abandoned: list = []
         self._buf = None
         self._parts: dict = {}  # sharded_step's receive buffers, by array index
@@ -562,24 +574,27 @@ class DataParallel:
             self._abandoned.append(win)  # (freeing it is a collective: left to the end of the process)
 
     def shared_step(self, params: Sequence, grads: Sequence, batch_size: int, optimizer,
-                    max_grad: Optional[float], clip_value: Optional[float]) -> float:
+                    max_grad: Optional[float], clip_value: Optional[float], loss: float = 0.0) -> tuple:
         """One update through the host window (after ``share_memory``): the gradients of every
         rank, weighted by its share of the ``batch_size`` rows, summed; clipped by the global
         norm and/or by value; this rank's part of the parameters and of the optimizer's state
-        updated. Returns the norm (NaN when not clipping by norm)."""
+        updated. ``loss``: this rank's mean loss over its rows. Returns the norm (NaN when not
+        clipping by norm) and the whole batch's mean loss: both travel in the step's one
+        collective, so the step waits for the other ranks at two barriers and one reduction."""
         win = self._window
         for g, v in zip(grads, self._window_grads):
             if g is not v:  # (a gradient unique_params summed anew: tied or repeated arrays)
                 v[...] = g
         for i, layer in enumerate(self._window_rows):
             win.publish_rows(i, layer.grad_rows)
+        weights = self._weights.get(batch_size)
+        if weights is None:  # each host rank's share of the mean gradient: its rows / B
+            weights = self._weights[batch_size] = [
+                (r1 - r0) / batch_size for r0, r1 in (self.shard_rows(batch_size, r) for r in self.host_ranks)]
+        win.scalars[self.local_rank][0] = float(loss) * weights[self.local_rank]
         win.sync()  # every rank's gradients are in
-        weights = []
-        for r in self.host_ranks:  # each rank's share of the mean gradient: its rows / B
-            r0, r1 = self.shard_rows(batch_size, r)
-            weights.append((r1 - r0) / batch_size)
-        mine = win.part(win.grads_flat[self.local_rank])
-        sumsq = _backend_cpu().weighted_sum(mine, [win.part(f) for f in win.grads_flat], weights)
+        mine = win.grad_parts[self.local_rank]
+        sumsq = _backend_cpu().weighted_sum(mine, win.grad_parts, weights)
         row_sums = []  # (parameter, this rank's share of the rows, their summed gradient)
         for i, k in enumerate(win.rows):
             share = win.row_share(i)
@@ -595,22 +610,30 @@ class DataParallel:
             clip_grads_by_value([mine] + [g for _, _, g in row_sums], clip_value)
         if self.hosts > 1 or clip_value is not None:  # the sums changed: their squares again
             sumsq = float(global_norm([mine] + [g for _, _, g in row_sums])) ** 2
+        # one reduction over every rank: the squares of each host's parts counted on the first
+        # host only (every host holds the whole sums), each host's loss once (by local rank 0)
+        host_loss = 0.0
+        if self.local_rank == 0:
+            for s in win.scalars:  # (in rank order)
+                host_loss += float(s[0])
+        both = np.array([sumsq if self.cross.Get_rank() == 0 else 0.0, host_loss])
+        self.comm.Allreduce(self.MPI.IN_PLACE, both, op=self.MPI.SUM)
         norm, rate = float("nan"), 1.0
         if max_grad is not None:
-            norm = float(np.sqrt(self.host.allreduce(sumsq, op=self.MPI.SUM)))
+            norm = float(np.sqrt(both[0]))
             rate = clip_rate_checked(norm, max_grad)
         full = {name: getattr(optimizer, name) for name in self._window_state}
         try:
-            for k, name in enumerate(self._window_state):
-                setattr(optimizer, name, win.pieces(win.state_flat[k]))
-            update_scaled(optimizer, win.pieces(win.params_flat), win.pieces(win.grads_flat[self.local_rank]), rate)
+            for name, pieces in zip(self._window_state, win.state_pieces):
+                setattr(optimizer, name, pieces)
+            update_scaled(optimizer, win.param_pieces, win.grad_pieces, rate)
         finally:
             for name, st in full.items():
                 setattr(optimizer, name, st)
         for W, share, g in row_sums:
             sgd_rows(optimizer, W, share, g, rate)
         win.sync()  # every rank's part of the new parameters is in
-        return norm
+        return norm, float(both[1])
 
     def gather_optimizer_state(self, params: Sequence, optimizer) -> None:
         """After sharded steps each rank's optimizer state is current only in its parts:

@@ -512,12 +512,14 @@ class RnnlmTrainer:
                     loss = model.forward(bx, bt)
                     model.backward()
                     params, grads = unique_params(model.params, model.grads)
-                    if dist is not None:  # the whole batch's loss on every rank
-                        loss = dist.allreduce_sum(float(loss) * weight)
+                    if dist is not None:
                         if steps % dist.check_every == 0:
                             dist.check_identical(params, f"step {steps}")
+                        if not shared:  # the whole batch's loss on every rank (shared: in the step)
+                            loss = dist.allreduce_sum(float(loss) * weight)
                     if shared:  # summed in host shared memory, each rank updates its part there
-                        dist.shared_step(params, grads, batch_size, optimizer, max_grad, clip_value)
+                        _, loss = dist.shared_step(params, grads, batch_size, optimizer, max_grad, clip_value,
+                                                   loss=float(loss))
                     elif sharded:  # reduce-scatter, each rank clips and updates its part, allgather
                         dist.sharded_step(params, grads, weight, optimizer, max_grad, clip_value)
                     else:

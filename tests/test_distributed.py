@@ -65,6 +65,9 @@ def _assert_same_params(a, b, rtol):
             err = float(np.max(np.abs(x - y)) / np.max(np.abs(x)))
             assert err <= rtol, f"parameter {k}: relative difference {err:.3g} > {rtol}"
     assert abs(float(a["ppl"]) - float(b["ppl"])) <= rtol * 10 * float(a["ppl"]), (a["ppl"], b["ppl"])
+    # the training loss summed over the steps: every rank's share of each step's batch counted once
+    assert abs(float(a["loss_sum"]) - float(b["loss_sum"])) <= rtol * 10 * abs(float(a["loss_sum"])), \
+        (a["loss_sum"], b["loss_sum"])
 
 
 def _crcs(out, ranks):
