@@ -127,6 +127,7 @@ class _HostWindow:
     ranks with the same local rank (one ``Allreduce`` per rank, 1/L of the bytes each), local
     rank j clips and updates part j of the parameters and of the state in place, and a second
     barrier makes the new parameters every rank's. Nothing is gathered: the host has one copy.
+    Each rank also leaves its weighted loss in a line of scalars of its own.
 
     ``rows``: arrays whose gradients are zero outside the rows each rank lists (embeddings in
     sparse mode, under plain SGD, on one host). They lie after the others, outside the parts:
@@ -159,8 +160,8 @@ class _HostWindow:
                           for i, k in enumerate(self.rows)]
         n_ints = -(-sum(cap + 1 for _, cap in self.row_slots) // 8) * 8  # (segments stay 64-byte aligned)
         n_ints += 8  # and a line of float64 scalars (the rank's weighted loss)
-        # local rank 0 holds [params | state_1 .. state_S | its gradients | its rows]; the
-        # others their gradients and rows
+        # local rank 0 holds [params | state_1 .. state_S | its gradients | its rows | its
+        # scalars]; the others their gradients, rows and scalars
         regions = (1 + n_state + 1) if dist.local_rank == 0 else 1
         own = regions * self.n * item
         self.win = MPI.Win.Allocate_shared(own + 8 * n_ints, 1, comm=dist.host)
@@ -574,13 +575,14 @@ class DataParallel:
             self._abandoned.append(win)  # (freeing it is a collective: left to the end of the process)
 
     def shared_step(self, params: Sequence, grads: Sequence, batch_size: int, optimizer,
-                    max_grad: Optional[float], clip_value: Optional[float], loss: float = 0.0) -> tuple:
+                    max_grad: Optional[float], clip_value: Optional[float], *, loss: float) -> tuple:
         """One update through the host window (after ``share_memory``): the gradients of every
         rank, weighted by its share of the ``batch_size`` rows, summed; clipped by the global
         norm and/or by value; this rank's part of the parameters and of the optimizer's state
         updated. ``loss``: this rank's mean loss over its rows. Returns the norm (NaN when not
-        clipping by norm) and the whole batch's mean loss: both travel in the step's one
-        collective, so the step waits for the other ranks at two barriers and one reduction."""
+        clipping by norm) and the whole batch's mean loss, both from one reduction over every
+        rank (the step waits for the others at two barriers and that reduction, and across
+        hosts at the parts' Allreduce)."""
         win = self._window
         for g, v in zip(grads, self._window_grads):
             if g is not v:  # (a gradient unique_params summed anew: tied or repeated arrays)
@@ -608,10 +610,10 @@ class DataParallel:
             self.cross.Allreduce(self.MPI.IN_PLACE, mine, op=self.MPI.SUM)
         if clip_value is not None:  # (before the norm, as clip_grads_by_value runs in one process)
             clip_grads_by_value([mine] + [g for _, _, g in row_sums], clip_value)
-        if self.hosts > 1 or clip_value is not None:  # the sums changed: their squares again
+        if max_grad is not None and (self.hosts > 1 or clip_value is not None):  # the sums changed
             sumsq = float(global_norm([mine] + [g for _, _, g in row_sums])) ** 2
-        # one reduction over every rank: the squares of each host's parts counted on the first
-        # host only (every host holds the whole sums), each host's loss once (by local rank 0)
+        # one reduction over every rank: each part's squares counted once, by cross rank 0
+        # (every host holds the whole sums), each host's loss once (by its local rank 0)
         host_loss = 0.0
         if self.local_rank == 0:
             for s in win.scalars:  # (in rank order)

@@ -50,7 +50,8 @@ def main():
     ap.add_argument("--shard-min", type=int, default=1 << 16, help="DataParallel's shard_min (1: shard everything)")
     ap.add_argument("--no-shard", action="store_true", help="every rank updates every parameter")
     ap.add_argument("--no-shared-memory", action="store_true", help="no host window: MPI messages only")
-    ap.add_argument("--clip-value", type=float, default=None, help="fit's clip_value (beside max_grad 1.0)")
+    ap.add_argument("--clip-value", type=float, default=None, help="fit's clip_value (beside max_grad)")
+    ap.add_argument("--no-max-grad", action="store_true", help="fit's max_grad None (else 1.0)")
     ap.add_argument("--sgd", action="store_true", help="plain SGD (embeddings' gradients kept sparse), not Adam")
     ap.add_argument("--untied", action="store_true", help="the output layer's weights not tied to the embedding's")
     ap.add_argument("--hosts", type=int, default=None,
@@ -99,7 +100,8 @@ def main():
     if a.resume:
         trainer.resume(ckpt)
     data = corpus()
-    trainer.fit(data[:-1], data[1:], max_epoch=100, batch_size=a.batch, time_size=a.time, max_grad=1.0,
+    trainer.fit(data[:-1], data[1:], max_epoch=100, batch_size=a.batch, time_size=a.time,
+                max_grad=None if a.no_max_grad else 1.0,
                 eval_interval=None, progress=False, max_steps=a.steps,
                 val_corpus=data[:500] if a.val else None, checkpoint=ckpt if a.checkpoint else None,
                 clip_value=a.clip_value)
@@ -112,6 +114,8 @@ def main():
     params = unique_params(model.params, model.grads)[0]
     with open(os.path.join(a.out, f"crc_{rank}"), "w") as f:
         f.write(str(params_crc(params)))
+    with open(os.path.join(a.out, f"loss_{rank}"), "w") as f:  # (every rank's view of the batch loss)
+        f.write(repr(float(trainer.loss_sum)))
     with open(os.path.join(a.out, f"path_{rank}"), "w") as f:
         f.write(("shared memory" + (", sparse rows" if shared[0] else "")) if shared else "messages")
     ppl = eval_perplexity(model, data[:700], batch_size=5, time_size=a.time, comm=comm)

@@ -70,6 +70,14 @@ def _assert_same_params(a, b, rtol):
         (a["loss_sum"], b["loss_sum"])
 
 
+def _losses(out, ranks):
+    losses = []
+    for r in range(ranks):
+        with open(os.path.join(out, f"loss_{r}")) as f:
+            losses.append(f.read())
+    return losses
+
+
 def _crcs(out, ranks):
     crcs = []
     for r in range(ranks):
@@ -210,6 +218,7 @@ def test_k_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol, mode)
     _worker(tmp_path / "k", *dtype, *flags, "--val", ranks=ranks)
     _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "k"), rtol)
     assert len(set(_crcs(tmp_path / "k", ranks))) == 1
+    assert len(set(_losses(tmp_path / "k", ranks))) == 1  # every rank summed the same losses
     assert _paths(tmp_path / "k", ranks) == {path}
 
 
@@ -224,6 +233,21 @@ def test_clipping_by_value_then_by_norm_on_every_path(tmp_path, flags):
     for name, extra in (("shared", []), ("messages", ["--no-shared-memory", "--shard-min", "1"])):
         _worker(tmp_path / name, *clip, *extra, ranks=2)
         _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / name), 1e-12)
+
+
+@needs_mpi
+@pytest.mark.parametrize("flags", [["--sgd", "--untied"], []])
+def test_no_norm_clipping_on_every_path(tmp_path, flags):
+    """max_grad None: the steps still reduce the loss (and skip the norm) and train what one
+    process trains, on one host and on two."""
+    base = ["--float64", "--no-max-grad", *flags]
+    _worker(tmp_path / "one", *base)
+    paths = (("shared", [], 2), ("two hosts", ["--hosts", "2"], 4),
+             ("messages", ["--no-shared-memory", "--shard-min", "1"], 2))
+    for name, extra, ranks in paths:
+        _worker(tmp_path / name, *base, *extra, ranks=ranks)
+        _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / name), 1e-12)
+        assert len(set(_losses(tmp_path / name, ranks))) == 1
 
 
 @needs_mpi
