@@ -70,20 +70,13 @@ def _assert_same_params(a, b, rtol):
         (a["loss_sum"], b["loss_sum"])
 
 
-def _losses(out, ranks):
-    losses = []
+def _per_rank(out, ranks, name):
+    """What each rank wrote to its file ``name_<rank>`` (its CRC, batch loss or step's path)."""
+    found = []
     for r in range(ranks):
-        with open(os.path.join(out, f"loss_{r}")) as f:
-            losses.append(f.read())
-    return losses
-
-
-def _crcs(out, ranks):
-    crcs = []
-    for r in range(ranks):
-        with open(os.path.join(out, f"crc_{r}")) as f:
-            crcs.append(f.read())
-    return crcs
+        with open(os.path.join(out, f"{name}_{r}")) as f:
+            found.append(f.read())
+    return found
 
 
 def _same_state(a, b) -> bool:
@@ -195,14 +188,6 @@ MODES = {"shared": (2, [], "shared memory"),
          "replicated": (2, ["--no-shard"], "messages")}
 
 
-def _paths(out, ranks):
-    paths = set()
-    for r in range(ranks):
-        with open(os.path.join(out, f"path_{r}")) as f:
-            paths.add(f.read())
-    return paths
-
-
 @needs_mpi
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("dtype_flag,rtol", [("--float64", 1e-12), ("", 2e-5)])
@@ -217,9 +202,9 @@ def test_k_ranks_train_what_one_process_trains(tmp_path, dtype_flag, rtol, mode)
     _worker(tmp_path / "one", *dtype, *model, "--val")
     _worker(tmp_path / "k", *dtype, *flags, "--val", ranks=ranks)
     _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "k"), rtol)
-    assert len(set(_crcs(tmp_path / "k", ranks))) == 1
-    assert len(set(_losses(tmp_path / "k", ranks))) == 1  # every rank summed the same losses
-    assert _paths(tmp_path / "k", ranks) == {path}
+    assert len(set(_per_rank(tmp_path / "k", ranks, "crc"))) == 1
+    assert len(set(_per_rank(tmp_path / "k", ranks, "loss"))) == 1  # every rank summed the same losses
+    assert set(_per_rank(tmp_path / "k", ranks, "path")) == {path}
 
 
 @needs_mpi
@@ -247,7 +232,7 @@ def test_no_norm_clipping_on_every_path(tmp_path, flags):
     for name, extra, ranks in paths:
         _worker(tmp_path / name, *base, *extra, ranks=ranks)
         _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / name), 1e-12)
-        assert len(set(_losses(tmp_path / name, ranks))) == 1
+        assert len(set(_per_rank(tmp_path / name, ranks, "loss"))) == 1
 
 
 @needs_mpi
@@ -256,7 +241,7 @@ def test_an_uneven_split_still_gives_the_whole_batch_mean(tmp_path, batch, ranks
     _worker(tmp_path / "one", "--float64", "--batch", str(batch))
     _worker(tmp_path / "k", "--float64", "--batch", str(batch), "--shard-min", "1", ranks=ranks)
     _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "k"), 1e-12)
-    assert len(set(_crcs(tmp_path / "k", ranks))) == 1
+    assert len(set(_per_rank(tmp_path / "k", ranks, "crc"))) == 1
 
 
 @needs_mpi
